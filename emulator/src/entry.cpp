@@ -1,0 +1,291 @@
+// cuGetProcAddress, the export tables cudart fetches, error strings, misc entry points.
+#include <dlfcn.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "emu.hpp"
+#include "integrity.hpp"
+
+#include <cudaProfiler.h>
+
+namespace ferry::emu {
+CUresult cls_put(CUcontext ctx, void* key, void* value, void (*dtor)(CUcontext, void*, void*));
+CUresult cls_delete(CUcontext ctx, void* key);
+CUresult cls_get(void** value, CUcontext ctx, void* key);
+}  // namespace ferry::emu
+
+using namespace ferry::emu;
+
+namespace {
+
+struct EpRow {
+  const char* variant;
+  const char* base;
+  int version;
+  int kind;  // 0 legacy, 1 _ptds, 2 _ptsz
+};
+
+const EpRow kRows[] = {
+#define FERRY_EP(variant, pfn, base, version, kind) {#variant, base, version, kind},
+#include "entry_points.inc"
+#undef FERRY_EP
+};
+
+void* self_handle() {
+  static void* h = [] {
+    Dl_info info{};
+    dladdr(reinterpret_cast<void*>(&cuGetProcAddress_v2), &info);
+    void* handle = dlopen(info.dli_fname, RTLD_NOLOAD | RTLD_LAZY);
+    if (!handle) fatal("cannot find the emulator's own handle: %s", dlerror());
+    return handle;
+  }();
+  return h;
+}
+
+// The exported variant the real driver would hand out for (symbol, version, flags).
+const char* variant_for(const char* symbol, int version, cuuint64_t flags, CUdriverProcAddressQueryResult* status) {
+  auto lo = std::lower_bound(std::begin(kRows), std::end(kRows), symbol,
+                             [](const EpRow& r, const char* s) { return strcmp(r.base, s) < 0; });
+  auto hi = std::upper_bound(lo, std::end(kRows), symbol,
+                             [](const char* s, const EpRow& r) { return strcmp(s, r.base) < 0; });
+  if (lo == hi) {
+    *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return nullptr;
+  }
+  const EpRow* legacy = nullptr;
+  for (auto it = lo; it != hi; ++it)
+    if (it->kind == 0 && it->version <= version && (!legacy || it->version > legacy->version)) legacy = &*it;
+  if (!legacy) {
+    *status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
+    return nullptr;
+  }
+  *status = CU_GET_PROC_ADDRESS_SUCCESS;
+  if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
+    size_t n = strlen(legacy->variant);
+    for (auto it = lo; it != hi; ++it)
+      if (it->kind != 0 && it->version <= version && strncmp(it->variant, legacy->variant, n) == 0 &&
+          (strcmp(it->variant + n, "_ptds") == 0 || strcmp(it->variant + n, "_ptsz") == 0))
+        return it->variant;
+  }
+  return legacy->variant;
+}
+
+FILE* gpa_trace() {
+  static FILE* f = [] {
+    const char* path = getenv("FERRY_EMU_TRACE_GPA");
+    return path ? fopen(path, "a") : nullptr;
+  }();
+  return f;
+}
+
+CUresult get_proc_address(const char* symbol, void** pfn, int version, cuuint64_t flags,
+                          CUdriverProcAddressQueryResult* status_out) {
+  if (!symbol || !pfn) return CUDA_ERROR_INVALID_VALUE;
+  CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  *pfn = nullptr;
+  CUresult rc;
+  if (version > kDriverVersion) {
+    rc = CUDA_ERROR_INVALID_VALUE;
+  } else if (const char* variant = variant_for(symbol, version, flags, &status)) {
+    *pfn = dlsym(self_handle(), variant);
+    if (!*pfn) status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    rc = *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+  } else {
+    rc = CUDA_ERROR_NOT_FOUND;
+  }
+  if (FILE* t = gpa_trace()) {
+    // One line per request: what cudart asked for and whether we had it.
+    fprintf(t, "%s %d %llu %s\n", *symbol ? symbol : "\"\"", version, static_cast<unsigned long long>(flags),
+            *pfn ? "found" : (status == CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT ? "version" : "missing"));
+    fflush(t);
+  }
+  if (status_out) *status_out = status;
+  return rc;
+}
+
+// ---- export tables ---------------------------------------------------------------------
+
+CUresult unsupported_slot() { return CUDA_ERROR_NOT_SUPPORTED; }
+#define STUB reinterpret_cast<void*>(&unsupported_slot)
+
+CUresult cudart_primary_ctx(CUcontext* pctx, CUdevice dev) {
+  // The primary context's handle without retaining or activating it.
+  if (CUresult e = ensure_init()) return e;
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+  *pctx = reinterpret_cast<CUcontext>(d->primary);
+  return CUDA_SUCCESS;
+}
+
+uint32_t g_hooks_a[1024];
+uint32_t g_hooks_b[14];
+void tools_hook_a(void** ptr, size_t* size) {
+  if (ptr) *ptr = g_hooks_a;
+  if (size) *size = 1024;
+}
+void tools_hook_b(void** ptr, size_t* size) {
+  if (ptr) *ptr = g_hooks_b;
+  if (size) *size = 14;
+}
+
+CUresult context_check(CUcontext, uint32_t* result1, void** result2) {
+  if (result1) *result1 = 0;
+  if (result2) *result2 = nullptr;
+  return CUDA_SUCCESS;
+}
+uint32_t context_check_3() { return 0; }
+
+CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t result[2]);
+
+void* g_cudart_interface[13] = {reinterpret_cast<void*>(13 * sizeof(void*)),
+                                STUB, reinterpret_cast<void*>(&cudart_primary_ctx), STUB, STUB, STUB, STUB, STUB,
+                                STUB, STUB, STUB, STUB, STUB};
+void* g_tools_hooks[7] = {reinterpret_cast<void*>(7 * sizeof(void*)), STUB, reinterpret_cast<void*>(&tools_hook_a),
+                          STUB, STUB, STUB, reinterpret_cast<void*>(&tools_hook_b)};
+void* g_tools_tls[4] = {reinterpret_cast<void*>(4 * sizeof(void*)), STUB, STUB, STUB};
+void* g_cls[5] = {reinterpret_cast<void*>(&cls_put), reinterpret_cast<void*>(&cls_delete),
+                  reinterpret_cast<void*>(&cls_get), STUB, nullptr};
+void* g_context_checks[4] = {reinterpret_cast<void*>(4 * sizeof(void*)), STUB, reinterpret_cast<void*>(&context_check),
+                             reinterpret_cast<void*>(&context_check_3)};
+void* g_integrity[3] = {reinterpret_cast<void*>(3 * sizeof(void*)), reinterpret_cast<void*>(&integrity_check), STUB};
+
+CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t result[2]) {
+  if (!result) return CUDA_ERROR_INVALID_VALUE;
+  ferry::integrity::Inputs in{};
+  in.driver_version = kDriverVersion;
+  in.version = version;
+  in.pid = static_cast<uint32_t>(getpid());
+  in.tid = static_cast<uint32_t>(pthread_self());
+  in.cudart_table = reinterpret_cast<uint64_t>(&g_cudart_interface[0]);
+  in.integrity_table = reinterpret_cast<uint64_t>(&g_integrity[0]);
+  in.fn_address = reinterpret_cast<uint64_t>(g_integrity[1]);
+  in.unix_seconds = unix_seconds;
+  {
+    std::lock_guard lk(drv().mu);
+    for (auto& d : drv().devices) {
+      ferry::integrity::DeviceIdentity id{};
+      memcpy(id.uuid, d->cfg.uuid.bytes, 16);
+      id.pci_domain = d->cfg.pci_domain;
+      id.pci_bus = d->cfg.pci_bus;
+      id.pci_device = d->cfg.pci_device;
+      in.devices.push_back(id);
+    }
+  }
+  unsigned char out[16];
+  ferry::integrity::compute(in, out);
+  memcpy(result, out, 16);
+  return CUDA_SUCCESS;
+}
+
+struct TableId {
+  unsigned char uuid[16];
+  void** table;
+};
+
+const TableId kTables[] = {
+    {{0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a, 0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9}, g_cudart_interface},
+    {{0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74, 0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66}, g_tools_hooks},
+    {{0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc}, g_tools_tls},
+    {{0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93}, g_cls},
+    {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e}, g_context_checks},
+    {{0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2}, g_integrity},
+};
+
+}  // namespace
+
+FERRY_EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags,
+                                          CUdriverProcAddressQueryResult* symbolStatus) {
+  return get_proc_address(symbol, pfn, cudaVersion, flags, symbolStatus);
+}
+
+FERRY_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags) {
+  return get_proc_address(symbol, pfn, cudaVersion, flags, nullptr);
+}
+
+FERRY_EXPORT CUresult cuGetExportTable(const void** ppExportTable, const CUuuid* pExportTableId) {
+  if (!ppExportTable || !pExportTableId) return CUDA_ERROR_INVALID_VALUE;
+  for (const auto& t : kTables) {
+    if (memcmp(t.uuid, pExportTableId->bytes, 16) == 0) {
+      *ppExportTable = t.table;
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_INVALID_VALUE;  // includes the "bypass" probe cudart sends first
+}
+
+// ---- errors ------------------------------------------------------------------------------
+
+namespace {
+const char* error_name(CUresult e) {
+  switch (static_cast<int>(e)) {
+#define FERRY_ERR(name, value) \
+  case value:                  \
+    return #name;
+#include "error_names.inc"
+#undef FERRY_ERR
+    default: return nullptr;
+  }
+}
+
+const char* error_text(CUresult e) {
+  switch (e) {
+    case CUDA_SUCCESS: return "no error";
+    case CUDA_ERROR_INVALID_VALUE: return "invalid argument";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case CUDA_ERROR_NOT_INITIALIZED: return "initialization error";
+    case CUDA_ERROR_DEINITIALIZED: return "driver shutting down";
+    case CUDA_ERROR_STUB_LIBRARY: return "CUDA driver is a stub library";
+    case CUDA_ERROR_NO_DEVICE: return "no CUDA-capable device is detected";
+    case CUDA_ERROR_INVALID_DEVICE: return "invalid device ordinal";
+    case CUDA_ERROR_INVALID_IMAGE: return "device kernel image is invalid";
+    case CUDA_ERROR_INVALID_CONTEXT: return "invalid device context";
+    case CUDA_ERROR_NO_BINARY_FOR_GPU: return "no kernel image is available for execution on the device";
+    case CUDA_ERROR_INVALID_PTX: return "a PTX JIT compilation failed";
+    case CUDA_ERROR_FILE_NOT_FOUND: return "file not found";
+    case CUDA_ERROR_INVALID_HANDLE: return "invalid resource handle";
+    case CUDA_ERROR_NOT_FOUND: return "named symbol not found";
+    case CUDA_ERROR_NOT_READY: return "device not ready";
+    case CUDA_ERROR_ILLEGAL_ADDRESS: return "an illegal memory access was encountered";
+    case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "too many resources requested for launch";
+    case CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE: return "primary context active";
+    case CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: return "part or all of the requested memory range is already mapped";
+    case CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: return "pointer does not correspond to a registered memory region";
+    case CUDA_ERROR_LAUNCH_FAILED: return "unspecified launch failure";
+    case CUDA_ERROR_NOT_SUPPORTED: return "operation not supported";
+    case CUDA_ERROR_UNKNOWN: return "unknown error";
+    default: return nullptr;
+  }
+}
+}  // namespace
+
+FERRY_EXPORT CUresult cuGetErrorName(CUresult error, const char** pStr) {
+  if (!pStr) return CUDA_ERROR_INVALID_VALUE;
+  const char* n = error_name(error);
+  *pStr = n;
+  return n ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+FERRY_EXPORT CUresult cuGetErrorString(CUresult error, const char** pStr) {
+  if (!pStr) return CUDA_ERROR_INVALID_VALUE;
+  const char* name = error_name(error);
+  if (!name) {
+    *pStr = nullptr;
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  const char* t = error_text(error);
+  *pStr = t ? t : name;
+  return CUDA_SUCCESS;
+}
+
+// ---- small entry points with nothing to emulate -----------------------------------------
+
+FERRY_EXPORT CUresult cuProfilerInitialize(const char*, const char*, CUoutput_mode) { return CUDA_SUCCESS; }
+FERRY_EXPORT CUresult cuProfilerStart() { return CUDA_SUCCESS; }
+FERRY_EXPORT CUresult cuProfilerStop() { return CUDA_SUCCESS; }
+FERRY_EXPORT CUresult cuFlushGPUDirectRDMAWrites(CUflushGPUDirectRDMAWritesTarget, CUflushGPUDirectRDMAWritesScope) {
+  return CUDA_SUCCESS;
+}

@@ -1,0 +1,426 @@
+// Start-up, configuration and the device queries of the simulated GPU.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "emu.hpp"
+
+namespace ferry::emu {
+
+Driver& drv() {
+  // Never destroyed: stream workers and atexit handlers of the application may still
+  // call in while static destructors run.
+  static Driver* d = new Driver;
+  return *d;
+}
+
+namespace {
+int log_level() {
+  static int lvl = [] {
+    const char* s = getenv("FERRY_EMU_LOG");
+    return s ? atoi(s) : 0;
+  }();
+  return lvl;
+}
+}  // namespace
+
+void log(const char* fmt, ...) {
+  if (log_level() <= 0) return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "[ferry-emu] %s\n", buf);
+}
+
+void fatal(const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "[ferry-emu] fatal: %s\n", buf);
+  abort();
+}
+
+uint64_t new_id() { return drv().next_id++; }
+
+size_t parse_size(const char* s, size_t dflt) {
+  if (!s || !*s) return dflt;
+  char* end = nullptr;
+  double v = strtod(s, &end);
+  if (end == s || v < 0) return dflt;
+  size_t mult = 1;
+  switch (*end) {
+    case 'k': case 'K': mult = 1ull << 10; break;
+    case 'm': case 'M': mult = 1ull << 20; break;
+    case 'g': case 'G': mult = 1ull << 30; break;
+    case 't': case 'T': mult = 1ull << 40; break;
+    default: break;
+  }
+  return static_cast<size_t>(v * static_cast<double>(mult));
+}
+
+namespace {
+
+// FERRY_EMU_DEVICE<n>="name=...,memory=8G,cc=8.0,sms=108,uuid=<32 hex>,pci=0000:3b:00.0"
+void apply_spec(DeviceConfig& c, const char* spec) {
+  std::string s(spec);
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? s.size() : comma + 1;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos) continue;
+    std::string k = item.substr(0, eq), v = item.substr(eq + 1);
+    if (k == "name") {
+      c.name = v;
+    } else if (k == "memory") {
+      c.total_mem = parse_size(v.c_str(), c.total_mem);
+    } else if (k == "cc") {
+      int maj = 0, min = 0;
+      if (sscanf(v.c_str(), "%d.%d", &maj, &min) >= 1) c.cc_major = maj, c.cc_minor = min;
+    } else if (k == "sms") {
+      c.sm_count = atoi(v.c_str());
+    } else if (k == "uuid") {
+      std::string hex;
+      for (char ch : v)
+        if (isxdigit(static_cast<unsigned char>(ch))) hex += ch;
+      if (hex.size() == 32)
+        for (int i = 0; i < 16; i++) c.uuid.bytes[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+    } else if (k == "pci") {
+      unsigned dom = 0, bus = 0, dev = 0, fn = 0;
+      if (sscanf(v.c_str(), "%x:%x:%x.%x", &dom, &bus, &dev, &fn) >= 3)
+        c.pci_domain = static_cast<int>(dom), c.pci_bus = static_cast<int>(bus), c.pci_device = static_cast<int>(dev);
+    }
+  }
+}
+
+void setup_devices(Driver& d) {
+  int count = 2;
+  if (const char* s = getenv("FERRY_EMU_DEVICES")) count = atoi(s);
+  if (count < 0) count = 0;
+  if (count > kMaxDevices) count = kMaxDevices;
+  size_t mem = parse_size(getenv("FERRY_EMU_MEMORY"), 16ull << 30);
+  for (int i = 0; i < count; i++) {
+    auto dev = std::make_unique<Device>();
+    dev->ordinal = i;
+    DeviceConfig& c = dev->cfg;
+    c.name = "ferry emulated GPU";
+    c.total_mem = mem;
+    if (const char* cc = getenv("FERRY_EMU_CC")) sscanf(cc, "%d.%d", &c.cc_major, &c.cc_minor);
+    const char tag[] = "ferry-emu-gpu";
+    memcpy(c.uuid.bytes, tag, sizeof tag - 1);
+    c.uuid.bytes[14] = static_cast<char>(0x40);
+    c.uuid.bytes[15] = static_cast<char>(i);
+    c.pci_bus = 0x17 + 0x10 * i;
+    char var[32];
+    snprintf(var, sizeof var, "FERRY_EMU_DEVICE%d", i);
+    if (const char* spec = getenv(var)) apply_spec(c, spec);
+    if (c.total_mem < kGranularity) c.total_mem = kGranularity;
+
+    dev->heap_base = kDeviceHeapBase + static_cast<uintptr_t>(i) * kDeviceHeapStride;
+    dev->heap_end = dev->heap_base + kDeviceHeapStride;
+    void* p = mmap(reinterpret_cast<void*>(dev->heap_base), kDeviceHeapStride, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != reinterpret_cast<void*>(dev->heap_base))
+      fatal("cannot reserve the address range of emulated device %d at %#lx: %s", i,
+            static_cast<unsigned long>(dev->heap_base), strerror(errno));
+    dev->heap_free[dev->heap_base] = kDeviceHeapStride;
+
+    auto* ctx = new Context;
+    ctx->dev = dev.get();
+    ctx->primary = true;
+    ctx->id = new_id();
+    d.contexts.insert(ctx);
+    dev->primary = ctx;
+
+    auto* pool = new MemPool;
+    pool->dev = dev.get();
+    pool->is_default = true;
+    pool->props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    pool->props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    pool->props.location.id = i;
+    d.pools.insert(pool);
+    dev->default_pool = dev->current_pool = pool;
+    d.devices.push_back(std::move(dev));
+  }
+}
+
+}  // namespace
+
+CUresult ensure_init() {
+  Driver& d = drv();
+  std::lock_guard lk(d.mu);
+  return d.initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+Device* device(CUdevice ordinal) {
+  Driver& d = drv();
+  if (ordinal < 0 || static_cast<size_t>(ordinal) >= d.devices.size()) return nullptr;
+  return d.devices[static_cast<size_t>(ordinal)].get();
+}
+
+}  // namespace ferry::emu
+
+using namespace ferry::emu;
+
+#define REQUIRE_INIT()                          \
+  do {                                          \
+    if (CUresult e_ = ensure_init()) return e_; \
+  } while (0)
+
+FERRY_EXPORT CUresult cuInit(unsigned int flags) {
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  Driver& d = drv();
+  std::lock_guard lk(d.mu);
+  if (!d.initialized) {
+    setup_devices(d);
+    d.initialized = true;
+    log("initialised %zu device(s)", d.devices.size());
+  }
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDriverGetVersion(int* v) {
+  if (!v) return CUDA_ERROR_INVALID_VALUE;
+  *v = kDriverVersion;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetCount(int* count) {
+  REQUIRE_INIT();
+  if (!count) return CUDA_ERROR_INVALID_VALUE;
+  *count = static_cast<int>(drv().devices.size());
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGet(CUdevice* dev, int ordinal) {
+  REQUIRE_INIT();
+  if (!dev) return CUDA_ERROR_INVALID_VALUE;
+  if (!device(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+  *dev = ordinal;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+  snprintf(name, static_cast<size_t>(len), "%s", d->cfg.name.c_str());
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+  *bytes = d->cfg.total_mem;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!uuid) return CUDA_ERROR_INVALID_VALUE;
+  *uuid = d->cfg.uuid;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) { return cuDeviceGetUuid(uuid, dev); }
+
+FERRY_EXPORT CUresult cuDeviceGetLuid(char*, unsigned int*, CUdevice dev) {
+  REQUIRE_INIT();
+  return device(dev) ? CUDA_ERROR_NOT_SUPPORTED : CUDA_ERROR_INVALID_DEVICE;
+}
+
+FERRY_EXPORT CUresult cuDeviceComputeCapability(int* major, int* minor, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!major || !minor) return CUDA_ERROR_INVALID_VALUE;
+  *major = d->cfg.cc_major;
+  *minor = d->cfg.cc_minor;
+  return CUDA_SUCCESS;
+}
+
+namespace {
+int attribute_value(const Device& d, CUdevice_attribute a, bool* known) {
+  const DeviceConfig& c = d.cfg;
+  *known = true;
+  switch (a) {
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z: return 64;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: return 2147483647;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y: return 65535;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: return 65535;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: return 48 * 1024;
+    case CU_DEVICE_ATTRIBUTE_TOTAL_CONSTANT_MEMORY: return 64 * 1024;
+    case CU_DEVICE_ATTRIBUTE_WARP_SIZE: return 32;
+    case CU_DEVICE_ATTRIBUTE_MAX_PITCH: return 2147483647;
+    case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK: return 65536;
+    case CU_DEVICE_ATTRIBUTE_CLOCK_RATE: return 1980000;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT: return 512;
+    case CU_DEVICE_ATTRIBUTE_GPU_OVERLAP: return 1;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return c.sm_count;
+    case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: return 1;
+    case CU_DEVICE_ATTRIBUTE_SURFACE_ALIGNMENT: return 512;
+    case CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: return 1;
+    case CU_DEVICE_ATTRIBUTE_ECC_ENABLED: return 1;
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: return c.pci_bus;
+    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: return c.pci_device;
+    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: return c.pci_domain;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE: return 2619000;
+    case CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH: return 5120;
+    case CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE: return 50 * 1024 * 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: return 2048;
+    case CU_DEVICE_ATTRIBUTE_ASYNC_ENGINE_COUNT: return 3;
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: return 1;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: return 32;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: return c.cc_major;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: return c.cc_minor;
+    case CU_DEVICE_ATTRIBUTE_STREAM_PRIORITIES_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_GLOBAL_L1_CACHE_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_LOCAL_L1_CACHE_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: return 228 * 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR: return 65536;
+    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: return 1;
+    case CU_DEVICE_ATTRIBUTE_SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO: return 2;
+    case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS: return 1;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_PREEMPTION_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM: return 1;
+    case CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH: return 1;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: return 227 * 1024;
+    case CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST: return 1;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR: return 32;
+    case CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE: return 0;
+    case CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK: return 1024;
+    case CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES: return CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    case CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS: return 1;
+    case CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR: return 1;
+    case CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED: return 0;
+    case CU_DEVICE_ATTRIBUTE_MEM_SYNC_DOMAIN_COUNT: return 1;
+    case CU_DEVICE_ATTRIBUTE_NUMA_ID: return -1;
+    case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID: return -1;
+    case CU_DEVICE_ATTRIBUTE_GPU_PCI_DEVICE_ID: return 0x233010de;
+    default: break;
+  }
+  *known = a > 0 && a < CU_DEVICE_ATTRIBUTE_MAX;
+  return 0;
+}
+}  // namespace
+
+FERRY_EXPORT CUresult cuDeviceGetAttribute(int* pi, CUdevice_attribute attrib, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!pi) return CUDA_ERROR_INVALID_VALUE;
+  bool known = false;
+  int v = attribute_value(*d, attrib, &known);
+  if (!known) return CUDA_ERROR_INVALID_VALUE;
+  *pi = v;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetPCIBusId(char* pciBusId, int len, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!pciBusId || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+  snprintf(pciBusId, static_cast<size_t>(len), "%08X:%02X:%02X.0", d->cfg.pci_domain, d->cfg.pci_bus,
+           d->cfg.pci_device);
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetByPCIBusId(CUdevice* dev, const char* pciBusId) {
+  REQUIRE_INIT();
+  if (!dev || !pciBusId) return CUDA_ERROR_INVALID_VALUE;
+  unsigned dom = 0, bus = 0, device_id = 0;
+  if (sscanf(pciBusId, "%x:%x:%x", &dom, &bus, &device_id) != 3) {
+    dom = 0;
+    if (sscanf(pciBusId, "%x:%x", &bus, &device_id) != 2) return CUDA_ERROR_INVALID_VALUE;
+  }
+  for (auto& d : drv().devices) {
+    if (static_cast<unsigned>(d->cfg.pci_domain) == dom && static_cast<unsigned>(d->cfg.pci_bus) == bus &&
+        static_cast<unsigned>(d->cfg.pci_device) == device_id) {
+      *dev = d->ordinal;
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_INVALID_DEVICE;
+}
+
+FERRY_EXPORT CUresult cuDeviceCanAccessPeer(int* can, CUdevice dev, CUdevice peer) {
+  REQUIRE_INIT();
+  if (!can) return CUDA_ERROR_INVALID_VALUE;
+  if (!device(dev) || !device(peer)) return CUDA_ERROR_INVALID_DEVICE;
+  *can = dev != peer;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetP2PAttribute(int* value, CUdevice_P2PAttribute attrib, CUdevice src, CUdevice dst) {
+  REQUIRE_INIT();
+  if (!value) return CUDA_ERROR_INVALID_VALUE;
+  if (!device(src) || !device(dst) || src == dst) return CUDA_ERROR_INVALID_DEVICE;
+  switch (attrib) {
+    case CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK: *value = 0; break;
+    case CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED: *value = 1; break;
+    case CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED: *value = 1; break;
+    default: *value = 0; break;
+  }
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode* mode) {
+  if (!mode) return CUDA_ERROR_INVALID_VALUE;
+  const char* env = getenv("CUDA_MODULE_LOADING");
+  *mode = (env && strcmp(env, "EAGER") == 0) ? CU_MODULE_EAGER_LOADING : CU_MODULE_LAZY_LOADING;
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!pool) return CUDA_ERROR_INVALID_VALUE;
+  *pool = reinterpret_cast<CUmemoryPool>(d->default_pool);
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice dev) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  if (!pool) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard lk(drv().mu);
+  *pool = reinterpret_cast<CUmemoryPool>(d->current_pool);
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
+  REQUIRE_INIT();
+  Device* d = device(dev);
+  if (!d) return CUDA_ERROR_INVALID_DEVICE;
+  std::lock_guard lk(drv().mu);
+  auto* p = reinterpret_cast<MemPool*>(pool);
+  if (!drv().pools.count(p) || p->dev != d) return CUDA_ERROR_INVALID_VALUE;
+  d->current_pool = p;
+  return CUDA_SUCCESS;
+}
