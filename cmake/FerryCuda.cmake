@@ -36,6 +36,7 @@ function(ferry_add_cuda_kernels name)
   add_library(${name}_cuobj OBJECT "${src}")
   set_target_properties(${name}_cuobj PROPERTIES CUDA_RUNTIME_LIBRARY ${A_CUDART})
   target_compile_options(${name}_cuobj PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
+  target_include_directories(${name}_cuobj PRIVATE "${ferry_SOURCE_DIR}/emulator/include")
 
   set(table "${CMAKE_CURRENT_BINARY_DIR}/${name}_emu_kernels.cpp")
   add_custom_command(
@@ -64,7 +65,8 @@ function(ferry_add_cuda_kernels name)
     set(header "${CMAKE_CURRENT_BINARY_DIR}/${A_FATBIN_HEADER}")
     add_custom_command(
       OUTPUT "${header}"
-      COMMAND "${CMAKE_CUDA_COMPILER}" -fatbin ${FERRY_GPU_CODE} -o "${fatbin}" "${src}"
+      COMMAND "${CMAKE_CUDA_COMPILER}" -fatbin ${FERRY_GPU_CODE} -I "${ferry_SOURCE_DIR}/emulator/include"
+              -o "${fatbin}" "${src}"
       COMMAND Python3::Interpreter "${FERRY_CUDA_CMAKE_DIR}/gen/embed_binary.py" "${fatbin}" "${header}" ${name}_fatbin
       DEPENDS "${src}" "${FERRY_CUDA_CMAKE_DIR}/gen/embed_binary.py"
       COMMENT "Building the fatbin of ${name}"
