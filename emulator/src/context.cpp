@@ -421,3 +421,6 @@ CUresult cls_get(void** value, CUcontext ctx, void* key) {
 }
 
 }  // namespace ferry::emu
+
+// The CUDA 2.0 API: detach drops the creator's reference, which destroys the context.
+FERRY_EXPORT CUresult cuCtxDetach(CUcontext ctx) { return cuCtxDestroy_v2(ctx); }

@@ -191,3 +191,133 @@ FERRY_EXPORT CUresult cuMemsetD2D16Async(CUdeviceptr d, size_t p, unsigned short
 FERRY_EXPORT CUresult cuMemsetD2D16Async_ptsz(CUdeviceptr d, size_t p, unsigned short v, size_t w, size_t h, CUstream st) { return memset_2d<unsigned short>(d, p, v, w, h, ptsz(st), false); }
 FERRY_EXPORT CUresult cuMemsetD2D32Async(CUdeviceptr d, size_t p, unsigned int v, size_t w, size_t h, CUstream st) { return memset_2d<unsigned int>(d, p, v, w, h, st, false); }
 FERRY_EXPORT CUresult cuMemsetD2D32Async_ptsz(CUdeviceptr d, size_t p, unsigned int v, size_t w, size_t h, CUstream st) { return memset_2d<unsigned int>(d, p, v, w, h, ptsz(st), false); }
+
+// ---- 3D and batched copies (linear memory; arrays are not emulated) ----------------------
+
+namespace {
+
+CUresult copy_3d(const CUDA_MEMCPY3D* p, CUstream h, bool sync) {
+  if (!p) return CUDA_ERROR_INVALID_VALUE;
+  if (p->srcMemoryType == CU_MEMORYTYPE_ARRAY || p->dstMemoryType == CU_MEMORYTYPE_ARRAY) return CUDA_ERROR_NOT_SUPPORTED;
+  if (p->Depth == 0 || p->Height == 0 || p->WidthInBytes == 0) return CUDA_SUCCESS;
+  size_t sh = p->srcHeight ? p->srcHeight : p->Height, dh = p->dstHeight ? p->dstHeight : p->Height;
+  for (size_t z = 0; z < p->Depth; z++) {
+    CUDA_MEMCPY2D c{};
+    c.srcMemoryType = p->srcMemoryType;
+    c.srcHost = p->srcHost;
+    c.srcDevice = p->srcDevice;
+    c.srcPitch = p->srcPitch;
+    c.srcXInBytes = p->srcXInBytes;
+    c.srcY = p->srcY + (p->srcZ + z) * sh;
+    c.dstMemoryType = p->dstMemoryType;
+    c.dstHost = p->dstHost;
+    c.dstDevice = p->dstDevice;
+    c.dstPitch = p->dstPitch;
+    c.dstXInBytes = p->dstXInBytes;
+    c.dstY = p->dstY + (p->dstZ + z) * dh;
+    c.WidthInBytes = p->WidthInBytes;
+    c.Height = p->Height;
+    if (CUresult e = copy_2d(&c, h, sync && z + 1 == p->Depth)) return e;
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult copy_3d_peer(const CUDA_MEMCPY3D_PEER* p, CUstream h, bool sync) {
+  if (!p) return CUDA_ERROR_INVALID_VALUE;
+  CUDA_MEMCPY3D c{};
+  c.srcXInBytes = p->srcXInBytes, c.srcY = p->srcY, c.srcZ = p->srcZ, c.srcMemoryType = p->srcMemoryType;
+  c.srcHost = p->srcHost, c.srcDevice = p->srcDevice, c.srcArray = p->srcArray, c.srcPitch = p->srcPitch;
+  c.srcHeight = p->srcHeight;
+  c.dstXInBytes = p->dstXInBytes, c.dstY = p->dstY, c.dstZ = p->dstZ, c.dstMemoryType = p->dstMemoryType;
+  c.dstHost = p->dstHost, c.dstDevice = p->dstDevice, c.dstArray = p->dstArray, c.dstPitch = p->dstPitch;
+  c.dstHeight = p->dstHeight;
+  c.WidthInBytes = p->WidthInBytes, c.Height = p->Height, c.Depth = p->Depth;
+  return copy_3d(&c, h, sync);
+}
+
+CUresult copy_batch(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count, size_t* fail, CUstream h) {
+  if (!dsts || !srcs || !sizes || count == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!h || h == CU_STREAM_LEGACY) return CUDA_ERROR_INVALID_VALUE;  // the legacy stream is not allowed
+  for (size_t i = 0; i < count; i++) {
+    if (CUresult e = ANY(dsts[i], srcs[i], sizes[i], h, false)) {
+      if (fail) *fail = i;
+      return e;
+    }
+  }
+  if (fail) *fail = SIZE_MAX;
+  return CUDA_SUCCESS;
+}
+
+CUresult copy_3d_batch(size_t n, CUDA_MEMCPY3D_BATCH_OP* ops, size_t* fail, unsigned long long flags, CUstream h) {
+  if (!ops || n == 0 || flags) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < n; i++) {
+    const CUDA_MEMCPY3D_BATCH_OP& o = ops[i];
+    if (o.src.type != CU_MEMCPY_OPERAND_TYPE_POINTER || o.dst.type != CU_MEMCPY_OPERAND_TYPE_POINTER) {
+      if (fail) *fail = i;
+      return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    CUDA_MEMCPY3D c{};
+    c.srcMemoryType = CU_MEMORYTYPE_UNIFIED;
+    c.srcDevice = o.src.op.ptr.ptr;
+    c.srcPitch = o.src.op.ptr.rowLength ? o.src.op.ptr.rowLength : o.extent.width;
+    c.srcHeight = o.src.op.ptr.layerHeight ? o.src.op.ptr.layerHeight : o.extent.height;
+    c.dstMemoryType = CU_MEMORYTYPE_UNIFIED;
+    c.dstDevice = o.dst.op.ptr.ptr;
+    c.dstPitch = o.dst.op.ptr.rowLength ? o.dst.op.ptr.rowLength : o.extent.width;
+    c.dstHeight = o.dst.op.ptr.layerHeight ? o.dst.op.ptr.layerHeight : o.extent.height;
+    c.WidthInBytes = o.extent.width;
+    c.Height = o.extent.height;
+    c.Depth = o.extent.depth;
+    if (CUresult e = copy_3d(&c, h, false)) {
+      if (fail) *fail = i;
+      return e;
+    }
+  }
+  if (fail) *fail = SIZE_MAX;
+  return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+FERRY_EXPORT CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D* p) { return copy_3d(p, CU_STREAM_LEGACY, true); }
+FERRY_EXPORT CUresult cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D* p) { return copy_3d(p, CU_STREAM_PER_THREAD, true); }
+FERRY_EXPORT CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D* p, CUstream s) { return copy_3d(p, s, false); }
+FERRY_EXPORT CUresult cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D* p, CUstream s) { return copy_3d(p, ptsz(s), false); }
+FERRY_EXPORT CUresult cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER* p) { return copy_3d_peer(p, CU_STREAM_LEGACY, true); }
+FERRY_EXPORT CUresult cuMemcpy3DPeer_ptds(const CUDA_MEMCPY3D_PEER* p) { return copy_3d_peer(p, CU_STREAM_PER_THREAD, true); }
+FERRY_EXPORT CUresult cuMemcpy3DPeerAsync(const CUDA_MEMCPY3D_PEER* p, CUstream s) { return copy_3d_peer(p, s, false); }
+FERRY_EXPORT CUresult cuMemcpy3DPeerAsync_ptsz(const CUDA_MEMCPY3D_PEER* p, CUstream s) {
+  return copy_3d_peer(p, ptsz(s), false);
+}
+FERRY_EXPORT CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                         CUmemcpyAttributes*, size_t*, size_t, size_t* failIdx, CUstream s) {
+  return copy_batch(dsts, srcs, sizes, count, failIdx, s);
+}
+FERRY_EXPORT CUresult cuMemcpyBatchAsync_ptsz(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                              CUmemcpyAttributes*, size_t*, size_t, size_t* failIdx, CUstream s) {
+  return copy_batch(dsts, srcs, sizes, count, failIdx, ptsz(s));
+}
+FERRY_EXPORT CUresult cuMemcpyBatchAsync_v2(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                            CUmemcpyAttributes*, size_t*, size_t, CUstream s) {
+  return copy_batch(dsts, srcs, sizes, count, nullptr, s);
+}
+FERRY_EXPORT CUresult cuMemcpyBatchAsync_v2_ptsz(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                                 CUmemcpyAttributes*, size_t*, size_t, CUstream s) {
+  return copy_batch(dsts, srcs, sizes, count, nullptr, ptsz(s));
+}
+FERRY_EXPORT CUresult cuMemcpy3DBatchAsync(size_t n, CUDA_MEMCPY3D_BATCH_OP* ops, size_t* failIdx,
+                                           unsigned long long flags, CUstream s) {
+  return copy_3d_batch(n, ops, failIdx, flags, s);
+}
+FERRY_EXPORT CUresult cuMemcpy3DBatchAsync_ptsz(size_t n, CUDA_MEMCPY3D_BATCH_OP* ops, size_t* failIdx,
+                                                unsigned long long flags, CUstream s) {
+  return copy_3d_batch(n, ops, failIdx, flags, ptsz(s));
+}
+FERRY_EXPORT CUresult cuMemcpy3DBatchAsync_v2(size_t n, CUDA_MEMCPY3D_BATCH_OP* ops, unsigned long long flags,
+                                              CUstream s) {
+  return copy_3d_batch(n, ops, nullptr, flags, s);
+}
+FERRY_EXPORT CUresult cuMemcpy3DBatchAsync_v2_ptsz(size_t n, CUDA_MEMCPY3D_BATCH_OP* ops, unsigned long long flags,
+                                                   CUstream s) {
+  return copy_3d_batch(n, ops, nullptr, flags, ptsz(s));
+}

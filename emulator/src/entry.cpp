@@ -177,6 +177,9 @@ CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t resul
   }
   unsigned char out[16];
   ferry::integrity::compute(in, out);
+  // Test hook: a negative control proving cudart really checks this answer.
+  static const bool broken = getenv("FERRY_EMU_TEST_BREAK_INTEGRITY") != nullptr;
+  if (broken && version % 10 >= 2) out[0] ^= 1;
   memcpy(result, out, 16);
   return CUDA_SUCCESS;
 }

@@ -424,3 +424,47 @@ FERRY_EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
   d->current_pool = p;
   return CUDA_SUCCESS;
 }
+
+namespace {
+CUresult atomic_caps(unsigned* caps, const CUatomicOperation* ops, unsigned count) {
+  if (!caps || (count && !ops)) return CUDA_ERROR_INVALID_VALUE;
+  // Host atomics back everything: each operation is supported at every width.
+  for (unsigned i = 0; i < count; i++)
+    caps[i] = CU_ATOMIC_CAPABILITY_SIGNED | CU_ATOMIC_CAPABILITY_UNSIGNED | CU_ATOMIC_CAPABILITY_REDUCTION |
+              CU_ATOMIC_CAPABILITY_SCALAR_32 | CU_ATOMIC_CAPABILITY_SCALAR_64;
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+FERRY_EXPORT CUresult cuDeviceGetHostAtomicCapabilities(unsigned int* caps, const CUatomicOperation* ops,
+                                                        unsigned int count, CUdevice dev) {
+  REQUIRE_INIT();
+  if (!device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+  return atomic_caps(caps, ops, count);
+}
+
+FERRY_EXPORT CUresult cuDeviceGetP2PAtomicCapabilities(unsigned int* caps, const CUatomicOperation* ops,
+                                                       unsigned int count, CUdevice src, CUdevice dst) {
+  REQUIRE_INIT();
+  if (!device(src) || !device(dst) || src == dst) return CUDA_ERROR_INVALID_DEVICE;
+  return atomic_caps(caps, ops, count);
+}
+
+// Nothing asynchronous ever happens to an emulated device, so registered callbacks
+// are kept only to be handed back.
+FERRY_EXPORT CUresult cuDeviceRegisterAsyncNotification(CUdevice dev, CUasyncCallback fn, void*,
+                                                        CUasyncCallbackHandle* handle) {
+  REQUIRE_INIT();
+  if (!device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+  if (!fn || !handle) return CUDA_ERROR_INVALID_VALUE;
+  *handle = reinterpret_cast<CUasyncCallbackHandle>(new char);
+  return CUDA_SUCCESS;
+}
+
+FERRY_EXPORT CUresult cuDeviceUnregisterAsyncNotification(CUdevice dev, CUasyncCallbackHandle handle) {
+  REQUIRE_INIT();
+  if (!device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+  if (!handle) return CUDA_ERROR_INVALID_VALUE;
+  delete reinterpret_cast<char*>(handle);
+  return CUDA_SUCCESS;
+}

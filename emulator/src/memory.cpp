@@ -686,3 +686,81 @@ FERRY_EXPORT CUresult cuMemPrefetchAsync_v2_ptsz(CUdeviceptr devPtr, size_t coun
                                                  unsigned int flags, CUstream hStream) {
   return cuMemPrefetchAsync_v2(devPtr, count, loc, flags, hStream ? hStream : CU_STREAM_PER_THREAD);
 }
+
+FERRY_EXPORT CUresult cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dst, CUstream hStream) {
+  if (dst != CU_DEVICE_CPU && !device(dst)) return CUDA_ERROR_INVALID_DEVICE;
+  Context* c = nullptr;
+  CUresult err = CUDA_SUCCESS;
+  if (!resolve_stream(hStream, &c, &err)) return err;
+  return check_device_access(devPtr, count);
+}
+
+FERRY_EXPORT CUresult cuMemPrefetchAsync_ptsz(CUdeviceptr devPtr, size_t count, CUdevice dst, CUstream hStream) {
+  return cuMemPrefetchAsync(devPtr, count, dst, hStream ? hStream : CU_STREAM_PER_THREAD);
+}
+
+namespace {
+CUresult batch_hint(CUdeviceptr* dptrs, size_t* sizes, size_t count, CUstream h) {
+  if (!dptrs || !sizes || count == 0) return CUDA_ERROR_INVALID_VALUE;
+  Context* c = nullptr;
+  CUresult err = CUDA_SUCCESS;
+  if (!resolve_stream(h, &c, &err)) return err;
+  for (size_t i = 0; i < count; i++)
+    if (CUresult e = check_device_access(dptrs[i], sizes[i])) return e;
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+#define FERRY_BATCH_HINT(name, ...)                                                                         \
+  FERRY_EXPORT CUresult name(CUdeviceptr* d, size_t* s, size_t n, __VA_ARGS__, unsigned long long, CUstream h) { \
+    return batch_hint(d, s, n, h);                                                                          \
+  }                                                                                                         \
+  FERRY_EXPORT CUresult name##_ptsz(CUdeviceptr* d, size_t* s, size_t n, __VA_ARGS__, unsigned long long,      \
+                                    CUstream h) {                                                           \
+    return batch_hint(d, s, n, h ? h : CU_STREAM_PER_THREAD);                                               \
+  }
+FERRY_BATCH_HINT(cuMemPrefetchBatchAsync, CUmemLocation*, size_t*, size_t)
+FERRY_BATCH_HINT(cuMemDiscardAndPrefetchBatchAsync, CUmemLocation*, size_t*, size_t)
+#undef FERRY_BATCH_HINT
+
+FERRY_EXPORT CUresult cuMemDiscardBatchAsync(CUdeviceptr* d, size_t* s, size_t n, unsigned long long, CUstream h) {
+  return batch_hint(d, s, n, h);
+}
+FERRY_EXPORT CUresult cuMemDiscardBatchAsync_ptsz(CUdeviceptr* d, size_t* s, size_t n, unsigned long long,
+                                                  CUstream h) {
+  return batch_hint(d, s, n, h ? h : CU_STREAM_PER_THREAD);
+}
+
+FERRY_EXPORT CUresult cuMemRangeGetAttribute(void* data, size_t dataSize, CUmem_range_attribute attribute,
+                                             CUdeviceptr devPtr, size_t count) {
+  if (CUresult e = ensure_init()) return e;
+  if (!data) return CUDA_ERROR_INVALID_VALUE;
+  {
+    std::lock_guard lk(drv().mu);
+    Range* r = find_range(devPtr);
+    if (!r || r->kind != RangeKind::Managed || devPtr + count > r->base + r->size) return CUDA_ERROR_INVALID_VALUE;
+  }
+  switch (attribute) {
+    case CU_MEM_RANGE_ATTRIBUTE_READ_MOSTLY:
+      if (dataSize != 4) return CUDA_ERROR_INVALID_VALUE;
+      *static_cast<int*>(data) = 0;
+      return CUDA_SUCCESS;
+    case CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION:
+    case CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION:
+      if (dataSize != 4) return CUDA_ERROR_INVALID_VALUE;
+      *static_cast<int*>(data) = CU_DEVICE_INVALID;
+      return CUDA_SUCCESS;
+    default:
+      if (dataSize % 4) return CUDA_ERROR_INVALID_VALUE;
+      memset(data, 0, dataSize);
+      return CUDA_SUCCESS;
+  }
+}
+
+FERRY_EXPORT CUresult cuMemRangeGetAttributes(void** data, size_t* dataSizes, CUmem_range_attribute* attributes,
+                                              size_t n, CUdeviceptr devPtr, size_t count) {
+  if (!data || !dataSizes || !attributes) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < n; i++)
+    if (CUresult e = cuMemRangeGetAttribute(data[i], dataSizes[i], attributes[i], devPtr, count)) return e;
+  return CUDA_SUCCESS;
+}

@@ -770,3 +770,12 @@ FERRY_EXPORT CUresult cuOccupancyMaxPotentialClusterSize(int* clusterSize, CUfun
   *clusterSize = 1;
   return CUDA_SUCCESS;
 }
+
+FERRY_EXPORT CUresult cuKernelGetParamInfo(CUkernel kernel, size_t index, size_t* offset, size_t* size) {
+  Context* c = nullptr;
+  if (CUresult e = current_or_error(&c)) return e;
+  CUresult err = CUDA_SUCCESS;
+  Function* f = function_for_launch(reinterpret_cast<CUfunction>(kernel), c, &err);
+  if (!f) return err;
+  return cuFuncGetParamInfo(reinterpret_cast<CUfunction>(f), index, offset, size);
+}

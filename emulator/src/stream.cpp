@@ -556,3 +556,102 @@ FERRY_EXPORT CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) 
 FERRY_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {
   return cuEventElapsedTime(ms, start, end);
 }
+
+// ---- stream memory operations: waits spin on host memory, writes are ordered ops ------
+
+namespace {
+
+bool value_ready(uintptr_t addr, uint64_t want, unsigned flags, bool is64) {
+  uint64_t v = is64 ? __atomic_load_n(reinterpret_cast<uint64_t*>(addr), __ATOMIC_ACQUIRE)
+                    : __atomic_load_n(reinterpret_cast<uint32_t*>(addr), __ATOMIC_ACQUIRE);
+  if (!is64) want &= 0xffffffffu;
+  switch (flags & 0x3) {
+    case CU_STREAM_WAIT_VALUE_GEQ:
+      return is64 ? static_cast<int64_t>(v - want) >= 0 : static_cast<int32_t>(static_cast<uint32_t>(v - want)) >= 0;
+    case CU_STREAM_WAIT_VALUE_EQ: return v == want;
+    case CU_STREAM_WAIT_VALUE_AND: return (v & want) != 0;
+    default: return ~(v | want) != 0;  // NOR
+  }
+}
+
+CUresult mem_op(CUstream h, CUdeviceptr addr, uint64_t value, unsigned flags, bool wait, bool is64) {
+  Context* c = nullptr;
+  CUresult err;
+  auto s = resolve_stream(h, &c, &err);
+  if (!s) return err;
+  if (addr % (is64 ? 8 : 4)) return CUDA_ERROR_INVALID_VALUE;
+  if (CUresult e = check_device_access(addr, is64 ? 8 : 4)) return e;
+  if (wait) {
+    enqueue(s, Op{{}, [=]() {
+                    while (!value_ready(addr, value, flags, is64)) std::this_thread::yield();
+                    return CUDA_SUCCESS;
+                  }});
+  } else {
+    enqueue(s, Op{{}, [=]() {
+                    if (is64)
+                      __atomic_store_n(reinterpret_cast<uint64_t*>(addr), value, __ATOMIC_RELEASE);
+                    else
+                      __atomic_store_n(reinterpret_cast<uint32_t*>(addr), static_cast<uint32_t>(value), __ATOMIC_RELEASE);
+                    return CUDA_SUCCESS;
+                  }});
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult batch_mem_op(CUstream h, unsigned count, CUstreamBatchMemOpParams* ops, unsigned flags) {
+  if (flags || (count && !ops)) return CUDA_ERROR_INVALID_VALUE;
+  for (unsigned i = 0; i < count; i++) {
+    CUresult e = CUDA_SUCCESS;
+    switch (ops[i].operation) {
+      case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+        e = mem_op(h, ops[i].waitValue.address, ops[i].waitValue.value, ops[i].waitValue.flags, true, false);
+        break;
+      case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+        e = mem_op(h, ops[i].waitValue.address, ops[i].waitValue.value64, ops[i].waitValue.flags, true, true);
+        break;
+      case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+        e = mem_op(h, ops[i].writeValue.address, ops[i].writeValue.value, 0, false, false);
+        break;
+      case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+        e = mem_op(h, ops[i].writeValue.address, ops[i].writeValue.value64, 0, false, true);
+        break;
+      case CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES:
+      case CU_STREAM_MEM_OP_BARRIER:
+        break;
+      default: return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (e) return e;
+  }
+  return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+#define FERRY_MEMOP(name, wait, is64, T)                                                                     \
+  FERRY_EXPORT CUresult name(CUstream s, CUdeviceptr a, T v, unsigned int f) { return mem_op(s, a, v, f, wait, is64); } \
+  FERRY_EXPORT CUresult name##_ptsz(CUstream s, CUdeviceptr a, T v, unsigned int f) {                          \
+    return mem_op(ptsz(s), a, v, f, wait, is64);                                                             \
+  }                                                                                                          \
+  FERRY_EXPORT CUresult name##_v2(CUstream s, CUdeviceptr a, T v, unsigned int f) { return mem_op(s, a, v, f, wait, is64); } \
+  FERRY_EXPORT CUresult name##_v2_ptsz(CUstream s, CUdeviceptr a, T v, unsigned int f) {                       \
+    return mem_op(ptsz(s), a, v, f, wait, is64);                                                             \
+  }
+FERRY_MEMOP(cuStreamWaitValue32, true, false, cuuint32_t)
+FERRY_MEMOP(cuStreamWaitValue64, true, true, cuuint64_t)
+FERRY_MEMOP(cuStreamWriteValue32, false, false, cuuint32_t)
+FERRY_MEMOP(cuStreamWriteValue64, false, true, cuuint64_t)
+#undef FERRY_MEMOP
+
+FERRY_EXPORT CUresult cuStreamBatchMemOp(CUstream s, unsigned int n, CUstreamBatchMemOpParams* p, unsigned int f) {
+  return batch_mem_op(s, n, p, f);
+}
+FERRY_EXPORT CUresult cuStreamBatchMemOp_ptsz(CUstream s, unsigned int n, CUstreamBatchMemOpParams* p, unsigned int f) {
+  return batch_mem_op(ptsz(s), n, p, f);
+}
+FERRY_EXPORT CUresult cuStreamBatchMemOp_v2(CUstream s, unsigned int n, CUstreamBatchMemOpParams* p, unsigned int f) {
+  return batch_mem_op(s, n, p, f);
+}
+FERRY_EXPORT CUresult cuStreamBatchMemOp_v2_ptsz(CUstream s, unsigned int n, CUstreamBatchMemOpParams* p,
+                                                 unsigned int f) {
+  return batch_mem_op(ptsz(s), n, p, f);
+}
