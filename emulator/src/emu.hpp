@@ -9,9 +9,10 @@
 // - Export tables: the six tables cudart fetches, with the HMAC-MD2 integrity answer
 //   computed from our own table addresses and device list (integrity.cpp).
 // - Address space: device memory is ordinary host memory at fixed addresses, so a
-//   device pointer is a host pointer (UVA-like). Each device owns a 1 TiB range for
-//   cuMemAlloc/pools, reserved PROT_NONE at start; VMM reservations are separate
-//   mmaps anywhere (a hint is honoured when the range is free) backed by memfd
+//   device pointer is a host pointer (UVA-like). Each device owns an address range for
+//   cuMemAlloc/pools, reserved PROT_NONE at start where the kernel places it (so the
+//   layout coexists with sanitizers and whatever else the process maps); VMM
+//   reservations are separate mmaps (a hint is honoured when the range is free) backed by memfd
 //   "physical" allocations, so one allocation can be mapped at several addresses.
 //   Freed or unmapped memory goes back to PROT_NONE: any later access faults.
 // - Streams: each stream has a worker thread running its operations in order;
@@ -54,10 +55,7 @@ namespace ferry::emu {
 constexpr int kDriverVersion = 13000;
 constexpr size_t kGranularity = 2u << 20;  // VMM granularity, as on current GPUs
 constexpr size_t kPage = 4096;
-constexpr uintptr_t kDeviceHeapBase = 0x200000000000ull;
-constexpr uintptr_t kDeviceHeapStride = 0x10000000000ull;  // 1 TiB per device
-constexpr uintptr_t kVmmBase = 0x400000000000ull;
-constexpr uintptr_t kVmmEnd = 0x500000000000ull;
+constexpr uintptr_t kDeviceHeapSpan = 0x10000000000ull;  // at most 1 TiB of address space per device
 constexpr int kMaxDevices = 16;
 
 struct Context;
@@ -270,7 +268,6 @@ struct Driver {
   std::vector<KernelLibFile> kernel_libs;
   bool kernel_libs_scanned = false;
   uint64_t next_id = 1;
-  uintptr_t vmm_cursor = kVmmBase;
   std::mutex progress_mu;  // stream completions are announced on progress_cv
   std::condition_variable progress_cv;
 };

@@ -2,6 +2,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -126,14 +127,15 @@ void setup_devices(Driver& d) {
     if (const char* spec = getenv(var)) apply_spec(c, spec);
     if (c.total_mem < kGranularity) c.total_mem = kGranularity;
 
-    dev->heap_base = kDeviceHeapBase + static_cast<uintptr_t>(i) * kDeviceHeapStride;
-    dev->heap_end = dev->heap_base + kDeviceHeapStride;
-    void* p = mmap(reinterpret_cast<void*>(dev->heap_base), kDeviceHeapStride, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p != reinterpret_cast<void*>(dev->heap_base))
-      fatal("cannot reserve the address range of emulated device %d at %#lx: %s", i,
-            static_cast<unsigned long>(dev->heap_base), strerror(errno));
-    dev->heap_free[dev->heap_base] = kDeviceHeapStride;
+    // 2 MiB-aligned so large allocations can be aligned like a GPU's.
+    // Room for fragmentation: four times the memory, at least 64 GiB, at most 1 TiB.
+    size_t span = std::min<size_t>(std::max<size_t>(4 * c.total_mem, 64ull << 30), kDeviceHeapSpan);
+    span = (span + kGranularity - 1) / kGranularity * kGranularity;
+    void* p = mmap(nullptr, span + kGranularity, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fatal("cannot reserve address space for emulated device %d: %s", i, strerror(errno));
+    dev->heap_base = (reinterpret_cast<uintptr_t>(p) + kGranularity - 1) / kGranularity * kGranularity;
+    dev->heap_end = dev->heap_base + span;
+    dev->heap_free[dev->heap_base] = span;
 
     auto* ctx = new Context;
     ctx->dev = dev.get();

@@ -8,6 +8,7 @@
 // grid are spread over a small pool of OS threads. A fault (SIGSEGV/SIGBUS) while a
 // kernel runs ends the launch with CUDA_ERROR_ILLEGAL_ADDRESS instead of the process.
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -109,7 +110,24 @@ struct BlockRun {
 thread_local BlockRun* t_run = nullptr;
 thread_local ferry_emu_thread_state t_state{};
 thread_local sigjmp_buf* t_fault_jmp = nullptr;
-thread_local std::vector<std::pair<void*, size_t>> t_stacks;  // fiber stacks, reused
+struct StackSlot {
+  void* lo;
+  size_t size;
+  void* tsan_fiber;  // TSan's fiber for this stack, created once and reused
+};
+thread_local std::vector<StackSlot> t_stacks;  // fiber stacks, reused
+#ifdef FERRY_ASAN
+thread_local void* t_sched_stack_lo = nullptr;  // the scheduler's own stack, for ASan's bookkeeping
+thread_local size_t t_sched_stack_size = 0;
+#endif
+
+// Leaving a fiber by longjmp (fault or trap): tell ASan which stack we land on.
+void before_escape() {
+#ifdef FERRY_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, t_sched_stack_lo, t_sched_stack_size);
+#endif
+}
 
 size_t stack_size() {
   static size_t sz = [] {
@@ -119,13 +137,17 @@ size_t stack_size() {
   return sz;
 }
 
-std::pair<void*, size_t> get_stack(size_t i) {
+const StackSlot& get_stack(size_t i) {
   while (t_stacks.size() <= i) {
     size_t sz = stack_size();
     void* p = mmap(nullptr, sz + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) fatal("cannot allocate fiber stacks");
     mprotect(p, kPage, PROT_NONE);  // guard page: an overflowing kernel faults
-    t_stacks.emplace_back(static_cast<char*>(p) + kPage, sz);
+    StackSlot slot{static_cast<char*>(p) + kPage, sz, nullptr};
+#ifdef FERRY_TSAN
+    slot.tsan_fiber = __tsan_create_fiber(0);
+#endif
+    t_stacks.push_back(slot);
   }
   return t_stacks[i];
 }
@@ -232,7 +254,10 @@ uint64_t rt_warp_exchange(uint64_t value, int src_lane) {
 void rt_trap(const char* why) {
   BlockRun& r = *t_run;
   r.trap = why ? why : "trap";
-  if (t_fault_jmp) siglongjmp(*t_fault_jmp, 2);
+  if (t_fault_jmp) {
+    before_escape();
+    siglongjmp(*t_fault_jmp, 2);
+  }
   fatal("kernel trap outside a launch: %s", r.trap);
 }
 
@@ -256,10 +281,10 @@ void fiber_main(Fiber* self) {
 }
 
 void make_fiber(Fiber& f, size_t index) {
-  auto [lo, size] = get_stack(index);
-  f.stack_lo = lo;
-  f.stack_size = size;
-  auto top = reinterpret_cast<uintptr_t>(lo) + size;
+  const StackSlot& slot = get_stack(index);
+  f.stack_lo = slot.lo;
+  f.stack_size = slot.size;
+  auto top = reinterpret_cast<uintptr_t>(slot.lo) + slot.size;
   top &= ~uintptr_t{15};
   auto* sp = reinterpret_cast<uint64_t*>(top);
   // Frame popped by ferry_emu_switch: fpu cw/mxcsr, r15..r12, rbx, rbp, return address.
@@ -279,7 +304,7 @@ void make_fiber(Fiber& f, size_t index) {
   f.sp = sp;
   f.state = kRunnable;
 #ifdef FERRY_TSAN
-  f.tsan_fiber = __tsan_create_fiber(0);
+  f.tsan_fiber = slot.tsan_fiber;
 #endif
 }
 
@@ -307,7 +332,10 @@ void install_fault_handler() {
 }
 
 void fault_handler(int sig, siginfo_t* info, void* uctx) {
-  if (t_fault_jmp) siglongjmp(*t_fault_jmp, 1);
+  if (t_fault_jmp) {
+    before_escape();
+    siglongjmp(*t_fault_jmp, 1);
+  }
   // Not ours: hand the fault to whoever was installed before us, or die as usual.
   struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
   if (prev.sa_flags & SA_SIGINFO) {
@@ -344,6 +372,14 @@ CUresult run_block(const ferry_emu_kernel_entry* entry, void* const* params, fer
 #ifdef FERRY_TSAN
   r.tsan_sched = __tsan_get_current_fiber();
 #endif
+#ifdef FERRY_ASAN
+  if (!t_sched_stack_lo) {
+    pthread_attr_t attr;
+    pthread_getattr_np(pthread_self(), &attr);
+    pthread_attr_getstack(&attr, &t_sched_stack_lo, &t_sched_stack_size);
+    pthread_attr_destroy(&attr);
+  }
+#endif
   sigjmp_buf jb;
   volatile CUresult result = CUDA_SUCCESS;
   int why = sigsetjmp(jb, 1);
@@ -366,6 +402,9 @@ CUresult run_block(const ferry_emu_kernel_entry* entry, void* const* params, fer
 #ifdef FERRY_ASAN
     __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
+#ifdef FERRY_TSAN
+    __tsan_switch_to_fiber(r.tsan_sched, 0);
+#endif
     if (why == 1) {
       log("kernel %s faulted (illegal address)", entry->name);
       result = CUDA_ERROR_ILLEGAL_ADDRESS;
@@ -376,10 +415,6 @@ CUresult run_block(const ferry_emu_kernel_entry* entry, void* const* params, fer
   }
   t_fault_jmp = nullptr;
   t_run = nullptr;
-#ifdef FERRY_TSAN
-  for (auto& f : r.fibers)
-    if (f.tsan_fiber) __tsan_destroy_fiber(f.tsan_fiber);
-#endif
   return result;
 }
 

@@ -80,7 +80,7 @@ bool looks_like_device(uintptr_t p) {
     Range* r = find_range(p);
     return r->kind != RangeKind::HostPinned && r->kind != RangeKind::HostRegistered;
   }
-  return in_device_va(p) || (p >= kVmmBase && p < kVmmEnd);
+  return in_device_va(p);
 }
 
 CUresult heap_alloc(Device* dev, size_t size, RangeKind kind, Context* ctx, MemPool* pool, CUdeviceptr* out) {

@@ -71,18 +71,14 @@ FERRY_EXPORT CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t 
   uintptr_t at = 0;
   // The address is only a hint, as with the real driver: honoured when the range is free.
   if (addr && addr % align == 0 && !overlaps_registered(addr, size) && try_reserve(addr, size)) at = addr;
-  for (uintptr_t cand = (d.vmm_cursor + align - 1) / align * align; !at && cand + size <= kVmmEnd;) {
-    if (!overlaps_registered(cand, size) && try_reserve(cand, size)) {
-      at = cand;
-      d.vmm_cursor = cand + size;
-      break;
-    }
-    cand += std::max(size, align);
-  }
   if (!at) {
-    d.vmm_cursor = kVmmBase;  // wrap once: earlier reservations may have been freed
-    for (uintptr_t cand = kVmmBase; !at && cand + size <= kVmmEnd; cand += std::max(size, align))
-      if (!overlaps_registered(cand, size) && try_reserve(cand, size)) at = cand;
+    // Otherwise the kernel picks: over-reserve, then trim to the alignment.
+    void* p = mmap(nullptr, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    uintptr_t base = reinterpret_cast<uintptr_t>(p);
+    at = (base + align - 1) / align * align;
+    if (at > base) munmap(p, at - base);
+    if (base + size + align > at + size) munmap(reinterpret_cast<void*>(at + size), base + size + align - (at + size));
   }
   if (!at) return CUDA_ERROR_OUT_OF_MEMORY;
   Range r;

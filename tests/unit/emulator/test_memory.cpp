@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <numeric>
 
 #include "emu_test.hpp"
@@ -12,10 +13,18 @@ using emu_test::primary;
 TEST_CASE("allocations live in their device's own address range", "[memory]") {
   primary(0);
   CUdeviceptr a0, a1;
+  std::vector<CUdeviceptr> on0(4), on2(4);
+  for (auto& p : on0) CU_OK(cuMemAlloc(&p, 3 << 20));
   CU_OK(cuMemAlloc(&a0, 1000));
   primary(2);
+  for (auto& p : on2) CU_OK(cuMemAlloc(&p, 3 << 20));
   CU_OK(cuMemAlloc(&a1, 1000));
-  REQUIRE((a0 >> 40) != (a1 >> 40));
+  on0.push_back(a0);
+  on2.push_back(a1);
+  auto [lo0, hi0] = std::minmax_element(on0.begin(), on0.end());
+  auto [lo2, hi2] = std::minmax_element(on2.begin(), on2.end());
+  REQUIRE((*hi0 < *lo2 || *hi2 < *lo0));  // the two devices' ranges do not interleave
+  for (size_t i = 0; i < 4; i++) CU_OK(cuMemFree(on2[i]));
   int ord = -1;
   CU_OK(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a0));
   REQUIRE(ord == 0);
@@ -33,6 +42,7 @@ TEST_CASE("allocations live in their device's own address range", "[memory]") {
   primary(0);
   CU_OK(cuMemFree(a0));
   REQUIRE(cuMemFree(a0) == CUDA_ERROR_INVALID_VALUE);  // double free
+  for (size_t i = 0; i < 4; i++) CU_OK(cuMemFree(on0[i]));
 }
 
 TEST_CASE("out of memory is reported and nothing leaks", "[memory]") {
