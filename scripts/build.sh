@@ -15,8 +15,8 @@ if [[ ! -f $build/CMakeCache.txt ]]; then
     -DCMAKE_BUILD_TYPE="${FERRY_BUILD_TYPE:-RelWithDebInfo}" \
     -DFERRY_WERROR="${FERRY_WERROR:-OFF}" \
     -DFERRY_SANITIZE="${FERRY_SANITIZE:-}" >/dev/null
-else
-  cmake "$build" -DFERRY_WERROR="${FERRY_WERROR:-OFF}" >/dev/null
+elif [[ -n ${FERRY_WERROR:-} ]]; then
+  cmake "$build" -DFERRY_WERROR="$FERRY_WERROR" >/dev/null
 fi
 jobs=${FERRY_JOBS:-$(nproc)}
 cmake --build "$build" -j "$jobs" "$@"
