@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "emu.hpp"
-#include "integrity.hpp"
+#include <ferry_common/integrity.hpp>
 
 #include <cudaProfiler.h>
 

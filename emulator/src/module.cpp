@@ -20,31 +20,13 @@
 
 #include "emu.hpp"
 
+#include <ferry_common/cuda_image.hpp>
+
 namespace ferry::emu {
 
 namespace {
 
-constexpr uint32_t kFatbinWrapperMagic = 0x466243B1;
-constexpr uint32_t kFatbinMagic = 0xBA55ED50;
-
-size_t image_size(const void* image) {
-  const auto* b = static_cast<const unsigned char*>(image);
-  uint32_t magic;
-  memcpy(&magic, b, 4);
-  if (magic == kFatbinMagic) {
-    uint16_t hdr;
-    uint64_t fat;
-    memcpy(&hdr, b + 6, 2);
-    memcpy(&fat, b + 8, 8);
-    return hdr + fat;
-  }
-  if (memcmp(b, ELFMAG, SELFMAG) == 0 && b[EI_CLASS] == ELFCLASS64) {
-    Elf64_Ehdr eh;
-    memcpy(&eh, b, sizeof eh);
-    return eh.e_shoff + static_cast<size_t>(eh.e_shnum) * eh.e_shentsize;
-  }
-  return strlen(static_cast<const char*>(image)) + 1;
-}
+size_t image_size(const void* image) { return cuda_image::size(image); }
 
 void add_lib_file(Driver& d, const std::string& path) {
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -216,16 +198,7 @@ Kernel* as_kernel(CUkernel h) {
 
 }  // namespace
 
-const void* fatbin_wrapper_image(const void* image) {
-  uint32_t magic;
-  memcpy(&magic, image, 4);
-  if (magic == kFatbinWrapperMagic) {
-    const void* data;
-    memcpy(&data, static_cast<const char*>(image) + 8, sizeof data);
-    return data;
-  }
-  return image;
-}
+const void* fatbin_wrapper_image(const void* image) { return cuda_image::unwrap(image); }
 
 void unload_module(Module* m) {
   Driver& d = drv();

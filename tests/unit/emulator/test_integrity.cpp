@@ -5,7 +5,7 @@
 #include <cstdio>
 
 #include "emu_test.hpp"
-#include "integrity.hpp"
+#include <ferry_common/integrity.hpp>
 
 namespace {
 
