@@ -1,0 +1,62 @@
+// The arena: fixed addresses for device memory.
+//
+// Each virtual device owns a range of virtual addresses at a fixed base
+// (FERRY_ARENA_BASE + device * FERRY_ARENA_SIZE). Every allocation the program makes
+// (cuMemAlloc, cuMemAllocPitch, cuMemAllocAsync, pool allocations) and every VA
+// reservation it makes itself (cuMemAddressReserve, e.g. PyTorch's expandable
+// segments) takes its addresses from that range. The range is not reserved from the
+// driver as a whole: each piece is reserved where it lies (cuMemAddressReserve with
+// the address as hint, verified), backed by cuMemCreate memory and mapped there, so a
+// restore can rebuild exactly the same pieces at the same addresses on any GPU.
+//
+// Allocations of at least kSmallLimit get their own piece, rounded to the allocation
+// granularity (2 MiB on current GPUs): sizes PyTorch uses (2 MiB, 20 MiB segments)
+// waste nothing. Smaller ones share 2 MiB chunks, 512-byte aligned, first fit; a chunk
+// goes back to the driver when its last allocation is freed. bench/arena_overhead
+// measures the waste on a PyTorch-like trace.
+//
+// All functions expect tr::state().mu held.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tracker.hpp"
+
+namespace ferry::arena {
+
+constexpr size_t kSmallLimit = 1u << 20;
+constexpr size_t kSmallAlign = 512;
+
+// The driver's allocation granularity for device memory (cached).
+size_t granularity();
+
+// Virtual addresses from vdev's range, granularity-aligned; `hint` (0: any) is
+// honoured when free and inside the range.
+CUresult carve(int vdev, size_t size, size_t align, uintptr_t hint, uintptr_t* out);
+void uncarve(int vdev, uintptr_t va, size_t size);
+// The virtual device whose range holds va, or -1.
+int range_of(uintptr_t va);
+
+// Reserves [va, va+size) from the driver at exactly that address.
+CUresult reserve_exact(uintptr_t va, size_t size);
+// Physical memory on virtual device vdev (the current physical device behind it).
+CUresult create_phys(int vdev, size_t size, const CUmemAllocationProp* program_prop, tr::Phys** out);
+// Maps phys at va and makes it accessible from vdev (and the devices in `access`).
+CUresult map(uintptr_t va, size_t size, tr::Phys* p, size_t offset, const CUmemAccessDesc* access, size_t n_access);
+
+// Device memory for the program. Returns the driver's error on failure, nothing half-made.
+CUresult alloc(int vdev, tr::Ctx* ctx, size_t size, tr::AllocKind kind, tr::Pool* pool, CUdeviceptr* out);
+// Frees an allocation made by alloc(). CUDA_ERROR_INVALID_VALUE if p is not one.
+CUresult free(CUdeviceptr p);
+// Stream-ordered free: the memory returns once the work queued on `stream` before it is done.
+CUresult free_async(CUdeviceptr p, CUstream real_stream);
+// Frees what stream-ordered frees have released since.
+void reap();
+
+// Unmaps and releases a piece alloc() built (reservation, mapping, physical memory).
+void drop_piece(uintptr_t va);
+
+}  // namespace ferry::arena

@@ -1,0 +1,198 @@
+// cuGetProcAddress and the export tables cudart fetches.
+//
+// GPA: the real driver resolves (name, version, flags) to its ABI variant; we hand
+// back our wrapper of exactly that variant, found by the address the driver returned.
+// Export tables: cudart gets the primary context from CUDART_INTERFACE[2] and keeps
+// its per-context state in CONTEXT_LOCAL_STORAGE. Both must see virtual contexts, so
+// the shim hands out a copy of CUDART_INTERFACE with slot 2 wrapped, its own
+// context-local storage keyed by virtual context (so cudart's state survives a
+// restore into a new real context), and CONTEXT_CHECKS with slot 2 translating.
+// Because cudart verifies a hash over the table addresses (INTEGRITY_CHECK, notes §7),
+// the integrity table is copied too and its answer recomputed for the copies.
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <mutex>
+
+#include <ferry_common/integrity.hpp>
+
+#include "../contexts.hpp"
+#include "../log.hpp"
+#include "../shim.hpp"
+#include "shim_decls.hpp"
+
+using namespace ferry;
+
+namespace {
+
+CUresult resolve(const char* symbol, void** pfn, CUdriverProcAddressQueryResult* status, CUresult r) {
+  if (r != CUDA_SUCCESS || !pfn || !*pfn || !active()) return r;
+  if (void* w = wrapper_for_real(*pfn)) {
+    *pfn = w;
+  } else {
+    FERRY_DEBUG("cuGetProcAddress(%s): not an exported entry point; passed through", symbol);
+  }
+  (void)status;
+  return r;
+}
+
+// ---- the tables ---------------------------------------------------------------------
+
+const unsigned char kCudartInterface[16] = {0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a,
+                                            0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9};
+const unsigned char kIntegrity[16] = {0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b,
+                                      0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2};
+const unsigned char kCls[16] = {0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11,
+                                0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93};
+const unsigned char kContextChecks[16] = {0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43,
+                                          0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e};
+
+constexpr size_t kMaxSlots = 64;
+std::mutex g_tables_mu;
+void* g_cudart[kMaxSlots];
+void* g_integrity[kMaxSlots];
+void* g_checks[kMaxSlots];
+bool g_have_cudart = false, g_have_integrity = false, g_have_checks = false;
+CUresult (*g_real_primary)(CUcontext*, CUdevice) = nullptr;
+CUresult (*g_real_integrity)(uint32_t, uint64_t, uint64_t*) = nullptr;
+CUresult (*g_real_check)(CUcontext, uint32_t*, void**) = nullptr;
+
+size_t slots_of(const void* table) {
+  size_t bytes = reinterpret_cast<uintptr_t>(static_cast<void* const*>(table)[0]);
+  size_t n = bytes / sizeof(void*);
+  return (n >= 2 && n <= kMaxSlots) ? n : 0;
+}
+
+CUresult cudart_primary(CUcontext* pctx, CUdevice dev) {
+  CUcontext real = nullptr;
+  CUresult r = g_real_primary(&real, vh::real_device(dev));
+  if (r != CUDA_SUCCESS || !pctx) return r;
+  tr::Ctx* c = ctx::primary(dev, real);
+  *pctx = c ? vh::as<CUcontext>(c->v) : real;
+  return r;
+}
+
+CUresult context_check(CUcontext c, uint32_t* r1, void** r2) { return g_real_check(vh::real(c), r1, r2); }
+
+int real_driver_version() {
+  int v = 0;
+  real::cuDriverGetVersion(&v);
+  return v;
+}
+
+CUresult integrity_rehash(uint32_t version, uint64_t unix_seconds, uint64_t* result) {
+  CUresult r = g_real_integrity(version, unix_seconds, result);
+  if (r != CUDA_SUCCESS || !result || version % 10 < 2) return r;
+  ferry::integrity::Inputs in{};
+  in.driver_version = static_cast<uint32_t>(real_driver_version());
+  in.version = version;
+  in.pid = static_cast<uint32_t>(getpid());
+  in.tid = static_cast<uint32_t>(pthread_self());
+  in.cudart_table = reinterpret_cast<uint64_t>(&g_cudart[0]);
+  in.integrity_table = reinterpret_cast<uint64_t>(&g_integrity[0]);
+  in.fn_address = reinterpret_cast<uint64_t>(g_integrity[1]);
+  in.unix_seconds = unix_seconds;
+  // The devices as cudart saw them: through our (virtual) device queries.
+  int n = 0;
+  real::cuDeviceGetCount(&n);
+  for (int d = 0; d < n; d++) {
+    ferry::integrity::DeviceIdentity id{};
+    CUuuid u{};
+    CUdevice p = vh::real_device(d);
+    real::cuDeviceGetUuid_v2(&u, p);
+    memcpy(id.uuid, u.bytes, 16);
+    real::cuDeviceGetAttribute(&id.pci_domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, p);
+    real::cuDeviceGetAttribute(&id.pci_bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, p);
+    real::cuDeviceGetAttribute(&id.pci_device, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, p);
+    in.devices.push_back(id);
+  }
+  unsigned char out[16];
+  ferry::integrity::compute(in, out);
+  memcpy(result, out, 16);
+  return r;
+}
+
+// Context-local storage, kept by the shim and keyed by virtual context.
+CUresult cls_put(CUcontext c, void* key, void* value, void (*dtor)(CUcontext, void*, void*)) {
+  tr::Ctx* x = ctx::of_or_current(c);
+  if (!x) return CUDA_ERROR_INVALID_CONTEXT;
+  auto& st = tr::state();
+  std::lock_guard lk(st.mu);
+  x->cls[key] = tr::ClsEntry{value, dtor};
+  return CUDA_SUCCESS;
+}
+CUresult cls_delete(CUcontext c, void* key) {
+  tr::Ctx* x = ctx::of_or_current(c);
+  if (!x) return CUDA_ERROR_INVALID_CONTEXT;
+  auto& st = tr::state();
+  std::lock_guard lk(st.mu);
+  return x->cls.erase(key) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+CUresult cls_get(void** value, CUcontext c, void* key) {
+  tr::Ctx* x = ctx::of_or_current(c);
+  if (!x) return CUDA_ERROR_INVALID_HANDLE;
+  auto& st = tr::state();
+  std::lock_guard lk(st.mu);
+  auto it = x->cls.find(key);
+  if (it == x->cls.end()) return CUDA_ERROR_INVALID_HANDLE;
+  if (value) *value = it->second.value;
+  return CUDA_SUCCESS;
+}
+CUresult cls_unused() { return CUDA_ERROR_NOT_SUPPORTED; }
+void* g_cls[5] = {reinterpret_cast<void*>(&cls_put), reinterpret_cast<void*>(&cls_delete),
+                  reinterpret_cast<void*>(&cls_get), reinterpret_cast<void*>(&cls_unused), nullptr};
+
+bool is(const CUuuid* id, const unsigned char (&want)[16]) { return memcmp(id->bytes, want, 16) == 0; }
+
+}  // namespace
+
+CUresult ferry::ov::cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult* status) {
+  return resolve(symbol, pfn, status, real::cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, status));
+}
+
+CUresult ferry::ov::cuGetProcAddress(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags) {
+  return resolve(symbol, pfn, nullptr, real::cuGetProcAddress(symbol, pfn, cudaVersion, flags));
+}
+
+CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* id) {
+  CUresult r = real::cuGetExportTable(ppExportTable, id);
+  if (r != CUDA_SUCCESS || !ppExportTable || !id || !active()) return r;
+  const void* t = *ppExportTable;
+  std::lock_guard lk(g_tables_mu);
+  if (is(id, kCls)) {
+    *ppExportTable = g_cls;
+  } else if (is(id, kCudartInterface) || is(id, kIntegrity)) {
+    // The two hashed tables are replaced together, or not at all.
+    if (!g_have_cudart || !g_have_integrity) {
+      const void* cudart = nullptr;
+      const void* integrity = nullptr;
+      CUuuid a, b;
+      memcpy(a.bytes, kCudartInterface, 16);
+      memcpy(b.bytes, kIntegrity, 16);
+      if (real::cuGetExportTable(&cudart, &a) == CUDA_SUCCESS &&
+          real::cuGetExportTable(&integrity, &b) == CUDA_SUCCESS && slots_of(cudart) > 2 && slots_of(integrity) > 1) {
+        memcpy(g_cudart, cudart, slots_of(cudart) * sizeof(void*));
+        memcpy(g_integrity, integrity, slots_of(integrity) * sizeof(void*));
+        g_real_primary = reinterpret_cast<decltype(g_real_primary)>(g_cudart[2]);
+        g_real_integrity = reinterpret_cast<decltype(g_real_integrity)>(g_integrity[1]);
+        g_cudart[2] = reinterpret_cast<void*>(&cudart_primary);
+        g_integrity[1] = reinterpret_cast<void*>(&integrity_rehash);
+        g_have_cudart = g_have_integrity = true;
+      } else {
+        FERRY_WARN("the driver's CUDART_INTERFACE/INTEGRITY_CHECK tables have an unexpected layout; passed through");
+      }
+    }
+    if (g_have_cudart) *ppExportTable = is(id, kCudartInterface) ? g_cudart : g_integrity;
+  } else if (is(id, kContextChecks)) {
+    if (!g_have_checks && slots_of(t) > 2) {
+      memcpy(g_checks, t, slots_of(t) * sizeof(void*));
+      g_real_check = reinterpret_cast<decltype(g_real_check)>(g_checks[2]);
+      g_checks[2] = reinterpret_cast<void*>(&context_check);
+      g_have_checks = true;
+    }
+    if (g_have_checks) *ppExportTable = g_checks;
+  }
+  return r;
+}

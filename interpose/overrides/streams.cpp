@@ -1,0 +1,256 @@
+// Streams, events, host functions and stream callbacks, kernel launches with a config.
+#include <cstring>
+#include <vector>
+
+#include "../contexts.hpp"
+#include "../shim.hpp"
+#include "shim_decls.hpp"
+
+using namespace ferry;
+
+namespace {
+
+CUstream ptsz(CUstream s) { return s ? s : CU_STREAM_PER_THREAD; }
+
+tr::Stream* stream_rec(CUstream s) {
+  if (!vh::is_virtual(s) || vh::obj(s)->kind != vh::Kind::Stream) return nullptr;
+  return vh::rec<tr::Stream>(s);
+}
+
+// The real handles below are taken by reference: they are written by the call whose
+// result is `r`, and argument evaluation order is unspecified.
+CUresult make_stream(CUstream* ph, unsigned flags, int priority, CUresult r, const CUstream& real) {
+  if (r != CUDA_SUCCESS) return r;
+  auto* s = new tr::Stream;
+  s->ctx = ctx::current();
+  s->flags = flags;
+  s->priority = priority;
+  real::cuStreamGetPriority(real, &s->priority);  // the driver clamps it
+  real::cuStreamGetId(real, &s->id);
+  {
+    auto& st = tr::state();
+    std::lock_guard lk(st.mu);
+    s->v = vh::make(vh::Kind::Stream, real, s);
+    st.streams.insert(s);
+  }
+  if (ph) *ph = vh::as<CUstream>(s->v);
+  return r;
+}
+
+CUresult destroy_stream(CUstream h) {
+  tr::Stream* s = stream_rec(h);
+  CUresult r = real::cuStreamDestroy_v2(vh::real(h));
+  if (r == CUDA_SUCCESS && s) {
+    auto& st = tr::state();
+    std::lock_guard lk(st.mu);
+    st.streams.erase(s);
+    vh::release(s->v);
+    delete s;
+  }
+  return r;
+}
+
+CUresult stream_ctx(CUstream h, CUcontext* pctx, CUresult r, const CUcontext& real) {
+  if (r != CUDA_SUCCESS || !pctx) return r;
+  tr::Stream* s = stream_rec(h);
+  *pctx = s && s->ctx ? vh::as<CUcontext>(s->ctx->v) : tr::virtual_ctx(real);
+  return r;
+}
+
+CUresult stream_id(CUstream h, unsigned long long* id, CUresult r) {
+  if (r != CUDA_SUCCESS || !id) return r;
+  if (tr::Stream* s = stream_rec(h)) *id = s->id;  // stable across a restore
+  return r;
+}
+
+CUresult stream_device(CUdevice* d, CUresult r, const CUdevice& p) {
+  if (r == CUDA_SUCCESS && d) *d = vh::virtual_device(p);
+  return r;
+}
+
+// Host functions and callbacks run on the driver's threads and may call CUDA while
+// the world is stopped waiting for their stream: they bypass the gate.
+struct HostFn {
+  CUhostFn fn;
+  void* user;
+};
+void CUDA_CB run_host_fn(void* p) {
+  HostFn hf = *static_cast<HostFn*>(p);
+  delete static_cast<HostFn*>(p);
+  gate::Bypass bypass;
+  hf.fn(hf.user);
+}
+
+struct Callback {
+  CUstreamCallback fn;
+  void* user;
+  CUstream program_stream;
+};
+void CUDA_CB run_callback(CUstream, CUresult status, void* p) {
+  Callback cb = *static_cast<Callback*>(p);
+  delete static_cast<Callback*>(p);
+  gate::Bypass bypass;
+  cb.fn(cb.program_stream, status, cb.user);
+}
+
+CUresult host_fn(CUstream h, CUhostFn fn, void* user, bool per_thread) {
+  if (!fn) return per_thread ? real::cuLaunchHostFunc_ptsz(vh::real(h), fn, user)
+                             : real::cuLaunchHostFunc(vh::real(h), fn, user);
+  auto* hf = new HostFn{fn, user};
+  CUresult r = per_thread ? real::cuLaunchHostFunc_ptsz(vh::real(h), run_host_fn, hf)
+                          : real::cuLaunchHostFunc(vh::real(h), run_host_fn, hf);
+  if (r != CUDA_SUCCESS) delete hf;
+  return r;
+}
+
+CUresult callback(CUstream h, CUstreamCallback fn, void* user, unsigned flags, bool per_thread) {
+  if (!fn) return per_thread ? real::cuStreamAddCallback_ptsz(vh::real(h), fn, user, flags)
+                             : real::cuStreamAddCallback(vh::real(h), fn, user, flags);
+  auto* cb = new Callback{fn, user, h};
+  CUresult r = per_thread ? real::cuStreamAddCallback_ptsz(vh::real(h), run_callback, cb, flags)
+                          : real::cuStreamAddCallback(vh::real(h), run_callback, cb, flags);
+  if (r != CUDA_SUCCESS) delete cb;
+  return r;
+}
+
+// A launch configuration with its stream (and events in its attributes) translated.
+struct RealConfig {
+  CUlaunchConfig cfg;
+  std::vector<CUlaunchAttribute> attrs;
+  explicit RealConfig(const CUlaunchConfig* c) : cfg(*c) {
+    cfg.hStream = vh::real(c->hStream);
+    if (c->attrs && c->numAttrs) {
+      attrs.assign(c->attrs, c->attrs + c->numAttrs);
+      for (auto& a : attrs) {
+        if (a.id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT)
+          a.value.programmaticEvent.event = vh::real(a.value.programmaticEvent.event);
+        if (a.id == CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT)
+          a.value.launchCompletionEvent.event = vh::real(a.value.launchCompletionEvent.event);
+      }
+      cfg.attrs = attrs.data();
+    }
+  }
+};
+
+CUresult capture_graph(CUresult r, CUgraph* graph_out) {
+  // Graphs are not virtualized yet: a capture in progress hands out driver handles.
+  if (r == CUDA_SUCCESS && graph_out && *graph_out)
+    untracked_call(Variant::cuStreamGetCaptureInfo_v3, "cuStreamGetCaptureInfo (during graph capture)");
+  return r;
+}
+
+}  // namespace
+
+CUresult ferry::ov::cuStreamCreate(CUstream* ph, unsigned int flags) {
+  CUstream real = nullptr;
+  return make_stream(ph, flags, 0, real::cuStreamCreate(&real, flags), real);
+}
+CUresult ferry::ov::cuStreamCreateWithPriority(CUstream* ph, unsigned int flags, int priority) {
+  CUstream real = nullptr;
+  return make_stream(ph, flags, priority, real::cuStreamCreateWithPriority(&real, flags, priority), real);
+}
+CUresult ferry::ov::cuStreamDestroy(CUstream h) { return destroy_stream(h); }
+CUresult ferry::ov::cuStreamDestroy_v2(CUstream h) { return destroy_stream(h); }
+
+CUresult ferry::ov::cuStreamGetCtx(CUstream h, CUcontext* pctx) {
+  CUcontext real = nullptr;
+  return stream_ctx(h, pctx, real::cuStreamGetCtx(vh::real(h), &real), real);
+}
+CUresult ferry::ov::cuStreamGetCtx_ptsz(CUstream h, CUcontext* pctx) {
+  CUcontext real = nullptr;
+  return stream_ctx(h, pctx, real::cuStreamGetCtx_ptsz(vh::real(h), &real), real);
+}
+CUresult ferry::ov::cuStreamGetCtx_v2(CUstream h, CUcontext* pctx, CUgreenCtx* green) {
+  CUcontext real = nullptr;
+  return stream_ctx(h, pctx, real::cuStreamGetCtx_v2(vh::real(h), &real, green), real);
+}
+CUresult ferry::ov::cuStreamGetCtx_v2_ptsz(CUstream h, CUcontext* pctx, CUgreenCtx* green) {
+  CUcontext real = nullptr;
+  return stream_ctx(h, pctx, real::cuStreamGetCtx_v2_ptsz(vh::real(h), &real, green), real);
+}
+CUresult ferry::ov::cuStreamGetId(CUstream h, unsigned long long* id) {
+  return stream_id(h, id, real::cuStreamGetId(vh::real(h), id));
+}
+CUresult ferry::ov::cuStreamGetId_ptsz(CUstream h, unsigned long long* id) {
+  return stream_id(h, id, real::cuStreamGetId_ptsz(vh::real(h), id));
+}
+CUresult ferry::ov::cuStreamGetDevice(CUstream h, CUdevice* d) {
+  CUdevice p = 0;
+  return stream_device(d, real::cuStreamGetDevice(vh::real(h), &p), p);
+}
+CUresult ferry::ov::cuStreamGetDevice_ptsz(CUstream h, CUdevice* d) {
+  CUdevice p = 0;
+  return stream_device(d, real::cuStreamGetDevice_ptsz(vh::real(h), &p), p);
+}
+
+CUresult ferry::ov::cuStreamGetCaptureInfo_v2(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
+                                              const CUgraphNode** deps, size_t* n) {
+  return capture_graph(real::cuStreamGetCaptureInfo_v2(vh::real(h), st, id, g, deps, n), g);
+}
+CUresult ferry::ov::cuStreamGetCaptureInfo_v2_ptsz(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
+                                                   const CUgraphNode** deps, size_t* n) {
+  return capture_graph(real::cuStreamGetCaptureInfo_v2_ptsz(vh::real(h), st, id, g, deps, n), g);
+}
+CUresult ferry::ov::cuStreamGetCaptureInfo_v3(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
+                                              const CUgraphNode** deps, const CUgraphEdgeData** e, size_t* n) {
+  return capture_graph(real::cuStreamGetCaptureInfo_v3(vh::real(h), st, id, g, deps, e, n), g);
+}
+CUresult ferry::ov::cuStreamGetCaptureInfo_v3_ptsz(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
+                                                   const CUgraphNode** deps, const CUgraphEdgeData** e, size_t* n) {
+  return capture_graph(real::cuStreamGetCaptureInfo_v3_ptsz(vh::real(h), st, id, g, deps, e, n), g);
+}
+
+CUresult ferry::ov::cuEventCreate(CUevent* ph, unsigned int flags) {
+  CUevent real = nullptr;
+  CUresult r = real::cuEventCreate(&real, flags);
+  if (r != CUDA_SUCCESS) return r;
+  auto* e = new tr::Event;
+  e->ctx = ctx::current();
+  e->flags = flags;
+  {
+    auto& st = tr::state();
+    std::lock_guard lk(st.mu);
+    e->v = vh::make(vh::Kind::Event, real, e);
+    st.events.insert(e);
+  }
+  if (ph) *ph = vh::as<CUevent>(e->v);
+  return r;
+}
+
+namespace {
+CUresult destroy_event(CUevent h) {
+  CUresult r = real::cuEventDestroy_v2(vh::real(h));
+  if (r == CUDA_SUCCESS && vh::is_virtual(h) && vh::obj(h)->kind == vh::Kind::Event) {
+    auto* e = vh::rec<tr::Event>(h);
+    auto& st = tr::state();
+    std::lock_guard lk(st.mu);
+    st.events.erase(e);
+    vh::release(e->v);
+    delete e;
+  }
+  return r;
+}
+}  // namespace
+
+CUresult ferry::ov::cuEventDestroy(CUevent h) { return destroy_event(h); }
+CUresult ferry::ov::cuEventDestroy_v2(CUevent h) { return destroy_event(h); }
+
+CUresult ferry::ov::cuLaunchHostFunc(CUstream h, CUhostFn fn, void* user) { return host_fn(h, fn, user, false); }
+CUresult ferry::ov::cuLaunchHostFunc_ptsz(CUstream h, CUhostFn fn, void* user) { return host_fn(ptsz(h), fn, user, true); }
+CUresult ferry::ov::cuStreamAddCallback(CUstream h, CUstreamCallback fn, void* user, unsigned int flags) {
+  return callback(h, fn, user, flags, false);
+}
+CUresult ferry::ov::cuStreamAddCallback_ptsz(CUstream h, CUstreamCallback fn, void* user, unsigned int flags) {
+  return callback(h, fn, user, flags, true);
+}
+
+CUresult ferry::ov::cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction f, void** params, void** extra) {
+  if (!config) return real::cuLaunchKernelEx(config, vh::real(f), params, extra);
+  RealConfig rc(config);
+  return real::cuLaunchKernelEx(&rc.cfg, vh::real(f), params, extra);
+}
+CUresult ferry::ov::cuLaunchKernelEx_ptsz(const CUlaunchConfig* config, CUfunction f, void** params, void** extra) {
+  if (!config) return real::cuLaunchKernelEx_ptsz(config, vh::real(f), params, extra);
+  RealConfig rc(config);
+  return real::cuLaunchKernelEx_ptsz(&rc.cfg, vh::real(f), params, extra);
+}
