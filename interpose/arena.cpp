@@ -1,5 +1,9 @@
 #include "arena.hpp"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <map>
 #include <vector>
 
@@ -135,6 +139,24 @@ CUresult build_piece(uintptr_t va, size_t span, int vdev) {
 
 }  // namespace
 
+bool g_broken = false;
+
+bool usable() { return !g_broken; }
+
+namespace {
+void arena_unusable(const char* why) {
+  if (g_broken) return;
+  g_broken = true;
+  FERRY_ERROR("%s", why);
+  if (config().refuse_on_error) {
+    FERRY_ERROR("refusing to continue without fixed device addresses (FERRY_ON_ERROR=refuse)");
+    _exit(1);
+  }
+  FERRY_ERROR("continuing without fixed device addresses: this process cannot be restored or migrated");
+  tr::state().untracked.insert("device memory outside the arena");
+}
+}  // namespace
+
 size_t granularity() {
   static size_t g = 0;
   if (!g) {
@@ -145,6 +167,17 @@ size_t granularity() {
     g = v;
   }
   return g;
+}
+
+void probe() {
+  if (!config().arena || vh::g_device_count == 0) return;
+  std::lock_guard lk(tr::state().mu);
+  uintptr_t base = space(0).base;
+  size_t g = granularity();
+  if (reserve_exact(base, g) == CUDA_SUCCESS) {
+    real::cuMemAddressFree(base, g);
+    tr::state().reservations.erase(base);
+  }
 }
 
 int range_of(uintptr_t va) {
@@ -169,12 +202,21 @@ void uncarve(int vdev, uintptr_t va, size_t size) { give_back(space(vdev).free, 
 CUresult reserve_exact(uintptr_t va, size_t size) {
   CUdeviceptr got = 0;
   CUresult e = real::cuMemAddressReserve(&got, size, 0, va, 0);
-  if (e != CUDA_SUCCESS) return e;
+  if (e != CUDA_SUCCESS) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "the driver refused to reserve %zu bytes at %#llx (error %d): the arena cannot be placed "
+             "there (FERRY_ARENA_BASE moves it)", size, static_cast<unsigned long long>(va), static_cast<int>(e));
+    arena_unusable(msg);
+    return e;
+  }
   if (got != va) {
     real::cuMemAddressFree(got, size);
-    FERRY_ERROR("the driver placed a reservation at %#llx instead of %#llx: the arena's addresses are not free in "
-                "this process (FERRY_ARENA_BASE moves them)",
-                static_cast<unsigned long long>(got), static_cast<unsigned long long>(va));
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "the driver placed a reservation at %#llx instead of %#llx: the arena's addresses are not free in this "
+             "process (FERRY_ARENA_BASE moves them)",
+             static_cast<unsigned long long>(got), static_cast<unsigned long long>(va));
+    arena_unusable(msg);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   tr::Reservation r;

@@ -30,6 +30,15 @@ namespace ferry::arena {
 constexpr size_t kSmallLimit = 1u << 20;
 constexpr size_t kSmallAlign = 512;
 
+// False once the arena failed (its addresses were taken): allocations then go to the
+// driver directly, or the process stopped, as FERRY_ON_ERROR says.
+bool usable();
+
+// At start-up: checks that the arena's first addresses can be reserved, so a process
+// that cannot get fixed addresses learns it (and FERRY_ON_ERROR applies) before it
+// allocates anything.
+void probe();
+
 // The driver's allocation granularity for device memory (cached).
 size_t granularity();
 

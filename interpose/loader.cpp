@@ -258,59 +258,17 @@ void write(Level l, const char* fmt, ...) {
 
 }  // namespace ferry
 
-// ---- dlsym -------------------------------------------------------------------------------
-//
-// Interposed so that a program which dlopens the real driver by absolute path (or asks
-// our handle) still gets our entry points. RTLD_NEXT lookups must resolve relative to
-// *our caller*, which glibc derives from the return address: the trampoline tail-jumps
-// to the real dlsym for them, leaving the caller's return address in place.
+// ---- dlsym (the trampoline and the real dlsym live in dlsym_hook.cpp) ----------------
 
-extern "C" {
-__attribute__((visibility("hidden"))) void* ferry_real_dlsym = nullptr;
-__attribute__((visibility("hidden"))) void* ferry_resolve_real_dlsym() {
-  if (!ferry_real_dlsym) {
-    void* p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-    if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
-    __atomic_store_n(&ferry_real_dlsym, p, __ATOMIC_RELEASE);
-  }
-  return ferry_real_dlsym;
+namespace ferry {
+// Our wrapper for a driver entry point asked of the real driver's handle, or nullptr.
+void* dlsym_lookup(void* handle, const char* name) {
+  if (!g_loaded.load(std::memory_order_acquire)) ensure_loaded();
+  if (!g_wrapper_by_name || handle != g_real_handle || !isupper(static_cast<unsigned char>(name[2]))) return nullptr;
+  auto it = g_wrapper_by_name->find(name);
+  return it == g_wrapper_by_name->end() ? nullptr : it->second;
 }
-__attribute__((visibility("hidden"))) void* ferry_dlsym_impl(void* handle, const char* name) {
-  auto real = reinterpret_cast<void* (*)(void*, const char*)>(ferry_resolve_real_dlsym());
-  // A driver lookup may come before our constructor ran (from another library's).
-  if (name && name[0] == 'c' && name[1] == 'u' && !ferry::g_loaded.load(std::memory_order_acquire))
-    ferry::ensure_loaded();
-  if (handle && name && ferry::g_wrapper_by_name && handle == ferry::g_real_handle && name[0] == 'c' &&
-      name[1] == 'u' && isupper(static_cast<unsigned char>(name[2]))) {
-    auto it = ferry::g_wrapper_by_name->find(name);
-    if (it != ferry::g_wrapper_by_name->end()) return it->second;
-  }
-  return real(handle, name);
-}
-}
-
-asm(R"(
-  .text
-  .globl dlsym
-  .type dlsym,@function
-dlsym:
-  cmpq $-1, %rdi
-  jne ferry_dlsym_impl
-  movq ferry_real_dlsym(%rip), %rax
-  testq %rax, %rax
-  jz 1f
-  jmp *%rax
-1:
-  pushq %rdi
-  pushq %rsi
-  subq $8, %rsp
-  call ferry_resolve_real_dlsym
-  addq $8, %rsp
-  popq %rsi
-  popq %rdi
-  jmp *%rax
-  .size dlsym, .-dlsym
-)");
+}  // namespace ferry
 
 namespace {
 __attribute__((constructor)) void ferry_shim_init() { ferry::ensure_loaded(); }

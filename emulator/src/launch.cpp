@@ -457,10 +457,12 @@ class BlockPool {
     static BlockPool* p = new BlockPool;  // leaked: helpers may outlive static destruction
     return *p;
   }
-  // Runs the grid on the calling thread plus up to n-1 helpers.
+  // Runs the grid on the calling thread plus up to n-1 helpers. The helpers serve one
+  // grid at a time; a stream that finds them busy runs its grid on its own thread.
   void run(Grid& g) {
     size_t helpers = std::min(threads_ - 1, g.nblocks - 1);
-    if (helpers == 0) {
+    std::unique_lock busy(run_mu_, std::try_to_lock);
+    if (helpers == 0 || !busy.owns_lock()) {
       run_blocks(g);
       return;
     }
@@ -510,6 +512,7 @@ class BlockPool {
       done_cv_.notify_all();
     }
   }
+  std::mutex run_mu_;  // held by the one grid using the helpers
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   size_t threads_ = 1, started_ = 0, wanted_ = 0, joined_ = 0, finished_ = 0;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "../arena.hpp"
 #include "../config.hpp"
 #include "../contexts.hpp"
 #include "../log.hpp"
@@ -99,6 +100,7 @@ CUresult ferry::ov::cuInit(unsigned int flags) {
     static std::once_flag once;
     std::call_once(once, [] {
       setup_devices();
+      arena::probe();
       g_initialized.store(true, std::memory_order_release);
     });
   }

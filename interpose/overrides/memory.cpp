@@ -16,7 +16,7 @@ namespace {
 
 CUstream ptsz(CUstream s) { return s ? s : CU_STREAM_PER_THREAD; }
 
-bool use_arena() { return active() && config().arena; }
+bool use_arena() { return active() && config().arena && arena::usable(); }
 
 // The allocation that contains p, or nullptr (tracker lock held).
 tr::Alloc* find_alloc(uintptr_t p) {
@@ -66,7 +66,9 @@ CUresult device_alloc(CUdeviceptr* dptr, size_t size, tr::AllocKind kind, tr::Po
   }
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
-  return arena::alloc(vdev < 0 ? c->vdev : vdev, c, size, kind, pool, dptr);
+  CUresult r = arena::alloc(vdev < 0 ? c->vdev : vdev, c, size, kind, pool, dptr);
+  if (r != CUDA_SUCCESS && !arena::usable()) return real::cuMemAlloc_v2(dptr, size);  // the policy said: carry on
+  return r;
 }
 
 CUresult alloc_async(CUdeviceptr* dptr, size_t size, tr::Pool* pool, CUstream h, bool per_thread) {

@@ -13,7 +13,7 @@ using namespace ferry;
 
 namespace {
 
-bool use_arena() { return active() && config().arena; }
+bool use_arena() { return active() && config().arena && arena::usable(); }
 
 tr::Phys* phys_rec(CUmemGenericAllocationHandle h) {
   if (!vh::is_virtual(static_cast<uintptr_t>(h)) || vh::obj(h)->kind != vh::Kind::Alloc) return nullptr;
