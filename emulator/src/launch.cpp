@@ -174,7 +174,7 @@ void yield_to_scheduler() {
   Fiber& f = r.fibers[static_cast<size_t>(r.cur)];
 #ifdef FERRY_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(f.state == kDone ? nullptr : &fake, nullptr, 0);
+  __sanitizer_start_switch_fiber(f.state == kDone ? nullptr : &fake, t_sched_stack_lo, t_sched_stack_size);
 #endif
 #ifdef FERRY_TSAN
   __tsan_switch_to_fiber(r.tsan_sched, 0);
