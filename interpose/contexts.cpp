@@ -38,6 +38,18 @@ void drop_from_stack(tr::Ctx* c) {
   for (auto it = t_stack.begin(); it != t_stack.end();) it = (*it == c) ? t_stack.erase(it) : it + 1;
 }
 
+void resync_thread() {
+  // Unbind whatever the driver still has for this thread (old, destroyed contexts);
+  // bounded, in case the driver never reports an empty stack.
+  for (int i = 0; i < 256; i++) {
+    CUcontext cur = nullptr;
+    real::cuCtxGetCurrent(&cur);
+    if (!cur || real::cuCtxSetCurrent(nullptr) != CUDA_SUCCESS) break;
+  }
+  for (tr::Ctx* c : t_stack)
+    if (c->alive && c->real) real::cuCtxPushCurrent_v2(c->real);
+}
+
 tr::Ctx* of(CUcontext v) {
   if (!v || !vh::is_virtual(v) || vh::obj(v)->kind != vh::Kind::Context) return nullptr;
   return vh::rec<tr::Ctx>(v);

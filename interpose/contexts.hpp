@@ -18,6 +18,9 @@ tr::Ctx* pop();
 void set(tr::Ctx* c);
 // Removes c from the calling thread's stack (it was destroyed).
 void drop_from_stack(tr::Ctx* c);
+// Makes the driver's context stack of the calling thread match the mirror again,
+// after a restore replaced the real contexts (gate::g_resync).
+void resync_thread();
 
 // Record behind a virtual context handle, or nullptr (not ours / NULL).
 tr::Ctx* of(CUcontext v);

@@ -12,7 +12,8 @@
 
 namespace ferry::gate {
 
-std::atomic<uint32_t> g_closed{0};
+std::atomic<uint32_t> g_word{0};
+void (*g_resync)() = nullptr;
 std::atomic<bool> g_need_fence{true};  // until membarrier is known to work
 thread_local Slot* t_slot = nullptr;
 
@@ -20,7 +21,11 @@ namespace {
 
 std::mutex g_slots_mu;  // the slot list (threads register once)
 Slot* g_slots = nullptr;
-std::mutex g_world_mu;  // one stop-the-world at a time
+// One stop-the-world at a time; a flag, not a mutex, because open() may run on
+// another thread than the close() it ends.
+std::mutex g_world_mu;
+std::condition_variable g_world_cv;
+bool g_world_held = false;
 std::mutex g_wait_mu;   // calls waiting for the gate to reopen
 std::condition_variable& wait_cv() {  // built on first use: see loader.cpp on initialization order
   static auto* cv = new std::condition_variable;
@@ -83,28 +88,39 @@ Slot* register_thread() {
   s->depth = 0;
   s->bypass = 0;
   s->active.store(0, std::memory_order_relaxed);
+  s->seen = g_word.load(std::memory_order_acquire) & ~1u;
   (void)&t_exit;  // instantiate the thread-exit hook for this thread
   t_slot = s;
   return s;
 }
 
-void wait_open(Slot* s) {
+void slow_path(Slot* s) {
   for (;;) {
-    s->active.store(0, std::memory_order_release);
-    {
-      std::unique_lock lk(g_wait_mu);
-      wait_cv().wait(lk, [] { return g_closed.load(std::memory_order_acquire) == 0; });
+    uint32_t w = g_word.load(std::memory_order_acquire);
+    if (w & 1u) {
+      s->active.store(0, std::memory_order_release);
+      {
+        std::unique_lock lk(g_wait_mu);
+        wait_cv().wait(lk, [] { return (g_word.load(std::memory_order_acquire) & 1u) == 0; });
+      }
+      s->active.store(1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      continue;  // closed again meanwhile? look once more
     }
-    s->active.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (g_closed.load(std::memory_order_relaxed) == 0) return;
+    if ((w >> 1) != (s->seen >> 1) && g_resync) g_resync();
+    s->seen = w;
+    return;
   }
 }
 
 void close() {
-  g_world_mu.lock();
+  {
+    std::unique_lock lk(g_world_mu);
+    g_world_cv.wait(lk, [] { return !g_world_held; });
+    g_world_held = true;
+  }
   init_membarrier();
-  g_closed.store(1, std::memory_order_relaxed);
+  g_word.fetch_or(1u, std::memory_order_relaxed);
   full_barrier_everywhere();
   Slot* self = t_slot;
   for (;;) {
@@ -119,16 +135,22 @@ void close() {
   }
 }
 
-void open() {
+void open(bool new_epoch) {
   {
     std::lock_guard lk(g_wait_mu);
-    g_closed.store(0, std::memory_order_release);
+    uint32_t w = g_word.load(std::memory_order_relaxed) & ~1u;
+    if (new_epoch) w += 2;
+    g_word.store(w, std::memory_order_release);
   }
   wait_cv().notify_all();
-  g_world_mu.unlock();
+  {
+    std::lock_guard lk(g_world_mu);
+    g_world_held = false;
+  }
+  g_world_cv.notify_one();
 }
 
-bool closed() { return g_closed.load(std::memory_order_acquire) != 0; }
+bool closed() { return (g_word.load(std::memory_order_acquire) & 1u) != 0; }
 
 Bypass::Bypass() {
   Slot* s = t_slot;

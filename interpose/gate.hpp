@@ -10,6 +10,11 @@
 // sees "closed" and backs off. Without membarrier (old kernel, seccomp) the hot path
 // falls back to a fence of its own.
 //
+// The shared word also carries an epoch: a restore that replaced the real contexts
+// opens the gate with a new epoch, and each thread, at its next outermost call, sees
+// the change (the same one load and compare) and re-syncs its driver-side context
+// stack with the shim's mirror (the resync hook) before the call proceeds.
+//
 // Nested calls (a wrapper reached again from inside a call) count depth, so only the
 // outermost call marks the slot. Application callbacks that the driver runs on its own
 // threads (host functions, stream callbacks) bypass the gate: they must be able to
@@ -23,18 +28,23 @@ namespace ferry::gate {
 
 struct Slot {
   std::atomic<uint32_t> active{0};
+  uint32_t seen = 0;  // the gate word this thread last passed (open, its epoch)
   uint32_t depth = 0;
   uint32_t bypass = 0;
   std::atomic<bool> in_use{true};
   Slot* next = nullptr;
 };
 
-extern std::atomic<uint32_t> g_closed;
+// Bit 0: closed; the rest: the epoch.
+extern std::atomic<uint32_t> g_word;
 extern std::atomic<bool> g_need_fence;
 extern thread_local Slot* t_slot __attribute__((tls_model("initial-exec")));
 
 Slot* register_thread();
-void wait_open(Slot* s);
+// The gate was closed or the epoch changed: wait, re-sync, go on.
+void slow_path(Slot* s);
+// Called on a thread that passes the gate for the first time in a new epoch.
+extern void (*g_resync)();
 
 inline void enter() {
   Slot* s = t_slot;
@@ -45,7 +55,7 @@ inline void enter() {
     std::atomic_thread_fence(std::memory_order_seq_cst);
   else
     std::atomic_signal_fence(std::memory_order_seq_cst);
-  if (__builtin_expect(g_closed.load(std::memory_order_relaxed) != 0, 0)) wait_open(s);
+  if (__builtin_expect(g_word.load(std::memory_order_relaxed) != s->seen, 0)) slow_path(s);
 }
 
 inline void exit() {
@@ -54,9 +64,11 @@ inline void exit() {
 }
 
 // Stop-the-world: close() returns once no other thread is inside an intercepted call;
-// calls made after it wait until open(). Closers are serialized.
+// calls made after it wait until open(). Closers are serialized; open() may come from
+// another thread than close() (a suspend and the resume that ends it). new_epoch: the
+// real contexts changed, every thread re-syncs.
 void close();
-void open();
+void open(bool new_epoch = false);
 bool closed();
 
 // Runs fn(arg) with the calling thread exempt from the gate (driver-run callbacks).

@@ -66,4 +66,5 @@ void ensure_loaded();
 }  // namespace ferry
 
 #include "gate.hpp"
+#include "remap.hpp"
 #include "handles.hpp"

@@ -79,7 +79,7 @@ struct Kernel {
 };
 
 struct Global {
-  CUdeviceptr addr = 0;
+  CUdeviceptr addr = 0;  // the address the program was given (first lookup)
   size_t size = 0;
 };
 
@@ -124,6 +124,7 @@ struct Reservation {
   size_t size = 0;
   int vdev = 0;  // the arena it was carved from
   Owner owner = Owner::Arena;
+  bool live = true;  // reserved from the driver now (false while the GPU state is released)
 };
 
 struct Phys {
@@ -143,6 +144,7 @@ struct Mapping {
   Phys* phys = nullptr;
   size_t offset = 0;
   std::vector<CUmemAccessDesc> access;  // location.id: virtual device
+  bool live = true;
 };
 
 enum class AllocKind { Device, Pitch, Async, Managed };
@@ -165,6 +167,7 @@ struct HostMem {
   unsigned flags = 0;
   bool ours = false;  // cuMemHostAlloc backed by our own mapping (else cuMemHostRegister)
   Ctx* ctx = nullptr;
+  bool live = true;  // registered with the driver now
 };
 
 struct State {

@@ -12,7 +12,7 @@ For each variant V the generated code has
                       calls ferry::ov::V.
 The weak default forwards, translating virtual handles that are passed by value
 (contexts, streams, events, modules, functions, libraries, kernels, pools, graphs,
-allocation handles, device ordinals). A variant whose parameters can carry handles
+allocation handles, device ordinals) and device addresses of globals that moved. A variant whose parameters can carry handles
 in other ways (out-parameters, arrays, structs) needs an override; until it has one,
 its default also reports the call once as untracked, so ferry knows the device state
 it keeps is incomplete and checkpoints refuse instead of losing state.
@@ -41,6 +41,9 @@ SCALAR_HANDLES = {
     "CUmemGenericAllocationHandle_v1": "ferry::vh::real_alloc",
 }
 HANDLE_NAMES = set(SCALAR_HANDLES)
+# Device addresses passed by value: an address of a __device__ global that moved in a
+# restore is translated to where the global lives now (interpose/remap.hpp).
+DEVICE_POINTERS = {"CUdeviceptr": "ferry::gx::dev", "CUdeviceptr_v2": "ferry::gx::dev"}
 # Structs that carry handles or device ordinals inside.
 HANDLE_STRUCTS = {
     "CUlaunchConfig", "CUDA_KERNEL_NODE_PARAMS_v1", "CUDA_KERNEL_NODE_PARAMS_v2", "CUDA_MEMSET_NODE_PARAMS_v1",
@@ -136,8 +139,9 @@ def main():
         counts[kind] += 1
         plist = ", ".join(t + " " + nm for t, nm in ps) or "void"
         args = ", ".join(nm for _, nm in ps)
+        translate = {**SCALAR_HANDLES, **DEVICE_POINTERS}
         targs = ", ".join(
-            (f"{SCALAR_HANDLES[base_type(t)]}({nm})" if base_type(t) in SCALAR_HANDLES and "*" not in t else nm)
+            (f"{translate[base_type(t)]}({nm})" if base_type(t) in translate and "*" not in t else nm)
             for t, nm in ps)
         src.append(f"static_assert(std::is_same_v<decltype(&::{n}), {r['pfn']}>, \"{n} does not match {r['pfn']}\");")
         src.append(f"namespace ferry::ov {{")

@@ -115,7 +115,13 @@ struct StackSlot {
   size_t size;
   void* tsan_fiber;  // TSan's fiber for this stack, created once and reused
 };
-thread_local std::vector<StackSlot> t_stacks;  // fiber stacks, reused
+// Fiber stacks, reused by the thread's later launches and unmapped when it exits:
+// stream worker threads come and go (a restore re-creates every stream), and
+// leaked stacks would run the process out of mappings.
+struct Stacks : std::vector<StackSlot> {
+  ~Stacks();
+};
+thread_local Stacks t_stacks;
 #ifdef FERRY_ASAN
 thread_local void* t_sched_stack_lo = nullptr;  // the scheduler's own stack, for ASan's bookkeeping
 thread_local size_t t_sched_stack_size = 0;
@@ -135,6 +141,17 @@ size_t stack_size() {
     return std::max<size_t>((v + kPage - 1) / kPage * kPage, 16 * 1024);
   }();
   return sz;
+}
+
+size_t stack_size();
+
+Stacks::~Stacks() {
+  for (StackSlot& s : *this) {
+#ifdef FERRY_TSAN
+    if (s.tsan_fiber) __tsan_destroy_fiber(s.tsan_fiber);
+#endif
+    munmap(static_cast<char*>(s.lo) - kPage, stack_size() + kPage);
+  }
 }
 
 const StackSlot& get_stack(size_t i) {

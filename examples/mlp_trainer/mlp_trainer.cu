@@ -7,6 +7,10 @@
 // order, so the printed losses and the final weight checksum are bit-identical from
 // run to run on the same device type.
 //
+// With --ferry-at STEP:ACTION it also shows ferry's C++ API (include/ferry/ferry.hpp):
+// at the end of step STEP it checkpoints itself, migrates to another GPU, or suspends
+// and resumes, then trains on; the result must not change.
+//
 // The same file is compiled by g++ into the kernel library of the simulated GPU;
 // host-only code is skipped there (FERRY_EMU_KERNEL_BUILD).
 #include <cuda_runtime.h>
@@ -130,7 +134,10 @@ __global__ void fill_pattern(unsigned* p, size_t n, unsigned seed) {
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#include <ferry/ferry.hpp>
 
 namespace {
 
@@ -150,12 +157,14 @@ struct Options {
   size_t ballast_mb = 0;
   int step_delay_ms = 0;
   bool quiet = false;
+  std::vector<std::pair<int, std::string>> ferry_at;  // (step, action)
 };
 
 void usage() {
   fprintf(stderr,
           "usage: mlp_trainer [--steps N] [--batch N] [--in N] [--hidden N] [--out N] [--opt sgd|adam]\n"
-          "                   [--lr X] [--seed N] [--device N] [--ballast-mb N] [--step-delay-ms N] [--quiet]\n");
+          "                   [--lr X] [--seed N] [--device N] [--ballast-mb N] [--step-delay-ms N] [--quiet]\n"
+          "                   [--ferry-at STEP:checkpoint:DIR | STEP:migrate:DEVICE | STEP:suspend-resume]...\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -182,6 +191,15 @@ Options parse(int argc, char** argv) {
     else if (a == "--ballast-mb") o.ballast_mb = strtoull(next(), nullptr, 0);
     else if (a == "--step-delay-ms") o.step_delay_ms = atoi(next());
     else if (a == "--quiet") o.quiet = true;
+    else if (a == "--ferry-at") {
+      std::string v = next();
+      size_t c = v.find(':');
+      if (c == std::string::npos) {
+        usage();
+        exit(2);
+      }
+      o.ferry_at.emplace_back(atoi(v.c_str()), v.substr(c + 1));
+    }
     else if (a == "--help" || a == "-h") { usage(); exit(0); }
     else {
       fprintf(stderr, "mlp_trainer: unknown option %s\n", a.c_str());
@@ -228,6 +246,27 @@ void mm(const float* A, const float* B, float* C, int M, int N, int K, int ta, i
   dim3 grid((N + kTile - 1) / kTile, (M + kTile - 1) / kTile);
   matmul<<<grid, block, 0, s>>>(A, B, C, M, N, K, ta, tb, 0);
   CK(cudaGetLastError());
+}
+
+// One ferry operation through the C++ API, reported on stdout.
+void ferry_action(int step, const std::string& action) {
+  ferry::Result r;
+  if (action.rfind("checkpoint:", 0) == 0) {
+    r = ferry::checkpoint(action.substr(11));
+  } else if (action.rfind("migrate:", 0) == 0) {
+    r = ferry::migrate(atoi(action.c_str() + 8));
+  } else if (action == "suspend-resume") {
+    r = ferry::suspend();
+    if (r) r = ferry::resume();
+  } else {
+    fprintf(stderr, "mlp_trainer: unknown --ferry-at action %s\n", action.c_str());
+    exit(2);
+  }
+  if (r)
+    printf("ferry %s after step %d: ok (%.1f MiB of device memory, program stopped %.3f s)\n", action.c_str(), step,
+           static_cast<double>(r.device_bytes) / (1 << 20), r.stopped_seconds);
+  else
+    printf("ferry %s after step %d: failed: %s\n", action.c_str(), step, r.message.c_str());
 }
 
 }  // namespace
@@ -339,6 +378,8 @@ int main(int argc, char** argv) {
     CK(cudaEventSynchronize(loss_ready));
     if (!o.quiet || step + 1 == o.steps) printf("step %d loss %.9g\n", step + 1, static_cast<double>(*loss_host));
     if (o.step_delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(o.step_delay_ms));
+    for (auto& [at, action] : o.ferry_at)
+      if (at == step + 1) ferry_action(at, action);
   }
   CK(cudaEventRecord(t1, compute));
   CK(cudaDeviceSynchronize());

@@ -7,6 +7,7 @@
 #include "../arena.hpp"
 #include "../config.hpp"
 #include "../contexts.hpp"
+#include "../control.hpp"
 #include "../log.hpp"
 #include "../shim.hpp"
 #include "shim_decls.hpp"
@@ -99,10 +100,12 @@ CUresult ferry::ov::cuInit(unsigned int flags) {
   if (r == CUDA_SUCCESS && !g_initialized.load()) {
     static std::once_flag once;
     std::call_once(once, [] {
+      gate::g_resync = ctx::resync_thread;
       setup_devices();
       arena::probe();
       g_initialized.store(true, std::memory_order_release);
     });
+    if (active()) control::start();
   }
   return r;
 }

@@ -330,7 +330,7 @@ CUresult ferry::ov::cuMemHostAlloc(void** pp, size_t bytesize, unsigned int flag
   }
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
-  st.host[p] = tr::HostMem{p, span, flags, true, ctx::current()};
+  st.host[p] = tr::HostMem{p, span, flags, true, ctx::current(), true};
   *pp = p;
   return r;
 }
@@ -371,7 +371,7 @@ CUresult host_register(void* p, size_t bytesize, unsigned flags, CUresult r) {
   if (r == CUDA_SUCCESS && active()) {
     auto& st = tr::state();
     std::lock_guard lk(st.mu);
-    st.host[p] = tr::HostMem{p, bytesize, flags, false, ctx::current()};
+    st.host[p] = tr::HostMem{p, bytesize, flags, false, ctx::current(), true};
   }
   return r;
 }

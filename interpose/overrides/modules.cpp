@@ -95,11 +95,15 @@ void forget_module(tr::Module* m) {
   delete m;
 }
 
-void record_global(tr::Module* m, const char* name, CUdeviceptr addr, size_t size) {
-  if (!m || !name) return;
+// Records a global the program looked up and returns the address to give it: the one
+// it was given first, so an address cudart cached stays the one it knows (remap.hpp
+// translates it after a restore moved the global).
+CUdeviceptr record_global(tr::Module* m, const char* name, CUdeviceptr addr, size_t size) {
+  if (!m || !name) return addr;
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
-  m->globals[name] = tr::Global{addr, size};
+  auto [it, fresh] = m->globals.try_emplace(name, tr::Global{addr, size});
+  return fresh ? addr : it->second.addr;
 }
 
 std::string function_name(CUfunction real) {
@@ -167,7 +171,7 @@ CUresult ferry::ov::cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmod
   size_t size = 0;
   CUresult r = real::cuModuleGetGlobal_v2(&addr, &size, vh::real(hmod), name);
   if (r != CUDA_SUCCESS) return r;
-  record_global(module_rec(hmod), name, addr, size);
+  addr = record_global(module_rec(hmod), name, addr, size);
   if (dptr) *dptr = addr;
   if (bytes) *bytes = size;
   return r;
@@ -294,7 +298,7 @@ CUresult ferry::ov::cuLibraryGetGlobal(CUdeviceptr* dptr, size_t* bytes, CUlibra
   size_t size = 0;
   CUresult r = real::cuLibraryGetGlobal(&addr, &size, vh::real(library), name);
   if (r != CUDA_SUCCESS) return r;
-  if (tr::Library* l = library_rec(library)) record_global(library_module(l), name, addr, size);
+  if (tr::Library* l = library_rec(library)) addr = record_global(library_module(l), name, addr, size);
   if (dptr) *dptr = addr;
   if (bytes) *bytes = size;
   return r;

@@ -55,7 +55,7 @@ CUresult ferry::ov::cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t al
   if (addr && arena::range_of(addr) < 0) {
     // A hint outside the arena: the program wants that place; let the driver decide.
     CUresult r = real::cuMemAddressReserve(ptr, size, alignment, addr, flags);
-    if (r == CUDA_SUCCESS) st.reservations[*ptr] = tr::Reservation{*ptr, size, -1, tr::Owner::App};
+    if (r == CUDA_SUCCESS) st.reservations[*ptr] = tr::Reservation{*ptr, size, -1, tr::Owner::App, true};
     return r;
   }
   if (CUresult e = arena::carve(vdev, size, alignment, addr, &va)) return e;
@@ -120,7 +120,7 @@ CUresult ferry::ov::cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemG
   std::lock_guard lk(st.mu);
   if (tr::Phys* p = phys_rec(handle)) {
     p->map_refs++;
-    st.mappings[ptr] = tr::Mapping{ptr, size, p, offset, {}};
+    st.mappings[ptr] = tr::Mapping{ptr, size, p, offset, {}, true};
   } else if (active()) {
     untracked_call(Variant::cuMemMap, "cuMemMap (of memory ferry did not create)");
   }

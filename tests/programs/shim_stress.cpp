@@ -1,16 +1,22 @@
 // shim_stress: many threads issuing CUDA driver calls at once -- streams, events,
 // allocations of every size class, launches, copies -- while another thread keeps
-// stopping the world (the shim's state dump) when run under ferry. Prints a checksum
-// of everything computed, which must not depend on the shim or the interleaving.
+// stopping the world when run under ferry: the shim's state dump, or with a third
+// argument DIR the engine's operations in turn (checkpoint to DIR/N incrementally and
+// running on, migration to the other device, suspend and resume). Prints a checksum of
+// everything computed, which must not depend on the shim or the interleaving.
 #include <cuda.h>
 #include <dlfcn.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include <ferry/ferry.hpp>
 
 #include "test_kernels_fatbin.h"
 
@@ -73,6 +79,7 @@ uint64_t worker(CUcontext ctx, CUfunction add_one, int id, int iters) {
 int main(int argc, char** argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 8;
   int iters = argc > 2 ? atoi(argv[2]) : 60;
+  std::string engine_dir = argc > 3 ? argv[3] : "";
   ck(cuInit(0), "cuInit");
   CUcontext ctx;
   ck(cuDevicePrimaryCtxRetain(&ctx, 0), "retain");
@@ -87,11 +94,46 @@ int main(int argc, char** argv) {
   auto dump = reinterpret_cast<int (*)(const char*)>(dlsym(RTLD_DEFAULT, "ferry_dump_state"));
   std::atomic<bool> done{false};
   int stops = 0;
+  int ops = 0;
   std::thread stopper([&] {
-    while (dump && !done.load()) {
+    while (dump && engine_dir.empty() && !done.load()) {
       if (dump("/dev/null") != 0) g_errors++;
       stops++;
       std::this_thread::yield();
+    }
+    int device = 0;
+    std::string parent;
+    while (!engine_dir.empty() && !done.load()) {
+      ferry::Result r;
+      std::string what;
+      switch (ops % 3) {
+        case 0: {
+          ferry::Options o;
+          o.dir = engine_dir + "/" + std::to_string(ops);
+          o.parent = parent;
+          o.leave_running = true;
+          r = ferry::checkpoint(o);
+          parent = o.dir;
+          what = "checkpoint";
+          break;
+        }
+        case 1:
+          device = 1 - device;
+          r = ferry::migrate(device);
+          what = "migrate";
+          break;
+        default:
+          r = ferry::suspend();
+          if (r) r = ferry::resume();
+          what = "suspend+resume";
+      }
+      if (!r) {
+        fprintf(stderr, "shim_stress: %s failed: %s\n", what.c_str(), r.message.c_str());
+        g_errors++;
+        break;
+      }
+      ops++;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
   });
   std::vector<uint64_t> sums(static_cast<size_t>(threads));
@@ -107,6 +149,6 @@ int main(int argc, char** argv) {
   ck(cuDevicePrimaryCtxRelease(0), "release");
   printf("shim_stress: %d threads x %d iterations, checksum %016llx, errors %d\n", threads, iters,
          static_cast<unsigned long long>(total), g_errors.load());
-  fprintf(stderr, "shim_stress: %d stops of the world\n", stops);
+  fprintf(stderr, "shim_stress: %d stops of the world, %d engine operations\n", stops, ops);
   return g_errors ? 1 : 0;
 }

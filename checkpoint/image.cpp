@@ -1,0 +1,482 @@
+#include "ferry_image/image.hpp"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace fs = std::filesystem;
+
+namespace ferry::image {
+
+const char* class_name(ErrorClass c) {
+  switch (c) {
+    case ErrorClass::RetryLater: return "retry-later";
+    case ErrorClass::FixFirst: return "fix-first";
+    case ErrorClass::DataLost: return "data-lost";
+    case ErrorClass::Bug: return "bug";
+  }
+  return "bug";
+}
+
+std::string Hash::hex() const {
+  char b[33];
+  snprintf(b, sizeof b, "%016llx%016llx", static_cast<unsigned long long>(hi), static_cast<unsigned long long>(lo));
+  return b;
+}
+
+bool Hash::parse(const std::string& s, Hash* out) {
+  if (s.size() != 32) return false;
+  for (char c : s)
+    if (!isxdigit(static_cast<unsigned char>(c))) return false;
+  out->hi = std::stoull(s.substr(0, 16), nullptr, 16);
+  out->lo = std::stoull(s.substr(16), nullptr, 16);
+  return true;
+}
+
+Hash hash_of(const void* data, size_t n) {
+  XXH128_hash_t h = XXH3_128bits(data, n);
+  return Hash{h.low64, h.high64};
+}
+
+// ---- zstd, loaded on demand -------------------------------------------------------------
+
+namespace zstd {
+namespace {
+struct Api {
+  size_t (*bound)(size_t) = nullptr;
+  size_t (*compress)(void*, size_t, const void*, size_t, int) = nullptr;
+  size_t (*decompress)(void*, size_t, const void*, size_t) = nullptr;
+  unsigned (*is_error)(size_t) = nullptr;
+  bool ok = false;
+};
+const Api& api() {
+  static Api a = [] {
+    Api x;
+    void* h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return x;
+    x.bound = reinterpret_cast<decltype(x.bound)>(dlsym(h, "ZSTD_compressBound"));
+    x.compress = reinterpret_cast<decltype(x.compress)>(dlsym(h, "ZSTD_compress"));
+    x.decompress = reinterpret_cast<decltype(x.decompress)>(dlsym(h, "ZSTD_decompress"));
+    x.is_error = reinterpret_cast<decltype(x.is_error)>(dlsym(h, "ZSTD_isError"));
+    x.ok = x.bound && x.compress && x.decompress && x.is_error;
+    return x;
+  }();
+  return a;
+}
+}  // namespace
+
+bool available() { return api().ok; }
+
+size_t compress(const void* src, size_t n, std::vector<char>& dst, int level) {
+  const Api& a = api();
+  if (!a.ok) return 0;
+  dst.resize(a.bound(n));
+  size_t r = a.compress(dst.data(), dst.size(), src, n, level);
+  if (a.is_error(r) || r >= n) return 0;
+  return r;
+}
+
+bool decompress(const void* src, size_t n, void* dst, size_t raw) {
+  const Api& a = api();
+  if (!a.ok) return false;
+  size_t r = a.decompress(dst, raw, src, n);
+  return !a.is_error(r) && r == raw;
+}
+}  // namespace zstd
+
+// ---- manifest ----------------------------------------------------------------------------
+
+namespace {
+
+constexpr uint32_t kChunkMagic = 0x4b4e4843;  // "CHNK"
+constexpr char kPackMagic[8] = {'F', 'E', 'R', 'R', 'Y', 'P', 'K', '1'};
+
+struct ChunkHeader {
+  uint32_t magic;
+  uint32_t codec;
+  uint64_t hash_lo, hash_hi;
+  uint32_t raw, stored;
+};
+static_assert(sizeof(ChunkHeader) == 32);
+
+const char* codec_name(Codec c) { return c == Codec::Zstd ? "zstd" : "none"; }
+
+std::string now_iso() {
+  time_t t = time(nullptr);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char b[32];
+  strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return b;
+}
+
+[[noreturn]] void io_error(const std::string& what, const std::string& path, int err) {
+  if (err == ENOSPC || err == EDQUOT)
+    throw Error(ErrorClass::FixFirst, what + " " + path + ": no space left on the device (" + strerror(err) +
+                                          "); the previous image, if any, is untouched");
+  throw Error(ErrorClass::FixFirst, what + " " + path + ": " + strerror(err));
+}
+
+void fsync_path(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_error("cannot open", path, errno);
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    io_error("cannot sync", path, e);
+  }
+  close(fd);
+}
+
+}  // namespace
+
+nlohmann::json to_json(const Manifest& m) {
+  nlohmann::json j;
+  j["format"] = kFormatName;
+  j["version"] = m.version;
+  j["created"] = m.created;
+  j["parent"] = m.parent;
+  j["chunk_size"] = m.chunk_size;
+  j["bytes_written"] = m.bytes_written;
+  j["bytes_reused"] = m.bytes_reused;
+  j["state"] = m.state;
+  auto& blobs = j["blobs"] = nlohmann::json::array();
+  for (auto& b : m.blobs) {
+    nlohmann::json hs = nlohmann::json::array();
+    for (auto& h : b.chunks) hs.push_back(h.hex());
+    blobs.push_back({{"id", b.id}, {"size", b.size}, {"chunks", hs}});
+  }
+  auto& idx = j["chunks"] = nlohmann::json::object();
+  for (auto& [h, l] : m.index)
+    idx[h.hex()] = {{"image", l.image}, {"pack", l.pack},   {"offset", l.offset},
+                    {"stored", l.stored}, {"raw", l.raw}, {"codec", codec_name(l.codec)}};
+  return j;
+}
+
+Manifest from_json(const nlohmann::json& j, const std::string& where) {
+  auto bad = [&](const std::string& why) -> Error {
+    return Error(ErrorClass::DataLost, where + ": not a valid ferry image manifest (" + why + ")");
+  };
+  if (!j.is_object() || j.value("format", "") != kFormatName) throw bad("no \"format\": \"ferry-image\"");
+  if (!j.contains("version") || !j["version"].is_number_integer()) throw bad("no version");
+  int v = j["version"].get<int>();
+  if (v != kFormatVersion)
+    throw Error(ErrorClass::FixFirst, where + ": image format version " + std::to_string(v) +
+                                          " is not supported by this ferry (it reads version " +
+                                          std::to_string(kFormatVersion) + ")");
+  Manifest m;
+  try {
+    m.version = v;
+    m.created = j.value("created", "");
+    m.parent = j.value("parent", "");
+    m.chunk_size = j.at("chunk_size").get<uint64_t>();
+    m.bytes_written = j.value("bytes_written", 0ull);
+    m.bytes_reused = j.value("bytes_reused", 0ull);
+    m.state = j.at("state");
+    for (auto& b : j.at("blobs")) {
+      Blob blob;
+      blob.id = b.at("id").get<std::string>();
+      blob.size = b.at("size").get<uint64_t>();
+      for (auto& h : b.at("chunks")) {
+        Hash x;
+        if (!Hash::parse(h.get<std::string>(), &x)) throw bad("malformed chunk hash in blob " + blob.id);
+        blob.chunks.push_back(x);
+      }
+      if (blob.chunks.size() != (blob.size + m.chunk_size - 1) / m.chunk_size) throw bad("blob " + blob.id + " is incomplete");
+      m.blobs.push_back(std::move(blob));
+    }
+    for (auto& [k, l] : j.at("chunks").items()) {
+      Hash x;
+      if (!Hash::parse(k, &x)) throw bad("malformed chunk hash " + k);
+      ChunkLoc loc;
+      loc.image = l.at("image").get<std::string>();
+      loc.pack = l.at("pack").get<std::string>();
+      loc.offset = l.at("offset").get<uint64_t>();
+      loc.stored = l.at("stored").get<uint32_t>();
+      loc.raw = l.at("raw").get<uint32_t>();
+      loc.codec = l.at("codec").get<std::string>() == "zstd" ? Codec::Zstd : Codec::None;
+      if (loc.pack.find('/') != std::string::npos) throw bad("pack name " + loc.pack);
+      m.index[x] = loc;
+    }
+    for (auto& b : m.blobs)
+      for (auto& h : b.chunks)
+        if (!m.index.count(h)) throw bad("chunk " + h.hex() + " of blob " + b.id + " is not in the index");
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(e.what());
+  }
+  return m;
+}
+
+Manifest read_manifest(const std::string& dir) {
+  std::string path = dir + "/manifest.json";
+  std::ifstream in(path);
+  if (!in) {
+    if (!fs::exists(dir)) throw Error(ErrorClass::FixFirst, dir + ": no such image directory");
+    throw Error(ErrorClass::DataLost, path + ": missing or unreadable; the image is incomplete");
+  }
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorClass::DataLost, path + ": damaged (" + std::string(e.what()) + ")");
+  }
+  return from_json(j, path);
+}
+
+// ---- writer --------------------------------------------------------------------------------
+
+Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) {
+  fs::path d = fs::absolute(dir).lexically_normal();
+  if (d.filename().empty()) d = d.parent_path();
+  dir_ = d.string();
+  fs::path parent_dir = d.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(parent_dir, ec))
+    throw Error(ErrorClass::FixFirst, parent_dir.string() + ": no such directory to write the image in");
+  static std::atomic<int> counter{0};
+  tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+  fs::remove_all(tmp_, ec);
+  if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
+  if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) io_error("cannot create", tmp_ + "/packs", errno);
+  if (!opts_.parent.empty()) {
+    fs::path p = fs::absolute(opts_.parent).lexically_normal();
+    if (p.filename().empty()) p = p.parent_path();
+    Manifest pm = read_manifest(p.string());
+    opts_.parent = p.string();
+    for (auto& [h, loc] : pm.index) {
+      ChunkLoc l = loc;
+      fs::path holder = (p / loc.image).lexically_normal();
+      l.image = holder.lexically_relative(d).string();
+      parent_index_[h] = l;
+    }
+  }
+}
+
+Writer::~Writer() {
+  if (fd_ >= 0) close(fd_);
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+  }
+}
+
+bool Writer::known(const Hash& h) {
+  std::lock_guard lk(mu_);
+  return index_.count(h) || parent_index_.count(h);
+}
+
+void Writer::write_all(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  std::string path = tmp_ + "/packs/" + pack_name_;
+  while (n > 0) {
+    if (opts_.fail_after && written_ + n > opts_.fail_after) io_error("cannot write", path, ENOSPC);
+    ssize_t w = ::write(fd_, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      io_error("cannot write", path, errno);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    pack_off_ += static_cast<uint64_t>(w);
+    written_ += static_cast<uint64_t>(w);
+  }
+}
+
+void Writer::open_pack() {
+  if (fd_ >= 0) {
+    if (fsync(fd_) != 0) io_error("cannot sync", tmp_ + "/packs/" + pack_name_, errno);
+    close(fd_);
+  }
+  char name[32];
+  snprintf(name, sizeof name, "%04d.pack", pack_no_++);
+  pack_name_ = name;
+  std::string path = tmp_ + "/packs/" + pack_name_;
+  fd_ = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) io_error("cannot create", path, errno);
+  pack_off_ = 0;
+  char header[16] = {};
+  memcpy(header, kPackMagic, 8);
+  uint32_t v = kFormatVersion;
+  memcpy(header + 8, &v, 4);
+  write_all(header, sizeof header);
+}
+
+void Writer::put(const Hash& h, const void* data, uint32_t stored, uint32_t raw, Codec codec) {
+  std::lock_guard lk(mu_);
+  if (index_.count(h) || parent_index_.count(h)) {
+    reused_ += raw;
+    return;
+  }
+  if (fd_ < 0 || pack_off_ >= opts_.pack_limit) open_pack();
+  ChunkHeader ch{kChunkMagic, static_cast<uint32_t>(codec), h.lo, h.hi, raw, stored};
+  ChunkLoc loc;
+  loc.pack = pack_name_;
+  loc.offset = pack_off_;
+  loc.stored = stored;
+  loc.raw = raw;
+  loc.codec = codec;
+  write_all(&ch, sizeof ch);
+  write_all(data, stored);
+  index_[h] = loc;
+}
+
+uint64_t Writer::bytes_written() const { return written_; }
+
+void Writer::commit(Manifest m) {
+  std::lock_guard lk(mu_);
+  if (fd_ >= 0) {
+    if (fsync(fd_) != 0) io_error("cannot sync", tmp_ + "/packs/" + pack_name_, errno);
+    close(fd_);
+    fd_ = -1;
+  }
+  m.version = kFormatVersion;
+  m.created = now_iso();
+  m.parent = opts_.parent;
+  m.bytes_written = written_;
+  m.bytes_reused = reused_;
+  m.index.clear();
+  for (auto& b : m.blobs)
+    for (auto& h : b.chunks) {
+      auto it = index_.find(h);
+      if (it != index_.end()) {
+        m.index[h] = it->second;
+        continue;
+      }
+      auto p = parent_index_.find(h);
+      if (p == parent_index_.end())
+        throw Error(ErrorClass::Bug, "chunk " + h.hex() + " of blob " + b.id + " was never written");
+      m.index[h] = p->second;
+    }
+  std::string text = to_json(m).dump(1);
+  std::string mpath = tmp_ + "/manifest.json";
+  int fd = open(mpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) io_error("cannot create", mpath, errno);
+  size_t off = 0;
+  while (off < text.size()) {
+    if (opts_.fail_after && written_ + text.size() > opts_.fail_after) {
+      close(fd);
+      io_error("cannot write", mpath, ENOSPC);
+    }
+    ssize_t w = ::write(fd, text.data() + off, text.size() - off);
+    if (w < 0) {
+      int e = errno;
+      close(fd);
+      io_error("cannot write", mpath, e);
+    }
+    off += static_cast<size_t>(w);
+  }
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    io_error("cannot sync", mpath, e);
+  }
+  close(fd);
+  fsync_path(tmp_ + "/packs");
+  fsync_path(tmp_);
+  // Publish: a new name is a rename; an existing image is swapped out, then removed.
+  if (rename(tmp_.c_str(), dir_.c_str()) != 0) {
+    if (errno != ENOTEMPTY && errno != EEXIST) io_error("cannot publish", dir_, errno);
+    if (renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) != 0)
+      io_error("cannot replace", dir_, errno);
+    committed_ = true;
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);  // now the old image
+  }
+  committed_ = true;
+  fsync_path(fs::path(dir_).parent_path().string());
+}
+
+// ---- reader --------------------------------------------------------------------------------
+
+Reader::Reader(const std::string& dir) {
+  fs::path d = fs::absolute(dir).lexically_normal();
+  if (d.filename().empty()) d = d.parent_path();
+  dir_ = d.string();
+  m_ = read_manifest(dir_);
+}
+
+Reader::~Reader() {
+  for (auto& [p, fd] : fds_) close(fd);
+}
+
+int Reader::pack_fd(const ChunkLoc& loc) {
+  std::string path = (fs::path(dir_) / loc.image / "packs" / loc.pack).lexically_normal().string();
+  std::lock_guard lk(mu_);
+  auto it = fds_.find(path);
+  if (it != fds_.end()) return it->second;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) +
+                                          (loc.image.empty() ? "" : " (a chunk of the parent image " + loc.image + ")"));
+  fds_[path] = fd;
+  return fd;
+}
+
+void Reader::read_chunk(const Hash& h, void* dst) {
+  auto it = m_.index.find(h);
+  if (it == m_.index.end()) throw Error(ErrorClass::DataLost, dir_ + ": chunk " + h.hex() + " is not in the index");
+  const ChunkLoc& loc = it->second;
+  int fd = pack_fd(loc);
+  std::string file = (fs::path(dir_) / loc.image / "packs" / loc.pack).lexically_normal().string();
+  auto lost = [&](const std::string& why) {
+    return Error(ErrorClass::DataLost, file + ": chunk " + h.hex() + " at offset " + std::to_string(loc.offset) + ": " + why);
+  };
+  ChunkHeader ch;
+  ssize_t n = pread(fd, &ch, sizeof ch, static_cast<off_t>(loc.offset));
+  if (n != static_cast<ssize_t>(sizeof ch)) throw lost("the pack is truncated");
+  if (ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi || ch.raw != loc.raw ||
+      ch.stored != loc.stored || ch.codec != static_cast<uint32_t>(loc.codec))
+    throw lost("the chunk header does not match the index (damaged pack)");
+  std::vector<char> stored;
+  char* target = static_cast<char*>(dst);
+  if (loc.codec != Codec::None) {
+    stored.resize(loc.stored);
+    target = stored.data();
+  }
+  n = pread(fd, target, loc.stored, static_cast<off_t>(loc.offset + sizeof ch));
+  if (n != static_cast<ssize_t>(loc.stored)) throw lost("the pack is truncated");
+  if (loc.codec == Codec::Zstd) {
+    if (!zstd::available()) throw Error(ErrorClass::FixFirst, file + ": compressed chunks need libzstd.so.1");
+    if (!zstd::decompress(stored.data(), loc.stored, dst, loc.raw)) throw lost("damaged compressed data");
+  }
+  if (!(hash_of(dst, loc.raw) == h)) throw lost("its contents do not match its hash (corrupted)");
+}
+
+void Reader::read_blob(const Blob& b, void* dst) {
+  char* p = static_cast<char*>(dst);
+  for (size_t i = 0; i < b.chunks.size(); i++) {
+    const ChunkLoc& loc = m_.index.at(b.chunks[i]);
+    uint64_t off = i * m_.chunk_size;
+    uint64_t want = std::min<uint64_t>(m_.chunk_size, b.size - off);
+    if (loc.raw != want)
+      throw Error(ErrorClass::DataLost, dir_ + ": chunk " + b.chunks[i].hex() + " of blob " + b.id + " has the wrong size");
+    read_chunk(b.chunks[i], p + off);
+  }
+}
+
+void Reader::verify(const std::function<void(uint64_t, uint64_t)>& progress) {
+  uint64_t total = 0, done = 0;
+  for (auto& b : m_.blobs) total += b.size;
+  std::vector<char> buf(m_.chunk_size);
+  for (auto& b : m_.blobs)
+    for (size_t i = 0; i < b.chunks.size(); i++) {
+      read_chunk(b.chunks[i], buf.data());
+      done += m_.index.at(b.chunks[i]).raw;
+      if (progress) progress(done, total);
+    }
+}
+
+}  // namespace ferry::image

@@ -1,0 +1,174 @@
+// The ferry image: a checkpoint on disk.
+//
+// Layout of an image directory:
+//   manifest.json   format name and version, creation time, parent image, the
+//                   device-state log ("state", opaque here), the blobs (device memory
+//                   ranges and module globals, each a list of chunk hashes) and the
+//                   chunk index (hash -> where the bytes are)
+//   packs/NNNN.pack chunks appended one after another, each behind a small header
+//                   (magic, hash, raw and stored size, codec) so a pack can be
+//                   scanned and a damaged chunk named
+//
+// Chunks are fixed-size pieces of a blob (4 MiB by default), addressed by their
+// XXH3-128 hash and optionally zstd-compressed (kept raw when that does not shrink
+// them). A chunk found in the parent image's index is referenced, not written again:
+// an image is incremental by construction. Writing goes to a temporary directory next
+// to the target; the files are fsynced and the directory renamed into place (swapped
+// with an existing image), so a crash or a full disk leaves any previous image intact.
+// Reading verifies the hash of every chunk it returns.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ferry::image {
+
+constexpr int kFormatVersion = 1;
+constexpr const char* kFormatName = "ferry-image";
+constexpr uint64_t kDefaultChunkSize = 4ull << 20;
+
+// What went wrong, in the classes a scheduler can act on.
+enum class ErrorClass {
+  RetryLater,  // transient: try the same operation again later
+  FixFirst,    // the request or the environment must change (arguments, space, device)
+  DataLost,    // the image is damaged or incomplete: its data cannot be trusted
+  Bug,         // ferry itself failed
+};
+const char* class_name(ErrorClass c);
+
+struct Error : std::exception {
+  ErrorClass cls;
+  std::string message;
+  Error(ErrorClass c, std::string m) : cls(c), message(std::move(m)) {}
+  const char* what() const noexcept override { return message.c_str(); }
+};
+
+struct Hash {
+  uint64_t lo = 0, hi = 0;
+  bool operator<(const Hash& o) const { return hi != o.hi ? hi < o.hi : lo < o.lo; }
+  bool operator==(const Hash& o) const { return lo == o.lo && hi == o.hi; }
+  std::string hex() const;
+  static bool parse(const std::string& s, Hash* out);
+};
+Hash hash_of(const void* data, size_t n);
+
+enum class Codec : uint32_t { None = 0, Zstd = 1 };
+
+// Compression through libzstd, loaded on first use (the shim carries no link-time
+// dependency on it). available() is false when the library is missing.
+namespace zstd {
+bool available();
+// Returns the compressed size, or 0 when the data does not shrink (store it raw).
+size_t compress(const void* src, size_t n, std::vector<char>& dst, int level);
+bool decompress(const void* src, size_t n, void* dst, size_t raw);
+}  // namespace zstd
+
+struct ChunkLoc {
+  std::string image;  // directory holding the pack, relative to this image ("" = this one)
+  std::string pack;   // file name under packs/
+  uint64_t offset = 0;  // of the chunk's header in the pack
+  uint32_t stored = 0, raw = 0;
+  Codec codec = Codec::None;
+};
+
+struct Blob {
+  std::string id;  // what it is, for the engine ("phys:12", "global:3:name", ...)
+  uint64_t size = 0;
+  std::vector<Hash> chunks;
+};
+
+struct Manifest {
+  int version = kFormatVersion;
+  std::string created;     // ISO 8601 UTC
+  std::string parent;      // parent image (absolute path when written), "" if none
+  uint64_t chunk_size = kDefaultChunkSize;
+  nlohmann::json state;    // the device-state log, as the engine wrote it
+  std::vector<Blob> blobs;
+  std::map<Hash, ChunkLoc> index;
+  uint64_t bytes_written = 0;  // chunk bytes this image wrote itself (stored)
+  uint64_t bytes_reused = 0;   // raw bytes referenced from the parent or deduplicated
+};
+
+nlohmann::json to_json(const Manifest& m);
+// Throws Error(DataLost) for a manifest that is not a ferry image or is malformed,
+// Error(FixFirst) for a format version this build does not read.
+Manifest from_json(const nlohmann::json& j, const std::string& where);
+
+// Reads an image's manifest; `dir` is the image directory.
+Manifest read_manifest(const std::string& dir);
+
+struct WriterOptions {
+  std::string parent;        // an existing image to reference unchanged chunks from
+  int zstd_level = 0;        // 0: no compression
+  uint64_t pack_limit = 1ull << 30;
+  uint64_t fail_after = 0;   // test hook (FERRY_TEST_ENOSPC_AFTER): ENOSPC after this many bytes
+};
+
+// Writes an image. put() may be called from several threads; chunks are appended to
+// the current pack in the order they arrive. commit() publishes atomically; the
+// destructor of an uncommitted writer removes what it wrote.
+class Writer {
+ public:
+  Writer(const std::string& dir, const WriterOptions& opts);
+  ~Writer();
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  // True when the chunk is already known (parent or this image): the caller can skip
+  // hashing-dependent work such as compression.
+  bool known(const Hash& h);
+  // Stores a chunk (raw bytes, or already compressed with `codec` when stored < raw).
+  void put(const Hash& h, const void* data, uint32_t stored, uint32_t raw, Codec codec);
+  void commit(Manifest m);  // fills in the index and the byte counts
+  const std::string& final_dir() const { return dir_; }
+  uint64_t bytes_written() const;
+
+ private:
+  void open_pack();
+  void write_all(const void* data, size_t n);
+  std::string dir_, tmp_;
+  WriterOptions opts_;
+  std::mutex mu_;
+  int fd_ = -1;
+  std::string pack_name_;
+  uint64_t pack_off_ = 0;
+  int pack_no_ = 0;
+  uint64_t written_ = 0, reused_ = 0;
+  std::map<Hash, ChunkLoc> index_;         // chunks of this image
+  std::map<Hash, ChunkLoc> parent_index_;  // chunks of the parent, relative to the new image
+  bool committed_ = false;
+};
+
+// Reads chunks of an image (and of the images it references).
+class Reader {
+ public:
+  explicit Reader(const std::string& dir);
+  ~Reader();
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+  const Manifest& manifest() const { return m_; }
+  const std::string& dir() const { return dir_; }
+  // Copies the chunk's raw bytes into dst (raw size from the index), verifying its
+  // hash. Throws Error(DataLost) naming the file and the chunk.
+  void read_chunk(const Hash& h, void* dst);
+  // Reads a whole blob into dst (blob.size bytes).
+  void read_blob(const Blob& b, void* dst);
+  // Every chunk of every blob, read and verified; progress(done, total bytes).
+  void verify(const std::function<void(uint64_t, uint64_t)>& progress);
+
+ private:
+  int pack_fd(const ChunkLoc& loc);
+  std::string dir_;
+  Manifest m_;
+  std::mutex mu_;
+  std::map<std::string, int> fds_;
+};
+
+}  // namespace ferry::image

@@ -1,0 +1,316 @@
+// The control socket and the checkpoint-on-signal handler (see control.hpp).
+#include "control.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <ferry_common/control.hpp>
+
+#include "engine.hpp"
+#include "log.hpp"
+#include "shim.hpp"
+#include "tracker.hpp"
+
+namespace ferry::control {
+
+namespace {
+
+std::mutex g_mu;
+bool g_started = false;
+std::string g_path;  // our socket, removed at exit
+
+void send_line(int fd, const nlohmann::json& j) {
+  std::string s = j.dump() + "\n";
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // the client went away; the operation goes on
+    off += static_cast<size_t>(n);
+  }
+}
+
+bool read_line(int fd, std::string& out) {
+  char c;
+  while (out.size() < (1 << 20)) {
+    ssize_t n = recv(fd, &c, 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return !out.empty();
+    if (c == '\n') return true;
+    out += c;
+  }
+  return false;
+}
+
+engine::Options options_from(const nlohmann::json& j, int fd) {
+  engine::Options o;
+  o.dir = j.value("dir", "");
+  o.parent = j.value("parent", "");
+  o.leave_running = j.value("leave_running", false);
+  o.stay_stopped = j.value("stay_stopped", false);
+  o.discard = j.value("discard", false);
+  o.zstd_level = j.value("zstd", 0);
+  o.device = j.value("device", -1);
+  if (j.contains("device_map")) o.device_map = j["device_map"].get<std::vector<int>>();
+  if (j.contains("staging_mb")) o.staging_bytes = j["staging_mb"].get<uint64_t>() << 20;
+  if (fd >= 0 && j.value("progress", true))
+    o.progress.fn = [fd](const char* phase, uint64_t done, uint64_t total) {
+      send_line(fd, {{"progress", {{"phase", phase}, {"done", done}, {"total", total}}}});
+    };
+  return o;
+}
+
+nlohmann::json stats_json(const engine::Stats& s) {
+  return {{"device_bytes", s.device_bytes}, {"written", s.written},   {"reused", s.reused},
+          {"seconds", s.seconds},           {"stopped_seconds", s.stopped_seconds}};
+}
+
+nlohmann::json check_report() {
+  nlohmann::json j = engine::status();
+  std::vector<std::string> problems;
+  try {
+    engine::check_capturable();
+  } catch (const engine::Error& e) {
+    problems.push_back(e.message);
+  }
+  j["capturable"] = problems.empty();
+  j["problems"] = problems;
+  return j;
+}
+
+nlohmann::json handle(const nlohmann::json& req, int fd) {
+  int v = req.value("v", 0);
+  if (v != kProtocolVersion)
+    return {{"ok", false}, {"class", "fix-first"},
+            {"error", "protocol version " + std::to_string(v) + " is not spoken here (this process speaks " +
+                          std::to_string(kProtocolVersion) + "); use the ferry that started it"}};
+  std::string op = req.value("op", "");
+  nlohmann::json opts = req.value("options", nlohmann::json::object());
+  try {
+    if (op == "status") return {{"ok", true}, {"status", engine::status()}};
+    if (op == "check") return {{"ok", true}, {"check", check_report()}};
+    engine::Stats s;
+    engine::Options o = options_from(opts, fd);
+    if (op == "checkpoint")
+      s = engine::checkpoint(o);
+    else if (op == "suspend")
+      s = engine::suspend(o);
+    else if (op == "resume")
+      s = engine::resume(o);
+    else if (op == "migrate")
+      s = engine::migrate(o);
+    else if (op == "restore")
+      s = engine::restore(o);
+    else
+      return {{"ok", false}, {"class", "fix-first"}, {"error", "unknown operation \"" + op + "\""}};
+    return {{"ok", true}, {"stats", stats_json(s)}, {"status", engine::status()}};
+  } catch (const engine::Error& e) {
+    return {{"ok", false}, {"class", image::class_name(e.cls)}, {"error", e.message}};
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"class", "bug"}, {"error", std::string("internal error: ") + e.what()}};
+  }
+}
+
+void serve(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != getuid() && cred.uid != 0)) {
+    send_line(fd, {{"ok", false},
+                   {"class", "fix-first"},
+                   {"error", "permission denied: uid " + std::to_string(cred.uid) + " may not control process " +
+                                 std::to_string(getpid()) + " (owned by uid " + std::to_string(getuid()) + ")"}});
+    FERRY_WARN("refused a control connection from uid %u (pid %d)", cred.uid, cred.pid);
+    close(fd);
+    return;
+  }
+  std::string line;
+  if (read_line(fd, line)) {
+    nlohmann::json req;
+    try {
+      req = nlohmann::json::parse(line);
+    } catch (const std::exception&) {
+      send_line(fd, {{"ok", false}, {"class", "fix-first"}, {"error", "the request is not JSON"}});
+      close(fd);
+      return;
+    }
+    send_line(fd, handle(req, fd));
+  }
+  close(fd);
+}
+
+void listen_loop(int lfd) {
+  for (;;) {
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      FERRY_WARN("the control socket failed (%s); no more control requests", strerror(errno));
+      return;
+    }
+    std::thread(serve, fd).detach();
+  }
+}
+
+// The directory must be ours alone: created 0700, or existing, owned by us, 0700.
+bool private_dir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    FERRY_WARN("cannot create the control directory %s: %s", dir.c_str(), strerror(errno));
+    return false;
+  }
+  struct stat sb;
+  if (lstat(dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != getuid() || (sb.st_mode & 077) != 0) {
+    FERRY_WARN("%s is not a directory of mode 0700 owned by uid %u: no control socket (ferry CLI cannot reach "
+               "this process)", dir.c_str(), getuid());
+    return false;
+  }
+  return true;
+}
+
+void remove_socket() {
+  if (!g_path.empty()) unlink(g_path.c_str());
+}
+
+void after_fork_child() {
+  // The child has no listener thread; it gets its own socket if it initializes CUDA.
+  g_started = false;
+  g_path.clear();
+}
+
+// ---- checkpoint on a signal ------------------------------------------------------------
+
+int g_signal_pipe[2] = {-1, -1};
+struct SignalRule {
+  int sig = 0;
+  std::string dir;
+};
+std::vector<SignalRule>& rules() {
+  static auto* r = new std::vector<SignalRule>;
+  return *r;
+}
+
+void on_signal(int sig) {
+  unsigned char b = static_cast<unsigned char>(sig);
+  ssize_t ignored = write(g_signal_pipe[1], &b, 1);
+  (void)ignored;
+}
+
+void signal_loop() {
+  for (;;) {
+    unsigned char b;
+    ssize_t n = read(g_signal_pipe[0], &b, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    for (auto& r : rules()) {
+      if (r.sig != b) continue;
+      FERRY_WARN("signal %d: checkpointing to %s, then exiting", r.sig, r.dir.c_str());
+      engine::Options o;
+      o.dir = r.dir;
+      o.stay_stopped = true;
+      try {
+        engine::Stats s = engine::checkpoint(o);
+        FERRY_WARN("checkpoint written to %s (%llu bytes of device memory, %.2f s); exiting", r.dir.c_str(),
+                   static_cast<unsigned long long>(s.device_bytes), s.seconds);
+        _exit(0);
+      } catch (const std::exception& e) {
+        FERRY_ERROR("the checkpoint on signal %d failed: %s; exiting", r.sig, e.what());
+        _exit(1);
+      }
+    }
+  }
+}
+
+int signal_number(const std::string& name) {
+  std::string n = name.rfind("SIG", 0) == 0 ? name.substr(3) : name;
+  if (n == "TERM") return SIGTERM;
+  if (n == "INT") return SIGINT;
+  if (n == "USR1") return SIGUSR1;
+  if (n == "USR2") return SIGUSR2;
+  if (n == "HUP") return SIGHUP;
+  if (n == "XCPU") return SIGXCPU;
+  char* end = nullptr;
+  long v = strtol(n.c_str(), &end, 10);
+  return (end && *end == 0 && v > 0 && v < 64) ? static_cast<int>(v) : 0;
+}
+
+void install_signal_rules() {
+  const char* spec = getenv("FERRY_ON_SIGNAL");
+  if (!spec || !*spec) return;
+  std::string s = spec;
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t end = s.find(';', pos);
+    std::string item = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    pos = end == std::string::npos ? s.size() + 1 : end + 1;
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    std::string action = eq == std::string::npos ? "" : item.substr(eq + 1);
+    int sig = signal_number(item.substr(0, eq));
+    if (!sig || action.rfind("checkpoint:", 0) != 0 || action.size() <= 11) {
+      FERRY_ERROR("FERRY_ON_SIGNAL: cannot understand \"%s\" (expected SIGNAL=checkpoint:DIR)", item.c_str());
+      continue;
+    }
+    rules().push_back({sig, action.substr(11)});
+  }
+  if (rules().empty()) return;
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) return;
+  for (auto& r : rules()) {
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(r.sig, &sa, nullptr);
+  }
+  std::thread(signal_loop).detach();
+}
+
+}  // namespace
+
+void start() {
+  std::lock_guard lk(g_mu);
+  if (g_started) return;
+  g_started = true;
+  static std::once_flag atfork;
+  std::call_once(atfork, [] {
+    pthread_atfork(nullptr, nullptr, after_fork_child);
+    atexit(remove_socket);
+    install_signal_rules();
+  });
+  const char* off = getenv("FERRY_CONTROL");
+  if (off && strcmp(off, "off") == 0) return;
+  std::string dir = socket_dir();
+  if (!private_dir(dir)) return;
+  std::string path = dir + "/" + socket_name(getpid());
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    FERRY_WARN("the control socket path %s is too long: no control socket", path.c_str());
+    return;
+  }
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (lfd < 0) return;
+  unlink(path.c_str());  // a stale socket of an earlier process with our pid
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || chmod(path.c_str(), 0600) != 0 ||
+      listen(lfd, 16) != 0) {
+    FERRY_WARN("cannot listen on %s: %s", path.c_str(), strerror(errno));
+    close(lfd);
+    return;
+  }
+  g_path = path;
+  FERRY_INFO("listening on %s", path.c_str());
+  std::thread(listen_loop, lfd).detach();
+}
+
+}  // namespace ferry::control
