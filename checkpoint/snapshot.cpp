@@ -253,7 +253,7 @@ nlohmann::json serialize_state(std::vector<BlobRef>* refs) {
 
 nlohmann::json structure_of(const nlohmann::json& state) {
   nlohmann::json s = state;
-  for (const char* k : {"pid", "devices", "device_bytes"}) s.erase(k);
+  for (const char* k : {"pid", "devices", "device_bytes", "released"}) s.erase(k);
   // Live queries of the driver, not part of what the program built.
   for (auto& c : s["contexts"]) c.erase("flags");
   return s;

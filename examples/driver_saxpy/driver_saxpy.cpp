@@ -2,7 +2,8 @@
 // context, the kernel image loaded from a fatbin embedded in the program
 // (cuModuleLoadData), cuLaunchKernel on a created stream, a __device__ counter read
 // back with cuModuleGetGlobal. The result is compared bit for bit with the same
-// computation on the host.
+// computation on the host. --iter-delay-ms paces the iterations (each one finished and
+// reported on stdout) so another process can checkpoint or migrate it midway.
 #include <cuda.h>
 
 #include <cmath>
@@ -10,7 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "saxpy_kernels_fatbin.h"
@@ -37,14 +40,15 @@ float value(uint64_t i, uint64_t salt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int n = 1 << 20, iters = 20, device = 0;
+  int n = 1 << 20, iters = 20, device = 0, delay_ms = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--n") n = atoi(argv[i + 1]);
     else if (a == "--iters") iters = atoi(argv[i + 1]);
     else if (a == "--device") device = atoi(argv[i + 1]);
+    else if (a == "--iter-delay-ms") delay_ms = atoi(argv[i + 1]);
     else {
-      fprintf(stderr, "usage: driver_saxpy [--n N] [--iters N] [--device N]\n");
+      fprintf(stderr, "usage: driver_saxpy [--n N] [--iters N] [--device N] [--iter-delay-ms N]\n");
       return 2;
     }
   }
@@ -76,6 +80,12 @@ int main(int argc, char** argv) {
     float a = 0.5f + 0.001f * static_cast<float>(it);
     void* args[] = {&a, &dx, &dy, &n};
     CK(cuLaunchKernel(fn, grid, 1, 1, threads, 1, 1, 0, stream, args, nullptr));
+    if (delay_ms) {
+      CK(cuStreamSynchronize(stream));
+      printf("iteration %d\n", it + 1);
+      fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    }
   }
   CK(cuStreamSynchronize(stream));
   std::vector<float> out(static_cast<size_t>(n));

@@ -1,0 +1,458 @@
+#include "commands.hpp"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <cuda.h>
+
+#include <ferry_common/control.hpp>
+#include <ferry_image/image.hpp>
+
+#include "client.hpp"
+#include "paths.hpp"
+
+namespace ferry::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string human(uint64_t b) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, u++;
+  char s[32];
+  snprintf(s, sizeof s, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
+  return s;
+}
+
+// Progress on stderr: one updating line on a terminal, else a line per phase (and at
+// most one every two seconds within a phase).
+struct ProgressView {
+  bool enabled, tty;
+  std::string phase;
+  Clock::time_point phase_start{}, last{};
+  ProgressView(const Output& o) {
+    tty = isatty(2);
+    enabled = !o.json && (o.progress == "always" || (o.progress == "auto" && tty));
+  }
+  void operator()(const nlohmann::json& p) {
+    if (!enabled) return;
+    std::string ph = p.value("phase", "");
+    uint64_t done = p.value("done", 0ull), total = p.value("total", 0ull);
+    auto now = Clock::now();
+    bool fresh = ph != phase;
+    if (fresh) {
+      if (tty && !phase.empty()) fputc('\n', stderr);
+      phase = ph;
+      phase_start = now;
+    }
+    double secs = std::chrono::duration<double>(now - phase_start).count();
+    std::string line = "  " + ph;
+    if (total) {
+      char b[160];
+      snprintf(b, sizeof b, " %s / %s (%3.0f%%)", human(done).c_str(), human(total).c_str(),
+               100.0 * static_cast<double>(done) / static_cast<double>(total));
+      line += b;
+      if (secs > 0.05 && done) line += "  " + human(static_cast<uint64_t>(static_cast<double>(done) / secs)) + "/s";
+    }
+    if (tty) {
+      fprintf(stderr, "\r%-72s", line.c_str());
+    } else if (fresh || (total && done == total) || now - last > std::chrono::seconds(2)) {
+      fprintf(stderr, "%s\n", line.c_str());
+      last = now;
+    }
+    fflush(stderr);
+  }
+  ~ProgressView() {
+    if (enabled && tty && !phase.empty()) fputc('\n', stderr);
+  }
+};
+
+int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
+  if (out.json)
+    printf("%s\n", nlohmann::json({{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}}).dump(1).c_str());
+  else
+    fprintf(stderr, "ferry: %s\n", msg.c_str());
+  return code;
+}
+
+int fail(const Output& out, const ClientError& e) {
+  const char* cls = e.code == kRetryLater ? "retry-later" : e.code == kFixFirst ? "fix-first"
+                  : e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
+  return fail(out, e.code, cls, e.message);
+}
+
+std::string state_hint(const nlohmann::json& status, pid_t pid) {
+  std::string st = status.value("state", "");
+  if (st == "stopped") return "the program is stopped (ferry resume " + std::to_string(pid) + ")";
+  if (st == "suspended" && status.value("suspended_to", "").rfind("nothing", 0) == 0)
+    return "the program is suspended and its GPU state discarded (ferry restore " + std::to_string(pid) + " IMAGE)";
+  if (st == "suspended")
+    return "the program is suspended, its GPU released, state in " + status.value("suspended_to", "?") +
+           " (ferry resume " + std::to_string(pid) + ")";
+  return "the program is running";
+}
+
+std::string devices_text(const nlohmann::json& status) {
+  std::string s;
+  std::set<int> used;
+  if (status.contains("devices_in_use"))
+    for (auto& d : status["devices_in_use"]) used.insert(d.get<int>());
+  for (auto& d : status.value("devices", nlohmann::json::array())) {
+    int v = d["device"].get<int>();
+    if (!used.empty() && !used.count(v)) continue;
+    if (!s.empty()) s += ", ";
+    s += std::to_string(v) + "->GPU" + std::to_string(d["physical"].get<int>());
+  }
+  return s.empty() ? "-" : s;
+}
+
+std::string cmdline(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::string arg, s;
+  while (std::getline(in, arg, '\0')) s += (s.empty() ? "" : " ") + arg;
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+}  // namespace
+
+std::vector<int> parse_device_map(const std::string& s) {
+  std::vector<int> m;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int v = std::stoi(item, &used);
+    if (used != item.size() || v < 0) throw std::invalid_argument("bad device map " + s);
+    m.push_back(v);
+  }
+  if (m.empty()) throw std::invalid_argument("empty device map");
+  return m;
+}
+
+int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out) {
+  nlohmann::json o = nlohmann::json::object();
+  if (!a.dir.empty()) o["dir"] = a.dir;
+  if (!a.parent.empty()) o["parent"] = a.parent;
+  if (op == "checkpoint") {
+    o["leave_running"] = a.leave_running;
+    o["stay_stopped"] = !a.leave_running && !a.cont;  // by default the program waits for `ferry resume`
+  }
+  if (op == "restore") o["stay_stopped"] = a.stay_stopped;
+  if (a.discard) o["discard"] = true;
+  if (a.zstd) o["zstd"] = a.zstd;
+  if (a.device >= 0) o["device"] = a.device;
+  if (a.staging_mb) o["staging_mb"] = a.staging_mb;
+  if (!a.device_map.empty()) {
+    try {
+      o["device_map"] = parse_device_map(a.device_map);
+    } catch (const std::exception& e) {
+      return fail(out, kUsage, "usage", e.what());
+    }
+  }
+  ProgressView view(out);
+  if (view.enabled) fprintf(stderr, "ferry: %s of process %d\n", op.c_str(), pid);
+  nlohmann::json reply;
+  try {
+    reply = request(pid, op, o, [&](const nlohmann::json& p) { view(p); }, a.timeout);
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  if (!reply.value("ok", false)) {
+    std::string cls = reply.value("class", "bug");
+    return fail(out, exit_for_class(cls), cls, op + " failed: " + reply.value("error", "?"));
+  }
+  if (out.json) {
+    printf("%s\n", reply.dump(1).c_str());
+    return kOk;
+  }
+  auto& s = reply["stats"];
+  uint64_t dev = s.value("device_bytes", 0ull), written = s.value("written", 0ull), reused = s.value("reused", 0ull);
+  double secs = s.value("seconds", 0.0), stopped = s.value("stopped_seconds", 0.0);
+  std::string what = op + " of process " + std::to_string(pid) + ": " + human(dev) + " of device memory";
+  if (op == "checkpoint" || (op == "suspend" && !a.dir.empty()))
+    what += " to " + a.dir + " (" + human(written) + " written, " + human(reused) + " from the parent)";
+  if (op == "restore") what += " from " + a.dir;
+  if (op == "migrate" || op == "resume") what += ", devices now " + devices_text(reply["status"]);
+  char t[96];
+  snprintf(t, sizeof t, " in %.2f s (program stopped %.2f s)", secs, stopped);
+  printf("%s%s; %s\n", what.c_str(), t, state_hint(reply["status"], pid).c_str());
+  return kOk;
+}
+
+int cmd_status(pid_t pid, const Output& out) {
+  nlohmann::json reply;
+  try {
+    reply = request(pid, "status", nlohmann::json::object(), nullptr, 10);
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  if (!reply.value("ok", false)) return fail(out, exit_for_class(reply.value("class", "bug")), reply.value("class", "bug"),
+                                             reply.value("error", "?"));
+  auto& s = reply["status"];
+  if (out.json) {
+    printf("%s\n", s.dump(1).c_str());
+    return kOk;
+  }
+  printf("process %d: %s%s\n", pid, s.value("state", "?").c_str(),
+         s["operation"].is_string() ? (" (" + s["operation"].get<std::string>() + " in progress)").c_str() : "");
+  printf("  devices: %s\n", devices_text(s).c_str());
+  if (s.contains("device_bytes")) printf("  device memory: %s\n", human(s["device_bytes"].get<uint64_t>()).c_str());
+  if (s.contains("suspended_to")) printf("  suspended to: %s\n", s["suspended_to"].get<std::string>().c_str());
+  if (s.contains("untracked") && !s["untracked"].empty())
+    printf("  not capturable: %s\n", s["untracked"].dump().c_str());
+  auto& last = s["last"];
+  if (last.is_object() && last.contains("op"))
+    printf("  last operation: %s, %s\n", last["op"].get<std::string>().c_str(),
+           last.value("ok", false) ? ("ok in " + std::to_string(last.value("seconds", 0.0)) + " s").c_str()
+                                   : ("failed: " + last.value("error", "?")).c_str());
+  return kOk;
+}
+
+int cmd_ps(const Output& out) {
+  nlohmann::json list = nlohmann::json::array();
+  for (auto& [pid, path] : list_processes()) {
+    nlohmann::json s;
+    try {
+      nlohmann::json r = request(pid, "status", nlohmann::json::object(), nullptr, 5);
+      s = r.value("status", nlohmann::json::object());
+    } catch (const ClientError& e) {
+      s = {{"state", "unreachable"}, {"error", e.message}};
+    }
+    s["pid"] = pid;
+    s["command"] = cmdline(pid);
+    list.push_back(s);
+  }
+  if (out.json) {
+    printf("%s\n", list.dump(1).c_str());
+    return kOk;
+  }
+  printf("%-8s %-10s %-16s %-10s %s\n", "PID", "STATE", "DEVICES", "MEMORY", "COMMAND");
+  for (auto& s : list)
+    printf("%-8d %-10s %-16s %-10s %s\n", s["pid"].get<int>(), s.value("state", "?").c_str(), devices_text(s).c_str(),
+           s.contains("device_bytes") ? human(s["device_bytes"].get<uint64_t>()).c_str() : "-",
+           s.value("command", "").c_str());
+  if (list.empty()) fprintf(stderr, "ferry: no processes under ferry (sockets in %s)\n", control::socket_dir().c_str());
+  return kOk;
+}
+
+int cmd_inspect(const std::string& dir, const Output& out) {
+  image::Manifest m;
+  try {
+    m = image::read_manifest(dir);
+  } catch (const image::Error& e) {
+    std::string cls = image::class_name(e.cls);
+    return fail(out, exit_for_class(cls), cls, e.message);
+  }
+  uint64_t total = 0, chunks = 0;
+  for (auto& b : m.blobs) total += b.size, chunks += b.chunks.size();
+  std::map<std::string, uint64_t> per_image;
+  for (auto& [h, l] : m.index) per_image[l.image.empty() ? "." : l.image] += l.stored;
+  auto count = [&](const char* k) { return m.state.contains(k) ? m.state[k].size() : 0; };
+  if (out.json) {
+    nlohmann::json j = {{"dir", dir},
+                        {"version", m.version},
+                        {"created", m.created},
+                        {"parent", m.parent},
+                        {"chunk_size", m.chunk_size},
+                        {"device_bytes", total},
+                        {"chunks", chunks},
+                        {"unique_chunks", m.index.size()},
+                        {"bytes_written", m.bytes_written},
+                        {"bytes_reused", m.bytes_reused},
+                        {"stored_by_image", per_image},
+                        {"devices", m.state.value("devices", nlohmann::json::array())}};
+    for (const char* k : {"contexts", "streams", "events", "libraries", "modules", "globals", "physical", "mappings",
+                          "allocs", "host"})
+      j["objects"][k] = count(k);
+    printf("%s\n", j.dump(1).c_str());
+    return kOk;
+  }
+  printf("%s: ferry image version %d, created %s\n", dir.c_str(), m.version, m.created.c_str());
+  if (!m.parent.empty()) printf("  parent: %s\n", m.parent.c_str());
+  printf("  device memory: %s in %zu blobs, %" PRIu64 " chunks of %s (%zu distinct)\n", human(total).c_str(),
+         m.blobs.size(), chunks, human(m.chunk_size).c_str(), m.index.size());
+  printf("  written: %s; referenced from the parent or repeated: %s\n", human(m.bytes_written).c_str(),
+         human(m.bytes_reused).c_str());
+  for (auto& d : m.state.value("devices", nlohmann::json::array()))
+    printf("  device %d: %s (compute capability %s, %s), was GPU %d\n", d["vdev"].get<int>(),
+           d["name"].get<std::string>().c_str(), d["cc"].get<std::string>().c_str(),
+           human(d["memory"].get<uint64_t>()).c_str(), d["pdev"].get<int>());
+  printf("  objects: %zu contexts, %zu streams, %zu events, %zu libraries, %zu modules, %zu globals, %zu allocations, "
+         "%zu physical allocations, %zu pinned host ranges\n",
+         count("contexts"), count("streams"), count("events"), count("libraries"), count("modules"), count("globals"),
+         count("allocs"), count("physical"), count("host"));
+  return kOk;
+}
+
+int cmd_verify(const std::string& dir, const Output& out) {
+  ProgressView view(out);
+  try {
+    image::Reader r(dir);
+    uint64_t total = 0;
+    r.verify([&](uint64_t d, uint64_t t) {
+      total = t;
+      view({{"phase", "verifying"}, {"done", d}, {"total", t}});
+    });
+    if (out.json)
+      printf("%s\n", nlohmann::json({{"ok", true}, {"dir", dir}, {"bytes", total}}).dump(1).c_str());
+    else
+      printf("%s: intact (%s of device memory, every chunk's hash verified)\n", dir.c_str(), human(total).c_str());
+    return kOk;
+  } catch (const image::Error& e) {
+    std::string cls = image::class_name(e.cls);
+    return fail(out, exit_for_class(cls), cls, e.message);
+  }
+}
+
+// ---- check --------------------------------------------------------------------------------
+
+namespace {
+
+// The driver, loaded by the CLI itself for a look at this machine.
+struct Driver {
+  void* h = nullptr;
+  template <class F>
+  F sym(const char* n) {
+    return reinterpret_cast<F>(dlsym(h, n));
+  }
+};
+
+nlohmann::json machine_check(bool emulator, const std::string& real_driver, std::vector<std::string>& problems) {
+  nlohmann::json j;
+  std::string shim = shim_path();
+  j["shim"] = shim;
+  if (access(shim.c_str(), R_OK) != 0) problems.push_back("the shim " + shim + " is missing");
+  std::string path = !real_driver.empty() ? real_driver : emulator ? emulator_driver() : "libcuda.so.1";
+  if (emulator) setenv("FERRY_EMU_KERNELS", emulator_kernels().c_str(), 0);
+  Driver d;
+  d.h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  j["driver"] = path;
+  if (!d.h) {
+    problems.push_back("cannot load the CUDA driver " + path + ": " + dlerror());
+    return j;
+  }
+  auto init = d.sym<CUresult (*)(unsigned)>("cuInit");
+  auto version = d.sym<CUresult (*)(int*)>("cuDriverGetVersion");
+  auto count = d.sym<CUresult (*)(int*)>("cuDeviceGetCount");
+  auto get = d.sym<CUresult (*)(CUdevice*, int)>("cuDeviceGet");
+  auto name = d.sym<CUresult (*)(char*, int, CUdevice)>("cuDeviceGetName");
+  auto attr = d.sym<CUresult (*)(int*, CUdevice_attribute, CUdevice)>("cuDeviceGetAttribute");
+  auto mem = d.sym<CUresult (*)(size_t*, CUdevice)>("cuDeviceTotalMem_v2");
+  auto retain = d.sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
+  auto release = d.sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxRelease_v2");
+  auto set = d.sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
+  auto reserve = d.sym<CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long)>("cuMemAddressReserve");
+  auto vfree = d.sym<CUresult (*)(CUdeviceptr, size_t)>("cuMemAddressFree");
+  if (!init || !count || !get || !name || !attr || !mem || !retain || !release || !set || !reserve || !vfree) {
+    problems.push_back(path + " lacks entry points ferry needs");
+    return j;
+  }
+  int v = 0;
+  if (version) version(&v);
+  j["driver_version"] = v;
+  if (v < 13000) problems.push_back("the driver supports CUDA " + std::to_string(v) + "; ferry needs 13.0 or newer");
+  if (CUresult r = init(0)) {
+    problems.push_back("cuInit failed with error " + std::to_string(r) + " (no usable GPU?)");
+    return j;
+  }
+  int n = 0;
+  count(&n);
+  nlohmann::json devs = nlohmann::json::array();
+  uintptr_t base = 0x500000000000ull, size = 2ull << 40;
+  if (const char* b = getenv("FERRY_ARENA_BASE")) base = strtoull(b, nullptr, 0);
+  if (const char* s = getenv("FERRY_ARENA_SIZE")) {
+    char* end = nullptr;
+    double x = strtod(s, &end);
+    size = static_cast<uintptr_t>(x * ((*end == 'G') ? (1ull << 30) : (*end == 'T') ? (1ull << 40) : 1));
+  }
+  for (int i = 0; i < n; i++) {
+    CUdevice dev;
+    get(&dev, i);
+    char nm[256] = {};
+    name(nm, sizeof nm, dev);
+    int major = 0, minor = 0, vmm = 0;
+    attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
+    attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
+    attr(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
+    size_t total = 0;
+    mem(&total, dev);
+    // Can this device's arena range be had at its fixed address in a fresh process?
+    bool arena = false;
+    CUcontext c = nullptr;
+    if (retain(&c, dev) == CUDA_SUCCESS) {
+      set(c);
+      CUdeviceptr got = 0, want = base + static_cast<uintptr_t>(i) * size;
+      if (reserve(&got, 2u << 20, 0, want, 0) == CUDA_SUCCESS) {
+        arena = got == want;
+        vfree(got, 2u << 20);
+      }
+      set(nullptr);
+      release(dev);
+    }
+    if (!vmm) problems.push_back("device " + std::to_string(i) + " does not support virtual memory management");
+    if (!arena)
+      problems.push_back("device " + std::to_string(i) + ": the arena address " +
+                         std::to_string(base + static_cast<uintptr_t>(i) * size) +
+                         " cannot be reserved (set FERRY_ARENA_BASE)");
+    devs.push_back({{"device", i}, {"name", nm}, {"cc", std::to_string(major) + "." + std::to_string(minor)},
+                    {"memory", total}, {"vmm", vmm != 0}, {"arena_address_free", arena}});
+  }
+  j["devices"] = devs;
+  if (n == 0) problems.push_back("no CUDA devices");
+  return j;
+}
+
+}  // namespace
+
+int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Output& out) {
+  std::vector<std::string> problems;
+  nlohmann::json report;
+  if (pid > 0) {
+    nlohmann::json reply;
+    try {
+      reply = request(pid, "check", nlohmann::json::object(), nullptr, 10);
+    } catch (const ClientError& e) {
+      return fail(out, e);
+    }
+    report = reply.value("check", nlohmann::json::object());
+    for (auto& p : report.value("problems", nlohmann::json::array())) problems.push_back(p.get<std::string>());
+    if (!report.value("active", false)) problems.push_back("the shim runs as a plain pass-through in that process");
+    if (!report.value("arena", false)) problems.push_back("the process has no fixed-address arena");
+  } else {
+    report = machine_check(emulator, real_driver, problems);
+  }
+  report["problems"] = problems;
+  report["ok"] = problems.empty();
+  if (out.json) {
+    printf("%s\n", report.dump(1).c_str());
+  } else {
+    if (pid > 0) {
+      printf("process %d: %s, devices %s\n", pid, report.value("state", "?").c_str(), devices_text(report).c_str());
+    } else {
+      printf("driver: %s (CUDA %d)\n", report.value("driver", "?").c_str(), report.value("driver_version", 0));
+      printf("shim: %s\n", report.value("shim", "?").c_str());
+      for (auto& d : report.value("devices", nlohmann::json::array()))
+        printf("device %d: %s, compute capability %s, %s, VMM %s, arena address %s\n", d["device"].get<int>(),
+               d["name"].get<std::string>().c_str(), d["cc"].get<std::string>().c_str(),
+               human(d["memory"].get<uint64_t>()).c_str(), d["vmm"].get<bool>() ? "yes" : "no",
+               d["arena_address_free"].get<bool>() ? "free" : "TAKEN");
+    }
+    for (auto& p : problems) printf("problem: %s\n", p.c_str());
+    printf("%s\n", problems.empty() ? "ready: ferry can checkpoint, restore and migrate here"
+                                    : "not ready: fix the problems above");
+  }
+  return problems.empty() ? kOk : (pid > 0 ? kFixFirst : kFailed);
+}
+
+}  // namespace ferry::cli
