@@ -15,6 +15,7 @@
 
 using ferry_test::emu_env;
 using ferry_test::lines_with;
+using ferry_test::read_file;
 using ferry_test::run;
 
 namespace {
@@ -28,13 +29,6 @@ std::vector<std::string> under_ferry(std::vector<std::string> cmd, std::vector<s
   v.push_back("--");
   v.insert(v.end(), cmd.begin(), cmd.end());
   return v;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string temp_path(const char* tag) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -103,8 +104,10 @@ int main(int argc, char** argv) {
   r->add_option("--real-driver", ra.real_driver, "absolute path of the real libcuda.so.1");
   r->add_flag("--no-arena", ra.no_arena, "let the driver place allocations (no fixed addresses: no restore)");
   r->add_option("--on-signal", ra.on_signal,
-                "SIGNAL=checkpoint:DIR: on that signal, checkpoint to DIR and exit (e.g. TERM=checkpoint:/ckpt/job)");
-  r->add_option("command", ra.cmd, "the program and its arguments")->required()->expected(-1);
+                "SIGNAL=checkpoint:DIR: on that signal, checkpoint to DIR and exit (e.g. TERM=checkpoint:/ckpt/job)")
+      ->expected(1)
+      ->take_all();
+  r->add_option("command", ra.cmd, "the program and its arguments (after --)")->expected(-1);
 
   auto* ps = app.add_subcommand("ps", "list this user's processes running under ferry");
   add_output(ps, out, false);
@@ -170,8 +173,19 @@ int main(int argc, char** argv) {
   chk->add_option("--real-driver", real_driver, "check this libcuda.so.1");
   add_output(chk, out, false);
 
+  // `ferry run [options] -- CMD...`: everything after the first -- is the command,
+  // whatever options it has (CLI11 would look at them).
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "run") {
+    auto dd = std::find(args.begin(), args.end(), "--");
+    if (dd != args.end()) {
+      ra.cmd.assign(dd + 1, args.end());
+      args.erase(dd, args.end());
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes a reversed vector
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -180,7 +194,13 @@ int main(int argc, char** argv) {
     app.exit(e);
     return kUsage;
   }
-  if (r->parsed()) return run(ra);
+  if (r->parsed()) {
+    if (ra.cmd.empty()) {
+      fprintf(stderr, "ferry run: no command (ferry run [options] -- CMD [ARGS...])\n");
+      return kUsage;
+    }
+    return run(ra);
+  }
   if (ps->parsed()) return cmd_ps(out);
   if (st->parsed()) return cmd_status(pid, out);
   if (ck->parsed()) return cmd_op("checkpoint", pid, op, out);
