@@ -337,13 +337,15 @@ void capture_to_ram(const std::vector<BlobRef>& refs_in, RamSnapshot& out, const
   constexpr uint64_t kPiece = 64ull << 20;
   for (auto& [ctx, group] : by_context(refs, dc)) {
     CtxScope scope(ctx);
+    std::vector<std::unique_ptr<HostRegistration>> pinned;  // released after the streams drained
     Streams streams(kStreams);
     unsigned k = 0;
     for (const BlobRef* r : group) {
       RamBlob b;
       b.id = r->id;
       b.size = r->size;
-      b.bytes.reset(new char[r->size]);
+      b.bytes = HostBuffer(r->size);
+      pinned.push_back(std::make_unique<HostRegistration>(b.bytes.get(), r->size));
       for (uint64_t off = 0; off < r->size; off += kPiece) {
         uint64_t n = std::min(kPiece, r->size - off);
         check(real::cuMemcpyDtoHAsync_v2(b.bytes.get() + off, r->at + off, n, streams.s[k++ % kStreams]),

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <cstdlib>
 #include <mutex>
 
@@ -503,7 +504,12 @@ nlohmann::json status() {
   std::unique_lock lk(st.mu, std::try_to_lock);
   if (lk.owns_lock()) {
     uint64_t bytes = 0, allocs = 0;
-    for (tr::Phys* p : st.phys) bytes += p->size;
+    std::map<std::string, uint64_t> by_gpu;  // device memory this process holds, by physical device
+    for (tr::Phys* p : st.phys) {
+      bytes += p->size;
+      if (p->real) by_gpu[std::to_string(vh::real_device(p->vdev))] += p->size;
+    }
+    j["memory_by_gpu"] = by_gpu;
     for (auto& [va, a] : st.allocs) allocs += a.size;
     std::set<int> used;
     for (tr::Ctx* c : st.contexts)

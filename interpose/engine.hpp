@@ -65,11 +65,24 @@ struct Stats {
   double stopped_seconds = 0;  // how long the program's CUDA calls were held
 };
 
+// Host memory for a snapshot kept in RAM: its own mapping, backed by huge pages where
+// the kernel allows (fresh memory costs a page fault per page, and these are large).
+struct HostBuffer {
+  char* p = nullptr;
+  size_t n = 0;
+  HostBuffer() = default;
+  explicit HostBuffer(size_t bytes);  // throws Error(RetryLater) when memory is short
+  HostBuffer(HostBuffer&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  HostBuffer& operator=(HostBuffer&& o) noexcept;
+  ~HostBuffer();
+  char* get() const { return p; }
+};
+
 // One blob of a snapshot kept in RAM.
 struct RamBlob {
   std::string id;
   uint64_t size = 0;
-  std::unique_ptr<char[]> bytes;
+  HostBuffer bytes;
 };
 struct RamSnapshot {
   nlohmann::json state;

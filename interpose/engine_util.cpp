@@ -1,5 +1,9 @@
 #include "engine_util.hpp"
 
+#include <cerrno>
+#include <cstring>
+
+#include <sys/mman.h>
 #include <unistd.h>
 
 namespace ferry::engine {
@@ -70,6 +74,37 @@ void Workers::finish() {
 bool Workers::failed() {
   std::lock_guard lk(mu_);
   return error_ != nullptr;
+}
+
+HostBuffer::HostBuffer(size_t bytes) : n(bytes) {
+  if (n == 0) return;
+  void* m = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED)
+    throw Error(ErrorClass::RetryLater, "not enough host memory for a " + std::to_string(n >> 20) +
+                                            " MiB snapshot (" + strerror(errno) + ")");
+  madvise(m, n, MADV_HUGEPAGE);
+  p = static_cast<char*>(m);
+}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p) munmap(p, n);
+    p = o.p, n = o.n;
+    o.p = nullptr, o.n = 0;
+  }
+  return *this;
+}
+
+HostBuffer::~HostBuffer() {
+  if (p) munmap(p, n);
+}
+
+HostRegistration::HostRegistration(char* p, size_t n) : p_(p) {
+  ok_ = n > 0 && real::cuMemHostRegister_v2(p, n, CU_MEMHOSTREGISTER_PORTABLE) == CUDA_SUCCESS;
+}
+
+HostRegistration::~HostRegistration() {
+  if (ok_) real::cuMemHostUnregister(p_);
 }
 
 unsigned worker_count() {

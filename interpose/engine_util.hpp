@@ -96,6 +96,22 @@ class Workers {
 
 unsigned worker_count();
 
+// Host memory registered (pinned) with the driver while a copy uses it: copies from
+// and to pinned memory run at full speed and asynchronously. Without it (the driver
+// refused, e.g. a locked-memory limit) the copies still work, through the driver's
+// own staging.
+class HostRegistration {
+ public:
+  HostRegistration(char* p, size_t n);
+  ~HostRegistration();
+  HostRegistration(const HostRegistration&) = delete;
+  HostRegistration& operator=(const HostRegistration&) = delete;
+
+ private:
+  char* p_;
+  bool ok_ = false;
+};
+
 using Clock = std::chrono::steady_clock;
 
 // Progress reports at most every 100 ms (and always the last one).
@@ -193,8 +209,11 @@ struct Streams {
   void sync() {
     for (CUstream x : s) check(real::cuStreamSynchronize(x), "copying device memory");
   }
-  ~Streams() {
-    for (CUstream x : s) real::cuStreamDestroy_v2(x);
+  ~Streams() {  // also on errors: nothing may still copy into memory about to go away
+    for (CUstream x : s) {
+      real::cuStreamSynchronize(x);
+      real::cuStreamDestroy_v2(x);
+    }
   }
 };
 

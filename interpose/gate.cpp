@@ -57,11 +57,15 @@ void init_membarrier() {
 }
 
 void full_barrier_everywhere() {
+#if defined(__SANITIZE_THREAD__)
+  // enter() uses seq_cst operations under TSan (see gate.hpp): nothing to add.
+#else
   if (g_membarrier) {
     syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
   } else {
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
+#endif
 }
 
 }  // namespace
@@ -96,15 +100,14 @@ Slot* register_thread() {
 
 void slow_path(Slot* s) {
   for (;;) {
-    uint32_t w = g_word.load(std::memory_order_acquire);
+    uint32_t w = g_word.load(std::memory_order_seq_cst);
     if (w & 1u) {
       s->active.store(0, std::memory_order_release);
       {
         std::unique_lock lk(g_wait_mu);
         wait_cv().wait(lk, [] { return (g_word.load(std::memory_order_acquire) & 1u) == 0; });
       }
-      s->active.store(1, std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
+      s->active.store(1, std::memory_order_seq_cst);  // pairs with close()'s seq_cst fetch_or
       continue;  // closed again meanwhile? look once more
     }
     if ((w >> 1) != (s->seen >> 1) && g_resync) g_resync();
@@ -120,7 +123,7 @@ void close() {
     g_world_held = true;
   }
   init_membarrier();
-  g_word.fetch_or(1u, std::memory_order_relaxed);
+  g_word.fetch_or(1u, std::memory_order_seq_cst);
   full_barrier_everywhere();
   Slot* self = t_slot;
   for (;;) {
@@ -128,7 +131,7 @@ void close() {
     {
       std::lock_guard lk(g_slots_mu);
       for (Slot* it = g_slots; it; it = it->next)
-        if (it != self && it->active.load(std::memory_order_acquire)) busy = true;
+        if (it != self && it->active.load(std::memory_order_seq_cst)) busy = true;
     }
     if (!busy) break;
     std::this_thread::yield();

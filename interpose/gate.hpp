@@ -50,12 +50,19 @@ inline void enter() {
   Slot* s = t_slot;
   if (__builtin_expect(s == nullptr, 0)) s = register_thread();
   if (s->depth++ != 0 || s->bypass) return;
+#if defined(__SANITIZE_THREAD__)
+  // TSan models neither fences nor membarrier: under it the store and the load are a
+  // plain seq_cst pair, which close()'s seq_cst fetch_or and loads order correctly.
+  s->active.store(1, std::memory_order_seq_cst);
+  if (__builtin_expect(g_word.load(std::memory_order_seq_cst) != s->seen, 0)) slow_path(s);
+#else
   s->active.store(1, std::memory_order_relaxed);
   if (__builtin_expect(g_need_fence.load(std::memory_order_relaxed), 0))
     std::atomic_thread_fence(std::memory_order_seq_cst);
   else
     std::atomic_signal_fence(std::memory_order_seq_cst);
   if (__builtin_expect(g_word.load(std::memory_order_relaxed) != s->seen, 0)) slow_path(s);
+#endif
 }
 
 inline void exit() {

@@ -430,10 +430,12 @@ void fill(std::vector<BlobRef>& refs, BlobSource& src, const Options& o) {
   if (direct) {
     for (auto& [ctx, group] : groups) {
       CtxScope scope(ctx);
+      std::vector<std::unique_ptr<HostRegistration>> pinned;  // released after the streams drained
       Streams streams(4);
       unsigned k = 0;
       for (BlobRef* r : group) {
         const char* bytes = src.direct(r->id);
+        pinned.push_back(std::make_unique<HostRegistration>(const_cast<char*>(bytes), r->size));
         for (uint64_t off = 0; off < r->size; off += kPiece) {
           uint64_t n = std::min(kPiece, r->size - off);
           check(real::cuMemcpyHtoDAsync_v2(r->at + off, bytes + off, n, streams.s[k++ % 4]), "copying memory back");

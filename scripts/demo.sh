@@ -1,13 +1,78 @@
 #!/usr/bin/env bash
-# The demo: builds ferry (installing what it needs) and trains mlp_trainer on the
-# simulated GPU (or on a real one, when FERRY_REAL_GPU=1 and a driver is present).
+# The demo: builds ferry (installing what it needs), then shows a training job moved
+# between GPUs while it trains. mlp_trainer starts under ferry on GPU 0 of the
+# simulated GPU (or of the real machine with FERRY_REAL_GPU=1), is checkpointed to an
+# image, migrated to GPU 1 -- GPU 0's memory released -- and trains on; its final
+# weights checksum is compared with an uninterrupted run's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/build.sh" >/dev/null
 build=${FERRY_BUILD_DIR:-$root/build}
-if [[ ${FERRY_REAL_GPU:-0} != 1 ]]; then
+ferry="$build/tools/ferry"
+trainer="$build/examples/mlp_trainer"
+steps=${FERRY_DEMO_STEPS:-60}
+args=(--steps "$steps" --ballast-mb 64 --hidden 256 --batch 128)
+
+run_opts=(--emulator)
+if [[ ${FERRY_REAL_GPU:-0} == 1 ]]; then
+  run_opts=()
+  echo "demo: on the real GPUs of this machine"
+else
   export LD_LIBRARY_PATH="$build/emulator/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export FERRY_EMU_KERNELS="$build/emu-kernels"
-  echo "demo: running on the simulated GPU ($build/emulator/lib/libcuda.so.1)"
+  echo "demo: on the simulated GPU ($build/emulator/lib/libcuda.so.1, 2 devices)"
 fi
-"$build/examples/mlp_trainer" --steps "${FERRY_DEMO_STEPS:-30}"
+work=$(mktemp -d /tmp/ferry-demo-XXXXXX)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=
+
+step() { echo; echo "== $*"; }
+wait_step() {  # wait until the trainer printed step $1
+  for _ in $(seq 1 3000); do
+    grep -q "^step $1 loss" "$work/train.log" && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "demo: the trainer ended early:"; cat "$work/train.log"; exit 1; }
+    sleep 0.01
+  done
+  echo "demo: the trainer did not reach step $1"; exit 1
+}
+memory() { "$ferry" status "$pid" --format json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+use = s.get("memory_by_gpu", {})
+print("   device memory by GPU:", ", ".join("GPU%s %s" % (g, "%.0f MiB" % (use.get(str(g), 0) / 2**20)) for g in range(2)))'; }
+
+step "reference: the same training, uninterrupted, without ferry"
+if [[ ${FERRY_REAL_GPU:-0} == 1 ]]; then "$trainer" "${args[@]}" --quiet >"$work/ref.log" 2>&1
+else "$trainer" "${args[@]}" --quiet >"$work/ref.log" 2>&1; fi
+grep "weights checksum" "$work/ref.log"
+
+step "ferry run: the trainer starts on GPU 0"
+"$ferry" run "${run_opts[@]}" -- "$trainer" "${args[@]}" --step-delay-ms 25 >"$work/train.log" 2>&1 &
+pid=$!
+wait_step 10
+"$ferry" ps
+memory
+
+step "ferry checkpoint: the GPU state goes to an image; the trainer goes on"
+"$ferry" checkpoint "$pid" "$work/image" --continue --progress always
+"$ferry" inspect "$work/image"
+
+wait_step 25
+step "ferry migrate: the trainer moves to GPU 1 while it trains"
+"$ferry" migrate "$pid" --device 1 --progress always
+"$ferry" status "$pid"
+memory
+
+step "the trainer finishes on GPU 1"
+wait "$pid" || { echo "demo: the trainer failed"; cat "$work/train.log"; exit 1; }
+pid=
+grep -E "^step ($((steps - 2))|$((steps - 1))|$steps) loss|checksum" "$work/train.log"
+ref=$(grep "weights checksum" "$work/ref.log")
+got=$(grep "weights checksum" "$work/train.log")
+echo
+if [[ "$ref" == "$got" ]]; then
+  echo "demo: identical to the uninterrupted run ($got) after a checkpoint and a migration"
+else
+  echo "demo: MISMATCH: uninterrupted run: $ref; moved run: $got"
+  exit 1
+fi

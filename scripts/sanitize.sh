@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # The sanitizer job, each sanitizer in its own build directory (build-asan/, build-tsan/):
 #  - ASan+UBSan: the emulator's unit tests, and the shim under a multithreaded stress;
-#  - TSan: the emulator's concurrency tests, and the same stress through the shim while
-#    another thread keeps stopping the world.
+#  - TSan: the emulator's concurrency tests, and the same stress through the shim.
+# The stress runs twice per sanitizer: once while another thread keeps stopping the
+# world, once while it checkpoints, suspends, resumes and migrates the process.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=${FERRY_JOBS:-$(nproc)}
 targets=(--target emu_unit_tests ferry_shim shim_stress test_kernels_emu_kernels)
 
 stress() {  # build dir, runtime to preload first (or ""), extra environment...
-  local b=$1 first=$2
+  local b=$1 first=$2 images
   shift 2
-  echo "sanitize: shim_stress through the shim ($b)"
-  env LD_LIBRARY_PATH="$b/emulator/lib" FERRY_EMU_KERNELS="$b/emu-kernels" FERRY_EMU_MEMORY=4G \
-    LD_PRELOAD="${first:+$first }$b/lib/libferry.so" "$@" timeout 600 "$b/tests/programs/shim_stress" 4 6
+  images=$(mktemp -d)
+  for mode in world engine; do
+    local args=(4 6)
+    [[ $mode == engine ]] && args+=("$images")
+    echo "sanitize: shim_stress through the shim, $mode ($b)"
+    env LD_LIBRARY_PATH="$b/emulator/lib" FERRY_EMU_KERNELS="$b/emu-kernels" FERRY_EMU_MEMORY=4G \
+      LD_PRELOAD="${first:+$first }$b/lib/libferry.so" "$@" timeout 600 \
+      "$b/tests/programs/shim_stress" "${args[@]}"
+  done
+  rm -rf "$images"
 }
 
 FERRY_BUILD_DIR="$root/build-asan" FERRY_SANITIZE=address "$root/scripts/build.sh" "${targets[@]}" >/dev/null

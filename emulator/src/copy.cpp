@@ -53,15 +53,15 @@ CUresult copy(uintptr_t dst, Side dside, uintptr_t src, Side sside, size_t n, CU
   if (CUresult e = classify(dst, n, dside, &d_dev, &d_pin)) return e;
   if (CUresult e = classify(src, n, sside, &s_dev, &s_pin)) return e;
   // Pageable source: stage it now so the caller may reuse its buffer at once.
-  std::shared_ptr<std::vector<char>> staged;
+  std::shared_ptr<char[]> staged;
   if (!s_dev && !s_pin) {
-    staged = std::make_shared<std::vector<char>>(n);
-    std::memcpy(staged->data(), reinterpret_cast<void*>(src), n);
+    staged.reset(new char[n]);  // not zeroed: it is overwritten at once
+    std::memcpy(staged.get(), reinterpret_cast<void*>(src), n);
   }
   uint64_t seq = enqueue(s, Op{{}, [c, dst, src, n, staged]() {
                                  if (c->sticky.load() != CUDA_SUCCESS) return CUDA_SUCCESS;
                                  std::memmove(reinterpret_cast<void*>(dst),
-                                              staged ? staged->data() : reinterpret_cast<void*>(src), n);
+                                              staged ? staged.get() : reinterpret_cast<void*>(src), n);
                                  return CUDA_SUCCESS;
                                }});
   // Pageable destination: the copy is complete when the call returns.

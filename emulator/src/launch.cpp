@@ -150,6 +150,11 @@ Stacks::~Stacks() {
 #ifdef FERRY_TSAN
     if (s.tsan_fiber) __tsan_destroy_fiber(s.tsan_fiber);
 #endif
+#ifdef FERRY_ASAN
+    // Kernels' frames leave redzones in the shadow; the next mmap at this address
+    // (a host buffer, say) would inherit them.
+    __asan_unpoison_memory_region(s.lo, stack_size());
+#endif
     munmap(static_cast<char*>(s.lo) - kPage, stack_size() + kPage);
   }
 }
