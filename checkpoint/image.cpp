@@ -183,6 +183,7 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
     m.created = j.value("created", "");
     m.parent = j.value("parent", "");
     m.chunk_size = j.at("chunk_size").get<uint64_t>();
+    if (m.chunk_size == 0 || m.chunk_size > (1ull << 31)) throw bad("chunk size " + std::to_string(m.chunk_size));
     m.bytes_written = j.value("bytes_written", 0ull);
     m.bytes_reused = j.value("bytes_reused", 0ull);
     m.state = j.at("state");
@@ -209,6 +210,9 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
       loc.raw = l.at("raw").get<uint32_t>();
       loc.codec = l.at("codec").get<std::string>() == "zstd" ? Codec::Zstd : Codec::None;
       if (loc.pack.find('/') != std::string::npos) throw bad("pack name " + loc.pack);
+      // Readers size their buffers by the chunk size: a larger chunk would overrun them.
+      if (loc.raw > m.chunk_size || (loc.codec == Codec::None && loc.stored != loc.raw))
+        throw bad("chunk " + k + " has impossible sizes");
       m.index[x] = loc;
     }
     for (auto& b : m.blobs)
@@ -246,11 +250,6 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
   std::error_code ec;
   if (!fs::is_directory(parent_dir, ec))
     throw Error(ErrorClass::FixFirst, parent_dir.string() + ": no such directory to write the image in");
-  static std::atomic<int> counter{0};
-  tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
-  fs::remove_all(tmp_, ec);
-  if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
-  if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) io_error("cannot create", tmp_ + "/packs", errno);
   if (!opts_.parent.empty()) {
     fs::path p = fs::absolute(opts_.parent).lexically_normal();
     if (p.filename().empty()) p = p.parent_path();
@@ -259,9 +258,24 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
     for (auto& [h, loc] : pm.index) {
       ChunkLoc l = loc;
       fs::path holder = (p / loc.image).lexically_normal();
+      if (holder.filename().empty()) holder = holder.parent_path();  // "p/" for the parent's own chunks
+      // Replacing an image removes it: the new one must not depend on it.
+      if (holder == d)
+        throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent chain (" + p.string() +
+                                              ") includes it; write the new image to another directory");
       l.image = holder.lexically_relative(d).string();
       parent_index_[h] = l;
     }
+  }
+  // The temporary directory comes last: a constructor that throws runs no destructor.
+  static std::atomic<int> counter{0};
+  tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+  fs::remove_all(tmp_, ec);
+  if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
+  if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) {
+    int e = errno;
+    fs::remove_all(tmp_, ec);
+    io_error("cannot create", tmp_ + "/packs", e);
   }
 }
 
@@ -457,8 +471,14 @@ void Reader::read_chunk(const Hash& h, void* dst) {
 
 void Reader::read_blob(const Blob& b, void* dst) {
   char* p = static_cast<char*>(dst);
+  if (b.chunks.size() != (b.size + m_.chunk_size - 1) / m_.chunk_size)
+    throw Error(ErrorClass::DataLost, dir_ + ": blob " + b.id + " of " + std::to_string(b.size) + " bytes lists " +
+                                          std::to_string(b.chunks.size()) + " chunks");
   for (size_t i = 0; i < b.chunks.size(); i++) {
-    const ChunkLoc& loc = m_.index.at(b.chunks[i]);
+    auto it = m_.index.find(b.chunks[i]);
+    if (it == m_.index.end())
+      throw Error(ErrorClass::DataLost, dir_ + ": chunk " + b.chunks[i].hex() + " of blob " + b.id + " is not in the index");
+    const ChunkLoc& loc = it->second;
     uint64_t off = i * m_.chunk_size;
     uint64_t want = std::min<uint64_t>(m_.chunk_size, b.size - off);
     if (loc.raw != want)

@@ -1,0 +1,369 @@
+// The image format on its own: what is written reads back bit-identically, chunks are
+// shared within an image and with its parent, compression is transparent, and every
+// kind of damage or interruption gives a clear error and leaves earlier images intact.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "ferry_image/image.hpp"
+
+namespace fs = std::filesystem;
+using namespace ferry::image;
+using Catch::Matchers::ContainsSubstring;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char t[] = "/tmp/ferry-image-XXXXXX";
+    path = mkdtemp(t);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& n) const { return path + "/" + n; }
+};
+
+std::vector<char> random_bytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<char> v(n);
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t x = rng();
+    memcpy(v.data() + i, &x, std::min<size_t>(8, n - i));
+  }
+  return v;
+}
+
+struct Input {
+  std::string id;
+  std::vector<char> bytes;
+};
+
+// Cuts each input into chunks as the engine does, stores them and commits.
+Manifest write_image(const std::string& dir, const std::vector<Input>& in, WriterOptions o = {},
+                     uint64_t chunk = 64 * 1024) {
+  Writer w(dir, o);
+  Manifest m;
+  m.chunk_size = chunk;
+  m.state = {{"what", "test"}};
+  for (const Input& x : in) {
+    Blob b;
+    b.id = x.id;
+    b.size = x.bytes.size();
+    for (size_t off = 0; off < x.bytes.size(); off += chunk) {
+      size_t n = std::min<size_t>(chunk, x.bytes.size() - off);
+      Hash h = hash_of(x.bytes.data() + off, n);
+      b.chunks.push_back(h);
+      if (w.known(h)) {
+        w.put(h, nullptr, 0, static_cast<uint32_t>(n), Codec::None);  // counted as reused
+        continue;
+      }
+      std::vector<char> z;
+      size_t zn = o.zstd_level ? zstd::compress(x.bytes.data() + off, n, z, o.zstd_level) : 0;
+      if (zn)
+        w.put(h, z.data(), static_cast<uint32_t>(zn), static_cast<uint32_t>(n), Codec::Zstd);
+      else
+        w.put(h, x.bytes.data() + off, static_cast<uint32_t>(n), static_cast<uint32_t>(n), Codec::None);
+    }
+    m.blobs.push_back(std::move(b));
+  }
+  w.commit(m);
+  return read_manifest(dir);
+}
+
+std::vector<char> read_back(const std::string& dir, const std::string& id) {
+  Reader r(dir);
+  for (const Blob& b : r.manifest().blobs)
+    if (b.id == id) {
+      std::vector<char> out(b.size);
+      r.read_blob(b, out.data());
+      return out;
+    }
+  FAIL("no blob " << id << " in " << dir);
+  return {};
+}
+
+std::vector<std::string> leftovers(const std::string& dir) {
+  std::vector<std::string> v;
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp-") != std::string::npos) v.push_back(e.path().string());
+  return v;
+}
+
+template <class F>
+Error error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("no error was raised");
+  return Error(ErrorClass::Bug, "");
+}
+
+void flip_byte(const std::string& file, uint64_t at) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(at));
+  char c;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5a);
+  f.seekp(static_cast<std::streamoff>(at));
+  f.write(&c, 1);
+}
+
+}  // namespace
+
+TEST_CASE("hashes print and parse back", "[image]") {
+  Hash h = hash_of("ferry", 5);
+  Hash back;
+  REQUIRE(Hash::parse(h.hex(), &back));
+  CHECK(back == h);
+  CHECK_FALSE(Hash::parse("xyz", &back));
+  CHECK_FALSE(Hash::parse(std::string(32, 'g'), &back));
+  CHECK_FALSE(hash_of("ferry", 5) == hash_of("ferrz", 5));
+}
+
+TEST_CASE("blobs read back bit-identically, whatever their size", "[image]") {
+  TempDir t;
+  std::vector<Input> in = {{"phys:1", random_bytes(3 * 65536, 1)},
+                           {"phys:2", random_bytes(65536 * 2 + 17, 2)},  // a short last chunk
+                           {"global:3:x", random_bytes(5, 3)},
+                           {"empty", {}}};
+  Manifest m = write_image(t / "img", in);
+  CHECK(m.version == kFormatVersion);
+  CHECK(m.parent.empty());
+  CHECK(m.state["what"] == "test");
+  CHECK(m.blobs.size() == 4);
+  CHECK(m.bytes_reused == 0);
+  for (const Input& x : in) CHECK(read_back(t / "img", x.id) == x.bytes);
+  Reader r(t / "img");
+  uint64_t last = 0, total = 0;
+  r.verify([&](uint64_t done, uint64_t all) {
+    CHECK(done > last);
+    last = done, total = all;
+  });
+  CHECK(last == total);
+  CHECK(total == 3 * 65536 + 65536 * 2 + 17 + 5);
+  CHECK(leftovers(t.path).empty());
+}
+
+TEST_CASE("a chunk is stored once however often it occurs", "[image]") {
+  TempDir t;
+  auto a = random_bytes(65536, 7);
+  std::vector<char> twice = a;
+  twice.insert(twice.end(), a.begin(), a.end());
+  Manifest m = write_image(t / "img", {{"x", twice}, {"y", a}});
+  CHECK(m.index.size() == 1);
+  CHECK(m.bytes_reused == 2 * 65536);
+  CHECK(m.bytes_written < 65536 + 1024);  // one chunk plus headers
+  CHECK(read_back(t / "img", "x") == twice);
+  CHECK(read_back(t / "img", "y") == a);
+}
+
+TEST_CASE("an image with a parent writes only what changed", "[image]") {
+  TempDir t;
+  auto base = random_bytes(8 * 65536, 11);
+  write_image(t / "p", {{"mem", base}});
+  auto changed = base;
+  changed[3 * 65536 + 100] ^= 1;  // one chunk differs
+  WriterOptions o;
+  o.parent = t / "p";
+  Manifest c = write_image(t / "c", {{"mem", changed}}, o);
+  CHECK(c.parent == t / "p");
+  CHECK(c.bytes_reused == 7 * 65536);
+  CHECK(c.bytes_written < 65536 + 1024);
+  CHECK(read_back(t / "c", "mem") == changed);
+  CHECK(read_back(t / "p", "mem") == base);
+
+  SECTION("a grandchild reaches chunks through the chain") {
+    WriterOptions o2;
+    o2.parent = t / "c";
+    Manifest g = write_image(t / "g", {{"mem", changed}}, o2);
+    CHECK(g.bytes_written == 0);
+    CHECK(read_back(t / "g", "mem") == changed);
+  }
+  SECTION("the chain survives being moved as a whole") {
+    fs::create_directory(t / "moved");
+    fs::rename(t / "p", t / "moved/p");
+    fs::rename(t / "c", t / "moved/c");
+    CHECK(read_back(t / "moved/c", "mem") == changed);
+  }
+  SECTION("a missing parent is named") {
+    fs::remove_all(t / "p");
+    Error e = error_of([&] { read_back(t / "c", "mem"); });
+    CHECK(e.cls == ErrorClass::DataLost);
+    CHECK_THAT(e.message, ContainsSubstring("a chunk of the parent image ../p"));
+  }
+  SECTION("an image cannot replace a member of its own parent chain") {
+    Error e = error_of([&] { write_image(t / "p", {{"mem", changed}}, o); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK_THAT(e.message, ContainsSubstring("parent chain"));
+    CHECK(read_back(t / "c", "mem") == changed);
+    CHECK(leftovers(t.path).empty());
+  }
+}
+
+TEST_CASE("compression is transparent and skipped where it does not pay", "[image]") {
+  REQUIRE(zstd::available());
+  TempDir t;
+  std::vector<char> zeros(4 * 65536, 0);
+  auto noise = random_bytes(4 * 65536, 5);
+  WriterOptions o;
+  o.zstd_level = 3;
+  Manifest m = write_image(t / "img", {{"zeros", zeros}, {"noise", noise}}, o);
+  int zstd_chunks = 0, raw_chunks = 0;
+  for (auto& [h, loc] : m.index) (loc.codec == Codec::Zstd ? zstd_chunks : raw_chunks)++;
+  CHECK(zstd_chunks == 1);  // all zero chunks are one chunk
+  CHECK(raw_chunks == 4);   // random data does not shrink
+  CHECK(read_back(t / "img", "zeros") == zeros);
+  CHECK(read_back(t / "img", "noise") == noise);
+  CHECK(m.bytes_written < 4 * 65536 + 2048);
+}
+
+TEST_CASE("damage is detected and named with the file and the chunk", "[image]") {
+  TempDir t;
+  auto a = random_bytes(4 * 65536, 9);
+  Manifest m = write_image(t / "img", {{"mem", a}});
+  Hash second = m.blobs[0].chunks[1];
+  const ChunkLoc& loc = m.index.at(second);
+  std::string pack = t / "img/packs/" + loc.pack;
+  std::string pack_norm = fs::path(pack).lexically_normal().string();
+
+  SECTION("a flipped data byte") {
+    flip_byte(pack, loc.offset + 32 + 1000);
+    Error e = error_of([&] { read_back(t / "img", "mem"); });
+    CHECK(e.cls == ErrorClass::DataLost);
+    CHECK(e.message == pack_norm + ": chunk " + second.hex() + " at offset " + std::to_string(loc.offset) +
+                           ": its contents do not match its hash (corrupted)");
+  }
+  SECTION("a damaged chunk header") {
+    flip_byte(pack, loc.offset + 9);
+    Error e = error_of([&] { Reader(t / "img").verify(nullptr); });
+    CHECK_THAT(e.message, ContainsSubstring("does not match the index (damaged pack)"));
+  }
+  SECTION("a truncated pack") {
+    fs::resize_file(pack, loc.offset + 100);
+    Error e = error_of([&] { read_back(t / "img", "mem"); });
+    CHECK(e.message == pack_norm + ": chunk " + second.hex() + " at offset " + std::to_string(loc.offset) +
+                           ": the pack is truncated");
+  }
+  SECTION("a missing manifest") {
+    fs::remove(t / "img/manifest.json");
+    Error e = error_of([&] { Reader r(t / "img"); });
+    CHECK(e.cls == ErrorClass::DataLost);
+    CHECK(e.message == t / "img/manifest.json: missing or unreadable; the image is incomplete");
+  }
+  SECTION("no image at all") {
+    Error e = error_of([&] { Reader r(t / "none"); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK(e.message == t / "none: no such image directory");
+  }
+  SECTION("manifests that lie") {
+    auto j = to_json(m);
+    auto reject = [&](nlohmann::json bad, const std::string& why) {
+      Error e = error_of([&] { from_json(bad, "M"); });
+      CHECK(e.cls == ErrorClass::DataLost);
+      CHECK(e.message == "M: not a valid ferry image manifest (" + why + ")");
+    };
+    auto k = j;
+    k["chunk_size"] = 0;
+    reject(k, "chunk size 0");
+    k = j;
+    k["chunks"][second.hex()]["raw"] = 2 * 65536;
+    reject(k, "chunk " + second.hex() + " has impossible sizes");
+    k = j;
+    k["blobs"][0]["size"] = 9 * 65536;
+    reject(k, "blob mem is incomplete");
+    k = j;
+    k["chunks"].erase(second.hex());
+    reject(k, "chunk " + second.hex() + " of blob mem is not in the index");
+    k = j;
+    k["chunks"][second.hex()]["pack"] = "../../etc/passwd";
+    reject(k, "pack name ../../etc/passwd");
+    k = j;
+    k["format"] = "other";
+    reject(k, "no \"format\": \"ferry-image\"");
+    k = j;
+    k["version"] = 99;
+    Error e = error_of([&] { from_json(k, "M"); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK(e.message == "M: image format version 99 is not supported by this ferry (it reads version 1)");
+  }
+}
+
+TEST_CASE("an interrupted write leaves the previous image as it was", "[image]") {
+  TempDir t;
+  auto old_bytes = random_bytes(4 * 65536, 21);
+  auto new_bytes = random_bytes(4 * 65536, 22);
+  write_image(t / "img", {{"mem", old_bytes}});
+
+  SECTION("abandoned before commit") {
+    {
+      Writer w(t / "img", {});
+      std::vector<char> c(new_bytes.begin(), new_bytes.begin() + 65536);
+      w.put(hash_of(c.data(), c.size()), c.data(), 65536, 65536, Codec::None);
+      CHECK(leftovers(t.path).size() == 1);
+    }
+    CHECK(leftovers(t.path).empty());
+    CHECK(read_back(t / "img", "mem") == old_bytes);
+  }
+  SECTION("the disk fills up") {
+    WriterOptions o;
+    o.fail_after = 2 * 65536;
+    Error e = error_of([&] { write_image(t / "img", {{"mem", new_bytes}}, o); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK_THAT(e.message, ContainsSubstring("no space left on the device"));
+    CHECK(leftovers(t.path).empty());
+    CHECK(read_back(t / "img", "mem") == old_bytes);
+  }
+  SECTION("a committed replacement swaps in whole") {
+    write_image(t / "img", {{"mem", new_bytes}});
+    CHECK(read_back(t / "img", "mem") == new_bytes);
+    CHECK(leftovers(t.path).empty());
+    CHECK(fs::is_regular_file(t / "img/manifest.json"));
+  }
+  SECTION("the directory to write in does not exist") {
+    Error e = error_of([&] { Writer w(t / "no/such/img", {}); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK(e.message == t / "no/such: no such directory to write the image in");
+  }
+}
+
+TEST_CASE("chunks may be stored from several threads at once", "[image]") {
+  TempDir t;
+  const size_t chunk = 65536, n = 64;
+  auto bytes = random_bytes(chunk * n, 31);
+  WriterOptions o;
+  o.pack_limit = 8 * chunk;  // several packs
+  {
+    Writer w(t / "img", o);
+    Manifest m;
+    m.chunk_size = chunk;
+    Blob b;
+    b.id = "mem";
+    b.size = bytes.size();
+    for (size_t i = 0; i < n; i++) b.chunks.push_back(hash_of(bytes.data() + i * chunk, chunk));
+    std::vector<std::thread> th;
+    for (int k = 0; k < 4; k++)
+      th.emplace_back([&, k] {
+        for (size_t i = static_cast<size_t>(k); i < n; i += 4)
+          w.put(b.chunks[i], bytes.data() + i * chunk, chunk, chunk, Codec::None);
+      });
+    for (auto& x : th) x.join();
+    m.blobs.push_back(b);
+    w.commit(m);
+  }
+  CHECK(read_back(t / "img", "mem") == bytes);
+  size_t packs = 0;
+  for ([[maybe_unused]] auto& e : fs::directory_iterator(t / "img/packs")) packs++;
+  CHECK(packs >= 7);
+}
