@@ -41,3 +41,28 @@ TEST_CASE("docs/emulator.md lists exactly the entry points the emulator exports"
        << only_doc << "; exported but not documented: " << only_lib);
   REQUIRE(documented == exported);
 }
+
+TEST_CASE("docs/control.md describes every subcommand of the ferry CLI", "[docs]") {
+  std::ifstream in(std::string(FERRY_TEST_SOURCE_DIR) + "/docs/control.md");
+  REQUIRE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string doc = ss.str();
+  auto r = ferry_test::run({std::string(FERRY_TEST_BIN_DIR) + "/tools/ferry", "--help"});
+  REQUIRE(r.exit_code == 0);
+  auto at = r.out.find("Subcommands:");
+  REQUIRE(at != std::string::npos);
+  std::istringstream lines(r.out.substr(at));
+  std::string line;
+  std::getline(lines, line);
+  int n = 0;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::string cmd;
+    if (!(words >> cmd)) continue;
+    n++;
+    INFO("ferry " << cmd);
+    CHECK(doc.find("ferry " + cmd + " ") != std::string::npos);
+  }
+  CHECK(n >= 11);  // the help was parsed
+}
