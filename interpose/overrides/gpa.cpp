@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 
@@ -158,6 +159,11 @@ CUresult ferry::ov::cuGetProcAddress(const char* symbol, void** pfn, int cudaVer
 
 CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* id) {
   CUresult r = real::cuGetExportTable(ppExportTable, id);
+  if (id && log::enabled(log::Debug)) {  // which tables libraries fetch: the real-GPU kit reports it
+    char hex[33];
+    for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", static_cast<unsigned char>(id->bytes[i]));
+    FERRY_DEBUG("cuGetExportTable %s: %s", hex, r == CUDA_SUCCESS ? "found" : "not found");
+  }
   if (r != CUDA_SUCCESS || !ppExportTable || !id || !active()) return r;
   const void* t = *ppExportTable;
   std::lock_guard lk(g_tables_mu);

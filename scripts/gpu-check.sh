@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The real-GPU check, in one command: scripts/gpu-check.sh OUTDIR
+#
+# On a machine with an NVIDIA GPU, the CUDA 13 toolkit, CMake and PyTorch (no network
+# needed): builds what the GPU suite needs (Release, build-gpu/), runs tests/gpu/
+# run_suite.py -- each check with its own timeout -- and leaves OUTDIR/summary.txt (for
+# people) and OUTDIR/report.json (each check: pass/fail/skip, figures). Meant to finish
+# well under 8 minutes. On a machine without a GPU it says so and exits 0.
+#
+#   FERRY_GPU_CHECK_EMULATOR=1  run the same suite on the simulated GPU (CI does, to
+#                               keep the kit working); PyTorch checks are skipped
+#   FERRY_BUILD_DIR             build directory (default build-gpu/, or build/ in
+#                               emulator mode when it exists)
+#   FERRY_GPU_CHECK_NO_BUILD=1  use the build directory as it is
+#   FERRY_GPU_CHECK_ONLY=a,b    only the checks whose names start with these
+# On a machine without Debian's -dev packages, run scripts/gpu-kit-deps.sh beforehand
+# where they exist and carry .gpu-kit/ along.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-}
+if [[ -z $out ]]; then
+  echo "usage: scripts/gpu-check.sh OUTDIR" >&2
+  exit 64
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+emulator=${FERRY_GPU_CHECK_EMULATOR:-0}
+started=$(date +%s)
+
+finish_without() {  # reason, exit code, whether a GPU was found (1/0)
+  echo "gpu-check: $1"
+  printf 'ferry gpu-check: %s\n' "$1" >"$out/summary.txt"
+  python3 -c 'import json,sys; json.dump({"gpu": sys.argv[1] == "1", "checks": [], "result": sys.argv[2]}, open(sys.argv[3], "w"), indent=1)' \
+    "$3" "$1" "$out/report.json"
+  exit "$2"
+}
+
+if [[ $emulator != 1 ]]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  if [[ ${gpus:-0} -eq 0 ]]; then
+    finish_without "no NVIDIA GPU on this machine (nvidia-smi lists none); nothing to check" 0 0
+  fi
+  echo "gpu-check: $(nvidia-smi -L | head -1)"
+fi
+
+if [[ $emulator == 1 && -z ${FERRY_BUILD_DIR:-} && -x $root/build/tools/ferry ]]; then
+  build=$root/build
+else
+  build=${FERRY_BUILD_DIR:-$root/build-gpu}
+fi
+if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
+  gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  extra=()
+  [[ -d $root/.gpu-kit/include ]] && extra=(-DFERRY_EXTRA_INCLUDE="$root/.gpu-kit/include")
+  kit=(-DFERRY_GPU_KIT=ON -DCMAKE_BUILD_TYPE=Release)
+  [[ $emulator == 1 ]] && kit=()  # the normal build has everything the suite needs
+  echo "gpu-check: building in $build"
+  if ! { [[ -f $build/CMakeCache.txt ]] || cmake -S "$root" -B "$build" "${gen[@]}" "${kit[@]}" "${extra[@]}"; } \
+      >"$out/build.log" 2>&1 ||
+     ! timeout 420 cmake --build "$build" -j "$(nproc)" >>"$out/build.log" 2>&1; then
+    tail -30 "$out/build.log"
+    finish_without "the build failed (the end of $out/build.log is above)" 1 "$([[ $emulator == 1 ]] && echo 0 || echo 1)"
+  fi
+fi
+build_s=$(( $(date +%s) - started ))
+echo "gpu-check: built in ${build_s} s"
+
+args=(--build "$build" --out "$out" --budget-s $(( build_s > 300 ? 120 : 420 - build_s )))
+[[ $emulator == 1 ]] && args+=(--emulator)
+[[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
+timeout 600 python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
+rc=$?
+echo "gpu-check: done in $(( $(date +%s) - started )) s; $out/summary.txt:"
+cat "$out/summary.txt"
+exit $rc

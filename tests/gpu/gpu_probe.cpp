@@ -1,0 +1,210 @@
+// Probes of the driver that ferry's shim and simulated GPU rely on. Each mode prints one
+// JSON object on stdout; tests/gpu/run_suite.py runs them against the real driver, the
+// simulated one and through the shim, and compares.
+//
+//   gpa               cuGetProcAddress_v2 for (name, cudaVersion, flags): found or not,
+//                     symbolStatus, and which exported variant the pointer is
+//   reserve-hint      whether cuMemAddressReserve returns the address it was hinted
+//                     (in a fresh process: the shim's arena relies on it)
+//   overhead N        host ns per call of cuLaunchKernel, cuMemcpyAsync, cuEventRecord
+//                     (run once directly and once under the shim)
+//
+// The driver is opened with dlopen("libcuda.so.1"): whatever the loader finds (the
+// shim when it is preloaded, the simulated GPU on LD_LIBRARY_PATH, else the real one).
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpu_kernels_fatbin.h"
+
+namespace {
+
+void* g_lib = nullptr;
+
+template <class T>
+T sym(const char* name) {
+  void* p = dlsym(g_lib, name);
+  if (!p) {
+    fprintf(stderr, "gpu_probe: the driver has no %s\n", name);
+    exit(2);
+  }
+  return reinterpret_cast<T>(p);
+}
+
+void ck(CUresult r, const char* what) {
+  if (r != CUDA_SUCCESS) {
+    fprintf(stderr, "gpu_probe: %s failed with %d\n", what, static_cast<int>(r));
+    exit(1);
+  }
+}
+
+std::string hex(uint64_t v) {
+  char b[32];
+  snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+// Names whose variants differ by version or stream flags (see the notes on the driver).
+const char* kNames[] = {"cuMemAlloc",          "cuMemFree",           "cuMemcpyHtoD",         "cuMemcpyHtoDAsync",
+                        "cuMemcpyAsync",       "cuMemcpy",            "cuMemsetD8",           "cuMemsetD32Async",
+                        "cuCtxCreate",         "cuCtxDestroy",        "cuCtxPushCurrent",     "cuCtxPopCurrent",
+                        "cuCtxSynchronize",    "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxReset",
+                        "cuDevicePrimaryCtxSetFlags", "cuDeviceTotalMem", "cuMemGetInfo",     "cuModuleGetGlobal",
+                        "cuLaunchKernel",      "cuLaunchKernelEx",    "cuEventRecord",        "cuEventDestroy",
+                        "cuStreamDestroy",     "cuStreamWaitEvent",   "cuStreamSynchronize",  "cuStreamQuery",
+                        "cuStreamGetPriority", "cuStreamGetFlags",    "cuStreamBeginCapture", "cuStreamEndCapture",
+                        "cuStreamGetCaptureInfo", "cuGraphInstantiate", "cuGraphLaunch",      "cuGraphAddKernelNode",
+                        "cuMemAllocAsync",     "cuMemFreeAsync",      "cuMemHostRegister",    "cuMemHostAlloc",
+                        "cuGetProcAddress",    "cuLinkCreate",        "cuModuleLoadDataEx",   "cuLibraryLoadData",
+                        "cuMemAddressReserve", "cuMemCreate",         "cuMemMap",             "cuCtxGetDevice",
+                        "cuDeviceGetUuid",     "cuEventElapsedTime",  "cuStreamGetCtx",       "cuMemcpyDtoH",
+                        "cuMemcpyDtoDAsync",   "cuMemcpy2DAsync",     "cuMemcpyPeerAsync",    "cuPointerGetAttribute"};
+const int kVersions[] = {3000, 3020, 4000, 7000, 10000, 11000, 11030, 12000, 12030, 12080, 13000};
+const unsigned long long kFlags[] = {CU_GET_PROC_ADDRESS_DEFAULT, CU_GET_PROC_ADDRESS_LEGACY_STREAM,
+                                     CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM};
+
+// The exported symbol a pointer is, among the usual suffixes.
+std::string variant_of(const char* name, void* p) {
+  static const char* suffixes[] = {"",         "_v2",      "_v3",      "_v4",      "_ptds",    "_ptsz",
+                                   "_v2_ptds", "_v2_ptsz", "_v3_ptds", "_v3_ptsz", "_v4_ptsz"};
+  for (const char* s : suffixes) {
+    std::string n = std::string(name) + s;
+    if (dlsym(g_lib, n.c_str()) == p) return n;
+  }
+  return "(not exported)";
+}
+
+int gpa() {
+  auto init = sym<CUresult (*)(unsigned)>("cuInit");
+  auto gpa = sym<CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*)>(
+      "cuGetProcAddress_v2");
+  ck(init(0), "cuInit");
+  int driver = 0;
+  sym<CUresult (*)(int*)>("cuDriverGetVersion")(&driver);
+  printf("{\"driver_version\": %d, \"queries\": [\n", driver);
+  bool first = true;
+  for (const char* n : kNames)
+    for (int v : kVersions)
+      for (unsigned long long f : kFlags) {
+        void* p = nullptr;
+        CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SUCCESS;
+        CUresult r = gpa(n, &p, v, f, &st);
+        printf("%s {\"name\": \"%s\", \"version\": %d, \"flags\": %llu, \"result\": %d, \"status\": %d, \"variant\": \"%s\"}",
+               first ? "" : ",\n", n, v, f, static_cast<int>(r), static_cast<int>(st),
+               r == CUDA_SUCCESS && p ? variant_of(n, p).c_str() : "");
+        first = false;
+      }
+  printf("\n]}\n");
+  return 0;
+}
+
+int reserve_hint() {
+  auto init = sym<CUresult (*)(unsigned)>("cuInit");
+  auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
+  auto set = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
+  auto reserve = sym<CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long)>("cuMemAddressReserve");
+  auto release = sym<CUresult (*)(CUdeviceptr, size_t)>("cuMemAddressFree");
+  ck(init(0), "cuInit");
+  CUcontext c;
+  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
+  ck(set(c), "cuCtxSetCurrent");
+  struct Case {
+    uint64_t hint, size;
+  } cases[] = {{0x500000000000ull, 1ull << 30},  {0x500000000000ull, 64ull << 30}, {0x500000000000ull, 1ull << 40},
+               {0x510000000000ull, 2ull << 20},  {0x7e9000000000ull, 1ull << 30}, {0x200000000000ull, 1ull << 30}};
+  printf("{\"cases\": [\n");
+  bool first = true;
+  for (auto& k : cases) {
+    CUdeviceptr got = 0;
+    CUresult r = reserve(&got, k.size, 0, k.hint, 0);
+    printf("%s {\"hint\": \"%s\", \"size\": %llu, \"result\": %d, \"got\": \"%s\", \"honoured\": %s}",
+           first ? "" : ",\n", hex(k.hint).c_str(), static_cast<unsigned long long>(k.size), static_cast<int>(r),
+           hex(got).c_str(), r == CUDA_SUCCESS && got == k.hint ? "true" : "false");
+    first = false;
+    if (r == CUDA_SUCCESS) release(got, k.size);
+  }
+  printf("\n]}\n");
+  return 0;
+}
+
+int overhead(long n) {
+  using Clock = std::chrono::steady_clock;
+  auto init = sym<CUresult (*)(unsigned)>("cuInit");
+  auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
+  auto set = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
+  auto load = sym<CUresult (*)(CUmodule*, const void*)>("cuModuleLoadData");
+  auto getf = sym<CUresult (*)(CUfunction*, CUmodule, const char*)>("cuModuleGetFunction");
+  auto mkstream = sym<CUresult (*)(CUstream*, unsigned)>("cuStreamCreate");
+  auto sync = sym<CUresult (*)(CUstream)>("cuStreamSynchronize");
+  auto launch = sym<CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                 CUstream, void**, void**)>("cuLaunchKernel");
+  auto alloc = sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2");
+  auto copy = sym<CUresult (*)(CUdeviceptr, CUdeviceptr, size_t, CUstream)>("cuMemcpyAsync");
+  auto mkevent = sym<CUresult (*)(CUevent*, unsigned)>("cuEventCreate");
+  auto record = sym<CUresult (*)(CUevent, CUstream)>("cuEventRecord");
+  ck(init(0), "cuInit");
+  CUcontext c;
+  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
+  ck(set(c), "cuCtxSetCurrent");
+  CUmodule m;
+  ck(load(&m, gpu_kernels_fatbin), "cuModuleLoadData");
+  CUfunction f;
+  ck(getf(&f, m, "probe_empty"), "cuModuleGetFunction");
+  CUstream s;
+  ck(mkstream(&s, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  CUdeviceptr a, b;
+  ck(alloc(&a, 64), "cuMemAlloc");
+  ck(alloc(&b, 64), "cuMemAlloc");
+  CUevent e;
+  ck(mkevent(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  // The queue is drained every `batch` calls so the GPU never throttles submission;
+  // the drain is outside the timed part.
+  const long batch = 512;
+  auto measure = [&](auto&& call) {
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+      double total = 0;
+      for (long done = 0; done < n; done += batch) {
+        auto t = Clock::now();
+        for (long i = 0; i < batch; i++) call();
+        total += std::chrono::duration<double, std::nano>(Clock::now() - t).count();
+        ck(sync(s), "cuStreamSynchronize");
+      }
+      best = std::min(best, total / static_cast<double>(((n + batch - 1) / batch) * batch));
+    }
+    return best;
+  };
+  double t_launch = measure([&] { launch(f, 1, 1, 1, 1, 1, 1, 0, s, nullptr, nullptr); });
+  double t_copy = measure([&] { copy(b, a, 4, s); });
+  double t_record = measure([&] { record(e, s); });
+  printf("{\"calls\": %ld, \"ns\": {\"cuLaunchKernel\": %.1f, \"cuMemcpyAsync\": %.1f, \"cuEventRecord\": %.1f}}\n", n,
+         t_launch, t_copy, t_record);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N\n");
+    return 64;
+  }
+  g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  if (!g_lib) {
+    fprintf(stderr, "gpu_probe: %s\n", dlerror());
+    return 2;
+  }
+  std::string mode = argv[1];
+  if (mode == "gpa") return gpa();
+  if (mode == "reserve-hint") return reserve_hint();
+  if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
+  fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
+  return 64;
+}

@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""The real-GPU suite: probes of the driver, the examples and the engine under the
+shim, bandwidth, and PyTorch training under ferry. Called by scripts/gpu-check.sh.
+
+Each check runs with its own timeout and ends as pass, fail or skip with figures;
+the whole run writes OUT/report.json and OUT/summary.txt as it goes (a run cut short
+still leaves the checks done so far).
+
+--emulator runs everything that can run on the simulated GPU against it instead (the
+PyTorch checks are skipped): that is how CI keeps this runner honest without a GPU.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+A = None
+REPORT = {"checks": []}
+
+
+def now():
+    return time.monotonic()
+
+
+# ---- running things ------------------------------------------------------------------
+
+class Failed(Exception):
+    pass
+
+
+class Skipped(Exception):
+    pass
+
+
+def env_for(extra=None, emulated_direct=False):
+    e = dict(os.environ)
+    e.pop("LD_PRELOAD", None)
+    e["FERRY_CONTROL_TIMEOUT"] = e.get("FERRY_CONTROL_TIMEOUT", "120")
+    if emulated_direct:  # a program run on the simulated GPU without the shim
+        e["LD_LIBRARY_PATH"] = os.path.join(A.build, "emulator/lib") + ":" + e.get("LD_LIBRARY_PATH", "")
+        e["FERRY_EMU_KERNELS"] = os.path.join(A.build, "emu-kernels")
+    if A.emulator:
+        e.setdefault("FERRY_EMU_MEMORY", "8G")
+        e["FERRY_EMU_KERNELS"] = os.path.join(A.build, "emu-kernels")
+    if extra:
+        e.update(extra)
+    return e
+
+
+def run(cmd, timeout, extra_env=None, direct=False, check=True):
+    """Runs a command to completion; returns (rc, stdout, stderr)."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           env=env_for(extra_env, emulated_direct=direct and A.emulator))
+    except subprocess.TimeoutExpired as e:
+        raise Failed(f"{' '.join(cmd[:3])}... did not finish within {timeout} s") from e
+    if check and p.returncode != 0:
+        raise Failed(f"{' '.join(cmd)} exited {p.returncode}: {(p.stderr or p.stdout).strip()[-600:]}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def ferry_cmd():
+    return os.path.join(A.build, "tools/ferry")
+
+
+def under_ferry(cmd, log=None):
+    v = [ferry_cmd(), "run"]
+    if A.emulator:
+        v.append("--emulator")
+    if log:
+        v += ["--log", log]
+    return v + ["--"] + cmd
+
+
+def cli(*args, timeout=180):
+    quiet = ["--progress", "never"] if args[0] not in ("inspect", "status", "ps", "check") else []
+    rc, out, err = run([ferry_cmd(), *args, "--format", "json", *quiet], timeout, check=False)
+    try:
+        j = json.loads(out) if out.strip() else {}
+    except json.JSONDecodeError:
+        j = {"raw": out}
+    if rc != 0:
+        raise Failed(f"ferry {' '.join(args)} exited {rc}: {err.strip()[-600:] or out.strip()[-600:]}")
+    return j
+
+
+class Job:
+    """A program running under ferry whose output lines are watched."""
+
+    def __init__(self, cmd, extra_env=None):
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env_for(extra_env))
+        self.lines, self.err = [], []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read, args=(self.p.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True).start()
+
+    def _read(self, f, into):
+        for line in f:
+            with self.cv:
+                into.append(line.rstrip("\n"))
+                self.cv.notify_all()
+        with self.cv:
+            self.cv.notify_all()
+
+    def wait_for(self, pattern, timeout):
+        rx = re.compile(pattern)
+        end = now() + timeout
+        with self.cv:
+            while True:
+                if any(rx.search(x) for x in self.lines):
+                    return
+                if self.p.poll() is not None:
+                    self.cv.wait(0.2)
+                    if not any(rx.search(x) for x in self.lines):
+                        raise Failed(f"the program ended (exit {self.p.returncode}) before printing /{pattern}/: "
+                                     + "\n".join(self.err[-8:]))
+                    return
+                if now() > end:
+                    raise Failed(f"no /{pattern}/ within {timeout} s")
+                self.cv.wait(0.5)
+
+    def finish(self, timeout):
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            self.p.kill()
+            raise Failed(f"the program did not finish within {timeout} s") from e
+        time.sleep(0.2)  # the reader threads drain
+        return self.p.returncode, list(self.lines), list(self.err)
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+
+
+def lines_matching(lines, prefix):
+    return [x for x in lines if x.startswith(prefix)]
+
+
+# ---- the report ----------------------------------------------------------------------
+
+def write_report():
+    os.makedirs(A.out, exist_ok=True)
+    with open(os.path.join(A.out, "report.json.tmp"), "w") as f:
+        json.dump(REPORT, f, indent=1)
+    os.replace(os.path.join(A.out, "report.json.tmp"), os.path.join(A.out, "report.json"))
+    counts = {}
+    for c in REPORT["checks"]:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    with open(os.path.join(A.out, "summary.txt"), "w") as f:
+        f.write(f"ferry gpu-check, {REPORT.get('machine', {}).get('gpu', '?')}"
+                f"{' (SIMULATED GPU)' if A.emulator else ''}\n")
+        f.write(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n\n")
+        for c in REPORT["checks"]:
+            f.write(f"{c['status'].upper():5} {c['name']} ({c['seconds']:.1f} s)\n")
+            if c.get("detail"):
+                f.write(f"      {c['detail']}\n")
+            for k, v in c.get("figures", {}).items():
+                f.write(f"      {k}: {v}\n")
+
+
+def check(name, timeout, needs_torch=False, needs_gpu=False):
+    def wrap(fn):
+        def runner():
+            if A.only and not any(name.startswith(o) for o in A.only):
+                return
+            entry = {"name": name, "status": "pass", "figures": {}, "detail": "", "timeout_s": timeout}
+            t0 = now()
+            result = {}
+            done = threading.Event()
+
+            def body():
+                try:
+                    if needs_gpu and A.emulator:
+                        raise Skipped("needs a real GPU")
+                    if needs_torch and not torch_ok():
+                        raise Skipped("PyTorch with CUDA is not available here")
+                    figures = fn() or {}
+                    result["figures"] = figures
+                except Skipped as e:
+                    result["status"], result["detail"] = "skip", str(e)
+                except Failed as e:
+                    result["status"], result["detail"] = "fail", str(e)
+                except Exception as e:  # a bug of the suite is a failed check, not a dead run
+                    result["status"], result["detail"] = "fail", f"{type(e).__name__}: {e}"
+                finally:
+                    done.set()
+
+            threading.Thread(target=body, daemon=True).start()
+            if not done.wait(timeout):
+                result = {"status": "fail", "detail": f"timed out after {timeout} s"}
+            entry.update(result)
+            entry["seconds"] = now() - t0
+            REPORT["checks"].append(entry)
+            write_report()
+            print(f"gpu-check: {entry['status']:4} {name} ({entry['seconds']:.1f} s) {entry['detail'][:200]}",
+                  flush=True)
+        runner.check_name = name
+        return runner
+    return wrap
+
+
+_torch = None
+
+
+def torch_ok():
+    global _torch
+    if _torch is None:
+        if A.emulator:
+            _torch = False
+        else:
+            rc, out, _ = run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"], 120,
+                             check=False)
+            _torch = rc == 0 and out.strip() == "True"
+    return _torch
+
+
+def real_driver():
+    rc, out, _ = run(["ldconfig", "-p"], 30, check=False)
+    for line in out.splitlines():
+        if "libcuda.so.1" in line and "x86-64" in line:
+            return line.split("=>")[-1].strip()
+    for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64"):
+        if os.path.exists(os.path.join(d, "libcuda.so.1")):
+            return os.path.join(d, "libcuda.so.1")
+    return ""
+
+
+# ---- the checks ----------------------------------------------------------------------
+
+def probe(*args):
+    return [os.path.join(A.build, "tests/gpu/gpu_probe"), *args]
+
+
+@check("probe.gpa_table", 120)
+def gpa_table():
+    """cuGetProcAddress_v2 answers of the real driver against the simulated GPU's."""
+    _, real_out, _ = run(probe("gpa"), 60, direct=True)
+    _, emu_out, _ = run(probe("gpa"), 60, extra_env={
+        "LD_LIBRARY_PATH": os.path.join(A.build, "emulator/lib")})
+    real, emu = json.loads(real_out), json.loads(emu_out)
+    emu_by = {(q["name"], q["version"], q["flags"]): q for q in emu["queries"]}
+    diffs = []
+    for q in real["queries"]:
+        e = emu_by.get((q["name"], q["version"], q["flags"]))
+        if e is None or (q["result"] == 0) != (e["result"] == 0) or q["variant"] != e["variant"]:
+            diffs.append(f"{q['name']}@{q['version']}/f{q['flags']}: driver {q['result']}:{q['variant'] or '-'}"
+                         f" emulator {e['result'] if e else '?'}:{(e or {}).get('variant') or '-'}")
+    with open(os.path.join(A.out, "gpa_real.json"), "w") as f:
+        f.write(real_out)
+    figures = {"driver_version": real["driver_version"], "queries": len(real["queries"]),
+               "differences": len(diffs)}
+    REPORT.setdefault("gpa_differences", diffs)
+    if diffs:
+        raise Failed(f"{len(diffs)} of {len(real['queries'])} answers differ from the simulated GPU's; first: "
+                     + "; ".join(diffs[:6]) + " (all in report.json gpa_differences)")
+    return figures
+
+
+@check("probe.reserve_hint", 60)
+def reserve_hint():
+    _, out, _ = run(probe("reserve-hint"), 60, direct=True)
+    cases = json.loads(out)["cases"]
+    figures = {f"{c['hint']} {c['size'] >> 20} MiB": ("honoured" if c["honoured"] else
+                                                      f"got {c['got']} (result {c['result']})") for c in cases}
+    if not cases[0]["honoured"] or not cases[1]["honoured"]:
+        raise Failed("the driver did not honour the hint at the shim's default arena base: "
+                     + json.dumps(figures))
+    return figures
+
+
+@check("probe.export_tables", 240)
+def export_tables():
+    known = {"6bd5fb6c5bf4e74a8987d93912fd9df9": "cudart interface", "a094798c2e742e7493f20800200c0a66": "context local storage",
+             "d4082055bde6704b8d34ba123c66e1f2": "integrity check", "c693336e1121df11a8c368f355d89593": "context checks"}
+    seen = {}
+    progs = {"cudart (mlp_trainer)": [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "2", "--quiet"]}
+    if torch_ok():
+        progs["cuBLAS (torch matmul)"] = [sys.executable, "-c",
+                                          "import torch; a=torch.randn(256,256,device='cuda'); print((a@a).sum().item())"]
+    for who, cmd in progs.items():
+        _, _, err = run(under_ferry(cmd, log="debug"), 180)
+        ids = sorted(set(re.findall(r"cuGetExportTable ([0-9a-f]{32}): (found|not found)", err)))
+        seen[who] = [f"{i} {known.get(i, '')} ({st})".replace("  ", " ") for i, st in ids]
+    return seen
+
+
+@check("probe.shim_overhead", 180)
+def shim_overhead():
+    n = "2000" if A.emulator else "50000"
+    direct, shim = [], []
+    for _ in range(2):  # alternated, the best of each kept
+        direct.append(json.loads(run(probe("overhead", n), 80, direct=True)[1])["ns"])
+        shim.append(json.loads(run(under_ferry(probe("overhead", n)), 80,
+                                   extra_env={"FERRY_CONTROL": "off"})[1])["ns"])
+    figures = {}
+    for call in direct[0]:
+        d = min(x[call] for x in direct)
+        s = min(x[call] for x in shim)
+        figures[call] = f"direct {d:.1f} ns, under ferry {s:.1f} ns, added {s - d:.1f} ns, ratio {s / d:.3f}"
+    return figures
+
+
+def strip_timing(text):
+    return [x for x in text.splitlines() if not re.search(r"\bms\b|device clock", x)]
+
+
+@check("examples.under_shim", 240)
+def examples_under_shim():
+    figures = {}
+    for name, cmd in {"mlp_trainer": [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "40"],
+                      "driver_saxpy": [os.path.join(A.build, "examples/driver_saxpy")]}.items():
+        _, plain, _ = run(cmd, 120, direct=True)
+        _, ferried, err = run(under_ferry(cmd), 120)
+        a, b = strip_timing(plain), strip_timing(ferried)
+        if a != b:
+            first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            raise Failed(f"{name} printed differently under ferry at line {first}: "
+                         f"{a[first] if first < len(a) else '<end>'!r} vs {b[first] if first < len(b) else '<end>'!r}")
+        figures[name] = f"identical ({len(a)} lines)"
+    return figures
+
+
+def drive(cmd, actions, result_prefix, reference_lines, timeout, extra_env=None, marker="step {}"):
+    """Runs cmd under ferry; at each (step, [cli commands]) acts through the CLI; returns
+    figures. The lines starting with result_prefix must equal the reference run's."""
+    job = Job(under_ferry(cmd), extra_env)
+    figures = {}
+    try:
+        for step, commands in actions:
+            job.wait_for("^" + re.escape(marker.format(step)) + r"\b", timeout)
+            for c in commands:
+                c = [str(x).replace("{pid}", str(job.p.pid)) for x in c]
+                t0 = now()
+                j = cli(*c)
+                stats = j.get("stats", {})
+                figures[f"step {step}: ferry {' '.join(c[:1] + c[2:])}"] = (
+                    f"{now() - t0:.2f} s wall" + (f", {stats['device_bytes'] / 2**20:.0f} MiB, stopped "
+                                                  f"{stats.get('stopped_seconds', 0):.2f} s" if "device_bytes" in stats else ""))
+        rc, lines, err = job.finish(timeout)
+    finally:
+        job.kill()
+    if rc != 0:
+        raise Failed(f"the program exited {rc} under ferry: " + "\n".join(err[-8:]))
+    got = [x for x in lines if x.startswith(result_prefix)]
+    want = [x for x in reference_lines if x.startswith(result_prefix)]
+    if not want or got != want:
+        first = next((i for i, (x, y) in enumerate(zip(want, got)) if x != y), min(len(want), len(got)))
+        raise Failed(f"results differ from the uninterrupted run at line {first} of {len(want)}: "
+                     f"{want[first] if first < len(want) else '<end>'!r} vs {got[first] if first < len(got) else '<end>'!r}")
+    figures["result"] = f"bit-identical ({len(want)} lines)"
+    return figures
+
+
+def engine_actions(tmp):
+    img1, img2 = os.path.join(tmp, "c1"), os.path.join(tmp, "c2")
+    return [
+        (8, [["checkpoint", "{pid}", img1], ["resume", "{pid}"]]),                    # (a) resumed in place
+        (16, [["suspend", "{pid}"], ["resume", "{pid}"]]),                            # (c) suspend + resume
+        (24, [["checkpoint", "{pid}", img2, "--parent", img1],                         # incremental, stays stopped
+              ["suspend", "{pid}", "--discard"], ["restore", "{pid}", img2]]),         # (d) fresh contexts
+        (32, [["migrate", "{pid}", "--device", "0"]]),                                 # (b) with one GPU: same device
+    ]
+
+
+@check("engine.mlp_trainer", 300)
+def engine_mlp():
+    steps = "48"
+    base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", steps,
+            "--ballast-mb", "64" if A.emulator else "2048", "--hidden", "256"]
+    _, ref, _ = run(base + ["--quiet"], 240, direct=True)
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    try:
+        figures = drive(base + ["--step-delay-ms", "40"], engine_actions(tmp), "weights checksum",
+                        ref.splitlines(), 240)
+        j = cli("inspect", os.path.join(tmp, "c2"))
+        figures["incremental image"] = (f"{j.get('bytes_written', 0) / 2**20:.1f} MiB written, "
+                                        f"{j.get('bytes_reused', 0) / 2**20:.1f} MiB from the parent")
+        cli("verify", os.path.join(tmp, "c2"))
+        return figures
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@check("engine.driver_saxpy", 240)
+def engine_saxpy():
+    base = [os.path.join(A.build, "examples/driver_saxpy"), "--iters", "40"]
+    _, ref, _ = run(base, 120, direct=True)
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    try:
+        img = os.path.join(tmp, "c1")
+        actions = [(10, [["checkpoint", "{pid}", img], ["suspend", "{pid}", "--discard"], ["restore", "{pid}", img]]),
+                   (20, [["suspend", "{pid}"], ["resume", "{pid}"]])]
+        return drive(base + ["--iter-delay-ms", "40"], actions, "checksum", ref.splitlines(), 200, marker="iteration {}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@check("engine.bandwidth", 300)
+def bandwidth():
+    args = [os.path.join(A.build, "bench/engine_bench"), "--gib", "0.25" if A.emulator else "4",
+            "--dir", tempfile.mkdtemp(prefix="ferry-bench-")]
+    if not A.emulator:
+        drv = real_driver()
+        if not drv:
+            raise Failed("cannot find the real libcuda.so.1 (ldconfig -p)")
+        args += ["--real-driver", drv]
+    _, out, _ = run(args, 280)
+    with open(os.path.join(A.out, "engine_bench.txt"), "w") as f:
+        f.write(out)
+    figures = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\S.*?)\s{2,}([\d.]+) s\s+([\d.]+) s\s+([\d.]+)", line)
+        if m:
+            figures[m.group(1).strip()] = f"baseline {m.group(2)} s, ferry {m.group(3)} s, ratio {m.group(4)}"
+    return figures
+
+
+def torch_check(mode):
+    script = os.path.join(A.src, "tests/gpu/torch_train.py")
+    extra = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if mode == "expandable" else {}
+    extra["PYTHONUNBUFFERED"] = "1"
+    steps = 240
+    base = [sys.executable, script, "--mode", mode, "--steps", str(steps)]
+    _, ref, _ = run(base, 240, extra_env=extra, direct=True)
+    _, ferried, _ = run(under_ferry(base), 240, extra_env=extra)
+    ref_ms = float(re.search(r"mean step ms ([\d.]+)", ref).group(1))
+    fer_ms = float(re.search(r"mean step ms ([\d.]+)", ferried).group(1))
+    figures = {"steady-state step": f"{ref_ms:.3f} ms plain, {fer_ms:.3f} ms under ferry, ratio {fer_ms / ref_ms:.3f}"}
+    if [x for x in ferried.splitlines() if x.startswith("step ")] != [x for x in ref.splitlines() if x.startswith("step ")]:
+        raise Failed("losses under ferry (no operation) differ from the plain run's")
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    try:
+        img = os.path.join(tmp, "c1")
+        actions = [(60, [["suspend", "{pid}"], ["resume", "{pid}"]]),
+                   (120, [["checkpoint", "{pid}", img], ["suspend", "{pid}", "--discard"], ["restore", "{pid}", img]]),
+                   (180, [["checkpoint", "{pid}", os.path.join(tmp, "c2"), "--parent", img, "--leave-running"]])]
+        figures.update(drive(base + ["--step-delay-ms", "15"], actions, "step ", ref.splitlines(), 200, extra))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+@check("torch.default_allocator", 200, needs_torch=True)
+def torch_default():
+    return torch_check("default")
+
+
+@check("torch.expandable_segments", 200, needs_torch=True)
+def torch_expandable():
+    return torch_check("expandable")
+
+
+@check("torch.cuda_graph", 200, needs_torch=True)
+def torch_graph():
+    return torch_check("graph")
+
+
+CHECKS = [gpa_table, reserve_hint, export_tables, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
+          bandwidth, torch_default, torch_expandable, torch_graph]
+
+
+def main():
+    global A
+    p = argparse.ArgumentParser()
+    p.add_argument("--build", required=True)
+    p.add_argument("--src", default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    p.add_argument("--out", required=True)
+    p.add_argument("--emulator", action="store_true")
+    p.add_argument("--only", default="", help="comma-separated check-name prefixes")
+    p.add_argument("--budget-s", type=float, default=400, help="start no check after this many seconds")
+    A = p.parse_args()
+    A.build = os.path.abspath(A.build)
+    A.only = [x for x in A.only.split(",") if x]
+    os.makedirs(A.out, exist_ok=True)
+    machine = {"emulator": A.emulator}
+    if not A.emulator:
+        rc, out, _ = run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], 30,
+                         check=False)
+        machine["gpu"] = out.strip() if rc == 0 else "unknown"
+    else:
+        machine["gpu"] = "simulated GPU"
+    REPORT["machine"] = machine
+    write_report()
+    start = now()
+    for c in CHECKS:
+        if now() - start > A.budget_s:
+            REPORT["checks"].append({"name": c.check_name, "status": "skip", "seconds": 0.0,
+                                     "detail": f"not started: the run's budget of {A.budget_s:.0f} s was spent"})
+            write_report()
+            continue
+        c()
+    REPORT["seconds"] = now() - start
+    write_report()
+    failed = [c["name"] for c in REPORT["checks"] if c["status"] == "fail"]
+    print(f"gpu-check: {len(REPORT['checks'])} checks, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+// The real-GPU kit (scripts/gpu-check.sh) where there is no GPU: it must say so and
+// exit cleanly; and its suite, run on the simulated GPU against this build, must pass
+// every check that does not need a real GPU and write a complete report.
+#include <catch2/catch_test_macros.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "process.hpp"
+
+namespace fs = std::filesystem;
+using ferry_test::read_file;
+using ferry_test::run;
+
+namespace {
+
+const std::string kScript = std::string(FERRY_TEST_SOURCE_DIR) + "/scripts/gpu-check.sh";
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char t[] = "/tmp/ferry-gpukit-XXXXXX";
+    path = mkdtemp(t);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("without a GPU the kit says so and exits cleanly", "[gpu-kit]") {
+  TempDir t;
+  // An nvidia-smi that finds no GPU, first on the PATH.
+  fs::create_directory(t.path + "/bin");
+  std::string smi = t.path + "/bin/nvidia-smi";
+  std::ofstream(smi) << "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\n"
+                        "exit 9\n";
+  chmod(smi.c_str(), 0755);
+  auto r = run({"bash", kScript, t.path + "/out"}, {{"PATH", t.path + "/bin:/usr/bin:/bin"}}, 60);
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("gpu-check: no NVIDIA GPU on this machine (nvidia-smi lists none); nothing to check") !=
+        std::string::npos);
+  auto report = nlohmann::json::parse(read_file(t.path + "/out/report.json"));
+  CHECK(report["gpu"] == false);
+  CHECK(report["checks"].empty());
+  CHECK(read_file(t.path + "/out/summary.txt").find("no NVIDIA GPU") != std::string::npos);
+  CHECK_FALSE(fs::exists(t.path + "/out/build.log"));  // nothing was built
+}
+
+TEST_CASE("without arguments the kit prints its usage", "[gpu-kit]") {
+  auto r = run({"bash", kScript}, {}, 30);
+  CHECK(r.exit_code == 64);
+  CHECK(r.err == "usage: scripts/gpu-check.sh OUTDIR\n");
+}
+
+TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
+  TempDir t;
+  auto r = run({"bash", kScript, t.path + "/out"},
+               {{"FERRY_GPU_CHECK_EMULATOR", "1"}, {"FERRY_GPU_CHECK_NO_BUILD", "1"}, {"FERRY_BUILD_DIR", FERRY_TEST_BIN_DIR}},
+               500);
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  auto report = nlohmann::json::parse(read_file(t.path + "/out/report.json"));
+  CHECK(report["machine"]["emulator"] == true);
+  std::map<std::string, std::string> status;
+  for (auto& c : report["checks"]) status[c["name"]] = c["status"];
+  for (const char* name : {"probe.gpa_table", "probe.reserve_hint", "probe.export_tables", "probe.shim_overhead",
+                           "examples.under_shim", "engine.mlp_trainer", "engine.driver_saxpy", "engine.bandwidth"}) {
+    INFO(name);
+    CHECK(status[name] == "pass");
+  }
+  for (const char* name : {"torch.default_allocator", "torch.expandable_segments", "torch.cuda_graph"}) {
+    INFO(name);
+    CHECK(status[name] == "skip");
+  }
+  for (auto& c : report["checks"])
+    if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
+  std::string summary = read_file(t.path + "/out/summary.txt");
+  CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
+  CHECK(summary.find("8 pass, 3 skip") != std::string::npos);
+}
