@@ -16,6 +16,7 @@
 #include "arena.hpp"
 #include "config.hpp"
 #include "engine_util.hpp"
+#include "graphs.hpp"
 #include "shim.hpp"
 #include "tracker.hpp"
 
@@ -96,6 +97,9 @@ void check_capturable() {
       why += (why.empty() ? "" : ", ") + std::string("managed memory (cuMemAllocManaged)");
       break;
     }
+  if (graphs::capture_in_progress())
+    throw Error(ErrorClass::RetryLater, "the process is capturing a CUDA graph; try again when the capture has ended");
+  if (std::string g = graphs::check(); !g.empty()) why += (why.empty() ? "" : ", ") + g;
   if (!why.empty())
     throw Error(ErrorClass::FixFirst, "the process uses CUDA features ferry cannot capture yet: " + why +
                                           " (ferry check lists them)");
@@ -130,6 +134,15 @@ nlohmann::json serialize_state(std::vector<BlobRef>* refs) {
   auto& pools = j["pools"] = nlohmann::json::array();
   for (tr::Pool* p : st.pools)
     pools.push_back({{"h", h(p->v)}, {"vdev", p->vdev}, {"default", p->is_default}, {"props", pod_hex(p->props)}});
+
+  // Graphs are re-created from the shim's recipes (graphs.hpp); the state names them
+  // so a restore can tell an image taken before or after a graph was made.
+  auto& graphs = j["graphs"] = nlohmann::json::array();
+  for (tr::Graph* g : st.graphs)
+    graphs.push_back({{"h", h(g->v)}, {"ctx", g->ctx ? h(g->ctx->v) : ""}, {"nodes", g->ops->size()}});
+  auto& execs = j["graph_execs"] = nlohmann::json::array();
+  for (tr::GraphExec* e : st.graph_execs)
+    execs.push_back({{"h", h(e->v)}, {"ctx", e->ctx ? h(e->ctx->v) : ""}, {"nodes", e->ops->size()}, {"flags", e->flags}});
 
   auto& globals = j["globals"] = nlohmann::json::array();
   auto add_global = [&](const std::string& owner, tr::Ctx* c, const std::string& name, CUdeviceptr at, size_t size,

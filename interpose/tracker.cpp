@@ -51,6 +51,19 @@ void forget_context_objects(Ctx* c) {
       ++it;
     }
   }
+  auto drop = [&](auto& set) {
+    for (auto it = set.begin(); it != set.end();) {
+      if ((*it)->ctx == c) {
+        vh::release((*it)->v);
+        delete *it;
+        it = set.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  drop(st.graphs);
+  drop(st.graph_execs);
   for (auto it = st.modules.begin(); it != st.modules.end();) {
     Module* m = *it;
     if (m->ctx != c) {

@@ -115,6 +115,40 @@ struct Pool {
   CUmemPoolProps props{};
 };
 
+// ---- graphs made by stream capture (interpose/graphs.hpp) ------------------------------
+
+// One piece of captured work, as the program asked for it (virtual handles, the
+// addresses it passed, a copy of the kernel arguments).
+struct CapOp {
+  enum Kind { Kernel, Copy, CopyHtoD, CopyDtoH, CopyDtoD, Set8, Set16, Set32, HostFn } kind = Kernel;
+  CUfunction func = nullptr;  // virtual CUfunction or CUkernel
+  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1}, smem = 0;
+  std::string args;                        // packed argument bytes
+  std::vector<uint32_t> offsets;           // of each argument in args (empty: args is an `extra` buffer)
+  std::vector<CUlaunchAttribute> attrs;    // cuLaunchKernelEx
+  uintptr_t dst = 0, src = 0;
+  size_t bytes = 0;                        // copies; memsets: elements
+  unsigned value = 0;
+  CUhostFn fn = nullptr;
+  void* user = nullptr;
+};
+using Recipe = std::vector<CapOp>;
+
+struct Graph {
+  vh::Obj* v = nullptr;
+  Ctx* ctx = nullptr;
+  std::shared_ptr<const Recipe> ops;
+  std::string unrecordable;  // why it cannot be re-created ("" when it can)
+};
+
+struct GraphExec {
+  vh::Obj* v = nullptr;
+  Ctx* ctx = nullptr;
+  std::shared_ptr<const Recipe> ops;
+  unsigned long long flags = 0;
+  std::string unrecordable;
+};
+
 // ---- memory map ---------------------------------------------------------------------
 
 enum class Owner { Arena, App };
@@ -180,6 +214,8 @@ struct State {
   std::set<Library*> libraries;
   std::set<Module*> modules;
   std::set<Pool*> pools;
+  std::set<Graph*> graphs;
+  std::set<GraphExec*> graph_execs;
   Pool* default_pool[vh::kMaxDevices] = {};
   std::map<uintptr_t, Reservation> reservations;
   std::set<Phys*> phys;

@@ -12,6 +12,7 @@
 #include "arena.hpp"
 #include "contexts.hpp"
 #include "engine_util.hpp"
+#include "graphs.hpp"
 #include "remap.hpp"
 #include "shim.hpp"
 #include "tracker.hpp"
@@ -159,6 +160,7 @@ void release_gpu_state() {
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
   arena::reap();
+  graphs::release_real();  // they hold references to memory, modules and streams
   for (auto& [va, m] : st.mappings)
     if (m.live) {
       real::cuMemUnmap(va, m.size);
@@ -521,6 +523,7 @@ void rebuild(const nlohmann::json& state, BlobSource& src, const std::vector<int
       if (r.program_addr) moved.push_back({r.program_addr, r.size, r.at});
     gx::publish(std::move(moved));
     rebuild_host();
+    graphs::rebuild();
   } catch (...) {
     release_gpu_state();
     throw;

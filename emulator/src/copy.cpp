@@ -52,9 +52,12 @@ CUresult copy(uintptr_t dst, Side dside, uintptr_t src, Side sside, size_t n, CU
   bool d_dev, d_pin, s_dev, s_pin;
   if (CUresult e = classify(dst, n, dside, &d_dev, &d_pin)) return e;
   if (CUresult e = classify(src, n, sside, &s_dev, &s_pin)) return e;
+  // A captured copy reads its source when the graph runs, as the hardware would.
+  bool captured = capturing(s);
+  if (captured && sync) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   // Pageable source: stage it now so the caller may reuse its buffer at once.
   std::shared_ptr<char[]> staged;
-  if (!s_dev && !s_pin) {
+  if (!s_dev && !s_pin && !captured) {
     staged.reset(new char[n]);  // not zeroed: it is overwritten at once
     std::memcpy(staged.get(), reinterpret_cast<void*>(src), n);
   }
@@ -65,7 +68,7 @@ CUresult copy(uintptr_t dst, Side dside, uintptr_t src, Side sside, size_t n, CU
                                  return CUDA_SUCCESS;
                                }});
   // Pageable destination: the copy is complete when the call returns.
-  if (sync || (!d_dev && !d_pin)) {
+  if (!captured && (sync || (!d_dev && !d_pin))) {
     wait_for(s, seq);
     return sync ? c->sticky.load() : CUDA_SUCCESS;
   }
@@ -84,6 +87,7 @@ CUresult memset_2d(CUdeviceptr dst, size_t pitch, T value, size_t width, size_t 
   size_t row = width * sizeof(T);
   size_t extent = (height - 1) * pitch + row;
   if (CUresult e = check_device_access(dst, extent)) return e;
+  if (sync && capturing(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   uint64_t seq = enqueue(s, Op{{}, [c, dst, pitch, value, width, height]() {
                                  if (c->sticky.load() != CUDA_SUCCESS) return CUDA_SUCCESS;
                                  for (size_t y = 0; y < height; y++) {

@@ -143,6 +143,8 @@ struct Op {
   std::function<CUresult()> run;  // a non-success result is recorded on the context
 };
 
+struct Graph;
+
 struct Stream {
   uint32_t magic = 0x5354524d;
   Context* ctx = nullptr;
@@ -160,6 +162,23 @@ struct Stream {
   bool stopping = false;
   std::thread worker;
   std::weak_ptr<Stream> self;
+  // Stream capture (graph.cpp): while set, enqueue() appends work to this graph
+  // instead of running it. Guarded by mu.
+  std::shared_ptr<Graph> capture;
+  uint64_t capture_id = 0;
+};
+
+// A graph made by stream capture: the captured work, in capture order (the simulated
+// GPU captures one stream at a time, so the order is the dependency order).
+struct Graph {
+  uint32_t magic = 0x47524148;
+  Context* ctx = nullptr;
+  std::vector<std::function<CUresult()>> ops;
+};
+struct GraphExec {
+  uint32_t magic = 0x47455845;
+  Context* ctx = nullptr;
+  std::shared_ptr<const std::vector<std::function<CUresult()>>> ops;
 };
 
 struct Event {
@@ -304,6 +323,8 @@ std::shared_ptr<Stream> make_stream(Context* c, unsigned flags, int priority, bo
 // Enqueues op on s with the implicit legacy-stream dependencies; returns its sequence.
 uint64_t enqueue(const std::shared_ptr<Stream>& s, Op op);
 void wait_for(const std::shared_ptr<Stream>& s, uint64_t seq);
+// Whether work enqueued on s now is captured into a graph rather than run.
+bool capturing(const std::shared_ptr<Stream>& s);
 void sync_stream(const std::shared_ptr<Stream>& s);
 void sync_context(Context* c);
 void stop_stream(const std::shared_ptr<Stream>& s);

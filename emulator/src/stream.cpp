@@ -68,7 +68,20 @@ std::shared_ptr<Stream> make_stream(Context* c, unsigned flags, int priority, bo
   return s;
 }
 
+bool capturing(const std::shared_ptr<Stream>& s) {
+  std::lock_guard lk(s->mu);
+  return s->capture != nullptr;
+}
+
 uint64_t enqueue(const std::shared_ptr<Stream>& s, Op op) {
+  {
+    // A capturing stream records the work; it runs when the graph is launched.
+    std::lock_guard lk(s->mu);
+    if (s->capture) {
+      if (op.run) s->capture->ops.push_back(std::move(op.run));
+      return 0;
+    }
+  }
   // Legacy default-stream semantics: the NULL stream waits for all blocking streams of
   // its context, and blocking streams wait for the NULL stream.
   Context* c = s->ctx;
@@ -202,6 +215,7 @@ CUresult stream_sync(CUstream h) {
   CUresult err;
   auto s = resolve_stream(h, &c, &err);
   if (!s) return err;
+  if (capturing(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   sync_stream(s);
   return c->sticky.load();
 }
@@ -334,15 +348,6 @@ CUresult stream_attr(CUstream h, CUstreamAttrID attr, CUstreamAttrValue* out, co
   return CUDA_SUCCESS;
 }
 
-CUresult capture_status(CUstream h, CUstreamCaptureStatus* st) {
-  Context* c = nullptr;
-  CUresult err;
-  auto s = resolve_stream(h, &c, &err);
-  if (!s) return err;
-  if (!st) return CUDA_ERROR_INVALID_VALUE;
-  *st = CU_STREAM_CAPTURE_STATUS_NONE;
-  return CUDA_SUCCESS;
-}
 
 }  // namespace
 
@@ -431,38 +436,6 @@ FERRY_EXPORT CUresult cuStreamCopyAttributes(CUstream dst, CUstream src) {
 }
 FERRY_EXPORT CUresult cuStreamCopyAttributes_ptsz(CUstream dst, CUstream src) {
   return cuStreamCopyAttributes(ptsz(dst), ptsz(src));
-}
-FERRY_EXPORT CUresult cuStreamIsCapturing(CUstream h, CUstreamCaptureStatus* st) { return capture_status(h, st); }
-FERRY_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream h, CUstreamCaptureStatus* st) {
-  return capture_status(ptsz(h), st);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id) {
-  if (id) *id = 0;
-  return capture_status(h, st);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo_ptsz(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id) {
-  return cuStreamGetCaptureInfo(ptsz(h), st, id);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
-                                                const CUgraphNode** deps, size_t* n) {
-  if (g) *g = nullptr;
-  if (deps) *deps = nullptr;
-  if (n) *n = 0;
-  return cuStreamGetCaptureInfo(h, st, id);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
-                                                     const CUgraphNode** deps, size_t* n) {
-  return cuStreamGetCaptureInfo_v2(ptsz(h), st, id, g, deps, n);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
-                                                const CUgraphNode** deps, const CUgraphEdgeData** edges, size_t* n) {
-  if (edges) *edges = nullptr;
-  return cuStreamGetCaptureInfo_v2(h, st, id, g, deps, n);
-}
-FERRY_EXPORT CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream h, CUstreamCaptureStatus* st, cuuint64_t* id, CUgraph* g,
-                                                     const CUgraphNode** deps, const CUgraphEdgeData** edges,
-                                                     size_t* n) {
-  return cuStreamGetCaptureInfo_v3(ptsz(h), st, id, g, deps, edges, n);
 }
 FERRY_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
   return mode ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;

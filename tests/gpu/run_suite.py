@@ -403,6 +403,23 @@ def engine_saxpy():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@check("engine.cuda_graph", 180)
+def engine_graph():
+    base = [os.path.join(A.build, "tests/programs/graph_loop"), "--steps", "40"]
+    _, eager, _ = run(base + ["--eager"], 120, direct=True)
+    _, graphed, _ = run(base, 120, direct=True)
+    if eager.splitlines() != graphed.splitlines():
+        raise Failed("the graph's results differ from the same work run eagerly (without ferry)")
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    try:
+        img = os.path.join(tmp, "c1")
+        actions = [(10, [["suspend", "{pid}"], ["resume", "{pid}"]]),
+                   (20, [["checkpoint", "{pid}", img], ["suspend", "{pid}", "--discard"], ["restore", "{pid}", img]])]
+        return drive(base + ["--step-delay-ms", "40"], actions, "step ", eager.splitlines(), 150)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @check("engine.bandwidth", 300)
 def bandwidth():
     args = [os.path.join(A.build, "bench/engine_bench"), "--gib", "0.25" if A.emulator else "4",
@@ -464,7 +481,7 @@ def torch_graph():
 
 
 CHECKS = [gpa_table, reserve_hint, export_tables, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
-          bandwidth, torch_default, torch_expandable, torch_graph]
+          engine_graph, bandwidth, torch_default, torch_expandable, torch_graph]
 
 
 def main():

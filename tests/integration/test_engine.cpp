@@ -93,6 +93,16 @@ Program saxpy() {
           40};
 }
 
+Program graph() {
+  return {"graph_loop",
+          {kBin + "/tests/programs/graph_loop", "--steps", "40", "--step-delay-ms", "15"},
+          {kBin + "/tests/programs/graph_loop", "--steps", "40", "--eager"},
+          "step ",
+          " hash",
+          "final hash",
+          40};
+}
+
 std::string result_line(const std::string& out, const std::string& key) {
   auto l = lines_with(out, key);
   return l.empty() ? "" : l.back();
@@ -149,7 +159,8 @@ int physical_device_of(const std::string& pid) {
 }  // namespace
 
 TEST_CASE("checkpointed at a random step, programs finish bit-identically", "[engine]") {
-  for (const Program& p : {mlp(), saxpy()}) {
+  // graph_loop replays one CUDA graph; its reference runs the same work eagerly.
+  for (const Program& p : {mlp(), saxpy(), graph()}) {
     const std::string want = reference(p);
     DYNAMIC_SECTION(p.name << ": checkpoint, then resume in place") {
       TempDir t;
@@ -545,4 +556,23 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   auto usage = cli({"migrate", pid});
   CHECK(usage.exit_code == 64);
   c.finish();
+}
+
+TEST_CASE("a CUDA graph with work ferry did not record is refused by name", "[engine][graphs]") {
+  Child c(under_ferry({kBin + "/tests/programs/graph_loop", "--steps", "60", "--step-delay-ms", "20", "--memset2d"}),
+          emu_env());
+  REQUIRE(c.wait_for("step 3 hash"));
+  std::string pid = std::to_string(c.pid());
+  TempDir t;
+  auto r = cli({"checkpoint", pid, t / "img"});
+  CHECK(r.exit_code == 78);
+  CHECK(r.err.find("a CUDA graph ferry cannot re-create: the graph has 5 nodes and ferry recorded 4") !=
+        std::string::npos);
+  CHECK_FALSE(fs::exists(t / "img"));
+  auto s = cli({"suspend", pid});
+  CHECK(s.exit_code == 78);
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);  // the program never noticed
+  auto alone = run({kBin + "/tests/programs/graph_loop", "--steps", "60", "--memset2d"}, emu_env());
+  CHECK(result_line(done.out, "final hash") == result_line(alone.out, "final hash"));
 }
