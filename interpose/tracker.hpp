@@ -113,6 +113,8 @@ struct Pool {
   int vdev = 0;
   bool is_default = false;
   CUmemPoolProps props{};
+  std::map<int, uint64_t> attrs;          // cuMemPoolSetAttribute calls to replay (last value each)
+  std::vector<CUmemAccessDesc> access;    // cuMemPoolSetAccess calls to replay (location.id virtual)
 };
 
 // ---- graphs made by stream capture (interpose/graphs.hpp) ------------------------------

@@ -291,6 +291,19 @@ void rebuild_objects() {
       check(real::cuMemPoolCreate(&x, &props), "re-creating a memory pool");
     }
     p->v->real = x;
+    for (auto& [attr, value] : p->attrs) {
+      auto a = static_cast<CUmemPool_attribute>(attr);
+      cuuint64_t wide = value;
+      int narrow = static_cast<int>(value);
+      check(real::cuMemPoolSetAttribute(x, a, a == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD ? static_cast<void*>(&wide) : &narrow),
+            "setting a memory pool's attributes again");
+    }
+    if (!p->access.empty()) {
+      std::vector<CUmemAccessDesc> d = p->access;
+      for (auto& a : d)
+        if (a.location.type == CU_MEM_LOCATION_TYPE_DEVICE) a.location.id = vh::real_device(a.location.id);
+      check(real::cuMemPoolSetAccess(x, d.data(), d.size()), "granting access to a memory pool again");
+    }
   }
   std::set<int> pdevs;
   for (tr::Ctx* c : st.contexts)

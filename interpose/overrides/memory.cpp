@@ -466,7 +466,40 @@ CUresult ferry::ov::cuMemSetMemPool(CUmemLocation* loc, CUmemAllocationType type
 CUresult ferry::ov::cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* map, size_t count) {
   std::vector<CUmemAccessDesc> d(map ? map : nullptr, map ? map + count : nullptr);
   for (auto& x : d) x.location = real_location(x.location);
-  return real::cuMemPoolSetAccess(vh::real(pool), map ? d.data() : nullptr, count);
+  CUresult r = real::cuMemPoolSetAccess(vh::real(pool), map ? d.data() : nullptr, count);
+  if (r == CUDA_SUCCESS && map)
+    if (tr::Pool* p = pool_rec(pool)) {  // replayed when the pool is re-created
+      auto& st = tr::state();
+      std::lock_guard lk(st.mu);
+      for (size_t i = 0; i < count; i++) {
+        std::erase_if(p->access, [&](const CUmemAccessDesc& a) {
+          return a.location.type == map[i].location.type && a.location.id == map[i].location.id;
+        });
+        p->access.push_back(map[i]);
+      }
+    }
+  return r;
+}
+
+CUresult ferry::ov::cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value) {
+  CUresult r = real::cuMemPoolSetAttribute(vh::real(pool), attr, value);
+  tr::Pool* p = r == CUDA_SUCCESS && value ? pool_rec(pool) : nullptr;
+  if (!p) return r;
+  auto& st = tr::state();
+  std::lock_guard lk(st.mu);
+  switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      p->attrs[attr] = *static_cast<cuuint64_t*>(value);
+      break;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+      p->attrs[attr] = static_cast<uint64_t>(*static_cast<int*>(value));
+      break;
+    default:  // the high-water marks: resets of statistics, nothing to replay
+      break;
+  }
+  return r;
 }
 
 CUresult ferry::ov::cuMemPoolGetAccess(CUmemAccess_flags* flags, CUmemoryPool pool, CUmemLocation* loc) {

@@ -2,7 +2,8 @@
 // kernel that evolves a state vector (and bumps a __device__ counter), a
 // device-to-device copy, a memset and a kernel that hashes the copy; every step
 // launches the graph and prints the hash. --eager runs the same work without a graph
-// and must print the same; --step-delay-ms paces the steps so another process can
+// and must print the same (with the default pool's release threshold it set at the
+// start); --step-delay-ms paces the steps so another process can
 // checkpoint, suspend or migrate the program between them; --memset2d adds a 2D
 // memset, which ferry does not record in a capture (a graph it must refuse to move).
 #include <chrono>
@@ -73,6 +74,11 @@ int main(int argc, char** argv) {
   CK(cudaMemcpy(w, hw.data(), 64 * sizeof(float), cudaMemcpyHostToDevice));
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  // A pool attribute, as training programs set it: it must survive a move.
+  cudaMemPool_t pool;
+  CK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  unsigned long long threshold = 64ull << 20;
+  CK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   auto work = [&] {
     evolve<<<n / 256, 256, 0, s>>>(x, w, n, 0.999f);
     CK(cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice, s));
@@ -100,7 +106,10 @@ int main(int argc, char** argv) {
     fflush(stdout);
     if (delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
-  printf("final hash %016llx\n", host);
+  threshold = 0;
+  CK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  CK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  printf("final hash %016llx, pool release threshold %llu\n", host, threshold);
   if (!eager) {
     CK(cudaGraphExecDestroy(exec));
     CK(cudaGraphDestroy(graph));
