@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "temp_dir.hpp"
 
 using ferry_test::Child;
 using ferry_test::emu_env;
@@ -32,6 +33,10 @@ using ferry_test::run;
 namespace fs = std::filesystem;
 
 namespace {
+
+struct TempDir : ferry_test::TempDir {
+  TempDir() : ferry_test::TempDir("ferry-engine") {}
+};
 
 const std::string kBin = FERRY_TEST_BIN_DIR;
 const std::string kFerry = kBin + "/tools/ferry";
@@ -49,19 +54,6 @@ ferry_test::Result cli(std::vector<std::string> args, std::map<std::string, std:
   return run(args, emu_env(env), 120);
 }
 
-// A fresh directory for a test's images, removed with its contents at the end.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ferry-engine-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& n) const { return path + "/" + n; }
-};
 
 struct Program {
   std::string name;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using ferry_test::read_file;
@@ -19,19 +20,11 @@ using ferry_test::run;
 
 namespace {
 
-const std::string kScript = std::string(FERRY_TEST_SOURCE_DIR) + "/scripts/gpu-check.sh";
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ferry-gpukit-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct TempDir : ferry_test::TempDir {
+  TempDir() : ferry_test::TempDir("ferry-gpukit") {}
 };
+
+const std::string kScript = std::string(FERRY_TEST_SOURCE_DIR) + "/scripts/gpu-check.sh";
 
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "ferry_image/image.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace ferry::image;
@@ -20,18 +21,10 @@ using Catch::Matchers::ContainsSubstring;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ferry-image-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& n) const { return path + "/" + n; }
+struct TempDir : ferry_test::TempDir {
+  TempDir() : ferry_test::TempDir("ferry-image") {}
 };
+
 
 std::vector<char> random_bytes(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
