@@ -306,9 +306,17 @@ TEST_CASE("damaged images are refused with the file and chunk named", "[engine][
     uint64_t size = fs::file_size(pack);
 
     SECTION("a corrupted chunk") {
-      auto& chunks = m["chunks"];
-      std::string hash = chunks.begin().key();
-      uint64_t off = chunks.begin().value()["offset"].get<uint64_t>() + 32 + 100;
+      // The flipped byte must lie inside the chosen chunk's stored bytes (past its 32-byte
+      // header); a small compressed chunk or one in another pack would blame a different chunk.
+      std::string hash;
+      uint64_t off = 0;
+      for (auto& [k, l] : m["chunks"].items()) {
+        if (l["pack"] != "0000.pack" || l["stored"].get<uint64_t>() < 2) continue;
+        hash = k;
+        off = l["offset"].get<uint64_t>() + 32 + l["stored"].get<uint64_t>() / 2;
+        break;
+      }
+      REQUIRE(!hash.empty());
       std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
       f.seekg(static_cast<std::streamoff>(off));
       char b = static_cast<char>(f.get());
