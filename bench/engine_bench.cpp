@@ -3,7 +3,8 @@
 //
 //   checkpoint to an image      vs  write()+fsync of the same bytes to a file (target >= 0.8)
 //   checkpoint to host RAM      vs  cuMemcpyDtoH of the same bytes (target >= 0.8)
-//   unchanged second checkpoint vs  the first: bytes written (target < 1%) and time (target < 10%)
+//   unchanged second checkpoint vs  the first: bytes written (target < 1%) and time (target < 10%);
+//                                   and vs the same without GPU fingerprints (every chunk copied)
 //   restore from the image      vs  read() of the same bytes from a file
 //   suspend + resume            as a function of GiB
 //   peak host memory of a checkpoint vs the staging budget
@@ -119,6 +120,7 @@ int main(int argc, char** argv) {
   if (real_driver.empty()) {
     setenv("FERRY_REAL_DRIVER", FERRY_BENCH_EMULATOR, 1);
     setenv("FERRY_EMU_MEMORY", "64G", 1);
+    setenv("FERRY_EMU_KERNELS", FERRY_BENCH_KERNEL_DIR, 0);  // the engine's fingerprint kernel
   } else {
     setenv("FERRY_REAL_DRIVER", real_driver.c_str(), 1);
   }
@@ -172,9 +174,15 @@ int main(int argc, char** argv) {
   long peak = hwm_kib() - rss0;
   row("checkpoint to image vs write+fsync", t_write, r1.seconds, ">= 0.8");
 
-  // Unchanged: everything is referenced from the parent.
-  o.dir = img2.c_str();
+  // Unchanged: everything is referenced from the parent. Once without the GPU
+  // fingerprints (every chunk copied and hashed on the host), once with them.
   o.parent = img1.c_str();
+  std::string img2_all = dir + "/img2-all";
+  o.dir = img2_all.c_str();
+  setenv("FERRY_FINGERPRINTS", "off", 1);
+  ferry_result r2_all = op("ferry_checkpoint", o);
+  unsetenv("FERRY_FINGERPRINTS");
+  o.dir = img2.c_str();
   ferry_result r2 = op("ferry_checkpoint", o);
   printf("%-44s %9.3f s %9.3f s   %6.2f   time < 10%% of the first: %s\n", "second checkpoint, nothing changed",
          r1.seconds, r2.seconds, r1.seconds / r2.seconds, r2.seconds < 0.1 * r1.seconds ? "yes" : "NO");
@@ -182,6 +190,9 @@ int main(int argc, char** argv) {
          static_cast<double>(r1.written) / (1 << 20), static_cast<double>(r2.written) / (1 << 20),
          100.0 * static_cast<double>(r2.written) / static_cast<double>(r1.written),
          r2.written * 100 < r1.written ? "yes" : "NO");
+  row("  vs the same without GPU fingerprints", r2_all.seconds, r2.seconds, "(copies and hashes everything)");
+  printf("%-44s %9.1f MiB %7.1f MiB\n", "  bytes copied from the GPU (without, with)",
+         static_cast<double>(r2_all.copied) / (1 << 20), static_cast<double>(r2.copied) / (1 << 20));
 
   // Host RAM. The baseline gets fresh memory as the snapshot does (page faults are
   // part of the cost of holding a GPU's memory in RAM), with the same huge-page advice.

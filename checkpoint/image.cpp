@@ -158,6 +158,11 @@ nlohmann::json to_json(const Manifest& m) {
     nlohmann::json hs = nlohmann::json::array();
     for (auto& h : b.chunks) hs.push_back(h.hex());
     blobs.push_back({{"id", b.id}, {"size", b.size}, {"chunks", hs}});
+    if (!b.fingerprints.empty()) {
+      nlohmann::json fs = nlohmann::json::array();
+      for (auto& h : b.fingerprints) fs.push_back(h.hex());
+      blobs.back()["fingerprints"] = fs;
+    }
   }
   auto& idx = j["chunks"] = nlohmann::json::object();
   for (auto& [h, l] : m.index)
@@ -197,6 +202,16 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
         blob.chunks.push_back(x);
       }
       if (blob.chunks.size() != (blob.size + m.chunk_size - 1) / m.chunk_size) throw bad("blob " + blob.id + " is incomplete");
+      if (b.contains("fingerprints")) {
+        for (auto& h : b.at("fingerprints")) {
+          Hash x;
+          if (!Hash::parse(h.get<std::string>(), &x)) throw bad("malformed fingerprint in blob " + blob.id);
+          blob.fingerprints.push_back(x);
+        }
+        if (blob.fingerprints.size() != blob.chunks.size())
+          throw bad("blob " + blob.id + " has " + std::to_string(blob.fingerprints.size()) + " fingerprints for " +
+                    std::to_string(blob.chunks.size()) + " chunks");
+      }
       m.blobs.push_back(std::move(blob));
     }
     for (auto& [k, l] : j.at("chunks").items()) {
@@ -266,6 +281,8 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
       l.image = holder.lexically_relative(d).string();
       parent_index_[h] = l;
     }
+    parent_chunk_size_ = pm.chunk_size;
+    for (auto& b : pm.blobs) parent_blobs_[b.id] = std::move(b);
   }
   // The temporary directory comes last: a constructor that throws runs no destructor.
   static std::atomic<int> counter{0};
@@ -345,6 +362,17 @@ void Writer::put(const Hash& h, const void* data, uint32_t stored, uint32_t raw,
   write_all(&ch, sizeof ch);
   write_all(data, stored);
   index_[h] = loc;
+}
+
+void Writer::reuse(uint32_t raw) {
+  std::lock_guard lk(mu_);
+  reused_ += raw;
+}
+
+const Blob* Writer::parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const {
+  auto it = parent_blobs_.find(id);
+  if (it == parent_blobs_.end() || it->second.size != size || parent_chunk_size_ != chunk_size) return nullptr;
+  return &it->second;
 }
 
 uint64_t Writer::bytes_written() const { return written_; }

@@ -12,11 +12,16 @@
 #include <mutex>
 
 #include <ferry_common/fatbin.hpp>
+#if FERRY_HAVE_FINGERPRINT
+#include "ferry_fingerprint_fatbin.h"
+#endif
 
 #include "arena.hpp"
 #include "config.hpp"
 #include "engine_util.hpp"
 #include "graphs.hpp"
+#include "kernels/fingerprint_mix.h"
+#include "log.hpp"
 #include "shim.hpp"
 #include "tracker.hpp"
 
@@ -339,6 +344,113 @@ image::Hash store_chunk(image::Writer& w, const char* data, uint32_t n, int zstd
 
 thread_local std::vector<char> t_scratch;
 
+// What the fingerprint kernel computes for these bytes (8-byte aligned).
+image::Hash host_fingerprint(const char* p, uint64_t n) {
+  const uint64_t words = n / 8;
+  unsigned long long a = 0, b = 0, v, out[2];
+  for (uint64_t i = 0; i < words; i++) {
+    memcpy(&v, p + 8 * i, 8);
+    ferry_fp::add(ferry_fp::word(v, i), a, b);
+  }
+  if (n & 7)
+    ferry_fp::add(ferry_fp::word(ferry_fp::tail(reinterpret_cast<const unsigned char*>(p) + 8 * words, n & 7), words), a,
+                  b);
+  ferry_fp::finish(a, b, n, out);
+  return {out[0], out[1]};
+}
+
+// Fingerprints of every chunk of a context's blobs (kernels/fingerprint.cu), computed
+// on the GPU on their own stream: started at construction, collected by wait(). A blob
+// is absent from the results when it could not be fingerprinted, and the results are
+// empty when the kernel is unavailable (no code for this GPU, the simulated GPU without
+// its kernel library, no device memory for the results) -- then every chunk is copied,
+// as without a parent. Off with Options::fingerprints (ferry checkpoint --read-all) or
+// FERRY_FINGERPRINTS=off in the program's environment.
+class DeviceFingerprints {
+ public:
+  using Results = std::map<const BlobRef*, std::vector<image::Hash>>;
+  DeviceFingerprints(const std::vector<const BlobRef*>& group, uint64_t cs, const Options& o) : cs_(cs) {
+    start(group, o);
+  }
+  DeviceFingerprints(const DeviceFingerprints&) = delete;
+  DeviceFingerprints& operator=(const DeviceFingerprints&) = delete;
+  ~DeviceFingerprints() { release(); }
+
+  const Results& wait() {
+    if (!running_) return out_;
+    running_ = false;
+    std::vector<uint64_t> host(chunks_ * 2);
+    if (CUresult e = real::cuMemcpyDtoHAsync_v2(host.data(), dev_, chunks_ * 16, st_)) {
+      give_up("reading the results", e);
+      return out_;
+    }
+    if (CUresult e = real::cuStreamSynchronize(st_)) {
+      give_up("running the kernel", e);
+      return out_;
+    }
+    release();
+    uint64_t at = 0;
+    for (const BlobRef* r : blobs_) {
+      auto& v = out_[r];
+      for (uint64_t c = 0; c * cs_ < r->size; c++, at++) v.push_back({host[2 * at], host[2 * at + 1]});
+    }
+    return out_;
+  }
+
+ private:
+  void start(const std::vector<const BlobRef*>& group, const Options& o) {
+    const uint64_t cs = cs_;
+#if FERRY_HAVE_FINGERPRINT
+    if (!o.fingerprints) return;
+    if (const char* e = getenv("FERRY_FINGERPRINTS"); e && (!strcmp(e, "off") || !strcmp(e, "0"))) return;
+    if (cs % 8 || cs > (1ull << 31)) return;
+    for (const BlobRef* r : group)
+      if (r->at && r->at % 8 == 0 && r->size) {
+        blobs_.push_back(r);
+        chunks_ += (r->size + cs - 1) / cs;
+      }
+    if (blobs_.empty()) return;
+    CUfunction fn = nullptr;
+    if (CUresult e = real::cuStreamCreate(&st_, CU_STREAM_NON_BLOCKING)) return give_up("creating a stream", e);
+    if (CUresult e = real::cuModuleLoadData(&mod_, ferry_fingerprint_fatbin)) return give_up("loading the kernel", e);
+    if (CUresult e = real::cuModuleGetFunction(&fn, mod_, "ferry_fingerprint_chunks"))
+      return give_up("finding the kernel", e);
+    if (CUresult e = real::cuMemAlloc_v2(&dev_, chunks_ * 16)) return give_up("allocating room for the results", e);
+    uint64_t at = 0;
+    for (const BlobRef* r : blobs_) {
+      unsigned long long data = r->at, size = r->size, chunk = cs, res = dev_ + at * 16;
+      void* args[] = {&data, &size, &chunk, &res};
+      unsigned n = static_cast<unsigned>((r->size + cs - 1) / cs);
+      if (CUresult e = real::cuLaunchKernel(fn, n, 1, 1, 256, 1, 1, 0, st_, args, nullptr))
+        return give_up("launching the kernel", e);
+      at += n;
+    }
+    running_ = true;
+#else
+    (void)group, (void)o;
+#endif
+  }
+  void give_up(const char* what, CUresult e) {
+    FERRY_DEBUG("fingerprints: %s; every chunk is copied", cuda_error(what, e).message.c_str());
+    running_ = false;
+    release();
+  }
+  void release() {
+    if (st_) real::cuStreamSynchronize(st_);  // nothing may still write into dev_
+    if (dev_) real::cuMemFree_v2(dev_);
+    if (mod_) real::cuModuleUnload(mod_);
+    if (st_) real::cuStreamDestroy_v2(st_);
+    dev_ = 0, mod_ = nullptr, st_ = nullptr;
+  }
+  uint64_t cs_, chunks_ = 0;
+  std::vector<const BlobRef*> blobs_;
+  CUstream st_ = nullptr;
+  CUmodule mod_ = nullptr;
+  CUdeviceptr dev_ = 0;
+  bool running_ = false;
+  Results out_;
+};
+
 }  // namespace
 
 void capture_to_ram(const std::vector<BlobRef>& refs_in, RamSnapshot& out, const Options& o) {
@@ -372,7 +484,7 @@ void capture_to_ram(const std::vector<BlobRef>& refs_in, RamSnapshot& out, const
   }
 }
 
-void capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, image::Manifest& m, const Options& o) {
+uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, image::Manifest& m, const Options& o) {
   std::vector<BlobRef> refs = refs_in;
   DeviceContexts dc;
   TempViews views;
@@ -381,7 +493,7 @@ void capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, ima
   Reporter rep(o.progress, "writing", total_bytes(refs));
   size_t n_slots = std::max<size_t>(2, o.staging_bytes / cs);
   auto groups = by_context(refs, dc);
-  if (groups.empty()) return;
+  if (groups.empty()) return 0;
   Staging staging(n_slots, cs, groups.begin()->first);
   Workers workers(worker_count());
   std::map<const BlobRef*, size_t> blob_index;
@@ -393,17 +505,42 @@ void capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, ima
     blob_index[&r] = m.blobs.size();
     m.blobs.push_back(std::move(b));
   }
+  std::atomic<uint64_t> copied{0};
   for (auto& [ctx, group] : groups) {
     CtxScope scope(ctx);
     Streams streams(kStreams);
+    DeviceFingerprints pending(group, cs, o);
+    // Needed before copying only where the parent has fingerprints to compare with;
+    // otherwise the pass runs alongside the copies and is collected at the end.
+    bool compare = std::any_of(group.begin(), group.end(), [&](const BlobRef* r) {
+      const image::Blob* b = w.parent_blob(r->id, r->size, cs);
+      return b && !b->fingerprints.empty();
+    });
+    static const DeviceFingerprints::Results kNone;
+    const auto& fps = compare ? pending.wait() : kNone;
     for (auto& s : staging.slots) check(real::cuEventCreate(&s.ev, CU_EVENT_DISABLE_TIMING), "creating a copy event");
     unsigned k = 0;
     try {
       for (const BlobRef* r : group) {
         size_t bi = blob_index[r];
+        const std::vector<image::Hash>* fp = nullptr;
+        const image::Blob* before = nullptr;
+        if (auto it = fps.find(r); it != fps.end()) {
+          fp = &it->second;
+          before = w.parent_blob(r->id, r->size, cs);
+          if (before && before->fingerprints.size() != fp->size()) before = nullptr;
+        }
         for (uint64_t c = 0; c * cs < r->size && !workers.failed(); c++) {
           uint64_t off = c * cs;
           uint32_t n = static_cast<uint32_t>(std::min(cs, r->size - off));
+          // Unchanged since the parent: its chunk, without reading the device.
+          if (before && before->fingerprints[c] == (*fp)[c] && w.known(before->chunks[c])) {
+            m.blobs[bi].chunks[c] = before->chunks[c];
+            w.reuse(n);
+            rep.add(n);
+            continue;
+          }
+          copied += n;
           size_t slot = staging.acquire();
           auto& s = staging.slots[slot];
           CUstream st = streams.s[k++ % kStreams];
@@ -432,6 +569,9 @@ void capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, ima
         }
       }
       workers.finish();
+      for (const BlobRef* r : group)
+        if (auto it = pending.wait().find(r); it != pending.wait().end())
+          m.blobs[blob_index[r]].fingerprints = it->second;
     } catch (...) {
       try {
         workers.finish();
@@ -443,6 +583,7 @@ void capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, ima
     }
     for (auto& s : staging.slots) real::cuEventDestroy_v2(s.ev);
   }
+  return copied;
 }
 
 void persist(const RamSnapshot& s, image::Writer& w, image::Manifest& m, const Options& o) {
@@ -454,6 +595,7 @@ void persist(const RamSnapshot& s, image::Writer& w, image::Manifest& m, const O
     ib.id = b.id;
     ib.size = b.size;
     ib.chunks.resize((b.size + cs - 1) / cs);
+    if (o.fingerprints) ib.fingerprints.resize(ib.chunks.size());
     m.blobs.push_back(std::move(ib));
   }
   for (size_t bi = 0; bi < s.blobs.size(); bi++) {
@@ -462,7 +604,10 @@ void persist(const RamSnapshot& s, image::Writer& w, image::Manifest& m, const O
       uint64_t off = c * cs;
       uint32_t n = static_cast<uint32_t>(std::min(cs, b.size - off));
       workers.submit([&, bi, c, off, n] {
-        m.blobs[bi].chunks[c] = store_chunk(w, s.blobs[bi].bytes.get() + off, n, o.zstd_level, t_scratch);
+        const char* p = s.blobs[bi].bytes.get() + off;
+        m.blobs[bi].chunks[c] = store_chunk(w, p, n, o.zstd_level, t_scratch);
+        // The GPU's fingerprint of these bytes, computed here, off the stopped window.
+        if (o.fingerprints) m.blobs[bi].fingerprints[c] = host_fingerprint(p, n);
         rep.add(n);
       });
     }

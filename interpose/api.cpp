@@ -94,6 +94,7 @@ int run_c(Op op, const ferry_options* c, ferry_result* r) {
     res.device_bytes = s.device_bytes;
     res.written = s.written;
     res.reused = s.reused;
+    res.copied = s.copied;
     res.seconds = s.seconds;
     res.stopped_seconds = s.stopped_seconds;
   } catch (const engine::Error& e) {

@@ -63,6 +63,7 @@ engine::Options options_from(const nlohmann::json& j, int fd) {
   o.stay_stopped = j.value("stay_stopped", false);
   o.discard = j.value("discard", false);
   o.zstd_level = j.value("zstd", 0);
+  o.fingerprints = j.value("fingerprints", true);
   o.device = j.value("device", -1);
   if (j.contains("device_map")) o.device_map = j["device_map"].get<std::vector<int>>();
   if (j.contains("staging_mb")) o.staging_bytes = j["staging_mb"].get<uint64_t>() << 20;
@@ -74,7 +75,7 @@ engine::Options options_from(const nlohmann::json& j, int fd) {
 }
 
 nlohmann::json stats_json(const engine::Stats& s) {
-  return {{"device_bytes", s.device_bytes}, {"written", s.written},   {"reused", s.reused},
+  return {{"device_bytes", s.device_bytes}, {"written", s.written},   {"reused", s.reused}, {"copied", s.copied},
           {"seconds", s.seconds},           {"stopped_seconds", s.stopped_seconds}};
 }
 

@@ -177,10 +177,11 @@ Stats write_image(const Options& o, const nlohmann::json& state, const std::vect
   image::Writer w(o.dir, writer_options(o));
   image::Manifest m;
   m.state = state;
+  uint64_t copied = 0;
   if (ram)
     persist(*ram, w, m, o);
   else
-    capture_to_image(refs, w, m, o);
+    copied = capture_to_image(refs, w, m, o);
   o.progress("publishing", 0, 0);
   w.commit(m);
   Stats s;
@@ -188,6 +189,7 @@ Stats write_image(const Options& o, const nlohmann::json& state, const std::vect
   image::Manifest done = image::read_manifest(w.final_dir());
   s.written = done.bytes_written;
   s.reused = done.bytes_reused;
+  s.copied = copied;
   return s;
 }
 
@@ -223,6 +225,7 @@ Stats do_migrate(const Options& o, bool was_stopped) {
     if (!was_stopped) reopen();
     throw;
   }
+  s.copied = ram.bytes;
   release_gpu_state();
   state["released"] = true;
   auto src = ram_source(ram);
@@ -281,6 +284,7 @@ Stats checkpoint(const Options& o) {
         was_stopped = true;  // the world is open again: nothing to undo below
         Stats w = write_image(o, state, refs, &ram);
         w.stopped_seconds = s.stopped_seconds;
+        w.copied = ram.bytes;
         return w;
       }
       s = write_image(o, state, refs, nullptr);
@@ -318,9 +322,11 @@ Stats suspend(const Options& o) {
           Stats w = write_image(o, state, refs, nullptr);
           s.written = w.written;
           s.reused = w.reused;
+          s.copied = w.copied;
         } else {
           ram = std::make_unique<RamSnapshot>();
           capture_to_ram(refs, *ram, o);
+          s.copied = ram->bytes;
         }
       }
     } catch (...) {

@@ -54,6 +54,7 @@ struct Options {
   std::vector<int> device_map;  // program device i -> physical device device_map[i]
   int device = -1;              // shorthand: the program's only device goes here
   uint64_t staging_bytes = 256ull << 20;
+  bool fingerprints = true;  // GPU fingerprints spare reading chunks unchanged since the parent
   Progress progress;
 };
 
@@ -61,6 +62,7 @@ struct Stats {
   uint64_t device_bytes = 0;   // bytes of device memory in the snapshot
   uint64_t written = 0;        // bytes written to disk (after dedup and compression)
   uint64_t reused = 0;         // bytes referenced from the parent image
+  uint64_t copied = 0;         // device bytes copied to the host
   double seconds = 0;          // the whole operation
   double stopped_seconds = 0;  // how long the program's CUDA calls were held
 };
@@ -113,7 +115,9 @@ nlohmann::json structure_of(const nlohmann::json& state);
 
 // Device memory into RAM / into an image (chunks hashed, compressed, written by workers).
 void capture_to_ram(const std::vector<BlobRef>& refs, RamSnapshot& out, const Options& o);
-void capture_to_image(const std::vector<BlobRef>& refs, image::Writer& w, image::Manifest& m, const Options& o);
+// Returns the bytes it copied from the device (chunks whose GPU fingerprint matches the
+// parent's are taken from the parent unread).
+uint64_t capture_to_image(const std::vector<BlobRef>& refs, image::Writer& w, image::Manifest& m, const Options& o);
 // A RAM snapshot into an image.
 void persist(const RamSnapshot& s, image::Writer& w, image::Manifest& m, const Options& o);
 

@@ -46,6 +46,7 @@ struct Result {
   ErrorClass error = ErrorClass::None;
   std::string message;
   uint64_t device_bytes = 0, written = 0, reused = 0;
+  uint64_t copied = 0;  // device bytes copied to the host (chunks unchanged since the parent are not)
   double seconds = 0, stopped_seconds = 0;
   explicit operator bool() const { return error == ErrorClass::None; }
 };
@@ -96,6 +97,7 @@ inline Result call(const char* name, const Options& o) {
   r.device_bytes = res.device_bytes;
   r.written = res.written;
   r.reused = res.reused;
+  r.copied = res.copied;
   r.seconds = res.seconds;
   r.stopped_seconds = res.stopped_seconds;
   return r;

@@ -57,6 +57,7 @@ struct ferry_result {
   unsigned long long reused;       /* bytes referenced from the parent image */
   double seconds;                  /* the whole operation */
   double stopped_seconds;          /* how long the program's CUDA calls were held */
+  unsigned long long copied;       /* device bytes copied to the host (unchanged chunks are not) */
 };
 
 int ferry_shim_abi_version(void);

@@ -211,15 +211,22 @@ TEST_CASE("several checkpoints in a row are incremental and restorable", "[engin
   const Program p = mlp();
   const std::string want = reference(p);
   TempDir t;
-  nlohmann::json first, second, unchanged;
+  nlohmann::json first, second, unchanged, read2, read4, read5, read6;
+  auto stats = [](const ferry_test::Result& r) {
+    ok(r);
+    return json_of(r)["stats"];
+  };
   auto got = drive_at_random_step(p, [&](const std::string& pid, int) {
     ok(cli({"checkpoint", pid, t / "c1", "--continue"}));
     std::this_thread::sleep_for(std::chrono::milliseconds(60));
-    ok(cli({"checkpoint", pid, t / "c2", "--parent", t / "c1", "--continue"}));
+    read2 = stats(cli({"checkpoint", pid, t / "c2", "--parent", t / "c1", "--continue", "--format", "json"}));
     std::this_thread::sleep_for(std::chrono::milliseconds(60));
     ok(cli({"checkpoint", pid, t / "c3", "--parent", t / "c2"}));  // stays stopped
-    // Nothing ran since c3: a fourth image writes no chunk at all.
-    ok(cli({"checkpoint", pid, t / "c4", "--parent", t / "c3"}));
+    // Nothing ran since c3: a fourth image writes no chunk at all, and the GPU
+    // fingerprints spare it reading any.
+    read4 = stats(cli({"checkpoint", pid, t / "c4", "--parent", t / "c3", "--format", "json"}));
+    // The same without fingerprints: every chunk read and hashed, the same image.
+    read5 = stats(cli({"checkpoint", pid, t / "c4-all", "--parent", t / "c3", "--read-all", "--format", "json"}));
     first = json_of(cli({"inspect", t / "c1", "--format", "json"}));
     second = json_of(cli({"inspect", t / "c2", "--format", "json"}));
     unchanged = json_of(cli({"inspect", t / "c4", "--format", "json"}));
@@ -230,7 +237,11 @@ TEST_CASE("several checkpoints in a row are incremental and restorable", "[engin
     // give the same state again.
     ok(cli({"checkpoint", pid, t / "c5", "--leave-running"}));
     ok(cli({"suspend", pid, "--discard"}));
-    ok(cli({"restore", pid, t / "c5"}));
+    ok(cli({"restore", pid, t / "c5", "--stay-stopped"}));
+    // c5's fingerprints were computed on the host from its snapshot; the GPU's of the
+    // same restored bytes must match them, so nothing is read.
+    read6 = stats(cli({"checkpoint", pid, t / "c6", "--parent", t / "c5", "--format", "json"}));
+    ok(cli({"resume", pid}));
   });
   CHECK(got == want);
   uint64_t total = first["device_bytes"].get<uint64_t>();
@@ -240,6 +251,14 @@ TEST_CASE("several checkpoints in a row are incremental and restorable", "[engin
   CHECK(second["bytes_reused"].get<uint64_t>() >= (16u << 20));
   CHECK(unchanged["bytes_written"].get<uint64_t>() == 0);
   CHECK(unchanged["bytes_reused"].get<uint64_t>() == total);
+  INFO("c2 " << read2.dump() << "\nc4 " << read4.dump() << "\nc4 without fingerprints " << read5.dump());
+  CHECK(read2["copied"].get<uint64_t>() < total / 2);  // the ballast was not read again
+  CHECK(read4["copied"].get<uint64_t>() == 0);
+  CHECK(read5["copied"].get<uint64_t>() == total);
+  CHECK(read5["written"].get<uint64_t>() == 0);
+  INFO("c6 " << read6.dump());
+  CHECK(read6["copied"].get<uint64_t>() == 0);
+  CHECK(read6["written"].get<uint64_t>() == 0);
 }
 
 TEST_CASE("threads keep issuing CUDA calls while the engine works", "[engine]") {

@@ -153,6 +153,7 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   if (a.zstd) o["zstd"] = a.zstd;
   if (a.device >= 0) o["device"] = a.device;
   if (a.staging_mb) o["staging_mb"] = a.staging_mb;
+  if (a.read_all) o["fingerprints"] = false;
   if (!a.device_map.empty()) {
     try {
       o["device_map"] = parse_device_map(a.device_map);
@@ -181,7 +182,8 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   double secs = s.value("seconds", 0.0), stopped = s.value("stopped_seconds", 0.0);
   std::string what = op + " of process " + std::to_string(pid) + ": " + human(dev) + " of device memory";
   if (op == "checkpoint" || (op == "suspend" && !a.dir.empty()))
-    what += " to " + a.dir + " (" + human(written) + " written, " + human(reused) + " from the parent)";
+    what += " to " + a.dir + " (" + human(written) + " written, " + human(reused) + " from the parent, " +
+            human(s.value("copied", dev)) + " read from the GPU)";
   if (op == "restore") what += " from " + a.dir;
   if (op == "migrate" || op == "resume") what += ", devices now " + devices_text(reply["status"]);
   char t[96];

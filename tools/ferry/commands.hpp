@@ -16,6 +16,7 @@ struct Output {
 struct OpArgs {
   std::string dir, parent;
   bool leave_running = false, cont = false, stay_stopped = false, discard = false;
+  bool read_all = false;  // --read-all: no GPU fingerprints
   int zstd = 0, device = -1, timeout = 0;
   std::string device_map;
   unsigned long staging_mb = 0;

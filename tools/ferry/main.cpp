@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
   ck->add_option("--parent", op.parent, "an earlier image: unchanged chunks are referenced, not written");
   ck->add_option("--zstd", op.zstd, "compress chunks with zstd at this level (1-19)")->check(CLI::Range(0, 19));
   ck->add_option("--staging-mb", op.staging_mb, "pinned host staging memory for the copies (default 256)");
+  ck->add_flag("--read-all", op.read_all,
+               "read and hash every chunk, even those the GPU fingerprints show unchanged since the parent");
   ck->add_option("--timeout", op.timeout, "give up after this many seconds without an answer");
   add_output(ck, out, true);
 

@@ -82,6 +82,10 @@ struct Blob {
   std::string id;  // what it is, for the engine ("phys:12", "global:3:name", ...)
   uint64_t size = 0;
   std::vector<Hash> chunks;
+  // Change-detection fingerprints computed on the GPU, one per chunk (or none): a later
+  // checkpoint whose fingerprint of a chunk matches reuses the chunk without copying it.
+  // They never address data; the reader ignores them.
+  std::vector<Hash> fingerprints;
 };
 
 struct Manifest {
@@ -126,6 +130,10 @@ class Writer {
   bool known(const Hash& h);
   // Stores a chunk (raw bytes, or already compressed with `codec` when stored < raw).
   void put(const Hash& h, const void* data, uint32_t stored, uint32_t raw, Codec codec);
+  // Counts a chunk of the parent taken without reading it (its fingerprint matched).
+  void reuse(uint32_t raw);
+  // The parent's blob of that id and size cut into chunks of chunk_size, if it has one.
+  const Blob* parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const;
   void commit(Manifest m);  // fills in the index and the byte counts
   const std::string& final_dir() const { return dir_; }
   uint64_t bytes_written() const;
@@ -143,6 +151,8 @@ class Writer {
   uint64_t written_ = 0, reused_ = 0;
   std::map<Hash, ChunkLoc> index_;         // chunks of this image
   std::map<Hash, ChunkLoc> parent_index_;  // chunks of the parent, relative to the new image
+  std::map<std::string, Blob> parent_blobs_;
+  uint64_t parent_chunk_size_ = 0;
   bool committed_ = false;
 };
 

@@ -205,6 +205,43 @@ TEST_CASE("an image with a parent writes only what changed", "[image]") {
   }
 }
 
+TEST_CASE("fingerprints travel with the blobs and are checked", "[image]") {
+  TempDir t;
+  {
+    Writer w(t / "p", {});
+    Manifest m;
+    m.chunk_size = 64;
+    auto bytes = random_bytes(100, 3);
+    Blob b{"mem", 100, {hash_of(bytes.data(), 64), hash_of(bytes.data() + 64, 36)}, {{1, 2}, {3, 4}}};
+    w.put(b.chunks[0], bytes.data(), 64, 64, Codec::None);
+    w.put(b.chunks[1], bytes.data() + 64, 36, 36, Codec::None);
+    m.blobs.push_back(b);
+    m.blobs.push_back({"plain", 0, {}, {}});
+    w.commit(m);
+  }
+  Manifest m = read_manifest(t / "p");
+  REQUIRE(m.blobs.size() == 2);
+  CHECK(m.blobs[0].fingerprints == std::vector<Hash>{{1, 2}, {3, 4}});
+  CHECK(m.blobs[1].fingerprints.empty());
+
+  WriterOptions o;
+  o.parent = t / "p";
+  Writer w(t / "c", o);
+  const Blob* b = w.parent_blob("mem", 100, 64);
+  REQUIRE(b);
+  CHECK(b->fingerprints.size() == 2);
+  CHECK(w.parent_blob("mem", 101, 64) == nullptr);  // another size: other chunks
+  CHECK(w.parent_blob("mem", 100, 32) == nullptr);  // another chunk size
+  CHECK(w.parent_blob("other", 100, 64) == nullptr);
+
+  auto j = nlohmann::json::parse(std::ifstream(t / "p/manifest.json"));
+  j["blobs"][0]["fingerprints"].erase(1);
+  std::ofstream(t / "p/manifest.json") << j.dump();
+  Error e = error_of([&] { read_manifest(t / "p"); });
+  CHECK(e.cls == ErrorClass::DataLost);
+  CHECK_THAT(e.message, ContainsSubstring("blob mem has 1 fingerprints for 2 chunks"));
+}
+
 TEST_CASE("compression is transparent and skipped where it does not pay", "[image]") {
   REQUIRE(zstd::available());
   TempDir t;
