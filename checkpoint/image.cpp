@@ -364,11 +364,6 @@ void Writer::put(const Hash& h, const void* data, uint32_t stored, uint32_t raw,
   index_[h] = loc;
 }
 
-void Writer::reuse(uint32_t raw) {
-  std::lock_guard lk(mu_);
-  reused_ += raw;
-}
-
 const Blob* Writer::parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const {
   auto it = parent_blobs_.find(id);
   if (it == parent_blobs_.end() || it->second.size != size || parent_chunk_size_ != chunk_size) return nullptr;

@@ -352,9 +352,7 @@ image::Hash host_fingerprint(const char* p, uint64_t n) {
     memcpy(&v, p + 8 * i, 8);
     ferry_fp::add(ferry_fp::word(v, i), a, b);
   }
-  if (n & 7)
-    ferry_fp::add(ferry_fp::word(ferry_fp::tail(reinterpret_cast<const unsigned char*>(p) + 8 * words, n & 7), words), a,
-                  b);
+  ferry_fp::add_tail(reinterpret_cast<const unsigned char*>(p), n, a, b);
   ferry_fp::finish(a, b, n, out);
   return {out[0], out[1]};
 }
@@ -399,8 +397,8 @@ class DeviceFingerprints {
 
  private:
   void start(const std::vector<const BlobRef*>& group, const Options& o) {
-    const uint64_t cs = cs_;
 #if FERRY_HAVE_FINGERPRINT
+    const uint64_t cs = cs_;
     if (!o.fingerprints) return;
     if (const char* e = getenv("FERRY_FINGERPRINTS"); e && (!strcmp(e, "off") || !strcmp(e, "0"))) return;
     if (cs % 8 || cs > (1ull << 31)) return;
@@ -516,8 +514,8 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
       const image::Blob* b = w.parent_blob(r->id, r->size, cs);
       return b && !b->fingerprints.empty();
     });
-    static const DeviceFingerprints::Results kNone;
-    const auto& fps = compare ? pending.wait() : kNone;
+    const DeviceFingerprints::Results none;
+    const auto& fps = compare ? pending.wait() : none;
     for (auto& s : staging.slots) check(real::cuEventCreate(&s.ev, CU_EVENT_DISABLE_TIMING), "creating a copy event");
     unsigned k = 0;
     try {
@@ -536,7 +534,7 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
           // Unchanged since the parent: its chunk, without reading the device.
           if (before && before->fingerprints[c] == (*fp)[c] && w.known(before->chunks[c])) {
             m.blobs[bi].chunks[c] = before->chunks[c];
-            w.reuse(n);
+            w.put(before->chunks[c], nullptr, 0, n, image::Codec::None);  // known: counted as reused
             rep.add(n);
             continue;
           }
@@ -569,9 +567,9 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
         }
       }
       workers.finish();
+      const auto& all = pending.wait();
       for (const BlobRef* r : group)
-        if (auto it = pending.wait().find(r); it != pending.wait().end())
-          m.blobs[blob_index[r]].fingerprints = it->second;
+        if (auto it = all.find(r); it != all.end()) m.blobs[blob_index[r]].fingerprints = it->second;
     } catch (...) {
       try {
         workers.finish();

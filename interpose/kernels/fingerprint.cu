@@ -48,8 +48,7 @@ extern "C" __global__ void ferry_fingerprint_chunks(const unsigned long long* da
 #endif
     ferry_fp::add(ferry_fp::word(w[i], i), a, b);
   }
-  if (threadIdx.x == 0 && (n & 7))
-    ferry_fp::add(ferry_fp::word(ferry_fp::tail(reinterpret_cast<const unsigned char*>(w + words), n & 7), words), a, b);
+  if (threadIdx.x == 0) ferry_fp::add_tail(reinterpret_cast<const unsigned char*>(w), n, a, b);
   sa[threadIdx.x] = a;
   sb[threadIdx.x] = b;
   __syncthreads();

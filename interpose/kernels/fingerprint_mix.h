@@ -32,11 +32,14 @@ FERRY_FP_FN void add(unsigned long long x, unsigned long long& a, unsigned long 
   b += x * (x | 1);
 }
 
-// The bytes after the last whole word (n % 8 of them), as one little-endian word.
-FERRY_FP_FN unsigned long long tail(const unsigned char* p, unsigned long long n) {
+// Adds the bytes of a chunk of n bytes at p after its last whole word, if any, as one
+// little-endian word at the next position.
+FERRY_FP_FN void add_tail(const unsigned char* p, unsigned long long n, unsigned long long& a, unsigned long long& b) {
+  const unsigned long long words = n / 8, rest = n & 7;
+  if (!rest) return;
   unsigned long long v = 0;
-  for (unsigned long long k = 0; k < n; k++) v |= static_cast<unsigned long long>(p[k]) << (8 * k);
-  return v;
+  for (unsigned long long k = 0; k < rest; k++) v |= static_cast<unsigned long long>(p[8 * words + k]) << (8 * k);
+  add(word(v, words), a, b);
 }
 
 // The fingerprint from the lanes' sums and the chunk's length in bytes.

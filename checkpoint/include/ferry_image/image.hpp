@@ -129,9 +129,8 @@ class Writer {
   // hashing-dependent work such as compression.
   bool known(const Hash& h);
   // Stores a chunk (raw bytes, or already compressed with `codec` when stored < raw).
+  // A known chunk is only counted as reused: its data is not read (may be null).
   void put(const Hash& h, const void* data, uint32_t stored, uint32_t raw, Codec codec);
-  // Counts a chunk of the parent taken without reading it (its fingerprint matched).
-  void reuse(uint32_t raw);
   // The parent's blob of that id and size cut into chunks of chunk_size, if it has one.
   const Blob* parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const;
   void commit(Manifest m);  // fills in the index and the byte counts
