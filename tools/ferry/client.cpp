@@ -79,10 +79,9 @@ nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& o
   }
   nlohmann::json req = {{"v", control::kProtocolVersion}, {"op", op}, {"options", options}};
   std::string line = req.dump() + "\n";
-  if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
-    close(fd);
-    throw ClientError(kNoProcess, "process " + std::to_string(pid) + " closed the connection");
-  }
+  // A process that refuses us (another user's) answers and closes without reading
+  // the request, so the send may fail: its answer, if any, is still there to read.
+  bool sent = send(fd, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size());
   std::string buf;
   for (;;) {
     size_t nl = buf.find('\n');
@@ -116,8 +115,9 @@ nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& o
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       close(fd);
-      throw ClientError(kNoProcess, "process " + std::to_string(pid) + " closed the connection before answering "
-                                    "(did it exit?)");
+      throw ClientError(kNoProcess, "process " + std::to_string(pid) +
+                                        (sent ? " closed the connection before answering (did it exit?)"
+                                              : " closed the connection"));
     }
     buf.append(tmp, static_cast<size_t>(n));
   }
