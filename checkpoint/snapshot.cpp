@@ -1,6 +1,6 @@
-// The capture half of the engine (see interpose/engine.hpp): the device-state log as
-// JSON, and device memory copied out through pinned staging buffers, hashed,
-// compressed and written by worker threads -- or straight into host RAM.
+// The capture layer (see checkpoint.hpp): the device-state log as JSON, and device
+// memory copied out through the transfer component, hashed, compressed and written
+// by worker threads -- or straight into host RAM.
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,7 +18,10 @@
 
 #include "arena.hpp"
 #include "config.hpp"
-#include "engine_util.hpp"
+#include "checkpoint.hpp"
+#include "driver.hpp"
+#include "state_codec.hpp"
+#include "transfer.hpp"
 #include "graphs.hpp"
 #include "kernels/fingerprint_mix.h"
 #include "log.hpp"
@@ -110,10 +113,25 @@ void check_capturable() {
                                           " (ferry check lists them)");
 }
 
+void check_schema(const nlohmann::json& state, const std::string& where) {
+  // Images written before the field existed carry the first schema.
+  int v = 1;
+  if (state.is_object() && state.contains("schema")) {
+    const auto& f = state["schema"];
+    v = f.is_number_integer() ? f.get<int>() : -1;
+  }
+  if (v != kStateSchema)
+    throw Error(ErrorClass::FixFirst, where + ": the device-state log has schema version " +
+                                          (v < 0 ? std::string("(unreadable)") : std::to_string(v)) +
+                                          "; this ferry reads version " + std::to_string(kStateSchema) +
+                                          (v > kStateSchema ? " (the image was written by a newer ferry)" : ""));
+}
+
 nlohmann::json serialize_state(std::vector<BlobRef>* refs) {
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
   nlohmann::json j;
+  j["schema"] = kStateSchema;
   j["pid"] = getpid();
   j["arena"] = {{"base", hex(config().arena_base)}, {"size", hex(config().arena_size)}};
 
@@ -271,7 +289,7 @@ nlohmann::json serialize_state(std::vector<BlobRef>* refs) {
 
 nlohmann::json structure_of(const nlohmann::json& state) {
   nlohmann::json s = state;
-  for (const char* k : {"pid", "devices", "device_bytes", "released"}) s.erase(k);
+  for (const char* k : {"schema", "pid", "devices", "device_bytes", "released"}) s.erase(k);
   // Live queries of the driver, not part of what the program built.
   for (auto& c : s["contexts"]) c.erase("flags");
   return s;
@@ -310,13 +328,6 @@ struct TempViews {
     }
   }
 };
-
-// Blobs grouped by the context their copies run in.
-std::map<CUcontext, std::vector<const BlobRef*>> by_context(const std::vector<BlobRef>& refs, DeviceContexts& dc) {
-  std::map<CUcontext, std::vector<const BlobRef*>> g;
-  for (auto& r : refs) g[r.ctx ? r.ctx : dc.get(r.pdev)].push_back(&r);
-  return g;
-}
 
 uint64_t total_bytes(const std::vector<BlobRef>& refs) {
   uint64_t t = 0;
@@ -400,7 +411,7 @@ class DeviceFingerprints {
 #if FERRY_HAVE_FINGERPRINT
     const uint64_t cs = cs_;
     if (!o.fingerprints) return;
-    if (const char* e = getenv("FERRY_FINGERPRINTS"); e && (!strcmp(e, "off") || !strcmp(e, "0"))) return;
+    if (!config().fingerprints) return;
     if (cs % 8 || cs > (1ull << 31)) return;
     for (const BlobRef* r : group)
       if (r->at && r->at % 8 == 0 && r->size) {
@@ -453,33 +464,23 @@ class DeviceFingerprints {
 
 void capture_to_ram(const std::vector<BlobRef>& refs_in, RamSnapshot& out, const Options& o) {
   std::vector<BlobRef> refs = refs_in;
-  DeviceContexts dc;
   TempViews views;
   views.ensure(refs);
   Reporter rep(o.progress, "copying", total_bytes(refs));
-  constexpr uint64_t kPiece = 64ull << 20;
-  for (auto& [ctx, group] : by_context(refs, dc)) {
-    CtxScope scope(ctx);
-    std::vector<std::unique_ptr<HostRegistration>> pinned;  // released after the streams drained
-    Streams streams(kStreams);
-    unsigned k = 0;
-    for (const BlobRef* r : group) {
+  std::map<const BlobRef*, char*> host;
+  // The snapshot lists blobs in the order they were captured: by context, as copied.
+  DeviceContexts dc;
+  for (auto& [ctx, group] : by_context(refs, dc))
+    for (BlobRef* r : group) {
       RamBlob b;
       b.id = r->id;
       b.size = r->size;
       b.bytes = HostBuffer(r->size);
-      pinned.push_back(std::make_unique<HostRegistration>(b.bytes.get(), r->size));
-      for (uint64_t off = 0; off < r->size; off += kPiece) {
-        uint64_t n = std::min(kPiece, r->size - off);
-        check(real::cuMemcpyDtoHAsync_v2(b.bytes.get() + off, r->at + off, n, streams.s[k++ % kStreams]),
-              "copying device memory to host memory");
-        rep.add(n);
-      }
+      host[r] = b.bytes.get();
       out.bytes += r->size;
       out.blobs.push_back(std::move(b));
     }
-    streams.sync();
-  }
+  copy_whole(Direction::ToHost, refs, [&](const BlobRef& r) { return host.at(&r); }, rep);
 }
 
 uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, image::Manifest& m, const Options& o) {
@@ -489,11 +490,9 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
   views.ensure(refs);
   const uint64_t cs = m.chunk_size;
   Reporter rep(o.progress, "writing", total_bytes(refs));
-  size_t n_slots = std::max<size_t>(2, o.staging_bytes / cs);
   auto groups = by_context(refs, dc);
   if (groups.empty()) return 0;
-  Staging staging(n_slots, cs, groups.begin()->first);
-  Workers workers(worker_count());
+  StagedCopy copier(Direction::ToHost, cs, o.staging_bytes, groups.begin()->first);
   std::map<const BlobRef*, size_t> blob_index;
   for (auto& r : refs) {
     image::Blob b;
@@ -504,9 +503,9 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
     m.blobs.push_back(std::move(b));
   }
   std::atomic<uint64_t> copied{0};
-  for (auto& [ctx, group] : groups) {
-    CtxScope scope(ctx);
-    Streams streams(kStreams);
+  for (auto& [ctx, group_mut] : groups) {
+    std::vector<const BlobRef*> group(group_mut.begin(), group_mut.end());
+    copier.begin(ctx);
     DeviceFingerprints pending(group, cs, o);
     // Needed before copying only where the parent has fingerprints to compare with;
     // otherwise the pass runs alongside the copies and is collected at the end.
@@ -516,70 +515,36 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
     });
     const DeviceFingerprints::Results none;
     const auto& fps = compare ? pending.wait() : none;
-    for (auto& s : staging.slots) check(real::cuEventCreate(&s.ev, CU_EVENT_DISABLE_TIMING), "creating a copy event");
-    unsigned k = 0;
-    try {
-      for (const BlobRef* r : group) {
-        size_t bi = blob_index[r];
-        const std::vector<image::Hash>* fp = nullptr;
-        const image::Blob* before = nullptr;
-        if (auto it = fps.find(r); it != fps.end()) {
-          fp = &it->second;
-          before = w.parent_blob(r->id, r->size, cs);
-          if (before && before->fingerprints.size() != fp->size()) before = nullptr;
-        }
-        for (uint64_t c = 0; c * cs < r->size && !workers.failed(); c++) {
-          uint64_t off = c * cs;
-          uint32_t n = static_cast<uint32_t>(std::min(cs, r->size - off));
-          // Unchanged since the parent: its chunk, without reading the device.
-          if (before && before->fingerprints[c] == (*fp)[c] && w.known(before->chunks[c])) {
-            m.blobs[bi].chunks[c] = before->chunks[c];
-            w.put(before->chunks[c], nullptr, 0, n, image::Codec::None);  // known: counted as reused
-            rep.add(n);
-            continue;
-          }
-          copied += n;
-          size_t slot = staging.acquire();
-          auto& s = staging.slots[slot];
-          CUstream st = streams.s[k++ % kStreams];
-          check(real::cuMemcpyDtoHAsync_v2(s.buf, r->at + off, n, st), "copying device memory to host memory");
-          check(real::cuEventRecord(s.ev, st), "recording a copy event");
-          CUcontext cx = ctx;
-          workers.submit([&, slot, n, bi, c, cx] {
-            auto& sl = staging.slots[slot];
-            {
-              CtxScope sc(cx);
-              CUresult e = real::cuEventSynchronize(sl.ev);
-              if (e != CUDA_SUCCESS) {
-                staging.put_back(slot);
-                throw cuda_error("copying device memory to host memory", e);
-              }
-            }
-            try {
-              m.blobs[bi].chunks[c] = store_chunk(w, sl.buf, n, o.zstd_level, t_scratch);
-            } catch (...) {
-              staging.put_back(slot);
-              throw;
-            }
-            staging.put_back(slot);
-            rep.add(n);
-          });
-        }
+    for (const BlobRef* r : group) {
+      size_t bi = blob_index[r];
+      const std::vector<image::Hash>* fp = nullptr;
+      const image::Blob* before = nullptr;
+      if (auto it = fps.find(r); it != fps.end()) {
+        fp = &it->second;
+        before = w.parent_blob(r->id, r->size, cs);
+        if (before && before->fingerprints.size() != fp->size()) before = nullptr;
       }
-      workers.finish();
-      const auto& all = pending.wait();
-      for (const BlobRef* r : group)
-        if (auto it = all.find(r); it != all.end()) m.blobs[blob_index[r]].fingerprints = it->second;
-    } catch (...) {
-      try {
-        workers.finish();
-      } catch (...) {
+      for (uint64_t c = 0; c * cs < r->size && !copier.failed(); c++) {
+        uint64_t off = c * cs;
+        uint32_t n = static_cast<uint32_t>(std::min(cs, r->size - off));
+        // Unchanged since the parent: its chunk, without reading the device.
+        if (before && before->fingerprints[c] == (*fp)[c] && w.known(before->chunks[c])) {
+          m.blobs[bi].chunks[c] = before->chunks[c];
+          w.put(before->chunks[c], nullptr, 0, n, image::Codec::None);  // known: counted as reused
+          rep.add(n);
+          continue;
+        }
+        copied += n;
+        copier.chunk(r->at + off, n, [&, n, bi, c](char* buf) {
+          m.blobs[bi].chunks[c] = store_chunk(w, buf, n, o.zstd_level, t_scratch);
+          rep.add(n);
+        });
       }
-      streams.sync();
-      for (auto& s : staging.slots) real::cuEventDestroy_v2(s.ev);
-      throw;
     }
-    for (auto& s : staging.slots) real::cuEventDestroy_v2(s.ev);
+    copier.end();
+    const auto& all = pending.wait();
+    for (const BlobRef* r : group)
+      if (auto it = all.find(r); it != all.end()) m.blobs[blob_index[r]].fingerprints = it->second;
   }
   return copied;
 }

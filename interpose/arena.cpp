@@ -231,7 +231,7 @@ CUresult reserve_exact(uintptr_t va, size_t size) {
 CUresult create_phys(int vdev, size_t size, const CUmemAllocationProp* program_prop, tr::Phys** out) {
   CUmemAllocationProp prop = program_prop ? *program_prop : device_prop(vdev);
   CUmemAllocationProp real_prop = prop;
-  if (real_prop.location.type == CU_MEM_LOCATION_TYPE_DEVICE) real_prop.location.id = vh::real_device(prop.location.id);
+  vh::to_real(real_prop.location);
   CUmemGenericAllocationHandle h = 0;
   if (CUresult e = real::cuMemCreate(&h, size, &real_prop, 0)) return e;
   auto* p = new tr::Phys;
@@ -263,7 +263,7 @@ CUresult map(uintptr_t va, size_t size, tr::Phys* p, size_t offset, const CUmemA
   }
   std::vector<CUmemAccessDesc> real_access = m.access;
   for (auto& d : real_access)
-    if (d.location.type == CU_MEM_LOCATION_TYPE_DEVICE) d.location.id = vh::real_device(d.location.id);
+    vh::to_real(d.location);
   if (!real_access.empty()) {
     if (CUresult e = real::cuMemSetAccess(va, size, real_access.data(), real_access.size())) {
       real::cuMemUnmap(va, size);

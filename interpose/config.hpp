@@ -1,4 +1,5 @@
-// The shim's configuration, read once from the environment at load.
+// The shim's configuration, read once at load from the FERRY_* settings (their names,
+// types and defaults are in common's settings table, ferry_common/settings.hpp).
 #pragma once
 
 #include <cstddef>
@@ -17,8 +18,14 @@ struct Config {
   std::string log_file;          // FERRY_LOG_FILE
   bool dump_state_at_exit = false;
   int dump_signal = 0;           // FERRY_DUMP_SIGNAL=USR2: dump the state log on that signal
+  std::string on_signal;         // FERRY_ON_SIGNAL: read by the engine's signal handler
+  bool control = true;           // FERRY_CONTROL=off: no control socket
+  bool fingerprints = true;      // FERRY_FINGERPRINTS=off: incremental checkpoints read every chunk
+  uint64_t test_enospc_after = 0;  // FERRY_TEST_ENOSPC_AFTER: test hook for a full disk
 };
 
+// Reads the settings (and opens FERRY_LOG_FILE); called once by the loader.
+void read_config();
 const Config& config();
 
 }  // namespace ferry

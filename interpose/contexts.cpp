@@ -51,8 +51,7 @@ void resync_thread() {
 }
 
 tr::Ctx* of(CUcontext v) {
-  if (!v || !vh::is_virtual(v) || vh::obj(v)->kind != vh::Kind::Context) return nullptr;
-  return vh::rec<tr::Ctx>(v);
+  return vh::rec_of<tr::Ctx>(v, vh::Kind::Context);
 }
 
 tr::Ctx* of_or_current(CUcontext v) { return v ? of(v) : current(); }

@@ -153,7 +153,6 @@ void open(bool new_epoch) {
   g_world_cv.notify_one();
 }
 
-bool closed() { return (g_word.load(std::memory_order_acquire) & 1u) != 0; }
 
 Bypass::Bypass() {
   Slot* s = t_slot;

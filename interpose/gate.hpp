@@ -76,7 +76,14 @@ inline void exit() {
 // real contexts changed, every thread re-syncs.
 void close();
 void open(bool new_epoch = false);
-bool closed();
+
+// The world stopped for a scope (a short inspection such as a state dump).
+struct Stopped {
+  Stopped() { close(); }
+  ~Stopped() { open(); }
+  Stopped(const Stopped&) = delete;
+  Stopped& operator=(const Stopped&) = delete;
+};
 
 // Runs fn(arg) with the calling thread exempt from the gate (driver-run callbacks).
 struct Bypass {

@@ -9,10 +9,8 @@
 // against the driver's node count: a graph with work ferry did not record (captured
 // through other entry points, or joined from other streams) is marked, and checkpoints
 // refuse it by name instead of restoring it wrong. Graphs and instantiated graphs get
-// virtual handles. To rebuild, the engine replays each recipe into a fresh capture on
-// a scratch stream of the graph's context -- device addresses are unchanged, handles
-// go through their virtual objects -- instantiates it with the recorded flags, and
-// re-points the handles. Graphs built node by node (cuGraphAdd*Node) are not followed
+// virtual handles. The recipes live in the tracker (tr::Graph, tr::GraphExec);
+// restore/graphs.cpp replays them to rebuild the graphs and re-points the handles. Graphs built node by node (cuGraphAdd*Node) are not followed
 // (those calls report themselves as untracked).
 #pragma once
 
@@ -46,7 +44,5 @@ void* host_trampoline_arg(CUhostFn fn, void* user);
 // For the engine, with the world stopped.
 std::string check();          // why a checkpoint must refuse ("" if it need not)
 bool capture_in_progress();
-void release_real();          // destroys the real graphs and instantiated graphs
-void rebuild();               // re-creates them from their recipes (throws engine::Error)
 
 }  // namespace ferry::graphs

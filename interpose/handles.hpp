@@ -86,6 +86,20 @@ template <class R, class H>
 inline R* rec(H h) {
   return static_cast<R*>(obj(h)->rec);
 }
+// The tracker record behind h when h is one of ours and of kind k, else nullptr.
+template <class R, class H>
+inline R* rec_of(H h, Kind k) {
+  return is_virtual(h) && obj(h)->kind == k ? rec<R>(h) : nullptr;
+}
+
+// Memory locations and access descriptors name devices: the program's ordinals on
+// its side, physical ones on the driver's.
+inline void to_real(CUmemLocation& l) {
+  if (l.type == CU_MEM_LOCATION_TYPE_DEVICE) l.id = real_device(l.id);
+}
+inline void to_virtual(CUmemLocation& l) {
+  if (l.type == CU_MEM_LOCATION_TYPE_DEVICE) l.id = virtual_device(l.id);
+}
 
 void init_slab();
 // A new virtual handle of `kind` for `real`, carrying the tracker record `rec`.

@@ -1,14 +1,13 @@
-// Getting in front of the driver: configuration, finding and loading the real driver,
-// the dlsym interposer, logging, and the policy when ferry itself cannot work.
+// Getting in front of the driver: finding and loading the real driver, the table of
+// our wrappers the dlsym interposer and GPA consult, and the policy when ferry itself
+// cannot work. The configuration is read first (config.cpp).
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cctype>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,64 +30,11 @@ namespace {
 
 using dlsym_fn = void* (*)(void*, const char*);
 
-// Everything the loader keeps is constant-initialized or built on first use: the
-// library constructor may run before this file's dynamic initializers would.
-Config& cfg() {
-  static Config* c = new Config;
-  return *c;
-}
 void* g_real_handle = nullptr;
 std::atomic<bool> g_loaded{false};
 bool g_active = false;
-int g_log_level = log::Warn;
-int g_log_fd = 2;
 std::unordered_map<std::string, void*>* g_wrapper_by_name = nullptr;
 std::unordered_map<void*, void*>* g_wrapper_by_real = nullptr;
-
-uintptr_t parse_uint(const char* s, uintptr_t dflt) {
-  if (!s || !*s) return dflt;
-  char* end = nullptr;
-  unsigned long long v = strtoull(s, &end, 0);
-  if (end == s) return dflt;
-  switch (*end) {
-    case 'k': case 'K': v <<= 10; break;
-    case 'm': case 'M': v <<= 20; break;
-    case 'g': case 'G': v <<= 30; break;
-    case 't': case 'T': v <<= 40; break;
-    default: break;
-  }
-  return static_cast<uintptr_t>(v);
-}
-
-void read_config() {
-  Config& c = cfg();
-  if (const char* s = getenv("FERRY_REAL_DRIVER")) c.real_driver = s;
-  if (const char* s = getenv("FERRY_ON_ERROR")) c.refuse_on_error = strcmp(s, "refuse") == 0;
-  if (const char* s = getenv("FERRY_ARENA")) c.arena = !(strcmp(s, "off") == 0 || strcmp(s, "0") == 0);
-  c.arena_base = parse_uint(getenv("FERRY_ARENA_BASE"), c.arena_base);
-  c.arena_size = parse_uint(getenv("FERRY_ARENA_SIZE"), c.arena_size);
-  if (const char* s = getenv("FERRY_DEVICE_MAP")) c.device_map = s;
-  if (const char* s = getenv("FERRY_LOG_FILE")) c.log_file = s;
-  if (const char* s = getenv("FERRY_LOG")) {
-    std::string v = s;
-    if (v.find("error") != std::string::npos) g_log_level = log::Error;
-    if (v.find("warn") != std::string::npos) g_log_level = log::Warn;
-    if (v.find("info") != std::string::npos) g_log_level = log::Info;
-    if (v.find("debug") != std::string::npos) g_log_level = log::Debug;
-    c.dump_state_at_exit = v.find("state") != std::string::npos;
-  }
-  if (const char* s = getenv("FERRY_DUMP_SIGNAL")) {
-    std::string v = s;
-    if (v.rfind("SIG", 0) == 0) v = v.substr(3);
-    if (v == "USR1") c.dump_signal = SIGUSR1;
-    else if (v == "USR2") c.dump_signal = SIGUSR2;
-    else c.dump_signal = atoi(v.c_str());
-  }
-  if (!c.log_file.empty()) {
-    int fd = open(c.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) g_log_fd = fd;
-  }
-}
 
 bool same_file(const char* a, const char* b) {
   struct stat sa{}, sb{};
@@ -104,9 +50,9 @@ std::string self_path() {
 // The real driver: FERRY_REAL_DRIVER, else the first libcuda.so.1 on the library path
 // or in the usual places that is neither this library nor the toolkit's stub.
 std::string find_real_driver() {
-  if (!cfg().real_driver.empty()) return cfg().real_driver;
+  if (!config().real_driver.empty()) return config().real_driver;
   std::vector<std::string> dirs;
-  if (const char* lp = getenv("LD_LIBRARY_PATH")) {
+  if (const char* lp = getenv("LD_LIBRARY_PATH")) {  // not a ferry setting: where the dynamic linker looks
     std::string s = lp;
     size_t pos = 0;
     while (pos <= s.size()) {
@@ -135,7 +81,7 @@ CUresult no_driver_stub() { return CUDA_ERROR_NO_DEVICE; }
 
 void fail(const char* what) {
   FERRY_ERROR("%s", what);
-  if (cfg().refuse_on_error) {
+  if (config().refuse_on_error) {
     FERRY_ERROR("refusing to start (FERRY_ON_ERROR=refuse)");
     _exit(1);
   }
@@ -182,19 +128,18 @@ void load() {
   }
   g_active = true;
   FERRY_INFO("real driver %s: %u of %u entry points", path.c_str(), found, kVariantCount);
-  if (cfg().dump_signal > 0) {
+  if (config().dump_signal > 0) {
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, cfg().dump_signal);
+    sigaddset(&set, config().dump_signal);
     // Threads started later inherit the mask, so only our thread takes the signal.
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    std::thread(dump_signal_thread, cfg().dump_signal).detach();
+    std::thread(dump_signal_thread, config().dump_signal).detach();
   }
 }
 
 }  // namespace
 
-const Config& config() { return cfg(); }
 bool active() { return g_active; }
 
 void ensure_loaded() {
@@ -203,14 +148,6 @@ void ensure_loaded() {
     load();
     g_loaded.store(true, std::memory_order_release);
   });
-}
-
-void* real_symbol(const char* name) {
-  ensure_loaded();
-  if (!g_real_handle) return nullptr;
-  for (unsigned i = 0; i < kVariantCount; i++)
-    if (strcmp(kVariants[i].name, name) == 0) return *kVariants[i].real_slot;
-  return nullptr;
 }
 
 void* wrapper_for_real(void* real) {
@@ -228,33 +165,6 @@ void untracked_call(Variant, const char* name) {
                name);
 }
 
-namespace log {
-
-bool enabled(Level l) { return l <= g_log_level; }
-
-void raw(const char* text, unsigned long len) {
-  while (len > 0) {
-    ssize_t n = ::write(g_log_fd, text, len);
-    if (n <= 0) return;
-    text += n;
-    len -= static_cast<unsigned long>(n);
-  }
-}
-
-void write(Level l, const char* fmt, ...) {
-  if (l > g_log_level) return;
-  char buf[1024];
-  int n = snprintf(buf, sizeof buf, "ferry: ");
-  va_list ap;
-  va_start(ap, fmt);
-  n += vsnprintf(buf + n, sizeof buf - static_cast<size_t>(n) - 1, fmt, ap);
-  va_end(ap);
-  if (n > static_cast<int>(sizeof buf) - 2) n = sizeof buf - 2;
-  buf[n++] = '\n';
-  raw(buf, static_cast<unsigned long>(n));
-}
-
-}  // namespace log
 
 }  // namespace ferry
 

@@ -7,6 +7,8 @@ namespace ferry::log {
 
 enum Level { Error = 0, Warn = 1, Info = 2, Debug = 3 };
 
+// Set once from the configuration: the level and where lines go.
+void configure(Level level, int fd);
 bool enabled(Level l);
 void write(Level l, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 // Writes raw text (already formatted) to the log destination.

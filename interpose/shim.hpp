@@ -27,6 +27,9 @@
 // - Safety: results are the driver's; out-parameters are written only on success;
 //   if ferry cannot work (no real driver, no arena) it says so once and either runs
 //   as a plain pass-through or refuses to start (FERRY_ON_ERROR=passthrough|refuse).
+// - Layering: this directory is the bottom of the shim (CMake target ferry_interpose);
+//   checkpoint/, restore/ and engine/ build on it and it includes none of them. The
+//   only upward call is the init hook below.
 #pragma once
 
 #include <cuda.h>
@@ -54,14 +57,17 @@ bool active();
 // reported once.
 void untracked_call(Variant v, const char* name);
 
-// The real driver's entry point for `name` (exported variant), or nullptr.
-void* real_symbol(const char* name);
-
 // Our wrapper for a real driver entry point (by its address), or nullptr.
 void* wrapper_for_real(void* real);
 
 // Loads the real driver and the configuration, once; safe to call from any entry point.
 void ensure_loaded();
+
+// The one call upward: the first successful cuInit of an active shim runs this hook,
+// which the engine (a layer above, engine/) registers at load to start its control
+// plane. The shim itself knows nothing of the engine.
+using InitHook = void (*)();
+void set_init_hook(InitHook h);
 
 }  // namespace ferry
 

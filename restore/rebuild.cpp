@@ -1,7 +1,4 @@
-// The restore half of the engine (see interpose/engine.hpp): tearing the real GPU
-// state down, checking that targets can take it, and building it again -- the same
-// objects behind the same virtual handles, memory at the same addresses -- on the
-// devices of a (possibly new) device map, filled from RAM or from an image.
+// The restore layer (see restore.hpp for the blob ids and the rebuild order).
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -11,7 +8,10 @@
 
 #include "arena.hpp"
 #include "contexts.hpp"
-#include "engine_util.hpp"
+#include "driver.hpp"
+#include "restore.hpp"
+#include "state_codec.hpp"
+#include "transfer.hpp"
 #include "graphs.hpp"
 #include "remap.hpp"
 #include "shim.hpp"
@@ -81,9 +81,8 @@ std::unique_ptr<BlobSource> image_source(image::Reader& r) { return std::make_un
 
 // ---- targets ---------------------------------------------------------------------------
 
-std::vector<int> target_map(const nlohmann::json& state, const Options& o) {
-  int n = vh::g_device_count;
-  std::vector<int> map(vh::g_vdev_to_pdev, vh::g_vdev_to_pdev + n);
+std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::vector<int> map) {
+  int n = static_cast<int>(map.size());
   if (!o.device_map.empty()) {
     if (static_cast<int>(o.device_map.size()) != n)
       throw Error(ErrorClass::FixFirst, "the device map names " + std::to_string(o.device_map.size()) +
@@ -111,6 +110,8 @@ std::vector<int> target_map(const nlohmann::json& state, const Options& o) {
   map[v] = o.device;
   return map;
 }
+
+std::vector<int> current_map() { return std::vector<int>(vh::g_vdev_to_pdev, vh::g_vdev_to_pdev + vh::g_device_count); }
 
 void check_targets(const nlohmann::json& state, const std::vector<int>& map) {
   std::map<int, uint64_t> need, held;  // by physical device
@@ -160,7 +161,7 @@ void release_gpu_state() {
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
   arena::reap();
-  graphs::release_real();  // they hold references to memory, modules and streams
+  release_graphs();  // they hold references to memory, modules and streams
   for (auto& [va, m] : st.mappings)
     if (m.live) {
       real::cuMemUnmap(va, m.size);
@@ -287,7 +288,7 @@ void rebuild_objects() {
       check(real::cuDeviceGetDefaultMemPool(&x, vh::real_device(p->vdev)), "finding a device's default memory pool");
     } else {
       CUmemPoolProps props = p->props;
-      if (props.location.type == CU_MEM_LOCATION_TYPE_DEVICE) props.location.id = vh::real_device(props.location.id);
+      vh::to_real(props.location);
       check(real::cuMemPoolCreate(&x, &props), "re-creating a memory pool");
     }
     p->v->real = x;
@@ -301,7 +302,7 @@ void rebuild_objects() {
     if (!p->access.empty()) {
       std::vector<CUmemAccessDesc> d = p->access;
       for (auto& a : d)
-        if (a.location.type == CU_MEM_LOCATION_TYPE_DEVICE) a.location.id = vh::real_device(a.location.id);
+        vh::to_real(a.location);
       check(real::cuMemPoolSetAccess(x, d.data(), d.size()), "granting access to a memory pool again");
     }
   }
@@ -369,7 +370,7 @@ void rebuild_memory() {
   for (tr::Phys* p : st.phys) {
     if (p->real) continue;
     CUmemAllocationProp prop = p->prop;
-    if (prop.location.type == CU_MEM_LOCATION_TYPE_DEVICE) prop.location.id = vh::real_device(prop.location.id);
+    vh::to_real(prop.location);
     CUmemGenericAllocationHandle x = 0;
     CUresult e = real::cuMemCreate(&x, p->size, &prop, 0);
     if (e != CUDA_SUCCESS)
@@ -384,7 +385,7 @@ void rebuild_memory() {
     m.live = true;
     std::vector<CUmemAccessDesc> acc = m.access;
     for (auto& a : acc)
-      if (a.location.type == CU_MEM_LOCATION_TYPE_DEVICE) a.location.id = vh::real_device(a.location.id);
+      vh::to_real(a.location);
     if (!acc.empty()) check(real::cuMemSetAccess(va, m.size, acc.data(), acc.size()), "granting access to memory");
   }
 }
@@ -433,86 +434,28 @@ void fill(std::vector<BlobRef>& refs, BlobSource& src, const Options& o) {
     total += r.size;
   }
   Reporter rep(o.progress, "restoring", total);
-  DeviceContexts dc;
-  auto groups = [&] {
-    std::map<CUcontext, std::vector<BlobRef*>> g;
-    for (auto& r : refs) g[r.ctx ? r.ctx : dc.get(r.pdev)].push_back(&r);
-    return g;
-  }();
-  if (groups.empty()) return;
-  constexpr uint64_t kPiece = 64ull << 20;
-  bool direct = src.direct(refs.front().id) != nullptr;
-  if (direct) {
-    for (auto& [ctx, group] : groups) {
-      CtxScope scope(ctx);
-      std::vector<std::unique_ptr<HostRegistration>> pinned;  // released after the streams drained
-      Streams streams(4);
-      unsigned k = 0;
-      for (BlobRef* r : group) {
-        const char* bytes = src.direct(r->id);
-        pinned.push_back(std::make_unique<HostRegistration>(const_cast<char*>(bytes), r->size));
-        for (uint64_t off = 0; off < r->size; off += kPiece) {
-          uint64_t n = std::min(kPiece, r->size - off);
-          check(real::cuMemcpyHtoDAsync_v2(r->at + off, bytes + off, n, streams.s[k++ % 4]), "copying memory back");
-          rep.add(n);
-        }
-      }
-      streams.sync();
-    }
+  if (refs.empty()) return;
+  if (src.direct(refs.front().id)) {
+    copy_whole(Direction::ToDevice, refs, [&](const BlobRef& r) { return const_cast<char*>(src.direct(r.id)); }, rep);
     return;
   }
   // From an image: workers read, decompress and verify chunks into pinned staging
-  // buffers and queue the copies to the device; a buffer is reused once its copy is done.
+  // slots and queue the copies to the device.
   const uint64_t cs = src.chunk_size();
-  size_t n_slots = std::max<size_t>(2, o.staging_bytes / cs);
-  Staging staging(n_slots, cs, groups.begin()->first);
-  std::vector<bool> pending(n_slots, false);
-  Workers workers(worker_count());
+  DeviceContexts dc;
+  auto groups = by_context(refs, dc);
+  StagedCopy copier(Direction::ToDevice, cs, o.staging_bytes, groups.begin()->first);
   for (auto& [ctx, group] : groups) {
-    CtxScope scope(ctx);
-    Streams streams(4);
-    for (auto& s : staging.slots) check(real::cuEventCreate(&s.ev, CU_EVENT_DISABLE_TIMING), "creating a copy event");
-    unsigned k = 0;
-    auto drain = [&] {
-      try {
-        workers.finish();
-      } catch (...) {
-        streams.sync();
-        for (auto& s : staging.slots) real::cuEventDestroy_v2(s.ev);
-        throw;
+    copier.begin(ctx);
+    for (BlobRef* r : group)
+      for (uint64_t c = 0; c * cs < r->size && !copier.failed(); c++) {
+        uint64_t n = std::min(cs, r->size - c * cs);
+        copier.chunk(r->at + c * cs, n, [&, r, c, n](char* buf) {
+          src.read(r->id, c, buf);
+          rep.add(n);
+        });
       }
-      streams.sync();
-      for (auto& s : staging.slots) real::cuEventDestroy_v2(s.ev);
-    };
-    try {
-      for (BlobRef* r : group)
-        for (uint64_t c = 0; c * cs < r->size && !workers.failed(); c++) {
-          uint64_t off = c * cs;
-          uint64_t n = std::min(cs, r->size - off);
-          size_t slot = staging.acquire();
-          CUstream st = streams.s[k++ % 4];
-          CUcontext cx = ctx;
-          workers.submit([&, slot, c, n, st, cx, r, off] {
-            auto& sl = staging.slots[slot];
-            try {
-              CtxScope sc(cx);
-              check(real::cuEventSynchronize(sl.ev), "copying memory back");  // the slot's previous copy
-              src.read(r->id, c, sl.buf);
-              check(real::cuMemcpyHtoDAsync_v2(r->at + off, sl.buf, n, st), "copying memory back");
-              check(real::cuEventRecord(sl.ev, st), "recording a copy event");
-            } catch (...) {
-              staging.put_back(slot);
-              throw;
-            }
-            staging.put_back(slot);
-            rep.add(n);
-          });
-        }
-    } catch (...) {
-      drain();
-      throw;
-    }
-    drain();
+    copier.end();
   }
 }
 
@@ -536,7 +479,7 @@ void rebuild(const nlohmann::json& state, BlobSource& src, const std::vector<int
       if (r.program_addr) moved.push_back({r.program_addr, r.size, r.at});
     gx::publish(std::move(moved));
     rebuild_host();
-    graphs::rebuild();
+    rebuild_graphs();
   } catch (...) {
     release_gpu_state();
     throw;

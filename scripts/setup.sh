@@ -9,7 +9,7 @@ set -euo pipefail
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 
 packages=(cmake ninja-build g++ python3 binutils pkg-config
-          libfmt-dev libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev)
+          libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev)
 backport_packages=(catch2)
 
 say() { printf 'setup: %s\n' "$*"; }

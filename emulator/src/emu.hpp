@@ -7,7 +7,8 @@
 //   emulator implements is an exported extern "C" function of that exact name, found
 //   with dlsym on our own handle. Everything else answers "not found".
 // - Export tables: the six tables cudart fetches, with the HMAC-MD2 integrity answer
-//   computed from our own table addresses and device list (integrity.cpp).
+//   computed from our own table addresses and device list (entry.cpp, with
+//   common/include/ferry_common/integrity.hpp; the table ids from export_tables.hpp).
 // - Address space: device memory is ordinary host memory at fixed addresses, so a
 //   device pointer is a host pointer (UVA-like). Each device owns an address range for
 //   cuMemAlloc/pools, reserved PROT_NONE at start where the kernel places it (so the
@@ -21,7 +22,7 @@
 // - Kernels: host kernel libraries (ferry_emu/kernel_abi.h) found by the device-side
 //   mangled name in the libraries listed in FERRY_EMU_KERNELS; a private copy of the
 //   library is loaded per (module, context) so __device__ variables are per context.
-//   A block's CUDA threads are fibers scheduled round-robin at barriers (fiber.cpp).
+//   A block's CUDA threads are fibers scheduled round-robin at barriers (launch.cpp).
 //   A fault inside a kernel becomes CUDA_ERROR_ILLEGAL_ADDRESS, sticky on the context.
 // - Errors are the real driver's codes; the first error of a kernel is sticky.
 //

@@ -7,7 +7,9 @@
 #include <cstring>
 
 #include "emu.hpp"
+#include <ferry_common/export_tables.hpp>
 #include <ferry_common/integrity.hpp>
+#include <ferry_common/settings.hpp>
 
 #include <cudaProfiler.h>
 
@@ -75,7 +77,7 @@ const char* variant_for(const char* symbol, int version, cuuint64_t flags, CUdri
 
 FILE* gpa_trace() {
   static FILE* f = [] {
-    const char* path = getenv("FERRY_EMU_TRACE_GPA");
+    const char* path = ferry::settings::raw("FERRY_EMU_TRACE_GPA");
     return path ? fopen(path, "a") : nullptr;
   }();
   return f;
@@ -178,24 +180,24 @@ CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t resul
   unsigned char out[16];
   ferry::integrity::compute(in, out);
   // Test hook: a negative control proving cudart really checks this answer.
-  static const bool broken = getenv("FERRY_EMU_TEST_BREAK_INTEGRITY") != nullptr;
+  static const bool broken = ferry::settings::raw("FERRY_EMU_TEST_BREAK_INTEGRITY") != nullptr;
   if (broken && version % 10 >= 2) out[0] ^= 1;
   memcpy(result, out, 16);
   return CUDA_SUCCESS;
 }
 
 struct TableId {
-  unsigned char uuid[16];
+  const unsigned char* uuid;
   void** table;
 };
 
 const TableId kTables[] = {
-    {{0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a, 0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9}, g_cudart_interface},
-    {{0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74, 0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66}, g_tools_hooks},
-    {{0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc}, g_tools_tls},
-    {{0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93}, g_cls},
-    {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e}, g_context_checks},
-    {{0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2}, g_integrity},
+    {ferry::export_tables::kCudartInterface, g_cudart_interface},
+    {ferry::export_tables::kToolsHooks, g_tools_hooks},
+    {ferry::export_tables::kToolsTls, g_tools_tls},
+    {ferry::export_tables::kContextLocalStorage, g_cls},
+    {ferry::export_tables::kContextChecks, g_context_checks},
+    {ferry::export_tables::kIntegrityCheck, g_integrity},
 };
 
 }  // namespace

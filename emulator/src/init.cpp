@@ -11,6 +11,8 @@
 
 #include "emu.hpp"
 
+#include <ferry_common/settings.hpp>
+
 namespace ferry::emu {
 
 Driver& drv() {
@@ -23,8 +25,7 @@ Driver& drv() {
 namespace {
 int log_level() {
   static int lvl = [] {
-    const char* s = getenv("FERRY_EMU_LOG");
-    return s ? atoi(s) : 0;
+    return static_cast<int>(ferry::settings::count("FERRY_EMU_LOG", 0));
   }();
   return lvl;
 }
@@ -54,18 +55,8 @@ uint64_t new_id() { return drv().next_id++; }
 
 size_t parse_size(const char* s, size_t dflt) {
   if (!s || !*s) return dflt;
-  char* end = nullptr;
-  double v = strtod(s, &end);
-  if (end == s || v < 0) return dflt;
-  size_t mult = 1;
-  switch (*end) {
-    case 'k': case 'K': mult = 1ull << 10; break;
-    case 'm': case 'M': mult = 1ull << 20; break;
-    case 'g': case 'G': mult = 1ull << 30; break;
-    case 't': case 'T': mult = 1ull << 40; break;
-    default: break;
-  }
-  return static_cast<size_t>(v * static_cast<double>(mult));
+  auto v = ferry::settings::parse_size(s);
+  return v ? static_cast<size_t>(*v) : dflt;
 }
 
 namespace {
@@ -105,18 +96,17 @@ void apply_spec(DeviceConfig& c, const char* spec) {
 }
 
 void setup_devices(Driver& d) {
-  int count = 2;
-  if (const char* s = getenv("FERRY_EMU_DEVICES")) count = atoi(s);
+  int count = static_cast<int>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
   if (count < 0) count = 0;
   if (count > kMaxDevices) count = kMaxDevices;
-  size_t mem = parse_size(getenv("FERRY_EMU_MEMORY"), 16ull << 30);
+  size_t mem = ferry::settings::size("FERRY_EMU_MEMORY", 16ull << 30);
   for (int i = 0; i < count; i++) {
     auto dev = std::make_unique<Device>();
     dev->ordinal = i;
     DeviceConfig& c = dev->cfg;
     c.name = "ferry emulated GPU";
     c.total_mem = mem;
-    if (const char* cc = getenv("FERRY_EMU_CC")) sscanf(cc, "%d.%d", &c.cc_major, &c.cc_minor);
+    if (const char* cc = ferry::settings::raw("FERRY_EMU_CC")) sscanf(cc, "%d.%d", &c.cc_major, &c.cc_minor);
     const char tag[] = "ferry-emu-gpu";
     memcpy(c.uuid.bytes, tag, sizeof tag - 1);
     c.uuid.bytes[14] = static_cast<char>(0x40);
@@ -124,7 +114,7 @@ void setup_devices(Driver& d) {
     c.pci_bus = 0x17 + 0x10 * i;
     char var[32];
     snprintf(var, sizeof var, "FERRY_EMU_DEVICE%d", i);
-    if (const char* spec = getenv(var)) apply_spec(c, spec);
+    if (const char* spec = ferry::settings::raw(var)) apply_spec(c, spec);
     if (c.total_mem < kGranularity) c.total_mem = kGranularity;
 
     // 2 MiB-aligned so large allocations can be aligned like a GPU's.

@@ -19,6 +19,8 @@
 
 #include "emu.hpp"
 
+#include <ferry_common/settings.hpp>
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #define FERRY_ASAN 1
@@ -137,7 +139,7 @@ void before_escape() {
 
 size_t stack_size() {
   static size_t sz = [] {
-    size_t v = parse_size(getenv("FERRY_EMU_FIBER_STACK"), 64 * 1024);
+    size_t v = ferry::settings::size("FERRY_EMU_FIBER_STACK", 64 * 1024);
     return std::max<size_t>((v + kPage - 1) / kPage * kPage, 16 * 1024);
   }();
   return sz;
@@ -509,7 +511,8 @@ class BlockPool {
   BlockPool() {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     threads_ = static_cast<size_t>(n > 0 ? n : 1);
-    if (const char* e = getenv("FERRY_EMU_BLOCK_THREADS")) threads_ = static_cast<size_t>(std::max(1, atoi(e)));
+    if (ferry::settings::raw("FERRY_EMU_BLOCK_THREADS"))
+      threads_ = static_cast<size_t>(std::max(1L, ferry::settings::count("FERRY_EMU_BLOCK_THREADS", 1)));
     threads_ = std::min<size_t>(threads_, 16);
   }
   void ensure_helpers(size_t n) {

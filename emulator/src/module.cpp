@@ -20,6 +20,8 @@
 
 #include "emu.hpp"
 
+#include <ferry_common/settings.hpp>
+
 #include <ferry_common/cuda_image.hpp>
 
 namespace ferry::emu {
@@ -53,7 +55,7 @@ void add_lib_file(Driver& d, const std::string& path) {
 void scan_kernel_libs(Driver& d) {
   if (d.kernel_libs_scanned) return;
   d.kernel_libs_scanned = true;
-  const char* env = getenv("FERRY_EMU_KERNELS");
+  const char* env = ferry::settings::raw("FERRY_EMU_KERNELS");
   if (!env) return;
   std::vector<std::string> paths;
   std::stringstream ss(env);

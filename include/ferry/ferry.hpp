@@ -39,6 +39,7 @@ struct Options {
   int device = -1;            // resume/migrate/restore: the program's device goes here
   std::vector<int> device_map;  // or: program device i -> physical device_map[i]
   uint64_t staging_bytes = 0;   // pinned staging memory (0: default)
+  bool read_all = false;        // checkpoint: read every chunk, no GPU fingerprints (--read-all)
   std::function<void(const char* phase, uint64_t done, uint64_t total)> progress;
 };
 
@@ -85,6 +86,7 @@ inline Result call(const char* name, const Options& o) {
   c.device_map = o.device_map.empty() ? nullptr : o.device_map.data();
   c.device_map_len = static_cast<int>(o.device_map.size());
   c.staging_bytes = o.staging_bytes;
+  c.read_all = o.read_all;
   if (o.progress) {
     c.progress = progress_trampoline;
     c.progress_user = const_cast<void*>(static_cast<const void*>(&o.progress));

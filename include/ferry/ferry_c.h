@@ -16,7 +16,8 @@
 extern "C" {
 #endif
 
-#define FERRY_C_ABI_VERSION 2
+/* 3: ferry_options gained read_all. A struct of an older, smaller size is still accepted. */
+#define FERRY_C_ABI_VERSION 3
 
 enum ferry_error_class {
   FERRY_OK = 0,
@@ -43,10 +44,11 @@ struct ferry_options {
   unsigned long long staging_bytes;  /* pinned staging memory (0: default, 256 MiB) */
   ferry_progress_fn progress;
   void* progress_user;
+  int read_all;                      /* checkpoint: read every chunk, without comparing GPU fingerprints */
 };
 
 /* Defaults: staying on the same devices, no compression, the process left running. */
-#define FERRY_OPTIONS_INIT {sizeof(struct ferry_options), 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0}
+#define FERRY_OPTIONS_INIT {sizeof(struct ferry_options), 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0}
 
 struct ferry_result {
   unsigned size; /* sizeof(struct ferry_result) */

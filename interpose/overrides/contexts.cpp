@@ -7,7 +7,6 @@
 #include "../arena.hpp"
 #include "../config.hpp"
 #include "../contexts.hpp"
-#include "../control.hpp"
 #include "../log.hpp"
 #include "../shim.hpp"
 #include "shim_decls.hpp"
@@ -17,6 +16,7 @@ using namespace ferry;
 namespace {
 
 std::atomic<bool> g_initialized{false};
+std::atomic<InitHook> g_init_hook{nullptr};
 
 // FERRY_DEVICE_MAP="2,0,1": the program's device i is physical device map[i]. A
 // permutation of all devices; anything else is refused (identity kept).
@@ -93,6 +93,7 @@ CUresult destroy(CUcontext v) {
 
 namespace ferry {
 bool initialized() { return g_initialized.load(std::memory_order_acquire); }
+void set_init_hook(InitHook h) { g_init_hook.store(h, std::memory_order_release); }
 }  // namespace ferry
 
 CUresult ferry::ov::cuInit(unsigned int flags) {
@@ -105,7 +106,7 @@ CUresult ferry::ov::cuInit(unsigned int flags) {
       arena::probe();
       g_initialized.store(true, std::memory_order_release);
     });
-    if (active()) control::start();
+    if (InitHook h = g_init_hook.load(std::memory_order_acquire); h && active()) h();
   }
   return r;
 }

@@ -7,7 +7,7 @@
 // the shim hands out a copy of CUDART_INTERFACE with slot 2 wrapped, its own
 // context-local storage keyed by virtual context (so cudart's state survives a
 // restore into a new real context), and CONTEXT_CHECKS with slot 2 translating.
-// Because cudart verifies a hash over the table addresses (INTEGRITY_CHECK, notes §7),
+// Because cudart verifies a hash over the table addresses (INTEGRITY_CHECK, docs/driver-facts.md §7),
 // the integrity table is copied too and its answer recomputed for the copies.
 #include <pthread.h>
 #include <unistd.h>
@@ -16,6 +16,7 @@
 #include <cstring>
 #include <mutex>
 
+#include <ferry_common/export_tables.hpp>
 #include <ferry_common/integrity.hpp>
 
 #include "../contexts.hpp"
@@ -40,14 +41,10 @@ CUresult resolve(const char* symbol, void** pfn, CUdriverProcAddressQueryResult*
 
 // ---- the tables ---------------------------------------------------------------------
 
-const unsigned char kCudartInterface[16] = {0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a,
-                                            0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9};
-const unsigned char kIntegrity[16] = {0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b,
-                                      0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2};
-const unsigned char kCls[16] = {0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11,
-                                0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93};
-const unsigned char kContextChecks[16] = {0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43,
-                                          0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e};
+using export_tables::kContextChecks;
+using export_tables::kCudartInterface;
+constexpr const auto& kIntegrity = export_tables::kIntegrityCheck;
+constexpr const auto& kCls = export_tables::kContextLocalStorage;
 
 constexpr size_t kMaxSlots = 64;
 std::mutex g_tables_mu;
@@ -144,7 +141,7 @@ CUresult cls_unused() { return CUDA_ERROR_NOT_SUPPORTED; }
 void* g_cls[5] = {reinterpret_cast<void*>(&cls_put), reinterpret_cast<void*>(&cls_delete),
                   reinterpret_cast<void*>(&cls_get), reinterpret_cast<void*>(&cls_unused), nullptr};
 
-bool is(const CUuuid* id, const unsigned char (&want)[16]) { return memcmp(id->bytes, want, 16) == 0; }
+bool is(const CUuuid* id, const export_tables::Id& want) { return export_tables::same(id->bytes, want); }
 
 }  // namespace
 

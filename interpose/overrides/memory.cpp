@@ -29,8 +29,7 @@ tr::Alloc* find_alloc(uintptr_t p) {
 }
 
 tr::Pool* pool_rec(CUmemoryPool p) {
-  if (!vh::is_virtual(p) || vh::obj(p)->kind != vh::Kind::Pool) return nullptr;
-  return vh::rec<tr::Pool>(p);
+  return vh::rec_of<tr::Pool>(p, vh::Kind::Pool);
 }
 
 // A virtual handle for a real pool, made on first sight.
@@ -53,7 +52,7 @@ CUmemoryPool virtual_pool(CUmemoryPool real, int vdev, bool is_default) {
 }
 
 CUmemLocation real_location(CUmemLocation l) {
-  if (l.type == CU_MEM_LOCATION_TYPE_DEVICE) l.id = vh::real_device(l.id);
+  vh::to_real(l);
   return l;
 }
 

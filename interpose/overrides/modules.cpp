@@ -14,15 +14,10 @@ using namespace ferry;
 
 namespace {
 
-template <class R>
-R* rec_of(const void* h, vh::Kind k) {
-  if (!vh::is_virtual(h) || vh::obj(h)->kind != k) return nullptr;
-  return vh::rec<R>(h);
-}
-tr::Module* module_rec(CUmodule m) { return rec_of<tr::Module>(m, vh::Kind::Module); }
-tr::Library* library_rec(CUlibrary l) { return rec_of<tr::Library>(l, vh::Kind::Library); }
-tr::Kernel* kernel_rec(CUkernel k) { return rec_of<tr::Kernel>(k, vh::Kind::Kernel); }
-tr::Function* function_rec(CUfunction f) { return rec_of<tr::Function>(f, vh::Kind::Function); }
+tr::Module* module_rec(CUmodule m) { return vh::rec_of<tr::Module>(m, vh::Kind::Module); }
+tr::Library* library_rec(CUlibrary l) { return vh::rec_of<tr::Library>(l, vh::Kind::Library); }
+tr::Kernel* kernel_rec(CUkernel k) { return vh::rec_of<tr::Kernel>(k, vh::Kind::Kernel); }
+tr::Function* function_rec(CUfunction f) { return vh::rec_of<tr::Function>(f, vh::Kind::Function); }
 
 void record_image(tr::Image& img, const void* image, bool keep_pointer) {
   const void* data = cuda_image::unwrap(image);

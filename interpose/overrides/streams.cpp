@@ -14,8 +14,7 @@ namespace {
 CUstream ptsz(CUstream s) { return s ? s : CU_STREAM_PER_THREAD; }
 
 tr::Stream* stream_rec(CUstream s) {
-  if (!vh::is_virtual(s) || vh::obj(s)->kind != vh::Kind::Stream) return nullptr;
-  return vh::rec<tr::Stream>(s);
+  return vh::rec_of<tr::Stream>(s, vh::Kind::Stream);
 }
 
 // The real handles below are taken by reference: they are written by the call whose

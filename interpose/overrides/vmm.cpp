@@ -16,8 +16,7 @@ namespace {
 bool use_arena() { return active() && config().arena && arena::usable(); }
 
 tr::Phys* phys_rec(CUmemGenericAllocationHandle h) {
-  if (!vh::is_virtual(static_cast<uintptr_t>(h)) || vh::obj(h)->kind != vh::Kind::Alloc) return nullptr;
-  return vh::rec<tr::Phys>(h);
+  return vh::rec_of<tr::Phys>(static_cast<uintptr_t>(h), vh::Kind::Alloc);
 }
 
 CUmemGenericAllocationHandle handle_of(tr::Phys* p) {
@@ -36,7 +35,7 @@ void forget_if_unused(tr::Phys* p) {
 std::vector<CUmemAccessDesc> real_access(const CUmemAccessDesc* d, size_t n) {
   std::vector<CUmemAccessDesc> out(d, d + n);
   for (auto& x : out)
-    if (x.location.type == CU_MEM_LOCATION_TYPE_DEVICE) x.location.id = vh::real_device(x.location.id);
+    vh::to_real(x.location);
   return out;
 }
 
@@ -86,7 +85,7 @@ CUresult ferry::ov::cuMemCreate(CUmemGenericAllocationHandle* handle, size_t siz
                                 unsigned long long flags) {
   if (!active() || !handle || !prop || flags != 0 || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
     CUmemAllocationProp p = prop ? *prop : CUmemAllocationProp{};
-    if (prop && p.location.type == CU_MEM_LOCATION_TYPE_DEVICE) p.location.id = vh::real_device(p.location.id);
+    vh::to_real(p.location);
     CUresult r = real::cuMemCreate(handle, size, prop ? &p : nullptr, flags);
     if (r == CUDA_SUCCESS && active()) untracked_call(Variant::cuMemCreate, "cuMemCreate (host or special memory)");
     return r;
@@ -164,7 +163,7 @@ CUresult ferry::ov::cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAcce
 CUresult ferry::ov::cuMemGetAccess(unsigned long long* flags, const CUmemLocation* location, CUdeviceptr ptr) {
   if (!location) return real::cuMemGetAccess(flags, location, ptr);
   CUmemLocation l = *location;
-  if (l.type == CU_MEM_LOCATION_TYPE_DEVICE) l.id = vh::real_device(l.id);
+  vh::to_real(l);
   return real::cuMemGetAccess(flags, &l, ptr);
 }
 
@@ -188,8 +187,7 @@ CUresult ferry::ov::cuMemRetainAllocationHandle(CUmemGenericAllocationHandle* ha
 CUresult ferry::ov::cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp* prop,
                                                            CUmemGenericAllocationHandle handle) {
   CUresult r = real::cuMemGetAllocationPropertiesFromHandle(prop, vh::real_alloc(handle));
-  if (r == CUDA_SUCCESS && prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE)
-    prop->location.id = vh::virtual_device(prop->location.id);
+  if (r == CUDA_SUCCESS && prop) vh::to_virtual(prop->location);
   return r;
 }
 
@@ -197,7 +195,7 @@ CUresult ferry::ov::cuMemGetAllocationGranularity(size_t* granularity, const CUm
                                                   CUmemAllocationGranularity_flags option) {
   if (!prop) return real::cuMemGetAllocationGranularity(granularity, prop, option);
   CUmemAllocationProp p = *prop;
-  if (p.location.type == CU_MEM_LOCATION_TYPE_DEVICE) p.location.id = vh::real_device(p.location.id);
+  vh::to_real(p.location);
   return real::cuMemGetAllocationGranularity(granularity, &p, option);
 }
 

@@ -596,3 +596,44 @@ TEST_CASE("a CUDA graph with work ferry did not record is refused by name", "[en
   auto alone = run({kBin + "/tests/programs/graph_loop", "--steps", "60", "--memset2d"}, emu_env());
   CHECK(result_line(done.out, "final hash") == result_line(alone.out, "final hash"));
 }
+
+TEST_CASE("FERRY_ARENA_SIZE=64g means 64 GiB to the shim and to ferry check", "[engine][settings]") {
+  const std::map<std::string, std::string> env = {{"FERRY_ARENA_SIZE", "64g"}};
+  auto machine = cli({"check", "--emulator", "--format", "json"}, env);
+  ok(machine);
+  auto m = json_of(machine);
+  REQUIRE(m["devices"].size() == 2);
+  CHECK(m["devices"][0]["arena_address"] == "0x500000000000");
+  CHECK(m["devices"][1]["arena_address"] == "0x501000000000");  // 0x500000000000 + 64 GiB
+
+  TempDir t;
+  Child c(under_ferry(mlp().argv), emu_env(env));
+  REQUIRE(c.wait_for("step 2 loss"));
+  ok(cli({"checkpoint", std::to_string(c.pid()), t / "img", "--continue"}));
+  auto manifest = nlohmann::json::parse(read_file(t / "img/manifest.json"));
+  CHECK(manifest["state"]["arena"]["size"] == "0x1000000000");
+  CHECK(manifest["state"]["arena"]["base"] == "0x500000000000");
+  c.finish();
+}
+
+TEST_CASE("an image whose device-state log has another schema is refused with both versions named",
+          "[engine][faults]") {
+  TempDir t;
+  Child c(under_ferry(mlp().argv), emu_env());
+  REQUIRE(c.wait_for("step 2 loss"));
+  std::string pid = std::to_string(c.pid());
+  std::string img = t / "img";
+  ok(cli({"checkpoint", pid, img}));  // the program stays stopped
+  auto m = nlohmann::json::parse(read_file(img + "/manifest.json"));
+  REQUIRE(m["state"]["schema"] == 1);
+  m["state"]["schema"] = 99;
+  std::ofstream(img + "/manifest.json") << m.dump();
+  auto r = cli({"restore", pid, img});
+  CHECK(r.exit_code == 78);
+  CHECK(r.err.find(img + ": the device-state log has schema version 99; this ferry reads version 1 (the image was "
+                         "written by a newer ferry)") != std::string::npos);
+  // Refused before anything changed: the program resumes and ends as if untouched.
+  ok(cli({"resume", pid}));
+  auto done = c.finish();
+  CHECK(result_line(done.out, "weights checksum") == reference(mlp()));
+}

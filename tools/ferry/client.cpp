@@ -1,5 +1,7 @@
 #include "client.hpp"
 
+#include <ferry_common/errors.hpp>
+
 #include <dirent.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,12 +20,7 @@
 
 namespace ferry::cli {
 
-int exit_for_class(const std::string& cls) {
-  if (cls == "retry-later") return kRetryLater;
-  if (cls == "fix-first") return kFixFirst;
-  if (cls == "data-lost") return kDataLost;
-  return kBug;
-}
+int exit_for_class(const std::string& cls) { return exit_code_for(cls); }
 
 namespace {
 

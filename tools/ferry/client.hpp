@@ -8,20 +8,21 @@
 #include <string>
 #include <vector>
 
+#include <ferry_common/errors.hpp>
 #include <nlohmann/json.hpp>
 
 namespace ferry::cli {
 
-// Exit codes a scheduler can act on (sysexits.h values).
+// Exit codes a scheduler can act on (sysexits.h values), from common's error table.
 enum Exit {
-  kOk = 0,
-  kFailed = 1,       // a check found problems
-  kUsage = 64,       // the command line is wrong
-  kNoProcess = 69,   // no such process, or it does not run under ferry
-  kBug = 70,         // ferry failed
-  kDataLost = 74,    // the image is damaged or incomplete
-  kRetryLater = 75,  // transient: try again later
-  kFixFirst = 78,    // the request or the environment must change
+  kOk = exit_code::kOk,
+  kFailed = exit_code::kFailed,
+  kUsage = exit_code::kUsage,
+  kNoProcess = exit_code::kNoProcess,
+  kBug = info(ErrorClass::Bug).exit_code,
+  kDataLost = info(ErrorClass::DataLost).exit_code,
+  kRetryLater = info(ErrorClass::RetryLater).exit_code,
+  kFixFirst = info(ErrorClass::FixFirst).exit_code,
 };
 int exit_for_class(const std::string& cls);
 

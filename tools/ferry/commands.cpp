@@ -14,6 +14,9 @@
 #include <cuda.h>
 
 #include <ferry_common/control.hpp>
+#include <ferry_common/errors.hpp>
+#include <ferry_common/ops.hpp>
+#include <ferry_common/settings.hpp>
 #include <ferry_image/image.hpp>
 
 #include "client.hpp"
@@ -24,6 +27,12 @@ namespace ferry::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+std::string hex(uint64_t v) {
+  char s[24];
+  snprintf(s, sizeof s, "0x%llx", static_cast<unsigned long long>(v));
+  return s;
+}
 
 std::string human(uint64_t b) {
   const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -87,8 +96,9 @@ int fail(const Output& out, int code, const std::string& cls, const std::string&
 }
 
 int fail(const Output& out, const ClientError& e) {
-  const char* cls = e.code == kRetryLater ? "retry-later" : e.code == kFixFirst ? "fix-first"
-                  : e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
+  std::string cls = e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
+  for (const auto& c : kErrorClasses)
+    if (c.exit_code == e.code) cls = c.name;
   return fail(out, e.code, cls, e.message);
 }
 
@@ -141,26 +151,27 @@ std::vector<int> parse_device_map(const std::string& s) {
 }
 
 int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out) {
-  nlohmann::json o = nlohmann::json::object();
-  if (!a.dir.empty()) o["dir"] = a.dir;
-  if (!a.parent.empty()) o["parent"] = a.parent;
+  ops::Options opts;
+  opts.dir = a.dir;
+  opts.parent = a.parent;
   if (op == "checkpoint") {
-    o["leave_running"] = a.leave_running;
-    o["stay_stopped"] = !a.leave_running && !a.cont;  // by default the program waits for `ferry resume`
+    opts.leave_running = a.leave_running;
+    opts.stay_stopped = !a.leave_running && !a.cont;  // by default the program waits for `ferry resume`
   }
-  if (op == "restore") o["stay_stopped"] = a.stay_stopped;
-  if (a.discard) o["discard"] = true;
-  if (a.zstd) o["zstd"] = a.zstd;
-  if (a.device >= 0) o["device"] = a.device;
-  if (a.staging_mb) o["staging_mb"] = a.staging_mb;
-  if (a.read_all) o["fingerprints"] = false;
+  if (op == "restore") opts.stay_stopped = a.stay_stopped;
+  opts.discard = a.discard;
+  opts.zstd_level = a.zstd;
+  opts.device = a.device;
+  if (a.staging_mb) opts.staging_bytes = static_cast<uint64_t>(a.staging_mb) << 20;
+  opts.fingerprints = !a.read_all;
   if (!a.device_map.empty()) {
     try {
-      o["device_map"] = parse_device_map(a.device_map);
+      opts.device_map = parse_device_map(a.device_map);
     } catch (const std::exception& e) {
       return fail(out, kUsage, "usage", e.what());
     }
   }
+  nlohmann::json o = ops::to_json(opts);
   ProgressView view(out);
   if (view.enabled) fprintf(stderr, "ferry: %s of process %d\n", op.c_str(), pid);
   nlohmann::json reply;
@@ -371,13 +382,9 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   int n = 0;
   count(&n);
   nlohmann::json devs = nlohmann::json::array();
-  uintptr_t base = 0x500000000000ull, size = 2ull << 40;
-  if (const char* b = getenv("FERRY_ARENA_BASE")) base = strtoull(b, nullptr, 0);
-  if (const char* s = getenv("FERRY_ARENA_SIZE")) {
-    char* end = nullptr;
-    double x = strtod(s, &end);
-    size = static_cast<uintptr_t>(x * ((*end == 'G') ? (1ull << 30) : (*end == 'T') ? (1ull << 40) : 1));
-  }
+  // The shim's own defaults and parser (common's settings table): the same addresses.
+  uintptr_t base = settings::size("FERRY_ARENA_BASE", 0x500000000000ull);
+  uintptr_t size = settings::size("FERRY_ARENA_SIZE", 2ull << 40);
   for (int i = 0; i < n; i++) {
     CUdevice dev;
     get(&dev, i);
@@ -405,10 +412,14 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
     if (!vmm) problems.push_back("device " + std::to_string(i) + " does not support virtual memory management");
     if (!arena)
       problems.push_back("device " + std::to_string(i) + ": the arena address " +
-                         std::to_string(base + static_cast<uintptr_t>(i) * size) +
-                         " cannot be reserved (set FERRY_ARENA_BASE)");
-    devs.push_back({{"device", i}, {"name", nm}, {"cc", std::to_string(major) + "." + std::to_string(minor)},
-                    {"memory", total}, {"vmm", vmm != 0}, {"arena_address_free", arena}});
+                         hex(base + static_cast<uintptr_t>(i) * size) + " cannot be reserved (set FERRY_ARENA_BASE)");
+    devs.push_back({{"device", i},
+                    {"name", nm},
+                    {"cc", std::to_string(major) + "." + std::to_string(minor)},
+                    {"memory", total},
+                    {"vmm", vmm != 0},
+                    {"arena_address", hex(base + static_cast<uintptr_t>(i) * size)},
+                    {"arena_address_free", arena}});
   }
   j["devices"] = devs;
   if (n == 0) problems.push_back("no CUDA devices");

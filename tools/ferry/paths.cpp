@@ -1,5 +1,7 @@
 #include "paths.hpp"
 
+#include <ferry_common/settings.hpp>
+
 #include <unistd.h>
 
 #include <climits>
@@ -26,7 +28,7 @@ std::string self_dir() {
 }
 
 std::string shim_path() {
-  if (const char* s = getenv("FERRY_SHIM")) return s;
+  if (const char* s = settings::raw("FERRY_SHIM")) return s;
   std::string d = self_dir();
   return first_existing({d + "/../lib/libferry.so", d + "/../lib64/libferry.so", d + "/libferry.so"});
 }
@@ -37,7 +39,7 @@ std::string emulator_driver() {
 }
 
 std::string emulator_kernels() {
-  if (const char* s = getenv("FERRY_EMU_KERNELS")) return s;
+  if (const char* s = settings::raw("FERRY_EMU_KERNELS")) return s;
   std::string d = self_dir();
   return first_existing({d + "/../emu-kernels", d + "/../lib/ferry-emulator/kernels"});
 }

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <string>
 
+#include <ferry_common/settings.hpp>
+
 namespace ferry::control {
 
 constexpr int kProtocolVersion = 1;
@@ -22,7 +24,7 @@ inline std::string socket_dir_for(uid_t uid, const char* env_dir) {
   return "/tmp/ferry-" + std::to_string(uid);
 }
 
-inline std::string socket_dir() { return socket_dir_for(getuid(), getenv("FERRY_SOCKET_DIR")); }
+inline std::string socket_dir() { return socket_dir_for(getuid(), settings::raw("FERRY_SOCKET_DIR")); }
 
 inline std::string socket_name(pid_t pid) { return std::to_string(pid) + ".sock"; }
 

@@ -1,5 +1,5 @@
 // The answer cudart expects from INTEGRITY_CHECK[1] (specified in
-// shared/notes/cuda-driver-facts.md §7): HMAC-MD2 with a fixed 16-byte key over the
+// docs/driver-facts.md §7): HMAC-MD2 with a fixed 16-byte key over the
 // driver version, the call's version, pid, thread, the two table addresses handed to
 // cudart, the called slot's address, cudart's timestamp and every device's UUID and
 // PCI ids. Versions ending in 0 and 1 get fixed answers. Header-only and free of

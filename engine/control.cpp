@@ -18,7 +18,12 @@
 #include <thread>
 
 #include <ferry_common/control.hpp>
+#include <ferry_common/errors.hpp>
+#include <ferry_common/ops.hpp>
+#include <ferry_common/settings.hpp>
 
+#include "checkpoint.hpp"
+#include "config.hpp"
 #include "engine.hpp"
 #include "log.hpp"
 #include "shim.hpp"
@@ -56,17 +61,7 @@ bool read_line(int fd, std::string& out) {
 }
 
 engine::Options options_from(const nlohmann::json& j, int fd) {
-  engine::Options o;
-  o.dir = j.value("dir", "");
-  o.parent = j.value("parent", "");
-  o.leave_running = j.value("leave_running", false);
-  o.stay_stopped = j.value("stay_stopped", false);
-  o.discard = j.value("discard", false);
-  o.zstd_level = j.value("zstd", 0);
-  o.fingerprints = j.value("fingerprints", true);
-  o.device = j.value("device", -1);
-  if (j.contains("device_map")) o.device_map = j["device_map"].get<std::vector<int>>();
-  if (j.contains("staging_mb")) o.staging_bytes = j["staging_mb"].get<uint64_t>() << 20;
+  engine::Options o = ops::options_from_json(j);
   if (fd >= 0 && j.value("progress", true))
     o.progress.fn = [fd](const char* phase, uint64_t done, uint64_t total) {
       send_line(fd, {{"progress", {{"phase", phase}, {"done", done}, {"total", total}}}});
@@ -74,17 +69,12 @@ engine::Options options_from(const nlohmann::json& j, int fd) {
   return o;
 }
 
-nlohmann::json stats_json(const engine::Stats& s) {
-  return {{"device_bytes", s.device_bytes}, {"written", s.written},   {"reused", s.reused}, {"copied", s.copied},
-          {"seconds", s.seconds},           {"stopped_seconds", s.stopped_seconds}};
-}
-
 nlohmann::json check_report() {
   nlohmann::json j = engine::status();
   std::vector<std::string> problems;
   try {
     engine::check_capturable();
-  } catch (const engine::Error& e) {
+  } catch (const Error& e) {
     problems.push_back(e.message);
   }
   j["capturable"] = problems.empty();
@@ -117,9 +107,9 @@ nlohmann::json handle(const nlohmann::json& req, int fd) {
       s = engine::restore(o);
     else
       return {{"ok", false}, {"class", "fix-first"}, {"error", "unknown operation \"" + op + "\""}};
-    return {{"ok", true}, {"stats", stats_json(s)}, {"status", engine::status()}};
-  } catch (const engine::Error& e) {
-    return {{"ok", false}, {"class", image::class_name(e.cls)}, {"error", e.message}};
+    return {{"ok", true}, {"stats", ops::to_json(s)}, {"status", engine::status()}};
+  } catch (const Error& e) {
+    return {{"ok", false}, {"class", class_name(e.cls)}, {"error", e.message}};
   } catch (const std::exception& e) {
     return {{"ok", false}, {"class", "bug"}, {"error", std::string("internal error: ") + e.what()}};
   }
@@ -232,23 +222,9 @@ void signal_loop() {
   }
 }
 
-int signal_number(const std::string& name) {
-  std::string n = name.rfind("SIG", 0) == 0 ? name.substr(3) : name;
-  if (n == "TERM") return SIGTERM;
-  if (n == "INT") return SIGINT;
-  if (n == "USR1") return SIGUSR1;
-  if (n == "USR2") return SIGUSR2;
-  if (n == "HUP") return SIGHUP;
-  if (n == "XCPU") return SIGXCPU;
-  char* end = nullptr;
-  long v = strtol(n.c_str(), &end, 10);
-  return (end && *end == 0 && v > 0 && v < 64) ? static_cast<int>(v) : 0;
-}
-
 void install_signal_rules() {
-  const char* spec = getenv("FERRY_ON_SIGNAL");
-  if (!spec || !*spec) return;
-  std::string s = spec;
+  const std::string& s = config().on_signal;
+  if (s.empty()) return;
   size_t pos = 0;
   while (pos <= s.size()) {
     size_t end = s.find(';', pos);
@@ -257,7 +233,7 @@ void install_signal_rules() {
     if (item.empty()) continue;
     size_t eq = item.find('=');
     std::string action = eq == std::string::npos ? "" : item.substr(eq + 1);
-    int sig = signal_number(item.substr(0, eq));
+    int sig = settings::parse_signal(item.substr(0, eq));
     if (!sig || action.rfind("checkpoint:", 0) != 0 || action.size() <= 11) {
       FERRY_ERROR("FERRY_ON_SIGNAL: cannot understand \"%s\" (expected SIGNAL=checkpoint:DIR)", item.c_str());
       continue;
@@ -288,8 +264,7 @@ void start() {
     atexit(remove_socket);
     install_signal_rules();
   });
-  const char* off = getenv("FERRY_CONTROL");
-  if (off && strcmp(off, "off") == 0) return;
+  if (!config().control) return;
   std::string dir = socket_dir();
   if (!private_dir(dir)) return;
   std::string path = dir + "/" + socket_name(getpid());
@@ -313,5 +288,8 @@ void start() {
   FERRY_INFO("listening on %s", path.c_str());
   std::thread(listen_loop, lfd).detach();
 }
+
+// The shim calls this at the first cuInit (interpose/shim.hpp's init hook).
+__attribute__((constructor)) void register_with_shim() { set_init_hook(start); }
 
 }  // namespace ferry::control

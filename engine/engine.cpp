@@ -5,12 +5,17 @@
 
 #include <chrono>
 #include <map>
-#include <cstdlib>
 #include <mutex>
+#include <set>
+
+#include <ferry_common/ops.hpp>
 
 #include "arena.hpp"
-#include "engine_util.hpp"
+#include "checkpoint.hpp"
+#include "config.hpp"
+#include "driver.hpp"
 #include "log.hpp"
+#include "restore.hpp"
 #include "shim.hpp"
 #include "tracker.hpp"
 
@@ -90,8 +95,9 @@ Stats run_op(const char* name, F&& body) {
   try {
     s = body();
     s.seconds = since(t0);
-    result = {{"op", name}, {"ok", true}, {"seconds", s.seconds}, {"stopped_seconds", s.stopped_seconds},
-              {"device_bytes", s.device_bytes}, {"written", s.written}, {"reused", s.reused}};
+    result = ops::to_json(s);
+    result["op"] = name;
+    result["ok"] = true;
     FERRY_INFO("%s done in %.3f s (%llu bytes of device memory)", name, s.seconds,
                static_cast<unsigned long long>(s.device_bytes));
   } catch (const Error& err) {
@@ -124,6 +130,7 @@ Stats run_op(const char* name, F&& body) {
 }
 
 // Stops the world: the gate closes, every context drains, stream-ordered frees finish.
+// Throws (with the gate open again) when a context has a sticky error.
 void quiesce() {
   gate::close();
   eng().stopped_at = Clock::now();
@@ -144,7 +151,7 @@ void quiesce() {
   arena::reap();
 }
 
-// Lets the program go on.
+// Lets the program go on; returns how long it was stopped.
 double reopen() {
   Engine& e = eng();
   double stopped = since(e.stopped_at);
@@ -155,15 +162,70 @@ double reopen() {
   return stopped;
 }
 
+// The world stopped for one operation. Constructed, it stops the program unless it
+// already was (stopped by an earlier checkpoint, or suspended). However the operation
+// leaves, the world is reopened if this guard stopped it -- unless the operation
+// said otherwise: hold() keeps the program stopped or suspended, open() lets it go on
+// even when it was stopped before.
+class World {
+ public:
+  explicit World(bool already_stopped) : owned_(!already_stopped) {
+    if (owned_) quiesce();
+  }
+  ~World() {
+    if (owned_ && !done_) reopen();
+  }
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+  // Reopens if this guard stopped the world; the seconds it was stopped (0 if not ours).
+  double release() {
+    done_ = true;
+    return owned_ ? reopen() : 0;
+  }
+  // Reopens in any case (resume of a stopped or suspended program).
+  double open() {
+    done_ = true;
+    return reopen();
+  }
+  // Leaves the world stopped: the program stays stopped or suspended.
+  void hold() { done_ = true; }
+  bool owned() const { return owned_; }
+
+ private:
+  bool owned_;
+  bool done_ = false;
+};
+
+// The process is suspended: its GPU state released, kept in `ram`, in the image at
+// `image_dir`, or nowhere (discarded).
+void enter_suspended(nlohmann::json state, std::unique_ptr<RamSnapshot> ram, const std::string& image_dir,
+                     bool discarded) {
+  Engine& e = eng();
+  std::lock_guard lk(e.mu);
+  e.phase = Phase::Suspended;
+  e.state = std::move(state);
+  e.ram = std::move(ram);
+  e.image_dir = image_dir;
+  e.discarded = discarded;
+}
+
+// The GPU state is live again: nothing is kept for a later resume.
+void leave_suspended() {
+  Engine& e = eng();
+  std::lock_guard lk(e.mu);
+  e.ram.reset();
+  e.state = nullptr;
+  e.image_dir.clear();
+  e.discarded = false;
+}
+
 image::WriterOptions writer_options(const Options& o) {
   image::WriterOptions w;
   w.parent = o.parent;
   w.zstd_level = o.zstd_level;
-  if (const char* f = getenv("FERRY_TEST_ENOSPC_AFTER")) w.fail_after = strtoull(f, nullptr, 10);
+  w.fail_after = config().test_enospc_after;
   return w;
 }
-
-std::vector<int> current_map() { return std::vector<int>(vh::g_vdev_to_pdev, vh::g_vdev_to_pdev + vh::g_device_count); }
 
 std::string map_text(const std::vector<int>& m) {
   std::string s;
@@ -183,48 +245,30 @@ Stats write_image(const Options& o, const nlohmann::json& state, const std::vect
   else
     copied = capture_to_image(refs, w, m, o);
   o.progress("publishing", 0, 0);
-  w.commit(m);
+  image::Manifest done = w.commit(std::move(m));
   Stats s;
   s.device_bytes = state["device_bytes"].get<uint64_t>();
-  image::Manifest done = image::read_manifest(w.final_dir());
   s.written = done.bytes_written;
   s.reused = done.bytes_reused;
   s.copied = copied;
   return s;
 }
 
-Stats do_migrate(const Options& o, bool was_stopped) {
+// Moves the GPU state onto the devices the options name, through a RAM snapshot; on
+// failure it goes back where it was. `world` stopped the program (or found it stopped).
+Stats do_migrate(const Options& o, World& world) {
   Engine& e = eng();
-  if (!was_stopped) quiesce();
-  try {
-    check_capturable();
-  } catch (...) {
-    if (!was_stopped) reopen();
-    throw;
-  }
+  check_capturable();
   std::vector<BlobRef> refs;
   nlohmann::json state = serialize_state(&refs);
-  std::vector<int> old_map = current_map(), map;
-  try {
-    map = target_map(state, o);
-    check_targets(state, map);
-  } catch (...) {
-    if (!was_stopped) reopen();
-    throw;
-  }
+  std::vector<int> old_map = current_map();
+  std::vector<int> map = target_map(state, o, current_map());
+  check_targets(state, map);
   Stats s;
   s.device_bytes = state["device_bytes"].get<uint64_t>();
-  if (map == old_map) {
-    if (!was_stopped) s.stopped_seconds = reopen();
-    return s;
-  }
+  if (map == old_map) return s;
   RamSnapshot ram;
-  try {
-    capture_to_ram(refs, ram, o);
-  } catch (...) {
-    if (!was_stopped) reopen();
-    throw;
-  }
+  capture_to_ram(refs, ram, o);
   s.copied = ram.bytes;
   release_gpu_state();
   state["released"] = true;
@@ -237,22 +281,16 @@ Stats do_migrate(const Options& o, bool was_stopped) {
     try {
       rebuild(state, *src, old_map, o);
     } catch (const Error& err2) {
-      std::lock_guard lk(e.mu);
-      e.phase = Phase::Suspended;
-      e.state = state;
-      e.ram = std::make_unique<RamSnapshot>(std::move(ram));
-      e.image_dir.clear();
-      e.discarded = false;
+      world.hold();
+      enter_suspended(state, std::make_unique<RamSnapshot>(std::move(ram)), "", false);
       throw Error(err.cls, err.message + "; putting the state back on device map " + map_text(old_map) +
                                " failed too (" + err2.message +
                                "); the process is suspended with its GPU state in host memory (ferry resume)");
     }
     e.new_epoch = true;
-    if (!was_stopped) reopen();
     throw Error(err.cls, err.message + "; the process continues on device map " + map_text(old_map));
   }
   e.new_epoch = true;
-  if (!was_stopped) s.stopped_seconds = reopen();
   return s;
 }
 
@@ -270,33 +308,26 @@ Stats checkpoint(const Options& o) {
                                                             "; that image is its checkpoint");
       return write_image(o, e.state, {}, e.ram.get());
     }
-    bool was_stopped = p == Phase::Stopped;
-    if (!was_stopped) quiesce();
-    Stats s;
-    try {
-      check_capturable();
-      std::vector<BlobRef> refs;
-      nlohmann::json state = serialize_state(&refs);
-      if (o.leave_running) {
-        RamSnapshot ram;
-        capture_to_ram(refs, ram, o);
-        if (!was_stopped) s.stopped_seconds = reopen();
-        was_stopped = true;  // the world is open again: nothing to undo below
-        Stats w = write_image(o, state, refs, &ram);
-        w.stopped_seconds = s.stopped_seconds;
-        w.copied = ram.bytes;
-        return w;
-      }
-      s = write_image(o, state, refs, nullptr);
-    } catch (...) {
-      if (!was_stopped) reopen();
-      throw;
+    World world(p == Phase::Stopped);
+    check_capturable();
+    std::vector<BlobRef> refs;
+    nlohmann::json state = serialize_state(&refs);
+    if (o.leave_running) {
+      RamSnapshot ram;
+      capture_to_ram(refs, ram, o);
+      double stopped = world.release();  // the program runs while the image is written
+      Stats w = write_image(o, state, refs, &ram);
+      w.stopped_seconds = stopped;
+      w.copied = ram.bytes;
+      return w;
     }
+    Stats s = write_image(o, state, refs, nullptr);
     if (o.stay_stopped) {
+      world.hold();
       set_phase(Phase::Stopped);
       s.stopped_seconds = since(e.stopped_at);
     } else {
-      s.stopped_seconds = was_stopped ? 0 : reopen();
+      s.stopped_seconds = world.release();
     }
     return s;
   });
@@ -307,43 +338,30 @@ Stats suspend(const Options& o) {
     Engine& e = eng();
     Phase p = phase();
     if (p == Phase::Suspended) throw Error(ErrorClass::FixFirst, "the process is already suspended");
-    bool was_stopped = p == Phase::Stopped;
-    if (!was_stopped) quiesce();
+    World world(p == Phase::Stopped);
     Stats s;
     std::unique_ptr<RamSnapshot> ram;
-    nlohmann::json state;
-    try {
-      check_capturable();
-      std::vector<BlobRef> refs;
-      state = serialize_state(&refs);
-      s.device_bytes = state["device_bytes"].get<uint64_t>();
-      if (!o.discard) {
-        if (!o.dir.empty()) {
-          Stats w = write_image(o, state, refs, nullptr);
-          s.written = w.written;
-          s.reused = w.reused;
-          s.copied = w.copied;
-        } else {
-          ram = std::make_unique<RamSnapshot>();
-          capture_to_ram(refs, *ram, o);
-          s.copied = ram->bytes;
-        }
+    check_capturable();
+    std::vector<BlobRef> refs;
+    nlohmann::json state = serialize_state(&refs);
+    s.device_bytes = state["device_bytes"].get<uint64_t>();
+    if (!o.discard) {
+      if (!o.dir.empty()) {
+        Stats w = write_image(o, state, refs, nullptr);
+        s.written = w.written;
+        s.reused = w.reused;
+        s.copied = w.copied;
+      } else {
+        ram = std::make_unique<RamSnapshot>();
+        capture_to_ram(refs, *ram, o);
+        s.copied = ram->bytes;
       }
-    } catch (...) {
-      if (!was_stopped) reopen();
-      throw;
     }
+    world.hold();
     o.progress("releasing", 0, 0);
     release_gpu_state();
     state["released"] = true;
-    {
-      std::lock_guard lk(e.mu);
-      e.phase = Phase::Suspended;
-      e.state = state;
-      e.ram = std::move(ram);
-      e.image_dir = o.discard ? "" : o.dir;
-      e.discarded = o.discard;
-    }
+    enter_suspended(std::move(state), std::move(ram), o.discard ? "" : o.dir, o.discard);
     s.stopped_seconds = since(e.stopped_at);
     return s;
   });
@@ -355,7 +373,7 @@ Stats resume_suspended(const Options& o) {
   Engine& e = eng();
   if (e.discarded)
     throw Error(ErrorClass::FixFirst, "the process's GPU state was discarded; bring it back with restore from an image");
-  std::vector<int> map = target_map(e.state, o);
+  std::vector<int> map = target_map(e.state, o, current_map());
   check_targets(e.state, map);
   std::unique_ptr<image::Reader> reader;
   std::unique_ptr<BlobSource> src;
@@ -363,6 +381,7 @@ Stats resume_suspended(const Options& o) {
     src = ram_source(*e.ram);
   } else {
     reader = std::make_unique<image::Reader>(e.image_dir);
+    check_schema(reader->manifest().state, e.image_dir);
     if (structure_of(reader->manifest().state) != structure_of(e.state))
       throw Error(ErrorClass::DataLost, e.image_dir + ": the image no longer holds this process's suspended state");
     src = image_source(*reader);
@@ -374,12 +393,7 @@ Stats resume_suspended(const Options& o) {
   }
   Stats s;
   s.device_bytes = e.state["device_bytes"].get<uint64_t>();
-  {
-    std::lock_guard lk(e.mu);
-    e.ram.reset();
-    e.state = nullptr;
-    e.image_dir.clear();
-  }
+  leave_suspended();
   e.new_epoch = true;
   s.stopped_seconds = reopen();
   return s;
@@ -392,18 +406,13 @@ Stats resume(const Options& o) {
     Phase p = phase();
     bool moving = o.device >= 0 || !o.device_map.empty();
     if (p == Phase::Suspended) return resume_suspended(o);
-    if (p == Phase::Stopped) {
-      if (moving) {
-        Stats s = do_migrate(o, true);
-        s.stopped_seconds = reopen();
-        return s;
-      }
-      Stats s;
-      s.stopped_seconds = reopen();
-      return s;
-    }
-    if (moving) return do_migrate(o, false);
-    return Stats{};  // already running
+    if (p == Phase::Running && !moving) return Stats{};  // already running
+    World world(p == Phase::Stopped);
+    Stats s;
+    if (moving) s = do_migrate(o, world);
+    // A stopped program goes on in any case; a running one only if it was stopped here.
+    s.stopped_seconds = p == Phase::Stopped ? world.open() : world.release();
+    return s;
   });
 }
 
@@ -412,7 +421,10 @@ Stats migrate(const Options& o) {
     if (o.device < 0 && o.device_map.empty()) throw Error(ErrorClass::FixFirst, "migrate: no target device given");
     Phase p = phase();
     if (p == Phase::Suspended) return resume_suspended(o);
-    return do_migrate(o, p == Phase::Stopped);
+    World world(p == Phase::Stopped);
+    Stats s = do_migrate(o, world);
+    s.stopped_seconds = world.release();
+    return s;
   });
 }
 
@@ -422,57 +434,41 @@ Stats restore(const Options& o) {
     Engine& e = eng();
     image::Reader reader(o.dir);
     const nlohmann::json& image_state = reader.manifest().state;
+    check_schema(image_state, reader.dir());
     Phase p = phase();
-    bool was_stopped = p != Phase::Running;
-    if (!was_stopped) quiesce();
+    World world(p != Phase::Running);
     Stats s;
     nlohmann::json current;
-    std::vector<int> map;
-    try {
-      if (p == Phase::Suspended) {
-        current = e.state;
-      } else {
-        check_capturable();
-        current = serialize_state();
-      }
-      if (structure_of(current) != structure_of(image_state)) {
-        nlohmann::json d = nlohmann::json::diff(structure_of(current), structure_of(image_state));
-        std::string where = d.empty() ? "" : d[0].value("path", "");
-        throw Error(ErrorClass::FixFirst, reader.dir() + " holds a different GPU state than this process has (first "
-                                              "difference at " + where + "): it was taken from another process or "
-                                              "before the program created or freed GPU objects");
-      }
-      map = target_map(image_state, o);
-      check_targets(current, map);
-      if (p != Phase::Suspended) {
-        // The running state is destroyed below: make sure the image can replace it.
-        reader.verify([&](uint64_t d, uint64_t t) { o.progress("verifying", d, t); });
-        release_gpu_state();
-        current["released"] = true;
-      }
-    } catch (...) {
-      if (!was_stopped) reopen();
-      throw;
+    if (p == Phase::Suspended) {
+      current = e.state;
+    } else {
+      check_capturable();
+      current = serialize_state();
     }
+    if (structure_of(current) != structure_of(image_state)) {
+      nlohmann::json d = nlohmann::json::diff(structure_of(current), structure_of(image_state));
+      std::string where = d.empty() ? "" : d[0].value("path", "");
+      throw Error(ErrorClass::FixFirst, reader.dir() + " holds a different GPU state than this process has (first "
+                                            "difference at " + where + "): it was taken from another process or "
+                                            "before the program created or freed GPU objects");
+    }
+    std::vector<int> map = target_map(image_state, o, current_map());
+    check_targets(current, map);
+    if (p != Phase::Suspended) {
+      // The running state is destroyed below: make sure the image can replace it.
+      reader.verify([&](uint64_t d, uint64_t t) { o.progress("verifying", d, t); });
+      release_gpu_state();
+      current["released"] = true;
+    }
+    world.hold();  // from here on, a failure leaves the process suspended, not running
     auto src = image_source(reader);
     try {
       rebuild(current, *src, map, o);
     } catch (const Error& err) {
-      std::lock_guard lk(e.mu);
-      e.phase = Phase::Suspended;
-      e.state = current;
-      e.ram.reset();
-      e.image_dir.clear();
-      e.discarded = true;
+      enter_suspended(current, nullptr, "", true);
       throw Error(err.cls, err.message + "; the process is suspended without GPU state (restore again)");
     }
-    {
-      std::lock_guard lk(e.mu);
-      e.ram.reset();
-      e.state = nullptr;
-      e.image_dir.clear();
-      e.discarded = false;
-    }
+    leave_suspended();
     s.device_bytes = image_state["device_bytes"].get<uint64_t>();
     e.new_epoch = true;
     if (o.stay_stopped) {

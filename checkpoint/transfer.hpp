@@ -1,4 +1,6 @@
-// Small pieces the engine's snapshot and rebuild halves share.
+// Moving device memory between the GPU and the host, in both directions: the pieces
+// capture (checkpoint/) and rebuild (restore/) share -- pinned staging slots, copy
+// streams, worker threads, progress reporting, the engine's own device contexts.
 #pragma once
 
 #include <cuda.h>
@@ -7,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
@@ -16,61 +19,11 @@
 #include <thread>
 #include <vector>
 
-#include "engine.hpp"
+#include "checkpoint.hpp"
+#include "driver.hpp"
 #include "shim_decls.hpp"
 
 namespace ferry::engine {
-
-inline std::string hex(uint64_t v) {
-  char b[24];
-  snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-inline std::string hex(const void* p) { return hex(reinterpret_cast<uint64_t>(p)); }
-inline uint64_t unhex(const nlohmann::json& j) { return std::stoull(j.get<std::string>(), nullptr, 16); }
-
-// Raw bytes of a POD as hex text (CUDA property structs), and back.
-template <class T>
-std::string pod_hex(const T& v) {
-  const auto* b = reinterpret_cast<const unsigned char*>(&v);
-  std::string s;
-  char t[3];
-  for (size_t i = 0; i < sizeof v; i++) {
-    snprintf(t, sizeof t, "%02x", b[i]);
-    s += t;
-  }
-  return s;
-}
-template <class T>
-T pod_unhex(const std::string& s) {
-  T v{};
-  auto* b = reinterpret_cast<unsigned char*>(&v);
-  for (size_t i = 0; i < sizeof v && 2 * i + 1 < s.size(); i++) b[i] = static_cast<unsigned char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
-  return v;
-}
-
-inline Error cuda_error(const char* what, CUresult r, ErrorClass cls = ErrorClass::Bug) {
-  const char* name = nullptr;
-  real::cuGetErrorName(r, &name);
-  return Error(cls, std::string(what) + " failed: " + (name ? name : std::to_string(static_cast<int>(r))));
-}
-inline void check(CUresult r, const char* what, ErrorClass cls = ErrorClass::Bug) {
-  if (r != CUDA_SUCCESS) throw cuda_error(what, r, cls);
-}
-
-// Makes a real context current on the engine's thread for a scope.
-struct CtxScope {
-  bool pushed = false;
-  explicit CtxScope(CUcontext real) {
-    if (real) pushed = real::cuCtxPushCurrent_v2(real) == CUDA_SUCCESS;
-  }
-  ~CtxScope() {
-    CUcontext c;
-    if (pushed) real::cuCtxPopCurrent_v2(&c);
-  }
-  CtxScope(const CtxScope&) = delete;
-  CtxScope& operator=(const CtxScope&) = delete;
-};
 
 // A bounded pool of worker threads fed from a queue; the first exception a task
 // throws is rethrown by finish() (callers stop submitting once failed() says so).
@@ -195,7 +148,10 @@ struct Staging {
   }
 };
 
+// Copies in flight: pieces of a blob spread over this many streams per context.
 constexpr unsigned kStreams = 4;
+// RAM snapshots copy whole blobs in pieces of this size.
+constexpr uint64_t kPiece = 64ull << 20;
 
 struct Streams {
   std::vector<CUstream> s;
@@ -217,5 +173,53 @@ struct Streams {
   }
 };
 
+enum class Direction { ToHost, ToDevice };
+
+// Blobs grouped by the real context their copies run in (a blob without one uses its
+// device's primary context).
+template <class Ref>
+std::map<CUcontext, std::vector<Ref*>> by_context(std::vector<Ref>& refs, DeviceContexts& dc) {
+  std::map<CUcontext, std::vector<Ref*>> g;
+  for (auto& r : refs) g[r.ctx ? r.ctx : dc.get(r.pdev)].push_back(&r);
+  return g;
+}
+
+// Whole blobs between the device and host buffers that hold them entirely (RAM
+// snapshots): kPiece pieces on kStreams streams per context, each host buffer pinned
+// while its copies run. host(ref) gives the buffer of a blob.
+void copy_whole(Direction d, std::vector<BlobRef>& refs, const std::function<char*(const BlobRef&)>& host,
+                Reporter& rep);
+
+// Chunks through pinned staging slots, with worker threads on the host side: going to
+// the host, a worker takes each chunk once its copy landed (consume); going to the
+// device, a worker fills a slot (produce) and queues its copy, and the slot is reused
+// once that copy is done. At most staging_bytes of host memory are in flight. One
+// context at a time: begin(ctx), chunk()..., end(); any error is rethrown by end() or
+// by chunk() once a worker failed, after everything in flight has drained.
+class StagedCopy {
+ public:
+  using Work = std::function<void(char* slot)>;
+  StagedCopy(Direction d, uint64_t chunk_bytes, uint64_t staging_bytes, CUcontext any);
+  ~StagedCopy();
+  StagedCopy(const StagedCopy&) = delete;
+  StagedCopy& operator=(const StagedCopy&) = delete;
+
+  void begin(CUcontext ctx);
+  // ToHost: copies n bytes at dev into a slot, then a worker runs work(slot).
+  // ToDevice: a worker runs work(slot), then copies n bytes of it to dev.
+  void chunk(CUdeviceptr dev, uint64_t n, Work work);
+  bool failed() { return workers_.failed(); }
+  void end();  // waits for every chunk of this context; rethrows the first error
+
+ private:
+  void drain() noexcept;
+  Direction dir_;
+  Staging staging_;
+  Workers workers_;
+  CUcontext ctx_ = nullptr;
+  std::unique_ptr<CtxScope> scope_;
+  std::unique_ptr<Streams> streams_;
+  unsigned next_ = 0;
+};
 
 }  // namespace ferry::engine

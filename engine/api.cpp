@@ -8,8 +8,9 @@
 #include <string>
 
 #include <ferry/ferry_c.h>
+#include <ferry_common/errors.hpp>
+#include <ferry_common/ops.hpp>
 
-#include "arena.hpp"
 #include "config.hpp"
 #include "engine.hpp"
 #include "shim.hpp"
@@ -22,15 +23,14 @@ FERRY_API int ferry_shim_active(void) { return ferry::active() ? 1 : 0; }
 // 1 when h is a handle the shim handed out (a virtual context, stream, event, ...).
 FERRY_API int ferry_is_virtual_handle(const void* h) { return ferry::vh::is_virtual(h) ? 1 : 0; }
 
-// 1 when p lies in the arena (fixed-address device memory) of some device.
-FERRY_API int ferry_is_arena_address(unsigned long long p) { return ferry::arena::range_of(p) >= 0 ? 1 : 0; }
-
 // Writes the device-state log to `path` (or stderr when NULL), with the world stopped.
 FERRY_API int ferry_dump_state(const char* path) {
   ferry::ensure_loaded();
-  ferry::gate::close();
-  std::string d = ferry::tr::dump();
-  ferry::gate::open();
+  std::string d;
+  {
+    ferry::gate::Stopped world;
+    d = ferry::tr::dump();
+  }
   int fd = path ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : 2;
   if (fd < 0) return -1;
   size_t off = 0;
@@ -49,63 +49,21 @@ namespace {
 
 using namespace ferry;
 
-int class_code(engine::ErrorClass c) {
-  switch (c) {
-    case engine::ErrorClass::RetryLater: return FERRY_RETRY_LATER;
-    case engine::ErrorClass::FixFirst: return FERRY_FIX_FIRST;
-    case engine::ErrorClass::DataLost: return FERRY_DATA_LOST;
-    case engine::ErrorClass::Bug: return FERRY_BUG;
-  }
-  return FERRY_BUG;
-}
-
-// Options from the C struct; fields past the caller's `size` keep their defaults.
-engine::Options from_c(const ferry_options* c) {
-  engine::Options o;
-  if (!c || c->size == 0) return o;
-  ferry_options x{};
-  x.device = -1;
-  memcpy(&x, c, std::min<size_t>(c->size, sizeof x));
-  if (x.dir) o.dir = x.dir;
-  if (x.parent) o.parent = x.parent;
-  o.leave_running = x.leave_running != 0;
-  o.stay_stopped = x.stay_stopped != 0;
-  o.discard = x.discard != 0;
-  o.zstd_level = x.zstd_level;
-  o.device = x.device;
-  if (x.device_map && x.device_map_len > 0) o.device_map.assign(x.device_map, x.device_map + x.device_map_len);
-  if (x.staging_bytes) o.staging_bytes = x.staging_bytes;
-  if (x.progress) {
-    ferry_progress_fn fn = x.progress;
-    void* user = x.progress_user;
-    o.progress.fn = [fn, user](const char* phase, uint64_t d, uint64_t t) { fn(phase, d, t, user); };
-  }
-  return o;
-}
-
 template <class Op>
 int run_c(Op op, const ferry_options* c, ferry_result* r) {
-  ferry_result res{};
-  res.size = sizeof res;
+  engine::Stats s;
   int code = FERRY_OK;
+  std::string message;
   try {
-    engine::Options o = from_c(c);
-    engine::Stats s = op(o);
-    res.device_bytes = s.device_bytes;
-    res.written = s.written;
-    res.reused = s.reused;
-    res.copied = s.copied;
-    res.seconds = s.seconds;
-    res.stopped_seconds = s.stopped_seconds;
-  } catch (const engine::Error& e) {
-    code = class_code(e.cls);
-    snprintf(res.message, sizeof res.message, "%s", e.message.c_str());
+    s = op(ops::from_c(c));
+  } catch (const Error& e) {
+    code = info(e.cls).c_code;
+    message = e.message;
   } catch (const std::exception& e) {
-    code = FERRY_BUG;
-    snprintf(res.message, sizeof res.message, "internal error: %s", e.what());
+    code = info(ErrorClass::Bug).c_code;
+    message = std::string("internal error: ") + e.what();
   }
-  res.error_class = code;
-  if (r) memcpy(r, &res, std::min<size_t>(r->size ? r->size : sizeof res, sizeof res));
+  ops::to_c(s, code, message, r);
   return code;
 }
 

@@ -21,16 +21,6 @@ namespace fs = std::filesystem;
 
 namespace ferry::image {
 
-const char* class_name(ErrorClass c) {
-  switch (c) {
-    case ErrorClass::RetryLater: return "retry-later";
-    case ErrorClass::FixFirst: return "fix-first";
-    case ErrorClass::DataLost: return "data-lost";
-    case ErrorClass::Bug: return "bug";
-  }
-  return "bug";
-}
-
 std::string Hash::hex() const {
   char b[33];
   snprintf(b, sizeof b, "%016llx%016llx", static_cast<unsigned long long>(hi), static_cast<unsigned long long>(lo));
@@ -370,9 +360,7 @@ const Blob* Writer::parent_blob(const std::string& id, uint64_t size, uint64_t c
   return &it->second;
 }
 
-uint64_t Writer::bytes_written() const { return written_; }
-
-void Writer::commit(Manifest m) {
+Manifest Writer::commit(Manifest m) {
   std::lock_guard lk(mu_);
   if (fd_ >= 0) {
     if (fsync(fd_) != 0) io_error("cannot sync", tmp_ + "/packs/" + pack_name_, errno);
@@ -434,6 +422,7 @@ void Writer::commit(Manifest m) {
   }
   committed_ = true;
   fsync_path(fs::path(dir_).parent_path().string());
+  return m;
 }
 
 // ---- reader --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include <ferry_common/errors.hpp>
 #include <nlohmann/json.hpp>
 
 namespace ferry::image {
@@ -34,21 +35,10 @@ constexpr int kFormatVersion = 1;
 constexpr const char* kFormatName = "ferry-image";
 constexpr uint64_t kDefaultChunkSize = 4ull << 20;
 
-// What went wrong, in the classes a scheduler can act on.
-enum class ErrorClass {
-  RetryLater,  // transient: try the same operation again later
-  FixFirst,    // the request or the environment must change (arguments, space, device)
-  DataLost,    // the image is damaged or incomplete: its data cannot be trusted
-  Bug,         // ferry itself failed
-};
-const char* class_name(ErrorClass c);
-
-struct Error : std::exception {
-  ErrorClass cls;
-  std::string message;
-  Error(ErrorClass c, std::string m) : cls(c), message(std::move(m)) {}
-  const char* what() const noexcept override { return message.c_str(); }
-};
+// Errors carry the classes of common's error table (ferry_common/errors.hpp).
+using ferry::Error;
+using ferry::ErrorClass;
+using ferry::class_name;
 
 struct Hash {
   uint64_t lo = 0, hi = 0;
@@ -133,9 +123,9 @@ class Writer {
   void put(const Hash& h, const void* data, uint32_t stored, uint32_t raw, Codec codec);
   // The parent's blob of that id and size cut into chunks of chunk_size, if it has one.
   const Blob* parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const;
-  void commit(Manifest m);  // fills in the index and the byte counts
+  // Publishes the image; returns the manifest as written (index and byte counts filled in).
+  Manifest commit(Manifest m);
   const std::string& final_dir() const { return dir_; }
-  uint64_t bytes_written() const;
 
  private:
   void open_pack();
