@@ -231,6 +231,22 @@ struct State {
 
 State& state();
 
+// A new record joins the log: it gets its virtual handle for `real` and goes into the
+// state's set `into`. Expects state().mu held.
+template <class R>
+void enter(R* rec, vh::Kind kind, void* real, std::set<R*> State::*into) {
+  rec->v = vh::make(kind, real, rec);
+  (state().*into).insert(rec);
+}
+// A record leaves the log: out of its set, its handle released, the record deleted.
+// Expects state().mu held.
+template <class R>
+void leave(R* rec, std::set<R*> State::*from) {
+  (state().*from).erase(rec);
+  vh::release(rec->v);
+  delete rec;
+}
+
 // The context record for a real context handle, or nullptr.
 Ctx* ctx_of_real(CUcontext real);
 // Virtual handle of a real context (the real one if ferry does not know it).

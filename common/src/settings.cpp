@@ -139,33 +139,34 @@ int parse_signal(std::string_view t) {
   return v > 0 && v < 64 ? v : 0;
 }
 
-uint64_t size(const char* name, uint64_t dflt) {
-  const char* s = raw(name);
-  if (!s || !*s) return dflt;
-  if (auto v = parse_size(s)) return *v;
-  complain(name, s, "a size (like 512M, 64g, 2T or 0x1000)");
-  return dflt;
-}
+namespace {
 
-bool flag(const char* name, bool dflt) {
-  const char* s = raw(name);
-  if (!s || !*s) return dflt;
-  if (auto v = parse_flag(s)) return *v;
-  complain(name, s, "on or off");
-  return dflt;
-}
-
-long count(const char* name, long dflt) {
-  const char* s = raw(name);
-  if (!s || !*s) return dflt;
+std::optional<long> parse_count(std::string_view t) {
+  std::string text(t);
   char* end = nullptr;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end != 0) {
-    complain(name, s, "a number");
-    return dflt;
-  }
+  long v = strtol(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != 0) return std::nullopt;
   return v;
 }
+
+// The value of `name` through `parse`; unset: the default; unparsable: a message
+// saying what was expected, and the default.
+template <class T, class Parse>
+T read(const char* name, T dflt, Parse parse, const char* expected) {
+  const char* s = raw(name);
+  if (!s || !*s) return dflt;
+  if (auto v = parse(s)) return static_cast<T>(*v);
+  complain(name, s, expected);
+  return dflt;
+}
+
+}  // namespace
+
+uint64_t size(const char* name, uint64_t dflt) {
+  return read(name, dflt, parse_size, "a size (like 512M, 64g, 2T or 0x1000)");
+}
+bool flag(const char* name, bool dflt) { return read(name, dflt, parse_flag, "on or off"); }
+long count(const char* name, long dflt) { return read(name, dflt, parse_count, "a number"); }
 
 std::string text(const char* name, const std::string& dflt) {
   const char* s = raw(name);

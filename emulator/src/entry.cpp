@@ -157,15 +157,8 @@ void* g_integrity[3] = {reinterpret_cast<void*>(3 * sizeof(void*)), reinterpret_
 
 CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t result[2]) {
   if (!result) return CUDA_ERROR_INVALID_VALUE;
-  ferry::integrity::Inputs in{};
-  in.driver_version = kDriverVersion;
-  in.version = version;
-  in.pid = static_cast<uint32_t>(getpid());
-  in.tid = static_cast<uint32_t>(pthread_self());
-  in.cudart_table = reinterpret_cast<uint64_t>(&g_cudart_interface[0]);
-  in.integrity_table = reinterpret_cast<uint64_t>(&g_integrity[0]);
-  in.fn_address = reinterpret_cast<uint64_t>(g_integrity[1]);
-  in.unix_seconds = unix_seconds;
+  ferry::integrity::Inputs in =
+      ferry::integrity::inputs_here(kDriverVersion, version, unix_seconds, &g_cudart_interface[0], g_integrity);
   {
     std::lock_guard lk(drv().mu);
     for (auto& d : drv().devices) {
@@ -187,7 +180,7 @@ CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t resul
 }
 
 struct TableId {
-  const unsigned char* uuid;
+  ferry::export_tables::Id uuid;
   void** table;
 };
 
@@ -214,7 +207,7 @@ FERRY_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int cudaV
 FERRY_EXPORT CUresult cuGetExportTable(const void** ppExportTable, const CUuuid* pExportTableId) {
   if (!ppExportTable || !pExportTableId) return CUDA_ERROR_INVALID_VALUE;
   for (const auto& t : kTables) {
-    if (memcmp(t.uuid, pExportTableId->bytes, 16) == 0) {
+    if (ferry::export_tables::same(pExportTableId->bytes, t.uuid)) {
       *ppExportTable = t.table;
       return CUDA_SUCCESS;
     }

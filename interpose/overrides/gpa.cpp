@@ -82,15 +82,8 @@ int real_driver_version() {
 CUresult integrity_rehash(uint32_t version, uint64_t unix_seconds, uint64_t* result) {
   CUresult r = g_real_integrity(version, unix_seconds, result);
   if (r != CUDA_SUCCESS || !result || version % 10 < 2) return r;
-  ferry::integrity::Inputs in{};
-  in.driver_version = static_cast<uint32_t>(real_driver_version());
-  in.version = version;
-  in.pid = static_cast<uint32_t>(getpid());
-  in.tid = static_cast<uint32_t>(pthread_self());
-  in.cudart_table = reinterpret_cast<uint64_t>(&g_cudart[0]);
-  in.integrity_table = reinterpret_cast<uint64_t>(&g_integrity[0]);
-  in.fn_address = reinterpret_cast<uint64_t>(g_integrity[1]);
-  in.unix_seconds = unix_seconds;
+  ferry::integrity::Inputs in = ferry::integrity::inputs_here(static_cast<uint32_t>(real_driver_version()), version,
+                                                             unix_seconds, &g_cudart[0], g_integrity);
   // The devices as cudart saw them: through our (virtual) device queries.
   int n = 0;
   real::cuDeviceGetCount(&n);
@@ -172,8 +165,8 @@ CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* i
       const void* cudart = nullptr;
       const void* integrity = nullptr;
       CUuuid a, b;
-      memcpy(a.bytes, kCudartInterface, 16);
-      memcpy(b.bytes, kIntegrity, 16);
+      memcpy(a.bytes, kCudartInterface.data(), 16);
+      memcpy(b.bytes, kIntegrity.data(), 16);
       if (real::cuGetExportTable(&cudart, &a) == CUDA_SUCCESS &&
           real::cuGetExportTable(&integrity, &b) == CUDA_SUCCESS && slots_of(cudart) > 2 && slots_of(integrity) > 1) {
         memcpy(g_cudart, cudart, slots_of(cudart) * sizeof(void*));

@@ -99,8 +99,7 @@ CUresult end(CUstream h, CUgraph* out, CUresult r) {
   g->ctx = c.ctx;
   g->ops = std::move(c.ops);
   g->unrecordable = c.unrecordable;
-  g->v = vh::make(vh::Kind::Graph, *out, g);
-  st.graphs.insert(g);
+  tr::enter(g, vh::Kind::Graph, *out, &tr::State::graphs);
   *out = vh::as<CUgraph>(g->v);
   return r;
 }
@@ -115,21 +114,16 @@ CUresult instantiated(CUgraphExec* out, CUgraph g, unsigned long long flags, CUr
   e->ops = src->ops;
   e->flags = flags;
   e->unrecordable = src->unrecordable;
-  e->v = vh::make(vh::Kind::GraphExec, *out, e);
-  st.graph_execs.insert(e);
+  tr::enter(e, vh::Kind::GraphExec, *out, &tr::State::graph_execs);
   *out = vh::as<CUgraphExec>(e->v);
   return r;
 }
 
 template <class R, class H>
-CUresult destroyed(H h, vh::Kind kind, std::set<R*>& set, CUresult r) {
+CUresult destroyed(H h, vh::Kind kind, std::set<R*> tr::State::*set, CUresult r) {
   if (r != CUDA_SUCCESS || !vh::is_virtual(h) || vh::obj(h)->kind != kind) return r;
-  auto& st = tr::state();
-  std::lock_guard lk(st.mu);
-  R* rec = vh::rec<R>(h);
-  set.erase(rec);
-  vh::release(rec->v);
-  delete rec;
+  std::lock_guard lk(tr::state().mu);
+  tr::leave(vh::rec<R>(h), set);
   return r;
 }
 
@@ -272,10 +266,10 @@ CUresult ferry::ov::cuGraphInstantiateWithParams_ptsz(CUgraphExec* e, CUgraph g,
   return with_params(real::cuGraphInstantiateWithParams_ptsz, e, g, p);
 }
 CUresult ferry::ov::cuGraphDestroy(CUgraph g) {
-  return destroyed(g, vh::Kind::Graph, tr::state().graphs, real::cuGraphDestroy(vh::real(g)));
+  return destroyed(g, vh::Kind::Graph, &tr::State::graphs, real::cuGraphDestroy(vh::real(g)));
 }
 CUresult ferry::ov::cuGraphExecDestroy(CUgraphExec e) {
-  return destroyed(e, vh::Kind::GraphExec, tr::state().graph_execs, real::cuGraphExecDestroy(vh::real(e)));
+  return destroyed(e, vh::Kind::GraphExec, &tr::State::graph_execs, real::cuGraphExecDestroy(vh::real(e)));
 }
 
 // ---- captured work -------------------------------------------------------------------------

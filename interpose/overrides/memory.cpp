@@ -45,8 +45,7 @@ CUmemoryPool virtual_pool(CUmemoryPool real, int vdev, bool is_default) {
   p->props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
   p->props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
   p->props.location.id = vdev;
-  p->v = vh::make(vh::Kind::Pool, real, p);
-  st.pools.insert(p);
+  tr::enter(p, vh::Kind::Pool, real, &tr::State::pools);
   if (is_default && vdev >= 0 && vdev < vh::kMaxDevices) st.default_pool[vdev] = p;
   return vh::as<CUmemoryPool>(p->v);
 }
@@ -430,9 +429,7 @@ CUresult ferry::ov::cuMemPoolDestroy(CUmemoryPool pool) {
     if (tr::Pool* p = pool_rec(pool)) {
       for (auto& [va, a] : st.allocs)
         if (a.pool == p) a.pool = nullptr;  // allocations outlive their pool until freed
-      st.pools.erase(p);
-      vh::release(p->v);
-      delete p;
+      tr::leave(p, &tr::State::pools);
     }
   }
   return r;

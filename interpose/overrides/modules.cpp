@@ -33,8 +33,7 @@ CUmodule new_module(CUmodule real, const void* image, bool keep_pointer, tr::Lib
   if (image) record_image(m->image, image, keep_pointer);
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
-  m->v = vh::make(vh::Kind::Module, real, m);
-  st.modules.insert(m);
+  tr::enter(m, vh::Kind::Module, real, &tr::State::modules);
   if (lib) lib->modules[c] = m;
   return vh::as<CUmodule>(m->v);
 }
@@ -182,8 +181,7 @@ CUresult make_library(CUlibrary* out, const void* code, bool preserved, CUlibrar
   for (unsigned i = 0; i < n && opts && vals; i++) l->options.emplace_back(opts[i], vals[i]);
   auto& st = tr::state();
   std::lock_guard lk(st.mu);
-  l->v = vh::make(vh::Kind::Library, real, l);
-  st.libraries.insert(l);
+  tr::enter(l, vh::Kind::Library, real, &tr::State::libraries);
   *out = vh::as<CUlibrary>(l->v);
   return r;
 }
@@ -228,9 +226,7 @@ CUresult ferry::ov::cuLibraryUnload(CUlibrary library) {
     vh::release(k->v);
     delete k;
   }
-  st.libraries.erase(l);
-  vh::release(l->v);
-  delete l;
+  tr::leave(l, &tr::State::libraries);
   return r;
 }
 

@@ -28,10 +28,8 @@ CUresult make_stream(CUstream* ph, unsigned flags, int priority, CUresult r, con
   real::cuStreamGetPriority(real, &s->priority);  // the driver clamps it
   real::cuStreamGetId(real, &s->id);
   {
-    auto& st = tr::state();
-    std::lock_guard lk(st.mu);
-    s->v = vh::make(vh::Kind::Stream, real, s);
-    st.streams.insert(s);
+    std::lock_guard lk(tr::state().mu);
+    tr::enter(s, vh::Kind::Stream, real, &tr::State::streams);
   }
   if (ph) *ph = vh::as<CUstream>(s->v);
   return r;
@@ -41,11 +39,8 @@ CUresult destroy_stream(CUstream h) {
   tr::Stream* s = stream_rec(h);
   CUresult r = real::cuStreamDestroy_v2(vh::real(h));
   if (r == CUDA_SUCCESS && s) {
-    auto& st = tr::state();
-    std::lock_guard lk(st.mu);
-    st.streams.erase(s);
-    vh::release(s->v);
-    delete s;
+    std::lock_guard lk(tr::state().mu);
+    tr::leave(s, &tr::State::streams);
   }
   return r;
 }
@@ -217,10 +212,8 @@ CUresult ferry::ov::cuEventCreate(CUevent* ph, unsigned int flags) {
   e->ctx = ctx::current();
   e->flags = flags;
   {
-    auto& st = tr::state();
-    std::lock_guard lk(st.mu);
-    e->v = vh::make(vh::Kind::Event, real, e);
-    st.events.insert(e);
+    std::lock_guard lk(tr::state().mu);
+    tr::enter(e, vh::Kind::Event, real, &tr::State::events);
   }
   if (ph) *ph = vh::as<CUevent>(e->v);
   return r;
@@ -229,13 +222,9 @@ CUresult ferry::ov::cuEventCreate(CUevent* ph, unsigned int flags) {
 namespace {
 CUresult destroy_event(CUevent h) {
   CUresult r = real::cuEventDestroy_v2(vh::real(h));
-  if (r == CUDA_SUCCESS && vh::is_virtual(h) && vh::obj(h)->kind == vh::Kind::Event) {
-    auto* e = vh::rec<tr::Event>(h);
-    auto& st = tr::state();
-    std::lock_guard lk(st.mu);
-    st.events.erase(e);
-    vh::release(e->v);
-    delete e;
+  if (auto* e = vh::rec_of<tr::Event>(h, vh::Kind::Event); r == CUDA_SUCCESS && e) {
+    std::lock_guard lk(tr::state().mu);
+    tr::leave(e, &tr::State::events);
   }
   return r;
 }

@@ -4,28 +4,28 @@
 // copies as an independent oracle.
 #pragma once
 
+#include <array>
 #include <cstring>
 
 namespace ferry::export_tables {
 
-using Id = unsigned char[16];
+using Id = std::array<unsigned char, 16>;
 
-// Slot 2 returns the primary context cudart uses.
-inline constexpr Id kCudartInterface = {0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a,
-                                        0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9};
-inline constexpr Id kToolsHooks = {0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74,
-                                   0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66};
-inline constexpr Id kToolsTls = {0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47,
-                                 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc};
-// Per-context storage cudart keeps its state in.
-inline constexpr Id kContextLocalStorage = {0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11,
-                                            0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93};
-inline constexpr Id kContextChecks = {0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43,
-                                      0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e};
-// The hash over table addresses that cudart verifies (integrity.hpp computes it).
-inline constexpr Id kIntegrityCheck = {0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b,
-                                       0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2};
+// 32 hex digits, in the byte order of CUuuid::bytes.
+constexpr Id id(const char (&hex)[33]) {
+  auto nibble = [](char c) { return static_cast<unsigned char>(c <= '9' ? c - '0' : c - 'a' + 10); };
+  Id out{};
+  for (int i = 0; i < 16; i++) out[i] = static_cast<unsigned char>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+  return out;
+}
 
-inline bool same(const void* id_bytes, const Id& want) { return std::memcmp(id_bytes, want, 16) == 0; }
+inline constexpr Id kCudartInterface = id("6bd5fb6c5bf4e74a8987d93912fd9df9");      // slot 2: the primary context
+inline constexpr Id kToolsHooks = id("a094798c2e742e7493f20800200c0a66");
+inline constexpr Id kToolsTls = id("42d85a8123f6cb478298f6e78a3aecdc");
+inline constexpr Id kContextLocalStorage = id("c693336e1121df11a8c368f355d89593");  // cudart's per-context state
+inline constexpr Id kContextChecks = id("263e88607cd2614392f6bbd5006dfa7e");
+inline constexpr Id kIntegrityCheck = id("d4082055bde6704b8d34ba123c66e1f2");  // integrity.hpp computes its answer
+
+inline bool same(const void* id_bytes, const Id& want) { return std::memcmp(id_bytes, want.data(), 16) == 0; }
 
 }  // namespace ferry::export_tables

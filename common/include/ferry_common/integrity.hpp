@@ -6,6 +6,9 @@
 // driver state so the shim can re-hash tables it substitutes with the same code.
 #pragma once
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +32,22 @@ struct Inputs {
   uint64_t unix_seconds;
   std::vector<DeviceIdentity> devices;
 };
+
+// The inputs of a call made on this thread now, for the tables at these addresses
+// (the called function is the integrity table's slot 1); the devices are the caller's.
+inline Inputs inputs_here(uint32_t driver_version, uint32_t version, uint64_t unix_seconds, const void* cudart_table,
+                          void* const* integrity_table) {
+  Inputs in{};
+  in.driver_version = driver_version;
+  in.version = version;
+  in.pid = static_cast<uint32_t>(getpid());
+  in.tid = static_cast<uint32_t>(pthread_self());
+  in.cudart_table = reinterpret_cast<uint64_t>(cudart_table);
+  in.integrity_table = reinterpret_cast<uint64_t>(integrity_table);
+  in.fn_address = reinterpret_cast<uint64_t>(integrity_table[1]);
+  in.unix_seconds = unix_seconds;
+  return in;
+}
 
 namespace detail {
 // RFC 1319's permutation of 0..255 built from the digits of pi.
