@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what ferry's build needs from Debian 12 (bookworm). Idempotent: when
-# everything is already present it changes nothing and does not touch the network.
+# Installs what ferry's build needs from Debian 12 (bookworm), and CRIU for the
+# whole-process path. Idempotent: when everything is already present it changes
+# nothing and does not touch the network.
 #
 # Everything comes from bookworm itself, pinned with -t bookworm so apt never
 # upgrades libc; only Catch2 v3 comes from bookworm-backports (bookworm ships v2).
 set -euo pipefail
 
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(cmake ninja-build g++ python3 binutils pkg-config
           libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev)
@@ -73,3 +75,15 @@ case $ver in
   13.*) say "CUDA toolkit $ver at $CUDA_HOME" ;;
   *) say "CUDA toolkit at $CUDA_HOME is $ver; ferry needs 13.x" >&2; exit 1 ;;
 esac
+
+# CRIU for whole-process dumps: a system CRIU >= 4 that passes `criu check`, else 4.1.1
+# built once from Debian's source into .deps/criu (scripts/criu-setup.sh).
+if [[ $(id -u) -eq 0 ]]; then
+  if ! criu=$("$root/scripts/criu-setup.sh"); then
+    say "CRIU could not be set up (see above); whole-process dumps and their tests need it" >&2
+    exit 1
+  fi
+  say "CRIU: $criu"
+else
+  say "not root: CRIU (whole-process dumps) is not set up; run scripts/setup.sh as root once"
+fi

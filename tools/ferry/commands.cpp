@@ -20,6 +20,7 @@
 #include <ferry_image/image.hpp>
 
 #include "client.hpp"
+#include "full_process.hpp"
 #include "paths.hpp"
 
 namespace ferry::cli {
@@ -351,6 +352,7 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   Driver d;
   d.h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   j["driver"] = path;
+  j["full_process"] = full_process_report(d.h);
   if (!d.h) {
     problems.push_back("cannot load the CUDA driver " + path + ": " + dlerror());
     return j;
@@ -464,6 +466,15 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     for (auto& p : problems) printf("problem: %s\n", p.c_str());
     printf("%s\n", problems.empty() ? "ready: ferry can checkpoint, restore and migrate here"
                                     : "not ready: fix the problems above");
+    if (report.contains("full_process")) {
+      auto& f = report["full_process"];
+      auto& c = f["criu"];
+      printf("whole-process dumps: CRIU %s %s (check: %s), driver checkpoint API %s\n",
+             c.value("path", "?").c_str(), c.value("version", "?").c_str(), c.value("check", "not run").c_str(),
+             f.value("driver_checkpoint_api", false) ? "present" : "missing");
+      for (auto& p : f["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+      printf("%s\n", f.value("ready", false) ? "whole-process dumps: ready" : "whole-process dumps: not ready");
+    }
   }
   return problems.empty() ? kOk : (pid > 0 ? kFixFirst : kFailed);
 }

@@ -51,6 +51,8 @@ inline constexpr Setting kSettings[] = {
      "off: incremental checkpoints read every chunk instead of comparing GPU fingerprints"},
     // ---- the CLI (docs/control.md) ----
     {"FERRY_SHIM", Type::Path, Cli, "next to ferry", "the libferry.so that ferry run preloads"},
+    {"FERRY_CRIU", Type::Path, Cli, "criu on PATH, else the build of scripts/criu-setup.sh",
+     "the criu binary for whole-process dumps (CRIU >= 4)"},
     // ---- the simulated GPU (docs/emulator.md) ----
     {"FERRY_EMU_DEVICES", Type::Count, Emulator, "2", "number of devices (up to 16)"},
     {"FERRY_EMU_MEMORY", Type::Size, Emulator, "16G", "memory per device (512M, 16G, ...)"},
