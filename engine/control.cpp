@@ -122,7 +122,7 @@ void serve(int fd) {
     send_line(fd, {{"ok", false},
                    {"class", "fix-first"},
                    {"error", "permission denied: uid " + std::to_string(cred.uid) + " may not control process " +
-                                 std::to_string(getpid()) + " (owned by uid " + std::to_string(getuid()) + ")"}});
+                                 std::to_string(host_pid()) + " (owned by uid " + std::to_string(getuid()) + ")"}});
     FERRY_WARN("refused a control connection from uid %u (pid %d)", cred.uid, cred.pid);
     close(fd);
     return;
@@ -267,7 +267,7 @@ void start() {
   if (!config().control) return;
   std::string dir = socket_dir();
   if (!private_dir(dir)) return;
-  std::string path = dir + "/" + socket_name(getpid());
+  std::string path = dir + "/" + socket_name(host_pid());
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) {

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 
+#include <ferry_common/control.hpp>
 #include <ferry_common/ops.hpp>
 
 #include "arena.hpp"
@@ -483,7 +484,7 @@ Stats restore(const Options& o) {
 nlohmann::json status() {
   Engine& e = eng();
   nlohmann::json j;
-  j["pid"] = getpid();
+  j["pid"] = control::host_pid();
   {
     std::lock_guard lk(e.mu);
     j["state"] = phase_name(e.phase);

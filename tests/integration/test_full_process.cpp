@@ -1,12 +1,16 @@
-// Whole-process checkpoints: what `ferry check` finds on the machine. CRIU is the one
-// scripts/setup.sh provides (built from Debian's source); CI runs as root, so these
-// tests run there every time.
+// Whole-process checkpoints, the parts built so far: what `ferry check` finds on the
+// machine (CRIU is the one scripts/setup.sh provides), and jobs in their own PID
+// namespace. CI runs as root, so these tests run there every time.
 #include <catch2/catch_test_macros.hpp>
 
+#include <signal.h>
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -79,4 +83,112 @@ TEST_CASE("a missing or unusable CRIU is named with the fix", "[full-process][cr
     auto f = check({{"FERRY_CRIU", "/bin/true"}});
     CHECK(f["problems"][0] == "/bin/true does not answer --version like CRIU does; " + kFix);
   }
+}
+
+// ---- jobs in their own PID namespace ---------------------------------------------------
+
+namespace {
+
+const std::string kMlp = std::string(FERRY_TEST_BIN_DIR) + "/examples/mlp_trainer";
+
+std::string status_field(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 2);
+  return "";
+}
+
+// The children of pid (by /proc/*/status PPid).
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  for (auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string n = e.path().filename();
+    if (n.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t p = std::stoi(n);
+    if (status_field(p, "PPid") == std::to_string(pid)) out.push_back(p);
+  }
+  return out;
+}
+
+// `ferry run` -> ferry-init -> the program: the program's host pid.
+pid_t program_of(pid_t ferry_run) {
+  auto init = children_of(ferry_run);
+  REQUIRE(init.size() == 1);
+  CHECK(status_field(init[0], "Name") == "ferry-init");
+  CHECK(status_field(init[0], "NSpid") == std::to_string(init[0]) + "\t1");
+  auto prog = children_of(init[0]);
+  REQUIRE(prog.size() == 1);
+  return prog[0];
+}
+
+std::vector<std::string> job(const std::vector<std::string>& extra_opts, int steps) {
+  std::vector<std::string> v = {kFerry, "run", "--emulator", "--pid-namespace"};
+  v.insert(v.end(), extra_opts.begin(), extra_opts.end());
+  std::vector<std::string> prog = {"--", kMlp, "--steps", std::to_string(steps), "--step-delay-ms", "15"};
+  v.insert(v.end(), prog.begin(), prog.end());
+  return v;
+}
+
+std::string checksum_line(const std::string& out) {
+  auto lines = ferry_test::lines_with(out, "weights checksum");
+  return lines.empty() ? "" : lines.back();
+}
+
+}  // namespace
+
+TEST_CASE("a job in its own PID namespace: the program is pid 2 under ferry's init, reached by its host pid",
+          "[full-process][namespace]") {
+  ferry_test::TempDir t("ferry-job");
+  auto plain = ferry_test::run({kMlp, "--steps", "30"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({}, 30), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 2 loss"));
+  pid_t prog = program_of(c.pid());
+  CHECK(status_field(prog, "NSpid") == std::to_string(prog) + "\t2");
+  auto r = ferry_test::run({kFerry, "checkpoint", std::to_string(prog), t / "img", "--continue"}, ferry_test::emu_env(),
+                           120);
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(checksum_line(done.out) == checksum_line(plain.out));
+  CHECK(!checksum_line(plain.out).empty());
+}
+
+TEST_CASE("two jobs at once each have their own control socket", "[full-process][namespace]") {
+  ferry_test::Child a(job({}, 400), ferry_test::emu_env());
+  ferry_test::Child b(job({}, 400), ferry_test::emu_env());
+  REQUIRE(a.wait_for("step 2 loss"));
+  REQUIRE(b.wait_for("step 2 loss"));
+  pid_t pa = program_of(a.pid()), pb = program_of(b.pid());
+  CHECK(status_field(pa, "NSpid") == std::to_string(pa) + "\t2");
+  CHECK(status_field(pb, "NSpid") == std::to_string(pb) + "\t2");
+  auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
+  REQUIRE(ps.exit_code == 0);
+  std::set<pid_t> listed;
+  for (auto& p : nlohmann::json::parse(ps.out)) listed.insert(p["pid"].get<pid_t>());
+  CHECK(listed.count(pa) == 1);
+  CHECK(listed.count(pb) == 1);
+  for (pid_t p : {pa, pb}) {
+    auto s = ferry_test::run({kFerry, "status", std::to_string(p), "--format", "json"}, ferry_test::emu_env(), 60);
+    REQUIRE(s.exit_code == 0);
+    CHECK(nlohmann::json::parse(s.out)["pid"] == p);
+  }
+  kill(a.pid(), SIGTERM);  // forwarded through the init to the program
+  kill(b.pid(), SIGTERM);
+  CHECK(a.finish().exit_code == 128 + SIGTERM);
+  CHECK(b.finish().exit_code == 128 + SIGTERM);
+}
+
+TEST_CASE("a scheduler's signal reaches the job's program; ferry run ends with its status",
+          "[full-process][namespace]") {
+  ferry_test::TempDir t("ferry-job");
+  ferry_test::Child c(job({"--on-signal", "TERM=checkpoint:" + (t / "preempted")}, 400), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 2 loss"));
+  kill(c.pid(), SIGTERM);
+  auto r = c.finish();
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.find("checkpoint written to " + (t / "preempted")) != std::string::npos);
+  CHECK(std::filesystem::exists(t / "preempted/manifest.json"));
 }

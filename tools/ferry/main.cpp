@@ -16,6 +16,7 @@
 
 #include "client.hpp"
 #include "commands.hpp"
+#include "job.hpp"
 #include "paths.hpp"
 
 namespace {
@@ -29,7 +30,7 @@ void prepend_env(const char* var, const std::string& value, char sep) {
 
 struct RunArgs {
   std::vector<std::string> cmd;
-  bool strict = false, emulator = false, no_arena = false;
+  bool strict = false, emulator = false, no_arena = false, pid_namespace = false;
   std::string device_map, log, real_driver;
   std::vector<std::string> on_signal;
 };
@@ -69,6 +70,7 @@ int run(const RunArgs& a) {
     setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   }
   prepend_env("LD_PRELOAD", shim, ' ');
+  if (a.pid_namespace) return ferry::cli::run_job(a.cmd);
   std::vector<char*> argv;
   for (auto& s : a.cmd) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
@@ -103,6 +105,8 @@ int main(int argc, char** argv) {
   r->add_option("--log", ra.log, "shim log level: error|warn|info|debug, add ,state to dump the device state at exit");
   r->add_option("--real-driver", ra.real_driver, "absolute path of the real libcuda.so.1");
   r->add_flag("--no-arena", ra.no_arena, "let the driver place allocations (no fixed addresses: no restore)");
+  r->add_flag("--pid-namespace", ra.pid_namespace,
+              "run the program as a job in its own PID namespace, under ferry's init (needs root)");
   r->add_option("--on-signal", ra.on_signal,
                 "SIGNAL=checkpoint:DIR: on that signal, checkpoint to DIR and exit (e.g. TERM=checkpoint:/ckpt/job)")
       ->expected(1)

@@ -1,0 +1,25 @@
+// A job in its own PID namespace (`ferry run --pid-namespace`).
+//
+// `ferry run` unshares a new PID namespace and forks ferry's init into it (pid 1). The
+// init starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
+// default signal behaviour a program expects), forwards every signal it is sent to the
+// program, reaps whatever is re-parented to it, and exits with the program's status
+// once nothing is left. `ferry run` itself stays outside: it forwards the signals it
+// gets (a scheduler's SIGTERM, a terminal's ^C) to the init and exits with the
+// program's status; if `ferry run` is killed outright, the job is killed with it. A job
+// so isolated can be dumped by CRIU as one tree (the init and
+// everything below it) and restored under the same pids while the original still runs;
+// its processes name their control sockets by host pid (ferry_common/control.hpp), so
+// jobs never collide.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ferry::cli {
+
+// Runs argv (its environment already set) as the program of a new job; returns the
+// exit status ferry run should end with (128+N when the program died of signal N).
+int run_job(const std::vector<std::string>& argv);
+
+}  // namespace ferry::cli
