@@ -5,7 +5,9 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -191,4 +193,44 @@ TEST_CASE("a scheduler's signal reaches the job's program; ferry run ends with i
   CHECK(r.exit_code == 0);
   CHECK(r.err.find("checkpoint written to " + (t / "preempted")) != std::string::npos);
   CHECK(std::filesystem::exists(t / "preempted/manifest.json"));
+}
+
+TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores it, state intact",
+          "[full-process][namespace][criu]") {
+  REQUIRE(geteuid() == 0);  // CRIU dumps and restores as root; CI and developers are root
+  ferry_test::TempDir t("ferry-criu-job");
+  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+  // A job whose state is in its memory: a shell counting in a variable.
+  std::string out = t / "ticks";
+  ferry_test::Child job({kFerry, "run", "--pid-namespace", "--", "/bin/sh", "-c",
+                         "i=0; while :; do echo tick $i >> " + out + "; i=$((i+1)); sleep 0.05; done"},
+                        ferry_test::emu_env());
+  auto ticks = [&] { return ferry_test::lines_with(ferry_test::read_file(out), "tick "); };
+  for (int i = 0; i < 200 && ticks().size() < 3; i++) usleep(50000);
+  REQUIRE(ticks().size() >= 3);
+  auto init = children_of(job.pid());
+  REQUIRE(init.size() == 1);
+  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log"}, {}, 120);
+  INFO(ferry_test::read_file(t / "dump.log"));
+  REQUIRE(dump.exit_code == 0);
+  CHECK(job.finish().exit_code == 128 + SIGKILL);  // CRIU killed the dumped job; ferry run says so
+  size_t before = ticks().size();
+  usleep(300000);
+  REQUIRE(ticks().size() == before);  // nothing runs
+
+  // criu restore in the foreground is the restored job's parent (the init dies with its
+  // parent, as it would with its ferry run).
+  ferry_test::Child restored({criu, "restore", "-D", t.path, "-o", "restore.log"}, {});
+  for (int i = 0; i < 200 && ticks().size() < before + 3; i++) usleep(50000);
+  INFO(ferry_test::read_file(t / "restore.log"));
+  auto all = ticks();
+  REQUIRE(all.size() >= before + 3);
+  // The counter went on from where it was: the shell's memory came back.
+  for (size_t i = 0; i < all.size(); i++) CHECK(all[i] == "tick " + std::to_string(i));
+  auto again = children_of(restored.pid());
+  REQUIRE(again.size() == 1);
+  CHECK(status_field(again[0], "Name") == "ferry-init");
+  CHECK(status_field(again[0], "NSpid") == std::to_string(again[0]) + "\t1");  // the same namespace layout
+  kill(again[0], SIGTERM);  // forwarded to the program
+  restored.finish();
 }
