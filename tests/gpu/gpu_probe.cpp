@@ -8,17 +8,27 @@
 //                     (in a fresh process: the shim's arena relies on it)
 //   overhead N        host ns per call of cuLaunchKernel, cuMemcpyAsync, cuEventRecord
 //                     (run once directly and once under the shim)
+//   release           what a CUDA process still holds of the driver (/dev/nvidia* file
+//                     descriptors and mappings) with a context, once every context is
+//                     destroyed, and after NVIDIA's checkpoint API checkpointed it (driven
+//                     from a second process by pid, as CRIU's tooling does); whether it can
+//                     then be restored, unlocked and create a context and compute again
+//                     -- the facts the whole-process path (CRIU + ferry) stands on
 //
 // The driver is opened with dlopen("libcuda.so.1"): whatever the loader finds (the
 // shim when it is preloaded, the simulated GPU on LD_LIBRARY_PATH, else the real one).
 #include <cuda.h>
+#include <dirent.h>
 #include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -189,11 +199,172 @@ int overhead(long n) {
   return 0;
 }
 
+// ---- release ------------------------------------------------------------------------
+
+// The driver's files this process holds: "<fds> fds, <maps> maps" of /dev/nvidia*, and
+// the distinct names.
+std::string holdings() {
+  int fds = 0, maps = 0;
+  std::vector<std::string> names;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d)) {
+      char target[256] = {};
+      std::string link = std::string("/proc/self/fd/") + e->d_name;
+      if (readlink(link.c_str(), target, sizeof target - 1) <= 0) continue;
+      std::string t = target;
+      if (t.rfind("/dev/nvidia", 0) != 0) continue;
+      fds++;
+      if (std::find(names.begin(), names.end(), t) == names.end()) names.push_back(t);
+    }
+    closedir(d);
+  }
+  std::ifstream m("/proc/self/maps");
+  std::string line;
+  while (std::getline(m, line))
+    if (line.find("/dev/nvidia") != std::string::npos) maps++;
+  std::string j = "{\"fds\": " + std::to_string(fds) + ", \"maps\": " + std::to_string(maps) + ", \"files\": [";
+  for (size_t i = 0; i < names.size(); i++) j += (i ? ", \"" : "\"") + names[i] + "\"";
+  return j + "]}";
+}
+
+bool read_byte(int fd) {
+  char c;
+  return read(fd, &c, 1) == 1;
+}
+void write_byte(int fd) {
+  char c = 1;
+  if (write(fd, &c, 1) != 1) _exit(3);
+}
+
+// The second process: waits for "go", then drives the checkpoint API on `target` step
+// by step, letting the target look at itself once checkpointed. Writes its results as
+// a JSON object to `out`.
+[[noreturn]] void controller(pid_t target, int go, int checkpointed, int looked, int out) {
+  std::string r;
+  if (!read_byte(go)) _exit(2);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  auto api = [&](const char* n) { return lib ? dlsym(lib, n) : nullptr; };
+  auto init = reinterpret_cast<CUresult (*)(unsigned)>(api("cuInit"));
+  auto state = reinterpret_cast<CUresult (*)(int, CUprocessState*)>(api("cuCheckpointProcessGetState"));
+  auto lock = reinterpret_cast<CUresult (*)(int, CUcheckpointLockArgs*)>(api("cuCheckpointProcessLock"));
+  auto ckpt = reinterpret_cast<CUresult (*)(int, CUcheckpointCheckpointArgs*)>(api("cuCheckpointProcessCheckpoint"));
+  auto restore = reinterpret_cast<CUresult (*)(int, CUcheckpointRestoreArgs*)>(api("cuCheckpointProcessRestore"));
+  auto unlock = reinterpret_cast<CUresult (*)(int, CUcheckpointUnlockArgs*)>(api("cuCheckpointProcessUnlock"));
+  auto tid = reinterpret_cast<CUresult (*)(int, int*)>(api("cuCheckpointProcessGetRestoreThreadId"));
+  if (!init || !state || !lock || !ckpt || !restore || !unlock) {
+    r = "{\"api\": false}";
+    write_byte(checkpointed);  // nothing to look at
+    read_byte(looked);
+  } else {
+    auto st = [&] {
+      CUprocessState s = CU_PROCESS_STATE_FAILED;
+      CUresult e = state(target, &s);
+      return e == CUDA_SUCCESS ? std::to_string(static_cast<int>(s)) : "\"error " + std::to_string(e) + "\"";
+    };
+    r = "{\"api\": true, \"cuInit\": " + std::to_string(init(0));
+    r += ", \"state_before\": " + st();
+    int t = 0;
+    if (tid) r += ", \"restore_thread\": " + std::to_string(tid(target, &t)) + ", \"tid\": " + std::to_string(t);
+    CUcheckpointLockArgs la{};
+    la.timeoutMs = 20000;
+    auto t0 = std::chrono::steady_clock::now();
+    CUresult e = lock(target, &la);
+    auto ms = [&] {
+      return std::to_string(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    };
+    r += ", \"lock\": " + std::to_string(e) + ", \"lock_ms\": " + ms() + ", \"state_locked\": " + st();
+    bool did_checkpoint = false;
+    if (e == CUDA_SUCCESS) {
+      CUcheckpointCheckpointArgs ca{};
+      t0 = std::chrono::steady_clock::now();
+      e = ckpt(target, &ca);
+      did_checkpoint = e == CUDA_SUCCESS;
+      r += ", \"checkpoint\": " + std::to_string(e) + ", \"checkpoint_ms\": " + ms() +
+           ", \"state_checkpointed\": " + st();
+    }
+    write_byte(checkpointed);
+    read_byte(looked);
+    if (did_checkpoint) {
+      CUcheckpointRestoreArgs ra{};
+      t0 = std::chrono::steady_clock::now();
+      e = restore(target, &ra);
+      r += ", \"restore\": " + std::to_string(e) + ", \"restore_ms\": " + ms();
+    }
+    CUcheckpointUnlockArgs ua{};
+    r += ", \"unlock\": " + std::to_string(unlock(target, &ua)) + ", \"state_after\": " + st() + "}";
+  }
+  size_t off = 0;
+  while (off < r.size()) {
+    ssize_t n = write(out, r.data() + off, r.size() - off);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  _exit(0);
+}
+
+int release() {
+  // The controller is forked before this process touches CUDA (a CUDA process must not
+  // fork and use CUDA in the child).
+  int go[2], checkpointed[2], looked[2], out[2];
+  if (pipe(go) || pipe(checkpointed) || pipe(looked) || pipe(out)) return 2;
+  pid_t self = getpid();
+  pid_t ctl = fork();
+  if (ctl == 0) controller(self, go[0], checkpointed[1], looked[0], out[1]);
+  auto init = sym<CUresult (*)(unsigned)>("cuInit");
+  auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
+  auto release_ctx = sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxRelease_v2");
+  auto reset = sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxReset_v2");
+  auto set = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
+  auto alloc = sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2");
+  auto mfree = sym<CUresult (*)(CUdeviceptr)>("cuMemFree_v2");
+  auto memset8 = sym<CUresult (*)(CUdeviceptr, unsigned char, size_t)>("cuMemsetD8_v2");
+  auto dtoh = sym<CUresult (*)(void*, CUdeviceptr, size_t)>("cuMemcpyDtoH_v2");
+  std::string j = "{";
+  ck(init(0), "cuInit");
+  CUcontext c;
+  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
+  ck(set(c), "cuCtxSetCurrent");
+  CUdeviceptr p;
+  ck(alloc(&p, 64u << 20), "cuMemAlloc");
+  ck(memset8(p, 7, 64u << 20), "cuMemsetD8");
+  j += "\"with_context\": " + holdings();
+  ck(mfree(p), "cuMemFree");
+  ck(set(nullptr), "cuCtxSetCurrent");
+  ck(release_ctx(0), "cuDevicePrimaryCtxRelease");
+  ck(reset(0), "cuDevicePrimaryCtxReset");
+  j += ", \"contexts_destroyed\": " + holdings();
+  write_byte(go[1]);
+  read_byte(checkpointed[0]);  // not a CUDA call: this thread may look while locked
+  j += ", \"after_checkpoint\": " + holdings();
+  write_byte(looked[1]);
+  close(out[1]);
+  std::string ctl_out;
+  char buf[1024];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0) ctl_out.append(buf, static_cast<size_t>(n));
+  int st = 0;
+  waitpid(ctl, &st, 0);
+  j += ", \"controller\": " + (ctl_out.empty() ? std::string("null") : ctl_out);
+  j += ", \"after_restore\": " + holdings();
+  // Can this process use the GPU again?
+  CUresult again = retain(&c, 0);
+  if (again == CUDA_SUCCESS) again = set(c);
+  if (again == CUDA_SUCCESS) again = alloc(&p, 1u << 20);
+  unsigned char back = 0;
+  if (again == CUDA_SUCCESS) again = memset8(p, 42, 1u << 20);
+  if (again == CUDA_SUCCESS) again = dtoh(&back, p + 4096, 1);
+  j += ", \"context_again\": " + std::to_string(again) + ", \"computes_again\": " +
+       (again == CUDA_SUCCESS && back == 42 ? "true" : "false") + "}";
+  printf("%s\n", j.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -205,6 +376,7 @@ int main(int argc, char** argv) {
   if (mode == "gpa") return gpa();
   if (mode == "reserve-hint") return reserve_hint();
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
+  if (mode == "release") return release();
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;
 }

@@ -292,6 +292,37 @@ def export_tables():
     return seen
 
 
+@check("probe.release", 120)
+def release_probe():
+    """What a CUDA process holds of the driver with a context, once every context is
+    destroyed, and after NVIDIA's checkpoint API checkpointed it (driven by pid from a
+    second process); whether it restores, unlocks and computes again. Facts for the
+    whole-process path: CRIU refuses /dev/nvidia* files and mappings."""
+    _, out, _ = run(probe("release"), 110, direct=True)
+    r = json.loads(out)
+    with open(os.path.join(A.out, "release_probe.json"), "w") as f:
+        f.write(out)
+
+    def held(k):
+        h = r[k]
+        return f"{h['fds']} fds, {h['maps']} maps" + (f" ({', '.join(h['files'])})" if h["files"] else "")
+    figures = {"with a context": held("with_context"), "contexts destroyed": held("contexts_destroyed"),
+               "after the driver checkpoint": held("after_checkpoint"), "after restore": held("after_restore")}
+    ctl = r["controller"] or {}
+    figures["checkpoint API"] = "present" if ctl.get("api") else "absent"
+    if ctl.get("api"):
+        figures["lock / checkpoint / restore / unlock"] = " / ".join(
+            f"{ctl.get(k, '-')}" + (f" in {ctl[k + '_ms']:.0f} ms" if k + "_ms" in ctl else "")
+            for k in ("lock", "checkpoint", "restore", "unlock"))
+        figures["states"] = " -> ".join(str(ctl.get(k, "-")) for k in
+                                        ("state_before", "state_locked", "state_checkpointed", "state_after"))
+    figures["context again"] = r["context_again"]
+    figures["computes again"] = r["computes_again"]
+    if not r["computes_again"]:
+        raise Failed("the process cannot use the GPU again after the probe: " + json.dumps(figures))
+    return figures
+
+
 @check("probe.shim_overhead", 180)
 def shim_overhead():
     n = "2000" if A.emulator else "50000"
@@ -480,7 +511,7 @@ def torch_graph():
     return torch_check("graph")
 
 
-CHECKS = [gpa_table, reserve_hint, export_tables, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
+CHECKS = [gpa_table, reserve_hint, export_tables, release_probe, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
           engine_graph, bandwidth, torch_default, torch_expandable, torch_graph]
 
 
