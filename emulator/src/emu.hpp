@@ -273,6 +273,12 @@ struct Context {
 struct Driver {
   std::recursive_mutex mu;
   bool initialized = false;
+  // Held from cuInit on, like a real driver's /dev/nvidia* files: a userfaultfd
+  // (user-mode only, so no privilege is needed), which CRIU refuses to dump just as it
+  // refuses the real driver's device files. A process under the simulated GPU can be
+  // dumped only once the driver lets go of it -- as with a real GPU. -1 where the
+  // kernel does not offer userfaultfd.
+  int device_file = -1;
   std::vector<std::unique_ptr<Device>> devices;
   std::map<uintptr_t, Range> ranges;        // every registered address range, by base
   std::map<uintptr_t, Mapping> mappings;    // VMM mappings, by base

@@ -1,5 +1,8 @@
 // Start-up, configuration and the device queries of the simulated GPU.
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -175,6 +178,8 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
   std::lock_guard lk(d.mu);
   if (!d.initialized) {
     setup_devices(d);
+    d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
+    if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
     d.initialized = true;
     log("initialised %zu device(s)", d.devices.size());
   }

@@ -234,3 +234,30 @@ TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores
   kill(again[0], SIGTERM);  // forwarded to the program
   restored.finish();
 }
+
+TEST_CASE("CRIU refuses a process the simulated GPU holds, naming its driver file; the job goes on",
+          "[full-process][namespace][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-criu-gpu");
+  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+  const std::string saxpy = std::string(FERRY_TEST_BIN_DIR) + "/examples/driver_saxpy";
+  auto plain = ferry_test::run({saxpy, "--n", "100000", "--iters", "30"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child job({kFerry, "run", "--emulator", "--pid-namespace", "--", saxpy, "--n", "100000", "--iters", "30",
+                         "--iter-delay-ms", "20"},
+                        ferry_test::emu_env());
+  REQUIRE(job.wait_for("iteration 2"));
+  auto init = children_of(job.pid());
+  REQUIRE(init.size() == 1);
+  // Like the real driver's /dev/nvidia* files: held from cuInit until the driver lets go.
+  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log",
+                               "--leave-running"}, {}, 120);
+  std::string log = ferry_test::read_file(t / "dump.log");
+  INFO(log);
+  CHECK(dump.exit_code != 0);
+  CHECK(log.find("anon_inode:[userfaultfd]") != std::string::npos);
+  auto done = job.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(ferry_test::lines_with(done.out, "checksum") == ferry_test::lines_with(plain.out, "checksum"));
+  CHECK(!ferry_test::lines_with(plain.out, "checksum").empty());
+}
