@@ -303,7 +303,11 @@ void log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // init.cpp
-CUresult ensure_init();
+CUresult ensure_init();  // waits while NVIDIA's checkpoint API holds the process locked
+// checkpoint.cpp: NVIDIA's checkpoint API. The service starts at cuInit; the gate holds
+// calls while the process is locked or checkpointed.
+void checkpoint_service_start();
+void checkpoint_gate();
 Device* device(CUdevice d);  // nullptr when out of range
 size_t parse_size(const char* s, size_t dflt);
 

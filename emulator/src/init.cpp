@@ -152,6 +152,7 @@ void setup_devices(Driver& d) {
 }  // namespace
 
 CUresult ensure_init() {
+  checkpoint_gate();
   Driver& d = drv();
   std::lock_guard lk(d.mu);
   return d.initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
@@ -180,6 +181,7 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
     setup_devices(d);
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
+    checkpoint_service_start();
     d.initialized = true;
     log("initialised %zu device(s)", d.devices.size());
   }

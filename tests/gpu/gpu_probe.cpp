@@ -264,7 +264,10 @@ void write_byte(int fd) {
     r = "{\"api\": true, \"cuInit\": " + std::to_string(init(0));
     r += ", \"state_before\": " + st();
     int t = 0;
-    if (tid) r += ", \"restore_thread\": " + std::to_string(tid(target, &t)) + ", \"tid\": " + std::to_string(t);
+    if (tid) {
+      CUresult te = tid(target, &t);
+      r += ", \"restore_thread\": " + std::to_string(te) + ", \"tid\": " + std::to_string(t);
+    }
     CUcheckpointLockArgs la{};
     la.timeoutMs = 20000;
     auto t0 = std::chrono::steady_clock::now();
@@ -292,7 +295,9 @@ void write_byte(int fd) {
       r += ", \"restore\": " + std::to_string(e) + ", \"restore_ms\": " + ms();
     }
     CUcheckpointUnlockArgs ua{};
-    r += ", \"unlock\": " + std::to_string(unlock(target, &ua)) + ", \"state_after\": " + st() + "}";
+    e = unlock(target, &ua);  // before the state is asked (operands of + are unsequenced)
+    r += ", \"unlock\": " + std::to_string(e);
+    r += ", \"state_after\": " + st() + "}";
   }
   size_t off = 0;
   while (off < r.size()) {

@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -50,16 +52,28 @@ const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or
 
 }  // namespace
 
-TEST_CASE("ferry check finds a CRIU >= 4 that passes criu check", "[full-process][criu]") {
+TEST_CASE("ferry check finds a CRIU >= 4 that passes criu check, and the driver's checkpoint API",
+          "[full-process][criu]") {
   auto f = check();
   INFO(f.dump());
   CHECK(f["criu"]["version"].get<std::string>().rfind("4.", 0) == 0);
   CHECK(f["criu"]["check"] == "passed");
-  // The simulated GPU does not implement NVIDIA's checkpoint API yet: not ready, and said so.
+  CHECK(f["driver_checkpoint_api"] == true);  // the simulated GPU implements it
+  CHECK(f["ready"] == true);
+  CHECK(f["problems"].empty());
+}
+
+TEST_CASE("a driver without the checkpoint API is named", "[full-process]") {
+  // The null driver of the shim-overhead benchmark has no cuCheckpointProcess* entry points.
+  auto r = ferry_test::run({kFerry, "check", "--real-driver", std::string(FERRY_TEST_BIN_DIR) + "/bench/null/libcuda.so.1",
+                            "--format", "json"}, {}, 60);
+  INFO(r.out << r.err);
+  auto j = nlohmann::json::parse(r.out);
+  auto f = j["full_process"];
   CHECK(f["driver_checkpoint_api"] == false);
   CHECK(f["ready"] == false);
-  REQUIRE(f["problems"].size() == 1);
-  CHECK(f["problems"][0] == "the CUDA driver has no checkpoint API (cuCheckpointProcess*: CUDA 12.8, driver r570 or newer)");
+  CHECK(f["problems"].back() ==
+        "the CUDA driver has no checkpoint API (cuCheckpointProcess*: CUDA 12.8, driver r570 or newer)");
 }
 
 TEST_CASE("a missing or unusable CRIU is named with the fix", "[full-process][criu]") {
@@ -260,4 +274,120 @@ TEST_CASE("CRIU refuses a process the simulated GPU holds, naming its driver fil
   CHECK(done.exit_code == 0);
   CHECK(ferry_test::lines_with(done.out, "checksum") == ferry_test::lines_with(plain.out, "checksum"));
   CHECK(!ferry_test::lines_with(plain.out, "checksum").empty());
+}
+
+// ---- NVIDIA's checkpoint API on the simulated GPU ------------------------------------------
+
+namespace {
+
+const std::string kSaxpy = std::string(FERRY_TEST_BIN_DIR) + "/examples/driver_saxpy";
+const std::string kCtl = std::string(FERRY_TEST_BIN_DIR) + "/tests/programs/ckpt_ctl";
+
+// ckpt_ctl's answers, "STEP RESULT VALUE" per line, as run on the machine described by env.
+std::vector<std::string> ctl(pid_t pid, std::vector<std::string> steps, std::map<std::string, std::string> env = {}) {
+  steps.insert(steps.begin(), {kCtl, std::to_string(pid)});
+  auto r = ferry_test::run(steps, ferry_test::emu_env(env), 180);
+  INFO(r.err);
+  std::vector<std::string> lines;
+  std::istringstream in(r.out);
+  std::string l;
+  while (std::getline(in, l)) lines.push_back(l);
+  return lines;
+}
+
+// The simulated GPU's UUID of device i ("ferry-emu-gpu", 0, 0x40, i).
+std::string emu_uuid(int i) {
+  char b[8];
+  snprintf(b, sizeof b, "0040%02x", i);
+  return std::string("666572727" "92d656d752d677075") + b;
+}
+
+const std::string kOtherUuid = "11112222333344445555666677778888";
+
+}  // namespace
+
+TEST_CASE("the simulated GPU's checkpoint API: states, a locked process waits, refusals keep it checkpointed",
+          "[full-process][driver-checkpoint]") {
+  auto plain = ferry_test::run({kSaxpy, "--n", "1000000", "--iters", "30"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child job({kSaxpy, "--n", "1000000", "--iters", "30", "--iter-delay-ms", "20"}, ferry_test::emu_env());
+  REQUIRE(job.wait_for("iteration 2"));
+  pid_t p = job.pid();
+  CHECK(ctl(p, {"state", "checkpoint", "unlock"}) ==
+        std::vector<std::string>{"state 0 0", "checkpoint 401 0", "unlock 401 0"});  // CUDA_ERROR_ILLEGAL_STATE
+  CHECK(ctl(p, {"lock:20000", "state"}) == std::vector<std::string>{"lock:20000 0 0", "state 0 1"});
+  size_t frozen = job.out().size();
+  usleep(300000);
+  CHECK(job.out().size() == frozen);  // its next CUDA call waits
+  CHECK(ctl(p, {"checkpoint", "state"}) == std::vector<std::string>{"checkpoint 0 0", "state 0 2"});
+  // Another chip, too little memory, a checkpointed GPU missing from the pairs: refused,
+  // and the process stays checkpointed.
+  CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_DEVICE0", "name=another GPU"}}) ==
+        std::vector<std::string>{"restore 101 0", "state 0 2"});  // CUDA_ERROR_INVALID_DEVICE
+  CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_MEMORY", "4M"}}) ==
+        std::vector<std::string>{"restore 2 0", "state 0 2"});  // CUDA_ERROR_OUT_OF_MEMORY
+  std::string only_other = "restore:" + emu_uuid(1) + "=" + emu_uuid(0);
+  CHECK(ctl(p, {only_other, "state"}) == std::vector<std::string>{only_other + " 1 0", "state 0 2"});
+  CHECK(ctl(p, {"restore", "state", "unlock", "state"}) ==
+        std::vector<std::string>{"restore 0 0", "state 0 1", "unlock 0 0", "state 0 0"});
+  auto done = job.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(ferry_test::lines_with(done.out, "checksum") == ferry_test::lines_with(plain.out, "checksum"));
+}
+
+TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, the job dies, CRIU restore and driver "
+          "restore onto another machine's GPU, the job ends as if untouched",
+          "[full-process][driver-checkpoint][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-nvroute");
+  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+  auto plain = ferry_test::run({kSaxpy, "--n", "300000", "--iters", "40"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child job({kFerry, "run", "--emulator", "--pid-namespace", "--", kSaxpy, "--n", "300000", "--iters", "40",
+                         "--iter-delay-ms", "20"},
+                        ferry_test::emu_env({{"FERRY_CONTROL", "off"}}));
+  REQUIRE(job.wait_for("iteration 3"));
+  pid_t init = children_of(job.pid()).at(0);
+  pid_t prog = children_of(init).at(0);
+  auto dump = [&](const std::string& dir, std::vector<std::string> extra) {
+    std::filesystem::create_directories(dir);
+    std::vector<std::string> argv = {criu, "dump", "-t", std::to_string(init), "-D", dir, "-o", "dump.log"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return ferry_test::run(argv, {}, 180);
+  };
+  // Before the driver lets go: refused for the driver's file.
+  auto refused = dump(t / "before", {"--leave-running"});
+  CHECK(refused.exit_code != 0);
+  CHECK(ferry_test::read_file(t / "before/dump.log").find("anon_inode:[userfaultfd]") != std::string::npos);
+  CHECK(ctl(prog, {"lock:20000", "checkpoint"}) == std::vector<std::string>{"lock:20000 0 0", "checkpoint 0 0"});
+  auto dumped = dump(t / "img", {});
+  INFO(ferry_test::read_file(t / "img/dump.log"));
+  REQUIRE(dumped.exit_code == 0);
+  CHECK(job.finish().exit_code == 128 + SIGKILL);  // the job is gone
+  std::string before = job.out();
+  CHECK(before.find("checksum") == std::string::npos);
+
+  // In the foreground, criu stays the restored tree's parent. Its log says when the
+  // tasks run again (only then may anyone signal them).
+  ferry_test::Child restored({criu, "restore", "-D", t / "img", "-o", "restore.log", "-v3"}, {});
+  auto resumed = [&] {
+    return ferry_test::read_file(t / "img/restore.log").find("Restore finished successfully") != std::string::npos;
+  };
+  for (int i = 0; i < 400 && !resumed(); i++) usleep(25000);
+  INFO(ferry_test::read_file(t / "img/restore.log"));
+  REQUIRE(resumed());
+  auto restored_init = children_of(restored.pid());
+  REQUIRE(restored_init.size() == 1);
+  pid_t new_init = restored_init[0];
+  pid_t new_prog = children_of(new_init).at(0);
+  CHECK(status_field(new_prog, "NSpid") == std::to_string(new_prog) + "\t2");
+  // The restorer's machine: its GPU 0 has another UUID; the pair maps the old one to it.
+  std::string pair = "restore:" + emu_uuid(0) + "=" + kOtherUuid;
+  CHECK(ctl(new_prog, {"state", pair, "unlock"}, {{"FERRY_EMU_DEVICE0", "uuid=" + kOtherUuid}}) ==
+        std::vector<std::string>{"state 0 2", pair + " 0 0", "unlock 0 0"});
+  // The restored job writes on into the same output file and ends as an untouched run.
+  for (int i = 0; i < 600 && job.out().find("checksum") == std::string::npos; i++) usleep(50000);
+  CHECK(ferry_test::lines_with(job.out(), "checksum") == ferry_test::lines_with(plain.out, "checksum"));
+  CHECK(!ferry_test::lines_with(plain.out, "checksum").empty());
+  restored.finish();
 }

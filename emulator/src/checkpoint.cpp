@@ -1,0 +1,445 @@
+// NVIDIA's checkpoint API on the simulated GPU (cuCheckpointProcess*), with the
+// driver's documented semantics, callable from another process by pid.
+//
+// States: RUNNING -> lock -> LOCKED -> checkpoint -> CHECKPOINTED -> restore -> LOCKED
+// -> unlock -> RUNNING. Lock closes the driver to new calls (every entry point that
+// checks initialization waits; the service's own thread passes) and waits, up to the
+// caller's timeout, for all queued work to finish; on timeout the process stays
+// RUNNING. Checkpoint lets go of the devices: the process's device memory already is
+// host memory, and the driver's file CRIU refuses (a userfaultfd, init.cpp) is closed,
+// so CRIU can now dump the process. Restore takes the devices of the machine the
+// *caller* runs on (its own simulated devices, sent with the request: a process
+// restored elsewhere sees that machine's GPUs, not the ones in its own environment),
+// maps every checkpointed GPU to one of them -- by the caller's gpuPairs (old UUID ->
+// new UUID; then every checkpointed GPU must be listed) or else to the same UUID --,
+// requires the same chip (name and compute capability) and enough memory, takes on the
+// new identities and re-opens the driver file. A failed restore leaves the process
+// CHECKPOINTED. "Checkpointed GPUs" are the devices the process opened (a context or
+// memory); its other devices keep their old identity.
+//
+// Between processes: each process that initialized the simulated GPU runs a service
+// thread named "ferry-emu-ckpt" (its thread id is the restore thread id). A caller
+// writes a request file into /tmp/ferry-emu-<uid>/ (mode 0700), named by the target's
+// host pid and its own, and sends the target kSignal; the signal handler wakes the
+// service through a pipe inside the process. The service answers in a response file.
+// Nothing here holds a file CRIU cannot dump, and after a CRIU restore (new host pid)
+// the service finds requests by the pid it has then. The signal is only sent to a
+// process that has a thread of that name, so no other process is ever killed by it.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "emu.hpp"
+
+namespace ferry::emu {
+
+namespace {
+
+const int kSignal = SIGRTMAX - 3;
+constexpr const char* kThreadName = "ferry-emu-ckpt";
+
+// The state, readable without a lock on the hot path (the gate).
+std::atomic<int> g_state{CU_PROCESS_STATE_RUNNING};
+std::mutex g_mu;  // the fields below; state changes
+std::condition_variable g_cv;
+std::atomic<pid_t> g_service_tid{0};  // the service thread's tid as this process sees it
+int g_wake[2] = {-1, -1};
+struct Opened {
+  int ordinal;
+  CUuuid uuid;
+  std::string name;
+  int cc_major, cc_minor;
+  size_t used;
+};
+std::vector<Opened> g_checkpointed;
+
+thread_local bool t_is_service = false;
+
+pid_t self_host(const char* link) {
+  char b[64];
+  ssize_t n = readlink(link, b, sizeof b - 1);
+  if (n <= 0) return 0;
+  b[n] = 0;
+  const char* last = strrchr(b, '/');
+  return static_cast<pid_t>(atoi(last ? last + 1 : b));
+}
+pid_t host_pid() { return self_host("/proc/self"); }
+pid_t host_tid() { return self_host("/proc/thread-self"); }
+
+std::string dir() { return "/tmp/ferry-emu-" + std::to_string(getuid()); }
+
+std::string hex(const CUuuid& u) {
+  char b[33];
+  for (int i = 0; i < 16; i++) snprintf(b + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
+  return b;
+}
+bool unhex(const std::string& s, CUuuid* u) {
+  if (s.size() != 32) return false;
+  for (int i = 0; i < 16; i++) u->bytes[i] = static_cast<char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
+  return true;
+}
+
+// ---- the target's side ------------------------------------------------------------------
+
+bool all_idle() {
+  Driver& d = drv();
+  std::lock_guard lk(d.mu);
+  for (Stream* s : d.live_streams) {
+    std::lock_guard sl(s->mu);
+    if (s->completed.load() < s->enqueued) return false;
+  }
+  return true;
+}
+
+void set_state(int s) {
+  {
+    std::lock_guard lk(g_mu);
+    g_state = s;
+  }
+  g_cv.notify_all();
+}
+
+CUresult do_lock(unsigned timeout_ms) {
+  if (g_state != CU_PROCESS_STATE_RUNNING) return CUDA_ERROR_ILLEGAL_STATE;
+  set_state(CU_PROCESS_STATE_LOCKED);  // new calls wait from here on
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  Driver& d = drv();
+  std::unique_lock lk(d.progress_mu);
+  while (!all_idle()) {
+    if (timeout_ms && std::chrono::steady_clock::now() >= deadline) {
+      lk.unlock();
+      set_state(CU_PROCESS_STATE_RUNNING);
+      return CUDA_ERROR_TIMEOUT;
+    }
+    d.progress_cv.wait_for(lk, std::chrono::milliseconds(5));
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult do_checkpoint() {
+  if (g_state != CU_PROCESS_STATE_LOCKED) return CUDA_ERROR_ILLEGAL_STATE;
+  Driver& d = drv();
+  std::lock_guard lk(d.mu);
+  g_checkpointed.clear();
+  for (auto& dev : d.devices) {
+    bool opened = dev->used > 0;
+    for (Context* c : d.contexts) opened = opened || (c->alive && c->dev == dev.get());
+    if (opened)
+      g_checkpointed.push_back({dev->ordinal, dev->cfg.uuid, dev->cfg.name, dev->cfg.cc_major, dev->cfg.cc_minor,
+                                dev->used});
+  }
+  if (d.device_file >= 0) close(d.device_file);
+  d.device_file = -1;
+  set_state(CU_PROCESS_STATE_CHECKPOINTED);
+  return CUDA_SUCCESS;
+}
+
+// machine: the caller's devices; pairs: old UUID -> new UUID (may be empty).
+CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std::string, std::string>& pairs) {
+  if (g_state != CU_PROCESS_STATE_CHECKPOINTED) return CUDA_ERROR_ILLEGAL_STATE;
+  Driver& d = drv();
+  std::lock_guard lk(d.mu);
+  std::vector<std::pair<int, const DeviceConfig*>> plan;
+  std::vector<bool> taken(machine.size(), false);
+  for (const Opened& o : g_checkpointed) {
+    std::string want = hex(o.uuid);
+    if (!pairs.empty()) {
+      auto it = pairs.find(want);
+      if (it == pairs.end()) {
+        log("restore: checkpointed GPU %s is not in the GPU pairs", want.c_str());
+        return CUDA_ERROR_INVALID_VALUE;
+      }
+      want = it->second;
+    }
+    size_t j = 0;
+    while (j < machine.size() && hex(machine[j].uuid) != want) j++;
+    if (j == machine.size() || taken[j]) {
+      log("restore: no GPU %s on this machine for device %d", want.c_str(), o.ordinal);
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
+    const DeviceConfig& m = machine[j];
+    if (m.name != o.name || m.cc_major != o.cc_major || m.cc_minor != o.cc_minor) {
+      log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d)", want.c_str(), m.name.c_str(), m.cc_major, m.cc_minor,
+          o.name.c_str(), o.cc_major, o.cc_minor);
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
+    if (m.total_mem < o.used) {
+      log("restore: GPU %s has %zu bytes, the process needs %zu", want.c_str(), m.total_mem, o.used);
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    taken[j] = true;
+    plan.emplace_back(o.ordinal, &m);
+  }
+  for (auto& [ordinal, m] : plan) d.devices[static_cast<size_t>(ordinal)]->cfg = *m;
+  d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
+  set_state(CU_PROCESS_STATE_LOCKED);
+  return CUDA_SUCCESS;
+}
+
+CUresult do_unlock() {
+  if (g_state != CU_PROCESS_STATE_LOCKED) return CUDA_ERROR_ILLEGAL_STATE;
+  set_state(CU_PROCESS_STATE_RUNNING);
+  return CUDA_SUCCESS;
+}
+
+// A request: "op NAME", "timeout MS", "pair OLD NEW", "device UUID MAJOR MINOR MEM SMS BUS NAME...".
+std::string handle(const std::string& req) {
+  std::istringstream in(req);
+  std::string line, op;
+  unsigned timeout = 0;
+  std::map<std::string, std::string> pairs;
+  std::vector<DeviceConfig> machine;
+  while (std::getline(in, line)) {
+    std::istringstream w(line);
+    std::string key;
+    w >> key;
+    if (key == "op") w >> op;
+    if (key == "timeout") w >> timeout;
+    if (key == "pair") {
+      std::string a, b;
+      w >> a >> b;
+      pairs[a] = b;
+    }
+    if (key == "device") {
+      DeviceConfig c;
+      std::string u;
+      w >> u >> c.cc_major >> c.cc_minor >> c.total_mem >> c.sm_count >> c.pci_bus;
+      std::getline(w, c.name);
+      if (!c.name.empty() && c.name[0] == ' ') c.name.erase(0, 1);
+      unhex(u, &c.uuid);
+      machine.push_back(c);
+    }
+  }
+  CUresult r = CUDA_ERROR_INVALID_VALUE;
+  long value = 0;
+  if (op == "state") r = CUDA_SUCCESS, value = g_state;
+  if (op == "tid") r = CUDA_SUCCESS, value = g_service_tid;
+  if (op == "lock") r = do_lock(timeout);
+  if (op == "checkpoint") r = do_checkpoint();
+  if (op == "restore") r = do_restore(machine, pairs);
+  if (op == "unlock") r = do_unlock();
+  log("checkpoint API: %s -> %d", op.c_str(), static_cast<int>(r));
+  return "result " + std::to_string(static_cast<int>(r)) + "\nvalue " + std::to_string(value) + "\n";
+}
+
+void on_signal(int) {
+  char c = 1;
+  ssize_t ignored = write(g_wake[1], &c, 1);
+  (void)ignored;
+}
+
+void serve() {
+  t_is_service = true;
+  pthread_setname_np(pthread_self(), kThreadName);
+  g_service_tid = host_tid();
+  for (;;) {
+    char c;
+    ssize_t n = read(g_wake[0], &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    g_service_tid = host_tid();  // after a CRIU restore: the tid on the new host
+    std::string me = std::to_string(host_pid()) + ".";
+    std::vector<std::string> reqs;
+    if (DIR* dp = opendir(dir().c_str())) {
+      while (dirent* e = readdir(dp)) {
+        std::string f = e->d_name;
+        if (f.rfind(me, 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".req") reqs.push_back(f);
+      }
+      closedir(dp);
+    }
+    for (auto& f : reqs) {
+      std::string path = dir() + "/" + f;
+      std::ifstream in(path);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      unlink(path.c_str());
+      std::string answer = handle(ss.str());
+      std::string base = path.substr(0, path.size() - 4);
+      std::ofstream(base + ".resp.tmp") << answer;
+      rename((base + ".resp.tmp").c_str(), (base + ".resp").c_str());
+    }
+  }
+}
+
+// ---- the caller's side ------------------------------------------------------------------
+
+bool has_service(pid_t pid) {
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dp = opendir(task.c_str());
+  if (!dp) return false;
+  bool found = false;
+  while (dirent* e = readdir(dp)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream comm(task + "/" + e->d_name + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    found = found || name == kThreadName;
+  }
+  closedir(dp);
+  return found;
+}
+
+CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
+  if (CUresult e = ensure_init()) return e;
+  std::string answer;
+  if (pid == host_pid()) {
+    answer = handle(req);
+  } else {
+    if (pid <= 0 || !has_service(pid)) return CUDA_ERROR_INVALID_VALUE;  // not a process of this driver
+    mkdir(dir().c_str(), 0700);
+    std::string base = dir() + "/" + std::to_string(pid) + "." + std::to_string(host_pid()) + "." +
+                       std::to_string(host_tid());
+    std::ofstream(base + ".req.tmp") << req;
+    if (rename((base + ".req.tmp").c_str(), (base + ".req").c_str()) != 0) return CUDA_ERROR_OPERATING_SYSTEM;
+    if (kill(pid, kSignal) != 0) {
+      unlink((base + ".req").c_str());
+      return CUDA_ERROR_INVALID_VALUE;
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    for (;;) {
+      std::ifstream in(base + ".resp");
+      if (in) {
+        std::stringstream ss;
+        ss << in.rdbuf();
+        answer = ss.str();
+        unlink((base + ".resp").c_str());
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        unlink((base + ".req").c_str());
+        return CUDA_ERROR_TIMEOUT;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  int r = 0;
+  long v = 0;
+  sscanf(answer.c_str(), "result %d\nvalue %ld", &r, &v);
+  if (value) *value = v;
+  return static_cast<CUresult>(r);
+}
+
+template <class T>
+bool zeroed(const T& x, size_t from = 0) {
+  const auto* b = reinterpret_cast<const unsigned char*>(&x);
+  for (size_t i = from; i < sizeof x; i++)
+    if (b[i]) return false;
+  return true;
+}
+
+constexpr unsigned kWaitMs = 120000;  // how long a caller waits for an answer (beyond a lock timeout)
+
+// A thread calling the API acts as a controller: it passes the gate, so a process can
+// also lock, checkpoint, restore and unlock itself.
+struct Controller {
+  bool saved = t_is_service;
+  Controller() { t_is_service = true; }
+  ~Controller() { t_is_service = saved; }
+};
+
+}  // namespace
+
+void checkpoint_service_start() {
+  if (pipe2(g_wake, O_CLOEXEC) != 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(kSignal, &sa, nullptr);
+  std::thread t(serve);
+  t.detach();
+  // The thread's name is how callers know this process serves requests: once cuInit
+  // returns, it is there.
+  while (g_service_tid == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+}
+
+void checkpoint_gate() {
+  if (__builtin_expect(g_state.load(std::memory_order_acquire) == CU_PROCESS_STATE_RUNNING, 1) || t_is_service) return;
+  std::unique_lock lk(g_mu);
+  g_cv.wait(lk, [] { return g_state == CU_PROCESS_STATE_RUNNING; });
+}
+
+}  // namespace ferry::emu
+
+using namespace ferry::emu;
+
+FERRY_EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState* state) {
+  Controller as_controller;
+  if (!state) return CUDA_ERROR_INVALID_VALUE;
+  long v = 0;
+  CUresult r = call(pid, "op state\n", kWaitMs, &v);
+  if (r == CUDA_SUCCESS) *state = static_cast<CUprocessState>(v);
+  return r;
+}
+
+FERRY_EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int* tid) {
+  Controller as_controller;
+  if (!tid) return CUDA_ERROR_INVALID_VALUE;
+  long v = 0;
+  CUresult r = call(pid, "op tid\n", kWaitMs, &v);
+  if (r == CUDA_SUCCESS) *tid = static_cast<int>(v);
+  return r;
+}
+
+FERRY_EXPORT CUresult cuCheckpointProcessLock(int pid, CUcheckpointLockArgs* args) {
+  Controller as_controller;
+  unsigned timeout = 0;
+  if (args) {
+    if (args->reserved0 || !zeroed(args->reserved1)) return CUDA_ERROR_INVALID_VALUE;
+    timeout = args->timeoutMs;
+  }
+  return call(pid, "op lock\ntimeout " + std::to_string(timeout) + "\n", kWaitMs + timeout, nullptr);
+}
+
+FERRY_EXPORT CUresult cuCheckpointProcessCheckpoint(int pid, CUcheckpointCheckpointArgs* args) {
+  Controller as_controller;
+  if (args && !zeroed(*args)) return CUDA_ERROR_INVALID_VALUE;
+  return call(pid, "op checkpoint\n", kWaitMs, nullptr);
+}
+
+FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs* args) {
+  Controller as_controller;
+  std::string req = "op restore\n";
+  if (args) {
+    if (!zeroed(args->reserved) || args->reserved1) return CUDA_ERROR_INVALID_VALUE;
+    if (args->gpuPairsCount && !args->gpuPairs) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < args->gpuPairsCount; i++)
+      req += "pair " + hex(args->gpuPairs[i].oldUuid) + " " + hex(args->gpuPairs[i].newUuid) + "\n";
+  }
+  if (CUresult e = ensure_init()) return e;
+  {
+    Driver& d = drv();
+    std::lock_guard lk(d.mu);
+    for (auto& dev : d.devices) {
+      const DeviceConfig& c = dev->cfg;
+      req += "device " + hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
+             std::to_string(c.total_mem) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
+             c.name + "\n";
+    }
+  }
+  return call(pid, req, kWaitMs, nullptr);
+}
+
+FERRY_EXPORT CUresult cuCheckpointProcessUnlock(int pid, CUcheckpointUnlockArgs* args) {
+  Controller as_controller;
+  if (args && !zeroed(*args)) return CUDA_ERROR_INVALID_VALUE;
+  return call(pid, "op unlock\n", kWaitMs, nullptr);
+}
