@@ -355,6 +355,16 @@ struct Controller {
   ~Controller() { t_is_service = saved; }
 };
 
+// A question with a number for answer (the state, the restore thread id).
+template <class T>
+CUresult query(int pid, const char* op, T* out) {
+  if (!out) return CUDA_ERROR_INVALID_VALUE;
+  long v = 0;
+  CUresult r = call(pid, std::string("op ") + op + "\n", kWaitMs, &v);
+  if (r == CUDA_SUCCESS) *out = static_cast<T>(v);
+  return r;
+}
+
 }  // namespace
 
 void checkpoint_service_start() {
@@ -383,20 +393,12 @@ using namespace ferry::emu;
 
 FERRY_EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState* state) {
   Controller as_controller;
-  if (!state) return CUDA_ERROR_INVALID_VALUE;
-  long v = 0;
-  CUresult r = call(pid, "op state\n", kWaitMs, &v);
-  if (r == CUDA_SUCCESS) *state = static_cast<CUprocessState>(v);
-  return r;
+  return query(pid, "state", state);
 }
 
 FERRY_EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int* tid) {
   Controller as_controller;
-  if (!tid) return CUDA_ERROR_INVALID_VALUE;
-  long v = 0;
-  CUresult r = call(pid, "op tid\n", kWaitMs, &v);
-  if (r == CUDA_SUCCESS) *tid = static_cast<int>(v);
-  return r;
+  return query(pid, "tid", tid);
 }
 
 FERRY_EXPORT CUresult cuCheckpointProcessLock(int pid, CUcheckpointLockArgs* args) {
