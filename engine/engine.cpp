@@ -230,7 +230,10 @@ image::WriterOptions writer_options(const Options& o) {
 
 std::string map_text(const std::vector<int>& m) {
   std::string s;
-  for (size_t i = 0; i < m.size(); i++) s += (i ? "," : "") + std::to_string(m[i]);
+  for (size_t i = 0; i < m.size(); i++) {
+    if (i) s += ',';
+    s += std::to_string(m[i]);
+  }
   return s;
 }
 
