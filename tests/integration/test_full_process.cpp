@@ -391,3 +391,18 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
   CHECK(!ferry_test::lines_with(plain.out, "checksum").empty());
   restored.finish();
 }
+
+TEST_CASE("the checkpoint API's lock waits for queued work and gives up at its timeout, the process still running",
+          "[full-process][driver-checkpoint]") {
+  ferry_test::Child job({std::string(FERRY_TEST_BIN_DIR) + "/tests/programs/busy_stream", "6", "700"},
+                        ferry_test::emu_env());
+  REQUIRE(job.wait_for("busy"));
+  usleep(100000);  // a 700 ms host function is running on its stream
+  CHECK(ctl(job.pid(), {"lock:150", "state"}) == std::vector<std::string>{"lock:150 909 0", "state 0 0"});  // TIMEOUT
+  // Without a timeout the lock waits for the work in flight, then holds the next call.
+  CHECK(ctl(job.pid(), {"lock", "state", "unlock"}) ==
+        std::vector<std::string>{"lock 0 0", "state 0 1", "unlock 0 0"});
+  auto done = job.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(done.out.find("done") != std::string::npos);
+}
