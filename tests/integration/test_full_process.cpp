@@ -4,7 +4,9 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -144,6 +146,12 @@ std::vector<std::string> job(const std::vector<std::string>& extra_opts, int ste
   std::vector<std::string> prog = {"--", kMlp, "--steps", std::to_string(steps), "--step-delay-ms", "15"};
   v.insert(v.end(), prog.begin(), prog.end());
   return v;
+}
+
+// mlp_trainer as a --pid-namespace job, paced so the test can act mid-run.
+std::vector<std::string> job_argv_for_route(int steps) {
+  return {kFerry, "run", "--emulator", "--pid-namespace", "--", kMlp, "--steps", std::to_string(steps),
+          "--step-delay-ms", "30"};
 }
 
 std::string checksum_line(const std::string& out) {
@@ -405,4 +413,75 @@ TEST_CASE("the checkpoint API's lock waits for queued work and gives up at its t
   auto done = job.finish();
   CHECK(done.exit_code == 0);
   CHECK(done.out.find("done") != std::string::npos);
+}
+
+namespace {
+
+// One request on a control socket by its path (ferry_common/control.hpp's protocol);
+// the last line of the answer.
+nlohmann::json request_at(const std::string& path, const std::string& op, const nlohmann::json& options) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  std::string req = nlohmann::json({{"v", 1}, {"op", op}, {"options", options}}).dump() + "\n";
+  REQUIRE(send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
+  std::string all;
+  char buf[4096];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof buf, 0)) > 0) all.append(buf, static_cast<size_t>(n));
+  close(fd);
+  auto lines = ferry_test::lines_with(all, "\"ok\"");
+  REQUIRE(!lines.empty());
+  return nlohmann::json::parse(lines.back());
+}
+
+}  // namespace
+
+TEST_CASE("ferry's route by hand: GPU state to ferry's image, driver checkpoint, CRIU dump, the job dies; CRIU "
+          "restore, driver restore, ferry rebuilds on the other GPU, the job ends bit-identical",
+          "[full-process][driver-checkpoint][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-route");
+  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+  auto plain = ferry_test::run({kMlp, "--steps", "40"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child job(job_argv_for_route(40), ferry_test::emu_env());
+  REQUIRE(job.wait_for("step 3 loss"));
+  pid_t init = children_of(job.pid()).at(0);
+  pid_t prog = children_of(init).at(0);
+  // 1. ferry writes the GPU state to its image and releases every GPU object.
+  auto sus = ferry_test::run({kFerry, "suspend", std::to_string(prog), "--to", t / "gpu"}, ferry_test::emu_env(), 120);
+  INFO(sus.err);
+  REQUIRE(sus.exit_code == 0);
+  // 2. The driver lets go of what is left; 3. CRIU dumps the job, which ends.
+  CHECK(ctl(prog, {"lock:20000", "checkpoint"}) == std::vector<std::string>{"lock:20000 0 0", "checkpoint 0 0"});
+  std::filesystem::create_directories(t / "cpu");
+  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init), "-D", t / "cpu", "-o", "dump.log"}, {}, 180);
+  INFO(ferry_test::read_file(t / "cpu/dump.log"));
+  REQUIRE(dump.exit_code == 0);
+  CHECK(job.finish().exit_code == 128 + SIGKILL);
+  // Restore: CRIU in the foreground, the driver, then ferry rebuilds on GPU 1.
+  ferry_test::Child restored({criu, "restore", "-D", t / "cpu", "-o", "restore.log", "-v3"}, {});
+  auto resumed = [&] {
+    return ferry_test::read_file(t / "cpu/restore.log").find("Restore finished successfully") != std::string::npos;
+  };
+  for (int i = 0; i < 400 && !resumed(); i++) usleep(25000);
+  REQUIRE(resumed());
+  pid_t new_prog = children_of(children_of(restored.pid()).at(0)).at(0);
+  CHECK(ctl(new_prog, {"restore", "unlock"}) == std::vector<std::string>{"restore 0 0", "unlock 0 0"});
+  // The restored shim still listens on the socket named by its old host pid: `ferry`
+  // cannot address it by its new pid yet (the whole-process verbs will re-create it).
+  std::string sock = "/tmp/ferry-" + std::to_string(getuid()) + "/" + std::to_string(prog) + ".sock";
+  auto reply = request_at(sock, "resume", {{"device", 1}});
+  INFO(reply.dump());
+  CHECK(reply["ok"] == true);
+  CHECK(reply["status"]["pid"] == new_prog);
+  CHECK(reply["status"]["memory_by_gpu"].contains("1"));
+  for (int i = 0; i < 600 && job.out().find("weights checksum") == std::string::npos; i++) usleep(50000);
+  CHECK(ferry_test::lines_with(job.out(), "weights checksum") == ferry_test::lines_with(plain.out, "weights checksum"));
+  CHECK(!ferry_test::lines_with(plain.out, "weights checksum").empty());
+  restored.finish();
 }
