@@ -378,7 +378,7 @@ image::Hash host_fingerprint(const char* p, uint64_t n) {
 class DeviceFingerprints {
  public:
   using Results = std::map<const BlobRef*, std::vector<image::Hash>>;
-  DeviceFingerprints(const std::vector<const BlobRef*>& group, uint64_t cs, const Options& o) : cs_(cs) {
+  DeviceFingerprints(const std::vector<BlobRef*>& group, uint64_t cs, const Options& o) : cs_(cs) {
     start(group, o);
   }
   DeviceFingerprints(const DeviceFingerprints&) = delete;
@@ -407,7 +407,7 @@ class DeviceFingerprints {
   }
 
  private:
-  void start(const std::vector<const BlobRef*>& group, const Options& o) {
+  void start(const std::vector<BlobRef*>& group, const Options& o) {
 #if FERRY_HAVE_FINGERPRINT
     const uint64_t cs = cs_;
     if (!o.fingerprints) return;
@@ -467,20 +467,18 @@ void capture_to_ram(const std::vector<BlobRef>& refs_in, RamSnapshot& out, const
   TempViews views;
   views.ensure(refs);
   Reporter rep(o.progress, "copying", total_bytes(refs));
-  std::map<const BlobRef*, char*> host;
-  // The snapshot lists blobs in the order they were captured: by context, as copied.
-  DeviceContexts dc;
-  for (auto& [ctx, group] : by_context(refs, dc))
-    for (BlobRef* r : group) {
-      RamBlob b;
-      b.id = r->id;
-      b.size = r->size;
-      b.bytes = HostBuffer(r->size);
-      host[r] = b.bytes.get();
-      out.bytes += r->size;
-      out.blobs.push_back(std::move(b));
-    }
-  copy_whole(Direction::ToHost, refs, [&](const BlobRef& r) { return host.at(&r); }, rep);
+  // Each blob's host memory is made when its copies are queued, so the snapshot lists
+  // blobs in copy order (by context).
+  copy_whole(Direction::ToHost, refs, [&](const BlobRef& r) {
+    RamBlob b;
+    b.id = r.id;
+    b.size = r.size;
+    b.bytes = HostBuffer(r.size);
+    char* p = b.bytes.get();
+    out.bytes += r.size;
+    out.blobs.push_back(std::move(b));
+    return p;
+  }, rep);
 }
 
 uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w, image::Manifest& m, const Options& o) {
@@ -503,8 +501,7 @@ uint64_t capture_to_image(const std::vector<BlobRef>& refs_in, image::Writer& w,
     m.blobs.push_back(std::move(b));
   }
   std::atomic<uint64_t> copied{0};
-  for (auto& [ctx, group_mut] : groups) {
-    std::vector<const BlobRef*> group(group_mut.begin(), group_mut.end());
+  for (auto& [ctx, group] : groups) {
     copier.begin(ctx);
     DeviceFingerprints pending(group, cs, o);
     // Needed before copying only where the parent has fingerprints to compare with;

@@ -115,6 +115,12 @@ unsigned worker_count() {
   return static_cast<unsigned>(std::min<long>(n, 8));
 }
 
+std::map<CUcontext, std::vector<BlobRef*>> by_context(std::vector<BlobRef>& refs, DeviceContexts& dc) {
+  std::map<CUcontext, std::vector<BlobRef*>> g;
+  for (auto& r : refs) g[r.ctx ? r.ctx : dc.get(r.pdev)].push_back(&r);
+  return g;
+}
+
 void copy_whole(Direction d, std::vector<BlobRef>& refs, const std::function<char*(const BlobRef&)>& host,
                 Reporter& rep) {
   DeviceContexts dc;

@@ -177,12 +177,7 @@ enum class Direction { ToHost, ToDevice };
 
 // Blobs grouped by the real context their copies run in (a blob without one uses its
 // device's primary context).
-template <class Ref>
-std::map<CUcontext, std::vector<Ref*>> by_context(std::vector<Ref>& refs, DeviceContexts& dc) {
-  std::map<CUcontext, std::vector<Ref*>> g;
-  for (auto& r : refs) g[r.ctx ? r.ctx : dc.get(r.pdev)].push_back(&r);
-  return g;
-}
+std::map<CUcontext, std::vector<BlobRef*>> by_context(std::vector<BlobRef>& refs, DeviceContexts& dc);
 
 // Whole blobs between the device and host buffers that hold them entirely (RAM
 // snapshots): kPiece pieces on kStreams streams per context, each host buffer pinned
