@@ -85,7 +85,7 @@ nlohmann::json check_report() {
 nlohmann::json handle(const nlohmann::json& req, int fd) {
   int v = req.value("v", 0);
   if (v != kProtocolVersion)
-    return {{"ok", false}, {"class", "fix-first"},
+    return {{"ok", false}, {"class", class_name(ErrorClass::FixFirst)},
             {"error", "protocol version " + std::to_string(v) + " is not spoken here (this process speaks " +
                           std::to_string(kProtocolVersion) + "); use the ferry that started it"}};
   std::string op = req.value("op", "");
@@ -106,12 +106,16 @@ nlohmann::json handle(const nlohmann::json& req, int fd) {
     else if (op == "restore")
       s = engine::restore(o);
     else
-      return {{"ok", false}, {"class", "fix-first"}, {"error", "unknown operation \"" + op + "\""}};
+      return {{"ok", false},
+              {"class", class_name(ErrorClass::FixFirst)},
+              {"error", "unknown operation \"" + op + "\""}};
     return {{"ok", true}, {"stats", ops::to_json(s)}, {"status", engine::status()}};
   } catch (const Error& e) {
     return {{"ok", false}, {"class", class_name(e.cls)}, {"error", e.message}};
   } catch (const std::exception& e) {
-    return {{"ok", false}, {"class", "bug"}, {"error", std::string("internal error: ") + e.what()}};
+    return {{"ok", false},
+            {"class", class_name(ErrorClass::Bug)},
+            {"error", std::string("internal error: ") + e.what()}};
   }
 }
 
@@ -120,7 +124,7 @@ void serve(int fd) {
   socklen_t len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != getuid() && cred.uid != 0)) {
     send_line(fd, {{"ok", false},
-                   {"class", "fix-first"},
+                   {"class", class_name(ErrorClass::FixFirst)},
                    {"error", "permission denied: uid " + std::to_string(cred.uid) + " may not control process " +
                                  std::to_string(host_pid()) + " (owned by uid " + std::to_string(getuid()) + ")"}});
     FERRY_WARN("refused a control connection from uid %u (pid %d)", cred.uid, cred.pid);
@@ -133,7 +137,7 @@ void serve(int fd) {
     try {
       req = nlohmann::json::parse(line);
     } catch (const std::exception&) {
-      send_line(fd, {{"ok", false}, {"class", "fix-first"}, {"error", "the request is not JSON"}});
+      send_line(fd, {{"ok", false}, {"class", class_name(ErrorClass::FixFirst)}, {"error", "the request is not JSON"}});
       close(fd);
       return;
     }

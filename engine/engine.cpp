@@ -102,7 +102,7 @@ Stats run_op(const char* name, F&& body) {
     FERRY_INFO("%s done in %.3f s (%llu bytes of device memory)", name, s.seconds,
                static_cast<unsigned long long>(s.device_bytes));
   } catch (const Error& err) {
-    result = {{"op", name}, {"ok", false}, {"class", image::class_name(err.cls)}, {"error", err.message}};
+    result = {{"op", name}, {"ok", false}, {"class", class_name(err.cls)}, {"error", err.message}};
     FERRY_WARN("%s failed: %s", name, err.message.c_str());
     {
       std::lock_guard lk(e.mu);
@@ -116,7 +116,7 @@ Stats run_op(const char* name, F&& body) {
     {
       std::lock_guard lk(e.mu);
       e.op.clear();
-      e.last = {{"op", name}, {"ok", false}, {"class", "bug"}, {"error", msg}};
+      e.last = {{"op", name}, {"ok", false}, {"class", class_name(ErrorClass::Bug)}, {"error", msg}};
     }
     for (auto& [h, u] : hooks) h(name, 1, u);
     throw Error(ErrorClass::Bug, msg);
@@ -190,7 +190,6 @@ class World {
   }
   // Leaves the world stopped: the program stays stopped or suspended.
   void hold() { done_ = true; }
-  bool owned() const { return owned_; }
 
  private:
   bool owned_;
