@@ -47,6 +47,8 @@
 #include <thread>
 #include <vector>
 
+#include <ferry_common/control.hpp>
+
 #include "emu.hpp"
 
 namespace ferry::emu {
@@ -73,16 +75,16 @@ std::vector<Opened> g_checkpointed;
 
 thread_local bool t_is_service = false;
 
-pid_t self_host(const char* link) {
+using control::host_pid;
+// The calling thread's id on the host ("/proc/thread-self" -> "<pid>/task/<tid>").
+pid_t host_tid() {
   char b[64];
-  ssize_t n = readlink(link, b, sizeof b - 1);
+  ssize_t n = readlink("/proc/thread-self", b, sizeof b - 1);
   if (n <= 0) return 0;
   b[n] = 0;
   const char* last = strrchr(b, '/');
   return static_cast<pid_t>(atoi(last ? last + 1 : b));
 }
-pid_t host_pid() { return self_host("/proc/self"); }
-pid_t host_tid() { return self_host("/proc/thread-self"); }
 
 std::string dir() { return "/tmp/ferry-emu-" + std::to_string(getuid()); }
 
@@ -122,13 +124,14 @@ CUresult do_lock(unsigned timeout_ms) {
   set_state(CU_PROCESS_STATE_LOCKED);  // new calls wait from here on
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   Driver& d = drv();
-  std::unique_lock lk(d.progress_mu);
+  // all_idle() takes the driver's locks: never while holding progress_mu, which stream
+  // workers take to announce progress. The short wait covers a missed announcement.
   while (!all_idle()) {
     if (timeout_ms && std::chrono::steady_clock::now() >= deadline) {
-      lk.unlock();
       set_state(CU_PROCESS_STATE_RUNNING);
       return CUDA_ERROR_TIMEOUT;
     }
+    std::unique_lock lk(d.progress_mu);
     d.progress_cv.wait_for(lk, std::chrono::milliseconds(5));
   }
   return CUDA_SUCCESS;
