@@ -399,11 +399,12 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
     size_t total = 0;
     mem(&total, dev);
     // Can this device's arena range be had at its fixed address in a fresh process?
+    const uintptr_t at = base + static_cast<uintptr_t>(i) * size;
     bool arena = false;
     CUcontext c = nullptr;
     if (retain(&c, dev) == CUDA_SUCCESS) {
       set(c);
-      CUdeviceptr got = 0, want = base + static_cast<uintptr_t>(i) * size;
+      CUdeviceptr got = 0, want = at;
       if (reserve(&got, 2u << 20, 0, want, 0) == CUDA_SUCCESS) {
         arena = got == want;
         vfree(got, 2u << 20);
@@ -413,14 +414,14 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
     }
     if (!vmm) problems.push_back("device " + std::to_string(i) + " does not support virtual memory management");
     if (!arena)
-      problems.push_back("device " + std::to_string(i) + ": the arena address " +
-                         hex(base + static_cast<uintptr_t>(i) * size) + " cannot be reserved (set FERRY_ARENA_BASE)");
+      problems.push_back("device " + std::to_string(i) + ": the arena address " + hex(at) +
+                         " cannot be reserved (set FERRY_ARENA_BASE)");
     devs.push_back({{"device", i},
                     {"name", nm},
                     {"cc", std::to_string(major) + "." + std::to_string(minor)},
                     {"memory", total},
                     {"vmm", vmm != 0},
-                    {"arena_address", hex(base + static_cast<uintptr_t>(i) * size)},
+                    {"arena_address", hex(at)},
                     {"arena_address_free", arena}});
   }
   j["devices"] = devs;

@@ -42,12 +42,7 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   sigemptyset(&dfl.sa_mask);
   for (int s : kForwarded) sigaction(s, &dfl, nullptr);
   sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-  std::vector<char*> a;
-  for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-  a.push_back(nullptr);
-  execvp(a[0], a.data());
-  fprintf(stderr, "ferry run: cannot run %s: %s\n", a[0], strerror(errno));
-  _exit(127);
+  exec_command(argv);
 }
 
 // pid 1 of the job's namespace.
@@ -82,6 +77,15 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 }
 
 }  // namespace
+
+void exec_command(const std::vector<std::string>& argv) {
+  std::vector<char*> a;
+  for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+  a.push_back(nullptr);
+  execvp(a[0], a.data());
+  fprintf(stderr, "ferry run: cannot run %s: %s\n", a[0], strerror(errno));
+  _exit(127);
+}
 
 int run_job(const std::vector<std::string>& argv) {
   if (unshare(CLONE_NEWPID) != 0) {

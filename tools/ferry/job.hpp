@@ -18,6 +18,9 @@
 
 namespace ferry::cli {
 
+// Replaces this process with argv (searched on PATH); on failure says why and exits 127.
+[[noreturn]] void exec_command(const std::vector<std::string>& argv);
+
 // Runs argv (its environment already set) as the program of a new job; returns the
 // exit status ferry run should end with (128+N when the program died of signal N).
 int run_job(const std::vector<std::string>& argv);

@@ -71,12 +71,7 @@ int run(const RunArgs& a) {
   }
   prepend_env("LD_PRELOAD", shim, ' ');
   if (a.pid_namespace) return ferry::cli::run_job(a.cmd);
-  std::vector<char*> argv;
-  for (auto& s : a.cmd) argv.push_back(const_cast<char*>(s.c_str()));
-  argv.push_back(nullptr);
-  execvp(argv[0], argv.data());
-  fprintf(stderr, "ferry run: cannot run %s: %s\n", argv[0], strerror(errno));
-  return 127;
+  ferry::cli::exec_command(a.cmd);
 }
 
 void add_output(CLI::App* c, ferry::cli::Output& out, bool progress) {
