@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <set>
 #include <string>
@@ -50,7 +51,25 @@ std::string fake_criu(const ferry_test::TempDir& t, const std::string& version, 
   return p;
 }
 
+// The CRIU scripts/setup.sh provides.
+const std::string kCriu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+
 const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU to a CRIU >= 4";
+
+// `criu restore` of the images in dir, in the foreground: criu stays the restored
+// tree's parent (the job's init dies with its parent). Returns once criu's log says
+// the tasks run again -- only then may anyone signal them.
+std::unique_ptr<ferry_test::Child> restore_in_foreground(const std::string& dir) {
+  auto c = std::make_unique<ferry_test::Child>(
+      std::vector<std::string>{kCriu, "restore", "-D", dir, "-o", "restore.log", "-v3"});
+  auto resumed = [&] {
+    return ferry_test::read_file(dir + "/restore.log").find("Restore finished successfully") != std::string::npos;
+  };
+  for (int i = 0; i < 400 && !resumed(); i++) usleep(25000);
+  INFO(ferry_test::read_file(dir + "/restore.log"));
+  REQUIRE(resumed());
+  return c;
+}
 
 }  // namespace
 
@@ -221,7 +240,6 @@ TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores
           "[full-process][namespace][criu]") {
   REQUIRE(geteuid() == 0);  // CRIU dumps and restores as root; CI and developers are root
   ferry_test::TempDir t("ferry-criu-job");
-  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
   // A job whose state is in its memory: a shell counting in a variable.
   std::string out = t / "ticks";
   ferry_test::Child job({kFerry, "run", "--pid-namespace", "--", "/bin/sh", "-c",
@@ -232,7 +250,7 @@ TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores
   REQUIRE(ticks().size() >= 3);
   auto init = children_of(job.pid());
   REQUIRE(init.size() == 1);
-  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log"}, {}, 120);
+  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log"}, {}, 120);
   INFO(ferry_test::read_file(t / "dump.log"));
   REQUIRE(dump.exit_code == 0);
   CHECK(job.finish().exit_code == 128 + SIGKILL);  // CRIU killed the dumped job; ferry run says so
@@ -240,28 +258,27 @@ TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores
   usleep(300000);
   REQUIRE(ticks().size() == before);  // nothing runs
 
-  // criu restore in the foreground is the restored job's parent (the init dies with its
-  // parent, as it would with its ferry run).
-  ferry_test::Child restored({criu, "restore", "-D", t.path, "-o", "restore.log"}, {});
+  // In the foreground, criu is the restored job's parent (the init dies with its parent,
+  // as it would with its ferry run).
+  auto restored = restore_in_foreground(t.path);
   for (int i = 0; i < 200 && ticks().size() < before + 3; i++) usleep(50000);
   INFO(ferry_test::read_file(t / "restore.log"));
   auto all = ticks();
   REQUIRE(all.size() >= before + 3);
   // The counter went on from where it was: the shell's memory came back.
   for (size_t i = 0; i < all.size(); i++) CHECK(all[i] == "tick " + std::to_string(i));
-  auto again = children_of(restored.pid());
+  auto again = children_of(restored->pid());
   REQUIRE(again.size() == 1);
   CHECK(status_field(again[0], "Name") == "ferry-init");
   CHECK(status_field(again[0], "NSpid") == std::to_string(again[0]) + "\t1");  // the same namespace layout
   kill(again[0], SIGTERM);  // forwarded to the program
-  restored.finish();
+  restored->finish();
 }
 
 TEST_CASE("CRIU refuses a process the simulated GPU holds, naming its driver file; the job goes on",
           "[full-process][namespace][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-criu-gpu");
-  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
   const std::string saxpy = std::string(FERRY_TEST_BIN_DIR) + "/examples/driver_saxpy";
   auto plain = ferry_test::run({saxpy, "--n", "100000", "--iters", "30"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
@@ -272,7 +289,7 @@ TEST_CASE("CRIU refuses a process the simulated GPU holds, naming its driver fil
   auto init = children_of(job.pid());
   REQUIRE(init.size() == 1);
   // Like the real driver's /dev/nvidia* files: held from cuInit until the driver lets go.
-  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log",
+  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log",
                                "--leave-running"}, {}, 120);
   std::string log = ferry_test::read_file(t / "dump.log");
   INFO(log);
@@ -312,6 +329,7 @@ std::string emu_uuid(int i) {
 
 const std::string kOtherUuid = "11112222333344445555666677778888";
 
+
 }  // namespace
 
 TEST_CASE("the simulated GPU's checkpoint API: states, a locked process waits, refusals keep it checkpointed",
@@ -348,7 +366,6 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
           "[full-process][driver-checkpoint][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-nvroute");
-  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
   auto plain = ferry_test::run({kSaxpy, "--n", "300000", "--iters", "40"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
   ferry_test::Child job({kFerry, "run", "--emulator", "--pid-namespace", "--", kSaxpy, "--n", "300000", "--iters", "40",
@@ -359,7 +376,7 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
   pid_t prog = children_of(init).at(0);
   auto dump = [&](const std::string& dir, std::vector<std::string> extra) {
     std::filesystem::create_directories(dir);
-    std::vector<std::string> argv = {criu, "dump", "-t", std::to_string(init), "-D", dir, "-o", "dump.log"};
+    std::vector<std::string> argv = {kCriu, "dump", "-t", std::to_string(init), "-D", dir, "-o", "dump.log"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return ferry_test::run(argv, {}, 180);
   };
@@ -375,16 +392,8 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
   std::string before = job.out();
   CHECK(before.find("checksum") == std::string::npos);
 
-  // In the foreground, criu stays the restored tree's parent. Its log says when the
-  // tasks run again (only then may anyone signal them).
-  ferry_test::Child restored({criu, "restore", "-D", t / "img", "-o", "restore.log", "-v3"}, {});
-  auto resumed = [&] {
-    return ferry_test::read_file(t / "img/restore.log").find("Restore finished successfully") != std::string::npos;
-  };
-  for (int i = 0; i < 400 && !resumed(); i++) usleep(25000);
-  INFO(ferry_test::read_file(t / "img/restore.log"));
-  REQUIRE(resumed());
-  auto restored_init = children_of(restored.pid());
+  auto restored = restore_in_foreground(t / "img");
+  auto restored_init = children_of(restored->pid());
   REQUIRE(restored_init.size() == 1);
   pid_t new_init = restored_init[0];
   pid_t new_prog = children_of(new_init).at(0);
@@ -397,7 +406,7 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
   for (int i = 0; i < 600 && job.out().find("checksum") == std::string::npos; i++) usleep(50000);
   CHECK(ferry_test::lines_with(job.out(), "checksum") == ferry_test::lines_with(plain.out, "checksum"));
   CHECK(!ferry_test::lines_with(plain.out, "checksum").empty());
-  restored.finish();
+  restored->finish();
 }
 
 TEST_CASE("the checkpoint API's lock waits for queued work and gives up at its timeout, the process still running",
@@ -445,7 +454,6 @@ TEST_CASE("ferry's route by hand: GPU state to ferry's image, driver checkpoint,
           "[full-process][driver-checkpoint][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-route");
-  const std::string criu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
   auto plain = ferry_test::run({kMlp, "--steps", "40"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
   ferry_test::Child job(job_argv_for_route(40), ferry_test::emu_env());
@@ -459,18 +467,13 @@ TEST_CASE("ferry's route by hand: GPU state to ferry's image, driver checkpoint,
   // 2. The driver lets go of what is left; 3. CRIU dumps the job, which ends.
   CHECK(ctl(prog, {"lock:20000", "checkpoint"}) == std::vector<std::string>{"lock:20000 0 0", "checkpoint 0 0"});
   std::filesystem::create_directories(t / "cpu");
-  auto dump = ferry_test::run({criu, "dump", "-t", std::to_string(init), "-D", t / "cpu", "-o", "dump.log"}, {}, 180);
+  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init), "-D", t / "cpu", "-o", "dump.log"}, {}, 180);
   INFO(ferry_test::read_file(t / "cpu/dump.log"));
   REQUIRE(dump.exit_code == 0);
   CHECK(job.finish().exit_code == 128 + SIGKILL);
   // Restore: CRIU in the foreground, the driver, then ferry rebuilds on GPU 1.
-  ferry_test::Child restored({criu, "restore", "-D", t / "cpu", "-o", "restore.log", "-v3"}, {});
-  auto resumed = [&] {
-    return ferry_test::read_file(t / "cpu/restore.log").find("Restore finished successfully") != std::string::npos;
-  };
-  for (int i = 0; i < 400 && !resumed(); i++) usleep(25000);
-  REQUIRE(resumed());
-  pid_t new_prog = children_of(children_of(restored.pid()).at(0)).at(0);
+  auto restored = restore_in_foreground(t / "cpu");
+  pid_t new_prog = children_of(children_of(restored->pid()).at(0)).at(0);
   CHECK(ctl(new_prog, {"restore", "unlock"}) == std::vector<std::string>{"restore 0 0", "unlock 0 0"});
   // The restored shim still listens on the socket named by its old host pid: `ferry`
   // cannot address it by its new pid yet (the whole-process verbs will re-create it).
@@ -483,5 +486,5 @@ TEST_CASE("ferry's route by hand: GPU state to ferry's image, driver checkpoint,
   for (int i = 0; i < 600 && job.out().find("weights checksum") == std::string::npos; i++) usleep(50000);
   CHECK(ferry_test::lines_with(job.out(), "weights checksum") == ferry_test::lines_with(plain.out, "weights checksum"));
   CHECK(!ferry_test::lines_with(plain.out, "weights checksum").empty());
-  restored.finish();
+  restored->finish();
 }
