@@ -12,7 +12,9 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -34,8 +36,15 @@ namespace ferry::control {
 namespace {
 
 std::mutex g_mu;
+std::condition_variable g_cv;
 bool g_started = false;
 std::string g_path;  // our socket, removed at exit
+int g_lfd = -1;          // the listening socket (-1 while detached)
+pid_t g_bound_pid = 0;   // the host pid g_path is named by
+bool g_detaching = false;  // asked to detach; the listener thread closes g_lfd
+
+bool open_listener(pid_t pid);  // below
+std::string marker(pid_t pid, const char* ext) { return socket_dir() + "/" + std::to_string(pid) + ext; }
 
 void send_line(int fd, const nlohmann::json& j) {
   std::string s = j.dump() + "\n";
@@ -82,6 +91,26 @@ nlohmann::json check_report() {
   return j;
 }
 
+// Before CRIU dumps the process (ferry dump): the socket is closed and its name freed,
+// so that a restored copy -- or two -- never re-binds a path another process owns. The
+// listener thread then waits for either a new host pid (this is a restored copy: it
+// listens under its new pid) or "<pid>.reattach" (the dump was rolled back or
+// interrupted: `ferry resume` asks for the socket back). "<pid>.detached" tells the CLI
+// why a process it knows has no socket.
+nlohmann::json detach() {
+  std::unique_lock lk(g_mu);
+  if (g_lfd < 0)
+    return {{"ok", false}, {"class", class_name(ErrorClass::FixFirst)}, {"error", "the control socket is detached already"}};
+  if (int fd = open(marker(g_bound_pid, ".detached").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600); fd >= 0)
+    close(fd);
+  unlink(g_path.c_str());
+  g_path.clear();
+  g_detaching = true;
+  shutdown(g_lfd, SHUT_RDWR);  // wakes the listener thread's accept()
+  g_cv.wait(lk, [] { return g_lfd < 0; });
+  return {{"ok", true}};
+}
+
 nlohmann::json handle(const nlohmann::json& req, int fd) {
   int v = req.value("v", 0);
   if (v != kProtocolVersion)
@@ -92,6 +121,7 @@ nlohmann::json handle(const nlohmann::json& req, int fd) {
   nlohmann::json opts = req.value("options", nlohmann::json::object());
   try {
     if (op == "status") return {{"ok", true}, {"status", engine::status()}};
+    if (op == "detach") return detach();
     if (op == "check") return {{"ok", true}, {"check", check_report()}};
     engine::Stats s;
     engine::Options o = options_from(opts, fd);
@@ -146,11 +176,49 @@ void serve(int fd) {
   close(fd);
 }
 
-void listen_loop(int lfd) {
+// While detached: every 20 ms, has this process become a restored copy, or is the
+// socket asked back? (A thread asleep is all CRIU sees of it.)
+void wait_reattach() {
   for (;;) {
+    usleep(20000);
+    std::lock_guard lk(g_mu);
+    pid_t now = host_pid();
+    std::string ask = marker(g_bound_pid, ".reattach");
+    bool asked = access(ask.c_str(), F_OK) == 0;
+    if (now == g_bound_pid && !asked) continue;
+    if (asked) unlink(ask.c_str());
+    if (now == g_bound_pid) unlink(marker(now, ".detached").c_str());
+    if (open_listener(now)) return;
+    FERRY_WARN("cannot listen again after a detach: no more control requests");
+    g_bound_pid = now;  // do not retry for ever
+  }
+}
+
+void listen_loop() {
+  for (;;) {
+    int lfd;
+    {
+      std::lock_guard lk(g_mu);
+      lfd = g_lfd;
+    }
     int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
+      bool detached = false;
+      {
+        std::lock_guard lk(g_mu);
+        if (g_detaching) {
+          close(g_lfd);
+          g_lfd = -1;
+          g_detaching = false;
+          detached = true;
+          g_cv.notify_all();
+        }
+      }
+      if (detached) {
+        wait_reattach();
+        continue;
+      }
       FERRY_WARN("the control socket failed (%s); no more control requests", strerror(errno));
       return;
     }
@@ -181,6 +249,9 @@ void after_fork_child() {
   // The child has no listener thread; it gets its own socket if it initializes CUDA.
   g_started = false;
   g_path.clear();
+  if (g_lfd >= 0) close(g_lfd);
+  g_lfd = -1;
+  g_detaching = false;
 }
 
 // ---- checkpoint on a signal ------------------------------------------------------------
@@ -269,29 +340,40 @@ void start() {
     install_signal_rules();
   });
   if (!config().control) return;
+  if (open_listener(host_pid())) std::thread(listen_loop).detach();
+}
+
+namespace {
+
+// Listens on the socket named by pid (g_mu held, or before the listener thread runs).
+bool open_listener(pid_t pid) {
   std::string dir = socket_dir();
-  if (!private_dir(dir)) return;
-  std::string path = dir + "/" + socket_name(host_pid());
+  if (!private_dir(dir)) return false;
+  std::string path = dir + "/" + socket_name(pid);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) {
     FERRY_WARN("the control socket path %s is too long: no control socket", path.c_str());
-    return;
+    return false;
   }
   memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) return;
+  if (lfd < 0) return false;
   unlink(path.c_str());  // a stale socket of an earlier process with our pid
   if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || chmod(path.c_str(), 0600) != 0 ||
       listen(lfd, 16) != 0) {
     FERRY_WARN("cannot listen on %s: %s", path.c_str(), strerror(errno));
     close(lfd);
-    return;
+    return false;
   }
   g_path = path;
+  g_lfd = lfd;
+  g_bound_pid = pid;
   FERRY_INFO("listening on %s", path.c_str());
-  std::thread(listen_loop, lfd).detach();
+  return true;
 }
+
+}  // namespace
 
 // The shim calls this at the first cuInit (interpose/shim.hpp's init hook).
 __attribute__((constructor)) void register_with_shim() { set_init_hook(start); }

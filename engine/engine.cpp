@@ -383,10 +383,13 @@ Stats resume_suspended(const Options& o) {
   if (e.ram) {
     src = ram_source(*e.ram);
   } else {
-    reader = std::make_unique<image::Reader>(e.image_dir);
-    check_schema(reader->manifest().state, e.image_dir);
+    // o.dir: the image has moved since the suspend (a whole-process dump publishes the
+    // directory it was written in under its final name).
+    const std::string& dir = o.dir.empty() ? e.image_dir : o.dir;
+    reader = std::make_unique<image::Reader>(dir);
+    check_schema(reader->manifest().state, dir);
     if (structure_of(reader->manifest().state) != structure_of(e.state))
-      throw Error(ErrorClass::DataLost, e.image_dir + ": the image no longer holds this process's suspended state");
+      throw Error(ErrorClass::DataLost, dir + ": the image does not hold this process's suspended state");
     src = image_source(*reader);
   }
   try {

@@ -120,7 +120,7 @@ std::string now_iso() {
   throw Error(ErrorClass::FixFirst, what + " " + path + ": " + strerror(err));
 }
 
-void fsync_path(const std::string& path) {
+void sync_path(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) io_error("cannot open", path, errno);
   if (fsync(fd) != 0) {
@@ -132,6 +132,45 @@ void fsync_path(const std::string& path) {
 }
 
 }  // namespace
+
+void fsync_path(const std::string& path) { sync_path(path); }
+
+Hash hash_file(const std::string& path, uint64_t* size) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_error("cannot open", path, errno);
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  std::vector<char> buf(4 << 20);
+  uint64_t total = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      io_error("cannot read", path, e);
+    }
+    if (n == 0) break;
+    XXH3_128bits_update(&st, buf.data(), static_cast<size_t>(n));
+    total += static_cast<uint64_t>(n);
+  }
+  close(fd);
+  if (size) *size = total;
+  XXH128_hash_t h = XXH3_128bits_digest(&st);
+  return Hash{h.high64, h.low64};
+}
+
+void publish_dir(const std::string& tmp, const std::string& dir) {
+  sync_path(tmp);
+  if (rename(tmp.c_str(), dir.c_str()) != 0) {
+    if (errno != ENOTEMPTY && errno != EEXIST) io_error("cannot publish", dir, errno);
+    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) != 0)
+      io_error("cannot replace", dir, errno);
+    std::error_code ec;
+    fs::remove_all(tmp, ec);  // now the old one
+  }
+  sync_path(fs::absolute(dir).lexically_normal().parent_path().string());
+}
 
 nlohmann::json to_json(const Manifest& m) {
   nlohmann::json j;
@@ -410,18 +449,8 @@ Manifest Writer::commit(Manifest m) {
   }
   close(fd);
   fsync_path(tmp_ + "/packs");
-  fsync_path(tmp_);
-  // Publish: a new name is a rename; an existing image is swapped out, then removed.
-  if (rename(tmp_.c_str(), dir_.c_str()) != 0) {
-    if (errno != ENOTEMPTY && errno != EEXIST) io_error("cannot publish", dir_, errno);
-    if (renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) != 0)
-      io_error("cannot replace", dir_, errno);
-    committed_ = true;
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);  // now the old image
-  }
+  publish_dir(tmp_, dir_);
   committed_ = true;
-  fsync_path(fs::path(dir_).parent_path().string());
   return m;
 }
 

@@ -15,7 +15,8 @@
 // requires the same chip (name and compute capability) and enough memory, takes on the
 // new identities and re-opens the driver file. A failed restore leaves the process
 // CHECKPOINTED. "Checkpointed GPUs" are the devices the process opened (a context or
-// memory); its other devices keep their old identity.
+// memory); its other devices take the identities of the machine's remaining GPUs, in
+// order (the device count stays the process's).
 //
 // Between processes: each process that initialized the simulated GPU runs a service
 // thread named "ferry-emu-ckpt" (its thread id is the restore thread id). A caller
@@ -192,6 +193,19 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     plan.emplace_back(o.ordinal, &m);
   }
   for (auto& [ordinal, m] : plan) d.devices[static_cast<size_t>(ordinal)]->cfg = *m;
+  // The devices the process did not open become this machine's others, in order (the
+  // count stays the process's: a machine with fewer GPUs keeps the old identities of
+  // the ones it lacks).
+  size_t next = 0;
+  for (auto& dev : d.devices) {
+    bool planned = false;
+    for (auto& [ordinal, m] : plan) planned = planned || ordinal == dev->ordinal;
+    if (planned) continue;
+    while (next < machine.size() && taken[next]) next++;
+    if (next == machine.size()) break;
+    dev->cfg = machine[next];
+    taken[next] = true;
+  }
   d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
   set_state(CU_PROCESS_STATE_LOCKED);
   return CUDA_SUCCESS;

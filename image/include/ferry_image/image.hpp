@@ -48,6 +48,14 @@ struct Hash {
   static bool parse(const std::string& s, Hash* out);
 };
 Hash hash_of(const void* data, size_t n);
+// The hash of a file's contents, read in pieces (size: its length); Error(DataLost) when
+// it cannot be read.
+Hash hash_file(const std::string& path, uint64_t* size = nullptr);
+
+// Makes the finished directory tmp appear as dir in one step: a rename, or, when dir
+// exists, an exchange followed by removing the old one; both directories are synced.
+void publish_dir(const std::string& tmp, const std::string& dir);
+void fsync_path(const std::string& path);
 
 enum class Codec : uint32_t { None = 0, Zstd = 1 };
 
