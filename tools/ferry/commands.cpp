@@ -20,88 +20,14 @@
 #include <ferry_image/image.hpp>
 
 #include "client.hpp"
+#include "output.hpp"
 #include "full_process.hpp"
 #include "paths.hpp"
+#include "process_image.hpp"
 
 namespace ferry::cli {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-std::string hex(uint64_t v) {
-  char s[24];
-  snprintf(s, sizeof s, "0x%llx", static_cast<unsigned long long>(v));
-  return s;
-}
-
-std::string human(uint64_t b) {
-  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, u++;
-  char s[32];
-  snprintf(s, sizeof s, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
-  return s;
-}
-
-// Progress on stderr: one updating line on a terminal, else a line per phase (and at
-// most one every two seconds within a phase).
-struct ProgressView {
-  bool enabled, tty;
-  std::string phase;
-  Clock::time_point phase_start{}, last{};
-  ProgressView(const Output& o) {
-    tty = isatty(2);
-    enabled = !o.json && (o.progress == "always" || (o.progress == "auto" && tty));
-  }
-  void operator()(const nlohmann::json& p) {
-    if (!enabled) return;
-    std::string ph = p.value("phase", "");
-    uint64_t done = p.value("done", 0ull), total = p.value("total", 0ull);
-    auto now = Clock::now();
-    bool fresh = ph != phase;
-    if (fresh) {
-      if (tty && !phase.empty()) fputc('\n', stderr);
-      phase = ph;
-      phase_start = now;
-    }
-    double secs = std::chrono::duration<double>(now - phase_start).count();
-    std::string line = "  " + ph;
-    if (total) {
-      char b[160];
-      snprintf(b, sizeof b, " %s / %s (%3.0f%%)", human(done).c_str(), human(total).c_str(),
-               100.0 * static_cast<double>(done) / static_cast<double>(total));
-      line += b;
-      if (secs > 0.05 && done) line += "  " + human(static_cast<uint64_t>(static_cast<double>(done) / secs)) + "/s";
-    }
-    if (tty) {
-      fprintf(stderr, "\r%-72s", line.c_str());
-    } else if (fresh || (total && done == total) || now - last > std::chrono::seconds(2)) {
-      fprintf(stderr, "%s\n", line.c_str());
-      last = now;
-    }
-    fflush(stderr);
-  }
-  ~ProgressView() {
-    if (enabled && tty && !phase.empty()) fputc('\n', stderr);
-  }
-};
-
-int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
-  if (out.json)
-    printf("%s\n", nlohmann::json({{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}}).dump(1).c_str());
-  else
-    fprintf(stderr, "ferry: %s\n", msg.c_str());
-  return code;
-}
-
-int fail(const Output& out, const ClientError& e) {
-  std::string cls = e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
-  for (const auto& c : kErrorClasses)
-    if (c.exit_code == e.code) cls = c.name;
-  return fail(out, e.code, cls, e.message);
-}
 
 std::string state_hint(const nlohmann::json& status, pid_t pid) {
   std::string st = status.value("state", "");
@@ -170,6 +96,14 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
       opts.device_map = parse_device_map(a.device_map);
     } catch (const std::exception& e) {
       return fail(out, kUsage, "usage", e.what());
+    }
+  }
+  if (op == "resume") {
+    try {
+      std::string moved;
+      if (recover_detached(pid, &moved) && !moved.empty()) opts.dir = moved;
+    } catch (const ClientError& e) {
+      return fail(out, e);
     }
   }
   nlohmann::json o = ops::to_json(opts);

@@ -66,6 +66,14 @@ constexpr const char* kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1
 
 }  // namespace
 
+std::string criu_version(const std::string& criu) {
+  std::string out;
+  int rc = capture({criu, "--version"}, out);
+  auto at = out.find("Version: ");
+  if (rc != 0 || at == std::string::npos) return "";
+  return out.substr(at + 9, out.find('\n', at) - at - 9);
+}
+
 std::string criu_path() {
   if (const char* s = settings::raw("FERRY_CRIU"); s && *s) return s;
   if (std::string p = on_path("criu"); !p.empty()) return p;
@@ -81,10 +89,7 @@ nlohmann::json full_process_report(void* driver) {
     problems.push_back("CRIU not found: " + criu + " is not an executable; " + kFix);
   } else {
     std::string out;
-    int rc = capture({criu, "--version"}, out);
-    std::string version;
-    if (auto at = out.find("Version: "); rc == 0 && at != std::string::npos)
-      version = out.substr(at + 9, out.find('\n', at) - at - 9);
+    std::string version = criu_version(criu);
     c["version"] = version;
     int major = version.empty() ? 0 : atoi(version.c_str());
     if (version.empty()) {
@@ -97,7 +102,7 @@ nlohmann::json full_process_report(void* driver) {
       problems.push_back("CRIU dumps and restores processes as root; run ferry as root for whole-process dumps");
     } else {
       out.clear();
-      rc = capture({criu, "check"}, out);
+      int rc = capture({criu, "check"}, out);
       c["check"] = rc == 0 ? "passed" : "failed: " + last_line(out);
       if (rc != 0) problems.push_back("'" + criu + " check' failed on this kernel: " + last_line(out) + "; " + kFix);
     }

@@ -16,6 +16,8 @@ namespace ferry::cli {
 
 // The criu binary to use (it may not exist; criu_report says why it cannot be used).
 std::string criu_path();
+// What `criu --version` says ("4.1.1"), "" when it does not answer like CRIU.
+std::string criu_version(const std::string& criu);
 
 // {"criu": {"path", "version", "check"}, "driver_checkpoint_api": bool, "ready": bool,
 //  "problems": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr.

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,18 +21,29 @@ constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGUSR1, SIGUSR2, SIGPI
                               SIGTERM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXCPU, SIGWINCH};
 
 volatile sig_atomic_t g_target = 0;  // where forwarded signals go
+volatile sig_atomic_t g_pending = 0;  // a signal with an action, not yet acted on
+sigset_t g_acted;                     // the signals that have an action
 
 void forward(int sig) {
+  if (sigismember(&g_acted, sig)) {
+    g_pending = sig;
+    return;
+  }
   if (g_target > 0) kill(static_cast<pid_t>(g_target), sig);
 }
 
-void forward_signals_to(pid_t target) {
+// Signals with an action interrupt the wait (no SA_RESTART) so it can act on them.
+void forward_signals_to(pid_t target, const SignalActions& actions = {}) {
   g_target = target;
-  struct sigaction sa {};
-  sa.sa_handler = forward;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  for (int s : kForwarded) sigaction(s, &sa, nullptr);
+  sigemptyset(&g_acted);
+  for (auto& [s, f] : actions) sigaddset(&g_acted, s);
+  for (int s : kForwarded) {
+    struct sigaction sa {};
+    sa.sa_handler = forward;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = sigismember(&g_acted, s) ? 0 : SA_RESTART;
+    sigaction(s, &sa, nullptr);
+  }
 }
 
 int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1; }
@@ -87,29 +99,46 @@ void exec_command(const std::vector<std::string>& argv) {
   _exit(127);
 }
 
-int run_job(const std::vector<std::string>& argv) {
-  if (unshare(CLONE_NEWPID) != 0) {
-    fprintf(stderr, "ferry run: --pid-namespace: cannot create a PID namespace (%s)%s\n", strerror(errno),
-            errno == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
-    return 78;
+int wait_job(pid_t init, const SignalActions& actions) {
+  forward_signals_to(init, actions);
+  bool dumped = false;
+  int st = 0;
+  for (;;) {
+    if (waitpid(init, &st, 0) == init) break;
+    if (errno != EINTR) return 70;
+    int sig = g_pending;
+    if (!sig || dumped) continue;
+    g_pending = 0;
+    auto it = actions.find(sig);
+    if (it != actions.end() && it->second(init))
+      dumped = true;
+    else
+      kill(init, sig);  // the action failed: the job gets the signal as it would without ferry
   }
+  return dumped ? 0 : status_code(st);
+}
+
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions) {
   // Signals that arrive before the handlers are in place wait instead of killing.
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, &old);
-  pid_t init_pid = fork();
+  // clone with CLONE_NEWPID, like a fork whose child is pid 1 of a new namespace. Not
+  // unshare(CLONE_NEWPID) + fork: that would leave ferry run unable to start threads or
+  // further processes of its own (the kernel refuses CLONE_THREAD once the namespace
+  // for children differs), and it must run CRIU from outside the job (--on-signal dump).
+  pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
   if (init_pid < 0) {
+    int e = errno;
     sigprocmask(SIG_SETMASK, &old, nullptr);
-    fprintf(stderr, "ferry run: cannot start the job: %s\n", strerror(errno));
+    fprintf(stderr, "ferry run: --pid-namespace: cannot start the job in a PID namespace of its own (%s)%s\n",
+            strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
     return 78;
   }
   if (init_pid == 0) init(argv, old);
-  forward_signals_to(init_pid);
+  forward_signals_to(init_pid, actions);
   sigprocmask(SIG_SETMASK, &old, nullptr);
-  int st = 0;
-  while (waitpid(init_pid, &st, 0) < 0)
-    if (errno != EINTR) return 70;
-  return status_code(st);
+  return wait_job(init_pid, actions);
 }
 
 }  // namespace ferry::cli

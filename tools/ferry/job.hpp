@@ -13,6 +13,10 @@
 // jobs never collide.
 #pragma once
 
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,8 +25,18 @@ namespace ferry::cli {
 // Replaces this process with argv (searched on PATH); on failure says why and exits 127.
 [[noreturn]] void exec_command(const std::vector<std::string>& argv);
 
+// What to do when ferry run (or ferry restore) receives a signal, instead of passing
+// it on to the job: given the job's init (host pid), returns true when the job was
+// dealt with (dumped: its end is then reported as success), false to pass the signal on.
+using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
+
 // Runs argv (its environment already set) as the program of a new job; returns the
-// exit status ferry run should end with (128+N when the program died of signal N).
-int run_job(const std::vector<std::string>& argv);
+// exit status ferry run should end with (128+N when the program died of signal N; 0
+// when a signal action dumped it).
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {});
+
+// Waits for the job whose init (a child of this process) is init, passing on the
+// signals this process gets, or acting on them; returns the status as run_job does.
+int wait_job(pid_t init, const SignalActions& actions = {});
 
 }  // namespace ferry::cli

@@ -18,6 +18,9 @@
 #include "commands.hpp"
 #include "job.hpp"
 #include "paths.hpp"
+#include "process_image.hpp"
+
+#include <ferry_common/settings.hpp>
 
 namespace {
 
@@ -34,6 +37,46 @@ struct RunArgs {
   std::string device_map, log, real_driver;
   std::vector<std::string> on_signal;
 };
+
+// --on-signal SIG=dump:DIR (ferry run --pid-namespace, ferry restore): on that signal
+// ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
+// SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
+bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
+                    std::string& shim, const char* who) {
+  for (auto& s : rules) {
+    size_t eq = s.find('=');
+    std::string action = eq == std::string::npos ? "" : s.substr(eq + 1);
+    bool dump = action.rfind("dump:", 0) == 0 && action.size() > 5;
+    bool ckpt = action.rfind("checkpoint:", 0) == 0 && action.size() > 11;
+    int sig = eq == std::string::npos ? 0 : ferry::settings::parse_signal(s.substr(0, eq));
+    if (!sig || (!dump && !ckpt) || false) {
+      fprintf(stderr,
+              "%s: --on-signal %s: expected SIGNAL=dump:DIR (the whole job, with --pid-namespace) or "
+              "SIGNAL=checkpoint:DIR (GPU state only), e.g. TERM=dump:/ckpt/job\n",
+              who, s.c_str());
+      return false;
+    }
+    if (dump && !job) {
+      fprintf(stderr, "%s: --on-signal %s: a whole-process dump needs the job in its own PID namespace "
+                      "(add --pid-namespace)\n", who, s.c_str());
+      return false;
+    }
+    if (ckpt) {
+      shim += (shim.empty() ? "" : ";") + s;
+      continue;
+    }
+    std::string dir = action.substr(5);
+    actions[sig] = [dir](pid_t init) {
+      ferry::cli::DumpArgs da;
+      da.dir = dir;
+      ferry::cli::Output o;
+      o.progress = "never";
+      fprintf(stderr, "ferry: signal received: dumping the job to %s\n", dir.c_str());
+      return ferry::cli::cmd_dump(init, da, o) == 0;
+    };
+  }
+  return true;
+}
 
 int run(const RunArgs& a) {
   std::string shim = ferry::cli::shim_path();
@@ -56,21 +99,12 @@ int run(const RunArgs& a) {
   if (!a.device_map.empty()) setenv("FERRY_DEVICE_MAP", a.device_map.c_str(), 1);
   if (!a.log.empty()) setenv("FERRY_LOG", a.log.c_str(), 1);
   if (a.no_arena) setenv("FERRY_ARENA", "off", 1);
-  if (!a.on_signal.empty()) {
-    std::string spec;
-    for (auto& s : a.on_signal) {
-      size_t eq = s.find('=');
-      if (eq == std::string::npos || s.compare(eq + 1, 11, "checkpoint:") != 0 || s.size() <= eq + 12) {
-        fprintf(stderr, "ferry run: --on-signal %s: expected SIGNAL=checkpoint:DIR (e.g. TERM=checkpoint:/ckpt/job)\n",
-                s.c_str());
-        return ferry::cli::kUsage;
-      }
-      spec += (spec.empty() ? "" : ";") + s;
-    }
-    setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
-  }
+  ferry::cli::SignalActions actions;
+  std::string spec;
+  if (!signal_actions(a.on_signal, a.pid_namespace, actions, spec, "ferry run")) return ferry::cli::kUsage;
+  if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
-  if (a.pid_namespace) return ferry::cli::run_job(a.cmd);
+  if (a.pid_namespace) return ferry::cli::run_job(a.cmd, actions);
   ferry::cli::exec_command(a.cmd);
 }
 
@@ -103,7 +137,8 @@ int main(int argc, char** argv) {
   r->add_flag("--pid-namespace", ra.pid_namespace,
               "run the program as a job in its own PID namespace, under ferry's init (needs root)");
   r->add_option("--on-signal", ra.on_signal,
-                "SIGNAL=checkpoint:DIR: on that signal, checkpoint to DIR and exit (e.g. TERM=checkpoint:/ckpt/job)")
+                "SIGNAL=dump:DIR: on that signal, dump the whole job to DIR and exit 0 (needs --pid-namespace); "
+                "SIGNAL=checkpoint:DIR: write the GPU state to DIR and exit (e.g. TERM=dump:/ckpt/job)")
       ->expected(1)
       ->take_all();
   r->add_option("command", ra.cmd, "the program and its arguments (after --)")->expected(-1);
@@ -149,12 +184,34 @@ int main(int argc, char** argv) {
   mg_dev->excludes(mg_map);
   add_output(mg, out, true);
 
-  auto* rt = app.add_subcommand("restore", "replace a process's GPU state with an image's (taken from that process)");
-  rt->add_option("pid", pid, "process id")->required();
-  rt->add_option("dir", op.dir, "image directory")->required();
+  ferry::cli::DumpArgs da;
+  auto* dp = app.add_subcommand("dump", "save a whole job (CPU state by CRIU, GPU state by ferry) to an image; the job "
+                                        "ends unless --leave-running (ferry restore DIR brings it back)");
+  dp->add_option("pid", pid, "the job's ferry run, its init, or any process in it")->required();
+  dp->add_option("dir", da.dir, "image directory (replaced atomically if it exists)")->required();
+  dp->add_flag("--leave-running", da.leave_running, "let the job go on once the image is written");
+  dp->add_option("--parent", da.parent, "an earlier whole-process image: unchanged GPU chunks are referenced, not written");
+  dp->add_option("--zstd", da.zstd, "compress GPU chunks with zstd at this level (1-19)")->check(CLI::Range(0, 19));
+  dp->add_option("--staging-mb", da.staging_mb, "pinned host staging memory for the GPU copies (default 256)");
+  dp->add_flag("--read-all", da.read_all, "read and hash every GPU chunk, even those the fingerprints show unchanged");
+  dp->add_option("--lock-timeout", da.lock_timeout_s, "seconds the driver may wait for queued GPU work (default 60)");
+  add_output(dp, out, true);
+
+  std::vector<std::string> rt_args;
+  ferry::cli::RestoreArgs ra2;
+  std::vector<std::string> rt_on_signal;
+  auto* rt = app.add_subcommand("restore", "ferry restore DIR: bring back a whole job from a `ferry dump` image (it runs "
+                                           "under this command until it ends); ferry restore PID DIR: replace a "
+                                           "running process's GPU state with an image's");
+  rt->add_option("args", rt_args, "DIR (a whole-process image), or PID DIR")->required()->expected(1, 2);
   rt->add_option("--device", op.device, "restore the program's device onto this GPU");
   rt->add_option("--device-map", op.device_map, "program device i goes to GPU MAP[i]");
-  rt->add_flag("--stay-stopped", op.stay_stopped, "keep the program stopped until `ferry resume`");
+  rt->add_flag("--stay-stopped", op.stay_stopped, "keep the program stopped until `ferry resume` (PID DIR only)");
+  rt->add_flag("--emulator", ra2.emulator, "restore onto the simulated GPU of this build (DIR only)");
+  rt->add_option("--real-driver", ra2.real_driver, "the CUDA driver of this machine (DIR only)");
+  rt->add_option("--on-signal", rt_on_signal, "SIGNAL=dump:DIR: dump the restored job again on that signal (DIR only)")
+      ->expected(1)
+      ->take_all();
   add_output(rt, out, true);
 
   std::string dir;
@@ -214,9 +271,36 @@ int main(int argc, char** argv) {
     }
     return cmd_op("migrate", pid, op, out);
   }
-  if (rt->parsed()) return cmd_op("restore", pid, op, out);
-  if (in->parsed()) return cmd_inspect(dir, out);
-  if (vf->parsed()) return cmd_verify(dir, out);
+  if (dp->parsed()) return cmd_dump(pid, da, out);
+  if (rt->parsed()) {
+    if (rt_args.size() == 2) {
+      try {
+        size_t used = 0;
+        pid = std::stoi(rt_args[0], &used);
+        if (used != rt_args[0].size()) throw std::invalid_argument("pid");
+      } catch (const std::exception&) {
+        fprintf(stderr, "ferry restore: %s is not a process id (ferry restore DIR, or ferry restore PID DIR)\n",
+                rt_args[0].c_str());
+        return kUsage;
+      }
+      op.dir = rt_args[1];
+      return cmd_op("restore", pid, op, out);
+    }
+    ra2.dir = rt_args[0];
+    ra2.device = op.device;
+    ra2.device_map = op.device_map;
+    SignalActions actions;
+    std::string shim_rules;
+    if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore")) return kUsage;
+    if (!shim_rules.empty()) {
+      fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
+                      "checkpoint rules it was started with)\n");
+      return kUsage;
+    }
+    return cmd_restore_process(ra2, out, actions);
+  }
+  if (in->parsed()) return is_process_image(dir) ? inspect_process_image(dir, out) : cmd_inspect(dir, out);
+  if (vf->parsed()) return is_process_image(dir) ? verify_process_image(dir, out) : cmd_verify(dir, out);
   if (chk->parsed()) return cmd_check(pid, emulator, real_driver, out);
   return kUsage;
 }

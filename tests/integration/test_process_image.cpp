@@ -1,0 +1,469 @@
+// Whole-process images: `ferry dump` of a job (CRIU for the CPU, ferry for the GPU), the
+// job killed, `ferry restore` bringing it back -- on the same GPU, the other one, or a
+// "different machine" (simulated GPUs with other UUIDs and memory) -- and the program
+// ending exactly as an uninterrupted run. CRIU is the one scripts/setup.sh builds; CI
+// runs as root, so none of these skip there.
+#include <catch2/catch_test_macros.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "process.hpp"
+#include "temp_dir.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kBin = FERRY_TEST_BIN_DIR;
+const std::string kFerry = kBin + "/tools/ferry";
+const std::string kMlp = kBin + "/examples/mlp_trainer";
+const std::string kSaxpy = kBin + "/examples/driver_saxpy";
+const std::string kGraph = kBin + "/tests/programs/graph_loop";
+const std::string kLauncher = kBin + "/tests/programs/launcher";
+
+std::vector<std::string> checksums(const std::string& out, const std::string& key = "checksum") {
+  return ferry_test::lines_with(out, key);
+}
+
+// A program as a `ferry run --pid-namespace` job on the simulated GPU.
+std::vector<std::string> job(std::vector<std::string> prog, std::vector<std::string> run_opts = {}) {
+  std::vector<std::string> v = {kFerry, "run", "--emulator", "--pid-namespace"};
+  v.insert(v.end(), run_opts.begin(), run_opts.end());
+  v.push_back("--");
+  v.insert(v.end(), prog.begin(), prog.end());
+  return v;
+}
+
+int random_step(int lo, int hi) {
+  static std::mt19937 g{std::random_device{}()};
+  return std::uniform_int_distribution<int>(lo, hi)(g);
+}
+
+nlohmann::json dump(pid_t pid, const std::string& dir, std::vector<std::string> extra = {},
+                    std::map<std::string, std::string> env = {}) {
+  std::vector<std::string> argv = {kFerry, "dump", std::to_string(pid), dir, "--format", "json"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto r = ferry_test::run(argv, ferry_test::emu_env(env), 180);
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  return nlohmann::json::parse(r.out);
+}
+
+// `ferry restore DIR` runs the job to its end; its report is the first line of stderr.
+ferry_test::Result restore(const std::string& dir, std::vector<std::string> extra = {},
+                           std::map<std::string, std::string> env = {}) {
+  std::vector<std::string> argv = {kFerry, "restore", dir, "--format", "json"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return ferry_test::run(argv, ferry_test::emu_env(env), 240);
+}
+
+// A refused restore: its error is on stderr as text.
+ferry_test::Result restore_text(const std::string& dir, std::vector<std::string> extra = {},
+                                std::map<std::string, std::string> env = {}) {
+  std::vector<std::string> argv = {kFerry, "restore", dir};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return ferry_test::run(argv, ferry_test::emu_env(env), 240);
+}
+
+nlohmann::json report_of(const ferry_test::Result& r) {
+  auto lines = ferry_test::lines_with(r.err, "\"ok\"");
+  REQUIRE(!lines.empty());
+  return nlohmann::json::parse(lines.front());
+}
+
+std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> v;
+  pid_t c;
+  while (in >> c) v.push_back(c);
+  return v;
+}
+
+// ferry run -> ferry-init -> program
+pid_t program_of(pid_t ferry_run) { return children_of(children_of(ferry_run).at(0)).at(0); }
+
+}  // namespace
+
+TEST_CASE("mlp_trainer dumped at a random step, killed, restored onto the other GPU: it ends bit-identical; inspect "
+          "and verify see both halves",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "120"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "120", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  int step = random_step(2, 40);
+  INFO("dumped at step " << step);
+  REQUIRE(c.wait_for("step " + std::to_string(step) + " loss"));
+  auto d = dump(c.pid(), t / "img");
+  CHECK(d["processes"] == 2);
+  CHECK(d["cuda_processes"] == 1);
+  CHECK(d["stats"]["gpu_device_bytes"].get<uint64_t>() > 0);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);  // the job is gone
+  CHECK(checksums(c.out()).empty());
+  CHECK(!fs::exists(t / "img.partial"));
+
+  auto in = ferry_test::run({kFerry, "inspect", t / "img", "--format", "json"}, {}, 60);
+  REQUIRE(in.exit_code == 0);
+  auto ij = nlohmann::json::parse(in.out);
+  CHECK(ij["kind"] == "process");
+  CHECK(ij["processes"].size() == 2);
+  CHECK(ij["processes"][1]["cmdline"][0] == kMlp);
+  CHECK(ij["gpu_images"]["gpu/2"]["device_bytes"] == d["stats"]["gpu_device_bytes"]);
+  CHECK(!ij["cpu_files"].empty());
+  auto vf = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);
+  CHECK(vf.exit_code == 0);
+  CHECK(vf.out.find("intact (CPU half: " + std::to_string(ij["cpu_files"].size()) + " CRIU files hashed") !=
+        std::string::npos);
+
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  auto rep = report_of(r);
+  CHECK(rep["processes"][0]["nspid"] == 2);
+  CHECK(rep["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+  CHECK(!rep["processes"][0]["status"]["memory_by_gpu"].contains("0"));
+}
+
+TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kSaxpy, "--n", "300000", "--iters", "80"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kSaxpy, "--n", "300000", "--iters", "80", "--iter-delay-ms", "15"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("iteration " + std::to_string(random_step(2, 30))));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("0"));
+}
+
+TEST_CASE("graph_loop restored on a different machine (other GPU UUIDs and memory) ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kGraph, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kGraph, "--steps", "60", "--step-delay-ms", "25"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " hash"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const std::string other0 = "aaaabbbbccccddddeeeeffff00001111", other1 = "aaaabbbbccccddddeeeeffff00002222";
+  auto r = restore(t / "img", {}, {{"FERRY_EMU_DEVICE0", "uuid=" + other0 + ",memory=8g"},
+                                   {"FERRY_EMU_DEVICE1", "uuid=" + other1 + ",memory=8g"}});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
+  CHECK(!checksums(plain.out, "final hash").empty());
+}
+
+TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped and restored as one job",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kLauncher, "2", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
+  auto d = dump(c.pid(), t / "img");
+  CHECK(d["processes"] == 4);  // init, launcher, two workers
+  CHECK(d["cuda_processes"] == 2);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device-map", "1,0"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto want = checksums(plain.out, "weights checksum");
+  REQUIRE(want.size() == 2);
+  auto got = checksums(r.out, "weights checksum");
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  CHECK(got == want);
+}
+
+TEST_CASE("three dumps in a chain with --parent and --leave-running: unchanged GPU memory is referenced, not written; "
+          "the last image restores bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  std::vector<std::string> prog = {kMlp, "--steps", "150", "--ballast-mb", "24"};
+  auto plain = ferry_test::run(prog, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  auto paced = prog;
+  paced.insert(paced.end(), {"--step-delay-ms", "20"});
+  ferry_test::Child c(job(paced), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 5 loss"));
+  auto d1 = dump(c.pid(), t / "d1", {"--leave-running"});
+  REQUIRE(c.wait_for("step 20 loss"));
+  auto d2 = dump(c.pid(), t / "d2", {"--leave-running", "--parent", t / "d1"});
+  REQUIRE(c.wait_for("step 35 loss"));
+  auto d3 = dump(c.pid(), t / "d3", {"--leave-running", "--parent", t / "d2"});
+  uint64_t total = d1["stats"]["gpu_device_bytes"].get<uint64_t>();
+  CHECK(total >= 24ull << 20);
+  CHECK(d1["stats"]["gpu_bytes_written"].get<uint64_t>() >= 24ull << 20);
+  // The ballast never changes: the later dumps write only what training touched.
+  for (auto* d : {&d2, &d3}) {
+    INFO((*d).dump());
+    CHECK((*d)["stats"]["gpu_bytes_written"].get<uint64_t>() < total / 4);
+    CHECK((*d)["stats"]["gpu_bytes_reused"].get<uint64_t>() >= 24ull << 20);
+    CHECK((*d)["left_running"] == true);
+  }
+  // The job went on all along and ends as an uninterrupted run.
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(checksums(done.out) == checksums(plain.out));
+  // The third image, whose chunks live partly in the first two, restores the job at step 35.
+  auto r = restore(t / "d3", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  // It goes on from where the third dump caught it (the job ran on while the dump began),
+  // each step's loss that of the uninterrupted run.
+  auto resumed = ferry_test::lines_with(r.out, " loss ");
+  REQUIRE(!resumed.empty());
+  int first = std::stoi(resumed.front().substr(5));
+  CHECK(first >= 36);
+  CHECK(first <= 60);
+  auto all = ferry_test::lines_with(plain.out, " loss ");
+  REQUIRE(all.size() >= resumed.size());
+  CHECK(std::vector<std::string>(all.end() - static_cast<long>(resumed.size()), all.end()) == resumed);
+}
+
+TEST_CASE("a scheduler's TERM to ferry run --on-signal TERM=dump:DIR leaves a whole-process image and exit 0; the job "
+          "restored from it ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  ferry_test::Child c(job({kMlp, "--steps", "100", "--step-delay-ms", "20"}, {"--on-signal", "TERM=dump:" + (t / "pre")}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+  kill(c.pid(), SIGTERM);
+  auto done = c.finish();
+  INFO(done.err);
+  CHECK(done.exit_code == 0);
+  CHECK(done.err.find("dumping the job to " + (t / "pre")) != std::string::npos);
+  REQUIRE(fs::exists(t / "pre/process.json"));
+  auto r = restore(t / "pre");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+}
+
+TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
+  ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 3 loss"));
+  auto try_dump = [&](std::map<std::string, std::string> env) {
+    return ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env(env), 180);
+  };
+  SECTION("no CRIU") {
+    auto r = try_dump({{"FERRY_CRIU", t / "nowhere/criu"}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: CRIU not found: " + (t / "nowhere/criu") +
+                       " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU "
+                       "to a CRIU >= 4 (ferry check says more)\n");
+  }
+  // A disk (tmpfs) that holds less than the image: the GPU half (2 MiB) does not fit
+  // in 1 MiB; in 3 MiB it does, and CRIU runs out of space after it.
+  for (const char* size : {"size=1m", "size=3m"}) {
+    DYNAMIC_SECTION("a full disk, " << size) {
+      fs::create_directories(t / "small");
+      REQUIRE(mount("tmpfs", (t / "small").c_str(), "tmpfs", 0, size) == 0);
+      auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "small/img"}, ferry_test::emu_env(), 180);
+      INFO(r.err);
+      CHECK(r.exit_code == 78);
+      CHECK(r.err.find(std::string(size) == "size=1m" ? "no space left on the device" : "criu dump failed") !=
+            std::string::npos);
+      CHECK(r.err.find("the job goes on running on its GPUs, nothing was written") != std::string::npos);
+      CHECK(!fs::exists(t / "small/img"));
+      CHECK(!fs::exists(t / "small/img.partial"));
+      umount2((t / "small").c_str(), MNT_DETACH);
+    }
+  }
+  SECTION("a TCP connection to outside the job, which CRIU cannot dump") {
+    c.finish();  // this section runs its own job: a launcher holding a connection
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
+    listen(ls, 4);
+    auto plain1 = ferry_test::run({kLauncher, "1", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+    ferry_test::Child j(job({kLauncher, "--connect", std::to_string(ntohs(a.sin_port)), "1", kMlp, "--steps", "100",
+                             "--step-delay-ms", "20"}),
+                        ferry_test::emu_env());
+    int peer = accept(ls, nullptr, nullptr);  // established, not in flight
+    REQUIRE(peer >= 0);
+    REQUIRE(j.wait_for("step 3 loss"));
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(j.pid()), t / "img"}, ferry_test::emu_env(), 180);
+    INFO(r.err);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find("criu dump failed") != std::string::npos);
+    CHECK(r.err.find("Dumping FAILED. (whole log: " + (t / "img.dump.log") + ")") != std::string::npos);
+    CHECK(fs::exists(t / "img.dump.log"));
+    CHECK(r.err.find("the job goes on running on its GPUs, nothing was written") != std::string::npos);
+    auto done = j.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(checksums(done.out, "weights checksum") == checksums(plain1.out, "weights checksum"));
+    close(peer);
+    close(ls);
+    return;
+  }
+  CHECK(!fs::exists(t / "img"));
+  CHECK(!fs::exists(t / "img.partial"));
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(checksums(done.out) == checksums(plain.out));
+}
+
+TEST_CASE("ferry killed mid-dump: nothing half-published, and ferry resume brings the job back", "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  std::vector<std::string> prog = {kMlp, "--steps", "120", "--ballast-mb", "64"};
+  auto plain = ferry_test::run(prog, ferry_test::emu_env(), 120);
+  prog.insert(prog.end(), {"--step-delay-ms", "20"});
+  ferry_test::Child c(job(prog), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 3 loss"));
+  pid_t program = program_of(c.pid());
+  int delay_ms = random_step(0, 60);
+  INFO("killed after " << delay_ms << " ms");
+  {
+    ferry_test::Child d({kFerry, "dump", std::to_string(c.pid()), t / "img", "--staging-mb", "4"},
+                        ferry_test::emu_env());
+    usleep(static_cast<useconds_t>(delay_ms) * 1000);
+    kill(d.pid(), SIGKILL);
+    d.finish();
+  }
+  usleep(300000);  // a CRIU still running finishes (it leaves the job stopped)
+  // Either no image or a whole one; never a half-written one under the final name.
+  if (fs::exists(t / "img")) CHECK(fs::exists(t / "img/process.json"));
+  auto r = ferry_test::run({kFerry, "resume", std::to_string(program)}, ferry_test::emu_env(), 120);
+  INFO(r.out << r.err);
+  // The kill may have come before the program was suspended, or after the image was
+  // published and the job killed: then there is nothing to resume.
+  if (r.exit_code == 0 || r.err.find("is running") != std::string::npos) {
+    auto done = c.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(checksums(done.out) == checksums(plain.out));
+  } else {
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    REQUIRE(fs::exists(t / "img/process.json"));
+  }
+}
+
+TEST_CASE("restore refusals: a target without the GPU or the memory, damaged halves, a newer ferry -- nothing "
+          "started, the image untouched",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  ferry_test::Child c(job({kMlp, "--steps", "100", "--step-delay-ms", "20", "--ballast-mb", "8"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 3 loss"));
+  dump(c.pid(), t / "img");
+  c.finish();
+  auto copy = [&](const std::string& name) {
+    fs::copy(t / "img", t / name, fs::copy_options::recursive);
+    return t / name;
+  };
+  SECTION("no such GPU") {
+    auto r = restore_text(t / "img", {"--device", "5"});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find("this machine has 2 GPU(s); the image needs GPU 5 (choose others with --device or "
+                     "--device-map). Nothing was started; the image is untouched") != std::string::npos);
+  }
+  SECTION("too little memory") {
+    auto r = restore_text(t / "img", {}, {{"FERRY_EMU_MEMORY", "4m"}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find("GPU 0 (ferry emulated GPU) has 4.0 MiB; the job needs ") != std::string::npos);
+  }
+  SECTION("a damaged CPU half") {
+    std::string d = copy("bad");
+    std::string pages;
+    for (auto& e : fs::directory_iterator(d + "/cpu"))
+      if (e.path().filename().string().rfind("pages-", 0) == 0) pages = e.path();
+    REQUIRE(!pages.empty());
+    {
+      std::fstream f(pages, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(100);
+      f.put('\x5a');
+    }
+    auto r = restore_text(d);
+    CHECK(r.exit_code == 74);
+    CHECK(r.err.find(pages + " is damaged: its hash does not match the manifest (CPU half of the image)") !=
+          std::string::npos);
+    auto v = ferry_test::run({kFerry, "verify", d}, {}, 60);
+    CHECK(v.exit_code == 74);
+  }
+  SECTION("a truncated GPU half") {
+    std::string d = copy("bad");
+    std::string pack;
+    for (auto& e : fs::recursive_directory_iterator(d + "/gpu"))
+      if (e.path().extension() == ".pack") pack = e.path();
+    REQUIRE(!pack.empty());
+    fs::resize_file(pack, fs::file_size(pack) / 2);
+    auto v = ferry_test::run({kFerry, "verify", d}, {}, 60);
+    CHECK(v.exit_code == 74);
+    CHECK(v.err.find("the GPU half of the image is damaged") != std::string::npos);
+    auto r = restore_text(d);
+    INFO(r.err);
+    CHECK(r.exit_code == 74);
+    CHECK(r.err.find("the restored job was killed: nothing is left running, the image is untouched") !=
+          std::string::npos);
+  }
+  SECTION("an image from a newer ferry") {
+    std::string d = copy("newer");
+    auto m = nlohmann::json::parse(ferry_test::read_file(d + "/process.json"));
+    m["version"] = 99;
+    m["ferry"] = "9.0.0";
+    std::ofstream(d + "/process.json") << m.dump();
+    auto r = restore_text(d);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
+                         "format 1: use that ferry or a newer one") != std::string::npos);
+  }
+  // Whatever was refused, the image itself still restores.
+  auto v = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);
+  CHECK(v.exit_code == 0);
+}
+
+TEST_CASE("the same image restored twice at once: two jobs, each in its own namespace, both end bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "80"}, ferry_test::emu_env(), 120);
+  ferry_test::Child c(job({kMlp, "--steps", "80", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 10 loss"));
+  dump(c.pid(), t / "img");
+  c.finish();
+  ferry_test::Child a({kFerry, "restore", t / "img", "--device", "0"}, ferry_test::emu_env());
+  ferry_test::Child b({kFerry, "restore", t / "img", "--device", "1"}, ferry_test::emu_env());
+  auto ra = a.finish(240), rb = b.finish(240);
+  INFO(ra.err << rb.err);
+  CHECK(ra.exit_code == 0);
+  CHECK(rb.exit_code == 0);
+  CHECK(checksums(ra.out) == checksums(plain.out));
+  CHECK(checksums(rb.out) == checksums(plain.out));
+}

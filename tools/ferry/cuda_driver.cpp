@@ -1,0 +1,128 @@
+#include "cuda_driver.hpp"
+
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include <cstring>
+
+#include "client.hpp"
+
+namespace ferry::cli {
+
+namespace {
+
+std::string hex_uuid(const CUuuid& u) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (char c : u.bytes) {
+    auto b = static_cast<unsigned char>(c);
+    s += d[b >> 4];
+    s += d[b & 15];
+  }
+  return s;
+}
+
+CUuuid uuid_of(const std::string& hex) {
+  CUuuid u{};
+  for (size_t i = 0; i < 16 && 2 * i + 1 < hex.size(); i++)
+    u.bytes[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  return u;
+}
+
+}  // namespace
+
+void* CudaDriver::sym(const char* name, bool required) {
+  void* p = dlsym(h_, name);
+  if (!p && required)
+    throw ClientError(kFixFirst, "the CUDA driver " + path_ + " has no " + name +
+                                     (strncmp(name, "cuCheckpoint", 12) == 0
+                                          ? " (NVIDIA's checkpoint API: CUDA 12.8, driver r570 or newer)"
+                                          : ""));
+  return p;
+}
+
+CudaDriver::CudaDriver(const std::string& path) : path_(path) {
+  h_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h_) throw ClientError(kFixFirst, "cannot load the CUDA driver " + path + ": " + dlerror());
+  auto init = reinterpret_cast<CUresult (*)(unsigned)>(sym("cuInit"));
+  if (CUresult r = init(0)) throw ClientError(kFixFirst, path + ": cuInit failed with error " + std::to_string(r));
+  auto count = reinterpret_cast<CUresult (*)(int*)>(sym("cuDeviceGetCount"));
+  auto get = reinterpret_cast<CUresult (*)(CUdevice*, int)>(sym("cuDeviceGet"));
+  auto name = reinterpret_cast<CUresult (*)(char*, int, CUdevice)>(sym("cuDeviceGetName"));
+  auto attr = reinterpret_cast<CUresult (*)(int*, CUdevice_attribute, CUdevice)>(sym("cuDeviceGetAttribute"));
+  auto mem = reinterpret_cast<CUresult (*)(size_t*, CUdevice)>(sym("cuDeviceTotalMem_v2"));
+  auto uuid = reinterpret_cast<CUresult (*)(CUuuid*, CUdevice)>(sym("cuDeviceGetUuid_v2"));
+  int n = 0;
+  count(&n);
+  for (int i = 0; i < n; i++) {
+    CUdevice dev = 0;
+    get(&dev, i);
+    Gpu g;
+    g.index = i;
+    char nm[256] = {};
+    name(nm, sizeof nm, dev);
+    g.name = nm;
+    int major = 0, minor = 0;
+    attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
+    attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
+    g.cc = std::to_string(major) + "." + std::to_string(minor);
+    size_t total = 0;
+    mem(&total, dev);
+    g.memory = total;
+    CUuuid u{};
+    uuid(&u, dev);
+    g.uuid = hex_uuid(u);
+    gpus_.push_back(g);
+  }
+}
+
+int CudaDriver::state(pid_t pid, int* st) {
+  auto f = reinterpret_cast<CUresult (*)(int, CUprocessState*)>(sym("cuCheckpointProcessGetState"));
+  CUprocessState s = CU_PROCESS_STATE_FAILED;
+  CUresult r = f(pid, &s);
+  *st = s;
+  return r;
+}
+
+int CudaDriver::lock(pid_t pid, unsigned timeout_ms) {
+  auto f = reinterpret_cast<CUresult (*)(int, CUcheckpointLockArgs*)>(sym("cuCheckpointProcessLock"));
+  CUcheckpointLockArgs a{};
+  a.timeoutMs = timeout_ms;
+  return f(pid, &a);
+}
+
+int CudaDriver::checkpoint(pid_t pid) {
+  auto f = reinterpret_cast<CUresult (*)(int, CUcheckpointCheckpointArgs*)>(sym("cuCheckpointProcessCheckpoint"));
+  CUcheckpointCheckpointArgs a{};
+  return f(pid, &a);
+}
+
+int CudaDriver::restore(pid_t pid, const std::vector<std::pair<std::string, std::string>>& uuid_pairs) {
+  auto f = reinterpret_cast<CUresult (*)(int, CUcheckpointRestoreArgs*)>(sym("cuCheckpointProcessRestore"));
+  std::vector<CUcheckpointGpuPair> pairs;
+  for (auto& [o, n] : uuid_pairs) pairs.push_back({uuid_of(o), uuid_of(n)});
+  CUcheckpointRestoreArgs a{};
+  a.gpuPairs = pairs.empty() ? nullptr : pairs.data();
+  a.gpuPairsCount = static_cast<unsigned>(pairs.size());
+  return f(pid, &a);
+}
+
+int CudaDriver::unlock(pid_t pid) {
+  auto f = reinterpret_cast<CUresult (*)(int, CUcheckpointUnlockArgs*)>(sym("cuCheckpointProcessUnlock"));
+  CUcheckpointUnlockArgs a{};
+  return f(pid, &a);
+}
+
+std::string cuda_error_text(int code) {
+  switch (code) {
+    case CUDA_ERROR_TIMEOUT: return "CUDA_ERROR_TIMEOUT (909: work on the GPU did not finish in time)";
+    case CUDA_ERROR_ILLEGAL_STATE: return "CUDA_ERROR_ILLEGAL_STATE (401)";
+    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE (101: no such GPU, or another chip)";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY (2)";
+    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE (1)";
+    case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED (801)";
+    default: return "CUDA error " + std::to_string(code);
+  }
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,50 @@
+// The CUDA driver as the CLI itself loads it: the GPUs of this machine, and NVIDIA's
+// checkpoint API (cuCheckpointProcess*), which acts on another process given its pid
+// (docs/driver-facts.md §15). A whole-process dump uses it to make the driver let go
+// of a process before CRIU dumps it; a restore, to hand the restored process the GPUs
+// of the machine it now runs on (gpuPairs: old UUID -> new UUID).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ferry::cli {
+
+struct Gpu {
+  int index = 0;
+  std::string name, cc, uuid;  // uuid: 32 hex digits
+  uint64_t memory = 0;
+};
+
+class CudaDriver {
+ public:
+  // Loads and initializes the driver at path; throws ClientError(kFixFirst) saying why not.
+  explicit CudaDriver(const std::string& path);
+  CudaDriver(const CudaDriver&) = delete;
+  CudaDriver& operator=(const CudaDriver&) = delete;
+  const std::string& path() const { return path_; }
+  const std::vector<Gpu>& gpus() const { return gpus_; }
+
+  // The checkpoint API; each returns the CUresult. Throws ClientError(kFixFirst) when
+  // the driver has no such API.
+  int state(pid_t pid, int* st);
+  int lock(pid_t pid, unsigned timeout_ms);
+  int checkpoint(pid_t pid);
+  int restore(pid_t pid, const std::vector<std::pair<std::string, std::string>>& uuid_pairs);
+  int unlock(pid_t pid);
+
+ private:
+  void* sym(const char* name, bool required = true);
+  void* h_ = nullptr;
+  std::string path_;
+  std::vector<Gpu> gpus_;
+};
+
+// "CUDA_ERROR_TIMEOUT (909)", or the number alone when the driver cannot name it.
+std::string cuda_error_text(int code);
+
+}  // namespace ferry::cli

@@ -1,0 +1,892 @@
+// Whole-process dump and restore (process_image.hpp has the mechanism).
+#include "process_image.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ferry_common/control.hpp>
+#include <ferry_common/ops.hpp>
+#include <ferry_common/settings.hpp>
+#include <ferry_image/image.hpp>
+
+#include "client.hpp"
+#include "cuda_driver.hpp"
+#include "full_process.hpp"
+#include "job.hpp"
+#include "output.hpp"
+#include "paths.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ferry::cli {
+
+namespace {
+
+// ---- processes, seen through /proc ---------------------------------------------------------
+
+std::string status_field(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) {
+      size_t v = line.find_first_not_of(" \t", key.size() + 1);
+      return v == std::string::npos ? "" : line.substr(v);
+    }
+  return "";
+}
+
+// The pid as each PID namespace from the host's down sees it.
+std::vector<pid_t> ns_pids(pid_t pid) {
+  std::istringstream in(status_field(pid, "NSpid"));
+  std::vector<pid_t> v;
+  pid_t p;
+  while (in >> p) v.push_back(p);
+  return v;
+}
+
+std::vector<pid_t> children(pid_t pid) {
+  std::vector<pid_t> out;
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(task.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(task + "/" + e->d_name + "/children");
+    pid_t c;
+    while (in >> c) out.push_back(c);
+  }
+  closedir(d);
+  return out;
+}
+
+std::vector<std::string> cmdline_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::vector<std::string> v;
+  std::string a;
+  while (std::getline(in, a, '\0')) v.push_back(a);
+  return v;
+}
+
+std::string environ_value(pid_t pid, const std::string& name) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  std::string kv;
+  while (std::getline(in, kv, '\0'))
+    if (kv.rfind(name + "=", 0) == 0) return kv.substr(name.size() + 1);
+  return "";
+}
+
+bool is_job_init(pid_t pid) {
+  auto ns = ns_pids(pid);
+  return status_field(pid, "Name") == "ferry-init" && ns.size() >= 2 && ns.back() == 1;
+}
+
+// The init of the job pid belongs to: pid itself, its child (pid is the job's `ferry run`
+// or `ferry restore`), or an ancestor.
+pid_t job_init_of(pid_t pid) {
+  if (kill(pid, 0) != 0 && errno == ESRCH) throw ClientError(kNoProcess, "no process " + std::to_string(pid));
+  if (is_job_init(pid)) return pid;
+  for (pid_t c : children(pid))
+    if (is_job_init(c)) return c;
+  for (pid_t p = pid; p > 1;) {
+    p = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()));
+    if (p > 1 && is_job_init(p)) return p;
+  }
+  throw ClientError(kFixFirst, "process " + std::to_string(pid) +
+                                   " is not in a ferry job: a whole-process dump needs the program started with "
+                                   "`ferry run --pid-namespace` (its own PID namespace, under ferry's init)");
+}
+
+struct Task {
+  pid_t host = 0, ns = 0, ns_parent = 0;
+  std::string name;
+  std::vector<std::string> cmd;
+  bool cuda = false;
+};
+
+std::string sock_of(pid_t host) { return control::socket_dir() + "/" + control::socket_name(host); }
+std::string marker_of(pid_t host, const char* ext) { return control::socket_dir() + "/" + std::to_string(host) + ext; }
+
+// The job's processes, parents before children.
+std::vector<Task> tree_of(pid_t init) {
+  std::vector<Task> out;
+  std::vector<std::pair<pid_t, pid_t>> todo = {{init, 0}};
+  for (size_t i = 0; i < todo.size(); i++) {
+    auto [host, parent_ns] = todo[i];
+    Task t;
+    t.host = host;
+    auto ns = ns_pids(host);
+    if (ns.empty()) continue;  // gone meanwhile
+    t.ns = ns.back();
+    t.ns_parent = parent_ns;
+    t.name = status_field(host, "Name");
+    t.cmd = cmdline_of(host);
+    t.cuda = access(sock_of(host).c_str(), F_OK) == 0 || access(marker_of(host, ".detached").c_str(), F_OK) == 0;
+    for (pid_t c : children(host)) todo.push_back({c, t.ns});
+    out.push_back(t);
+  }
+  return out;
+}
+
+// ---- the job's stdio ---------------------------------------------------------------------------
+
+// How CRIU names what fd of pid is open on, for --external at a dump and --inherit-fd
+// at a restore; "" for what CRIU dumps by itself.
+struct Stdio {
+  int fd = 0;
+  std::string kind, key, what;
+};
+
+std::vector<Stdio> stdio_of(pid_t pid) {
+  std::vector<Stdio> v;
+  for (int fd = 0; fd <= 2; fd++) {
+    std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+    char buf[4096];
+    ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
+    struct stat sb;
+    if (n <= 0 || stat(link.c_str(), &sb) != 0) continue;
+    buf[n] = 0;
+    Stdio s;
+    s.fd = fd;
+    s.what = buf;
+    char k[96];
+    if (S_ISFIFO(sb.st_mode)) {
+      snprintf(k, sizeof k, "pipe[%llu]", static_cast<unsigned long long>(sb.st_ino));
+      s.kind = "pipe";
+    } else if (S_ISCHR(sb.st_mode) && (major(sb.st_rdev) == 136 || major(sb.st_rdev) == 4 || major(sb.st_rdev) == 5)) {
+      snprintf(k, sizeof k, "tty[%llx:%llx]", static_cast<unsigned long long>(sb.st_rdev),
+               static_cast<unsigned long long>(sb.st_dev));
+      s.kind = "tty";
+    } else if (S_ISREG(sb.st_mode) || S_ISCHR(sb.st_mode)) {
+      if (buf[0] != '/') continue;
+      snprintf(k, sizeof k, "%s", "");
+      s.kind = "file";
+      s.key = std::string(buf + 1);  // CRIU names a file by its path without the leading /
+    } else {
+      continue;  // a socket: CRIU dumps it with the job or refuses it by name
+    }
+    if (s.key.empty()) s.key = k;
+    v.push_back(s);
+  }
+  return v;
+}
+
+// ---- running CRIU --------------------------------------------------------------------------------
+
+// Runs criu with argv (stdin/out/err this process's, or /dev/null when quiet); its
+// exit code, -1 if it could not run.
+int run_criu(std::vector<std::string> argv, bool quiet) {
+  pid_t p = fork();
+  if (p < 0) return -1;
+  if (p == 0) {
+    unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
+    if (quiet) {
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+    }
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(s.data());
+    a.push_back(nullptr);
+    execv(a[0], a.data());
+    _exit(127);
+  }
+  int st = 0;
+  while (waitpid(p, &st, 0) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// The lines of a CRIU log that say what went wrong (the last few).
+std::string criu_errors(const std::string& log) {
+  std::ifstream in(log);
+  std::string line;
+  std::vector<std::string> errs;
+  while (std::getline(in, line))
+    if (line.find("Error") != std::string::npos) errs.push_back(line);
+  if (errs.size() > 4) errs.erase(errs.begin(), errs.end() - 4);
+  std::string s;
+  for (auto& e : errs) s += (s.empty() ? "" : " | ") + e;
+  return s.empty() ? "no error in its log" : s;
+}
+
+// The criu to use, checked enough that a failure later is CRIU's own.
+std::string usable_criu() {
+  std::string c = criu_path();
+  if (access(c.c_str(), X_OK) != 0)
+    throw ClientError(kFixFirst, "CRIU not found: " + c +
+                                     " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.1.1) or "
+                                     "set FERRY_CRIU to a CRIU >= 4 (ferry check says more)");
+  if (geteuid() != 0)
+    throw ClientError(kFixFirst, "CRIU dumps and restores processes as root; run ferry as root for whole-process images");
+  return c;
+}
+
+std::string now_iso() {
+  char b[32];
+  time_t t = time(nullptr);
+  struct tm tmv;
+  gmtime_r(&t, &tmv);
+  strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+  return b;
+}
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+nlohmann::json read_process_manifest(const std::string& dir) {
+  std::string p = dir + "/process.json";
+  std::ifstream in(p);
+  if (!in) {
+    if (access(dir.c_str(), F_OK) != 0) throw ClientError(kFixFirst, dir + ": no such image directory");
+    throw ClientError(kFixFirst, dir + " has no process.json: it is not a whole-process image (ferry inspect " + dir +
+                                     " describes it)");
+  }
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw ClientError(kDataLost, p + " is damaged: " + e.what());
+  }
+  if (m.value("format", "") != "ferry-process" || !m.contains("version") || !m["version"].is_number_integer())
+    throw ClientError(kDataLost, p + " is damaged: it does not describe a ferry whole-process image");
+  int v = m["version"].get<int>();
+  if (v > kProcessFormat)
+    throw ClientError(kFixFirst, dir + " was written by a newer ferry (" + m.value("ferry", std::string("?")) +
+                                     ", whole-process image format " + std::to_string(v) +
+                                     "); this ferry reads format " + std::to_string(kProcessFormat) +
+                                     ": use that ferry or a newer one");
+  return m;
+}
+
+// The CPU half: every CRIU file the manifest lists, with its size and hash.
+void verify_cpu(const std::string& dir, const nlohmann::json& m) {
+  for (auto& f : m.at("cpu_files")) {
+    std::string name = f.at("name").get<std::string>();
+    std::string p = dir + "/cpu/" + name;
+    if (access(p.c_str(), R_OK) != 0)
+      throw ClientError(kDataLost, p + " is missing: the CPU half of the image (CRIU's files) is incomplete");
+    uint64_t size = 0;
+    image::Hash h = image::hash_file(p, &size);
+    if (size != f.at("size").get<uint64_t>())
+      throw ClientError(kDataLost, p + " is damaged: " + std::to_string(size) + " bytes, the manifest says " +
+                                       std::to_string(f.at("size").get<uint64_t>()) + " (CPU half of the image)");
+    if (h.hex() != f.at("xxh3").get<std::string>())
+      throw ClientError(kDataLost, p + " is damaged: its hash does not match the manifest (CPU half of the image)");
+  }
+}
+
+// Bytes of device memory each program device of a GPU image needs.
+std::map<int, uint64_t> need_by_device(const nlohmann::json& state) {
+  std::map<int, uint64_t> need;
+  for (auto& c : state.value("contexts", nlohmann::json::array())) need[c["vdev"].get<int>()] += 0;
+  for (auto& p : state.value("physical", nlohmann::json::array())) need[p["vdev"].get<int>()] += p["size"].get<uint64_t>();
+  return need;
+}
+
+// The driver for a dump: the one the job's CUDA processes use.
+std::string driver_of(const std::vector<Task>& tasks) {
+  for (auto& t : tasks)
+    if (t.cuda)
+      if (std::string d = environ_value(t.host, "FERRY_REAL_DRIVER"); !d.empty()) return d;
+  return "libcuda.so.1";
+}
+
+void cont_all(const std::vector<Task>& tasks) {
+  for (auto& t : tasks) kill(t.host, SIGCONT);
+}
+
+// Waits for a process's control socket to answer (after a detach).
+bool wait_socket(pid_t host, int seconds) {
+  for (int i = 0; i < seconds * 50; i++) {
+    if (access(sock_of(host).c_str(), F_OK) == 0) return true;
+    usleep(20000);
+  }
+  return false;
+}
+
+void ask_reattach(pid_t host) {
+  int fd = open(marker_of(host, ".reattach").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0) close(fd);
+}
+
+nlohmann::json op_request(pid_t host, const std::string& op, const ops::Options& o, ProgressView* view) {
+  nlohmann::json reply = request(
+      host, op, ops::to_json(o),
+      [&](const nlohmann::json& p) {
+        if (view) (*view)(p);
+      },
+      0);
+  if (!reply.value("ok", false)) {
+    std::string cls = reply.value("class", "bug");
+    throw ClientError(exit_for_class(cls), op + " of process " + std::to_string(host) + " failed: " +
+                                               reply.value("error", "?"));
+  }
+  return reply;
+}
+
+// A dump, step by step; undo() brings the job back to running on its GPUs from
+// wherever it stopped.
+struct Dump {
+  pid_t init = 0;
+  std::vector<Task> tasks;
+  std::string stage, cpu_dir;
+  std::unique_ptr<CudaDriver> driver;
+  std::set<pid_t> suspended, detached, driver_held;
+  bool stopped_by_criu = false;
+
+  std::vector<Task*> cuda() {
+    std::vector<Task*> v;
+    for (auto& t : tasks)
+      if (t.cuda) v.push_back(&t);
+    return v;
+  }
+
+  // Back to running; the image directory (if any) to resume from. Returns what could
+  // not be undone ("" when all was).
+  std::string undo(const std::string& from_dir) {
+    std::string problems;
+    if (stopped_by_criu) cont_all(tasks);
+    for (Task* t : cuda()) {
+      if (driver_held.count(t->host)) {
+        int st = 0;
+        driver->state(t->host, &st);
+        if (st == CU_PROCESS_STATE_CHECKPOINTED) driver->restore(t->host, {});
+        if (int r = driver->unlock(t->host))
+          problems += "; process " + std::to_string(t->host) + ": the driver did not unlock it (" + cuda_error_text(r) +
+                      ")";
+      }
+      if (detached.count(t->host)) {
+        ask_reattach(t->host);
+        if (!wait_socket(t->host, 10)) {
+          problems += "; process " + std::to_string(t->host) + " did not listen again";
+          continue;
+        }
+      }
+      if (suspended.count(t->host)) {
+        ops::Options o;
+        if (!from_dir.empty()) o.dir = from_dir + "/gpu/" + std::to_string(t->ns);
+        try {
+          op_request(t->host, "resume", o, nullptr);
+        } catch (const ClientError& e) {
+          problems += "; " + e.message;
+        }
+      }
+    }
+    return problems;
+  }
+};
+
+}  // namespace
+
+int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
+  auto t0 = Clock::now();
+  Dump d;
+  std::string dir = fs::absolute(a.dir).lexically_normal().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::string criu;
+  nlohmann::json parent;
+  std::string parent_dir;
+  try {
+    d.init = job_init_of(pid);
+    criu = usable_criu();
+    d.tasks = tree_of(d.init);
+    if (!a.parent.empty()) {
+      parent_dir = fs::absolute(a.parent).lexically_normal().string();
+      while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
+      if (parent_dir == dir)
+        throw ClientError(kUsage, "--parent " + a.parent + " is the directory being written: the new image would "
+                                                           "replace the chunks it refers to; dump into another directory");
+      parent = read_process_manifest(parent_dir);
+    }
+    for (Task* t : d.cuda()) {
+      if (access(marker_of(t->host, ".detached").c_str(), F_OK) == 0)
+        throw ClientError(kRetryLater, "process " + std::to_string(t->host) +
+                                           " is in the middle of another dump (or one that was interrupted: `ferry "
+                                           "resume " + std::to_string(t->host) + "` brings it back)");
+      nlohmann::json st = request(t->host, "status", nlohmann::json::object(), nullptr, 10);
+      std::string state = st["status"].value("state", "?");
+      if (state == "suspended")
+        throw ClientError(kFixFirst, "process " + std::to_string(t->host) +
+                                         " is suspended; resume it (ferry resume) before a whole-process dump");
+    }
+    if (!d.cuda().empty()) d.driver = std::make_unique<CudaDriver>(driver_of(d.tasks));
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  d.stage = dir + ".partial";
+  d.cpu_dir = d.stage + "/cpu";
+  std::error_code ec;
+  fs::remove_all(d.stage, ec);  // an interrupted dump's leftovers
+  fs::create_directories(d.cpu_dir, ec);
+  fs::create_directories(d.stage + "/gpu", ec);
+  if (ec) return fail(out, kFixFirst, "fix-first", "cannot create " + d.stage + ": " + ec.message());
+
+  auto abort = [&](int code, const std::string& why) {
+    std::string left = d.undo("");
+    fs::remove_all(d.stage, ec);
+    std::string cls = code == kRetryLater ? "retry-later" : code == kDataLost ? "data-lost" : "fix-first";
+    return fail(out, code, cls,
+                "dump failed: " + why +
+                    (left.empty() ? "; the job goes on running on its GPUs, nothing was written"
+                                  : "; the job could not be brought back fully" + left));
+  };
+
+  ProgressView view(out);
+  if (view.enabled) fprintf(stderr, "ferry: dump of job %d (%zu processes, %zu using CUDA) to %s\n", d.init,
+                            d.tasks.size(), d.cuda().size(), dir.c_str());
+  // 1. GPU state of every CUDA process to the image; then its socket is closed.
+  auto t_stop = Clock::now();
+  uint64_t gpu_written = 0, gpu_reused = 0, gpu_bytes = 0;
+  nlohmann::json procs = nlohmann::json::array();
+  std::map<pid_t, nlohmann::json> status_of;
+  for (Task* t : d.cuda()) {
+    ops::Options o;
+    o.dir = d.stage + "/gpu/" + std::to_string(t->ns);
+    if (!parent.is_null() && fs::exists(parent_dir + "/gpu/" + std::to_string(t->ns) + "/manifest.json"))
+      o.parent = parent_dir + "/gpu/" + std::to_string(t->ns);
+    o.zstd_level = a.zstd;
+    if (a.staging_mb) o.staging_bytes = static_cast<uint64_t>(a.staging_mb) << 20;
+    o.fingerprints = !a.read_all;
+    try {
+      nlohmann::json before = request(t->host, "status", nlohmann::json::object(), nullptr, 10)["status"];
+      nlohmann::json r = op_request(t->host, "suspend", o, &view);
+      d.suspended.insert(t->host);
+      auto& s = r["stats"];
+      gpu_written += s.value("written", 0ull);
+      gpu_reused += s.value("reused", 0ull);
+      gpu_bytes += s.value("device_bytes", 0ull);
+      status_of[t->host] = before;
+    } catch (const ClientError& e) {
+      return abort(e.code, e.message);
+    }
+  }
+  for (Task* t : d.cuda()) {
+    try {
+      nlohmann::json r = request(t->host, "detach", nlohmann::json::object(), nullptr, 30);
+      if (!r.value("ok", false)) throw ClientError(kBug, "process " + std::to_string(t->host) +
+                                                             " could not close its control socket: " +
+                                                             r.value("error", "?"));
+      d.detached.insert(t->host);
+    } catch (const ClientError& e) {
+      return abort(e.code, e.message);
+    }
+  }
+  // 2. The driver lets go of each CUDA process.
+  if (view.enabled) fprintf(stderr, "  driver checkpoint\n");
+  for (Task* t : d.cuda()) {
+    d.driver_held.insert(t->host);
+    if (int r = d.driver->lock(t->host, static_cast<unsigned>(a.lock_timeout_s) * 1000u))
+      return abort(r == CUDA_ERROR_TIMEOUT ? kRetryLater : kFixFirst,
+                   "the CUDA driver could not lock process " + std::to_string(t->host) + ": " + cuda_error_text(r));
+    if (int r = d.driver->checkpoint(t->host))
+      return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
+                                  cuda_error_text(r));
+  }
+  // 3. CRIU dumps the tree and leaves it stopped.
+  if (view.enabled) fprintf(stderr, "  criu dump\n");
+  std::vector<Stdio> stdio = stdio_of(d.init);
+  std::vector<std::string> argv = {criu, "dump", "-t", std::to_string(d.init), "-D", d.cpu_dir, "-o", "dump.log",
+                                   "--leave-stopped"};
+  for (auto& s : stdio)
+    if (s.kind == "tty") argv.insert(argv.end(), {"--external", s.key});
+  d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
+  int rc = run_criu(argv, true);
+  if (rc != 0) {
+    std::string why = criu_errors(d.cpu_dir + "/dump.log");
+    std::string kept = dir + ".dump.log";
+    fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
+    return abort(kFixFirst, "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")");
+  }
+  double stopped_cpu = since(t_stop);
+  // 4. The manifest, and the directory published.
+  nlohmann::json m;
+  m["format"] = "ferry-process";
+  m["version"] = kProcessFormat;
+  m["ferry"] = FERRY_VERSION;
+  m["created"] = now_iso();
+  m["criu"] = {{"path", criu}, {"version", criu_version(criu)}};
+  m["parent"] = parent_dir;
+  m["driver"] = {{"path", d.driver ? d.driver->path() : ""},
+                 {"simulated", d.driver && d.driver->path() == emulator_driver()}};
+  nlohmann::json gpus = nlohmann::json::array();
+  if (d.driver)
+    for (auto& g : d.driver->gpus())
+      gpus.push_back({{"index", g.index}, {"name", g.name}, {"cc", g.cc}, {"uuid", g.uuid}, {"memory", g.memory}});
+  m["gpus"] = gpus;
+  for (auto& t : d.tasks) {
+    nlohmann::json p = {{"nspid", t.ns}, {"parent", t.ns_parent}, {"name", t.name}, {"cmdline", t.cmd},
+                        {"cuda", t.cuda}};
+    if (t.cuda) {
+      p["gpu_image"] = "gpu/" + std::to_string(t.ns);
+      p["devices"] = status_of[t.host].value("devices", nlohmann::json::array());
+    }
+    procs.push_back(p);
+  }
+  m["processes"] = procs;
+  nlohmann::json sj = nlohmann::json::array();
+  for (auto& s : stdio) sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
+  m["stdio"] = sj;
+  nlohmann::json files = nlohmann::json::array();
+  uint64_t cpu_bytes = 0;
+  try {
+    for (auto& e : fs::directory_iterator(d.cpu_dir)) {
+      if (!e.is_regular_file() || e.path().filename() == "dump.log") continue;
+      uint64_t size = 0;
+      image::Hash h = image::hash_file(e.path().string(), &size);
+      image::fsync_path(e.path().string());
+      files.push_back({{"name", e.path().filename().string()}, {"size", size}, {"xxh3", h.hex()}});
+      cpu_bytes += size;
+    }
+    std::sort(files.begin(), files.end(), [](auto& x, auto& y) { return x["name"] < y["name"]; });
+    m["cpu_files"] = files;
+    m["stats"] = {{"gpu_device_bytes", gpu_bytes}, {"gpu_bytes_written", gpu_written}, {"gpu_bytes_reused", gpu_reused},
+                  {"cpu_bytes", cpu_bytes}};
+    std::string mp = d.stage + "/process.json";
+    {
+      std::ofstream f(mp);
+      f << m.dump(1) << "\n";
+      if (!f.flush()) throw image::Error(ErrorClass::FixFirst, "cannot write " + mp + ": " + strerror(errno));
+    }
+    image::fsync_path(mp);
+    image::fsync_path(d.cpu_dir);
+    image::fsync_path(d.stage + "/gpu");
+    image::publish_dir(d.stage, dir);
+  } catch (const image::Error& e) {
+    return abort(exit_for_class(image::class_name(e.cls)), e.message);
+  }
+  // 5. The job ends, or goes on from the published image.
+  std::string left;
+  if (a.leave_running) {
+    d.stage.clear();
+    left = d.undo(dir);
+  } else {
+    kill(d.init, SIGKILL);
+    for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
+  }
+  double secs = since(t0), stopped = a.leave_running ? since(t_stop) : stopped_cpu;
+  if (out.json) {
+    nlohmann::json j = {{"ok", left.empty()},       {"dir", dir},
+                        {"init", d.init},           {"processes", d.tasks.size()},
+                        {"cuda_processes", d.cuda().size()},
+                        {"seconds", secs},          {"stopped_seconds", stopped},
+                        {"left_running", a.leave_running}};
+    j["stats"] = m["stats"];
+    if (!left.empty()) j["error"] = "the image is complete, but the job could not go on" + left;
+    printf("%s\n", j.dump(1).c_str());
+  } else {
+    printf("dumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent), CPU %s, in "
+           "%.2f s; %s\n",
+           d.init, d.tasks.size(), d.cuda().size(), dir.c_str(), human(gpu_bytes).c_str(), human(gpu_written).c_str(),
+           human(gpu_reused).c_str(), human(cpu_bytes).c_str(), secs,
+           a.leave_running ? "the job goes on running" : "the job has ended (ferry restore brings it back)");
+    if (!left.empty()) fprintf(stderr, "ferry: the image is complete, but the job could not go on%s\n", left.c_str());
+  }
+  return left.empty() ? kOk : kFailed;
+}
+
+bool recover_detached(pid_t pid, std::string* dir) {
+  if (access(marker_of(pid, ".detached").c_str(), F_OK) != 0 || access(sock_of(pid).c_str(), F_OK) == 0) return false;
+  std::vector<Task> tasks = tree_of(job_init_of(pid));
+  cont_all(tasks);  // CRIU may have left the job stopped
+  CudaDriver driver(driver_of(tasks));
+  int st = 0;
+  if (driver.state(pid, &st) == 0 && st == CU_PROCESS_STATE_CHECKPOINTED) driver.restore(pid, {});
+  if (driver.state(pid, &st) == 0 && st == CU_PROCESS_STATE_LOCKED) driver.unlock(pid);
+  ask_reattach(pid);
+  if (!wait_socket(pid, 10))
+    throw ClientError(kBug, "process " + std::to_string(pid) + " did not open its control socket again");
+  // Its image may have been published under the dump's final name meanwhile.
+  nlohmann::json s = request(pid, "status", nlohmann::json::object(), nullptr, 10)["status"];
+  std::string to = s.value("suspended_to", "");
+  if (to.rfind("image ", 0) == 0 && !fs::exists(to.substr(6))) {
+    std::string p = to.substr(6);
+    if (size_t at = p.rfind(".partial/gpu/"); at != std::string::npos) {
+      p.erase(at, 8);
+      if (fs::exists(p)) *dir = p;
+    }
+  }
+  return true;
+}
+
+// ---- restore ---------------------------------------------------------------------------------------
+
+namespace {
+
+std::string restore_driver(const RestoreArgs& a, const nlohmann::json& m) {
+  if (!a.real_driver.empty()) return a.real_driver;
+  if (a.emulator || m["driver"].value("simulated", false)) {
+    setenv("FERRY_EMU_KERNELS", emulator_kernels().c_str(), 0);
+    return emulator_driver();
+  }
+  if (const char* d = settings::raw("FERRY_REAL_DRIVER"); d && *d) return d;
+  return "libcuda.so.1";
+}
+
+}  // namespace
+
+int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
+  auto t0 = Clock::now();
+  std::string dir = fs::absolute(a.dir).lexically_normal().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  nlohmann::json m;
+  std::string criu;
+  std::unique_ptr<CudaDriver> driver;
+  std::vector<int> dmap;
+  // ns pid -> (program device -> target GPU)
+  std::map<int, std::map<int, int>> targets;
+  try {
+    m = read_process_manifest(dir);
+    criu = usable_criu();
+    verify_cpu(dir, m);
+    if (!a.device_map.empty()) {
+      try {
+        dmap = parse_device_map(a.device_map);
+      } catch (const std::exception& e) {
+        throw ClientError(kUsage, e.what());
+      }
+    }
+    bool any_cuda = false;
+    std::map<int, uint64_t> need;  // target GPU -> bytes
+    for (auto& p : m["processes"]) {
+      if (!p.value("cuda", false)) continue;
+      any_cuda = true;
+      std::string gdir = dir + "/" + p["gpu_image"].get<std::string>();
+      nlohmann::json state;
+      try {
+        state = image::read_manifest(gdir).state;
+      } catch (const image::Error& e) {
+        throw ClientError(kDataLost, "the GPU half of the image is damaged: " + e.message);
+      }
+      std::map<int, int> old_phys;
+      for (auto& dv : p.value("devices", nlohmann::json::array()))
+        old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
+      for (auto& [v, bytes] : need_by_device(state)) {
+        int to = !dmap.empty() ? (v < static_cast<int>(dmap.size()) ? dmap[static_cast<size_t>(v)] : -1)
+                 : a.device >= 0 ? a.device
+                                 : (old_phys.count(v) ? old_phys[v] : v);
+        if (to < 0)
+          throw ClientError(kUsage, "--device-map " + a.device_map + " says nothing of device " + std::to_string(v) +
+                                        ", which process " + std::to_string(p["nspid"].get<int>()) + " uses");
+        targets[p["nspid"].get<int>()][v] = to;
+        need[to] += bytes;
+      }
+    }
+    if (any_cuda) {
+      driver = std::make_unique<CudaDriver>(restore_driver(a, m));
+      const auto& gpus = driver->gpus();
+      for (auto& [to, bytes] : need) {
+        if (to >= static_cast<int>(gpus.size()))
+          throw ClientError(kFixFirst, "this machine has " + std::to_string(gpus.size()) + " GPU(s); the image needs GPU " +
+                                           std::to_string(to) + " (choose others with --device or --device-map). "
+                                           "Nothing was started; the image is untouched");
+        if (gpus[static_cast<size_t>(to)].memory < bytes)
+          throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + gpus[static_cast<size_t>(to)].name + ") has " +
+                                           human(gpus[static_cast<size_t>(to)].memory) + "; the job needs " +
+                                           human(bytes) + " on it. Nothing was started; the image is untouched");
+      }
+    }
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+
+  // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
+  char tmpl[] = "/tmp/ferry-restore-XXXXXX";
+  if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));
+  std::string work = tmpl;
+  std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", "restore.log", "--pidfile",
+                                   work + "/init.pid", "-d", "--restore-sibling"};
+  for (auto& s : m.value("stdio", nlohmann::json::array()))
+    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
+  if (!out.json && out.progress != "never")
+    fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
+  int rc = run_criu(argv, false);
+  if (rc != 0)
+    return fail(out, kFixFirst, "fix-first",
+                "criu restore failed (exit " + std::to_string(rc) + "): " + criu_errors(work + "/restore.log") +
+                    " (whole log: " + work + "/restore.log); nothing was started, the image is untouched");
+  pid_t init = 0;
+  {
+    std::ifstream in(work + "/init.pid");
+    in >> init;
+  }
+  if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + work + "/init.pid");
+  std::map<int, pid_t> host_of;
+  for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
+  auto kill_job = [&](const ClientError& e) {
+    kill(init, SIGKILL);
+    int st;
+    waitpid(init, &st, 0);
+    return fail(out, e.code, e.code == kDataLost ? "data-lost" : e.code == kRetryLater ? "retry-later" : "fix-first",
+                "restore failed: " + e.message + "; the restored job was killed: nothing is left running, the image "
+                                                 "is untouched");
+  };
+  ProgressView view(out);
+  nlohmann::json placed = nlohmann::json::array();
+  try {
+    for (auto& p : m["processes"]) {
+      if (!p.value("cuda", false)) continue;
+      int ns = p["nspid"].get<int>();
+      if (!host_of.count(ns)) throw ClientError(kBug, "process " + std::to_string(ns) + " of the image was not restored");
+      pid_t host = host_of[ns];
+      std::vector<std::pair<std::string, std::string>> pairs;
+      std::map<int, int> old_phys;
+      for (auto& dv : p.value("devices", nlohmann::json::array()))
+        old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
+      const auto& gpus = driver->gpus();
+      bool moved = false;
+      for (auto& [v, to] : targets[ns]) {
+        int from = old_phys.count(v) ? old_phys[v] : v;
+        if (from < static_cast<int>(m["gpus"].size())) {
+          std::string old_uuid = m["gpus"][static_cast<size_t>(from)]["uuid"].get<std::string>();
+          pairs.push_back({old_uuid, gpus[static_cast<size_t>(to)].uuid});
+          moved = moved || old_uuid != gpus[static_cast<size_t>(to)].uuid;
+        }
+      }
+      if (!moved) pairs.clear();
+      if (int r = driver->restore(host, pairs))
+        throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
+                                         cuda_error_text(r));
+      if (int r = driver->unlock(host))
+        throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
+                                         cuda_error_text(r));
+      if (!wait_socket(host, 10))
+        throw ClientError(kBug, "restored process " + std::to_string(host) + " does not listen on " + sock_of(host));
+      ops::Options o;
+      o.dir = dir + "/" + p["gpu_image"].get<std::string>();
+      if (!dmap.empty()) o.device_map = dmap;
+      o.device = a.device;
+      nlohmann::json r = op_request(host, "resume", o, &view);
+      placed.push_back({{"nspid", ns}, {"pid", host}, {"status", r["status"]}});
+    }
+  } catch (const ClientError& e) {
+    return kill_job(e);
+  }
+  std::error_code ec;
+  fs::remove_all(work, ec);
+  double secs = since(t0);
+  if (out.json)
+    fprintf(stderr, "%s\n",
+            nlohmann::json({{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}})
+                .dump()
+                .c_str());
+  else if (out.progress != "never")
+    fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
+            init);
+  return wait_job(init, actions);
+}
+
+// ---- inspect and verify ---------------------------------------------------------------------------
+
+bool is_process_image(const std::string& dir) { return access((dir + "/process.json").c_str(), F_OK) == 0; }
+
+int inspect_process_image(const std::string& dir, const Output& out) {
+  nlohmann::json m;
+  try {
+    m = read_process_manifest(dir);
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  uint64_t cpu = 0;
+  for (auto& f : m["cpu_files"]) cpu += f["size"].get<uint64_t>();
+  nlohmann::json gpu_images = nlohmann::json::object();
+  for (auto& p : m["processes"]) {
+    if (!p.value("cuda", false)) continue;
+    std::string g = p["gpu_image"].get<std::string>();
+    try {
+      image::Manifest gm = image::read_manifest(dir + "/" + g);
+      uint64_t total = 0;
+      for (auto& b : gm.blobs) total += b.size;
+      gpu_images[g] = {{"device_bytes", total}, {"bytes_written", gm.bytes_written}, {"bytes_reused", gm.bytes_reused},
+                       {"parent", gm.parent}, {"devices", gm.state.value("devices", nlohmann::json::array())}};
+    } catch (const image::Error& e) {
+      gpu_images[g] = {{"error", e.message}};
+    }
+  }
+  if (out.json) {
+    nlohmann::json j = m;
+    j["dir"] = dir;
+    j["kind"] = "process";
+    j["cpu_bytes"] = cpu;
+    j["gpu_images"] = gpu_images;
+    printf("%s\n", j.dump(1).c_str());
+    return kOk;
+  }
+  printf("%s: whole-process image (format %d), ferry %s, created %s\n", dir.c_str(), m["version"].get<int>(),
+         m.value("ferry", std::string("?")).c_str(), m.value("created", std::string("?")).c_str());
+  if (!m.value("parent", std::string()).empty()) printf("  parent: %s\n", m["parent"].get<std::string>().c_str());
+  printf("  CPU half: %zu CRIU files, %s\n", m["cpu_files"].size(), human(cpu).c_str());
+  for (auto& p : m["processes"]) {
+    std::string cmd;
+    for (auto& c : p["cmdline"]) cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();
+    printf("  process %d (parent %d): %s\n", p["nspid"].get<int>(), p["parent"].get<int>(), cmd.c_str());
+    if (!p.value("cuda", false)) continue;
+    auto& g = gpu_images[p["gpu_image"].get<std::string>()];
+    if (g.contains("error")) {
+      printf("    GPU half: DAMAGED: %s\n", g["error"].get<std::string>().c_str());
+      continue;
+    }
+    printf("    GPU half: %s of device memory in %s (%s written, %s from the parent)\n",
+           human(g["device_bytes"].get<uint64_t>()).c_str(), p["gpu_image"].get<std::string>().c_str(),
+           human(g["bytes_written"].get<uint64_t>()).c_str(), human(g["bytes_reused"].get<uint64_t>()).c_str());
+    for (auto& dv : g["devices"])
+      printf("    device %d: %s (compute capability %s), was GPU %d\n", dv["vdev"].get<int>(),
+             dv["name"].get<std::string>().c_str(), dv["cc"].get<std::string>().c_str(), dv["pdev"].get<int>());
+  }
+  for (auto& g : m["gpus"])
+    printf("  GPU %d of the dumping machine: %s, compute capability %s, %s, UUID %s\n", g["index"].get<int>(),
+           g["name"].get<std::string>().c_str(), g["cc"].get<std::string>().c_str(),
+           human(g["memory"].get<uint64_t>()).c_str(), g["uuid"].get<std::string>().c_str());
+  return kOk;
+}
+
+int verify_process_image(const std::string& dir, const Output& out) {
+  ProgressView view(out);
+  uint64_t gpu = 0;
+  try {
+    nlohmann::json m = read_process_manifest(dir);
+    verify_cpu(dir, m);
+    for (auto& p : m["processes"]) {
+      if (!p.value("cuda", false)) continue;
+      try {
+        image::Reader r(dir + "/" + p["gpu_image"].get<std::string>());
+        r.verify([&](uint64_t d, uint64_t t) { view({{"phase", "verifying GPU half"}, {"done", d}, {"total", t}}); });
+        for (auto& b : r.manifest().blobs) gpu += b.size;
+      } catch (const image::Error& e) {
+        throw ClientError(exit_for_class(image::class_name(e.cls)), "the GPU half of the image is damaged: " + e.message);
+      }
+    }
+    if (out.json)
+      printf("%s\n", nlohmann::json({{"ok", true}, {"dir", dir}, {"cpu_files", m["cpu_files"].size()}, {"gpu_bytes", gpu}})
+                         .dump(1)
+                         .c_str());
+    else
+      printf("%s: intact (CPU half: %zu CRIU files hashed; GPU half: %s of device memory, every chunk's hash "
+             "verified)\n",
+             dir.c_str(), m["cpu_files"].size(), human(gpu).c_str());
+    return kOk;
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,89 @@
+// Whole-process images: a job that survives the death of its processes.
+//
+// A job is what `ferry run --pid-namespace` starts: ferry's init as pid 1 of its own PID
+// namespace and the program (and whatever it forks) below it. `ferry dump` saves all of
+// it into one directory:
+//
+//   DIR/process.json   the manifest: format version, versions of ferry and CRIU, the
+//                      process tree (namespace pids, names, command lines, which ones
+//                      use CUDA and on which GPUs), the GPUs (name, compute capability,
+//                      UUID, memory), the job's stdio, the parent image, and the size
+//                      and XXH3-128 hash of every CRIU file
+//   DIR/gpu/<nspid>/   ferry's GPU image of each CUDA process (image/ format: chunks,
+//                      fingerprints, zstd, references into the parent's GPU images)
+//   DIR/cpu/           CRIU's images of the whole tree, and CRIU's dump log
+//
+// Dump, in this order (each step undone if a later one fails: the job goes on running
+// on its GPUs):
+//   1. every CUDA process suspends to DIR/gpu/<nspid> (`ferry suspend --to`: all its
+//      GPU memory and objects are saved and released; threads wait at their next CUDA
+//      call), then closes its control socket (`detach`), so a restored copy never
+//      re-binds a socket path another process owns;
+//   2. NVIDIA's checkpoint API (lock, checkpoint) makes the driver let go of what is
+//      left; with nothing on the GPU this is quick;
+//   3. `criu dump` of the tree, leaving the tasks stopped; the job's stdio (pipes,
+//      terminals, files outside the job) is recorded as external;
+//   4. process.json is written, every file synced, and the directory published
+//      atomically (written as DIR.partial, then renamed; an existing DIR is replaced);
+//   5. the job is killed -- or, with --leave-running, continued: the driver restores
+//      and unlocks it, its socket comes back, and it resumes from the published image.
+// A dump never kills the job before the image is published: if ferry itself dies on
+// the way, the job waits (stopped or suspended), and `ferry resume PID` brings it back.
+//
+// Restore (`ferry restore DIR`): checks the manifest and the CRIU files' hashes and
+// that the target GPUs exist and have the memory the image needs (nothing starts
+// otherwise), then runs `criu restore` with the restorer as the new init's parent
+// (--restore-sibling: the job dies with `ferry restore` as it did with `ferry run`)
+// and the restorer's own stdin/stdout/stderr in place of the job's (--inherit-fd).
+// Each CUDA process gets the GPUs of this machine from the driver (gpuPairs), listens
+// again on a socket named by its new host pid, and resumes from DIR/gpu/<nspid> onto
+// the devices asked for (--device, --device-map). If any of that fails the restored
+// tree is killed: nothing is left half-running and the image is untouched. Then
+// `ferry restore` waits for the job like `ferry run` and exits with its status.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "commands.hpp"
+#include "job.hpp"
+
+namespace ferry::cli {
+
+constexpr int kProcessFormat = 1;  // process.json's format version
+
+struct DumpArgs {
+  std::string dir, parent;
+  bool leave_running = false;
+  int zstd = 0;
+  unsigned long staging_mb = 0;
+  bool read_all = false;
+  int lock_timeout_s = 60;  // how long the driver may wait for queued GPU work
+};
+
+struct RestoreArgs {
+  std::string dir;
+  int device = -1;
+  std::string device_map;
+  bool emulator = false;
+  std::string real_driver;
+};
+
+// `ferry dump PID DIR`: PID is the job's `ferry run`, its init, or any process in it.
+int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out);
+// `ferry restore DIR`: runs the restored job until it ends; returns its exit status.
+int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions = {});
+
+// `ferry resume PID` of a process that an interrupted dump left without its control
+// socket: continues the job, has the driver give its GPUs back, and waits for the
+// socket. False when pid is not such a process. dir: where its GPU image is now, when
+// the dump published it before dying ("" otherwise).
+bool recover_detached(pid_t pid, std::string* dir);
+
+// True when dir holds a whole-process image (process.json).
+bool is_process_image(const std::string& dir);
+int inspect_process_image(const std::string& dir, const Output& out);
+int verify_process_image(const std::string& dir, const Output& out);
+
+}  // namespace ferry::cli
