@@ -3,7 +3,9 @@
 # between GPUs while it trains. mlp_trainer starts under ferry on GPU 0 of the
 # simulated GPU (or of the real machine with FERRY_REAL_GPU=1), is checkpointed to an
 # image, migrated to GPU 1 -- GPU 0's memory released -- and trains on; its final
-# weights checksum is compared with an uninterrupted run's.
+# weights checksum is compared with an uninterrupted run's. Then (as root, with the
+# CRIU set-up builds) the whole job is dumped, its processes die, and it is restored
+# from the image in new processes on GPU 1, ending identical too.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/build.sh" >/dev/null
@@ -74,5 +76,31 @@ if [[ "$ref" == "$got" ]]; then
   echo "demo: identical to the uninterrupted run ($got) after a checkpoint and a migration"
 else
   echo "demo: MISMATCH: uninterrupted run: $ref; moved run: $got"
+  exit 1
+fi
+
+if [[ $(id -u) != 0 ]]; then
+  echo; echo "demo: the whole-process part (ferry dump / ferry restore) needs root for CRIU; skipped"
+  exit 0
+fi
+step "ferry run --pid-namespace: the trainer starts again, as a job of its own, on GPU 0"
+"$ferry" run "${run_opts[@]}" --pid-namespace -- "$trainer" "${args[@]}" --step-delay-ms 25 >"$work/train.log" 2>&1 &
+pid=$!
+wait_step 20
+step "ferry dump: the whole job (CPU state by CRIU, GPU state by ferry) to an image; the job ends"
+"$ferry" dump "$pid" "$work/job" --progress always
+wait "$pid" || true
+pid=
+echo "   the job's processes are gone: $(grep -c ' loss ' "$work/train.log") steps were printed"
+"$ferry" inspect "$work/job"
+step "ferry restore: new processes from the image, the GPU state on GPU 1; it trains to the end"
+"$ferry" restore "$work/job" --device 1 >"$work/restored.log"
+grep -E "^step (21|22) loss|checksum" "$work/restored.log"
+got=$(grep "weights checksum" "$work/restored.log")
+echo
+if [[ "$ref" == "$got" ]]; then
+  echo "demo: identical to the uninterrupted run ($got) after its processes died and it came back on GPU 1"
+else
+  echo "demo: MISMATCH: uninterrupted run: $ref; restored job: $got"
   exit 1
 fi

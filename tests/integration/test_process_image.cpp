@@ -233,7 +233,7 @@ TEST_CASE("three dumps in a chain with --parent and --leave-running: unchanged G
   CHECK(checksums(done.out) == checksums(plain.out));
   // The third image, whose chunks live partly in the first two, restores the job at step 35.
   auto r = restore(t / "d3", {"--device", "1"});
-  INFO(r.err);
+  INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out) == checksums(plain.out));
   // It goes on from where the third dump caught it (the job ran on while the dump began),

@@ -64,6 +64,11 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   setsid();
   prctl(PR_SET_NAME, "ferry-init", 0, 0, 0);
+  // The job starts with stdin, stdout and stderr only: a descriptor inherited from
+  // whoever started ferry run (a scheduler's log, a test runner's file) would become
+  // part of the job's image, and CRIU refuses to restore a file that changed since.
+  if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+    for (int fd = 3; fd < 1024; fd++) close(fd);
   pid_t prog = fork();
   if (prog < 0) {
     fprintf(stderr, "ferry run: cannot start the program in its namespace: %s\n", strerror(errno));

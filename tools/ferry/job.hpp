@@ -1,7 +1,7 @@
 // A job in its own PID namespace (`ferry run --pid-namespace`).
 //
-// `ferry run` unshares a new PID namespace and forks ferry's init into it (pid 1). The
-// init starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
+// `ferry run` clones ferry's init into a new PID namespace (pid 1). The init closes
+// every descriptor but 0, 1 and 2, starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
 // default signal behaviour a program expects), forwards every signal it is sent to the
 // program, reaps whatever is re-parented to it, and exits with the program's status
 // once nothing is left. `ferry run` itself stays outside: it forwards the signals it
