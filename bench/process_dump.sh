@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Whole-process dump and restore: ferry's route against NVIDIA's, on the same job, in
+# one run (these machines are noisy; compare the ratios, not the seconds).
+#   bench/process_dump.sh [BALLAST_MB]          (root; after scripts/build.sh)
+#
+# The job: mlp_trainer with BALLAST_MB (default 512) of device memory that never
+# changes, as a `ferry run --pid-namespace` job on the simulated GPU.
+#   ferry:  `ferry dump --leave-running` (GPU state to ferry's image, released; driver
+#           checkpoint; criu dump), then a second dump with --parent and nothing much
+#           changed, then `ferry restore` of the first image (timed to the job's first
+#           step after the restore).
+#   NVIDIA: the driver's lock + checkpoint with the device memory live (the driver
+#           keeps it in the process's host memory), `criu dump` of everything, `criu
+#           restore` + driver restore + unlock (timed the same way).
+# Printed per route: dump seconds, seconds the job was stopped, bytes on disk, the
+# job's extra peak host memory during the dump (VmHWM growth of the CUDA process),
+# restore seconds, and for ferry the GPU bytes a second, unchanged dump writes.
+# On the simulated GPU "device memory" already is host memory, so NVIDIA's route shows
+# no extra host memory here; on a real GPU it needs at least the GPU bytes.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${FERRY_BUILD_DIR:-$root/build}
+ballast=${1:-512}
+[[ $(id -u) == 0 ]] || { echo "process_dump: CRIU needs root"; exit 1; }
+ferry=$build/tools/ferry
+ctl=$build/tests/programs/ckpt_ctl
+criu=$root/.deps/criu/criu
+[[ -n ${FERRY_CRIU:-} ]] && criu=$FERRY_CRIU
+export LD_LIBRARY_PATH="$build/emulator/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export FERRY_EMU_KERNELS="$build/emu-kernels"
+work=$(mktemp -d /tmp/ferry-bench-XXXXXX)
+jobpid=
+trap '[[ -n $jobpid ]] && kill -9 $jobpid 2>/dev/null; rm -rf "$work"' EXIT
+args=(--steps 100000 --ballast-mb "$ballast" --step-delay-ms 5)
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
+children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' /proc/"$1"/status; }
+du_bytes() { du -sb "$1" | cut -f1; }
+start_job() {  # ferry run job; sets jobpid, init, prog
+  "$ferry" run --emulator --pid-namespace "${@}" -- "$build/examples/mlp_trainer" "${args[@]}" >"$work/job.log" 2>&1 &
+  jobpid=$!
+  for _ in $(seq 1 500); do grep -q "^step 3 loss" "$work/job.log" 2>/dev/null && break; sleep 0.02; done
+  init=$(children "$jobpid" | head -1)
+  prog=$(children "$init" | head -1)
+}
+wait_step_after() {  # seconds until the log $1 shows a step line
+  local t0=$1 log=$2
+  for _ in $(seq 1 3000); do grep -q "^step .* loss" "$log" 2>/dev/null && break; sleep 0.01; done
+  elapsed "$t0"
+}
+json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
+
+echo "process_dump: mlp_trainer with $ballast MiB of ballast, simulated GPU, CRIU $("$criu" --version | head -1)"
+
+# ---- ferry's route --------------------------------------------------------------------------
+start_job
+hwm0=$(hwm_kib "$prog")
+t0=$(now)
+"$ferry" dump "$jobpid" "$work/f1" --leave-running --format json >"$work/f1.json"
+f_dump=$(elapsed "$t0")
+f_stopped=$(json "$work/f1.json" "d['stopped_seconds']")
+f_hwm=$(( $(hwm_kib "$prog") - hwm0 ))
+f_gpu=$(json "$work/f1.json" "d['stats']['gpu_device_bytes']")
+f_disk=$(du_bytes "$work/f1")
+"$ferry" dump "$jobpid" "$work/f2" --leave-running --parent "$work/f1" --format json >"$work/f2.json"
+f_second=$(json "$work/f2.json" "d['stats']['gpu_bytes_written']")
+f_second_disk=$(du_bytes "$work/f2")
+kill -9 "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
+t0=$(now)
+"$ferry" restore "$work/f1" >"$work/f.restored.log" 2>/dev/null &
+jobpid=$!
+f_restore=$(wait_step_after "$t0" "$work/f.restored.log")
+kill -TERM "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
+
+# ---- NVIDIA's route ---------------------------------------------------------------------------
+start_job
+hwm0=$(hwm_kib "$prog")
+mkdir -p "$work/n1"
+t0=$(now)
+"$ctl" "$prog" lock:60000 checkpoint >/dev/null
+"$criu" dump -t "$init" -D "$work/n1" -o dump.log --leave-running
+n_dump=$(elapsed "$t0")
+n_hwm=$(( $(hwm_kib "$prog") - hwm0 ))
+"$ctl" "$prog" restore unlock >/dev/null
+n_stopped=$n_dump
+n_disk=$(du_bytes "$work/n1")
+mkdir -p "$work/n2"
+"$ctl" "$prog" lock:60000 checkpoint >/dev/null
+"$criu" dump -t "$init" -D "$work/n2" -o dump.log --leave-running
+"$ctl" "$prog" restore unlock >/dev/null
+n_second_disk=$(du_bytes "$work/n2")
+kill -9 "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
+t0=$(now)
+: >"$work/n.restored.log"
+"$criu" restore -D "$work/n1" -o restore.log -d --restore-sibling --pidfile "$work/n.pid" \
+  --inherit-fd "fd[1]:$(readlink -f "$work/job.log" | sed 's|^/||')" >>"$work/n.restored.log" 2>&1 || true
+newinit=$(cat "$work/n.pid")
+newprog=$(children "$newinit" | head -1)
+# The restored job writes to criu's stdout, n.restored.log (--inherit-fd).
+"$ctl" "$newprog" restore unlock >/dev/null
+n_restore=$(wait_step_after "$t0" "$work/n.restored.log")
+kill -9 "$newinit" 2>/dev/null || true
+
+printf '\n%-34s %14s %14s %8s\n' "" "ferry" "NVIDIA" "ratio"
+row() { printf '%-34s %14s %14s %8s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
+row "dump seconds" "$f_dump" "$n_dump"
+row "job stopped, seconds" "$f_stopped" "$n_stopped"
+row "bytes on disk" "$f_disk" "$n_disk"
+row "second dump, bytes on disk" "$f_second_disk" "$n_second_disk"
+row "extra peak host RAM, KiB" "$f_hwm" "$((n_hwm > 0 ? n_hwm : 1))"
+row "restore to first step, seconds" "$f_restore" "$n_restore"
+echo
+echo "GPU bytes: $f_gpu; second ferry dump wrote $f_second GPU bytes ($(awk -v a="$f_second" -v b="$f_gpu" 'BEGIN { printf "%.3f", 100 * a / b }')% of them; target < 1%)"
+echo "staging budget: 256 MiB (ferry's extra host memory stays within it; NVIDIA's route needs the GPU bytes on a real GPU)"
