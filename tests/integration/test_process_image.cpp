@@ -108,6 +108,9 @@ TEST_CASE("mlp_trainer dumped at a random step, killed, restored onto the other 
   int step = random_step(2, 40);
   INFO("dumped at step " << step);
   REQUIRE(c.wait_for("step " + std::to_string(step) + " loss"));
+  auto chk = ferry_test::run({kFerry, "check", std::to_string(program_of(c.pid())), "--format", "json"},
+                             ferry_test::emu_env(), 60);
+  CHECK(nlohmann::json::parse(chk.out)["full_process"]["dumpable"] == true);
   auto d = dump(c.pid(), t / "img");
   CHECK(d["processes"] == 2);
   CHECK(d["cuda_processes"] == 1);
@@ -319,6 +322,18 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
     int peer = accept(ls, nullptr, nullptr);  // established, not in flight
     REQUIRE(peer >= 0);
     REQUIRE(j.wait_for("step 3 loss"));
+    // ferry check PID names it before anyone tries.
+    pid_t launcher = children_of(children_of(j.pid()).at(0)).at(0);
+    pid_t worker = children_of(launcher).at(0);
+    auto chk = ferry_test::run({kFerry, "check", std::to_string(worker), "--format", "json"}, ferry_test::emu_env(), 60);
+    auto fp = nlohmann::json::parse(chk.out)["full_process"];
+    CHECK(fp["dumpable"] == false);
+    REQUIRE(fp["problems"].size() == 2);  // the worker inherited the launcher's socket
+    CHECK(fp["problems"][0].get<std::string>().rfind("process " + std::to_string(launcher) + " (launcher, fd ", 0) == 0);
+    CHECK(fp["problems"][1].get<std::string>().rfind("process " + std::to_string(worker) + " (mlp_trainer, fd ", 0) == 0);
+    for (auto& p : fp["problems"])
+      CHECK(p.get<std::string>().find(") holds an established TCP connection: CRIU cannot dump it; close it before a "
+                                      "dump") != std::string::npos);
     auto r = ferry_test::run({kFerry, "dump", std::to_string(j.pid()), t / "img"}, ferry_test::emu_env(), 180);
     INFO(r.err);
     CHECK(r.exit_code == 78);

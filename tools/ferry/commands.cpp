@@ -379,6 +379,8 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     for (auto& p : report.value("problems", nlohmann::json::array())) problems.push_back(p.get<std::string>());
     if (!report.value("active", false)) problems.push_back("the shim runs as a plain pass-through in that process");
     if (!report.value("arena", false)) problems.push_back("the process has no fixed-address arena");
+    // Whole-process dumps: reported beside, like the machine check's full_process.
+    report["full_process"] = dump_blockers(pid);
   } else {
     report = machine_check(emulator, real_driver, problems);
   }
@@ -389,6 +391,10 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
   } else {
     if (pid > 0) {
       printf("process %d: %s, devices %s\n", pid, report.value("state", "?").c_str(), devices_text(report).c_str());
+      for (auto& p : report["full_process"]["problems"])
+        printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+      printf("%s\n", report["full_process"].value("dumpable", false) ? "whole-process dump (ferry dump): possible"
+                                                                    : "whole-process dump (ferry dump): not possible");
     } else {
       printf("driver: %s (CUDA %d)\n", report.value("driver", "?").c_str(), report.value("driver_version", 0));
       printf("shim: %s\n", report.value("shim", "?").c_str());
@@ -401,7 +407,7 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     for (auto& p : problems) printf("problem: %s\n", p.c_str());
     printf("%s\n", problems.empty() ? "ready: ferry can checkpoint, restore and migrate here"
                                     : "not ready: fix the problems above");
-    if (report.contains("full_process")) {
+    if (pid <= 0 && report.contains("full_process")) {
       auto& f = report["full_process"];
       auto& c = f["criu"];
       printf("whole-process dumps: CRIU %s %s (check: %s), driver checkpoint API %s\n",

@@ -628,6 +628,52 @@ bool recover_detached(pid_t pid, std::string* dir) {
   return true;
 }
 
+nlohmann::json dump_blockers(pid_t pid) {
+  nlohmann::json j;
+  std::vector<std::string> problems;
+  pid_t init = 0;
+  try {
+    init = job_init_of(pid);
+  } catch (const ClientError& e) {
+    problems.push_back(e.message);
+  }
+  if (init > 0) {
+    // Established TCP connections, by socket inode (CRIU refuses them without
+    // --tcp-established, which needs the peer to survive the dump).
+    std::set<std::string> tcp;
+    for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+      std::ifstream in(f);
+      std::string line;
+      std::getline(in, line);
+      while (std::getline(in, line)) {
+        std::istringstream w(line);
+        std::string sl, local, remote, st, q, tr, rt, uid, timeout, inode;
+        w >> sl >> local >> remote >> st >> q >> tr >> rt >> uid >> timeout >> inode;
+        if (st == "01") tcp.insert(inode);
+      }
+    }
+    for (auto& t : tree_of(init)) {
+      std::string dir = "/proc/" + std::to_string(t.host) + "/fd";
+      std::error_code ec;
+      for (auto& e : fs::directory_iterator(dir, ec)) {
+        char buf[512];
+        ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
+        if (n <= 0) continue;
+        buf[n] = 0;
+        std::string l = buf;
+        if (l.rfind("socket:[", 0) == 0 && tcp.count(l.substr(8, l.size() - 9)))
+          problems.push_back("process " + std::to_string(t.host) + " (" + t.name + ", fd " +
+                             e.path().filename().string() +
+                             ") holds an established TCP connection: CRIU cannot dump it; close it before a dump");
+      }
+    }
+    j["job_init"] = init;
+  }
+  j["problems"] = problems;
+  j["dumpable"] = problems.empty();
+  return j;
+}
+
 // ---- restore ---------------------------------------------------------------------------------------
 
 namespace {

@@ -46,6 +46,8 @@
 
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "commands.hpp"
 #include "job.hpp"
 
@@ -80,6 +82,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 // socket. False when pid is not such a process. dir: where its GPU image is now, when
 // the dump published it before dying ("" otherwise).
 bool recover_detached(pid_t pid, std::string* dir);
+
+// What would keep `ferry dump` from dumping the job of pid: {"job_init", "dumpable",
+// "problems"} (not in a job; established TCP connections, which CRIU refuses).
+nlohmann::json dump_blockers(pid_t pid);
 
 // True when dir holds a whole-process image (process.json).
 bool is_process_image(const std::string& dir);
