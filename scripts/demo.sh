@@ -29,6 +29,17 @@ trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 pid=
 
 step() { echo; echo "== $*"; }
+same_as_ref() {  # the final checksum in log $1 against the uninterrupted run's; $2 says after what
+  local got
+  got=$(grep "weights checksum" "$1")
+  echo
+  if [[ "$ref" == "$got" ]]; then
+    echo "demo: identical to the uninterrupted run ($got) $2"
+  else
+    echo "demo: MISMATCH $2: uninterrupted run: $ref; this run: $got"
+    exit 1
+  fi
+}
 wait_step() {  # wait until the trainer printed step $1
   for _ in $(seq 1 3000); do
     grep -q "^step $1 loss" "$work/train.log" && return 0
@@ -70,14 +81,7 @@ wait "$pid" || { echo "demo: the trainer failed"; cat "$work/train.log"; exit 1;
 pid=
 grep -E "^step ($((steps - 2))|$((steps - 1))|$steps) loss|checksum" "$work/train.log"
 ref=$(grep "weights checksum" "$work/ref.log")
-got=$(grep "weights checksum" "$work/train.log")
-echo
-if [[ "$ref" == "$got" ]]; then
-  echo "demo: identical to the uninterrupted run ($got) after a checkpoint and a migration"
-else
-  echo "demo: MISMATCH: uninterrupted run: $ref; moved run: $got"
-  exit 1
-fi
+same_as_ref "$work/train.log" "after a checkpoint and a migration"
 
 if [[ $(id -u) != 0 ]]; then
   echo; echo "demo: the whole-process part (ferry dump / ferry restore) needs root for CRIU; skipped"
@@ -96,11 +100,4 @@ echo "   the job's processes are gone: $(grep -c ' loss ' "$work/train.log") ste
 step "ferry restore: new processes from the image, the GPU state on GPU 1; it trains to the end"
 "$ferry" restore "$work/job" --device 1 >"$work/restored.log"
 grep -E "^step (21|22) loss|checksum" "$work/restored.log"
-got=$(grep "weights checksum" "$work/restored.log")
-echo
-if [[ "$ref" == "$got" ]]; then
-  echo "demo: identical to the uninterrupted run ($got) after its processes died and it came back on GPU 1"
-else
-  echo "demo: MISMATCH: uninterrupted run: $ref; restored job: $got"
-  exit 1
-fi
+same_as_ref "$work/restored.log" "after its processes died and it came back on GPU 1"
