@@ -66,6 +66,8 @@ fi
 build_s=$(( $(date +%s) - started ))
 echo "gpu-check: built in ${build_s} s"
 
+# The CRIU carried to this machine (scripts/gpu-kit-deps.sh), for the whole-process checks.
+[[ -z ${FERRY_CRIU:-} && -x $root/.gpu-kit/criu/criu ]] && export FERRY_CRIU=$root/.gpu-kit/criu/criu
 args=(--build "$build" --out "$out" --budget-s $(( build_s > 300 ? 120 : 420 - build_s )))
 [[ $emulator == 1 ]] && args+=(--emulator)
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")

@@ -471,6 +471,66 @@ def bandwidth():
     return figures
 
 
+def whole_process(cmd, marker, result_prefix, reference, extra=None):
+    """A whole-process round trip: cmd as a `ferry run --pid-namespace` job, `ferry dump`
+    at the marker (the job ends), `ferry restore` onto the last GPU; the lines starting
+    with result_prefix must equal the reference run's. Needs root and CRIU (the carried
+    one: scripts/gpu-kit-deps.sh copies it into .gpu-kit/criu)."""
+    if os.geteuid() != 0:
+        raise Skipped("CRIU needs root")
+    v = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + cmd
+    job = Job(v, extra)
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    img = os.path.join(tmp, "job")
+    figures = {}
+    try:
+        job.wait_for(marker, 180)
+        t0 = now()
+        d = cli("dump", str(job.p.pid), img)
+        st = d.get("stats", {})
+        figures["dump"] = (f"{now() - t0:.2f} s wall, job stopped {d.get('stopped_seconds', 0):.2f} s, GPU "
+                           f"{st.get('gpu_device_bytes', 0) / 2**20:.0f} MiB, CPU {st.get('cpu_bytes', 0) / 2**20:.0f} MiB")
+        rc, _, _ = job.finish(60)
+        if rc != 128 + 9:
+            raise Failed(f"the dumped job ended with {rc}, not killed (137)")
+        cli("verify", img)
+        machine = run([ferry_cmd(), "check", "--format", "json"] + (["--emulator"] if A.emulator else []), 120,
+                      check=False)[1]
+        n = len(json.loads(machine).get("devices", []))
+        target = str(max(n - 1, 0))
+        t0 = now()
+        rc, out, err = run([ferry_cmd(), "restore", img, "--device", target], 300, extra_env=extra, check=False)
+        figures["restore and run to the end"] = f"{now() - t0:.2f} s onto GPU {target}"
+        if rc != 0:
+            raise Failed(f"ferry restore exited {rc}: {err.strip()[-600:]}")
+        got = [x for x in out.splitlines() if x.startswith(result_prefix)]
+        want = [x for x in reference if x.startswith(result_prefix)]
+        if not want or got != want[len(want) - len(got):] or not got:
+            raise Failed(f"the restored job's results differ from the uninterrupted run's: {got[-2:]} vs {want[-2:]}")
+        figures["result"] = f"bit-identical ({len(got)} lines after the restore)"
+        return figures
+    finally:
+        job.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@check("process.mlp_trainer", 300)
+def process_mlp():
+    base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "60",
+            "--ballast-mb", "64" if A.emulator else "2048", "--hidden", "256"]
+    _, ref, _ = run(base, 240, direct=True)
+    return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines())
+
+
+@check("process.torch", 300, needs_torch=True)
+def process_torch():
+    script = os.path.join(A.src, "tests/gpu/torch_train.py")
+    extra = {"PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, script, "--mode", "default", "--steps", "200"]
+    _, ref, _ = run(base, 240, extra_env=extra, direct=True)
+    return whole_process(base + ["--step-delay-ms", "15"], r"^step 100\b", "step ", ref.splitlines(), extra)
+
+
 def torch_check(mode):
     script = os.path.join(A.src, "tests/gpu/torch_train.py")
     extra = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if mode == "expandable" else {}
@@ -512,7 +572,7 @@ def torch_graph():
 
 
 CHECKS = [gpa_table, reserve_hint, export_tables, release_probe, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
-          engine_graph, bandwidth, torch_default, torch_expandable, torch_graph]
+          engine_graph, bandwidth, torch_default, torch_expandable, torch_graph, process_mlp, process_torch]
 
 
 def main():

@@ -170,7 +170,9 @@ std::vector<Stdio> stdio_of(pid_t pid) {
     s.what = buf;
     char k[96];
     if (S_ISFIFO(sb.st_mode)) {
-      snprintf(k, sizeof k, "pipe[%llu]", static_cast<unsigned long long>(sb.st_ino));
+      // CRIU matches a pipe by the name /proc shows ("pipe:[INODE]"), whatever its
+      // --help says.
+      snprintf(k, sizeof k, "pipe:[%llu]", static_cast<unsigned long long>(sb.st_ino));
       s.kind = "pipe";
     } else if (S_ISCHR(sb.st_mode) && (major(sb.st_rdev) == 136 || major(sb.st_rdev) == 4 || major(sb.st_rdev) == 5)) {
       snprintf(k, sizeof k, "tty[%llx:%llx]", static_cast<unsigned long long>(sb.st_rdev),
