@@ -29,6 +29,12 @@ criu=$root/.deps/criu/criu
 export LD_LIBRARY_PATH="$build/emulator/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export FERRY_EMU_KERNELS="$build/emu-kernels"
 work=$(mktemp -d /tmp/ferry-bench-XXXXXX)
+# Both routes run CRIU alike: where hardware breakpoints do not fire (ferry check
+# probes it), CRIU needs CRIU_FAULT=130 to stop tasks by stepping instead.
+if [[ -z ${CRIU_FAULT:-} ]] && "$ferry" check --emulator --format json 2>/dev/null |
+    python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['full_process']['criu'].get('hardware_breakpoints', True) else 1)"; then :; else
+  export CRIU_FAULT=${CRIU_FAULT:-130}
+fi
 jobpid=
 trap '[[ -n $jobpid ]] && kill -9 $jobpid 2>/dev/null; rm -rf "$work"' EXIT
 args=(--steps 100000 --ballast-mb "$ballast" --step-delay-ms 5)

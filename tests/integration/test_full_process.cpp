@@ -51,8 +51,18 @@ std::string fake_criu(const ferry_test::TempDir& t, const std::string& version, 
   return p;
 }
 
-// The CRIU scripts/setup.sh provides.
-const std::string kCriu = std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+// The CRIU scripts/setup.sh provides, run as ferry runs it: where hardware
+// breakpoints do not fire (ferry check probes it), with CRIU_FAULT=130 -- else CRIU
+// waits forever for a task to trap on its way out of the parasite.
+const std::string& criu() {
+  static const std::string path = [] {
+    auto r = ferry_test::run({kFerry, "check", "--emulator", "--format", "json"}, ferry_test::emu_env(), 120);
+    auto j = nlohmann::json::parse(r.out);
+    if (!j["full_process"]["criu"].value("hardware_breakpoints", true)) setenv("CRIU_FAULT", "130", 0);
+    return std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu";
+  }();
+  return path;
+}
 
 const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU to a CRIU >= 4";
 
@@ -61,7 +71,7 @@ const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or
 // the tasks run again -- only then may anyone signal them.
 std::unique_ptr<ferry_test::Child> restore_in_foreground(const std::string& dir) {
   auto c = std::make_unique<ferry_test::Child>(
-      std::vector<std::string>{kCriu, "restore", "-D", dir, "-o", "restore.log", "-v3"});
+      std::vector<std::string>{criu(), "restore", "-D", dir, "-o", "restore.log", "-v3"});
   auto resumed = [&] {
     return ferry_test::read_file(dir + "/restore.log").find("Restore finished successfully") != std::string::npos;
   };
@@ -79,6 +89,7 @@ TEST_CASE("ferry check finds a CRIU >= 4 that passes criu check, and the driver'
   INFO(f.dump());
   CHECK(f["criu"]["version"].get<std::string>().rfind("4.", 0) == 0);
   CHECK(f["criu"]["check"] == "passed");
+  CHECK(f["criu"]["hardware_breakpoints"].is_boolean());  // probed: CRIU gets CRIU_FAULT=130 where false
   CHECK(f["driver_checkpoint_api"] == true);  // the simulated GPU implements it
   CHECK(f["ready"] == true);
   CHECK(f["problems"].empty());
@@ -250,7 +261,7 @@ TEST_CASE("a ferry job survives its death: CRIU dumps its namespace and restores
   REQUIRE(ticks().size() >= 3);
   auto init = children_of(job.pid());
   REQUIRE(init.size() == 1);
-  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log"}, {}, 120);
+  auto dump = ferry_test::run({criu(), "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log"}, {}, 120);
   INFO(ferry_test::read_file(t / "dump.log"));
   REQUIRE(dump.exit_code == 0);
   CHECK(job.finish().exit_code == 128 + SIGKILL);  // CRIU killed the dumped job; ferry run says so
@@ -289,7 +300,7 @@ TEST_CASE("CRIU refuses a process the simulated GPU holds, naming its driver fil
   auto init = children_of(job.pid());
   REQUIRE(init.size() == 1);
   // Like the real driver's /dev/nvidia* files: held from cuInit until the driver lets go.
-  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log",
+  auto dump = ferry_test::run({criu(), "dump", "-t", std::to_string(init[0]), "-D", t.path, "-o", "dump.log",
                                "--leave-running"}, {}, 120);
   std::string log = ferry_test::read_file(t / "dump.log");
   INFO(log);
@@ -376,7 +387,7 @@ TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, th
   pid_t prog = children_of(init).at(0);
   auto dump = [&](const std::string& dir, std::vector<std::string> extra) {
     std::filesystem::create_directories(dir);
-    std::vector<std::string> argv = {kCriu, "dump", "-t", std::to_string(init), "-D", dir, "-o", "dump.log"};
+    std::vector<std::string> argv = {criu(), "dump", "-t", std::to_string(init), "-D", dir, "-o", "dump.log"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return ferry_test::run(argv, {}, 180);
   };
@@ -467,7 +478,7 @@ TEST_CASE("ferry's route by hand: GPU state to ferry's image, driver checkpoint,
   // 2. The driver lets go of what is left; 3. CRIU dumps the job, which ends.
   CHECK(ctl(prog, {"lock:20000", "checkpoint"}) == std::vector<std::string>{"lock:20000 0 0", "checkpoint 0 0"});
   std::filesystem::create_directories(t / "cpu");
-  auto dump = ferry_test::run({kCriu, "dump", "-t", std::to_string(init), "-D", t / "cpu", "-o", "dump.log"}, {}, 180);
+  auto dump = ferry_test::run({criu(), "dump", "-t", std::to_string(init), "-D", t / "cpu", "-o", "dump.log"}, {}, 180);
   INFO(ferry_test::read_file(t / "cpu/dump.log"));
   REQUIRE(dump.exit_code == 0);
   CHECK(job.finish().exit_code == 128 + SIGKILL);

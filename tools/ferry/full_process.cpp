@@ -1,10 +1,15 @@
 #include "full_process.hpp"
 
 #include <dlfcn.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -62,6 +67,40 @@ std::string last_line(std::string s) {
   return nl == std::string::npos ? s : s.substr(nl + 1);
 }
 
+volatile int g_probe_hits = 0;
+__attribute__((noinline)) void breakpoint_target() { g_probe_hits = g_probe_hits + 1; }
+
+// A traced child stops, gets a breakpoint on breakpoint_target (DR0, enabled locally in
+// DR7, as CRIU sets it), then calls it: it traps if breakpoints fire, else it exits.
+bool probe_breakpoints() {
+#if defined(__x86_64__)
+  pid_t c = fork();
+  if (c < 0) return true;  // cannot tell: leave CRIU as it is
+  if (c == 0) {
+    ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
+    raise(SIGSTOP);
+    breakpoint_target();
+    _exit(0);
+  }
+  int st = 0;
+  if (waitpid(c, &st, 0) != c || !WIFSTOPPED(st)) {
+    kill(c, SIGKILL);
+    waitpid(c, &st, 0);
+    return true;
+  }
+  auto target = reinterpret_cast<void*>(&breakpoint_target);
+  bool set = ptrace(PTRACE_POKEUSER, c, offsetof(struct user, u_debugreg[0]), target) == 0 &&
+             ptrace(PTRACE_POKEUSER, c, offsetof(struct user, u_debugreg[7]), reinterpret_cast<void*>(1)) == 0;
+  ptrace(PTRACE_CONT, c, nullptr, nullptr);
+  bool fired = waitpid(c, &st, 0) == c && WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP;
+  kill(c, SIGKILL);
+  waitpid(c, &st, 0);
+  return set && fired;
+#else
+  return true;  // CRIU uses breakpoints on x86 only
+#endif
+}
+
 constexpr const char* kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU to a CRIU >= 4";
 
 }  // namespace
@@ -78,6 +117,16 @@ std::string criu_path() {
   if (const char* s = settings::raw("FERRY_CRIU"); s && *s) return s;
   if (std::string p = on_path("criu"); !p.empty()) return p;
   return FERRY_DEFAULT_CRIU;
+}
+
+bool hardware_breakpoints_work() {
+  static const bool works = probe_breakpoints();
+  return works;
+}
+
+void prepare_criu_environment() {
+  // CRIU_FAULT is CRIU's own variable: a caller who sets it knows better.
+  if (!getenv("CRIU_FAULT") && !hardware_breakpoints_work()) setenv("CRIU_FAULT", "130", 1);
 }
 
 nlohmann::json full_process_report(void* driver) {
@@ -107,6 +156,7 @@ nlohmann::json full_process_report(void* driver) {
       if (rc != 0) problems.push_back("'" + criu + " check' failed on this kernel: " + last_line(out) + "; " + kFix);
     }
   }
+  c["hardware_breakpoints"] = hardware_breakpoints_work();
   j["criu"] = c;
   bool api = driver != nullptr;
   for (const char* f : {"cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint", "cuCheckpointProcessRestore",

@@ -6,6 +6,14 @@
 // pass `criu check` (as root). The driver must have NVIDIA's checkpoint API
 // (cuCheckpointProcess*, CUDA 12.8 / driver r570 and later): ferry releases the GPU
 // state itself, and the API makes the driver drop what is left before CRIU dumps.
+//
+// CRIU (x86) stops each task on its way out of the parasite with a hardware
+// breakpoint. Some virtual machines accept the debug registers through ptrace but never
+// fire them: CRIU then waits forever for the task to trap (measured on a Firecracker
+// guest, AMD EPYC, kernel 6.18). ferry probes that once -- a traced child with a
+// breakpoint on a function it then calls either traps or exits -- and where breakpoints
+// do not fire, runs CRIU with CRIU_FAULT=130, CRIU's own switch to stop tasks by
+// stepping through system calls instead (slower with many threads, same result).
 #pragma once
 
 #include <string>
@@ -19,7 +27,14 @@ std::string criu_path();
 // What `criu --version` says ("4.1.1"), "" when it does not answer like CRIU.
 std::string criu_version(const std::string& criu);
 
-// {"criu": {"path", "version", "check"}, "driver_checkpoint_api": bool, "ready": bool,
+// Whether a hardware breakpoint set through ptrace fires on this machine (probed once).
+bool hardware_breakpoints_work();
+// The environment CRIU must run with here: CRIU_FAULT=130 where breakpoints do not
+// fire, unless the caller's environment already sets CRIU_FAULT. Call in the child
+// before exec.
+void prepare_criu_environment();
+
+// {"criu": {"path", "version", "check", "hardware_breakpoints"}, "driver_checkpoint_api": bool, "ready": bool,
 //  "problems": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr.
 nlohmann::json full_process_report(void* driver);
 

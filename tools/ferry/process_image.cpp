@@ -197,10 +197,12 @@ std::vector<Stdio> stdio_of(pid_t pid) {
 // Runs criu with argv (stdin/out/err this process's, or /dev/null when quiet); its
 // exit code, -1 if it could not run.
 int run_criu(std::vector<std::string> argv, bool quiet) {
+  hardware_breakpoints_work();  // probed (once) here, not in the child
   pid_t p = fork();
   if (p < 0) return -1;
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
+    prepare_criu_environment();
     if (quiet) {
       int null = open("/dev/null", O_RDWR);
       dup2(null, 0);
