@@ -44,6 +44,9 @@ static_assert(sizeof(Obj) == 32);
 
 extern uintptr_t g_slab_lo, g_slab_hi;
 constexpr int kMaxDevices = 16;
+// The program's device count, fixed when it initializes: after a restore onto a
+// machine with another number of GPUs the program still sees its own devices, each
+// backed by whichever physical device g_vdev_to_pdev names.
 extern int g_device_count;
 extern int g_vdev_to_pdev[kMaxDevices];
 extern int g_pdev_to_vdev[kMaxDevices];
@@ -79,7 +82,7 @@ inline CUdevice real_device(CUdevice d) {
   return (d >= 0 && d < g_device_count) ? g_vdev_to_pdev[d] : d;
 }
 inline CUdevice virtual_device(CUdevice d) {
-  return (d >= 0 && d < g_device_count) ? g_pdev_to_vdev[d] : d;
+  return (d >= 0 && d < kMaxDevices) ? g_pdev_to_vdev[d] : d;  // physical: the machine may have more
 }
 
 template <class R, class H>

@@ -83,22 +83,37 @@ std::unique_ptr<BlobSource> image_source(image::Reader& r) { return std::make_un
 
 std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::vector<int> map) {
   int n = static_cast<int>(map.size());
+  // The machine's count may differ from the program's: a whole-process restore can land
+  // on a machine with more or fewer GPUs.
+  int phys = 0;
+  if (real::cuDeviceGetCount(&phys) != CUDA_SUCCESS) phys = n;
+  auto exists = [&](int d) {
+    if (d < 0 || d >= phys)
+      throw Error(ErrorClass::FixFirst, "device " + std::to_string(d) + " does not exist (" + std::to_string(phys) +
+                                            " devices)");
+  };
+  // Program devices the state does not use but whose GPU this machine lacks are backed by
+  // one it has, so a later cudaSetDevice still finds a device.
+  std::set<int> used;
+  for (auto& c : state["contexts"]) used.insert(c["vdev"].get<int>());
+  for (auto& p : state["physical"]) used.insert(p["vdev"].get<int>());
+  auto settle = [&](std::vector<int> m) {
+    for (int v = 0; v < n && phys > 0; v++) {
+      if (m[v] < phys) continue;
+      if (used.count(v)) exists(m[v]);  // never a silent move of memory the program holds
+      m[v] = v % phys;
+    }
+    return m;
+  };
   if (!o.device_map.empty()) {
     if (static_cast<int>(o.device_map.size()) != n)
       throw Error(ErrorClass::FixFirst, "the device map names " + std::to_string(o.device_map.size()) +
                                             " devices; the program sees " + std::to_string(n));
-    for (int d : o.device_map)
-      if (d < 0 || d >= n) throw Error(ErrorClass::FixFirst, "device " + std::to_string(d) + " does not exist (" +
-                                                                 std::to_string(n) + " devices)");
+    for (int d : o.device_map) exists(d);
     return o.device_map;
   }
-  if (o.device < 0) return map;
-  if (o.device >= n)
-    throw Error(ErrorClass::FixFirst, "device " + std::to_string(o.device) + " does not exist (" + std::to_string(n) +
-                                          " devices)");
-  std::set<int> used;
-  for (auto& c : state["contexts"]) used.insert(c["vdev"].get<int>());
-  for (auto& p : state["physical"]) used.insert(p["vdev"].get<int>());
+  if (o.device < 0) return settle(map);
+  exists(o.device);
   if (used.size() > 1)
     throw Error(ErrorClass::FixFirst, "the program uses " + std::to_string(used.size()) +
                                           " devices; say where each goes with a device map (--device-map)");
@@ -108,7 +123,7 @@ std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::
   for (int u = 0; u < n; u++)
     if (map[u] == o.device && u != v) map[u] = map[v];
   map[v] = o.device;
-  return map;
+  return settle(map);
 }
 
 std::vector<int> current_map() { return std::vector<int>(vh::g_vdev_to_pdev, vh::g_vdev_to_pdev + vh::g_device_count); }

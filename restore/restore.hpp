@@ -55,7 +55,9 @@ std::unique_ptr<BlobSource> image_source(image::Reader& r);
 // The virtual -> physical device map a rebuild should use, from the options and the
 // current map (program device i -> physical current[i]). Throws FixFirst for an
 // impossible request. --device N moves the program's one device to N and keeps the map
-// a permutation.
+// a permutation. Targets are checked against the machine's device count, which after a
+// whole-process restore may differ from the program's; program devices the state does
+// not use are pointed at a device the machine has.
 std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::vector<int> current);
 // The map in force now.
 std::vector<int> current_map();

@@ -16,7 +16,8 @@
 // new identities and re-opens the driver file. A failed restore leaves the process
 // CHECKPOINTED. "Checkpointed GPUs" are the devices the process opened (a context or
 // memory); its other devices take the identities of the machine's remaining GPUs, in
-// order (the device count stays the process's).
+// order. The restored process sees as many devices as the machine has; a process that
+// still held GPUs when checkpointed (NVIDIA's own route) must find the same count.
 //
 // Between processes: each process that initialized the simulated GPU runs a service
 // thread named "ferry-emu-ckpt" (its thread id is the restore thread id). A caller
@@ -161,6 +162,13 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   if (g_state != CU_PROCESS_STATE_CHECKPOINTED) return CUDA_ERROR_ILLEGAL_STATE;
   Driver& d = drv();
   std::lock_guard lk(d.mu);
+  // With GPU memory or contexts checkpointed, the restored process must find as many GPUs
+  // as it had (the driver's "same GPU count"): its device ordinals are baked into it.
+  if (!g_checkpointed.empty() && machine.size() != d.present) {
+    log("restore: the process was checkpointed holding GPUs of a machine with %zu; this one has %zu", d.present,
+        machine.size());
+    return CUDA_ERROR_INVALID_DEVICE;
+  }
   std::vector<std::pair<int, const DeviceConfig*>> plan;
   std::vector<bool> taken(machine.size(), false);
   for (const Opened& o : g_checkpointed) {
@@ -193,11 +201,14 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     plan.emplace_back(o.ordinal, &m);
   }
   for (auto& [ordinal, m] : plan) d.devices[static_cast<size_t>(ordinal)]->cfg = *m;
-  // The devices the process did not open become this machine's others, in order (the
-  // count stays the process's: a machine with fewer GPUs keeps the old identities of
-  // the ones it lacks).
+  // The process now sees this machine's GPUs: as many as it has (devices beyond the old
+  // count are made, those beyond the new one are no longer present), the ones it did
+  // not open taking this machine's other identities in order.
+  while (d.devices.size() < machine.size()) add_device(d);
+  d.present = machine.size();
   size_t next = 0;
   for (auto& dev : d.devices) {
+    if (static_cast<size_t>(dev->ordinal) >= d.present) break;
     bool planned = false;
     for (auto& [ordinal, m] : plan) planned = planned || ordinal == dev->ordinal;
     if (planned) continue;
@@ -448,6 +459,7 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
     Driver& d = drv();
     std::lock_guard lk(d.mu);
     for (auto& dev : d.devices) {
+      if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;
       req += "device " + hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
              std::to_string(c.total_mem) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +

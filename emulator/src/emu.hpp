@@ -279,7 +279,12 @@ struct Driver {
   // dumped only once the driver lets go of it -- as with a real GPU. -1 where the
   // kernel does not offer userfaultfd.
   int device_file = -1;
+  // Every device ever made; the machine shows the first `present` of them. A restore
+  // by NVIDIA's checkpoint API onto a machine with other GPUs changes `present` (and
+  // adds devices when it has more): entries are never destroyed, so nothing that
+  // points at a Device dangles.
   std::vector<std::unique_ptr<Device>> devices;
+  size_t present = 0;
   std::map<uintptr_t, Range> ranges;        // every registered address range, by base
   std::map<uintptr_t, Mapping> mappings;    // VMM mappings, by base
   std::set<PhysAlloc*> phys;
@@ -308,7 +313,8 @@ CUresult ensure_init();  // waits while NVIDIA's checkpoint API holds the proces
 // calls while the process is locked or checkpointed.
 void checkpoint_service_start();
 void checkpoint_gate();
-Device* device(CUdevice d);  // nullptr when out of range
+Device* device(CUdevice d);  // nullptr when out of range (not present on this machine)
+Device* add_device(Driver& d);  // mu held: a new device at the next ordinal, default configuration
 size_t parse_size(const char* s, size_t dflt);
 
 // context.cpp

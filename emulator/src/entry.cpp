@@ -162,6 +162,7 @@ CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t resul
   {
     std::lock_guard lk(drv().mu);
     for (auto& d : drv().devices) {
+      if (static_cast<size_t>(d->ordinal) >= drv().present) break;
       ferry::integrity::DeviceIdentity id{};
       memcpy(id.uuid, d->cfg.uuid.bytes, 16);
       id.pci_domain = d->cfg.pci_domain;

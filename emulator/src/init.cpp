@@ -98,12 +98,12 @@ void apply_spec(DeviceConfig& c, const char* spec) {
   }
 }
 
-void setup_devices(Driver& d) {
-  int count = static_cast<int>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
-  if (count < 0) count = 0;
-  if (count > kMaxDevices) count = kMaxDevices;
+}  // namespace
+
+Device* add_device(Driver& d) {
+  int i = static_cast<int>(d.devices.size());
   size_t mem = ferry::settings::size("FERRY_EMU_MEMORY", 16ull << 30);
-  for (int i = 0; i < count; i++) {
+  {
     auto dev = std::make_unique<Device>();
     dev->ordinal = i;
     DeviceConfig& c = dev->cfg;
@@ -147,6 +147,17 @@ void setup_devices(Driver& d) {
     dev->default_pool = dev->current_pool = pool;
     d.devices.push_back(std::move(dev));
   }
+  return d.devices.back().get();
+}
+
+namespace {
+
+void setup_devices(Driver& d) {
+  int count = static_cast<int>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
+  if (count < 0) count = 0;
+  if (count > kMaxDevices) count = kMaxDevices;
+  for (int i = 0; i < count; i++) add_device(d);
+  d.present = d.devices.size();
 }
 
 }  // namespace
@@ -160,7 +171,7 @@ CUresult ensure_init() {
 
 Device* device(CUdevice ordinal) {
   Driver& d = drv();
-  if (ordinal < 0 || static_cast<size_t>(ordinal) >= d.devices.size()) return nullptr;
+  if (ordinal < 0 || static_cast<size_t>(ordinal) >= d.present) return nullptr;
   return d.devices[static_cast<size_t>(ordinal)].get();
 }
 
@@ -183,7 +194,7 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
     checkpoint_service_start();
     d.initialized = true;
-    log("initialised %zu device(s)", d.devices.size());
+    log("initialised %zu device(s)", d.present);
   }
   return CUDA_SUCCESS;
 }
@@ -197,7 +208,7 @@ FERRY_EXPORT CUresult cuDriverGetVersion(int* v) {
 FERRY_EXPORT CUresult cuDeviceGetCount(int* count) {
   REQUIRE_INIT();
   if (!count) return CUDA_ERROR_INVALID_VALUE;
-  *count = static_cast<int>(drv().devices.size());
+  *count = static_cast<int>(drv().present);
   return CUDA_SUCCESS;
 }
 
@@ -357,6 +368,7 @@ FERRY_EXPORT CUresult cuDeviceGetByPCIBusId(CUdevice* dev, const char* pciBusId)
     if (sscanf(pciBusId, "%x:%x", &bus, &device_id) != 2) return CUDA_ERROR_INVALID_VALUE;
   }
   for (auto& d : drv().devices) {
+    if (static_cast<size_t>(d->ordinal) >= drv().present) break;
     if (static_cast<unsigned>(d->cfg.pci_domain) == dom && static_cast<unsigned>(d->cfg.pci_bus) == bus &&
         static_cast<unsigned>(d->cfg.pci_device) == device_id) {
       *dev = d->ordinal;

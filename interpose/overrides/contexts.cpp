@@ -46,6 +46,7 @@ void setup_devices() {
       for (int i = 0; i < n; i++) perm[i] = i;
     }
   }
+  for (int p = 0; p < vh::kMaxDevices; p++) vh::g_pdev_to_vdev[p] = p;
   for (int i = 0; i < n; i++) {
     vh::g_vdev_to_pdev[i] = perm[i];
     vh::g_pdev_to_vdev[perm[i]] = i;
@@ -108,6 +109,15 @@ CUresult ferry::ov::cuInit(unsigned int flags) {
     });
     if (InitHook h = g_init_hook.load(std::memory_order_acquire); h && active()) h();
   }
+  return r;
+}
+
+// The program's count, not the machine's: cudart and the program numbered their devices
+// when they started, and a restore onto a machine with another number of GPUs maps
+// those numbers onto its devices instead of changing them.
+CUresult ferry::ov::cuDeviceGetCount(int* count) {
+  CUresult r = real::cuDeviceGetCount(count);
+  if (r == CUDA_SUCCESS && count && vh::g_device_count > 0) *count = vh::g_device_count;
   return r;
 }
 

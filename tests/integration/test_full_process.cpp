@@ -357,12 +357,15 @@ TEST_CASE("the simulated GPU's checkpoint API: states, a locked process waits, r
   usleep(300000);
   CHECK(job.out().size() == frozen);  // its next CUDA call waits
   CHECK(ctl(p, {"checkpoint", "state"}) == std::vector<std::string>{"checkpoint 0 0", "state 0 2"});
-  // Another chip, too little memory, a checkpointed GPU missing from the pairs: refused,
-  // and the process stays checkpointed.
+  // Another chip, too little memory, another GPU count, a checkpointed GPU missing from
+  // the pairs: refused, and the process stays checkpointed.
   CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_DEVICE0", "name=another GPU"}}) ==
         std::vector<std::string>{"restore 101 0", "state 0 2"});  // CUDA_ERROR_INVALID_DEVICE
   CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_MEMORY", "4M"}}) ==
         std::vector<std::string>{"restore 2 0", "state 0 2"});  // CUDA_ERROR_OUT_OF_MEMORY
+  // A process that still holds GPU memory needs as many GPUs as it had.
+  CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_DEVICES", "3"}}) ==
+        std::vector<std::string>{"restore 101 0", "state 0 2"});
   std::string only_other = "restore:" + emu_uuid(1) + "=" + emu_uuid(0);
   CHECK(ctl(p, {only_other, "state"}) == std::vector<std::string>{only_other + " 1 0", "state 0 2"});
   CHECK(ctl(p, {"restore", "state", "unlock", "state"}) ==

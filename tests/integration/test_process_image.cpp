@@ -203,6 +203,57 @@ TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped a
   CHECK(got == want);
 }
 
+TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on one GPU, the trainer on a third GPU",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  SECTION("the launcher's two workers, dumped on two GPUs, share the one GPU of the target") {
+    auto plain = ferry_test::run({kLauncher, "2", kMlp, "--steps", "80"}, ferry_test::emu_env(), 120);
+    REQUIRE(plain.exit_code == 0);
+    ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "80", "--step-delay-ms", "20"}), ferry_test::emu_env());
+    REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 25)) + " loss"));
+    dump(c.pid(), t / "img");
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    const std::map<std::string, std::string> one_gpu = {{"FERRY_EMU_DEVICES", "1"}};
+    // Where the image's GPUs are not all there, nothing starts unless told where to go.
+    auto refused = restore_text(t / "img", {}, one_gpu);
+    CHECK(refused.exit_code == 78);
+    CHECK(refused.err.find("this machine has 1 GPU(s); the image needs GPU 1") != std::string::npos);
+    auto r = restore(t / "img", {"--device", "0"}, one_gpu);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    auto want = checksums(plain.out, "weights checksum"), got = checksums(r.out, "weights checksum");
+    REQUIRE(want.size() == 2);
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    CHECK(got == want);
+    auto rep = report_of(r);
+    REQUIRE(rep["processes"].size() == 2);
+    for (auto& p : rep["processes"]) {
+      CHECK(p["status"]["devices"].size() == 2);  // each worker still sees its two devices
+      CHECK(p["status"]["memory_by_gpu"].contains("0"));
+      CHECK(p["status"]["memory_by_gpu"].size() == 1);
+    }
+  }
+  SECTION("the trainer, dumped on a two-GPU machine, comes back on GPU 2 of a three-GPU one") {
+    auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+    REQUIRE(plain.exit_code == 0);
+    ferry_test::Child c(job({kMlp, "--steps", "100", "--step-delay-ms", "20"}), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 40)) + " loss"));
+    dump(c.pid(), t / "img");
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    auto r = restore(t / "img", {"--device", "2"}, {{"FERRY_EMU_DEVICES", "3"}});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    CHECK(!checksums(plain.out).empty());
+    auto st = report_of(r)["processes"][0]["status"];
+    CHECK(st["memory_by_gpu"].contains("2"));
+    CHECK(st["memory_by_gpu"].size() == 1);
+    CHECK(st["devices"][0]["physical"] == 2);
+  }
+}
+
 TEST_CASE("three dumps in a chain with --parent and --leave-running: unchanged GPU memory is referenced, not written; "
           "the last image restores bit-identical",
           "[process-image][criu]") {
