@@ -13,6 +13,8 @@
 #                               emulator mode when it exists)
 #   FERRY_GPU_CHECK_NO_BUILD=1  use the build directory as it is
 #   FERRY_GPU_CHECK_ONLY=a,b    only the checks whose names start with these
+#   FERRY_GPU_CHECK_BUDGET_S=N  start no check after N s of the suite (default: what
+#                               is left of 420 s after the build)
 # On a machine without Debian's -dev packages, run scripts/gpu-kit-deps.sh beforehand
 # where they exist and carry .gpu-kit/ along.
 set -uo pipefail
@@ -68,7 +70,8 @@ echo "gpu-check: built in ${build_s} s"
 
 # The CRIU carried to this machine (scripts/gpu-kit-deps.sh), for the whole-process checks.
 [[ -z ${FERRY_CRIU:-} && -x $root/.gpu-kit/criu/criu ]] && export FERRY_CRIU=$root/.gpu-kit/criu/criu
-args=(--build "$build" --out "$out" --budget-s $(( build_s > 300 ? 120 : 420 - build_s )))
+budget=${FERRY_GPU_CHECK_BUDGET_S:-$(( build_s > 300 ? 120 : 420 - build_s ))}
+args=(--build "$build" --out "$out" --budget-s "$budget")
 [[ $emulator == 1 ]] && args+=(--emulator)
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
 timeout 600 python3 "$root/tests/gpu/run_suite.py" "${args[@]}"

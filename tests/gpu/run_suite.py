@@ -10,6 +10,7 @@ still leaves the checks done so far).
 PyTorch checks are skipped): that is how CI keeps this runner honest without a GPU.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -471,7 +472,26 @@ def bandwidth():
     return figures
 
 
-def whole_process(cmd, marker, result_prefix, reference, extra=None):
+def keep_logs(tag, tmp, job):
+    """A failed whole-process check leaves what explains it in OUT/logs: the job's
+    stderr, CRIU's dump log (ferry keeps it beside the image when criu dump fails) and
+    the newest restore work log."""
+    d = os.path.join(A.out, "logs")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{tag}.job-stderr.txt"), "w") as f:
+        f.write("\n".join(job.err[-400:]) + "\n")
+    for root, _, files in os.walk(tmp):
+        for n in files:
+            if n.endswith(".log"):
+                shutil.copy(os.path.join(root, n), os.path.join(d, f"{tag}.{n}"))
+    since = os.path.getmtime(tmp)
+    works = sorted((w for w in glob.glob("/tmp/ferry-restore-*/restore.log") if os.path.getmtime(w) >= since),
+                   key=os.path.getmtime)
+    if works:
+        shutil.copy(works[-1], os.path.join(d, f"{tag}.restore.log"))
+
+
+def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="process"):
     """A whole-process round trip: cmd as a `ferry run --pid-namespace` job, `ferry dump`
     at the marker (the job ends), `ferry restore` onto the last GPU; the lines starting
     with result_prefix must equal the reference run's. Needs root and CRIU (the carried
@@ -509,26 +529,34 @@ def whole_process(cmd, marker, result_prefix, reference, extra=None):
             raise Failed(f"the restored job's results differ from the uninterrupted run's: {got[-2:]} vs {want[-2:]}")
         figures["result"] = f"bit-identical ({len(got)} lines after the restore)"
         return figures
+    except BaseException:
+        try:
+            keep_logs(tag, tmp, job)
+        except OSError as e:
+            print(f"gpu-check: could not keep the logs of {tag}: {e}", flush=True)
+        raise
     finally:
         job.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@check("process.mlp_trainer", 300)
+@check("process.mlp_trainer", 180)
 def process_mlp():
     base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "60",
             "--ballast-mb", "64" if A.emulator else "2048", "--hidden", "256"]
     _, ref, _ = run(base, 240, direct=True)
-    return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines())
+    return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines(),
+                         tag="mlp_trainer")
 
 
-@check("process.torch", 300, needs_torch=True)
+@check("process.torch", 200, needs_torch=True)
 def process_torch():
     script = os.path.join(A.src, "tests/gpu/torch_train.py")
     extra = {"PYTHONUNBUFFERED": "1"}
     base = [sys.executable, script, "--mode", "default", "--steps", "200"]
     _, ref, _ = run(base, 240, extra_env=extra, direct=True)
-    return whole_process(base + ["--step-delay-ms", "15"], r"^step 100\b", "step ", ref.splitlines(), extra)
+    return whole_process(base + ["--step-delay-ms", "15"], r"^step 100\b", "step ", ref.splitlines(), extra,
+                         tag="torch")
 
 
 def torch_check(mode):
@@ -571,8 +599,10 @@ def torch_graph():
     return torch_check("graph")
 
 
-CHECKS = [gpa_table, reserve_hint, export_tables, release_probe, shim_overhead, examples_under_shim, engine_mlp, engine_saxpy,
-          engine_graph, bandwidth, torch_default, torch_expandable, torch_graph, process_mlp, process_torch]
+# The whole-process facts and round trips first: where the run's budget runs out, the
+# checks that were never run on a GPU before go first.
+CHECKS = [release_probe, process_mlp, process_torch, gpa_table, reserve_hint, export_tables, engine_mlp, engine_saxpy,
+          engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph, shim_overhead, bandwidth]
 
 
 def main():
