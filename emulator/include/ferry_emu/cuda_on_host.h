@@ -37,7 +37,9 @@
 #define __managed__
 #define __shared__ thread_local
 #define __forceinline__ inline __attribute__((always_inline))
-#define __noinline__ __attribute__((noinline))
+// No __noinline__: libstdc++ spells GNU's attribute that way inside its own
+// __attribute__((...)) and [[__gnu__::...]] (<memory> with g++ 12; graph_loop.cu with the g++ 13+ of a GPU machine),
+// which a macro of that name breaks; an emulated kernel writes __attribute__((noinline)).
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __grid_constant__
