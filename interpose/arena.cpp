@@ -122,7 +122,7 @@ CUresult build_piece(uintptr_t va, size_t span, int vdev) {
   if (CUresult e = reserve_exact(va, span)) return e;
   tr::Phys* phys = nullptr;
   if (CUresult e = create_phys(vdev, span, nullptr, &phys)) {
-    real::cuMemAddressFree(va, span);
+    unreserve(va, span);
     tr::state().reservations.erase(va);
     return e;
   }
@@ -130,7 +130,7 @@ CUresult build_piece(uintptr_t va, size_t span, int vdev) {
     real::cuMemRelease(phys->real);
     tr::state().phys.erase(phys);
     delete phys;
-    real::cuMemAddressFree(va, span);
+    unreserve(va, span);
     tr::state().reservations.erase(va);
     return e;
   }
@@ -174,10 +174,7 @@ void probe() {
   std::lock_guard lk(tr::state().mu);
   uintptr_t base = space(0).base;
   size_t g = granularity();
-  if (reserve_exact(base, g) == CUDA_SUCCESS) {
-    real::cuMemAddressFree(base, g);
-    tr::state().reservations.erase(base);
-  }
+  if (reserve_exact(base, g, false) == CUDA_SUCCESS) unreserve(base, g);
 }
 
 int range_of(uintptr_t va) {
@@ -199,33 +196,78 @@ CUresult carve(int vdev, size_t size, size_t align, uintptr_t hint, uintptr_t* o
 
 void uncarve(int vdev, uintptr_t va, size_t size) { give_back(space(vdev).free, va, round_up(size, granularity())); }
 
-CUresult reserve_exact(uintptr_t va, size_t size) {
-  CUdeviceptr got = 0;
-  CUresult e = real::cuMemAddressReserve(&got, size, 0, va, 0);
-  if (e != CUDA_SUCCESS) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "the driver refused to reserve %zu bytes at %#llx (error %d): the arena cannot be placed "
-             "there (FERRY_ARENA_BASE moves it)", size, static_cast<unsigned long long>(va), static_cast<int>(e));
-    arena_unusable(msg);
-    return e;
+namespace {
+struct Backing {
+  bool live = false;
+  size_t refs = 0;  // reserve_exact calls not undone
+};
+Backing* backings() {
+  static auto* b = new Backing[vh::kMaxDevices];
+  return b;
+}
+}  // namespace
+
+CUresult reserve_exact(uintptr_t va, size_t size, bool record, bool restoring) {
+  int d = range_of(va);
+  if (d >= 0 && range_of(va + size - 1) == d) {
+    Backing& b = backings()[d];
+    if (!b.live) {
+      uintptr_t base = space(d).base;
+      size_t len = space(d).size;
+      CUdeviceptr got = 0;
+      CUresult e = real::cuMemAddressReserve(&got, len, 0, base, 0);
+      if (e != CUDA_SUCCESS) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "the driver refused to reserve the %zu GiB of device %d's arena at %#llx (error %d): "
+                 "the arena cannot be placed there (FERRY_ARENA_BASE, FERRY_ARENA_SIZE move and size it)",
+                 len >> 30, d, static_cast<unsigned long long>(base), static_cast<int>(e));
+        if (!restoring) arena_unusable(msg);
+        return e;
+      }
+      if (got != base) {
+        real::cuMemAddressFree(got, len);
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "the driver placed device %d's arena at %#llx instead of %#llx: the arena's addresses are not free in "
+                 "this process (FERRY_ARENA_BASE moves them)",
+                 d, static_cast<unsigned long long>(got), static_cast<unsigned long long>(base));
+        if (!restoring) arena_unusable(msg);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+      }
+      b.live = true;
+    }
+    b.refs++;
+  } else {
+    CUdeviceptr got = 0;
+    CUresult e = real::cuMemAddressReserve(&got, size, 0, va, 0);
+    if (e != CUDA_SUCCESS) return e;
+    if (got != va) {
+      real::cuMemAddressFree(got, size);
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
   }
-  if (got != va) {
-    real::cuMemAddressFree(got, size);
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "the driver placed a reservation at %#llx instead of %#llx: the arena's addresses are not free in this "
-             "process (FERRY_ARENA_BASE moves them)",
-             static_cast<unsigned long long>(got), static_cast<unsigned long long>(va));
-    arena_unusable(msg);
-    return CUDA_ERROR_OUT_OF_MEMORY;
+  if (record) {
+    tr::Reservation r;
+    r.va = va;
+    r.size = size;
+    r.vdev = range_of(va) < 0 ? 0 : range_of(va);
+    r.owner = tr::Owner::Arena;
+    tr::state().reservations[va] = r;
   }
-  tr::Reservation r;
-  r.va = va;
-  r.size = size;
-  r.vdev = range_of(va) < 0 ? 0 : range_of(va);
-  r.owner = tr::Owner::Arena;
-  tr::state().reservations[va] = r;
   return CUDA_SUCCESS;
+}
+
+void unreserve(uintptr_t va, size_t size) {
+  int d = range_of(va);
+  if (d >= 0 && range_of(va + size - 1) == d) {
+    Backing& b = backings()[d];
+    if (b.refs > 0 && --b.refs == 0 && b.live) {
+      real::cuMemAddressFree(space(d).base, space(d).size);
+      b.live = false;
+    }
+  } else {
+    real::cuMemAddressFree(va, size);
+  }
 }
 
 CUresult create_phys(int vdev, size_t size, const CUmemAllocationProp* program_prop, tr::Phys** out) {
@@ -288,7 +330,7 @@ void drop_piece(uintptr_t va) {
   }
   auto r = st.reservations.find(va);
   if (r != st.reservations.end()) {
-    real::cuMemAddressFree(va, r->second.size);
+    if (r->second.live) unreserve(va, r->second.size);
     uncarve(r->second.vdev, va, r->second.size);
     st.reservations.erase(r);
   }

@@ -5,9 +5,15 @@
 // (cuMemAlloc, cuMemAllocPitch, cuMemAllocAsync, pool allocations) and every VA
 // reservation it makes itself (cuMemAddressReserve, e.g. PyTorch's expandable
 // segments) takes its addresses from that range. The range is not reserved from the
-// driver as a whole: each piece is reserved where it lies (cuMemAddressReserve with
-// the address as hint, verified), backed by cuMemCreate memory and mapped there, so a
-// restore can rebuild exactly the same pieces at the same addresses on any GPU.
+// driver piece by piece: the real driver ignores the address hint of a small
+// reservation (an H200 with driver 580 put 2 MiB asked for at 0x510000000000 elsewhere
+// and honoured 1 GiB and more at 0x500000000000), so the whole range of a device in
+// use is reserved at its fixed address, once ("the backing"), while the pieces are
+// only bookkeeping: each is carved from the range, backed by cuMemCreate memory and
+// mapped there. The backing goes back to the driver when the range's last piece does
+// (a release of the GPU state drops it, so a driver checkpoint finds nothing
+// reserved), and a restore reserves it again before it maps the same pieces at the
+// same addresses, on any GPU.
 //
 // Allocations of at least kSmallLimit get their own piece, rounded to the allocation
 // granularity (2 MiB on current GPUs): sizes PyTorch uses (2 MiB, 20 MiB segments)
@@ -49,8 +55,14 @@ void uncarve(int vdev, uintptr_t va, size_t size);
 // The virtual device whose range holds va, or -1.
 int range_of(uintptr_t va);
 
-// Reserves [va, va+size) from the driver at exactly that address.
-CUresult reserve_exact(uintptr_t va, size_t size);
+// Makes [va, va+size) usable for mapping: inside a device's range, that range's
+// backing (reserved at its fixed address on first use, counted); elsewhere a
+// reservation of exactly that range from the driver. Records a tracker reservation
+// when `record`. A backing that cannot be had makes the arena unusable (FERRY_ON_ERROR
+// applies) unless `restoring`: a restore reports it as its own error.
+CUresult reserve_exact(uintptr_t va, size_t size, bool record = true, bool restoring = false);
+// Undoes reserve_exact (the tracker's record is the caller's).
+void unreserve(uintptr_t va, size_t size);
 // Physical memory on virtual device vdev (the current physical device behind it).
 CUresult create_phys(int vdev, size_t size, const CUmemAllocationProp* program_prop, tr::Phys** out);
 // Maps phys at va and makes it accessible from vdev (and the devices in `access`).

@@ -191,7 +191,7 @@ void release_gpu_state() {
   }
   for (auto& [va, r] : st.reservations)
     if (r.live) {
-      real::cuMemAddressFree(va, r.size);
+      arena::unreserve(va, r.size);
       r.live = false;
     }
   for (auto& [ptr, hm] : st.host)
@@ -372,14 +372,11 @@ void rebuild_memory() {
   auto& st = tr::state();
   for (auto& [va, r] : st.reservations) {
     if (r.live) continue;
-    CUdeviceptr got = 0;
-    CUresult e = real::cuMemAddressReserve(&got, r.size, 0, va, 0);
-    if (e != CUDA_SUCCESS) throw cuda_error(("reserving the address range at " + hex(va)).c_str(), e, ErrorClass::FixFirst);
-    if (got != va) {
-      real::cuMemAddressFree(got, r.size);
+    CUresult e = arena::reserve_exact(va, r.size, false, true);
+    if (e == CUDA_ERROR_OUT_OF_MEMORY)
       throw Error(ErrorClass::FixFirst, "the address range " + hex(va) + "+" + std::to_string(r.size) +
                                             " is taken in this process; the program's memory cannot be put back there");
-    }
+    if (e != CUDA_SUCCESS) throw cuda_error(("reserving the address range at " + hex(va)).c_str(), e, ErrorClass::FixFirst);
     r.live = true;
   }
   for (tr::Phys* p : st.phys) {

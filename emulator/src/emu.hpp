@@ -55,6 +55,9 @@ namespace ferry::emu {
 
 constexpr int kDriverVersion = 13000;
 constexpr size_t kGranularity = 2u << 20;  // VMM granularity, as on current GPUs
+// The smallest reservation whose address hint is honoured: an H200 with driver 580
+// placed 2 MiB asked for at a free address elsewhere and honoured 1 GiB there.
+constexpr size_t kHintedReserveMinimum = 1ull << 30;
 constexpr size_t kPage = 4096;
 constexpr uintptr_t kDeviceHeapSpan = 0x10000000000ull;  // at most 1 TiB of address space per device
 constexpr int kMaxDevices = 16;

@@ -69,8 +69,11 @@ FERRY_EXPORT CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t 
   Driver& d = drv();
   std::lock_guard lk(d.mu);
   uintptr_t at = 0;
-  // The address is only a hint, as with the real driver: honoured when the range is free.
-  if (addr && addr % align == 0 && !overlaps_registered(addr, size) && try_reserve(addr, size)) at = addr;
+  // The address is only a hint, as with the real driver: honoured when the range is free
+  // and large enough.
+  if (addr && size >= kHintedReserveMinimum && addr % align == 0 && !overlaps_registered(addr, size) &&
+      try_reserve(addr, size))
+    at = addr;
   if (!at) {
     // Otherwise the kernel picks: over-reserve, then trim to the alignment.
     void* p = mmap(nullptr, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -69,15 +69,25 @@ CUresult ferry::ov::cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t al
 }
 
 CUresult ferry::ov::cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  auto& st = tr::state();
+  std::unique_lock lk(st.mu);
+  auto it = st.reservations.find(ptr);
+  if (it != st.reservations.end() && it->second.vdev >= 0 && arena::range_of(ptr) >= 0) {
+    // Carved from the arena: the driver holds the range's backing, not this piece.
+    if (it->second.size != size) return CUDA_ERROR_INVALID_VALUE;
+    for (auto m = st.mappings.lower_bound(ptr); m != st.mappings.end() && m->first < ptr + size; ++m)
+      return CUDA_ERROR_INVALID_VALUE;  // still mapped, as the driver would refuse
+    if (it->second.live) arena::unreserve(ptr, size);
+    arena::uncarve(it->second.vdev, ptr, size);
+    st.reservations.erase(it);
+    return CUDA_SUCCESS;
+  }
+  lk.unlock();
   CUresult r = real::cuMemAddressFree(ptr, size);
   if (r != CUDA_SUCCESS) return r;
-  auto& st = tr::state();
-  std::lock_guard lk(st.mu);
-  auto it = st.reservations.find(ptr);
-  if (it != st.reservations.end()) {
-    if (it->second.vdev >= 0 && arena::range_of(ptr) >= 0) arena::uncarve(it->second.vdev, ptr, size);
-    st.reservations.erase(it);
-  }
+  lk.lock();
+  it = st.reservations.find(ptr);
+  if (it != st.reservations.end()) st.reservations.erase(it);
   return r;
 }
 

@@ -332,16 +332,17 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
     attr(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
     size_t total = 0;
     mem(&total, dev);
-    // Can this device's arena range be had at its fixed address in a fresh process?
+    // Can this device's arena range be had at its fixed address in a fresh process? The
+    // whole range, as the shim reserves it: the driver ignores the hint of a small one.
     const uintptr_t at = base + static_cast<uintptr_t>(i) * size;
     bool arena = false;
     CUcontext c = nullptr;
     if (retain(&c, dev) == CUDA_SUCCESS) {
       set(c);
       CUdeviceptr got = 0, want = at;
-      if (reserve(&got, 2u << 20, 0, want, 0) == CUDA_SUCCESS) {
+      if (reserve(&got, size, 0, want, 0) == CUDA_SUCCESS) {
         arena = got == want;
-        vfree(got, 2u << 20);
+        vfree(got, size);
       }
       set(nullptr);
       release(dev);

@@ -45,13 +45,19 @@ TEST_CASE("granularity and the reservation hint", "[vmm]") {
   REQUIRE(g == (2u << 20));
   const CUdeviceptr hint = 0x6a0000000000ull;  // clear of ASan's allocator at 0x600000000000
   CUdeviceptr r;
-  CU_OK(cuMemAddressReserve(&r, 64 * g, 0, hint, 0));
+  const size_t big = 512 * g;  // 1 GiB: smaller reservations ignore the hint, as on an H200
+  CU_OK(cuMemAddressReserve(&r, big, 0, hint, 0));
   REQUIRE(r == hint);
   // The same hint again is taken: the driver picks another address.
   CUdeviceptr r2;
-  CU_OK(cuMemAddressReserve(&r2, 64 * g, 0, hint, 0));
+  CU_OK(cuMemAddressReserve(&r2, big, 0, hint, 0));
   REQUIRE(r2 != hint);
-  CU_OK(cuMemAddressFree(r2, 64 * g));
+  CU_OK(cuMemAddressFree(r2, big));
+  // A free address, but a small reservation: placed where the driver likes.
+  const CUdeviceptr free_hint = hint + 4 * big;
+  CU_OK(cuMemAddressReserve(&r2, 2 * g, 0, free_hint, 0));
+  REQUIRE(r2 != free_hint);
+  CU_OK(cuMemAddressFree(r2, 2 * g));
   // A hint over existing host mappings is not honoured either.
   void* host = mmap(nullptr, 4 * g, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   CUdeviceptr aligned = (reinterpret_cast<CUdeviceptr>(host) + g - 1) / g * g;
@@ -61,8 +67,8 @@ TEST_CASE("granularity and the reservation hint", "[vmm]") {
   CU_OK(cuMemAddressFree(r3, g));
   munmap(host, 4 * g);
   REQUIRE(cuMemAddressReserve(&r3, g + 1, 0, 0, 0) == CUDA_ERROR_INVALID_VALUE);
-  CU_OK(cuMemAddressFree(r, 64 * g));
-  REQUIRE(cuMemAddressFree(r, 64 * g) == CUDA_ERROR_INVALID_VALUE);
+  CU_OK(cuMemAddressFree(r, big));
+  REQUIRE(cuMemAddressFree(r, big) == CUDA_ERROR_INVALID_VALUE);
 }
 
 TEST_CASE("create, map, grant access, use, unmap, release", "[vmm]") {

@@ -12,12 +12,12 @@
 
 namespace shim_test {
 
-// Two simulated devices, each with a 64 MiB arena range (small enough to exhaust).
+// Two simulated devices, each with a 1 GiB arena range (small enough to exhaust).
 // The shim read its settings when it was loaded; these are read again before cuInit.
 inline void init() {
   setenv("FERRY_EMU_DEVICES", "2", 1);
   setenv("FERRY_EMU_MEMORY", "1G", 1);
-  setenv("FERRY_ARENA_SIZE", "64M", 1);
+  setenv("FERRY_ARENA_SIZE", "1G", 1);  // the smallest range a driver reserves where asked
   ferry::read_config();
   REQUIRE(cuInit(0) == CUDA_SUCCESS);
 }

@@ -1,6 +1,6 @@
 // The arena on its own: address ranges per device, alignment, reuse, exhaustion, and
 // allocations through the shim's cuMemAlloc (the simulated GPU is the real driver;
-// FERRY_ARENA_SIZE=64M, set by CTest, makes a device's range small).
+// FERRY_ARENA_SIZE=1G, set by shim_test.hpp, makes a device's range small).
 #include <catch2/catch_test_macros.hpp>
 
 #include <cuda.h>
@@ -21,7 +21,7 @@ TEST_CASE("each device's addresses come from its own fixed range", "[arena]") {
   const size_t g = arena::granularity();
   REQUIRE(g >= 4096);
   uintptr_t base = config().arena_base, size = config().arena_size;
-  REQUIRE(size == 64ull << 20);
+  REQUIRE(size == 1ull << 30);
   uintptr_t a = 0, b = 0;
   REQUIRE(arena::carve(0, 3 * g, 0, 0, &a) == CUDA_SUCCESS);
   REQUIRE(arena::carve(1, g, 0, 0, &b) == CUDA_SUCCESS);
@@ -97,9 +97,9 @@ TEST_CASE("cuMemAlloc through the shim: small allocations share aligned chunks, 
   CUdeviceptr again = 0;
   REQUIRE(cuMemAlloc(&again, 100) == CUDA_SUCCESS);
   CHECK(again == s1);  // first fit in the chunk
-  // More than the device's 64 MiB range: the driver's answer, nothing half-made.
+  // More than the device's 1 GiB range: the driver's answer, nothing half-made.
   CUdeviceptr huge = 0;
-  CHECK(cuMemAlloc(&huge, 128u << 20) == CUDA_ERROR_OUT_OF_MEMORY);
+  CHECK(cuMemAlloc(&huge, size_t{2} << 30) == CUDA_ERROR_OUT_OF_MEMORY);
   CHECK(huge == 0);
   for (CUdeviceptr p : {again, s2, big}) CHECK(cuMemFree(p) == CUDA_SUCCESS);
 }
