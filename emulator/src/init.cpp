@@ -1,5 +1,6 @@
 // Start-up, configuration and the device queries of the simulated GPU.
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/userfaultfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -11,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
+#include <thread>
 
 #include "emu.hpp"
 
@@ -184,11 +187,28 @@ using namespace ferry::emu;
     if (CUresult e_ = ensure_init()) return e_; \
   } while (0)
 
+namespace {
+// The real driver (580) names a helper thread it starts during cuInit from the thread
+// that starts it, and fails with CUDA_ERROR_OPERATING_SYSTEM when it cannot. glibc does
+// that through /proc/self/task/<tid>/comm, which a PID namespace without a /proc of its
+// own gets wrong: so does this.
+bool name_a_helper_thread() {
+  std::promise<void> named;
+  std::thread helper([f = named.get_future()]() mutable { f.wait(); });
+  int r = pthread_setname_np(helper.native_handle(), "ferry-emu-init");
+  named.set_value();
+  helper.join();
+  if (r != 0) log("cuInit: cannot name a helper thread (%s)", strerror(r));
+  return r == 0;
+}
+}  // namespace
+
 FERRY_EXPORT CUresult cuInit(unsigned int flags) {
   if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
   Driver& d = drv();
   std::lock_guard lk(d.mu);
   if (!d.initialized) {
+    if (!name_a_helper_thread()) return CUDA_ERROR_OPERATING_SYSTEM;
     setup_devices(d);
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
