@@ -205,11 +205,17 @@ Backing* backings() {
   static auto* b = new Backing[vh::kMaxDevices];
   return b;
 }
+
+// The device whose range holds all of [va, va+size), or -1.
+int backed_by(uintptr_t va, size_t size) {
+  int d = range_of(va);
+  return d >= 0 && range_of(va + size - 1) == d ? d : -1;
+}
 }  // namespace
 
 CUresult reserve_exact(uintptr_t va, size_t size, bool record, bool restoring) {
-  int d = range_of(va);
-  if (d >= 0 && range_of(va + size - 1) == d) {
+  int d = backed_by(va, size);
+  if (d >= 0) {
     Backing& b = backings()[d];
     if (!b.live) {
       uintptr_t base = space(d).base;
@@ -258,8 +264,8 @@ CUresult reserve_exact(uintptr_t va, size_t size, bool record, bool restoring) {
 }
 
 void unreserve(uintptr_t va, size_t size) {
-  int d = range_of(va);
-  if (d >= 0 && range_of(va + size - 1) == d) {
+  int d = backed_by(va, size);
+  if (d >= 0) {
     Backing& b = backings()[d];
     if (b.refs > 0 && --b.refs == 0 && b.live) {
       real::cuMemAddressFree(space(d).base, space(d).size);

@@ -77,7 +77,8 @@ CUresult free_async(CUdeviceptr p, CUstream real_stream);
 // Frees what stream-ordered frees have released since.
 void reap();
 
-// Unmaps and releases a piece alloc() built (reservation, mapping, physical memory).
+// Unmaps and releases a piece alloc() built (reservation, mapping, physical memory), or
+// the reservation alone of one the program carved (cuMemAddressReserve) and left unmapped.
 void drop_piece(uintptr_t va);
 
 }  // namespace ferry::arena

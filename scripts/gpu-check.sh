@@ -27,6 +27,7 @@ fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 emulator=${FERRY_GPU_CHECK_EMULATOR:-0}
+gpu_found=$([[ $emulator == 1 ]] && echo 0 || echo 1)  # for finish_without
 started=$(date +%s)
 
 finish_without() {  # reason, exit code, whether a GPU was found (1/0)
@@ -65,7 +66,7 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
   if ! { [[ -f $build/CMakeCache.txt ]] || cmake -S "$root" -B "$build" "${gen[@]}" "${kit[@]}" "${extra[@]}"; } \
       >"$out/build.log" 2>&1; then
     tail -30 "$out/build.log"
-    finish_without "cmake failed (the end of $out/build.log is above)" 1 "$([[ $emulator == 1 ]] && echo 0 || echo 1)"
+    finish_without "cmake failed (the end of $out/build.log is above)" 1 "$gpu_found"
   fi
   if ! timeout 420 cmake --build "$build" -j "$(nproc)" -- "${keep_going[@]}" >>"$out/build.log" 2>&1; then
     grep -E "error|FAILED" "$out/build.log" | head -20
@@ -75,7 +76,7 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
     done
     if (( ${#missing[@]} )); then
       finish_without "the build failed, without ${missing[*]} (the errors are above and in $out/build.log)" 1 \
-        "$([[ $emulator == 1 ]] && echo 0 || echo 1)"
+        "$gpu_found"
     fi
     echo "gpu-check: the build failed in part (above; $out/build.log); what the checks need was built, so they run"
     echo "partly failed: see build.log" >"$out/build-failed-in-part.txt"

@@ -75,11 +75,9 @@ CUresult ferry::ov::cuMemAddressFree(CUdeviceptr ptr, size_t size) {
   if (it != st.reservations.end() && it->second.vdev >= 0 && arena::range_of(ptr) >= 0) {
     // Carved from the arena: the driver holds the range's backing, not this piece.
     if (it->second.size != size) return CUDA_ERROR_INVALID_VALUE;
-    for (auto m = st.mappings.lower_bound(ptr); m != st.mappings.end() && m->first < ptr + size; ++m)
-      return CUDA_ERROR_INVALID_VALUE;  // still mapped, as the driver would refuse
-    if (it->second.live) arena::unreserve(ptr, size);
-    arena::uncarve(it->second.vdev, ptr, size);
-    st.reservations.erase(it);
+    auto m = st.mappings.lower_bound(ptr);
+    if (m != st.mappings.end() && m->first < ptr + size) return CUDA_ERROR_INVALID_VALUE;  // still mapped
+    arena::drop_piece(ptr);  // nothing mapped: only the reservation goes
     return CUDA_SUCCESS;
   }
   lk.unlock();
