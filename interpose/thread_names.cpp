@@ -1,17 +1,26 @@
-// Thread names across a PID namespace.
+// Thread names and /proc paths across a PID namespace.
 //
 // glibc names (and reads the name of) another thread through
 // /proc/self/task/<tid>/comm, with the tid as the caller's PID namespace numbers it. A
 // `ferry run --pid-namespace` job keeps the /proc of the namespace it came from (its own
 // would need a mount namespace, which CRIU would then have to dump and restore), so
-// there that path names no thread, or another one. The real driver (580, on an H200)
-// names its helper threads so during initialization and fails with
-// CUDA_ERROR_OPERATING_SYSTEM when it cannot; the job then has no GPU at all. Where
-// /proc counts pids differently from the caller, these two calls look the thread up by
-// the tid its namespace gives it (the last field of NSpid in each task's status) and use
-// the directory /proc knows it by. Everywhere else they are glibc's.
+// there that path names no thread, or another one. The real driver (570 and later)
+// writes its threads' names so during initialization and fails with
+// CUDA_ERROR_OPERATING_SYSTEM when it cannot; the job then has no GPU at all. Whether
+// it does so through pthread_setname_np or by opening the file itself is not known, so
+// both are caught: where /proc counts pids differently from the caller,
+// - pthread_setname_np/getname_np for another thread look it up by the tid its
+//   namespace gives it (the last field of NSpid in each task's status) and use the
+//   directory /proc knows it by;
+// - open, openat and fopen (and their 64-bit and fortified names) rewrite a path that
+//   names the caller by its namespace's numbers -- /proc/<getpid()>/..., and
+//   /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the names
+//   /proc knows. Any other path is passed on untouched, at the cost of one compare.
+// Everywhere else these calls are glibc's.
 #include <dirent.h>
 #include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <time.h>
@@ -23,6 +32,21 @@
 #include <cstring>
 
 namespace {
+
+template <typename F>
+F next(const char* name) {
+  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+}
+
+// Our own look-ups go to glibc directly, not through the rewriting below.
+FILE* real_fopen(const char* path, const char* mode) {
+  static auto real = next<FILE* (*)(const char*, const char*)>("fopen");
+  return real(path, mode);
+}
+int real_open(const char* path, int flags) {
+  static auto real = next<int (*)(const char*, int, ...)>("open");
+  return real(path, flags);
+}
 
 // pid_t of the caller as /proc sees it differs from getpid(): /proc is another namespace's.
 bool proc_is_foreign() {
@@ -52,7 +76,7 @@ long proc_tid(pid_t tid) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     char path[300];
     snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
-    FILE* f = fopen(path, "re");
+    FILE* f = real_fopen(path, "re");
     if (!f) continue;
     char line[256];
     while (fgets(line, sizeof line, f)) {
@@ -75,12 +99,48 @@ int open_comm(pthread_t th, int flags) {
   if (!at) return -1;
   char path[64];
   snprintf(path, sizeof path, "/proc/self/task/%ld/comm", at);
-  return open(path, flags | O_CLOEXEC);
+  return real_open(path, flags | O_CLOEXEC);
 }
 
-template <typename F>
-F next(const char* name) {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+// Digits at `p` up to '/' or the end: their value, with *end after them; -1 otherwise.
+long leading_number(const char* p, const char** end) {
+  long v = 0;
+  const char* q = p;
+  while (*q >= '0' && *q <= '9' && v < (1L << 40)) v = v * 10 + (*q++ - '0');
+  if (q == p || (*q != '/' && *q != '\0')) return -1;
+  *end = q;
+  return v;
+}
+
+// `path` as /proc knows what it names, in `out`; false when it is to be used as it is.
+bool proc_path(const char* path, char* out, size_t size) {
+  if (!path || strncmp(path, "/proc/", 6) != 0 || !proc_is_foreign()) return false;
+  const char* rest = nullptr;
+  long task = 0;
+  if (strncmp(path + 6, "self/task/", 10) == 0) {
+    task = leading_number(path + 16, &rest);
+  } else {
+    long n = leading_number(path + 6, &rest);
+    if (n < 0) return false;
+    if (n == getpid()) {  // the process itself: perhaps one of its threads below
+      if (strncmp(rest, "/task/", 6) == 0) {
+        task = leading_number(rest + 6, &rest);
+      } else {
+        task = 0;
+      }
+    } else {
+      task = n;  // /proc/<tid> names a thread too
+    }
+    if (task == 0) return snprintf(out, size, "/proc/self%s", rest) < static_cast<int>(size);
+  }
+  if (task <= 0) return false;
+  long at = proc_tid(static_cast<pid_t>(task));
+  if (!at) return false;  // none of ours: perhaps already /proc's number
+  return snprintf(out, size, "/proc/self/task/%ld%s", at, rest) < static_cast<int>(size);
+}
+
+int open_mode(int flags, va_list ap) {
+  return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, int) : 0;
 }
 
 }  // namespace
@@ -117,5 +177,54 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
   }
   return err;
 }
+
+#define FERRY_PROC_PATH(path)         \
+  char translated_[4096];              \
+  if (proc_path(path, translated_, sizeof translated_)) path = translated_
+
+#define FERRY_OPEN(name)                                                    \
+  __attribute__((visibility("default"))) int name(const char* path, int flags, ...) { \
+    static auto real = next<int (*)(const char*, int, ...)>(#name);         \
+    va_list ap;                                                             \
+    va_start(ap, flags);                                                    \
+    int mode = open_mode(flags, ap);                                        \
+    va_end(ap);                                                             \
+    FERRY_PROC_PATH(path);                                                  \
+    return real(path, flags, mode);                                         \
+  }
+FERRY_OPEN(open)
+FERRY_OPEN(open64)
+
+#define FERRY_OPENAT(name)                                                              \
+  __attribute__((visibility("default"))) int name(int dir, const char* path, int flags, ...) { \
+    static auto real = next<int (*)(int, const char*, int, ...)>(#name);                \
+    va_list ap;                                                                         \
+    va_start(ap, flags);                                                                \
+    int mode = open_mode(flags, ap);                                                    \
+    va_end(ap);                                                                         \
+    FERRY_PROC_PATH(path);                                                              \
+    return real(dir, path, flags, mode);                                                \
+  }
+FERRY_OPENAT(openat)
+FERRY_OPENAT(openat64)
+
+// What _FORTIFY_SOURCE makes of open(path, flags) without a mode.
+#define FERRY_OPEN_2(name)                                                      \
+  __attribute__((visibility("default"))) int name(const char* path, int flags) { \
+    static auto real = next<int (*)(const char*, int)>(#name);                 \
+    FERRY_PROC_PATH(path);                                                      \
+    return real(path, flags);                                                   \
+  }
+FERRY_OPEN_2(__open_2)
+FERRY_OPEN_2(__open64_2)
+
+#define FERRY_FOPEN(name)                                                              \
+  __attribute__((visibility("default"))) FILE* name(const char* path, const char* mode) { \
+    static auto real = next<FILE* (*)(const char*, const char*)>(#name);               \
+    FERRY_PROC_PATH(path);                                                             \
+    return real(path, mode);                                                           \
+  }
+FERRY_FOPEN(fopen)
+FERRY_FOPEN(fopen64)
 
 }  // extern "C"

@@ -180,6 +180,62 @@ CUresult integrity_check(uint32_t version, uint64_t unix_seconds, uint64_t resul
   return CUDA_SUCCESS;
 }
 
+// TOOLS_CONTEXT: functions that take the driver's own context and stream. NVIDIA's layout
+// is not public (these slots are ours); what matters is that its functions read the
+// handles as the driver's objects, so another value crashes a real process. Here it is
+// refused, with a message.
+namespace tc = ferry::export_tables::emu_tools_context;
+
+CUresult tools_context_of(CUcontext h, Context** out) {
+  if (CUresult e = ensure_init()) return e;
+  Context* c = h ? reinterpret_cast<Context*>(h) : current_ctx();
+  if (!c) return CUDA_ERROR_INVALID_CONTEXT;
+  if (!valid_ctx(c)) {
+    log("export table 21318c60: %p is no context of this driver (a real driver would crash here)",
+        static_cast<void*>(h));
+    return CUDA_ERROR_INVALID_CONTEXT;
+  }
+  *out = c;
+  return CUDA_SUCCESS;
+}
+CUresult tools_context_device(CUcontext h, CUdevice* dev) {
+  Context* c = nullptr;
+  if (CUresult e = tools_context_of(h, &c)) return e;
+  if (!dev) return CUDA_ERROR_INVALID_VALUE;
+  *dev = c->dev->ordinal;
+  return CUDA_SUCCESS;
+}
+CUresult tools_context_id(CUcontext h, unsigned long long* id) {
+  Context* c = nullptr;
+  if (CUresult e = tools_context_of(h, &c)) return e;
+  if (!id) return CUDA_ERROR_INVALID_VALUE;
+  *id = c->id;
+  return CUDA_SUCCESS;
+}
+CUresult tools_stream_id(CUcontext h, CUstream s, unsigned long long* id) {
+  Context* c = nullptr;
+  if (CUresult e = tools_context_of(h, &c)) return e;
+  Context* owner = nullptr;
+  CUresult err = CUDA_SUCCESS;
+  auto st = resolve_stream(s, &owner, &err);
+  if (!st) {
+    log("export table 21318c60: %p is no stream of this driver (a real driver would crash here)",
+        static_cast<void*>(s));
+    return err;
+  }
+  if (owner != c) return CUDA_ERROR_INVALID_HANDLE;
+  if (!id) return CUDA_ERROR_INVALID_VALUE;
+  *id = st->id;
+  return CUDA_SUCCESS;
+}
+const unsigned long long kToolsContextData = tc::kDataWord;
+void* g_tools_context[tc::kSlots] = {
+    reinterpret_cast<void*>(tc::kSlots * sizeof(void*)), STUB, STUB,
+    reinterpret_cast<void*>(&tools_context_device), reinterpret_cast<void*>(&tools_context_id),
+    reinterpret_cast<void*>(&tools_stream_id), STUB,
+    const_cast<void*>(static_cast<const void*>(&kToolsContextData))};
+static_assert(tc::kDevice == 3 && tc::kContextId == 4 && tc::kStreamId == 5 && tc::kData == 7);
+
 struct TableId {
   ferry::export_tables::Id uuid;
   void** table;
@@ -192,6 +248,7 @@ const TableId kTables[] = {
     {ferry::export_tables::kContextLocalStorage, g_cls},
     {ferry::export_tables::kContextChecks, g_context_checks},
     {ferry::export_tables::kIntegrityCheck, g_integrity},
+    {ferry::export_tables::kToolsContext, g_tools_context},
 };
 
 }  // namespace

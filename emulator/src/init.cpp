@@ -188,18 +188,33 @@ using namespace ferry::emu;
   } while (0)
 
 namespace {
-// The real driver (580) names a helper thread it starts during cuInit from the thread
-// that starts it, and fails with CUDA_ERROR_OPERATING_SYSTEM when it cannot. glibc does
-// that through /proc/self/task/<tid>/comm, which a PID namespace without a /proc of its
-// own gets wrong: so does this.
-bool name_a_helper_thread() {
+// The real driver (570 and later) names the helper threads it starts during cuInit from
+// the thread that starts them, and fails with CUDA_ERROR_OPERATING_SYSTEM when it cannot.
+// Either way of doing so goes through /proc/self/task/<tid>/comm with the caller's tid,
+// which a PID namespace without a /proc of its own gets wrong; whether the driver calls
+// glibc's pthread_setname_np or opens the file itself is not known, so this does both.
+bool name_helper_threads() {
   std::promise<void> named;
-  std::thread helper([f = named.get_future()]() mutable { f.wait(); });
+  std::promise<pid_t> tid;
+  auto tid_f = tid.get_future();
+  std::thread helper([f = named.get_future(), &tid]() mutable {
+    tid.set_value(static_cast<pid_t>(syscall(SYS_gettid)));
+    f.wait();
+  });
   int r = pthread_setname_np(helper.native_handle(), "ferry-emu-init");
+  if (r != 0) log("cuInit: cannot name a helper thread (%s)", strerror(r));
+  bool ok = r == 0;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/comm", static_cast<int>(tid_f.get()));
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "ferry-emu-io", 12) != 12) {
+    log("cuInit: cannot write %s (%s)", path, strerror(errno));
+    ok = false;
+  }
+  if (fd >= 0) close(fd);
   named.set_value();
   helper.join();
-  if (r != 0) log("cuInit: cannot name a helper thread (%s)", strerror(r));
-  return r == 0;
+  return ok;
 }
 }  // namespace
 
@@ -208,7 +223,7 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
   Driver& d = drv();
   std::lock_guard lk(d.mu);
   if (!d.initialized) {
-    if (!name_a_helper_thread()) return CUDA_ERROR_OPERATING_SYSTEM;
+    if (!name_helper_threads()) return CUDA_ERROR_OPERATING_SYSTEM;
     setup_devices(d);
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));

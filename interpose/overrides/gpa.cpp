@@ -9,11 +9,14 @@
 // restore into a new real context), and CONTEXT_CHECKS with slot 2 translating.
 // Because cudart verifies a hash over the table addresses (INTEGRITY_CHECK, docs/driver-facts.md §7),
 // the integrity table is copied too and its answer recomputed for the copies.
+// Every other table, and the other slots of those copies, call the driver through
+// private_calls.hpp, which hands the driver real handles for the virtual ones.
 #include <pthread.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 
 #include <ferry_common/export_tables.hpp>
@@ -21,6 +24,7 @@
 
 #include "../contexts.hpp"
 #include "../log.hpp"
+#include "../private_calls.hpp"
 #include "../shim.hpp"
 #include "shim_decls.hpp"
 
@@ -56,10 +60,44 @@ CUresult (*g_real_primary)(CUcontext*, CUdevice) = nullptr;
 CUresult (*g_real_integrity)(uint32_t, uint64_t, uint64_t*) = nullptr;
 CUresult (*g_real_check)(CUcontext, uint32_t*, void**) = nullptr;
 
-size_t slots_of(const void* table) {
+// Slots of a table that starts with its size word (bytes, that word included); 0 if
+// its first word is not one.
+size_t slots_of(const void* table, size_t max = kMaxSlots) {
   size_t bytes = reinterpret_cast<uintptr_t>(static_cast<void* const*>(table)[0]);
   size_t n = bytes / sizeof(void*);
-  return (n >= 2 && n <= kMaxSlots) ? n : 0;
+  return (bytes % sizeof(void*) == 0 && n >= 2 && n <= max) ? n : 0;
+}
+
+void hex_of(const CUuuid* id, char (&hex)[33]) {
+  for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", static_cast<unsigned char>(id->bytes[i]));
+}
+
+// Slots 1..n-1 of `copy`, all but `skip` (ours), call the driver with real handles.
+void translate_slots(void** copy, size_t n, const CUuuid* id, size_t skip) {
+  char hex[33];
+  hex_of(id, hex);
+  for (size_t i = 1; i < n; i++) {
+    if (i == skip) continue;
+    char what[48];
+    snprintf(what, sizeof what, "export table %.8s slot %zu", hex, i);
+    copy[i] = private_calls::translating(copy[i], what);
+  }
+}
+
+// Tables ferry knows nothing of: a copy whose function slots translate handles, one per
+// table, kept for the life of the process (libraries keep the pointer). A table without
+// a size word cannot be measured and passes through.
+std::map<const void*, void**> g_other_copies;
+const void* translated_copy(const void* table, const CUuuid* id) {
+  size_t n = slots_of(table, 1024);
+  if (!n) return table;
+  void**& copy = g_other_copies[table];
+  if (!copy) {
+    copy = new void*[n];
+    memcpy(copy, table, n * sizeof(void*));
+    translate_slots(copy, n, id, 0);
+  }
+  return copy;
 }
 
 CUresult cudart_primary(CUcontext* pctx, CUdevice dev) {
@@ -151,7 +189,7 @@ CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* i
   CUresult r = real::cuGetExportTable(ppExportTable, id);
   if (id && log::enabled(log::Debug)) {  // which tables libraries fetch: the real-GPU kit reports it
     char hex[33];
-    for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", static_cast<unsigned char>(id->bytes[i]));
+    hex_of(id, hex);
     FERRY_DEBUG("cuGetExportTable %s: %s", hex, r == CUDA_SUCCESS ? "found" : "not found");
   }
   if (r != CUDA_SUCCESS || !ppExportTable || !id || !active()) return r;
@@ -174,6 +212,7 @@ CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* i
         g_real_primary = reinterpret_cast<decltype(g_real_primary)>(g_cudart[2]);
         g_real_integrity = reinterpret_cast<decltype(g_real_integrity)>(g_integrity[1]);
         g_cudart[2] = reinterpret_cast<void*>(&cudart_primary);
+        translate_slots(g_cudart, slots_of(cudart), &a, 2);
         g_integrity[1] = reinterpret_cast<void*>(&integrity_rehash);
         g_have_cudart = g_have_integrity = true;
       } else {
@@ -186,9 +225,12 @@ CUresult ferry::ov::cuGetExportTable(const void** ppExportTable, const CUuuid* i
       memcpy(g_checks, t, slots_of(t) * sizeof(void*));
       g_real_check = reinterpret_cast<decltype(g_real_check)>(g_checks[2]);
       g_checks[2] = reinterpret_cast<void*>(&context_check);
+      translate_slots(g_checks, slots_of(t), id, 2);
       g_have_checks = true;
     }
     if (g_have_checks) *ppExportTable = g_checks;
+  } else {
+    *ppExportTable = translated_copy(t, id);
   }
   return r;
 }

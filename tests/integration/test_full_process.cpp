@@ -210,6 +210,23 @@ TEST_CASE("a job in its own PID namespace: the program is pid 2 under ferry's in
   CHECK(!checksum_line(plain.out).empty());
 }
 
+TEST_CASE("in a job's PID namespace, /proc paths in the job's own numbers name the job's process and threads",
+          "[full-process][namespace]") {
+  // The job keeps the host's /proc, which numbers pids otherwise: the shim rewrites what
+  // names the caller (the real driver writes its threads' names under /proc/self/task).
+  // `exec` keeps the shell's pid, so cat opens /proc/<its own pid>.
+  auto r = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", "/bin/sh", "-c",
+                            "exec cat /proc/$$/status /proc/$$/task/$$/comm /proc/self/task/$$/comm"},
+                           ferry_test::emu_env(), 60);
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(ferry_test::lines_with(r.out, "Name:\tcat").size() == 1);
+  auto nspid = ferry_test::lines_with(r.out, "NSpid:");
+  REQUIRE(nspid.size() == 1);
+  CHECK(nspid[0].substr(nspid[0].rfind('\t') + 1) == "2");  // pid 2, under ferry's init
+  CHECK(ferry_test::lines_with(r.out, "cat").size() == 3);   // the name in both comm files too
+}
+
 TEST_CASE("two jobs at once each have their own control socket", "[full-process][namespace]") {
   ferry_test::Child a(job({}, 400), ferry_test::emu_env());
   ferry_test::Child b(job({}, 400), ferry_test::emu_env());

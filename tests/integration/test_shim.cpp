@@ -77,6 +77,24 @@ TEST_CASE("the shim sees calls made through every path to the driver", "[shim]")
   REQUIRE(lines_with(r.out, "a library with its own static cudart").size() == 1);
 }
 
+TEST_CASE("a library calling the driver's private tables hands it real handles", "[shim]") {
+  // cuBLAS does this with its context and stream; a virtual handle would crash a real driver.
+  const std::vector<std::string> cmd = {kBin + "/tests/programs/private_tables"};
+  auto plain = run(cmd, emu_env());
+  INFO(plain.out << plain.err);
+  REQUIRE(plain.exit_code == 0);
+  auto r = run(under_ferry(cmd, {"--log", "debug"}), emu_env({{"FERRY_EMU_LOG", "1"}}));
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(lines_with(r.out, "private tables: all agree").size() == 1);
+  REQUIRE(lines_with(r.out, ": ok").size() == 7);
+  for (int slot : {3, 4, 5})
+    REQUIRE(lines_with(r.err, "export table 21318c60 slot " + std::to_string(slot) +
+                                  ": called with virtual handles; passed the real ones")
+                .size() == 1);
+  REQUIRE(lines_with(r.err, "is no context of this driver").size() == 1);  // only the value that is none
+}
+
 TEST_CASE("the device-state log of mlp_trainer lists exactly its live objects", "[shim]") {
   const int B = 64, I = 32, H = 64, O = 8, ballast_mb = 6;
   std::string dump = temp_path("dump");

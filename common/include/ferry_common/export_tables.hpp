@@ -25,6 +25,19 @@ inline constexpr Id kToolsTls = id("42d85a8123f6cb478298f6e78a3aecdc");
 inline constexpr Id kContextLocalStorage = id("c693336e1121df11a8c368f355d89593");  // cudart's per-context state
 inline constexpr Id kContextChecks = id("263e88607cd2614392f6bbd5006dfa7e");
 inline constexpr Id kIntegrityCheck = id("d4082055bde6704b8d34ba123c66e1f2");  // integrity.hpp computes its answer
+// Not cudart's: cuBLAS asks the driver about its context and stream through this one
+// (docs/driver-facts.md §7.10). The simulated GPU's slots are its own.
+inline constexpr Id kToolsContext = id("21318c60971432488ca641ff7324c8f2");
+
+// The simulated GPU's TOOLS_CONTEXT layout, which tests/programs/private_tables.cpp calls.
+namespace emu_tools_context {
+inline constexpr unsigned kSlots = 8;
+inline constexpr unsigned kDevice = 3;        // CUresult (CUcontext, CUdevice*)
+inline constexpr unsigned kContextId = 4;     // CUresult (CUcontext, unsigned long long*)
+inline constexpr unsigned kStreamId = 5;      // CUresult (CUcontext, CUstream, unsigned long long*)
+inline constexpr unsigned kData = 7;          // points at kDataWord: tables hold data too
+inline constexpr unsigned long long kDataWord = 0x66657272792d7463ULL;
+}  // namespace emu_tools_context
 
 inline bool same(const void* id_bytes, const Id& want) { return std::memcmp(id_bytes, want.data(), 16) == 0; }
 
