@@ -131,7 +131,9 @@ int reserve_hint() {
                {0x510000000000ull, 2ull << 20},  {0x7e9000000000ull, 1ull << 30}, {0x200000000000ull, 1ull << 30},
                // From which size is a hint honoured? (2 MiB was not, 1 GiB was, on an H200 with driver 580.)
                {0x520000000000ull, 8ull << 20},  {0x530000000000ull, 32ull << 20}, {0x540000000000ull, 128ull << 20},
-               {0x550000000000ull, 512ull << 20}};
+               {0x550000000000ull, 512ull << 20},
+               // The shim's default arena: 2 TiB per device, device 1's right after device 0's.
+               {0x500000000000ull, 2ull << 40},  {0x520000000000ull, 2ull << 40}};
   printf("{\"cases\": [\n");
   bool first = true;
   for (auto& k : cases) {

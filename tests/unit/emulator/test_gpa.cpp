@@ -2,6 +2,11 @@
 // driver exports, per the table generated from the toolkit headers.
 #include <dlfcn.h>
 
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+
 #include "emu_test.hpp"
 
 namespace {
@@ -74,10 +79,13 @@ TEST_CASE("GPA reports missing symbols and too-old versions", "[gpa]") {
   REQUIRE(rc == CUDA_ERROR_NOT_FOUND);
   REQUIRE(lookup("cuNoSuchFunction", 12000, 0, &st, &rc) == nullptr);
   REQUIRE(st == CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
-  // cuLibraryLoadData appeared in 12.0
+  // cuLibraryLoadData appeared in 12.0; driver 580 says so with success and the status
   REQUIRE(lookup("cuLibraryLoadData", 11080, 0, &st, &rc) == nullptr);
   REQUIRE(st == CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
-  REQUIRE(rc == CUDA_ERROR_NOT_FOUND);
+  REQUIRE(rc == CUDA_SUCCESS);
+  // with per-thread streams asked for, a name with per-thread variants gets one or none
+  REQUIRE(lookup("cuMemcpyHtoD", 3020, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &st, &rc) == nullptr);
+  REQUIRE(st == CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
   // A version newer than the driver's own is refused.
   int v = 0;
   REQUIRE(cuDriverGetVersion(&v) == CUDA_SUCCESS);
@@ -97,4 +105,41 @@ TEST_CASE("GPA v1 (4 arguments) works for the 11.3 ABI", "[gpa]") {
   void* p = nullptr;
   REQUIRE(fn("cuMemFree", &p, 3020, 0) == CUDA_SUCCESS);
   REQUIRE(p == exported("cuMemFree_v2"));
+}
+
+TEST_CASE("GPA answers as NVIDIA's driver 580 did on an H200, wherever the emulator has the variant", "[gpa]") {
+  REQUIRE(cuInit(0) == CUDA_SUCCESS);
+  std::ifstream in(std::string(FERRY_TEST_SOURCE_DIR) + "/tests/data/gpa-h200-580.159.04.tsv");
+  REQUIRE(in.good());
+  std::string line;
+  int compared = 0;
+  std::set<std::string> not_simulated;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream f(line);
+    std::string name, variant;
+    int version = 0, result = 0, status = 0;
+    cuuint64_t flags = 0;
+    REQUIRE(static_cast<bool>(f >> name >> version >> flags >> result >> status >> variant));
+    if (variant != "-" && !exported(variant.c_str())) {
+      not_simulated.insert(variant);
+      continue;
+    }
+    INFO(line);
+    CUdriverProcAddressQueryResult st;
+    CUresult rc;
+    void* p = lookup(name.c_str(), version, flags, &st, &rc);
+    CHECK(static_cast<int>(rc) == result);
+    CHECK(static_cast<int>(st) == status);
+    CHECK(p == (variant == "-" ? nullptr : exported(variant.c_str())));
+    compared++;
+  }
+  CHECK(compared == 1701);
+  // What the simulated GPU does not implement: the pre-3.2 ABI, explicit graph building, the linker.
+  const std::set<std::string> known_gaps = {
+      "cuCtxCreate", "cuCtxDestroy", "cuCtxPopCurrent", "cuCtxPushCurrent", "cuDeviceTotalMem",
+      "cuGraphAddKernelNode", "cuGraphAddKernelNode_v2", "cuGraphInstantiate", "cuGraphInstantiate_v2",
+      "cuLinkCreate_v2", "cuMemAlloc", "cuMemFree", "cuMemGetInfo", "cuMemcpy2DAsync", "cuMemcpyDtoDAsync",
+      "cuMemcpyDtoH", "cuMemcpyHtoD", "cuMemcpyHtoDAsync", "cuMemsetD8", "cuModuleGetGlobal"};
+  CHECK(not_simulated == known_gaps);
 }
