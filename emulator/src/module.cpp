@@ -734,14 +734,28 @@ FERRY_EXPORT CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSme
   return CUDA_SUCCESS;
 }
 
-FERRY_EXPORT CUresult cuOccupancyMaxActiveClusters(int* numClusters, CUfunction, const CUlaunchConfig*) {
+namespace {
+// The cluster queries read the function and the configuration's stream as the driver's
+// objects: both must be its own.
+CUresult cluster_query(CUfunction f, const CUlaunchConfig* cfg) {
+  if (!cfg || !f) return CUDA_ERROR_INVALID_VALUE;
+  Context* c = nullptr;
+  CUresult err = CUDA_SUCCESS;
+  if (!resolve_stream(cfg->hStream, &c, &err)) return err;
+  return function_for_launch(f, c, &err) ? CUDA_SUCCESS : err;
+}
+}  // namespace
+
+FERRY_EXPORT CUresult cuOccupancyMaxActiveClusters(int* numClusters, CUfunction f, const CUlaunchConfig* cfg) {
   if (!numClusters) return CUDA_ERROR_INVALID_VALUE;
+  if (CUresult e = cluster_query(f, cfg)) return e;
   *numClusters = 0;
   return CUDA_SUCCESS;
 }
 
-FERRY_EXPORT CUresult cuOccupancyMaxPotentialClusterSize(int* clusterSize, CUfunction, const CUlaunchConfig*) {
+FERRY_EXPORT CUresult cuOccupancyMaxPotentialClusterSize(int* clusterSize, CUfunction f, const CUlaunchConfig* cfg) {
   if (!clusterSize) return CUDA_ERROR_INVALID_VALUE;
+  if (CUresult e = cluster_query(f, cfg)) return e;
   *clusterSize = 1;
   return CUDA_SUCCESS;
 }

@@ -258,6 +258,18 @@ CUresult ferry::ov::cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction f,
   if (r == CUDA_SUCCESS && graphs::maybe_capturing(config->hStream)) record_ex(config->hStream, config, f, params, extra);
   return r;
 }
+// Queries about a launch: nothing to keep, its handles translated.
+CUresult ferry::ov::cuOccupancyMaxActiveClusters(int* n, CUfunction f, const CUlaunchConfig* config) {
+  if (!config) return real::cuOccupancyMaxActiveClusters(n, vh::real(f), config);
+  RealConfig rc(config);
+  return real::cuOccupancyMaxActiveClusters(n, vh::real(f), &rc.cfg);
+}
+CUresult ferry::ov::cuOccupancyMaxPotentialClusterSize(int* n, CUfunction f, const CUlaunchConfig* config) {
+  if (!config) return real::cuOccupancyMaxPotentialClusterSize(n, vh::real(f), config);
+  RealConfig rc(config);
+  return real::cuOccupancyMaxPotentialClusterSize(n, vh::real(f), &rc.cfg);
+}
+
 CUresult ferry::ov::cuLaunchKernelEx_ptsz(const CUlaunchConfig* config, CUfunction f, void** params, void** extra) {
   if (!config) return real::cuLaunchKernelEx_ptsz(config, vh::real(f), params, extra);
   RealConfig rc(config);

@@ -39,7 +39,16 @@ uint64_t worker(CUcontext ctx, CUfunction add_one, int id, int iters) {
   CUevent e;
   ck(cuStreamCreate(&s, id % 2 ? CU_STREAM_NON_BLOCKING : 0), "cuStreamCreate");
   ck(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
-  uint64_t sum = 0;
+  // The cluster queries cuBLASLt makes: a function and a stream inside a configuration.
+  CUlaunchConfig cfg{};
+  cfg.gridDimX = cfg.gridDimY = cfg.gridDimZ = 1;
+  cfg.blockDimX = 256;
+  cfg.blockDimY = cfg.blockDimZ = 1;
+  cfg.hStream = s;
+  int clusters = -1, cluster_size = -1;
+  ck(cuOccupancyMaxActiveClusters(&clusters, add_one, &cfg), "cuOccupancyMaxActiveClusters");
+  ck(cuOccupancyMaxPotentialClusterSize(&cluster_size, add_one, &cfg), "cuOccupancyMaxPotentialClusterSize");
+  uint64_t sum = static_cast<uint64_t>(clusters) * 7 + static_cast<uint64_t>(cluster_size);
   for (int it = 0; it < iters; it++) {
     // Just over 1 MiB (its own piece of the arena), and two sizes that share chunks.
     size_t n = (it % 3 == 0) ? 270000 : (it % 3 == 1) ? 700 : 3000;
