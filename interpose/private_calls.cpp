@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "gate.hpp"
 #include "handles.hpp"
 #include "log.hpp"
 
@@ -99,6 +100,10 @@ extern char ferry_private_stubs[];
 // Called by the common routine with the saved argument registers; returns where to go.
 __attribute__((visibility("hidden"), used)) uintptr_t ferry_private_translate(uint64_t* regs, uint32_t index) {
   Thunk& t = g_thunks[index];
+  // Through the gate and out again: a stopped world holds the call here, and after a
+  // restore the thread re-syncs its contexts before the handles are read.
+  ferry::gate::enter();
+  ferry::gate::exit();
   bool any = false;
   for (int i = 0; i < 6; i++) {
     if (!ferry::vh::is_virtual(regs[i])) continue;

@@ -20,7 +20,9 @@
 //   they pass through every later call unchanged, untracked.
 // - Not done: handles inside structures passed by pointer, and device ordinals (the
 //   device map) -- neither can be told apart without the signature. A private call
-//   also does not pass the gate, so a checkpoint does not wait for one.
+//   passes the gate on its way in (a stopped world holds it; after a restore the
+//   thread re-syncs first) but is not marked in flight, so a stop-the-world that
+//   begins during one does not wait for it to return.
 // - x86-64 only; elsewhere slots are handed out unchanged.
 #pragma once
 

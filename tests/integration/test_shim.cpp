@@ -93,6 +93,26 @@ TEST_CASE("a library calling the driver's private tables hands it real handles",
                                   ": called with virtual handles; passed the real ones")
                 .size() == 1);
   REQUIRE(lines_with(r.err, "is no context of this driver").size() == 1);  // only the value that is none
+
+  // Suspended and resumed in between, the process has new real contexts and streams:
+  // the same virtual handles must reach the driver as the new ones.
+  std::string go = temp_path("go");
+  ferry_test::Child c(under_ferry({kBin + "/tests/programs/private_tables", "--wait-for", go}), emu_env());
+  REQUIRE(c.wait_for("waiting"));
+  for (const char* op : {"suspend", "resume"}) {
+    auto o = run({kFerry, op, std::to_string(c.pid())}, emu_env());
+    INFO(op << ": " << o.err);
+    REQUIRE(o.exit_code == 0);
+  }
+  { std::ofstream(go) << "go"; }
+  auto done = c.finish();
+  std::remove(go.c_str());
+  INFO(done.out << done.err);
+  REQUIRE(done.exit_code == 0);
+  REQUIRE(lines_with(done.out, ": ok").size() == 14);
+  auto ids = lines_with(done.out, "stream id:");
+  REQUIRE(ids.size() == 2);
+  CHECK(ids[0] != ids[1]);  // the driver's new stream answered the second time
 }
 
 TEST_CASE("the device-state log of mlp_trainer lists exactly its live objects", "[shim]") {
