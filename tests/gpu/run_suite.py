@@ -42,6 +42,11 @@ class Skipped(Exception):
 def env_for(extra=None, emulated_direct=False):
     e = dict(os.environ)
     e.pop("LD_PRELOAD", None)
+    # A native stack on stderr if it crashes (no debugger on the GPU machines).
+    crash = os.path.join(A.build, "tests/gpu/libferry_crash_report.so")
+    if os.path.exists(crash):
+        e["LD_PRELOAD"] = crash
+    e["PYTHONFAULTHANDLER"] = "1"
     e["FERRY_CONTROL_TIMEOUT"] = e.get("FERRY_CONTROL_TIMEOUT", "120")
     if emulated_direct:  # a program run on the simulated GPU without the shim
         e["LD_LIBRARY_PATH"] = os.path.join(A.build, "emulator/lib") + ":" + e.get("LD_LIBRARY_PATH", "")
@@ -62,7 +67,9 @@ def run(cmd, timeout, extra_env=None, direct=False, check=True):
     except subprocess.TimeoutExpired as e:
         raise Failed(f"{' '.join(cmd[:3])}... did not finish within {timeout} s") from e
     if check and p.returncode != 0:
-        raise Failed(f"{' '.join(cmd)} exited {p.returncode}: {(p.stderr or p.stdout).strip()[-600:]}")
+        crash = [ln for ln in p.stderr.splitlines() if ln.startswith("crash-report:")]
+        said = "\n".join(crash[:24]) + "\n" if crash else ""
+        raise Failed(f"{' '.join(cmd)} exited {p.returncode}: {said}{(p.stderr or p.stdout).strip()[-600:]}")
     return p.returncode, p.stdout, p.stderr
 
 
