@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
 # CRIU for the whole-process path. Idempotent: prints the path of a working criu.
 #
-# A system criu >= 4 that passes `criu check` is used as it is. Otherwise CRIU 4.1.1
+# A system criu >= 4.2 that passes `criu check` is used as it is. Otherwise CRIU 4.2.1
 # is built from Debian's own source into a private prefix (.deps/criu/ in the
-# repository, or $FERRY_CRIU_PREFIX): bookworm's criu 3.17 fails on current kernels
-# and trixie's binary needs a newer glibc (docs/driver-facts.md §15). The source is
-# fetched through a private apt configuration -- a trixie deb-src line on the mirror
-# this machine already uses, checked against Debian's archive keyring -- so the
-# system's apt sources are never touched. The build needs only bookworm -dev packages
-# (installed pinned to bookworm) and takes well under two minutes on two cores.
+# repository, or $FERRY_CRIU_PREFIX). Why 4.2: on Linux >= 6.16 CRIU 4.1 cannot dump
+# any TCP or UDP socket (it asks every socket for SO_PASSCRED, which those kernels
+# refuse for them: "Can't get 1:16 opt: Operation not supported"); bookworm's criu 3.17
+# fails on current kernels altogether (docs/driver-facts.md §15). 4.2.1 is in Debian
+# forky and sid; only its upstream tarball is used, fetched through a private apt
+# configuration -- deb-src lines on the mirror this machine already uses, checked
+# against Debian's archive keyring -- so the system's apt sources are never touched.
+# The build needs only bookworm packages (installed pinned to bookworm) and takes
+# well under two minutes on two cores.
 #   FERRY_CRIU           use this criu binary and build nothing
 #   FERRY_CRIU_PREFIX    where to build (default: .deps/criu under the repository)
+#   FERRY_CRIU_VERSION   the upstream version to build (default 4.2.1; when Debian no
+#                        longer has it, the newest >= 4.2 it has)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf 'criu-setup: %s\n' "$*" >&2; }
-version=4.1.1
+want=${FERRY_CRIU_VERSION:-4.2.1}
+oldest=4.2  # the first CRIU that dumps TCP/UDP sockets on Linux >= 6.16
 
-works() {  # criu binary -> 0 when it is >= 4 and `criu check` is happy (needs root)
+works() {  # criu binary -> 0 when it is >= $oldest and `criu check` is happy (needs root)
   local v
-  v=$("$1" --version 2>/dev/null | sed -n 's/^Version: \([0-9]*\)\..*/\1/p')
-  [[ -n $v && $v -ge 4 ]] || return 1
+  v=$("$1" --version 2>/dev/null | sed -n 's/^Version: \([0-9.]*\).*/\1/p')
+  [[ -n $v ]] && dpkg --compare-versions "$v" ge "$oldest" || return 1
   "$1" check >/dev/null 2>&1
 }
 
 if [[ -n ${FERRY_CRIU:-} ]]; then
-  works "$FERRY_CRIU" || { say "FERRY_CRIU=$FERRY_CRIU is not a CRIU >= 4 that passes 'criu check'"; exit 1; }
+  works "$FERRY_CRIU" || { say "FERRY_CRIU=$FERRY_CRIU is not a CRIU >= $oldest that passes 'criu check'"; exit 1; }
   echo "$FERRY_CRIU"
   exit 0
 fi
@@ -42,8 +48,8 @@ if [[ -x $prefix/criu ]] && works "$prefix/criu"; then
   exit 0
 fi
 
-deps=(make gcc pkg-config xz-utils libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev libnl-3-dev libnet1-dev
-      libcap-dev libbsd-dev)
+deps=(make gcc pkg-config xz-utils libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libnl-3-dev
+      libnet1-dev libcap-dev libbsd-dev)
 missing=()
 for p in "${deps[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,18 +68,40 @@ if [[ -z $uri ]]; then
   exit 1
 fi
 mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
-echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" >"$work/sources.list"
+for suite in forky sid; do
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main"
+done >"$work/sources.list"
 apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/nonexistent
           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Debug::NoLocking=1
           -o APT::Sandbox::User=root)
-say "fetching CRIU $version's source from Debian (trixie)"
+say "looking for CRIU $want's source in Debian (forky, sid)"
 apt-get "${apt_opts[@]}" update -qq >/dev/null
+# Debian versions on offer ("4.2.1-1"): the one asked for, else the newest >= $oldest
+# (testing and unstable move on, and their pool keeps only what they list).
+mapfile -t offered < <(apt-cache "${apt_opts[@]}" showsrc criu 2>/dev/null | sed -n 's/^Version: *//p' | sort -u)
+pick=""
+for v in "${offered[@]}"; do
+  [[ ${v%-*} == "$want" ]] && pick=$v
+done
+if [[ -z $pick ]]; then
+  for v in "${offered[@]}"; do
+    dpkg --compare-versions "${v%-*}" ge "$oldest" || continue
+    if [[ -z $pick ]] || dpkg --compare-versions "$v" gt "$pick"; then pick=$v; fi
+  done
+  [[ -n $pick ]] && say "Debian no longer has CRIU $want; building ${pick%-*}, the newest it has"
+fi
+if [[ -z $pick ]]; then
+  say "Debian (forky, sid on $uri) offers no CRIU >= $oldest (found: ${offered[*]:-none}); install one and set FERRY_CRIU"
+  exit 1
+fi
+version=${pick%-*}
+version=${version#*:}
 # Only the upstream tarball is needed (Debian's packaging files are not used); apt
 # checks it against the signed index whatever happens to the others.
-(cd "$work" && apt-get "${apt_opts[@]}" source --download-only -qq "criu=$version-1" >/dev/null 2>&1) || true
+(cd "$work" && apt-get "${apt_opts[@]}" source --download-only -qq "criu=$pick" >/dev/null 2>&1) || true
 tarball="$work/criu_$version.orig.tar.xz"
 if [[ ! -f $tarball ]]; then
-  say "could not download criu_$version.orig.tar.xz from $uri (trixie)"
+  say "could not download criu_$version.orig.tar.xz from $uri"
   exit 1
 fi
 mkdir -p "$work/src"

@@ -76,7 +76,7 @@ case $ver in
   *) say "CUDA toolkit at $CUDA_HOME is $ver; ferry needs 13.x" >&2; exit 1 ;;
 esac
 
-# CRIU for whole-process dumps: a system CRIU >= 4 that passes `criu check`, else 4.1.1
+# CRIU for whole-process dumps: a system CRIU >= 4.2 that passes `criu check`, else 4.2.1
 # built once from Debian's source into .deps/criu (scripts/criu-setup.sh).
 if [[ $(id -u) -eq 0 ]]; then
   if ! criu=$("$root/scripts/criu-setup.sh"); then
