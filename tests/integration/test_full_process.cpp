@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fake_criu.hpp"
 #include "process.hpp"
 #include "temp_dir.hpp"
 
@@ -38,17 +39,9 @@ nlohmann::json check(std::map<std::string, std::string> env = {}) {
   return j["full_process"];
 }
 
-// A stand-in criu that answers --version and check as told.
 std::string fake_criu(const ferry_test::TempDir& t, const std::string& version, const std::string& check_output,
                       int check_rc) {
-  std::string p = t / "criu";
-  std::ofstream(p) << "#!/bin/sh\n"
-                   << "case \"$1\" in\n"
-                   << "  --version) echo 'Version: " << version << "';;\n"
-                   << "  check) echo '" << check_output << "'; exit " << check_rc << ";;\n"
-                   << "esac\n";
-  chmod(p.c_str(), 0755);
-  return p;
+  return ferry_test::fake_criu(t.path, version, check_output, check_rc);
 }
 
 // The CRIU scripts/setup.sh provides, run as ferry runs it: where hardware
@@ -64,7 +57,7 @@ const std::string& criu() {
   return path;
 }
 
-const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU to a CRIU >= 4";
+const std::string kFix = "run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2";
 
 // `criu restore` of the images in dir, in the foreground: criu stays the restored
 // tree's parent (the job's init dies with its parent). Returns once criu's log says
@@ -126,6 +119,19 @@ TEST_CASE("a missing or unusable CRIU is named with the fix", "[full-process][cr
     CHECK(f["criu"]["check"] == "failed: Error (criu/vdso.c:1): vdso: Unexpected rt vDSO area bounds");
     CHECK(f["problems"][0] == "'" + c + " check' failed on this kernel: Error (criu/vdso.c:1): vdso: Unexpected rt vDSO "
                                         "area bounds; " + kFix);
+  }
+  SECTION("4.1, which cannot dump TCP or UDP sockets on Linux 6.16 and later: a warning there, nothing before") {
+    std::string c = fake_criu(t, "4.1.1", "Looks good.", 0);
+    auto f = check({{"FERRY_CRIU", c}});
+    CHECK(f["problems"].empty());
+    CHECK(f["ready"] == true);
+    if (ferry_test::kernel_at_least(6, 16)) {
+      REQUIRE(f["warnings"].size() == 1);
+      CHECK(f["warnings"][0] == "CRIU 4.1.1 cannot dump TCP or UDP sockets on Linux " + ferry_test::kernel_release() +
+                                    " (4.2 or newer can): jobs that hold any are refused; " + kFix);
+    } else {
+      CHECK(f["warnings"].empty());
+    }
   }
   SECTION("not CRIU at all") {
     auto f = check({{"FERRY_CRIU", "/bin/true"}});

@@ -10,17 +10,20 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "fake_criu.hpp"
 #include "process.hpp"
 #include "temp_dir.hpp"
 
@@ -203,6 +206,133 @@ TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped a
   CHECK(got == want);
 }
 
+// Every line of a text, sorted: the output of workers that interleave differently.
+std::vector<std::string> sorted_lines(const std::string& text) {
+  std::vector<std::string> v;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) v.push_back(line);
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+TEST_CASE("torchrun's shape over TCP: a launcher, its TCP store and a worker on each GPU, all in the job, dumped at a "
+          "random step, killed and restored onto the other GPUs -- every line once, bit-identical",
+          "[process-image][criu][tcp]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kLauncher, "--tcp-store", "2", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kLauncher, "--tcp-store", "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}),
+                      ferry_test::emu_env());
+  int step = random_step(3, 30);
+  INFO("dumped at step " << step);
+  REQUIRE(c.wait_for("[worker 1] step " + std::to_string(step) + " loss"));
+  // ferry check sees the store's listener and both ends of its connection, all inside.
+  pid_t launcher = program_of(c.pid());
+  auto chk = ferry_test::run({kFerry, "check", std::to_string(children_of(launcher).back()), "--format", "json"},
+                             ferry_test::emu_env(), 60);
+  auto fp = nlohmann::json::parse(chk.out)["full_process"];
+  INFO(fp.dump());
+  CHECK(fp["dumpable"] == true);
+  REQUIRE(fp["sockets"]["listening"].size() == 1);
+  std::string listen = fp["sockets"]["listening"][0];
+  CHECK(listen.rfind("127.0.0.1:", 0) == 0);
+  REQUIRE(fp["sockets"]["connections"].size() == 2);
+  CHECK(fp["sockets"]["connections"][0]["local"] == fp["sockets"]["connections"][1]["remote"]);
+  CHECK((fp["sockets"]["connections"][0]["local"] == listen || fp["sockets"]["connections"][1]["local"] == listen));
+
+  if (ferry_test::kernel_at_least(6, 16)) {
+    // A CRIU before 4.2 cannot dump the job's sockets on this kernel: refused up front.
+    std::string old = ferry_test::fake_criu(t.path, "4.1.1", "Looks good.", 0);
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"},
+                             ferry_test::emu_env({{"FERRY_CRIU", old}}), 60);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: cannot dump job " + std::to_string(children_of(c.pid()).at(0)) +
+                       ": it holds TCP or UDP sockets, which CRIU 4.1.1 cannot dump on Linux " +
+                       ferry_test::kernel_release() +
+                       " (it needs CRIU 4.2 or newer there); run scripts/setup.sh as root (it builds CRIU 4.2.1) or "
+                       "set FERRY_CRIU to a CRIU >= 4.2. Nothing was done; the job goes on running\n");
+    CHECK(!fs::exists(t / "img.partial"));
+  }
+  auto d = dump(c.pid(), t / "img");
+  CHECK(d["processes"] == 5);  // init, launcher, store, two workers
+  CHECK(d["cuda_processes"] == 2);
+  auto gone = c.finish();
+  CHECK(gone.exit_code == 128 + SIGKILL);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["version"] == 2);  // an older ferry would not bring the connections back: it refuses the image
+  CHECK(m["sockets"]["listening"] == fp["sockets"]["listening"]);
+  CHECK(m["sockets"]["connections"].size() == 2);
+
+  auto r = restore(t / "img", {"--device-map", "1,0"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  // What the store printed before the dump and after the restore: each line once, as
+  // in the run without ferry (a line lost or doubled over TCP would show; so would a
+  // missing answer, which makes the launcher exit 3).
+  CHECK(sorted_lines(gone.out + r.out) == sorted_lines(plain.out));
+  CHECK(checksums(plain.out, "weights checksum").size() == 2);
+  for (auto& p : report_of(r)["processes"]) CHECK(p["status"]["memory_by_gpu"].size() == 1);
+}
+
+TEST_CASE("a TCP job dumped with --leave-running goes on; its image is refused here while the original holds its "
+          "ports, naming them",
+          "[process-image][criu][tcp]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kLauncher, "--tcp-store", "2", kMlp, "--steps", "80"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kLauncher, "--tcp-store", "2", kMlp, "--steps", "80", "--step-delay-ms", "20"}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("[worker 0] step " + std::to_string(random_step(3, 20)) + " loss"));
+  auto d = dump(c.pid(), t / "img", {"--leave-running"});
+  CHECK(d["left_running"] == true);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  std::string listen = m["sockets"]["listening"][0];
+  auto refused = restore_text(t / "img");
+  INFO(refused.err);
+  CHECK(refused.exit_code == 75);  // try again later
+  CHECK(refused.err.find("ferry: cannot restore the job of " + (t / "img") + " here: " + listen +
+                         ", where the job listened: something on this machine holds it already") == 0);
+  CHECK(refused.err.find("exists on this machine already (held by another copy of the job?)") != std::string::npos);
+  CHECK(refused.err.find("Nothing was started; the image is untouched") != std::string::npos);
+  // The original was stopped by CRIU with its sockets in repair mode, and got them back:
+  // it ends as if nothing happened.
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(sorted_lines(done.out) == sorted_lines(plain.out));
+  // Its connections closed normally, and their TIME_WAIT keeps the port a while.
+  auto later = restore_text(t / "img");
+  CHECK(later.exit_code == 75);
+  CHECK(later.err.find(listen + ", where the job listened: connections on it closed moments ago block it (TIME_WAIT, "
+                                "at most a minute)") != std::string::npos);
+}
+
+TEST_CASE("a job whose output goes to Unix sockets (a service's journald stream) is dumped; restored, its output "
+          "goes to the restorer",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c({kBin + "/tests/programs/sock_stdio", kFerry, "run", "--emulator", "--pid-namespace", "--", kMlp,
+                       "--steps", "100", "--step-delay-ms", "20"},
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 40)) + " loss"));
+  dump(children_of(c.pid()).at(0), t / "img");
+  auto gone = c.finish();
+  CHECK(gone.exit_code == 128 + SIGKILL);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  REQUIRE(m["stdio"].size() == 3);
+  CHECK(m["stdio"][1]["kind"] == "socket");
+  CHECK(m["stdio"][2]["kind"] == "socket");
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(gone.out + r.out == plain.out);
+}
+
 TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on one GPU, the trainer on a third GPU",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
@@ -336,8 +466,8 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
     auto r = try_dump({{"FERRY_CRIU", t / "nowhere/criu"}});
     CHECK(r.exit_code == 78);
     CHECK(r.err == "ferry: CRIU not found: " + (t / "nowhere/criu") +
-                       " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU "
-                       "to a CRIU >= 4 (ferry check says more)\n");
+                       " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU "
+                       "to a CRIU >= 4.2 (ferry check says more)\n");
   }
   // A disk (tmpfs) that holds less than the image: the GPU half (2 MiB) does not fit
   // in 1 MiB; in 3 MiB it does, and CRIU runs out of space after it.
@@ -356,47 +486,92 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
       umount2((t / "small").c_str(), MNT_DETACH);
     }
   }
-  SECTION("a TCP connection to outside the job, which CRIU cannot dump") {
-    c.finish();  // this section runs its own job: a launcher holding a connection
-    int ls = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    socklen_t len = sizeof a;
-    getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
-    listen(ls, 4);
-    auto plain1 = ferry_test::run({kLauncher, "1", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
-    ferry_test::Child j(job({kLauncher, "--connect", std::to_string(ntohs(a.sin_port)), "1", kMlp, "--steps", "100",
-                             "--step-delay-ms", "20"}),
+  // Connections to outside the job: refused by name before anything stops.
+  for (const char* kind : {"TCP", "Unix"}) {
+    DYNAMIC_SECTION("a " << kind << " connection to outside the job, which CRIU cannot dump") {
+      c.finish();  // this section runs its own job: a launcher holding a connection
+      bool tcp = std::string(kind) == "TCP";
+      int ls = socket(tcp ? AF_INET : AF_UNIX, SOCK_STREAM, 0);
+      std::string to, peer_name;
+      if (tcp) {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        socklen_t len = sizeof a;
+        getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
+        to = std::to_string(ntohs(a.sin_port));
+        peer_name = "127.0.0.1:" + to + " to outside the job: CRIU cannot dump it without its peer";
+      } else {
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        to = t / "daemon.sock";
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", to.c_str());
+        REQUIRE(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        peer_name = "is connected to a Unix socket outside the job (" + to + "): CRIU cannot dump it without its peer";
+      }
+      listen(ls, 4);
+      auto plain1 = ferry_test::run({kLauncher, "1", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+      ferry_test::Child j(job({kLauncher, "--connect", to, "1", kMlp, "--steps", "100", "--step-delay-ms", "20"}),
+                          ferry_test::emu_env());
+      int peer = accept(ls, nullptr, nullptr);  // established, not in flight
+      REQUIRE(peer >= 0);
+      REQUIRE(j.wait_for("step 3 loss"));
+      // ferry check PID names it before anyone tries.
+      pid_t launcher = children_of(children_of(j.pid()).at(0)).at(0);
+      pid_t worker = children_of(launcher).at(0);
+      auto chk = ferry_test::run({kFerry, "check", std::to_string(worker), "--format", "json"}, ferry_test::emu_env(), 60);
+      auto fp = nlohmann::json::parse(chk.out)["full_process"];
+      INFO(fp.dump());
+      CHECK(fp["dumpable"] == false);
+      REQUIRE(fp["problems"].size() == 2);  // the worker inherited the launcher's socket
+      std::string l0 = fp["problems"][0], l1 = fp["problems"][1];
+      if (l0.find("(launcher,") == std::string::npos) std::swap(l0, l1);
+      CHECK(l0.rfind("process " + std::to_string(launcher) + " (launcher, fd ", 0) == 0);
+      CHECK(l1.rfind("process " + std::to_string(worker) + " (mlp_trainer, fd ", 0) == 0);
+      for (auto& p : {l0, l1}) {
+        CHECK(p.find(peer_name) != std::string::npos);
+        CHECK(p.find("; close it before a dump") != std::string::npos);
+      }
+      auto r = ferry_test::run({kFerry, "dump", std::to_string(j.pid()), t / "img"}, ferry_test::emu_env(), 180);
+      INFO(r.err);
+      CHECK(r.exit_code == 78);
+      CHECK(r.err.rfind("ferry: cannot dump job " + std::to_string(children_of(j.pid()).at(0)) + ": process ", 0) == 0);
+      CHECK(r.err.find(peer_name) != std::string::npos);
+      CHECK(r.err.find(". Nothing was done; the job goes on running\n") != std::string::npos);
+      CHECK(!fs::exists(t / "img"));
+      CHECK(!fs::exists(t / "img.partial"));
+      auto done = j.finish();
+      CHECK(done.exit_code == 0);
+      CHECK(checksums(done.out, "weights checksum") == checksums(plain1.out, "weights checksum"));
+      close(peer);
+      close(ls);
+      return;
+    }
+  }
+  // What ferry does not know CRIU refuses by itself, once the GPU state is released:
+  // a deleted file larger than CRIU's ghost limit. Everything is rolled back.
+  SECTION("something CRIU refuses on its own: its error, its log kept, the job back on its GPUs") {
+    c.finish();
+    std::string ghost = t / "ghost";
+    ferry_test::Child j(job({"/bin/sh", "-c",
+                             "exec 3<>" + ghost + "; rm " + ghost + "; head -c 2097152 /dev/zero >&3; exec " + kMlp +
+                                 " --steps 150 --step-delay-ms 20"}),
                         ferry_test::emu_env());
-    int peer = accept(ls, nullptr, nullptr);  // established, not in flight
-    REQUIRE(peer >= 0);
     REQUIRE(j.wait_for("step 3 loss"));
-    // ferry check PID names it before anyone tries.
-    pid_t launcher = children_of(children_of(j.pid()).at(0)).at(0);
-    pid_t worker = children_of(launcher).at(0);
-    auto chk = ferry_test::run({kFerry, "check", std::to_string(worker), "--format", "json"}, ferry_test::emu_env(), 60);
-    auto fp = nlohmann::json::parse(chk.out)["full_process"];
-    CHECK(fp["dumpable"] == false);
-    REQUIRE(fp["problems"].size() == 2);  // the worker inherited the launcher's socket
-    CHECK(fp["problems"][0].get<std::string>().rfind("process " + std::to_string(launcher) + " (launcher, fd ", 0) == 0);
-    CHECK(fp["problems"][1].get<std::string>().rfind("process " + std::to_string(worker) + " (mlp_trainer, fd ", 0) == 0);
-    for (auto& p : fp["problems"])
-      CHECK(p.get<std::string>().find(") holds an established TCP connection: CRIU cannot dump it; close it before a "
-                                      "dump") != std::string::npos);
     auto r = ferry_test::run({kFerry, "dump", std::to_string(j.pid()), t / "img"}, ferry_test::emu_env(), 180);
     INFO(r.err);
     CHECK(r.exit_code == 78);
-    CHECK(r.err.find("criu dump failed") != std::string::npos);
+    CHECK(r.err.find("ferry: dump failed: criu dump failed (exit 1): ") == 0);
+    CHECK(r.err.find("Can't dump ghost file " + ghost + " of 2097152 size") != std::string::npos);
     CHECK(r.err.find("Dumping FAILED. (whole log: " + (t / "img.dump.log") + ")") != std::string::npos);
     CHECK(fs::exists(t / "img.dump.log"));
     CHECK(r.err.find("the job goes on running on its GPUs, nothing was written") != std::string::npos);
+    CHECK(!fs::exists(t / "img"));
+    CHECK(!fs::exists(t / "img.partial"));
     auto done = j.finish();
     CHECK(done.exit_code == 0);
-    CHECK(checksums(done.out, "weights checksum") == checksums(plain1.out, "weights checksum"));
-    close(peer);
-    close(ls);
+    CHECK(checksums(done.out) == checksums(plain.out));
     return;
   }
   CHECK(!fs::exists(t / "img"));
@@ -508,7 +683,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     auto r = restore_text(d);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
-                         "format 1: use that ferry or a newer one") != std::string::npos);
+                         "format 2: use that ferry or a newer one") != std::string::npos);
   }
   // Whatever was refused, the image itself still restores.
   auto v = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);

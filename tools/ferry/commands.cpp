@@ -392,8 +392,16 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
   } else {
     if (pid > 0) {
       printf("process %d: %s, devices %s\n", pid, report.value("state", "?").c_str(), devices_text(report).c_str());
-      for (auto& p : report["full_process"]["problems"])
-        printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+      auto& fp = report["full_process"];
+      for (auto& p : fp["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+      if (fp.contains("sockets")) {
+        auto& sk = fp["sockets"];
+        std::string ls;
+        for (auto& l : sk["listening"]) ls += (ls.empty() ? "" : ", ") + l.get<std::string>();
+        if (!ls.empty() || !sk["connections"].empty())
+          printf("the job's TCP sockets: listening on %s; %zu connection end(s) inside the job (dumped with them)\n",
+                 ls.empty() ? "nothing" : ls.c_str(), sk["connections"].size());
+      }
       printf("%s\n", report["full_process"].value("dumpable", false) ? "whole-process dump (ferry dump): possible"
                                                                     : "whole-process dump (ferry dump): not possible");
     } else {
@@ -415,6 +423,8 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
              c.value("path", "?").c_str(), c.value("version", "?").c_str(), c.value("check", "not run").c_str(),
              f.value("driver_checkpoint_api", false) ? "present" : "missing");
       for (auto& p : f["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+      for (auto& w : f.value("warnings", nlohmann::json::array()))
+        printf("whole-process warning: %s\n", w.get<std::string>().c_str());
       printf("%s\n", f.value("ready", false) ? "whole-process dumps: ready" : "whole-process dumps: not ready");
     }
   }

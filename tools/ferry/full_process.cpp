@@ -15,6 +15,8 @@
 
 #include <ferry_common/settings.hpp>
 
+#include "sockets.hpp"
+
 namespace ferry::cli {
 
 namespace {
@@ -101,7 +103,7 @@ bool probe_breakpoints() {
 #endif
 }
 
-constexpr const char* kFix = "run scripts/setup.sh as root (it builds CRIU 4.1.1) or set FERRY_CRIU to a CRIU >= 4";
+constexpr const char* kFix = "run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2";
 
 }  // namespace
 
@@ -131,7 +133,7 @@ void prepare_criu_environment() {
 
 nlohmann::json full_process_report(void* driver) {
   nlohmann::json j;
-  std::vector<std::string> problems;
+  std::vector<std::string> problems, warnings;
   std::string criu = criu_path();
   nlohmann::json c = {{"path", criu}};
   if (access(criu.c_str(), X_OK) != 0) {
@@ -155,6 +157,9 @@ nlohmann::json full_process_report(void* driver) {
       c["check"] = rc == 0 ? "passed" : "failed: " + last_line(out);
       if (rc != 0) problems.push_back("'" + criu + " check' failed on this kernel: " + last_line(out) + "; " + kFix);
     }
+    if (major >= 4 && !criu_dumps_inet_sockets(version))
+      warnings.push_back("CRIU " + version + " cannot dump TCP or UDP sockets on Linux " + kernel_release() +
+                         " (4.2 or newer can): jobs that hold any are refused; " + kFix);
   }
   c["hardware_breakpoints"] = hardware_breakpoints_work();
   j["criu"] = c;
@@ -166,6 +171,7 @@ nlohmann::json full_process_report(void* driver) {
   if (!api)
     problems.push_back("the CUDA driver has no checkpoint API (cuCheckpointProcess*: CUDA 12.8, driver r570 or newer)");
   j["problems"] = problems;
+  j["warnings"] = warnings;
   j["ready"] = problems.empty();
   return j;
 }

@@ -3,7 +3,8 @@
 //
 // CRIU is found as FERRY_CRIU, else `criu` on PATH, else the private build that
 // scripts/criu-setup.sh makes (FERRY_DEFAULT_CRIU, compiled in). It must be >= 4 and
-// pass `criu check` (as root). The driver must have NVIDIA's checkpoint API
+// pass `criu check` (as root); set-up builds 4.2.1, the first that dumps TCP and UDP
+// sockets on Linux >= 6.16. The driver must have NVIDIA's checkpoint API
 // (cuCheckpointProcess*, CUDA 12.8 / driver r570 and later): ferry releases the GPU
 // state itself, and the API makes the driver drop what is left before CRIU dumps.
 //
@@ -24,7 +25,7 @@ namespace ferry::cli {
 
 // The criu binary to use (it may not exist; criu_report says why it cannot be used).
 std::string criu_path();
-// What `criu --version` says ("4.1.1"), "" when it does not answer like CRIU.
+// What `criu --version` says ("4.2.1"), "" when it does not answer like CRIU.
 std::string criu_version(const std::string& criu);
 
 // Whether a hardware breakpoint set through ptrace fires on this machine (probed once).
@@ -35,7 +36,8 @@ bool hardware_breakpoints_work();
 void prepare_criu_environment();
 
 // {"criu": {"path", "version", "check", "hardware_breakpoints"}, "driver_checkpoint_api": bool, "ready": bool,
-//  "problems": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr.
+//  "problems": [...], "warnings": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr. A warning
+// names what limits dumps without ruling them out (a CRIU that cannot dump TCP sockets here).
 nlohmann::json full_process_report(void* driver);
 
 }  // namespace ferry::cli

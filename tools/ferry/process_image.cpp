@@ -35,6 +35,7 @@
 #include "job.hpp"
 #include "output.hpp"
 #include "paths.hpp"
+#include "sockets.hpp"
 
 namespace fs = std::filesystem;
 
@@ -149,12 +150,26 @@ std::vector<Task> tree_of(pid_t init) {
 
 // ---- the job's stdio ---------------------------------------------------------------------------
 
-// How CRIU names what fd of pid is open on, for --external at a dump and --inherit-fd
-// at a restore; "" for what CRIU dumps by itself.
+// How CRIU names what fd of pid is open on: `external` for --external at a dump (""
+// when CRIU takes it as it is), `key` for --inherit-fd at a restore.
 struct Stdio {
   int fd = 0;
-  std::string kind, key, what;
+  uint64_t ino = 0;
+  std::string kind, key, external, what;
 };
+
+bool is_unix_socket(pid_t pid, uint64_t ino) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/net/unix");
+  std::string line, tok;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::istringstream w(line);
+    for (int i = 0; i < 7 && (w >> tok); i++) {
+    }
+    if (strtoull(tok.c_str(), nullptr, 10) == ino) return true;
+  }
+  return false;
+}
 
 std::vector<Stdio> stdio_of(pid_t pid) {
   std::vector<Stdio> v;
@@ -167,9 +182,17 @@ std::vector<Stdio> stdio_of(pid_t pid) {
     buf[n] = 0;
     Stdio s;
     s.fd = fd;
+    s.ino = sb.st_ino;
     s.what = buf;
     char k[96];
-    if (S_ISFIFO(sb.st_mode)) {
+    if (S_ISSOCK(sb.st_mode)) {
+      // A Unix socket (a service's journald stream, a supervisor's socketpair): its peer
+      // stays outside. Any other socket is left to the socket check, which refuses it.
+      if (!is_unix_socket(pid, sb.st_ino)) continue;
+      snprintf(k, sizeof k, "socket:[%llu]", static_cast<unsigned long long>(sb.st_ino));
+      s.kind = "socket";
+      s.external = "unix[" + std::to_string(sb.st_ino) + "]";
+    } else if (S_ISFIFO(sb.st_mode)) {
       // CRIU matches a pipe by the name /proc shows ("pipe:[INODE]"), whatever its
       // --help says.
       snprintf(k, sizeof k, "pipe:[%llu]", static_cast<unsigned long long>(sb.st_ino));
@@ -178,18 +201,39 @@ std::vector<Stdio> stdio_of(pid_t pid) {
       snprintf(k, sizeof k, "tty[%llx:%llx]", static_cast<unsigned long long>(sb.st_rdev),
                static_cast<unsigned long long>(sb.st_dev));
       s.kind = "tty";
+      s.external = k;
     } else if (S_ISREG(sb.st_mode) || S_ISCHR(sb.st_mode)) {
       if (buf[0] != '/') continue;
       snprintf(k, sizeof k, "%s", "");
       s.kind = "file";
       s.key = std::string(buf + 1);  // CRIU names a file by its path without the leading /
     } else {
-      continue;  // a socket: CRIU dumps it with the job or refuses it by name
+      continue;
     }
     if (s.key.empty()) s.key = k;
     v.push_back(s);
   }
   return v;
+}
+
+std::vector<JobTask> job_tasks(const std::vector<Task>& tasks) {
+  std::vector<JobTask> v;
+  for (auto& t : tasks) v.push_back({t.host, t.name});
+  return v;
+}
+
+// The job's sockets, its stdio exempt (it is outside by design).
+JobSockets sockets_of(const std::vector<Task>& tasks, const std::vector<Stdio>& stdio, bool tcp_only = false) {
+  std::set<uint64_t> exempt;
+  for (auto& s : stdio)
+    if (s.kind == "socket") exempt.insert(s.ino);
+  return job_sockets(job_tasks(tasks), exempt, tcp_only);
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (auto& x : v) s += (s.empty() ? "" : "; ") + x;
+  return s;
 }
 
 // ---- running CRIU --------------------------------------------------------------------------------
@@ -239,8 +283,8 @@ std::string usable_criu() {
   std::string c = criu_path();
   if (access(c.c_str(), X_OK) != 0)
     throw ClientError(kFixFirst, "CRIU not found: " + c +
-                                     " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.1.1) or "
-                                     "set FERRY_CRIU to a CRIU >= 4 (ferry check says more)");
+                                     " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.2.1) or "
+                                     "set FERRY_CRIU to a CRIU >= 4.2 (ferry check says more)");
   if (geteuid() != 0)
     throw ClientError(kFixFirst, "CRIU dumps and restores processes as root; run ferry as root for whole-process images");
   return c;
@@ -357,6 +401,7 @@ struct Dump {
   std::unique_ptr<CudaDriver> driver;
   std::set<pid_t> suspended, detached, driver_held;
   bool stopped_by_criu = false;
+  JobSockets sockets;  // as before the dump, with each connection's SO_REUSEADDR
 
   std::vector<Task*> cuda() {
     std::vector<Task*> v;
@@ -369,7 +414,10 @@ struct Dump {
   // not be undone ("" when all was).
   std::string undo(const std::string& from_dir) {
     std::string problems;
-    if (stopped_by_criu) cont_all(tasks);
+    if (stopped_by_criu) {
+      problems += leave_repair(job_tasks(tasks), sockets);
+      cont_all(tasks);
+    }
     for (Task* t : cuda()) {
       if (driver_held.count(t->host)) {
         int st = 0;
@@ -407,13 +455,32 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   Dump d;
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  std::string criu;
+  std::string criu, criu_ver;
   nlohmann::json parent;
   std::string parent_dir;
+  std::vector<Stdio> stdio;
+  JobSockets socks;
   try {
     d.init = job_init_of(pid);
     criu = usable_criu();
+    criu_ver = criu_version(criu);
     d.tasks = tree_of(d.init);
+    // What CRIU could not dump is refused here, before anything stops.
+    stdio = stdio_of(d.init);
+    socks = sockets_of(d.tasks, stdio);
+    save_reuse(socks);
+    d.sockets = socks;
+    if (!socks.problems.empty())
+      throw ClientError(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
+                        "cannot dump job " + std::to_string(d.init) + ": " + joined(socks.problems) +
+                            ". Nothing was done; the job goes on running");
+    if (socks.inet && !criu_dumps_inet_sockets(criu_ver))
+      throw ClientError(kFixFirst, "cannot dump job " + std::to_string(d.init) +
+                                       ": it holds TCP or UDP sockets, which CRIU " + criu_ver + " cannot dump on Linux " +
+                                       kernel_release() +
+                                       " (it needs CRIU 4.2 or newer there); run scripts/setup.sh as root (it builds "
+                                       "CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2. Nothing was done; the job goes "
+                                       "on running");
     if (!a.parent.empty()) {
       parent_dir = fs::absolute(a.parent).lexically_normal().string();
       while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
@@ -508,11 +575,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   }
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");
-  std::vector<Stdio> stdio = stdio_of(d.init);
   std::vector<std::string> argv = {criu, "dump", "-t", std::to_string(d.init), "-D", d.cpu_dir, "-o", "dump.log",
                                    "--leave-stopped"};
   for (auto& s : stdio)
-    if (s.kind == "tty") argv.insert(argv.end(), {"--external", s.key});
+    if (!s.external.empty()) argv.insert(argv.end(), {"--external", s.external});
+  if (!socks.connections.empty()) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
   int rc = run_criu(argv, true);
   if (rc != 0) {
@@ -521,14 +588,19 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
     return abort(kFixFirst, "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")");
   }
+  // The tree is stopped now: its TCP sockets are exactly what CRIU saw.
+  socks = sockets_of(tree_of(d.init), stdio, true);
+  if (!socks.problems.empty()) return abort(kFixFirst, "while it was being dumped, " + joined(socks.problems));
   double stopped_cpu = since(t_stop);
   // 4. The manifest, and the directory published.
   nlohmann::json m;
   m["format"] = "ferry-process";
-  m["version"] = kProcessFormat;
+  // Format 2 only where a restore must bring TCP connections back (older ferrys would
+  // not ask CRIU to): they refuse it by its version instead of failing half-way.
+  m["version"] = socks.connections.empty() ? 1 : 2;
   m["ferry"] = FERRY_VERSION;
   m["created"] = now_iso();
-  m["criu"] = {{"path", criu}, {"version", criu_version(criu)}};
+  m["criu"] = {{"path", criu}, {"version", criu_ver}};
   m["parent"] = parent_dir;
   m["driver"] = {{"path", d.driver ? d.driver->path() : ""},
                  {"simulated", d.driver && d.driver->path() == emulator_driver()}};
@@ -550,6 +622,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   nlohmann::json sj = nlohmann::json::array();
   for (auto& s : stdio) sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
   m["stdio"] = sj;
+  m["sockets"] = socks.to_json();
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
   try {
@@ -611,7 +684,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
 bool recover_detached(pid_t pid, std::string* dir) {
   if (access(marker_of(pid, ".detached").c_str(), F_OK) != 0 || access(sock_of(pid).c_str(), F_OK) == 0) return false;
   std::vector<Task> tasks = tree_of(job_init_of(pid));
-  cont_all(tasks);  // CRIU may have left the job stopped
+  // CRIU may have left the job stopped, its TCP sockets in repair mode.
+  std::string stuck = leave_repair(job_tasks(tasks), {});
+  if (!stuck.empty()) fprintf(stderr, "ferry: %s\n", stuck.substr(2).c_str());
+  cont_all(tasks);
   CudaDriver driver(driver_of(tasks));
   int st = 0;
   if (driver.state(pid, &st) == 0 && st == CU_PROCESS_STATE_CHECKPOINTED) driver.restore(pid, {});
@@ -642,36 +718,16 @@ nlohmann::json dump_blockers(pid_t pid) {
     problems.push_back(e.message);
   }
   if (init > 0) {
-    // Established TCP connections, by socket inode (CRIU refuses them without
-    // --tcp-established, which needs the peer to survive the dump).
-    std::set<std::string> tcp;
-    for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-      std::ifstream in(f);
-      std::string line;
-      std::getline(in, line);
-      while (std::getline(in, line)) {
-        std::istringstream w(line);
-        std::string sl, local, remote, st, q, tr, rt, uid, timeout, inode;
-        w >> sl >> local >> remote >> st >> q >> tr >> rt >> uid >> timeout >> inode;
-        if (st == "01") tcp.insert(inode);
-      }
-    }
-    for (auto& t : tree_of(init)) {
-      std::string dir = "/proc/" + std::to_string(t.host) + "/fd";
-      std::error_code ec;
-      for (auto& e : fs::directory_iterator(dir, ec)) {
-        char buf[512];
-        ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
-        if (n <= 0) continue;
-        buf[n] = 0;
-        std::string l = buf;
-        if (l.rfind("socket:[", 0) == 0 && tcp.count(l.substr(8, l.size() - 9)))
-          problems.push_back("process " + std::to_string(t.host) + " (" + t.name + ", fd " +
-                             e.path().filename().string() +
-                             ") holds an established TCP connection: CRIU cannot dump it; close it before a dump");
-      }
+    JobSockets socks = sockets_of(tree_of(init), stdio_of(init));
+    problems = socks.problems;
+    if (socks.inet) {
+      std::string c = criu_path(), v = access(c.c_str(), X_OK) == 0 ? criu_version(c) : "";
+      if (!v.empty() && !criu_dumps_inet_sockets(v))
+        problems.push_back("the job holds TCP or UDP sockets, which CRIU " + v + " cannot dump on Linux " +
+                           kernel_release() + " (it needs CRIU 4.2 or newer there)");
     }
     j["job_init"] = init;
+    j["sockets"] = socks.to_json();
   }
   j["problems"] = problems;
   j["dumpable"] = problems.empty();
@@ -708,6 +764,12 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     m = read_process_manifest(dir);
     criu = usable_criu();
     verify_cpu(dir, m);
+    bool missing = false;
+    auto taken = sockets_taken_here(m.value("sockets", nlohmann::json::object()), &missing);
+    if (!taken.empty())
+      throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
+                                                               joined(taken) +
+                                                               ". Nothing was started; the image is untouched");
     if (!a.device_map.empty()) {
       try {
         dmap = parse_device_map(a.device_map);
@@ -767,6 +829,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
                                    work + "/init.pid", "-d", "--restore-sibling"};
   for (auto& s : m.value("stdio", nlohmann::json::array()))
     argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
+  if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
+    argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
   int rc = run_criu(argv, false);

@@ -7,14 +7,18 @@
 //   DIR/process.json   the manifest: format version, versions of ferry and CRIU, the
 //                      process tree (namespace pids, names, command lines, which ones
 //                      use CUDA and on which GPUs), the GPUs (name, compute capability,
-//                      UUID, memory), the job's stdio, the parent image, and the size
-//                      and XXH3-128 hash of every CRIU file
+//                      UUID, memory), the job's stdio, its TCP listeners and
+//                      connections, the parent image, and the size and XXH3-128 hash
+//                      of every CRIU file
 //   DIR/gpu/<nspid>/   ferry's GPU image of each CUDA process (image/ format: chunks,
 //                      fingerprints, zstd, references into the parent's GPU images)
 //   DIR/cpu/           CRIU's images of the whole tree, and CRIU's dump log
 //
 // Dump, in this order (each step undone if a later one fails: the job goes on running
 // on its GPUs):
+//   0. what CRIU could not dump is refused before anything stops: a connection to
+//      outside the job, one still being set up, a CRIU too old for the job's sockets
+//      (sockets.hpp);
 //   1. every CUDA process suspends to DIR/gpu/<nspid> (`ferry suspend --to`: all its
 //      GPU memory and objects are saved and released; threads wait at their next CUDA
 //      call), then closes its control socket (`detach`), so a restored copy never
@@ -22,19 +26,25 @@
 //   2. NVIDIA's checkpoint API (lock, checkpoint) makes the driver let go of what is
 //      left; with nothing on the GPU this is quick;
 //   3. `criu dump` of the tree, leaving the tasks stopped; the job's stdio (pipes,
-//      terminals, files outside the job) is recorded as external;
+//      terminals, Unix sockets, files outside the job) is recorded as external, TCP
+//      connections inside the job are dumped with it (--tcp-established, in repair
+//      mode), and the job's sockets are looked at again now that nothing can change;
 //   4. process.json is written, every file synced, and the directory published
 //      atomically (written as DIR.partial, then renamed; an existing DIR is replaced);
-//   5. the job is killed -- or, with --leave-running, continued: the driver restores
-//      and unlocks it, its socket comes back, and it resumes from the published image.
+//   5. the job is killed (its TCP sockets, still in repair mode, close without a word
+//      to anyone) -- or, with --leave-running, continued: its TCP sockets leave repair
+//      mode, the driver restores and unlocks it, its control socket comes back, and it
+//      resumes from the published image.
 // A dump never kills the job before the image is published: if ferry itself dies on
 // the way, the job waits (stopped or suspended), and `ferry resume PID` brings it back.
 //
-// Restore (`ferry restore DIR`): checks the manifest and the CRIU files' hashes and
-// that the target GPUs exist and have the memory the image needs (nothing starts
-// otherwise), then runs `criu restore` with the restorer as the new init's parent
-// (--restore-sibling: the job dies with `ferry restore` as it did with `ferry run`)
-// and the restorer's own stdin/stdout/stderr in place of the job's (--inherit-fd).
+// Restore (`ferry restore DIR`): checks the manifest and the CRIU files' hashes, that
+// nothing on this machine holds the job's TCP addresses, and that the target GPUs
+// exist and have the memory the image needs (nothing starts otherwise), then runs
+// `criu restore` with the restorer as the new init's parent (--restore-sibling: the
+// job dies with `ferry restore` as it did with `ferry run`), the restorer's own
+// stdin/stdout/stderr in place of the job's (--inherit-fd), and the job's TCP
+// connections back in place (--tcp-established).
 // Each CUDA process gets the GPUs of this machine from the driver (gpuPairs), listens
 // again on a socket named by its new host pid, and resumes from DIR/gpu/<nspid> onto
 // the devices asked for (--device, --device-map). If any of that fails the restored
@@ -53,7 +63,9 @@
 
 namespace ferry::cli {
 
-constexpr int kProcessFormat = 1;  // process.json's format version
+// process.json's newest format: 1, or 2 when the job's TCP connections (inside the job)
+// must be brought back -- an older ferry would not ask CRIU to.
+constexpr int kProcessFormat = 2;
 
 struct DumpArgs {
   std::string dir, parent;

@@ -1,0 +1,449 @@
+// The sockets of a job (sockets.hpp has the mechanism).
+#include "sockets.hpp"
+
+#include <arpa/inet.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <vector>
+
+#include <ferry_common/control.hpp>
+
+namespace ferry::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Linux's TCP states, as /proc/net/tcp prints them.
+enum : int {
+  kEstablished = 0x01,
+  kSynSent = 0x02,
+  kFinWait1 = 0x04,
+  kFinWait2 = 0x05,
+  kTimeWait = 0x06,
+  kClose = 0x07,
+  kCloseWait = 0x08,
+  kLastAck = 0x09,
+  kListen = 0x0A,
+  kClosing = 0x0B,
+};
+
+struct TcpEntry {
+  int family = AF_INET;
+  std::string local, remote;
+  int state = 0;
+  uint64_t ino = 0;
+  unsigned long rx_queue = 0;  // of a listener: connections waiting to be accepted
+};
+
+// "0100007F:1F90" (IPv4) or 32 hex digits and a port (IPv6): each 32-bit word is printed
+// as the number its bytes make in this machine's order.
+std::string address_of(const std::string& hex, int family) {
+  size_t colon = hex.find(':');
+  if (colon == std::string::npos) return "";
+  unsigned port = static_cast<unsigned>(strtoul(hex.c_str() + colon + 1, nullptr, 16));
+  char text[INET6_ADDRSTRLEN] = {};
+  if (family == AF_INET) {
+    in_addr a{};
+    a.s_addr = static_cast<uint32_t>(strtoul(hex.substr(0, colon).c_str(), nullptr, 16));
+    inet_ntop(AF_INET, &a, text, sizeof text);
+    return std::string(text) + ":" + std::to_string(port);
+  }
+  in6_addr a{};
+  for (int w = 0; w < 4; w++) {
+    uint32_t v = static_cast<uint32_t>(strtoul(hex.substr(static_cast<size_t>(w) * 8, 8).c_str(), nullptr, 16));
+    memcpy(a.s6_addr + w * 4, &v, 4);
+  }
+  inet_ntop(AF_INET6, &a, text, sizeof text);
+  return "[" + std::string(text) + "]:" + std::to_string(port);
+}
+
+std::vector<TcpEntry> read_table(const std::string& path, int family) {
+  std::vector<TcpEntry> v;
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    std::istringstream w(line);
+    std::string sl, local, remote, st, queues, timer, retr, uid, timeout, inode;
+    if (!(w >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> inode)) continue;
+    TcpEntry e;
+    e.family = family;
+    e.local = address_of(local, family);
+    e.remote = address_of(remote, family);
+    e.state = static_cast<int>(strtol(st.c_str(), nullptr, 16));
+    e.ino = strtoull(inode.c_str(), nullptr, 10);
+    if (size_t c = queues.find(':'); c != std::string::npos) e.rx_queue = strtoul(queues.c_str() + c + 1, nullptr, 16);
+    v.push_back(e);
+  }
+  return v;
+}
+
+std::vector<TcpEntry> tcp_tables(const std::string& net_dir) {
+  auto v = read_table(net_dir + "/tcp", AF_INET);
+  auto v6 = read_table(net_dir + "/tcp6", AF_INET6);
+  v.insert(v.end(), v6.begin(), v6.end());
+  return v;
+}
+
+std::set<uint64_t> inodes_of(const std::string& path) {
+  std::set<uint64_t> s;
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::istringstream w(line);
+    std::string f;
+    for (int i = 0; i < 10 && (w >> f); i++) {
+    }
+    if (!f.empty()) s.insert(strtoull(f.c_str(), nullptr, 10));
+  }
+  return s;
+}
+
+struct UnixInfo {
+  uint64_t peer = 0;
+  std::string name;  // bound path, "@name" for the abstract namespace, "" unnamed
+};
+
+// Every Unix socket of this network namespace with its peer and name; false when the
+// kernel would not say.
+bool unix_sockets(std::map<uint64_t, UnixInfo>& out) {
+  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0) return false;
+  struct {
+    nlmsghdr h;
+    unix_diag_req r;
+  } req{};
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = ~0u;
+  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
+  if (send(fd, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) {
+    close(fd);
+    return false;
+  }
+  std::vector<uint64_t> words(8192);  // 64 KiB, aligned for the headers
+  char* buf = reinterpret_cast<char*>(words.data());
+  bool done = false, ok = true;
+  while (!done) {
+    ssize_t n = recv(fd, buf, words.size() * sizeof(uint64_t), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ok = false;
+      break;
+    }
+    int len = static_cast<int>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_type == NLMSG_DONE) {
+        done = true;
+        break;
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        done = true;
+        ok = false;
+        break;
+      }
+      auto* m = static_cast<unix_diag_msg*>(NLMSG_DATA(h));
+      UnixInfo u;
+      int alen = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+      for (auto* a = reinterpret_cast<rtattr*>(m + 1); RTA_OK(a, alen); a = RTA_NEXT(a, alen)) {
+        if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= 4) {
+          uint32_t p;
+          memcpy(&p, RTA_DATA(a), 4);
+          u.peer = p;
+        } else if (a->rta_type == UNIX_DIAG_NAME && RTA_PAYLOAD(a) > 0) {
+          const char* s = static_cast<const char*>(RTA_DATA(a));
+          size_t l = RTA_PAYLOAD(a);
+          u.name = s[0] == '\0' ? "@" + std::string(s + 1, l - 1) : std::string(s, strnlen(s, l));
+        }
+      }
+      out[m->udiag_ino] = u;
+    }
+  }
+  close(fd);
+  return ok;
+}
+
+struct Holder {
+  pid_t pid;
+  std::string name;
+  int fd;
+};
+
+std::string who(const Holder& h) {
+  return "process " + std::to_string(h.pid) + " (" + h.name + ", fd " + std::to_string(h.fd) + ")";
+}
+
+bool parse_address(const std::string& a, sockaddr_storage& ss, socklen_t& len) {
+  size_t colon = a.rfind(':');
+  if (colon == std::string::npos) return false;
+  int port = atoi(a.c_str() + colon + 1);
+  memset(&ss, 0, sizeof ss);
+  if (a[0] == '[') {
+    auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, a.substr(1, colon - 2).c_str(), &s6->sin6_addr) != 1) return false;
+    len = sizeof *s6;
+    return true;
+  }
+  auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+  s4->sin_family = AF_INET;
+  s4->sin_port = htons(static_cast<uint16_t>(port));
+  if (inet_pton(AF_INET, a.substr(0, colon).c_str(), &s4->sin_addr) != 1) return false;
+  len = sizeof *s4;
+  return true;
+}
+
+// 0 when a socket with SO_REUSEADDR (as CRIU restores them) can bind addr here, else errno.
+int bind_error(const std::string& addr) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  if (!parse_address(addr, ss, len)) return EINVAL;
+  int s = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return errno;
+  int one = 1;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int r = bind(s, reinterpret_cast<sockaddr*>(&ss), len) == 0 ? 0 : errno;
+  close(s);
+  return r;
+}
+
+// A copy of descriptor fd of process pid (root may take any); -1 when it is gone.
+int take_fd(pid_t pid, int fd) {
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return -1;
+  int r = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+  close(pidfd);
+  return r;
+}
+
+}  // namespace
+
+void save_reuse(JobSockets& js) {
+  for (auto& c : js.connections) {
+    int s = take_fd(c.pid, c.fd);
+    if (s < 0) continue;
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_REUSEADDR, &v, &len) == 0) c.reuse = v;
+    close(s);
+  }
+}
+
+std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& saved) {
+  std::map<std::pair<pid_t, int>, int> reuse;
+  for (auto& c : saved.connections)
+    if (c.reuse >= 0) reuse[{c.pid, c.fd}] = c.reuse;
+  std::string problems;
+  for (auto& t : tasks) {
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(t.pid) + "/fd", ec)) {
+      char buf[64];
+      ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
+      if (n <= 8 || strncmp(buf, "socket:[", 8) != 0) continue;
+      int fd = atoi(e.path().filename().c_str());
+      int s = take_fd(t.pid, fd);
+      if (s < 0) continue;
+      int on = 0;
+      socklen_t len = sizeof on;
+      // Not TCP (or not in repair mode): nothing to do.
+      if (getsockopt(s, IPPROTO_TCP, TCP_REPAIR, &on, &len) == 0 && on) {
+        int off = 0;
+        auto it = reuse.find({t.pid, fd});
+        int r = it != reuse.end() ? it->second : 0;
+        if (setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0 ||
+            setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &r, sizeof r) != 0)
+          problems += "; process " + std::to_string(t.pid) + ": its TCP socket (fd " + std::to_string(fd) +
+                      ") stays in CRIU's repair mode (" + strerror(errno) + ")";
+      }
+      close(s);
+    }
+  }
+  return problems;
+}
+
+nlohmann::json JobSockets::to_json() const {
+  nlohmann::json c = nlohmann::json::array();
+  for (auto& x : connections) c.push_back({{"local", x.local}, {"remote", x.remote}});
+  return {{"listening", listening}, {"connections", c}};
+}
+
+JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool tcp_only) {
+  JobSockets js;
+  if (tasks.empty()) return js;
+  // Which job process holds each socket, and on which descriptor.
+  std::map<uint64_t, std::vector<Holder>> held;
+  for (auto& t : tasks) {
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(t.pid) + "/fd", ec)) {
+      char buf[64];
+      ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
+      if (n <= 8) continue;
+      buf[n] = 0;
+      if (strncmp(buf, "socket:[", 8) != 0) continue;
+      held[strtoull(buf + 8, nullptr, 10)].push_back({t.pid, t.name, atoi(e.path().filename().c_str())});
+    }
+  }
+  if (held.empty()) return js;
+  auto first = [&](uint64_t ino) -> const Holder& { return held.at(ino).front(); };
+  auto add = [&](const std::string& p, bool moment) {
+    js.problems.push_back(p);
+    js.in_flight += moment ? 1 : 0;
+  };
+
+  std::string net = "/proc/" + std::to_string(tasks[0].pid) + "/net";
+  std::vector<TcpEntry> tcp = tcp_tables(net);
+  std::map<std::pair<std::string, std::string>, const TcpEntry*> by_ends;
+  for (auto& e : tcp)
+    if (e.state != kListen) by_ends[{e.local, e.remote}] = &e;
+  for (auto& e : tcp) {
+    if (!e.ino || !held.count(e.ino) || exempt.count(e.ino)) continue;
+    js.inet = true;
+    const Holder& h = first(e.ino);
+    switch (e.state) {
+      case kListen:
+        js.listening.push_back(e.local);
+        if (e.rx_queue)
+          add(who(h) + " listens on " + e.local + " with " + std::to_string(e.rx_queue) +
+                  " connection(s) not yet accepted, which CRIU cannot dump; try again in a moment",
+              true);
+        break;
+      case kSynSent:
+        add(who(h) + " is connecting to " + e.remote + "; try again in a moment", true);
+        break;
+      case kEstablished:
+      case kFinWait1:
+      case kFinWait2:
+      case kCloseWait:
+      case kLastAck:
+      case kClosing: {
+        auto it = by_ends.find({e.remote, e.local});
+        if (it != by_ends.end() && it->second->ino == 0) {
+          add(who(h) + " has a TCP connection " + e.local + " -> " + e.remote +
+                  " whose other end is not accepted yet; try again in a moment",
+              true);
+        } else if (it != by_ends.end() && held.count(it->second->ino)) {
+          js.connections.push_back({e.local, e.remote, h.pid, h.fd});
+        } else {
+          for (auto& each : held.at(e.ino))  // every process that has it open must close it
+            add(who(each) + " has a TCP connection " + e.local + " -> " + e.remote +
+                    " to outside the job: CRIU cannot dump it without its peer; close it before a dump",
+                false);
+        }
+        break;
+      }
+      default:
+        break;  // closed or bound only: CRIU makes it again
+    }
+  }
+  for (const char* udp : {"/udp", "/udp6"})
+    for (uint64_t ino : inodes_of(net + udp))
+      if (held.count(ino)) js.inet = true;
+  if (tcp_only) return js;
+
+  std::map<uint64_t, UnixInfo> unix;
+  if (!unix_sockets(unix)) return js;  // CRIU will say it, if it matters
+  for (auto& [ino, u] : unix) {
+    if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
+    // The shim's control socket, and connections it accepted, are named <dir>/<pid>.sock.
+    if (fs::path(u.name).filename() == control::socket_name(first(ino).pid)) continue;
+    auto peer = unix.find(u.peer);
+    std::string pname = peer != unix.end() && !peer->second.name.empty() ? peer->second.name : "";
+    for (auto& each : held.at(ino))
+      add(who(each) + " is connected to a Unix socket outside the job (" + (pname.empty() ? "unnamed" : pname) +
+              "): CRIU cannot dump it without its peer; close it before a dump",
+          false);
+  }
+  return js;
+}
+
+std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool* missing) {
+  std::vector<std::string> taken;
+  if (missing) *missing = false;
+  if (!sockets.is_object()) return taken;
+  auto why = [&](int err) {
+    if (missing && err != EADDRINUSE) *missing = true;
+    return err == EADDRNOTAVAIL ? "does not exist on this machine" : strerror(err);
+  };
+  auto here = tcp_tables("/proc/self/net");
+  auto port_of = [](const std::string& a) { return a.substr(a.rfind(':') + 1); };
+  // Whether only connections closed moments ago hold a port: a socket without
+  // SO_REUSEADDR leaves it blocked for as long as its TIME_WAIT lasts (a minute).
+  auto closing_only = [&](const std::string& port) {
+    bool any = false;
+    for (auto& e : here)
+      if (port_of(e.local) == port) {
+        if (e.state != kTimeWait) return false;
+        any = true;
+      }
+    return any;
+  };
+  for (auto& l : sockets.value("listening", nlohmann::json::array())) {
+    std::string a = l.get<std::string>();
+    if (int err = bind_error(a))
+      taken.push_back(a + ", where the job listened: " +
+                      (err != EADDRINUSE        ? std::string("the address ") + why(err)
+                       : closing_only(port_of(a)) ? std::string("connections on it closed moments ago block it "
+                                                                "(TIME_WAIT, at most a minute)")
+                                                  : std::string("something on this machine holds it already")));
+  }
+  std::set<std::pair<std::string, std::string>> live;
+  for (auto& e : here)
+    if (e.state != kListen && e.state != kClose && e.ino) live.insert({e.local, e.remote});
+  std::set<std::string> listen_ports;
+  for (auto& l : sockets.value("listening", nlohmann::json::array())) listen_ports.insert(port_of(l.get<std::string>()));
+  for (auto& c : sockets.value("connections", nlohmann::json::array())) {
+    std::string local = c.value("local", ""), remote = c.value("remote", "");
+    if (live.count({local, remote})) {
+      taken.push_back("the job's TCP connection " + local + " -> " + remote +
+                      " exists on this machine already (held by another copy of the job?)");
+    } else if (listen_ports.count(port_of(local))) {
+      continue;  // accepted from the job's own listener: its check above covers the port
+    } else if (int err = bind_error(local)) {
+      taken.push_back(local + ", an end of the job's TCP connection to " + remote + ": " +
+                      (err != EADDRINUSE        ? std::string("the address ") + why(err)
+                       : closing_only(port_of(local)) ? std::string("connections on it closed moments ago block it "
+                                                                    "(TIME_WAIT, at most a minute)")
+                                                      : std::string("something on this machine holds that port")));
+    }
+  }
+  return taken;
+}
+
+std::string kernel_release() {
+  utsname u{};
+  uname(&u);
+  return u.release;
+}
+
+bool criu_dumps_inet_sockets(const std::string& v) {
+  int maj = 0, min = 0;
+  if (sscanf(v.c_str(), "%d.%d", &maj, &min) < 1) return false;
+  if (maj > 4 || (maj == 4 && min >= 2)) return true;
+  int kmaj = 0, kmin = 0;
+  sscanf(kernel_release().c_str(), "%d.%d", &kmaj, &kmin);
+  return kmaj < 6 || (kmaj == 6 && kmin < 16);
+}
+
+}  // namespace ferry::cli
