@@ -195,6 +195,13 @@ int main(int argc, char** argv) {
   dp->add_option("--staging-mb", da.staging_mb, "pinned host staging memory for the GPU copies (default 256)");
   dp->add_flag("--read-all", da.read_all, "read and hash every GPU chunk, even those the fingerprints show unchanged");
   dp->add_option("--lock-timeout", da.lock_timeout_s, "seconds the driver may wait for queued GPU work (default 60)");
+  dp->add_option("--ghost-limit", da.ghost_limit,
+                 "largest deleted-but-open file the image may hold, e.g. 256m (default 1g; CRIU's own is 1m)")
+      ->transform([](const std::string& v) {
+        auto n = ferry::settings::parse_size(v);
+        if (!n) throw CLI::ValidationError("--ghost-limit", "'" + v + "' is not a size (e.g. 512m, 2g)");
+        return std::to_string(*n);
+      });
   add_output(dp, out, true);
 
   std::vector<std::string> rt_args;

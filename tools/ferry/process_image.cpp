@@ -271,7 +271,9 @@ std::string criu_errors(const std::string& log) {
   std::string line;
   std::vector<std::string> errs;
   while (std::getline(in, line))
-    if (line.find("Error") != std::string::npos) errs.push_back(line);
+    // CRIU failing to raise its own descriptor limit is logged as an error, and harmless.
+    if (line.find("Error") != std::string::npos && line.find("RLIMIT_NOFILE for self") == std::string::npos)
+      errs.push_back(line);
   if (errs.size() > 4) errs.erase(errs.begin(), errs.end() - 4);
   std::string s;
   for (auto& e : errs) s += (s.empty() ? "" : " | ") + e;
@@ -575,8 +577,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   }
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");
-  std::vector<std::string> argv = {criu, "dump", "-t", std::to_string(d.init), "-D", d.cpu_dir, "-o", "dump.log",
-                                   "--leave-stopped"};
+  std::vector<std::string> argv = {criu,        "dump", "-t", std::to_string(d.init), "-D", d.cpu_dir, "-o",
+                                   "dump.log",  "--leave-stopped", "--ghost-limit", std::to_string(a.ghost_limit)};
   for (auto& s : stdio)
     if (!s.external.empty()) argv.insert(argv.end(), {"--external", s.external});
   if (!socks.connections.empty()) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
@@ -586,7 +588,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     std::string why = criu_errors(d.cpu_dir + "/dump.log");
     std::string kept = dir + ".dump.log";
     fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
-    return abort(kFixFirst, "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")");
+    std::string hint = why.find("Can't dump ghost file") == std::string::npos
+                           ? ""
+                           : " (a file the job holds open was deleted; --ghost-limit lets larger ones into the image)";
+    return abort(kFixFirst,
+                 "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
   }
   // The tree is stopped now: its TCP sockets are exactly what CRIU saw.
   socks = sockets_of(tree_of(d.init), stdio, true);

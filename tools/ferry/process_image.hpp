@@ -74,6 +74,9 @@ struct DumpArgs {
   unsigned long staging_mb = 0;
   bool read_all = false;
   int lock_timeout_s = 60;  // how long the driver may wait for queued GPU work
+  // CRIU copies files that are open but deleted into the image only up to this size
+  // (its own default, 1 MiB, refuses a PyTorch DataLoader's shared-memory batches).
+  uint64_t ghost_limit = 1ull << 30;
 };
 
 struct RestoreArgs {
