@@ -563,6 +563,18 @@ def process_mlp():
                          tag="mlp_trainer")
 
 
+@check("process.tcp_store", 180)
+def process_tcp_store():
+    """torchrun's shape: a launcher, its TCP store and a worker, talking over TCP inside
+    the job (dumped and restored with CRIU's --tcp-established)."""
+    mlp = os.path.join(A.build, "examples/mlp_trainer")
+    base = [os.path.join(A.build, "tests/programs/launcher"), "--tcp-store", "1", mlp, "--steps", "60",
+            "--hidden", "256"]
+    _, ref, _ = run(base, 240, direct=True)
+    return whole_process(base + ["--step-delay-ms", "40"], r"^\[worker 0\] step 20 loss", "[worker 0] weights checksum",
+                         ref.splitlines(), tag="tcp_store")
+
+
 @check("process.torch", 200, needs_torch=True)
 def process_torch():
     script = os.path.join(A.src, "tests/gpu/torch_train.py")
@@ -615,8 +627,9 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [release_probe, process_mlp, process_torch, gpa_table, reserve_hint, export_tables, engine_mlp, engine_saxpy,
-          engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph, shim_overhead, bandwidth]
+CHECKS = [release_probe, process_mlp, process_tcp_store, process_torch, gpa_table, reserve_hint, export_tables,
+          engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
+          shim_overhead, bandwidth]
 
 
 def main():

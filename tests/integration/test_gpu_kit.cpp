@@ -78,9 +78,10 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   // The whole-process round trip needs root for CRIU (CI is root).
   bool root = geteuid() == 0;
   CHECK(status["process.mlp_trainer"] == (root ? "pass" : "skip"));
+  CHECK(status["process.tcp_store"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"])
     if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "11 pass, 4 skip" : "10 pass, 5 skip") != std::string::npos);
+  CHECK(summary.find(root ? "12 pass, 4 skip" : "10 pass, 6 skip") != std::string::npos);
 }
