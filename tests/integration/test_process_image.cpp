@@ -241,6 +241,13 @@ TEST_CASE("torchrun's shape over TCP: a launcher, its TCP store and a worker on 
   REQUIRE(fp["sockets"]["connections"].size() == 2);
   CHECK(fp["sockets"]["connections"][0]["local"] == fp["sockets"]["connections"][1]["remote"]);
   CHECK((fp["sockets"]["connections"][0]["local"] == listen || fp["sockets"]["connections"][1]["local"] == listen));
+  // The launcher has no CUDA: ferry check PID still says what a dump of its job would do.
+  auto lchk = ferry_test::run({kFerry, "check", std::to_string(launcher)}, ferry_test::emu_env(), 60);
+  CHECK(lchk.exit_code == 0);
+  CHECK(lchk.out == "process " + std::to_string(launcher) + ": no CUDA under ferry; in job " +
+                        std::to_string(children_of(c.pid()).at(0)) + "\nthe job's TCP sockets: listening on " + listen +
+                        "; 2 connection end(s) inside the job (a dump takes them along)\nwhole-process dump (ferry "
+                        "dump): possible\n");
 
   if (ferry_test::kernel_at_least(6, 16)) {
     // A CRIU before 4.2 cannot dump the job's sockets on this kernel: refused up front.
@@ -264,6 +271,9 @@ TEST_CASE("torchrun's shape over TCP: a launcher, its TCP store and a worker on 
   CHECK(m["version"] == 2);  // an older ferry would not bring the connections back: it refuses the image
   CHECK(m["sockets"]["listening"] == fp["sockets"]["listening"]);
   CHECK(m["sockets"]["connections"].size() == 2);
+  auto in = ferry_test::run({kFerry, "inspect", t / "img"}, {}, 60);
+  CHECK(in.out.find("  TCP: listening on " + listen + "; 2 connection end(s) inside the job, restored with it") !=
+        std::string::npos);
 
   auto r = restore(t / "img", {"--device-map", "1,0"});
   INFO(r.err);

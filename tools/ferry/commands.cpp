@@ -1,6 +1,7 @@
 #include "commands.hpp"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -24,6 +25,7 @@
 #include "full_process.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
+#include "sockets.hpp"
 
 namespace ferry::cli {
 
@@ -364,6 +366,14 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   return j;
 }
 
+// dump_blockers(pid) as text.
+void print_dump_blockers(const nlohmann::json& fp) {
+  for (auto& p : fp["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
+  if (std::string tcp = describe_sockets(fp.value("sockets", nlohmann::json())); !tcp.empty())
+    printf("the job's TCP sockets: %s (a dump takes them along)\n", tcp.c_str());
+  printf("whole-process dump (ferry dump): %s\n", fp.value("dumpable", false) ? "possible" : "not possible");
+}
+
 }  // namespace
 
 int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Output& out) {
@@ -374,7 +384,18 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     try {
       reply = request(pid, "check", nlohmann::json::object(), nullptr, 10);
     } catch (const ClientError& e) {
-      return fail(out, e);
+      // A process of a job that does not use CUDA (the job's ferry run, its init, a
+      // launcher): there is no GPU state to check, only whether the job can be dumped.
+      nlohmann::json fp = e.code == kNoProcess && kill(pid, 0) == 0 ? dump_blockers(pid) : nlohmann::json();
+      if (!fp.contains("job_init")) return fail(out, e);
+      bool ok = fp.value("dumpable", false);
+      if (out.json) {
+        printf("%s\n", nlohmann::json({{"pid", pid}, {"cuda", false}, {"ok", ok}, {"full_process", fp}}).dump(1).c_str());
+      } else {
+        printf("process %d: no CUDA under ferry; in job %d\n", pid, fp["job_init"].get<int>());
+        print_dump_blockers(fp);
+      }
+      return ok ? kOk : kFixFirst;
     }
     report = reply.value("check", nlohmann::json::object());
     for (auto& p : report.value("problems", nlohmann::json::array())) problems.push_back(p.get<std::string>());
@@ -392,18 +413,7 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
   } else {
     if (pid > 0) {
       printf("process %d: %s, devices %s\n", pid, report.value("state", "?").c_str(), devices_text(report).c_str());
-      auto& fp = report["full_process"];
-      for (auto& p : fp["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
-      if (fp.contains("sockets")) {
-        auto& sk = fp["sockets"];
-        std::string ls;
-        for (auto& l : sk["listening"]) ls += (ls.empty() ? "" : ", ") + l.get<std::string>();
-        if (!ls.empty() || !sk["connections"].empty())
-          printf("the job's TCP sockets: listening on %s; %zu connection end(s) inside the job (dumped with them)\n",
-                 ls.empty() ? "nothing" : ls.c_str(), sk["connections"].size());
-      }
-      printf("%s\n", report["full_process"].value("dumpable", false) ? "whole-process dump (ferry dump): possible"
-                                                                    : "whole-process dump (ferry dump): not possible");
+      print_dump_blockers(report["full_process"]);
     } else {
       printf("driver: %s (CUDA %d)\n", report.value("driver", "?").c_str(), report.value("driver_version", 0));
       printf("shim: %s\n", report.value("shim", "?").c_str());

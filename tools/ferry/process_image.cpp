@@ -976,6 +976,11 @@ int inspect_process_image(const std::string& dir, const Output& out) {
     printf("  GPU %d of the dumping machine: %s, compute capability %s, %s, UUID %s\n", g["index"].get<int>(),
            g["name"].get<std::string>().c_str(), g["cc"].get<std::string>().c_str(),
            human(g["memory"].get<uint64_t>()).c_str(), g["uuid"].get<std::string>().c_str());
+  if (std::string tcp = describe_sockets(m.value("sockets", nlohmann::json())); !tcp.empty())
+    printf("  TCP: %s, restored with it (its addresses must be free where it is restored)\n", tcp.c_str());
+  for (auto& s : m.value("stdio", nlohmann::json::array()))
+    printf("  fd %d was %s (%s): the restorer's own fd %d takes its place\n", s["fd"].get<int>(),
+           s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(), s["fd"].get<int>());
   return kOk;
 }
 

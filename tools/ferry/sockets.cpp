@@ -431,6 +431,16 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
   return taken;
 }
 
+std::string describe_sockets(const nlohmann::json& sockets) {
+  if (!sockets.is_object()) return "";
+  std::string ls;
+  for (auto& l : sockets.value("listening", nlohmann::json::array())) ls += (ls.empty() ? "" : ", ") + l.get<std::string>();
+  size_t n = sockets.value("connections", nlohmann::json::array()).size();
+  if (ls.empty() && n == 0) return "";
+  return "listening on " + (ls.empty() ? std::string("nothing") : ls) + "; " + std::to_string(n) +
+         " connection end(s) inside the job";
+}
+
 std::string kernel_release() {
   utsname u{};
   uname(&u);

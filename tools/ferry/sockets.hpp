@@ -81,6 +81,10 @@ void save_reuse(JobSockets& js);
 // 0); "" when all went well, else what did not.
 std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& saved);
 
+// "listening on 127.0.0.1:29500; 2 connection end(s) inside the job" for an image's or
+// a job's sockets (JobSockets::to_json); "" when it has no TCP socket.
+std::string describe_sockets(const nlohmann::json& sockets);
+
 // What on this machine holds the addresses an image's sockets (JobSockets::to_json)
 // need: one line each; empty when a restore can bind them all. *missing: some address
 // does not exist here at all (waiting will not help).
