@@ -4,10 +4,11 @@
 // --connect PORT|PATH: the launcher also holds a connection to something outside the
 // job, which CRIU cannot dump: TCP to 127.0.0.1:PORT, or the Unix socket at PATH.
 // --tcp-store: the lines travel over TCP inside the job, as torchrun's rendezvous
-// store talks to its agents: the launcher listens on 127.0.0.1 (an ephemeral port, kept
-// open all along), starts a store process that connects to it, and sends every line
-// there; the store prints it and answers "ok" for each. The launcher counts the answers
-// and fails (exit 3) when a line or an answer went missing or arrived twice.
+// store talks to its agents: the launcher listens dual-stack on [::] (an ephemeral port,
+// kept open all along, as PyTorch's TCPStore does), starts a store client that connects
+// to it by 127.0.0.1, and sends every line there; the client prints it and answers "ok"
+// for each. The launcher counts the answers and fails (exit 3) when a line or an answer
+// went missing or arrived twice.
 //   launcher [--tcp-store] [--connect PORT|PATH] N CMD [ARGS...]
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -36,7 +37,7 @@ bool write_all(int fd, const std::string& s) {
   return true;
 }
 
-// The store: prints every line that arrives and answers "ok" for it.
+// The store client: prints every line that arrives and answers "ok" for it.
 [[noreturn]] void store(uint16_t port) {
   int s = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -113,10 +114,13 @@ int main(int argc, char** argv) {
   int listener = -1, conn = -1;
   pid_t store_pid = -1;
   if (tcp_store) {
-    listener = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    // Dual-stack on every address, as PyTorch's TCPStore listens; its client comes by IPv4.
+    listener = socket(AF_INET6, SOCK_STREAM, 0);
+    int no = 0;
+    setsockopt(listener, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof no);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_any;
     socklen_t len = sizeof a;
     if (bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(listener, 4) != 0 ||
         getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
@@ -127,7 +131,7 @@ int main(int argc, char** argv) {
     store_pid = fork();
     if (store_pid == 0) {
       close(listener);
-      store(ntohs(a.sin_port));
+      store(ntohs(a.sin6_port));
     }
     conn = accept(listener, nullptr, nullptr);
     if (conn < 0) {

@@ -223,11 +223,11 @@ std::vector<JobTask> job_tasks(const std::vector<Task>& tasks) {
 }
 
 // The job's sockets, its stdio exempt (it is outside by design).
-JobSockets sockets_of(const std::vector<Task>& tasks, const std::vector<Stdio>& stdio, bool tcp_only = false) {
+JobSockets sockets_of(const std::vector<Task>& tasks, const std::vector<Stdio>& stdio, bool stopped = false) {
   std::set<uint64_t> exempt;
   for (auto& s : stdio)
     if (s.kind == "socket") exempt.insert(s.ino);
-  return job_sockets(job_tasks(tasks), exempt, tcp_only);
+  return job_sockets(job_tasks(tasks), exempt, stopped);
 }
 
 std::string joined(const std::vector<std::string>& v) {
@@ -581,9 +581,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                    "dump.log",  "--leave-stopped", "--ghost-limit", std::to_string(a.ghost_limit)};
   for (auto& s : stdio)
     if (!s.external.empty()) argv.insert(argv.end(), {"--external", s.external});
-  if (!socks.connections.empty()) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
+  // Any TCP socket at all: a connection inside the job may form until CRIU freezes it
+  // (one to outside is refused by the look after the dump).
+  if (socks.inet) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
   int rc = run_criu(argv, true);
+  // What CRIU saw: a process forked since the tree was listed is stopped too.
+  if (auto now = tree_of(d.init); !now.empty()) d.tasks = now;
   if (rc != 0) {
     std::string why = criu_errors(d.cpu_dir + "/dump.log");
     std::string kept = dir + ".dump.log";
@@ -595,8 +599,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                  "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
   }
   // The tree is stopped now: its TCP sockets are exactly what CRIU saw.
-  socks = sockets_of(tree_of(d.init), stdio, true);
-  if (!socks.problems.empty()) return abort(kFixFirst, "while it was being dumped, " + joined(socks.problems));
+  socks = sockets_of(d.tasks, stdio, true);
+  if (!socks.problems.empty())
+    return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
+                 "while it was being dumped, " + joined(socks.problems));
   double stopped_cpu = since(t_stop);
   // 4. The manifest, and the directory published.
   nlohmann::json m;

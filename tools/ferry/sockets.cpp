@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -71,6 +72,12 @@ std::string address_of(const std::string& hex, int family) {
     uint32_t v = static_cast<uint32_t>(strtoul(hex.substr(static_cast<size_t>(w) * 8, 8).c_str(), nullptr, 16));
     memcpy(a.s6_addr + w * 4, &v, 4);
   }
+  // An IPv4 peer of a dual-stack IPv6 socket (::ffff:a.b.c.d) is named as IPv4, as its
+  // other end, in /proc/net/tcp, names itself.
+  if (IN6_IS_ADDR_V4MAPPED(&a)) {
+    inet_ntop(AF_INET, a.s6_addr + 12, text, sizeof text);
+    return std::string(text) + ":" + std::to_string(port);
+  }
   inet_ntop(AF_INET6, &a, text, sizeof text);
   return "[" + std::string(text) + "]:" + std::to_string(port);
 }
@@ -116,6 +123,22 @@ std::set<uint64_t> inodes_of(const std::string& path) {
     if (!f.empty()) s.insert(strtoull(f.c_str(), nullptr, 10));
   }
   return s;
+}
+
+// The sockets process pid has open: (descriptor, inode). Empty once it is gone.
+std::vector<std::pair<int, uint64_t>> socket_fds(pid_t pid) {
+  std::vector<std::pair<int, uint64_t>> v;
+  std::error_code ec;
+  fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    char buf[64];
+    ssize_t n = readlink(it->path().c_str(), buf, sizeof buf - 1);
+    if (n <= 8) continue;
+    buf[n] = 0;
+    if (strncmp(buf, "socket:[", 8) == 0)
+      v.push_back({atoi(it->path().filename().c_str()), strtoull(buf + 8, nullptr, 10)});
+  }
+  return v;
 }
 
 struct UnixInfo {
@@ -252,17 +275,14 @@ void save_reuse(JobSockets& js) {
 }
 
 std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& saved) {
-  std::map<std::pair<pid_t, int>, int> reuse;
+  std::map<uint64_t, int> reuse;  // by inode: one socket may be open in several processes
   for (auto& c : saved.connections)
-    if (c.reuse >= 0) reuse[{c.pid, c.fd}] = c.reuse;
+    if (c.reuse >= 0) reuse[c.ino] = c.reuse;
+  std::set<uint64_t> done;
   std::string problems;
   for (auto& t : tasks) {
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(t.pid) + "/fd", ec)) {
-      char buf[64];
-      ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
-      if (n <= 8 || strncmp(buf, "socket:[", 8) != 0) continue;
-      int fd = atoi(e.path().filename().c_str());
+    for (auto [fd, ino] : socket_fds(t.pid)) {
+      if (done.count(ino)) continue;
       int s = take_fd(t.pid, fd);
       if (s < 0) continue;
       int on = 0;
@@ -270,13 +290,14 @@ std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& sa
       // Not TCP (or not in repair mode): nothing to do.
       if (getsockopt(s, IPPROTO_TCP, TCP_REPAIR, &on, &len) == 0 && on) {
         int off = 0;
-        auto it = reuse.find({t.pid, fd});
+        auto it = reuse.find(ino);
         int r = it != reuse.end() ? it->second : 0;
         if (setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0 ||
             setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &r, sizeof r) != 0)
           problems += "; process " + std::to_string(t.pid) + ": its TCP socket (fd " + std::to_string(fd) +
                       ") stays in CRIU's repair mode (" + strerror(errno) + ")";
       }
+      done.insert(ino);
       close(s);
     }
   }
@@ -289,22 +310,13 @@ nlohmann::json JobSockets::to_json() const {
   return {{"listening", listening}, {"connections", c}};
 }
 
-JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool tcp_only) {
+JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool stopped) {
   JobSockets js;
   if (tasks.empty()) return js;
   // Which job process holds each socket, and on which descriptor.
   std::map<uint64_t, std::vector<Holder>> held;
-  for (auto& t : tasks) {
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(t.pid) + "/fd", ec)) {
-      char buf[64];
-      ssize_t n = readlink(e.path().c_str(), buf, sizeof buf - 1);
-      if (n <= 8) continue;
-      buf[n] = 0;
-      if (strncmp(buf, "socket:[", 8) != 0) continue;
-      held[strtoull(buf + 8, nullptr, 10)].push_back({t.pid, t.name, atoi(e.path().filename().c_str())});
-    }
-  }
+  for (auto& t : tasks)
+    for (auto [fd, ino] : socket_fds(t.pid)) held[ino].push_back({t.pid, t.name, fd});
   if (held.empty()) return js;
   auto first = [&](uint64_t ino) -> const Holder& { return held.at(ino).front(); };
   auto add = [&](const std::string& p, bool moment) {
@@ -324,7 +336,9 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     switch (e.state) {
       case kListen:
         js.listening.push_back(e.local);
-        if (e.rx_queue)
+        // Once CRIU has the job stopped (and has dumped this socket), a connection
+        // someone makes meanwhile is theirs to lose, not a flaw of the image.
+        if (e.rx_queue && !stopped)
           add(who(h) + " listens on " + e.local + " with " + std::to_string(e.rx_queue) +
                   " connection(s) not yet accepted, which CRIU cannot dump; try again in a moment",
               true);
@@ -339,12 +353,17 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
       case kLastAck:
       case kClosing: {
         auto it = by_ends.find({e.remote, e.local});
-        if (it != by_ends.end() && it->second->ino == 0) {
+        const TcpEntry* peer = it != by_ends.end() ? it->second : nullptr;
+        // The peer has closed its end and no process holds it any more: nothing will
+        // come from it but what our end has already received (CRIU dumps it as it is).
+        bool peer_closed = (!peer || peer->ino == 0) &&
+                           (e.state == kCloseWait || e.state == kLastAck || e.state == kClosing);
+        if (peer && peer->ino == 0 && peer->state == kEstablished) {
           add(who(h) + " has a TCP connection " + e.local + " -> " + e.remote +
                   " whose other end is not accepted yet; try again in a moment",
               true);
-        } else if (it != by_ends.end() && held.count(it->second->ino)) {
-          js.connections.push_back({e.local, e.remote, h.pid, h.fd});
+        } else if ((peer && held.count(peer->ino)) || peer_closed) {
+          js.connections.push_back({e.local, e.remote, h.pid, h.fd, -1, e.ino});
         } else {
           for (auto& each : held.at(e.ino))  // every process that has it open must close it
             add(who(each) + " has a TCP connection " + e.local + " -> " + e.remote +
@@ -360,14 +379,26 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
   for (const char* udp : {"/udp", "/udp6"})
     for (uint64_t ino : inodes_of(net + udp))
       if (held.count(ino)) js.inet = true;
-  if (tcp_only) return js;
+  if (stopped) return js;  // CRIU itself refuses a Unix socket with its peer outside
 
   std::map<uint64_t, UnixInfo> unix;
   if (!unix_sockets(unix)) return js;  // CRIU will say it, if it matters
+  // The shim's control socket, and connections it accepted: <dir>/<pid>.sock in its
+  // user's socket directory (the default one, or this process's FERRY_SOCKET_DIR).
+  auto is_control = [&](uint64_t ino, const std::string& name) {
+    fs::path p(name);
+    for (auto& h : held.at(ino)) {
+      if (p.filename() != control::socket_name(h.pid)) continue;
+      struct stat sb;
+      if (stat(("/proc/" + std::to_string(h.pid)).c_str(), &sb) != 0) continue;
+      std::string dir = p.parent_path().string();
+      if (dir == control::socket_dir() || dir == control::socket_dir_for(sb.st_uid, nullptr)) return true;
+    }
+    return false;
+  };
   for (auto& [ino, u] : unix) {
     if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
-    // The shim's control socket, and connections it accepted, are named <dir>/<pid>.sock.
-    if (fs::path(u.name).filename() == control::socket_name(first(ino).pid)) continue;
+    if (is_control(ino, u.name)) continue;
     auto peer = unix.find(u.peer);
     std::string pname = peer != unix.end() && !peer->second.name.empty() ? peer->second.name : "";
     for (auto& each : held.at(ino))
@@ -388,13 +419,14 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
   };
   auto here = tcp_tables("/proc/self/net");
   auto port_of = [](const std::string& a) { return a.substr(a.rfind(':') + 1); };
-  // Whether only connections closed moments ago hold a port: a socket without
-  // SO_REUSEADDR leaves it blocked for as long as its TIME_WAIT lasts (a minute).
+  // Whether only connections closed moments ago (no process holds them: TIME_WAIT,
+  // FIN_WAIT2, ...) hold a port: from a socket without SO_REUSEADDR they block it for
+  // as long as they last (about a minute).
   auto closing_only = [&](const std::string& port) {
     bool any = false;
     for (auto& e : here)
       if (port_of(e.local) == port) {
-        if (e.state != kTimeWait) return false;
+        if (e.ino || e.state == kListen) return false;
         any = true;
       }
     return any;
@@ -408,25 +440,19 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
                                                                 "(TIME_WAIT, at most a minute)")
                                                   : std::string("something on this machine holds it already")));
   }
-  std::set<std::pair<std::string, std::string>> live;
+  // A connection end is restored in repair mode, which binds regardless of other
+  // sockets on its port; only the very same four addresses collide -- also with an
+  // end no process holds any more, closed moments ago.
+  std::map<std::pair<std::string, std::string>, const TcpEntry*> ends;
   for (auto& e : here)
-    if (e.state != kListen && e.state != kClose && e.ino) live.insert({e.local, e.remote});
-  std::set<std::string> listen_ports;
-  for (auto& l : sockets.value("listening", nlohmann::json::array())) listen_ports.insert(port_of(l.get<std::string>()));
+    if (e.state != kListen) ends[{e.local, e.remote}] = &e;
   for (auto& c : sockets.value("connections", nlohmann::json::array())) {
     std::string local = c.value("local", ""), remote = c.value("remote", "");
-    if (live.count({local, remote})) {
-      taken.push_back("the job's TCP connection " + local + " -> " + remote +
-                      " exists on this machine already (held by another copy of the job?)");
-    } else if (listen_ports.count(port_of(local))) {
-      continue;  // accepted from the job's own listener: its check above covers the port
-    } else if (int err = bind_error(local)) {
-      taken.push_back(local + ", an end of the job's TCP connection to " + remote + ": " +
-                      (err != EADDRINUSE        ? std::string("the address ") + why(err)
-                       : closing_only(port_of(local)) ? std::string("connections on it closed moments ago block it "
-                                                                    "(TIME_WAIT, at most a minute)")
-                                                      : std::string("something on this machine holds that port")));
-    }
+    auto it = ends.find({local, remote});
+    if (it == ends.end()) continue;
+    taken.push_back("the job's TCP connection " + local + " -> " + remote +
+                    (it->second->ino ? " exists on this machine already (held by another copy of the job?)"
+                                     : " closed moments ago on this machine and lingers (at most a minute)"));
   }
   return taken;
 }
@@ -449,7 +475,7 @@ std::string kernel_release() {
 
 bool criu_dumps_inet_sockets(const std::string& v) {
   int maj = 0, min = 0;
-  if (sscanf(v.c_str(), "%d.%d", &maj, &min) < 1) return false;
+  if (sscanf(v.c_str(), "%d.%d", &maj, &min) < 1) return true;  // cannot tell: CRIU will say
   if (maj > 4 || (maj == 4 && min >= 2)) return true;
   int kmaj = 0, kmin = 0;
   sscanf(kernel_release().c_str(), "%d.%d", &kmaj, &kmin);

@@ -53,6 +53,7 @@ struct TcpConnection {
   pid_t pid = 0;              // a job process holding this end, on descriptor fd
   int fd = -1;
   int reuse = -1;             // its SO_REUSEADDR, once save_reuse has read it
+  uint64_t ino = 0;
 };
 
 struct JobSockets {
@@ -67,8 +68,9 @@ struct JobSockets {
 };
 
 // The sockets of tasks (the job's processes; tasks[0]'s network namespace is read).
-// exempt: socket inodes that are the job's stdio. tcp_only: skip the Unix query.
-JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool tcp_only = false);
+// exempt: socket inodes that are the job's stdio. stopped: CRIU has dumped the tree and
+// holds it stopped -- only TCP connections are looked at (CRIU refused the rest itself).
+JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool stopped = false);
 
 // CRIU dumps a TCP connection in repair mode and turns that off again only for tasks it
 // lets run: with --leave-stopped the job's sockets stay in repair mode. That suits a job
