@@ -37,14 +37,31 @@ bool write_all(int fd, const std::string& s) {
   return true;
 }
 
+// A connection to 127.0.0.1:PORT, or to the Unix socket at PATH; -1 on failure.
+int connect_to(const std::string& to) {
+  int sock;
+  int r;
+  if (to.find('/') != std::string::npos) {
+    sock = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", to.c_str());
+    r = connect(sock, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  } else {
+    sock = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(atoi(to.c_str())));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    r = connect(sock, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  return r == 0 ? sock : -1;
+}
+
 // The store client: prints every line that arrives and answers "ok" for it.
 [[noreturn]] void store(uint16_t port) {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+  int s = connect_to(std::to_string(port));
+  if (s < 0) {
     perror("store: connect");
     _exit(2);
   }
@@ -66,26 +83,6 @@ bool write_all(int fd, const std::string& s) {
   _exit(partial.empty() ? 0 : 2);
 }
 
-// A connection to 127.0.0.1:PORT, or to the Unix socket at PATH; -1 on failure.
-int connect_to(const std::string& to) {
-  int sock;
-  int r;
-  if (to.find('/') != std::string::npos) {
-    sock = socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", to.c_str());
-    r = connect(sock, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  } else {
-    sock = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(atoi(to.c_str())));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    r = connect(sock, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  }
-  return r == 0 ? sock : -1;
-}
 
 }  // namespace
 

@@ -158,19 +158,6 @@ struct Stdio {
   std::string kind, key, external, what;
 };
 
-bool is_unix_socket(pid_t pid, uint64_t ino) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/net/unix");
-  std::string line, tok;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    std::istringstream w(line);
-    for (int i = 0; i < 7 && (w >> tok); i++) {
-    }
-    if (strtoull(tok.c_str(), nullptr, 10) == ino) return true;
-  }
-  return false;
-}
-
 std::vector<Stdio> stdio_of(pid_t pid) {
   std::vector<Stdio> v;
   for (int fd = 0; fd <= 2; fd++) {
@@ -476,13 +463,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       throw ClientError(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                         "cannot dump job " + std::to_string(d.init) + ": " + joined(socks.problems) +
                             ". Nothing was done; the job goes on running");
-    if (socks.inet && !criu_dumps_inet_sockets(criu_ver))
-      throw ClientError(kFixFirst, "cannot dump job " + std::to_string(d.init) +
-                                       ": it holds TCP or UDP sockets, which CRIU " + criu_ver + " cannot dump on Linux " +
-                                       kernel_release() +
-                                       " (it needs CRIU 4.2 or newer there); run scripts/setup.sh as root (it builds "
-                                       "CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2. Nothing was done; the job goes "
-                                       "on running");
+    if (std::string why = socks.inet ? inet_sockets_refusal(criu_ver) : ""; !why.empty())
+      throw ClientError(kFixFirst, "cannot dump job " + std::to_string(d.init) + ": it holds " + why +
+                                       "; run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a "
+                                       "CRIU >= 4.2. Nothing was done; the job goes on running");
     if (!a.parent.empty()) {
       parent_dir = fs::absolute(a.parent).lexically_normal().string();
       while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
@@ -734,9 +718,8 @@ nlohmann::json dump_blockers(pid_t pid) {
     problems = socks.problems;
     if (socks.inet) {
       std::string c = criu_path(), v = access(c.c_str(), X_OK) == 0 ? criu_version(c) : "";
-      if (!v.empty() && !criu_dumps_inet_sockets(v))
-        problems.push_back("the job holds TCP or UDP sockets, which CRIU " + v + " cannot dump on Linux " +
-                           kernel_release() + " (it needs CRIU 4.2 or newer there)");
+      if (std::string why = v.empty() ? "" : inet_sockets_refusal(v); !why.empty())
+        problems.push_back("the job holds " + why);
     }
     j["job_init"] = init;
     j["sockets"] = socks.to_json();

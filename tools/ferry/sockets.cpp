@@ -110,7 +110,8 @@ std::vector<TcpEntry> tcp_tables(const std::string& net_dir) {
   return v;
 }
 
-std::set<uint64_t> inodes_of(const std::string& path) {
+// The inodes a /proc/net table lists in its column'th field (from 1), below its header.
+std::set<uint64_t> inodes_of(const std::string& path, int column) {
   std::set<uint64_t> s;
   std::ifstream in(path);
   std::string line;
@@ -118,9 +119,9 @@ std::set<uint64_t> inodes_of(const std::string& path) {
   while (std::getline(in, line)) {
     std::istringstream w(line);
     std::string f;
-    for (int i = 0; i < 10 && (w >> f); i++) {
-    }
-    if (!f.empty()) s.insert(strtoull(f.c_str(), nullptr, 10));
+    int i = 0;
+    while (i < column && (w >> f)) i++;
+    if (i == column) s.insert(strtoull(f.c_str(), nullptr, 10));
   }
   return s;
 }
@@ -377,7 +378,7 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     }
   }
   for (const char* udp : {"/udp", "/udp6"})
-    for (uint64_t ino : inodes_of(net + udp))
+    for (uint64_t ino : inodes_of(net + udp, 10))
       if (held.count(ino)) js.inet = true;
   if (stopped) return js;  // CRIU itself refuses a Unix socket with its peer outside
 
@@ -457,6 +458,10 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
   return taken;
 }
 
+bool is_unix_socket(pid_t pid, uint64_t ino) {
+  return inodes_of("/proc/" + std::to_string(pid) + "/net/unix", 7).count(ino) > 0;
+}
+
 std::string describe_sockets(const nlohmann::json& sockets) {
   if (!sockets.is_object()) return "";
   std::string ls;
@@ -465,6 +470,12 @@ std::string describe_sockets(const nlohmann::json& sockets) {
   if (ls.empty() && n == 0) return "";
   return "listening on " + (ls.empty() ? std::string("nothing") : ls) + "; " + std::to_string(n) +
          " connection end(s) inside the job";
+}
+
+std::string inet_sockets_refusal(const std::string& v) {
+  if (criu_dumps_inet_sockets(v)) return "";
+  return "TCP or UDP sockets, which CRIU " + v + " cannot dump on Linux " + kernel_release() +
+         " (it needs CRIU 4.2 or newer there)";
 }
 
 std::string kernel_release() {

@@ -83,6 +83,9 @@ void save_reuse(JobSockets& js);
 // 0); "" when all went well, else what did not.
 std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& saved);
 
+// Whether socket inode ino is a Unix socket (in pid's network namespace).
+bool is_unix_socket(pid_t pid, uint64_t ino);
+
 // "listening on 127.0.0.1:29500; 2 connection end(s) inside the job" for an image's or
 // a job's sockets (JobSockets::to_json); "" when it has no TCP socket.
 std::string describe_sockets(const nlohmann::json& sockets);
@@ -96,6 +99,9 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
 // 4.2 CRIU asks every socket for SO_PASSCRED, which Linux 6.16 and later refuse for
 // them ("Can't get 1:16 opt: Operation not supported").
 bool criu_dumps_inet_sockets(const std::string& criu_version);
+// "" when it does, else "TCP or UDP sockets, which CRIU 4.1.1 cannot dump on Linux ..."
+// (what a job holding them is refused for).
+std::string inet_sockets_refusal(const std::string& criu_version);
 // "6.18" of the running kernel.
 std::string kernel_release();
 
