@@ -5,9 +5,14 @@
 // -> unlock -> RUNNING. Lock closes the driver to new calls (every entry point that
 // checks initialization waits; the service's own thread passes) and waits, up to the
 // caller's timeout, for all queued work to finish; on timeout the process stays
-// RUNNING. Checkpoint lets go of the devices: the process's device memory already is
-// host memory, and the driver's file CRIU refuses (a userfaultfd, init.cpp) is closed,
-// so CRIU can now dump the process. Restore takes the devices of the machine the
+// RUNNING. Checkpoint lets go of the devices as the driver does: every byte of device
+// memory (cuMemAlloc and pool ranges, cuMemCreate allocations) is copied into memory of
+// the process's own -- growing its host memory by the GPU bytes, as NVIDIA's route does
+// on a GPU -- and the device pages are dropped; the driver's file CRIU refuses (a
+// userfaultfd, init.cpp) is closed, so CRIU can now dump the process, and dumps those
+// copies. Restore writes them back before the process runs again. (All-zero pages are
+// neither copied nor kept: on the simulated GPU they are untouched memory.) Managed
+// memory stays where it is: host and device share it. Restore takes the devices of the machine the
 // *caller* runs on (its own simulated devices, sent with the request: a process
 // restored elsewhere sees that machine's GPUs, not the ones in its own environment),
 // maps every checkpointed GPU to one of them -- by the caller's gpuPairs (old UUID ->
@@ -29,13 +34,16 @@
 // process that has a thread of that name, so no other process is ever killed by it.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -74,6 +82,18 @@ struct Opened {
   size_t used;
 };
 std::vector<Opened> g_checkpointed;
+
+// Device memory held in the process's own memory between checkpoint and restore: a
+// region (a physical allocation's memfd, or a heap range at its address) and the
+// stretches of it that held anything, copied into one private mapping of its size.
+struct Held {
+  PhysAlloc* phys = nullptr;  // or else the heap range at `base`
+  uintptr_t base = 0;
+  size_t size = 0;
+  char* copy = nullptr;
+  std::vector<std::pair<size_t, size_t>> parts;  // (offset, bytes) copied
+};
+std::vector<Held> g_held;
 
 thread_local bool t_is_service = false;
 
@@ -139,10 +159,112 @@ CUresult do_lock(unsigned timeout_ms) {
   return CUDA_SUCCESS;
 }
 
+bool all_zero(const char* p, size_t n) {
+  static const char zeros[kPage] = {};
+  return memcmp(p, zeros, n) == 0;
+}
+
+// Copies what the region holds into h.copy, page by page, skipping pages of zeros
+// (untouched memory). A memfd is read where it has data (SEEK_DATA), a heap range
+// where it is mapped.
+bool copy_out(Held& h) {
+  void* m = mmap(nullptr, h.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return false;
+  h.copy = static_cast<char*>(m);
+  auto keep = [&](size_t off, const char* src, size_t n) {
+    for (size_t at = 0; at < n; at += kPage) {
+      size_t k = std::min(kPage, n - at);
+      if (all_zero(src + at, k)) continue;
+      memcpy(h.copy + off + at, src + at, k);
+      if (!h.parts.empty() && h.parts.back().first + h.parts.back().second == off + at)
+        h.parts.back().second += k;
+      else
+        h.parts.emplace_back(off + at, k);
+    }
+  };
+  if (!h.phys) {
+    keep(0, reinterpret_cast<const char*>(h.base), h.size);
+    return true;
+  }
+  std::vector<char> buf(kGranularity);
+  off_t at = 0;
+  const off_t end = static_cast<off_t>(h.size);
+  while (at < end) {
+    off_t data = lseek(h.phys->fd, at, SEEK_DATA);
+    if (data < 0 || data >= end) break;  // ENXIO: nothing but holes from here
+    off_t hole = lseek(h.phys->fd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    for (off_t p = data; p < hole;) {
+      size_t n = static_cast<size_t>(std::min<off_t>(hole - p, static_cast<off_t>(buf.size())));
+      ssize_t got = pread(h.phys->fd, buf.data(), n, p);
+      if (got <= 0) return false;
+      keep(static_cast<size_t>(p), buf.data(), static_cast<size_t>(got));
+      p += got;
+    }
+    at = hole;
+  }
+  return true;
+}
+
+// Writes the copy back where it came from; the copy is kept until all of it is back.
+bool copy_in(const Held& h) {
+  for (auto& [off, n] : h.parts) {
+    if (!h.phys) {
+      memcpy(reinterpret_cast<char*>(h.base) + off, h.copy + off, n);
+      continue;
+    }
+    for (size_t done = 0; done < n;) {
+      ssize_t put = pwrite(h.phys->fd, h.copy + off + done, n - done, static_cast<off_t>(off + done));
+      if (put <= 0) return false;
+      done += static_cast<size_t>(put);
+    }
+  }
+  return true;
+}
+
+// Drops the device pages of a region (its contents are in the copy).
+void drop_device_pages(const Held& h) {
+  if (h.phys)
+    fallocate(h.phys->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(h.size));
+  else
+    madvise(reinterpret_cast<void*>(h.base), h.size, MADV_DONTNEED);
+}
+
+void free_copies() {
+  for (Held& h : g_held)
+    if (h.copy) munmap(h.copy, h.size);
+  g_held.clear();
+}
+
+// Every region's contents into the process's memory, then its device pages dropped.
+// On failure (no host memory for a copy) what was dropped is written back and the
+// process keeps its device memory.
+bool hold_device_memory(Driver& d) {
+  std::vector<Held> regions;
+  for (PhysAlloc* p : d.phys) regions.push_back({p, 0, p->size, nullptr, {}});
+  for (auto& [base, r] : d.ranges)
+    if (r.kind == RangeKind::DeviceAlloc || r.kind == RangeKind::PoolAlloc) regions.push_back({nullptr, base, r.span, nullptr, {}});
+  for (Held& h : regions) {
+    bool ok = copy_out(h);
+    g_held.push_back(h);
+    if (!ok) {
+      for (const Held& back : g_held) copy_in(back);
+      free_copies();
+      return false;
+    }
+    drop_device_pages(h);
+  }
+  return true;
+}
+
 CUresult do_checkpoint() {
   if (g_state != CU_PROCESS_STATE_LOCKED) return CUDA_ERROR_ILLEGAL_STATE;
   Driver& d = drv();
   std::lock_guard lk(d.mu);
+  if (!hold_device_memory(d)) {
+    log("checkpoint: no host memory for a copy of the device memory");
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   g_checkpointed.clear();
   for (auto& dev : d.devices) {
     bool opened = dev->used > 0;
@@ -200,6 +322,14 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     taken[j] = true;
     plan.emplace_back(o.ordinal, &m);
   }
+  // The device memory back from the process's memory: a region that cannot be written
+  // (no memory for the memfd) leaves the process CHECKPOINTED, its copies kept.
+  for (const Held& h : g_held)
+    if (!copy_in(h)) {
+      log("restore: device memory could not be written back: %s", strerror(errno));
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+  free_copies();
   for (auto& [ordinal, m] : plan) d.devices[static_cast<size_t>(ordinal)]->cfg = *m;
   // The process now sees this machine's GPUs: as many as it has (devices beyond the old
   // count are made, those beyond the new one are no longer present), the ones it did
