@@ -513,6 +513,12 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                             d.tasks.size(), d.cuda().size(), dir.c_str());
   // 1. GPU state of every CUDA process to the image; then its socket is closed.
   auto t_stop = Clock::now();
+  // Where the time went, for `--format json` (and bench/process_dump.sh).
+  nlohmann::json phases = nlohmann::json::object();
+  auto phase_end = [&, t = t_stop](const char* name) mutable {
+    phases[name] = since(t);
+    t = Clock::now();
+  };
   uint64_t gpu_written = 0, gpu_reused = 0, gpu_bytes = 0;
   nlohmann::json procs = nlohmann::json::array();
   std::map<pid_t, nlohmann::json> status_of;
@@ -548,6 +554,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       return abort(e.code, e.message);
     }
   }
+  phase_end("gpu_state");
   // 2. The driver lets go of each CUDA process.
   if (view.enabled) fprintf(stderr, "  driver checkpoint\n");
   for (Task* t : d.cuda()) {
@@ -559,6 +566,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
                                   cuda_error_text(r));
   }
+  phase_end("driver_checkpoint");
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");
   std::vector<std::string> argv = {criu,        "dump", "-t", std::to_string(d.init), "-D", d.cpu_dir, "-o",
@@ -588,6 +596,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
   double stopped_cpu = since(t_stop);
+  phase_end("criu_dump");
   // 4. The manifest, and the directory published.
   nlohmann::json m;
   m["format"] = "ferry-process";
@@ -647,11 +656,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   } catch (const image::Error& e) {
     return abort(exit_for_class(image::class_name(e.cls)), e.message);
   }
+  phase_end("publish");
   // 5. The job ends, or goes on from the published image.
   std::string left;
   if (a.leave_running) {
     d.stage.clear();
     left = d.undo(dir);
+    phase_end("resume");
   } else {
     kill(d.init, SIGKILL);
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
@@ -664,6 +675,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                         {"seconds", secs},          {"stopped_seconds", stopped},
                         {"left_running", a.leave_running}};
     j["stats"] = m["stats"];
+    j["phase_seconds"] = phases;
     if (!left.empty()) j["error"] = "the image is complete, but the job could not go on" + left;
     printf("%s\n", j.dump(1).c_str());
   } else {
