@@ -642,6 +642,97 @@ TEST_CASE("ferry killed mid-dump: nothing half-published, and ferry resume bring
   }
 }
 
+namespace {
+// pid and start time, as ferry names a dump in progress
+std::string identity(pid_t pid) {
+  std::string stat = ferry_test::read_file("/proc/" + std::to_string(pid) + "/stat");
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string f;
+  for (int i = 3; i <= 22; i++) rest >> f;
+  return std::to_string(pid) + " " + f;
+}
+std::vector<pid_t> tree_below(pid_t pid) {
+  std::vector<pid_t> all = {pid};
+  for (size_t i = 0; i < all.size(); i++)
+    for (pid_t c : children_of(all[i])) all.push_back(c);
+  return all;
+}
+}  // namespace
+
+TEST_CASE("a job without CUDA left stopped (ferry killed mid-dump, a SIGSTOP) goes on with ferry resume of its ferry "
+          "run; a dump in progress is waited for",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string socks = t / "sockets";
+  fs::create_directories(socks);
+  auto env = ferry_test::emu_env({{"FERRY_SOCKET_DIR", socks}});
+  ferry_test::Child c(job({"/bin/sh", "-c",
+                           "i=0; while [ $i -lt 150 ]; do echo tick $i; i=$((i+1)); sleep 0.02; done; echo done"}),
+                      env);
+  REQUIRE(c.wait_for("tick 3"));
+  const pid_t init = children_of(c.pid()).at(0);
+  const std::string job_pid = std::to_string(c.pid()), init_s = std::to_string(init);
+  auto resume = [&] { return ferry_test::run({kFerry, "resume", job_pid}, env, 60); };
+  auto r = resume();
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "job " + init_s + " is running: nothing to resume\n");
+
+  SECTION("stopped by a signal") {
+    auto tasks = tree_below(init);
+    for (pid_t p : tasks) kill(p, SIGSTOP);
+    usleep(200000);
+    size_t frozen = c.out().size();
+    usleep(300000);
+    CHECK(c.out().size() == frozen);
+    r = resume();
+    INFO(r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("job " + init_s + ": ") == 0);
+    CHECK(r.out.find(" stopped process(es) continued") != std::string::npos);
+  }
+  SECTION("a dump in progress, then one whose ferry died") {
+    // The marker a dump leaves, naming a live ferry (the job's own ferry run will do).
+    std::ofstream(socks + "/" + init_s + ".dumping") << identity(c.pid()) << "\n";
+    r = resume();
+    CHECK(r.exit_code == 75);
+    CHECK(r.err.find("job " + init_s + " is being dumped by ferry (pid " + job_pid +
+                     "); it goes on when that has ended") != std::string::npos);
+    auto d = ferry_test::run({kFerry, "dump", job_pid, t / "img"}, env, 60);
+    CHECK(d.exit_code == 75);
+    CHECK(d.err.find("job " + init_s + " is being dumped by ferry (pid " + job_pid +
+                     "); try again when that has ended") != std::string::npos);
+    CHECK(!fs::exists(t / "img.partial"));
+    // A ferry that died (its pid now another process's, or nobody's) holds nothing up.
+    std::ofstream(socks + "/" + init_s + ".dumping") << job_pid << " 1\n";
+    r = resume();
+    CHECK(r.exit_code == 0);
+    int delay_ms = random_step(0, 80);
+    INFO("ferry dump killed after " << delay_ms << " ms");
+    {
+      ferry_test::Child k({kFerry, "dump", job_pid, t / "img"}, env);
+      usleep(static_cast<useconds_t>(delay_ms) * 1000);
+      kill(k.pid(), SIGKILL);
+      k.finish();
+    }
+    usleep(500000);  // a CRIU still running finishes (it leaves the job stopped)
+    if (fs::exists(t / "img")) CHECK(fs::exists(t / "img/process.json"));
+    r = resume();
+    INFO(r.out << r.err);
+    if (r.exit_code != 0) {  // the dump had ended the job before ferry was killed
+      CHECK(c.finish().exit_code == 128 + SIGKILL);
+      REQUIRE(fs::exists(t / "img/process.json"));
+      return;
+    }
+  }
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  // Every tick once, in order: nothing lost or repeated by the stop.
+  std::string want;
+  for (int i = 0; i < 150; i++) want += "tick " + std::to_string(i) + "\n";
+  CHECK(done.out == want + "done\n");
+}
+
 TEST_CASE("restore refusals: a target without the GPU or the memory, damaged halves, a newer ferry -- nothing "
           "started, the image untouched",
           "[process-image][criu]") {

@@ -103,7 +103,32 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   if (op == "resume") {
     try {
       std::string moved;
-      if (recover_detached(pid, &moved) && !moved.empty()) opts.dir = moved;
+      if (recover_detached(pid, &moved)) {
+        if (!moved.empty()) opts.dir = moved;
+      } else if (auto job = resume_job(pid)) {
+        if (!job->forward.empty()) {
+          int worst = kOk;
+          for (pid_t c : job->forward)
+            if (int r = cmd_op(op, c, a, out); r != kOk) worst = r;
+          return worst;
+        }
+        if (out.json)
+          printf("%s\n", nlohmann::json({{"ok", job->problems.empty()},
+                                          {"job_init", job->init},
+                                          {"continued", job->continued},
+                                          {"error", job->problems.empty() ? "" : job->problems.substr(2)}})
+                              .dump(1)
+                              .c_str());
+        else if (job->continued == 0)
+          printf("job %d is running: nothing to resume\n", job->init);
+        else
+          printf("job %d: %zu stopped process(es) continued\n", job->init, job->continued);
+        if (!job->problems.empty()) {
+          if (!out.json) fprintf(stderr, "ferry: %s\n", job->problems.substr(2).c_str());
+          return kFailed;
+        }
+        return kOk;
+      }
     } catch (const ClientError& e) {
       return fail(out, e);
     }

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -126,6 +127,31 @@ struct Task {
 
 std::string sock_of(pid_t host) { return control::socket_dir() + "/" + control::socket_name(host); }
 std::string marker_of(pid_t host, const char* ext) { return control::socket_dir() + "/" + std::to_string(host) + ext; }
+
+// A process's identity across pid reuse: its pid and start time (/proc/PID/stat field 22).
+std::string identity_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return "";
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; i++)
+    if (i == 22) return std::to_string(pid) + " " + field;
+  return "";
+}
+
+// While `ferry dump` works on a job, <socket dir>/<init>.dumping names it (pid and start
+// time), so that neither a second dump nor `ferry resume` of the job acts meanwhile; one
+// left by a ferry that died is stale and ignored. 0: no dump in progress.
+pid_t dumping_ferry(pid_t init) {
+  std::ifstream in(marker_of(init, ".dumping"));
+  std::string who;
+  std::getline(in, who);
+  pid_t p = static_cast<pid_t>(atoi(who.c_str()));
+  return p > 0 && identity_of(p) == who ? p : 0;
+}
 
 // The job's processes, parents before children.
 std::vector<Task> tree_of(pid_t init) {
@@ -487,8 +513,20 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                          " is suspended; resume it (ferry resume) before a whole-process dump");
     }
     if (!d.cuda().empty()) d.driver = std::make_unique<CudaDriver>(driver_of(d.tasks));
+    if (pid_t other = dumping_ferry(d.init))
+      throw ClientError(kRetryLater, "job " + std::to_string(d.init) + " is being dumped by ferry (pid " +
+                                         std::to_string(other) + "); try again when that has ended");
   } catch (const ClientError& e) {
     return fail(out, e);
+  }
+  struct InProgress {
+    std::string path;
+    ~InProgress() { unlink(path.c_str()); }
+  } in_progress{marker_of(d.init, ".dumping")};
+  {
+    std::error_code mk;
+    fs::create_directories(control::socket_dir(), mk);
+    std::ofstream(in_progress.path) << identity_of(getpid()) << "\n";
   }
   d.stage = dir + ".partial";
   d.cpu_dir = d.stage + "/cpu";
@@ -714,6 +752,38 @@ bool recover_detached(pid_t pid, std::string* dir) {
     }
   }
   return true;
+}
+
+std::optional<StoppedJob> resume_job(pid_t pid) {
+  if (access(sock_of(pid).c_str(), F_OK) == 0 || access(marker_of(pid, ".detached").c_str(), F_OK) == 0)
+    return std::nullopt;  // a CUDA process: resumed by its own socket
+  StoppedJob j;
+  try {
+    j.init = job_init_of(pid);
+  } catch (const ClientError&) {
+    return std::nullopt;
+  }
+  if (pid_t f = dumping_ferry(j.init))
+    throw ClientError(kRetryLater, "job " + std::to_string(j.init) + " is being dumped by ferry (pid " +
+                                       std::to_string(f) + "); it goes on when that has ended");
+  std::vector<Task> tasks = tree_of(j.init);
+  for (auto& t : tasks)
+    if (access(marker_of(t.host, ".detached").c_str(), F_OK) == 0 && access(sock_of(t.host).c_str(), F_OK) != 0)
+      j.forward.push_back(t.host);
+  if (!j.forward.empty()) return j;  // their resume continues the whole tree
+  size_t stopped = 0;
+  for (auto& t : tasks) stopped += status_field(t.host, "State").rfind("T", 0) == 0;
+  if (stopped == 0) {
+    // Running: a CUDA process of the job may be suspended (ferry suspend), or says it runs.
+    for (auto& t : tasks)
+      if (t.cuda) j.forward.push_back(t.host);
+    return j;
+  }
+  // CRIU's --leave-stopped leaves TCP sockets in repair mode: out of it first.
+  j.problems = leave_repair(job_tasks(tasks), {});
+  cont_all(tasks);
+  j.continued = stopped;
+  return j;
 }
 
 nlohmann::json dump_blockers(pid_t pid) {

@@ -54,7 +54,9 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -97,6 +99,21 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 // socket. False when pid is not such a process. dir: where its GPU image is now, when
 // the dump published it before dying ("" otherwise).
 bool recover_detached(pid_t pid, std::string* dir);
+
+// `ferry resume PID` where PID is a job's process without CUDA (its ferry run, init, a
+// launcher): a job an interrupted dump (or a SIGSTOP) left stopped is continued, its TCP
+// sockets out of CRIU's repair mode first. The job's CUDA processes are returned in
+// `forward` instead, to be resumed by their own sockets, when an interrupted dump left
+// them without one (their recovery continues the whole tree) or when nothing is
+// stopped (one may be suspended). nullopt when pid uses CUDA or is in no job; throws
+// ClientError while a dump of the job is in progress.
+struct StoppedJob {
+  pid_t init = 0;
+  size_t continued = 0;        // processes that were stopped
+  std::vector<pid_t> forward;  // CUDA processes to resume instead
+  std::string problems;        // sockets that could not leave repair mode ("; ..." each)
+};
+std::optional<StoppedJob> resume_job(pid_t pid);
 
 // What would keep `ferry dump` from dumping the job of pid: {"job_init", "dumpable",
 // "problems"} (not in a job; established TCP connections, which CRIU refuses).
