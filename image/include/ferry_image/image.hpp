@@ -144,6 +144,7 @@ class Writer {
   int fd_ = -1;
   std::string pack_name_;
   uint64_t pack_off_ = 0;
+  uint64_t flushed_off_ = 0;  // the pack's bytes before this offset are being written back
   int pack_no_ = 0;
   uint64_t written_ = 0, reused_ = 0;
   std::map<Hash, ChunkLoc> index_;         // chunks of this image
