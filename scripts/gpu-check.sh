@@ -15,6 +15,8 @@
 #   FERRY_GPU_CHECK_ONLY=a,b    only the checks whose names start with these
 #   FERRY_GPU_CHECK_BUDGET_S=N  start no check after N s of the suite (default: what
 #                               is left of 420 s after the build)
+#   FERRY_GPU_CHECK_KIT_BUILD=1 in emulator mode, build as on a GPU machine (only what
+#                               the suite needs; CI does, so nothing it runs is missing)
 # On a machine without Debian's -dev packages, run scripts/gpu-kit-deps.sh beforehand
 # where they exist and carry .gpu-kit/ along.
 set -uo pipefail
@@ -46,7 +48,7 @@ if [[ $emulator != 1 ]]; then
   echo "gpu-check: $(nvidia-smi -L | head -1)"
 fi
 
-if [[ $emulator == 1 && -z ${FERRY_BUILD_DIR:-} && -x $root/build/tools/ferry ]]; then
+if [[ $emulator == 1 && -z ${FERRY_BUILD_DIR:-} && ${FERRY_GPU_CHECK_KIT_BUILD:-0} != 1 && -x $root/build/tools/ferry ]]; then
   build=$root/build
 else
   build=${FERRY_BUILD_DIR:-$root/build-gpu}
@@ -57,7 +59,8 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
   extra=()
   [[ -d $root/.gpu-kit/include ]] && extra=(-DFERRY_EXTRA_INCLUDE="$root/.gpu-kit/include")
   kit=(-DFERRY_GPU_KIT=ON -DCMAKE_BUILD_TYPE=Release)
-  [[ $emulator == 1 ]] && kit=()  # the normal build has everything the suite needs
+  # The normal build has everything the suite needs.
+  [[ $emulator == 1 && ${FERRY_GPU_CHECK_KIT_BUILD:-0} != 1 ]] && kit=()
   echo "gpu-check: building in $build"
   # Past a failing target (-k): a GPU machine's newer compiler may reject something the
   # real-GPU checks do not need, and a device call is too rare to spend on one error.

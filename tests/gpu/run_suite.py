@@ -585,6 +585,39 @@ def process_torch():
                          tag="torch")
 
 
+@check("process.vs_nvidia", 240)
+def process_vs_nvidia():
+    """bench/process_dump.sh, one round: ferry's whole-process route against NVIDIA's
+    (driver checkpoint with the device memory live, criu dump; criu restore, driver
+    restore) on the same trainer -- the dump-time, memory and size targets on this GPU."""
+    if os.geteuid() != 0:
+        raise Skipped("CRIU needs root")
+    ours = [c for c in REPORT["checks"] if c["name"] == "process.mlp_trainer"]
+    if ours and ours[0]["status"] != "pass":
+        raise Skipped("ferry's route failed above (process.mlp_trainer)")
+    env = env_for({"FERRY_BUILD_DIR": A.build, "FERRY_BENCH_GPU": "simulated" if A.emulator else "real"})
+    env.pop("LD_PRELOAD", None)  # CRIU runs from the script itself
+    cmd = ["bash", os.path.join(A.src, "bench/process_dump.sh"), "64" if A.emulator else "1024", "1"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=230, env=env)
+    except subprocess.TimeoutExpired as e:
+        raise Failed("bench/process_dump.sh did not finish within 230 s") from e
+    with open(os.path.join(A.out, "process_dump.txt"), "w") as f:
+        f.write(p.stdout + "\n" + p.stderr)
+    if p.returncode != 0:
+        raise Failed(f"bench/process_dump.sh exited {p.returncode}: {(p.stderr or p.stdout).strip()[-600:]}")
+    figures = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            figures[m.group(1).strip()] = f"ferry {m.group(2)}, NVIDIA {m.group(3)}, ratio {m.group(4)}"
+        elif line.startswith("GPU bytes:"):
+            figures["second dump"] = line
+    if "dump seconds, image synced" not in figures:
+        raise Failed(f"bench/process_dump.sh printed no figures: {p.stdout.strip()[-600:]}")
+    return figures
+
+
 def torch_check(mode):
     script = os.path.join(A.src, "tests/gpu/torch_train.py")
     extra = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if mode == "expandable" else {}
@@ -627,7 +660,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [release_probe, process_mlp, process_tcp_store, process_torch, gpa_table, reserve_hint, export_tables,
+CHECKS = [release_probe, process_mlp, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 
