@@ -146,17 +146,32 @@ TEST_CASE("mlp_trainer dumped at a random step, killed, restored onto the other 
   CHECK(!rep["processes"][0]["status"]["memory_by_gpu"].contains("0"));
 }
 
-TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer",
+TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
+          "CRIU loads no plugin (NVIDIA's cuda_plugin would do the driver's part itself)",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
+  // A plugin directory CRIU would load from: with this library in it, CRIU itself fails.
+  fs::create_directories(t / "plugins");
+  std::ofstream(t / "plugins/cuda_plugin.so") << "not a library\n";
+  const std::map<std::string, std::string> plugins = {{"CRIU_LIBS_DIR", t / "plugins"}};
+  {
+    ferry_test::Child sleeper({"/bin/sleep", "60"});
+    fs::create_directories(t / "plain");
+    auto r = ferry_test::run({std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu", "dump", "-t",
+                              std::to_string(sleeper.pid()), "-D", t / "plain", "-o", "dump.log", "--leave-running"},
+                             plugins, 60);
+    CHECK(r.exit_code != 0);
+    CHECK(ferry_test::read_file(t / "plain/dump.log").find("Unable to load " + (t / "plugins/cuda_plugin.so")) !=
+          std::string::npos);
+  }
   auto plain = ferry_test::run({kSaxpy, "--n", "300000", "--iters", "80"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
   ferry_test::Child c(job({kSaxpy, "--n", "300000", "--iters", "80", "--iter-delay-ms", "15"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("iteration " + std::to_string(random_step(2, 30))));
-  dump(c.pid(), t / "img");
+  dump(c.pid(), t / "img", {}, plugins);
   CHECK(c.finish().exit_code == 128 + SIGKILL);
-  auto r = restore(t / "img");
+  auto r = restore(t / "img", {}, plugins);
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out) == checksums(plain.out));

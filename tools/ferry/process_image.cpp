@@ -253,10 +253,23 @@ std::string joined(const std::vector<std::string>& v) {
 
 // Runs criu with argv (stdin/out/err this process's, or /dev/null when quiet); its
 // exit code, -1 if it could not run.
+//
+// CRIU loads every plugin in its plugin directory (/usr/lib/criu, or $CRIU_LIBS_DIR).
+// NVIDIA's cuda_plugin, where installed with cuda-checkpoint, would drive the driver
+// checkpoint itself -- at a restore before ferry does and without ferry's GPU pairs --
+// and a dump it took part in lists it as required by every restore. ferry does that
+// work itself, so CRIU runs with an empty plugin directory of its own (root's, made
+// afresh: nobody can slip a library into it).
 int run_criu(std::vector<std::string> argv, bool quiet) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
+  char no_plugins[] = "/tmp/ferry-criu-plugins-XXXXXX";
+  if (!mkdtemp(no_plugins)) return -1;
+  argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
   pid_t p = fork();
-  if (p < 0) return -1;
+  if (p < 0) {
+    rmdir(no_plugins);
+    return -1;
+  }
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
     prepare_criu_environment();
@@ -273,8 +286,11 @@ int run_criu(std::vector<std::string> argv, bool quiet) {
     _exit(127);
   }
   int st = 0;
-  while (waitpid(p, &st, 0) < 0)
-    if (errno != EINTR) return -1;
+  int r = 0;
+  while ((r = static_cast<int>(waitpid(p, &st, 0))) < 0 && errno == EINTR) {
+  }
+  rmdir(no_plugins);
+  if (r < 0) return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -25,7 +25,8 @@
 //      re-binds a socket path another process owns;
 //   2. NVIDIA's checkpoint API (lock, checkpoint) makes the driver let go of what is
 //      left; with nothing on the GPU this is quick;
-//   3. `criu dump` of the tree, leaving the tasks stopped; the job's stdio (pipes,
+//   3. `criu dump` of the tree (with no CRIU plugins: NVIDIA's would redo step 2 its
+//      own way), leaving the tasks stopped; the job's stdio (pipes,
 //      terminals, Unix sockets, files outside the job) is recorded as external, TCP
 //      connections inside the job are dumped with it (--tcp-established, in repair
 //      mode), and the job's sockets are looked at again now that nothing can change;
