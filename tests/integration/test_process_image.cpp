@@ -748,6 +748,57 @@ TEST_CASE("a job without CUDA left stopped (ferry killed mid-dump, a SIGSTOP) go
   CHECK(done.out == want + "done\n");
 }
 
+TEST_CASE("a restore needs the job's files as they were: a changed program or data file, a missing working "
+          "directory are named before anything starts; a log the job appends to may grow",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string sh = t / "sh", data = t / "data", log = t / "log", work = t / "work";
+  fs::copy_file("/bin/sh", sh);
+  fs::create_directories(work);
+  auto put = [](const std::string& path, const std::string& text) { std::ofstream(path) << text; };
+  put(data, "abc\n");
+  ferry_test::Child c(job({sh, "-c",
+                           "cd " + work + " && exec 3>>" + log + " 4<" + data +
+                               " && i=0; while [ $i -lt 100 ]; do echo tick $i; echo log $i >&3; i=$((i+1)); "
+                               "sleep 0.02; done; echo done"}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("tick 5"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto in = ferry_test::run({kFerry, "inspect", t / "img", "--format", "json"}, {}, 60);
+  auto ij = nlohmann::json::parse(in.out);
+  std::map<std::string, std::string> as;
+  for (auto& f : ij["files"]) as[f["path"]] = f["as"];
+  CHECK(as[sh] == "mapped");
+  CHECK(as[data] == "open");
+  CHECK(as[work] == "working directory");
+  CHECK(as.count(log) == 0);  // appended to only: CRIU does not check it
+  CHECK(ij["files_changed_here"].empty());
+
+  const auto sh_size = fs::file_size(sh);
+  std::ofstream(log, std::ios::app) << "written after the dump\n";
+  std::ofstream(sh, std::ios::app) << "x";
+  put(data, "abcd\n");
+  fs::remove(work);
+  auto r = restore_text(t / "img");
+  CHECK(r.exit_code == 78);
+  CHECK(r.err == "ferry: cannot restore the job of " + (t / "img") +
+                     " here: CRIU reopens the job's files by path and this machine does not have them as they were "
+                     "at the dump: " + data + " (5 bytes; it had 4); " + sh + " (" + std::to_string(sh_size + 1) +
+                     " bytes; it had " + std::to_string(sh_size) + "); " + work +
+                     " (missing). Nothing was started; the image is untouched\n");
+  // As they were: the job goes on where it was dumped.
+  fs::copy_file("/bin/sh", sh, fs::copy_options::overwrite_existing);
+  put(data, "abc\n");
+  fs::create_directories(work);
+  r = restore(t / "img");
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("tick 99\ndone\n") != std::string::npos);
+  CHECK(ferry_test::read_file(log).find("written after the dump\nlog ") != std::string::npos);
+}
+
 TEST_CASE("restore refusals: a target without the GPU or the memory, damaged halves, a newer ferry -- nothing "
           "started, the image untouched",
           "[process-image][criu]") {

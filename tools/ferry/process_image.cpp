@@ -229,6 +229,92 @@ std::vector<Stdio> stdio_of(pid_t pid) {
   return v;
 }
 
+// ---- the job's files ---------------------------------------------------------------------------
+
+// What CRIU opens again by path at a restore and refuses when it changed (it compares
+// sizes): every regular file a process of the job maps (its programs, libraries, ferry's
+// own) or holds open, and each working directory. Left out: the job's stdio (the
+// restorer's replaces it), files open for appending only (CRIU does not check logs),
+// files deleted since they were opened and memfds (their contents are in the image).
+nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
+  std::set<std::pair<dev_t, ino_t>> stdio;
+  for (int fd = 0; fd <= 2; fd++) {
+    struct stat sb;
+    if (stat(("/proc/" + std::to_string(init) + "/fd/" + std::to_string(fd)).c_str(), &sb) == 0)
+      stdio.insert({sb.st_dev, sb.st_ino});
+  }
+  std::map<std::string, nlohmann::json> files;
+  auto add = [&](const std::string& path, const std::string& through, const char* what) {
+    if (path.empty() || path[0] != '/' || files.count(path)) return;
+    if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) return;
+    struct stat sb;
+    if (stat(through.c_str(), &sb) != 0 || stdio.count({sb.st_dev, sb.st_ino})) return;
+    if (S_ISREG(sb.st_mode))
+      files[path] = {{"path", path}, {"size", static_cast<uint64_t>(sb.st_size)}, {"as", what}};
+    else if (S_ISDIR(sb.st_mode))
+      files[path] = {{"path", path}, {"as", what}};
+  };
+  for (auto& t : tasks) {
+    std::string proc = "/proc/" + std::to_string(t.host);
+    char buf[4096];
+    if (ssize_t n = readlink((proc + "/cwd").c_str(), buf, sizeof buf - 1); n > 0)
+      add(std::string(buf, static_cast<size_t>(n)), proc + "/cwd", "working directory");
+    std::ifstream maps(proc + "/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+      // start-end perms offset dev inode path
+      std::istringstream in(line);
+      std::string range, perms, off, dev, inode;
+      in >> range >> perms >> off >> dev >> inode;
+      std::string path;
+      std::getline(in >> std::ws, path);
+      if (inode != "0") add(path, proc + "/map_files/" + range, "mapped");
+    }
+    if (DIR* d = opendir((proc + "/fd").c_str())) {
+      while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string fd = proc + "/fd/" + e->d_name;
+        ssize_t n = readlink(fd.c_str(), buf, sizeof buf - 1);
+        if (n <= 0) continue;
+        std::ifstream info(proc + "/fdinfo/" + e->d_name);
+        std::string key;
+        unsigned long flags = 0;
+        while (info >> key)
+          if (key == "flags:") {
+            info >> std::oct >> flags;
+            break;
+          }
+        if ((flags & O_ACCMODE) == O_WRONLY && (flags & O_APPEND)) continue;
+        add(std::string(buf, static_cast<size_t>(n)), fd, "open");
+      }
+      closedir(d);
+    }
+  }
+  nlohmann::json v = nlohmann::json::array();
+  for (auto& [path, f] : files) v.push_back(f);
+  return v;
+}
+
+// The recorded files this machine lacks or has otherwise: "PATH (why)" each.
+std::vector<std::string> files_changed_here(const nlohmann::json& files) {
+  std::vector<std::string> bad;
+  for (auto& f : files) {
+    std::string path = f.value("path", "");
+    struct stat sb;
+    if (stat(path.c_str(), &sb) != 0) {
+      bad.push_back(path + " (missing)");
+    } else if (!f.contains("size")) {
+      if (!S_ISDIR(sb.st_mode)) bad.push_back(path + " (not a directory)");
+    } else if (!S_ISREG(sb.st_mode)) {
+      bad.push_back(path + " (not a regular file)");
+    } else if (static_cast<uint64_t>(sb.st_size) != f["size"].get<uint64_t>()) {
+      bad.push_back(path + " (" + std::to_string(sb.st_size) + " bytes; it had " +
+                    std::to_string(f["size"].get<uint64_t>()) + ")");
+    }
+  }
+  return bad;
+}
+
 std::vector<JobTask> job_tasks(const std::vector<Task>& tasks) {
   std::vector<JobTask> v;
   for (auto& t : tasks) v.push_back({t.host, t.name});
@@ -682,6 +768,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   for (auto& s : stdio) sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
+  m["files"] = job_files(d.tasks, d.init);
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
   try {
@@ -863,6 +950,13 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
                                                                joined(taken) +
                                                                ". Nothing was started; the image is untouched");
+    if (auto changed = files_changed_here(m.value("files", nlohmann::json::array())); !changed.empty()) {
+      size_t n = changed.size();
+      if (n > 6) changed.resize(5), changed.push_back("and " + std::to_string(n - 5) + " more");
+      throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: CRIU reopens the job's files by "
+                                   "path and this machine does not have them as they were at the dump: " +
+                                       joined(changed) + ". Nothing was started; the image is untouched");
+    }
     if (!a.device_map.empty()) {
       try {
         dmap = parse_device_map(a.device_map);
@@ -1035,6 +1129,7 @@ int inspect_process_image(const std::string& dir, const Output& out) {
     j["kind"] = "process";
     j["cpu_bytes"] = cpu;
     j["gpu_images"] = gpu_images;
+    if (m.contains("files")) j["files_changed_here"] = files_changed_here(m["files"]);
     printf("%s\n", j.dump(1).c_str());
     return kOk;
   }
@@ -1068,6 +1163,14 @@ int inspect_process_image(const std::string& dir, const Output& out) {
   for (auto& s : m.value("stdio", nlohmann::json::array()))
     printf("  fd %d was %s (%s): the restorer's own fd %d takes its place\n", s["fd"].get<int>(),
            s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(), s["fd"].get<int>());
+  if (m.contains("files")) {
+    auto changed = files_changed_here(m["files"]);
+    printf("  files: %zu (programs, libraries, open files, working directories) that a restore needs unchanged at "
+           "the same paths; %s\n",
+           m["files"].size(),
+           changed.empty() ? "this machine has them all" : ("here " + std::to_string(changed.size()) +
+                                                            " differ: " + joined(changed)).c_str());
+  }
   return kOk;
 }
 
