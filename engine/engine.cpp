@@ -18,6 +18,7 @@
 #include "log.hpp"
 #include "restore.hpp"
 #include "shim.hpp"
+#include "state_codec.hpp"
 #include "tracker.hpp"
 
 namespace ferry::engine {
@@ -508,6 +509,16 @@ nlohmann::json status() {
     devs.push_back({{"device", v}, {"physical", p}, {"name", name}});
   }
   j["devices"] = devs;
+  // Every GPU this process's driver shows, in its numbering, by UUID: what a caller that
+  // numbers GPUs otherwise (another CUDA_VISIBLE_DEVICES, a restore elsewhere) goes by.
+  nlohmann::json gpus = nlohmann::json::array();
+  int real_count = 0;
+  if (real::cuDeviceGetCount(&real_count) == CUDA_SUCCESS)
+    for (int p = 0; p < real_count; p++) {
+      CUuuid u{};
+      if (real::cuDeviceGetUuid_v2(&u, p) == CUDA_SUCCESS) gpus.push_back({{"physical", p}, {"uuid", pod_hex(u)}});
+    }
+  j["gpus"] = gpus;
   auto& st = tr::state();
   std::unique_lock lk(st.mu, std::try_to_lock);
   if (lk.owns_lock()) {

@@ -105,6 +105,25 @@ std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::
     }
     return m;
   };
+  if (!o.device_uuids.empty()) {
+    // By UUID: the caller knows GPUs, not this process's numbering of them.
+    for (auto& [v, id] : o.device_uuids) {
+      if (v < 0 || v >= n)
+        throw Error(ErrorClass::FixFirst, "the GPUs by UUID name program device " + std::to_string(v) +
+                                              "; the program sees " + std::to_string(n));
+      int found = -1;
+      for (int d = 0; d < phys && found < 0; d++) {
+        CUuuid u{};
+        if (real::cuDeviceGetUuid_v2(&u, d) == CUDA_SUCCESS && pod_hex(u) == id) found = d;
+      }
+      if (found < 0)
+        throw Error(ErrorClass::FixFirst, "GPU " + id + " is not among the " + std::to_string(phys) +
+                                              " GPUs this process sees (CUDA_VISIBLE_DEVICES hides it, or the "
+                                              "machine lacks it)");
+      map[v] = found;
+    }
+    return settle(map);
+  }
   if (!o.device_map.empty()) {
     if (static_cast<int>(o.device_map.size()) != n)
       throw Error(ErrorClass::FixFirst, "the device map names " + std::to_string(o.device_map.size()) +

@@ -21,6 +21,11 @@ nlohmann::json to_json(const Options& o) {
   if (!o.fingerprints) j["fingerprints"] = false;
   if (o.device >= 0) j["device"] = o.device;
   if (!o.device_map.empty()) j["device_map"] = o.device_map;
+  if (!o.device_uuids.empty()) {
+    nlohmann::json u = nlohmann::json::object();
+    for (auto& [v, id] : o.device_uuids) u[std::to_string(v)] = id;
+    j["device_uuids"] = u;
+  }
   if (o.staging_bytes != d.staging_bytes) j["staging_mb"] = o.staging_bytes >> 20;
   return j;
 }
@@ -50,6 +55,17 @@ Options options_from_json(const nlohmann::json& j) {
   o.fingerprints = get<bool>(j, "fingerprints", true);
   o.device = get<int>(j, "device", -1);
   o.device_map = get<std::vector<int>>(j, "device_map", {});
+  for (auto& [v, id] : get<std::map<std::string, std::string>>(j, "device_uuids", {})) {
+    size_t used = 0;
+    int d = -1;
+    try {
+      d = std::stoi(v, &used);
+    } catch (const std::exception&) {
+    }
+    if (d < 0 || used != v.size())
+      throw Error(ErrorClass::FixFirst, "option \"device_uuids\" names \"" + v + "\", not a device number");
+    o.device_uuids[d] = id;
+  }
   if (j.contains("staging_mb")) o.staging_bytes = get<uint64_t>(j, "staging_mb", 0) << 20;
   return o;
 }

@@ -16,7 +16,8 @@
 // *caller* runs on (its own simulated devices, sent with the request: a process
 // restored elsewhere sees that machine's GPUs, not the ones in its own environment),
 // maps every checkpointed GPU to one of them -- by the caller's gpuPairs (old UUID ->
-// new UUID; then every checkpointed GPU must be listed) or else to the same UUID --,
+// new UUID; then every checkpointed GPU must be listed; a GPU it did not open but the
+// pairs name goes where they say) or else to the same UUID --,
 // requires the same chip (name and compute capability) and enough memory, takes on the
 // new identities and re-opens the driver file. A failed restore leaves the process
 // CHECKPOINTED. "Checkpointed GPUs" are the devices the process opened (a context or
@@ -321,6 +322,22 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     }
     taken[j] = true;
     plan.emplace_back(o.ordinal, &m);
+  }
+  // A device the process did not open but the pairs name goes where they say, too.
+  for (auto& dev : d.devices) {
+    if (static_cast<size_t>(dev->ordinal) >= d.present) break;
+    bool planned = false;
+    for (auto& [ordinal, m] : plan) planned = planned || ordinal == dev->ordinal;
+    auto it = pairs.find(hex(dev->cfg.uuid));
+    if (planned || it == pairs.end()) continue;
+    size_t j = 0;
+    while (j < machine.size() && hex(machine[j].uuid) != it->second) j++;
+    if (j == machine.size() || taken[j]) {
+      log("restore: no GPU %s on this machine for device %d", it->second.c_str(), dev->ordinal);
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
+    taken[j] = true;
+    plan.emplace_back(dev->ordinal, &machine[j]);
   }
   // The device memory back from the process's memory: a region that cannot be written
   // (no memory for the memfd) leaves the process CHECKPOINTED, its copies kept.

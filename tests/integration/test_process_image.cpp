@@ -198,6 +198,31 @@ TEST_CASE("graph_loop restored on a different machine (other GPU UUIDs and memor
   CHECK(!checksums(plain.out, "final hash").empty());
 }
 
+TEST_CASE("restored on a different machine with --device 1, the trainer's memory is on that machine's GPU 1 "
+          "(the driver's GPU pairs and ferry's placement agree)",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const std::string x = "0123456789abcdef0123456789abcd00", y = "0123456789abcdef0123456789abcd11";
+  auto r = restore(t / "img", {"--device", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + x}, {"FERRY_EMU_DEVICE1", "uuid=" + y}});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  auto st = report_of(r)["processes"][0]["status"];
+  REQUIRE(st["memory_by_gpu"].size() == 1);
+  std::string held = st["memory_by_gpu"].begin().key();
+  std::string uuid;
+  for (auto& g : st["gpus"])
+    if (std::to_string(g["physical"].get<int>()) == held) uuid = g["uuid"];
+  CHECK(uuid == y);
+}
+
 TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped and restored as one job",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
@@ -380,7 +405,9 @@ TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on on
     // Where the image's GPUs are not all there, nothing starts unless told where to go.
     auto refused = restore_text(t / "img", {}, one_gpu);
     CHECK(refused.exit_code == 78);
-    CHECK(refused.err.find("this machine has 1 GPU(s); the image needs GPU 1") != std::string::npos);
+    CHECK(refused.err.find(" held memory on GPU 1 (") != std::string::npos);
+    CHECK(refused.err.find("); this machine has 1 GPU(s) and none left to take its place (choose with --device or "
+                           "--device-map). Nothing was started; the image is untouched") != std::string::npos);
     auto r = restore(t / "img", {"--device", "0"}, one_gpu);
     INFO(r.err);
     REQUIRE(r.exit_code == 0);

@@ -760,6 +760,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (t.cuda) {
       p["gpu_image"] = "gpu/" + std::to_string(t.ns);
       p["devices"] = status_of[t.host].value("devices", nlohmann::json::array());
+      p["gpus"] = status_of[t.host].value("gpus", nlohmann::json::array());  // by UUID, in its numbering
     }
     procs.push_back(p);
   }
@@ -938,8 +939,13 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   std::string criu;
   std::unique_ptr<CudaDriver> driver;
   std::vector<int> dmap;
-  // ns pid -> (program device -> target GPU)
-  std::map<int, std::map<int, int>> targets;
+  // Per CUDA process (by ns pid): the driver's GPU pairs (old UUID -> new), and where
+  // each program device holding state goes, by UUID (the process numbers GPUs its own way).
+  struct Placement {
+    std::vector<std::pair<std::string, std::string>> pairs;
+    std::map<int, std::string> uuid_of_device;
+  };
+  std::map<int, Placement> placement;
   try {
     m = read_process_manifest(dir);
     criu = usable_criu();
@@ -965,10 +971,12 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       }
     }
     bool any_cuda = false;
+    for (auto& p : m["processes"]) any_cuda = any_cuda || p.value("cuda", false);
+    if (any_cuda) driver = std::make_unique<CudaDriver>(restore_driver(a, m));
     std::map<int, uint64_t> need;  // target GPU -> bytes
     for (auto& p : m["processes"]) {
       if (!p.value("cuda", false)) continue;
-      any_cuda = true;
+      int ns = p["nspid"].get<int>();
       std::string gdir = dir + "/" + p["gpu_image"].get<std::string>();
       nlohmann::json state;
       try {
@@ -976,33 +984,72 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       } catch (const image::Error& e) {
         throw ClientError(kDataLost, "the GPU half of the image is damaged: " + e.message);
       }
+      const auto& here = driver->gpus();
+      auto index_here = [&](const std::string& uuid) {
+        for (auto& g : here)
+          if (g.uuid == uuid) return g.index;
+        return -1;
+      };
+      // The process's GPUs, in its own numbering (images before 0.x: the dumping
+      // ferry's numbering, assumed the same).
+      std::vector<std::string> old_uuids;
+      for (auto& g : p.contains("gpus") ? p["gpus"] : m["gpus"]) old_uuids.push_back(g.value("uuid", ""));
+      // Where the driver is to put each of them: the same GPU where this machine has it,
+      // else one this machine has that nothing else takes.
+      std::map<std::string, std::string> new_of;
+      std::set<std::string> taken;
+      for (auto& u : old_uuids)
+        if (index_here(u) >= 0) new_of[u] = u, taken.insert(u);
+      for (auto& u : old_uuids)
+        for (auto& g : here)
+          if (!new_of.count(u) && !taken.count(g.uuid)) new_of[u] = g.uuid, taken.insert(g.uuid);
+      Placement& pl = placement[ns];
+      for (auto& u : old_uuids)
+        if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});
+      if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
       std::map<int, int> old_phys;
       for (auto& dv : p.value("devices", nlohmann::json::array()))
         old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
-      for (auto& [v, bytes] : need_by_device(state)) {
-        int to = !dmap.empty() ? (v < static_cast<int>(dmap.size()) ? dmap[static_cast<size_t>(v)] : -1)
-                 : a.device >= 0 ? a.device
-                                 : (old_phys.count(v) ? old_phys[v] : v);
-        if (to < 0)
-          throw ClientError(kUsage, "--device-map " + a.device_map + " says nothing of device " + std::to_string(v) +
-                                        ", which process " + std::to_string(p["nspid"].get<int>()) + " uses");
-        targets[p["nspid"].get<int>()][v] = to;
+      auto used = need_by_device(state);
+      if (a.device >= 0 && used.size() > 1)
+        throw ClientError(kUsage, "process " + std::to_string(ns) + " uses " + std::to_string(used.size()) +
+                                      " devices; say where each goes with --device-map");
+      for (auto& [v, bytes] : used) {
+        int to = -1;
+        if (!dmap.empty()) {
+          if (v >= static_cast<int>(dmap.size()))
+            throw ClientError(kUsage, "--device-map " + a.device_map + " says nothing of device " + std::to_string(v) +
+                                          ", which process " + std::to_string(ns) + " uses");
+          to = dmap[static_cast<size_t>(v)];
+        } else if (a.device >= 0) {
+          to = a.device;
+        } else {
+          // The GPU it was on, or where the driver puts that GPU here.
+          int was = old_phys.count(v) ? old_phys[v] : v;
+          std::string u = was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : "";
+          to = new_of.count(u) ? index_here(new_of[u]) : -1;
+          if (to < 0)
+            throw ClientError(kFixFirst, "process " + std::to_string(ns) + " held memory on GPU " +
+                                             std::to_string(was) + (u.empty() ? "" : " (" + u + ")") + "; this machine has " +
+                                             std::to_string(here.size()) + " GPU(s) and none left to take its place "
+                                             "(choose with --device or --device-map). Nothing was started; the image "
+                                             "is untouched");
+        }
+        if (to >= static_cast<int>(here.size()))
+          throw ClientError(kFixFirst, "this machine has " + std::to_string(here.size()) + " GPU(s); the image needs GPU " +
+                                           std::to_string(to) + " (choose others with --device or --device-map). "
+                                           "Nothing was started; the image is untouched");
+        pl.uuid_of_device[v] = here[static_cast<size_t>(to)].uuid;
         need[to] += bytes;
       }
     }
     if (any_cuda) {
-      driver = std::make_unique<CudaDriver>(restore_driver(a, m));
       const auto& gpus = driver->gpus();
-      for (auto& [to, bytes] : need) {
-        if (to >= static_cast<int>(gpus.size()))
-          throw ClientError(kFixFirst, "this machine has " + std::to_string(gpus.size()) + " GPU(s); the image needs GPU " +
-                                           std::to_string(to) + " (choose others with --device or --device-map). "
-                                           "Nothing was started; the image is untouched");
+      for (auto& [to, bytes] : need)
         if (gpus[static_cast<size_t>(to)].memory < bytes)
           throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + gpus[static_cast<size_t>(to)].name + ") has " +
                                            human(gpus[static_cast<size_t>(to)].memory) + "; the job needs " +
                                            human(bytes) + " on it. Nothing was started; the image is untouched");
-      }
     }
   } catch (const ClientError& e) {
     return fail(out, e);
@@ -1049,22 +1096,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       int ns = p["nspid"].get<int>();
       if (!host_of.count(ns)) throw ClientError(kBug, "process " + std::to_string(ns) + " of the image was not restored");
       pid_t host = host_of[ns];
-      std::vector<std::pair<std::string, std::string>> pairs;
-      std::map<int, int> old_phys;
-      for (auto& dv : p.value("devices", nlohmann::json::array()))
-        old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
-      const auto& gpus = driver->gpus();
-      bool moved = false;
-      for (auto& [v, to] : targets[ns]) {
-        int from = old_phys.count(v) ? old_phys[v] : v;
-        if (from < static_cast<int>(m["gpus"].size())) {
-          std::string old_uuid = m["gpus"][static_cast<size_t>(from)]["uuid"].get<std::string>();
-          pairs.push_back({old_uuid, gpus[static_cast<size_t>(to)].uuid});
-          moved = moved || old_uuid != gpus[static_cast<size_t>(to)].uuid;
-        }
-      }
-      if (!moved) pairs.clear();
-      if (int r = driver->restore(host, pairs))
+      const Placement& pl = placement[ns];
+      if (int r = driver->restore(host, pl.pairs))
         throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
                                          cuda_error_text(r));
       if (int r = driver->unlock(host))
@@ -1074,8 +1107,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
         throw ClientError(kBug, "restored process " + std::to_string(host) + " does not listen on " + sock_of(host));
       ops::Options o;
       o.dir = dir + "/" + p["gpu_image"].get<std::string>();
-      if (!dmap.empty()) o.device_map = dmap;
-      o.device = a.device;
+      o.device_uuids = pl.uuid_of_device;
       nlohmann::json r = op_request(host, "resume", o, &view);
       placed.push_back({{"nspid", ns}, {"pid", host}, {"status", r["status"]}});
     }

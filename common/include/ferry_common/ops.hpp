@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct Options {
   int zstd_level = 0;
   std::vector<int> device_map;  // program device i -> physical device device_map[i]
   int device = -1;              // shorthand: the program's only device goes here
+  // Program device -> the GPU it goes to, by UUID (32 hex digits), for a caller that
+  // does not know the process's device numbering (a restore on another machine, another
+  // CUDA_VISIBLE_DEVICES); devices not named stay where they are. Wins over the above.
+  std::map<int, std::string> device_uuids;
   uint64_t staging_bytes = kDefaultStagingBytes;
   bool fingerprints = true;  // GPU fingerprints spare reading chunks unchanged since the parent
   Progress progress;
@@ -50,8 +55,9 @@ struct Stats {
 };
 
 // JSON keys: dir, parent, leave_running, stay_stopped, discard, zstd, fingerprints,
-// device, device_map, staging_mb. Only values that differ from the defaults are
-// written. Reading throws ferry::Error(FixFirst) naming a key of the wrong type.
+// device, device_map, device_uuids ({"program device": "uuid"}), staging_mb. Only
+// values that differ from the defaults are written. Reading throws
+// ferry::Error(FixFirst) naming a key of the wrong type.
 nlohmann::json to_json(const Options& o);
 Options options_from_json(const nlohmann::json& j);
 
