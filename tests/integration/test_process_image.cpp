@@ -826,6 +826,39 @@ TEST_CASE("a restore needs the job's files as they were: a changed program or da
   CHECK(ferry_test::read_file(log).find("written after the dump\nlog ") != std::string::npos);
 }
 
+TEST_CASE("a job's abstract Unix socket: its image is refused while the original holds the name, restored once it "
+          "ended",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string name = "ferry-test-" + std::to_string(getpid()) + "-" + std::to_string(random_step(0, 1 << 30));
+  ferry_test::Child c(job({"python3", "-c",
+                           "import socket, time\n"
+                           "s = socket.socket(socket.AF_UNIX)\n"
+                           "s.bind('\\0" + name + "')\n"
+                           "s.listen()\n"
+                           "for i in range(150):\n"
+                           "    print('tick', i, flush=True)\n"
+                           "    time.sleep(0.02)\n"
+                           "print('done', flush=True)\n"}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("tick 5"));
+  auto d = dump(c.pid(), t / "img", {"--leave-running"});
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["sockets"]["unix"] == nlohmann::json::array({"@" + name}));
+  auto r = restore_text(t / "img");
+  CHECK(r.exit_code == 75);
+  CHECK(r.err == "ferry: cannot restore the job of " + (t / "img") + " here: the Unix socket name @" + name +
+                     ", which the job had bound, is bound on this machine already (by the original job, still "
+                     "running?). Nothing was started; the image is untouched\n");
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  r = restore(t / "img");
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("tick 149\ndone\n") != std::string::npos);
+}
+
 TEST_CASE("restore refusals: a target without the GPU or the memory, damaged halves, a newer ferry -- nothing "
           "started, the image untouched",
           "[process-image][criu]") {

@@ -540,9 +540,12 @@ struct Dump {
         int st = 0;
         driver->state(t->host, &st);
         if (st == CU_PROCESS_STATE_CHECKPOINTED) driver->restore(t->host, {});
-        if (int r = driver->unlock(t->host))
-          problems += "; process " + std::to_string(t->host) + ": the driver did not unlock it (" + cuda_error_text(r) +
-                      ")";
+        // A lock that timed out left the process running: nothing to unlock.
+        driver->state(t->host, &st);
+        if (st != CU_PROCESS_STATE_RUNNING)
+          if (int r = driver->unlock(t->host))
+            problems += "; process " + std::to_string(t->host) + ": the driver did not unlock it (" +
+                        cuda_error_text(r) + ")";
       }
       if (detached.count(t->host)) {
         ask_reattach(t->host);
@@ -731,7 +734,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                  "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
   }
   // The tree is stopped now: its TCP sockets are exactly what CRIU saw.
-  socks = sockets_of(d.tasks, stdio, true);
+  {
+    std::vector<std::string> names = socks.unix_names;  // the stopped look is at TCP only
+    socks = sockets_of(d.tasks, stdio, true);
+    socks.unix_names = names;
+  }
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
@@ -990,8 +997,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
           if (g.uuid == uuid) return g.index;
         return -1;
       };
-      // The process's GPUs, in its own numbering (images before 0.x: the dumping
-      // ferry's numbering, assumed the same).
+      // The process's GPUs, in its own numbering (an image that does not record them:
+      // the dumping ferry's numbering, taken to be the same).
       std::vector<std::string> old_uuids;
       for (auto& g : p.contains("gpus") ? p["gpus"] : m["gpus"]) old_uuids.push_back(g.value("uuid", ""));
       // Where the driver is to put each of them: the same GPU where this machine has it,

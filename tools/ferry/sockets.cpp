@@ -308,7 +308,9 @@ std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& sa
 nlohmann::json JobSockets::to_json() const {
   nlohmann::json c = nlohmann::json::array();
   for (auto& x : connections) c.push_back({{"local", x.local}, {"remote", x.remote}});
-  return {{"listening", listening}, {"connections", c}};
+  nlohmann::json j = {{"listening", listening}, {"connections", c}};
+  if (!unix_names.empty()) j["unix"] = unix_names;
+  return j;
 }
 
 JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool stopped) {
@@ -397,6 +399,10 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     }
     return false;
   };
+  std::set<std::string> names;
+  for (auto& [ino, u] : unix)
+    if (held.count(ino) && !exempt.count(ino) && !u.name.empty() && !is_control(ino, u.name)) names.insert(u.name);
+  js.unix_names.assign(names.begin(), names.end());
   for (auto& [ino, u] : unix) {
     if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
     if (is_control(ino, u.name)) continue;
@@ -454,6 +460,19 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
     taken.push_back("the job's TCP connection " + local + " -> " + remote +
                     (it->second->ino ? " exists on this machine already (held by another copy of the job?)"
                                      : " closed moments ago on this machine and lingers (at most a minute)"));
+  }
+  // A Unix socket name is the machine's (its network namespace's) once bound: CRIU's
+  // bind of the job's would fail half-way through.
+  if (auto names = sockets.value("unix", nlohmann::json::array()); !names.empty()) {
+    std::map<uint64_t, UnixInfo> unix;
+    std::set<std::string> bound;
+    if (unix_sockets(unix))
+      for (auto& [ino, u] : unix) bound.insert(u.name);
+    for (auto& n : names)
+      if (bound.count(n.get<std::string>()))
+        taken.push_back("the Unix socket name " + n.get<std::string>() +
+                        ", which the job had bound, is bound on this machine already (by the original job, still "
+                        "running?)");
   }
   return taken;
 }

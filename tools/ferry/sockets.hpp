@@ -59,11 +59,13 @@ struct TcpConnection {
 struct JobSockets {
   std::vector<std::string> listening;      // TCP listeners' addresses
   std::vector<TcpConnection> connections;  // TCP connections inside the job, each end once
+  std::vector<std::string> unix_names;     // names the job's Unix sockets are bound to ("@..." abstract)
   bool inet = false;                       // any TCP or UDP socket at all
   std::vector<std::string> problems;       // what CRIU cannot dump, by process, descriptor and peer
   size_t in_flight = 0;                    // problems that last only a moment (try again)
 
-  // {"listening": [...], "connections": [{"local", "remote"}...]}: what an image keeps.
+  // {"listening": [...], "connections": [{"local", "remote"}...], "unix": [...]}: what
+  // an image keeps ("unix" only when there are names).
   nlohmann::json to_json() const;
 };
 
@@ -90,9 +92,9 @@ bool is_unix_socket(pid_t pid, uint64_t ino);
 // a job's sockets (JobSockets::to_json); "" when it has no TCP socket.
 std::string describe_sockets(const nlohmann::json& sockets);
 
-// What on this machine holds the addresses an image's sockets (JobSockets::to_json)
-// need: one line each; empty when a restore can bind them all. *missing: some address
-// does not exist here at all (waiting will not help).
+// What on this machine holds the addresses and Unix socket names an image's sockets
+// (JobSockets::to_json) need: one line each; empty when a restore can bind them all.
+// *missing: some address does not exist here at all (waiting will not help).
 std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool* missing = nullptr);
 
 // Whether CRIU of this version dumps TCP and UDP sockets on the running kernel: before
