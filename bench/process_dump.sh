@@ -21,7 +21,7 @@
 # The simulated GPU's driver checkpoint copies device memory into the process's memory
 # as a GPU's driver does (skipping pages of zeros), so NVIDIA's route grows the job's
 # host memory by the GPU bytes here too.
-set -euo pipefail
+set -Eeuo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FERRY_BUILD_DIR:-$root/build}
 ballast=${1:-512}
@@ -46,12 +46,29 @@ fi
 work=$(mktemp -d /tmp/ferry-bench-XXXXXX)
 # Both routes run CRIU alike: where hardware breakpoints do not fire (ferry check
 # probes it), CRIU needs CRIU_FAULT=130 to stop tasks by stepping instead.
-if [[ -z ${CRIU_FAULT:-} ]] && "$ferry" check "${emu[@]}" --format json 2>/dev/null |
-    python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['full_process']['criu'].get('hardware_breakpoints', True) else 1)"; then :; else
-  export CRIU_FAULT=${CRIU_FAULT:-130}
+# (ferry check exits non-zero for other findings too: its JSON decides.)
+checked=$("$ferry" check "${emu[@]}" --format json 2>/dev/null || true)
+if [[ -z ${CRIU_FAULT:-} ]] && ! python3 -c "import json,sys; sys.exit(0 if json.loads(sys.argv[1])['full_process']['criu'].get('hardware_breakpoints', True) else 1)" "$checked" 2>/dev/null; then
+  export CRIU_FAULT=130
 fi
+# CRIU here as ferry runs it: without the machine's plugins (NVIDIA's cuda_plugin would
+# do the driver checkpoint a second time).
+mkdir -p "$work/no-plugins"
+criu_run() { "$criu" "$@" --libdir "$work/no-plugins"; }
 jobpid=
-trap '[[ -n $jobpid ]] && kill -9 $jobpid 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {
+  local rc=$?
+  [[ -n $jobpid ]] && kill -9 "$jobpid" 2>/dev/null
+  [[ -s $work/n.pid ]] && kill -9 "$(cat "$work/n.pid")" 2>/dev/null
+  if ((rc != 0)); then  # what explains it, before the work directory goes
+    for f in "$work"/job.log "$work"/*.dump.log "$work"/n1/dump.log "$work"/n1/restore.log "$work"/n.restored.log \
+      "$work"/f.restored.log "$work"/f.restore.err "$work"/ctl.log "$work"/f1.json "$work"/f2.json; do
+      [[ -s $f ]] && { echo "--- ${f#"$work"/} (last lines)"; tail -n 25 "$f"; } >&2
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 trap 'echo "process_dump: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 args=(--steps 100000 --ballast-mb "$ballast" --step-delay-ms 5)
 
@@ -65,6 +82,7 @@ start_job() {  # ferry run job; sets jobpid, init, prog
   "$ferry" run "${emu[@]}" --pid-namespace "${@}" -- "$build/examples/mlp_trainer" "${args[@]}" >"$work/job.log" 2>&1 &
   jobpid=$!
   for _ in $(seq 1 500); do grep -q "^step 3 loss" "$work/job.log" 2>/dev/null && break; sleep 0.02; done
+  grep -q "^step 3 loss" "$work/job.log" || { echo "process_dump: the trainer did not reach step 3 in 10 s" >&2; exit 1; }
   init=$(children "$jobpid" | head -1)
   prog=$(children "$init" | head -1)
 }
@@ -98,7 +116,7 @@ ferry_route() {
   F[second]+="$(du_bytes "$work/f2") "
   kill -9 "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
   t0=$(now)
-  "$ferry" restore "$work/f1" >"$work/f.restored.log" 2>/dev/null &
+  "$ferry" restore "$work/f1" >"$work/f.restored.log" 2>"$work/f.restore.err" &
   jobpid=$!
   F[restore]+="$(wait_step_after "$t0" "$work/f.restored.log") "
   kill -TERM "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
@@ -111,11 +129,11 @@ nvidia_route() {
   hwm0=$(hwm_kib "$prog")
   mkdir -p "$work/n1"
   t0=$(now)
-  "$ctl" "$prog" lock:60000 checkpoint >/dev/null
-  "$criu" dump -t "$init" -D "$work/n1" -o dump.log --leave-running
+  "$ctl" "$prog" lock:60000 checkpoint >>"$work/ctl.log"
+  criu_run dump -t "$init" -D "$work/n1" -o dump.log --leave-running
   dump=$(elapsed "$t0")
   local hwm=$(( $(hwm_kib "$prog") - hwm0 ))
-  "$ctl" "$prog" restore unlock >/dev/null
+  "$ctl" "$prog" restore unlock >>"$work/ctl.log"
   N[stopped]+="$(elapsed "$t0") "
   # CRIU leaves its images in the page cache; ferry's dump returns with its image synced.
   t1=$(now)
@@ -125,20 +143,20 @@ nvidia_route() {
   N[hwm]+="$((hwm > 0 ? hwm : 1)) "
   N[disk]+="$(du_bytes "$work/n1") "
   mkdir -p "$work/n2"
-  "$ctl" "$prog" lock:60000 checkpoint >/dev/null
-  "$criu" dump -t "$init" -D "$work/n2" -o dump.log --leave-running
-  "$ctl" "$prog" restore unlock >/dev/null
+  "$ctl" "$prog" lock:60000 checkpoint >>"$work/ctl.log"
+  criu_run dump -t "$init" -D "$work/n2" -o dump.log --leave-running
+  "$ctl" "$prog" restore unlock >>"$work/ctl.log"
   N[second]+="$(du_bytes "$work/n2") "
   kill -9 "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
   local t0r newinit newprog
   t0r=$(now)
   : >"$work/n.restored.log"
-  "$criu" restore -D "$work/n1" -o restore.log -d --restore-sibling --pidfile "$work/n.pid" \
+  criu_run restore -D "$work/n1" -o restore.log -d --restore-sibling --pidfile "$work/n.pid" \
     --inherit-fd "fd[1]:$(readlink -f "$work/job.log" | sed 's|^/||')" >>"$work/n.restored.log" 2>&1 || true
   newinit=$(cat "$work/n.pid")
   newprog=$(children "$newinit" | head -1)
   # The restored job writes to criu's stdout, n.restored.log (--inherit-fd).
-  "$ctl" "$newprog" restore unlock >/dev/null
+  "$ctl" "$newprog" restore unlock >>"$work/ctl.log"
   N[restore]+="$(wait_step_after "$t0r" "$work/n.restored.log") "
   kill -9 "$newinit" 2>/dev/null || true
   rm -f "$work/n.pid"

@@ -81,8 +81,16 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
       finish_without "the build failed, without ${missing[*]} (the errors are above and in $out/build.log)" 1 \
         "$gpu_found"
     fi
-    echo "gpu-check: the build failed in part (above; $out/build.log); what the checks need was built, so they run"
-    echo "partly failed: see build.log" >"$out/build-failed-in-part.txt"
+    # The rest fails only the checks that use it.
+    absent=()
+    for f in tests/gpu/libferry_crash_report.so tests/programs/graph_loop tests/programs/launcher \
+        tests/programs/ckpt_ctl bench/engine_bench; do
+      [[ -e $build/$f ]] || absent+=("$f")
+    done
+    echo "gpu-check: the build failed in part (above; $out/build.log); what most checks need was built, so they run" \
+      "${absent[*]:+(missing: ${absent[*]})}"
+    echo "partly failed: see build.log; missing: ${absent[*]:-none of the programs the suite runs}" \
+      >"$out/build-failed-in-part.txt"
   fi
 fi
 build_s=$(( $(date +%s) - started ))
@@ -94,7 +102,8 @@ budget=${FERRY_GPU_CHECK_BUDGET_S:-$(( build_s > 300 ? 120 : 420 - build_s ))}
 args=(--build "$build" --out "$out" --budget-s "$budget")
 [[ $emulator == 1 ]] && args+=(--emulator)
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
-timeout 600 python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
+# The suite stops a check still running at budget + 150 s itself; this is the backstop.
+timeout $(( ${budget%.*} + 200 )) python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
 rc=$?
 [[ -f $out/build-failed-in-part.txt ]] &&
   printf '\nNOTE  the build failed in part (build.log); the checks above ran on what was built\n' >>"$out/summary.txt"

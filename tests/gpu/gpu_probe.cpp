@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -320,7 +321,13 @@ int release() {
   if (pipe(go) || pipe(checkpointed) || pipe(looked) || pipe(out)) return 2;
   pid_t self = getpid();
   pid_t ctl = fork();
-  if (ctl == 0) controller(self, go[0], checkpointed[1], looked[0], out[1]);
+  if (ctl == 0) {
+    close(go[1]), close(checkpointed[0]), close(looked[1]), close(out[0]);
+    controller(self, go[0], checkpointed[1], looked[0], out[1]);
+  }
+  // Only the other side holds these ends: a controller that dies (inside the driver,
+  // say) reads as end-of-file here instead of a wait forever.
+  close(go[0]), close(checkpointed[1]), close(looked[0]), close(out[1]);
   auto init = sym<CUresult (*)(unsigned)>("cuInit");
   auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
   auto release_ctx = sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxRelease_v2");
@@ -344,11 +351,15 @@ int release() {
   ck(release_ctx(0), "cuDevicePrimaryCtxRelease");
   ck(reset(0), "cuDevicePrimaryCtxReset");
   j += ", \"contexts_destroyed\": " + holdings();
-  write_byte(go[1]);
+  signal(SIGPIPE, SIG_IGN);  // a controller that died: its pipes fail, this goes on
+  auto tell = [](int fd) {
+    char c = 1;
+    return write(fd, &c, 1) == 1;
+  };
+  tell(go[1]);
   read_byte(checkpointed[0]);  // not a CUDA call: this thread may look while locked
   j += ", \"after_checkpoint\": " + holdings();
-  write_byte(looked[1]);
-  close(out[1]);
+  tell(looked[1]);
   std::string ctl_out;
   char buf[1024];
   ssize_t n;

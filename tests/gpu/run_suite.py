@@ -59,13 +59,46 @@ def env_for(extra=None, emulated_direct=False):
     return e
 
 
-def run(cmd, timeout, extra_env=None, direct=False, check=True):
+# Every process a check starts, each the leader of its own session: a check that runs
+# out of time has all of them killed, so nothing it started overlaps the next checks
+# (GPU memory, CRIU) or outlives the run.
+LIVE = set()
+LIVE_LOCK = threading.Lock()
+
+
+def spawn(cmd, env, **kw):
+    p = subprocess.Popen(cmd, text=True, env=env, start_new_session=True, **kw)
+    with LIVE_LOCK:
+        LIVE.add(p)
+    return p
+
+
+def kill_all():
+    with LIVE_LOCK:
+        procs = list(LIVE)
+        LIVE.clear()
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, 9)
+            except OSError:
+                pass
+
+
+def run(cmd, timeout, extra_env=None, direct=False, check=True, env=None):
     """Runs a command to completion; returns (rc, stdout, stderr)."""
+    p = spawn(cmd, env or env_for(extra_env, emulated_direct=direct and A.emulator), stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           env=env_for(extra_env, emulated_direct=direct and A.emulator))
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as e:
+        os.killpg(p.pid, 9)
+        p.communicate()
         raise Failed(f"{' '.join(cmd[:3])}... did not finish within {timeout} s") from e
+    finally:
+        with LIVE_LOCK:
+            LIVE.discard(p)
+    p = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if check and p.returncode != 0:
         crash = [ln for ln in p.stderr.splitlines() if ln.startswith("crash-report:")]
         said = "\n".join(crash[:24]) + "\n" if crash else ""
@@ -102,8 +135,7 @@ class Job:
     """A program running under ferry whose output lines are watched."""
 
     def __init__(self, cmd, extra_env=None):
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=env_for(extra_env))
+        self.p = spawn(cmd, env_for(extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines, self.err = [], []
         self.cv = threading.Condition()
         threading.Thread(target=self._read, args=(self.p.stdout, self.lines), daemon=True).start()
@@ -138,14 +170,17 @@ class Job:
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired as e:
-            self.p.kill()
+            self.kill()
             raise Failed(f"the program did not finish within {timeout} s") from e
         time.sleep(0.2)  # the reader threads drain
         return self.p.returncode, list(self.lines), list(self.err)
 
     def kill(self):
         if self.p.poll() is None:
-            self.p.kill()
+            try:
+                os.killpg(self.p.pid, 9)
+            except OSError:
+                pass
 
 
 def lines_matching(lines, prefix):
@@ -179,10 +214,15 @@ def check(name, timeout, needs_torch=False, needs_gpu=False):
         def runner():
             if A.only and not any(name.startswith(o) for o in A.only):
                 return
-            entry = {"name": name, "status": "pass", "figures": {}, "detail": "", "timeout_s": timeout}
+            entry = {"name": name, "status": "running", "figures": {}, "detail": "", "timeout_s": timeout,
+                     "seconds": 0.0}
             t0 = now()
-            result = {}
+            result = {"status": "pass"}
             done = threading.Event()
+            # In the report while it runs: a run killed from outside still says which
+            # check it was in.
+            REPORT["checks"].append(entry)
+            write_report()
 
             def body():
                 try:
@@ -202,11 +242,15 @@ def check(name, timeout, needs_torch=False, needs_gpu=False):
                     done.set()
 
             threading.Thread(target=body, daemon=True).start()
-            if not done.wait(timeout):
-                result = {"status": "fail", "detail": f"timed out after {timeout} s"}
+            # The run's deadline cuts a check short too: what was done so far is reported.
+            limit = max(1.0, min(timeout, A.deadline - now()))
+            if not done.wait(limit):
+                kill_all()
+                result = {"status": "fail",
+                          "detail": (f"timed out after {timeout} s" if limit >= timeout
+                                     else f"stopped after {limit:.0f} s: the run's deadline")}
             entry.update(result)
             entry["seconds"] = now() - t0
-            REPORT["checks"].append(entry)
             write_report()
             print(f"gpu-check: {entry['status']:4} {name} ({entry['seconds']:.1f} s) {entry['detail'][:200]}",
                   flush=True)
@@ -598,23 +642,20 @@ def process_vs_nvidia():
     env = env_for({"FERRY_BUILD_DIR": A.build, "FERRY_BENCH_GPU": "simulated" if A.emulator else "real"})
     env.pop("LD_PRELOAD", None)  # CRIU runs from the script itself
     cmd = ["bash", os.path.join(A.src, "bench/process_dump.sh"), "64" if A.emulator else "1024", "1"]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=230, env=env)
-    except subprocess.TimeoutExpired as e:
-        raise Failed("bench/process_dump.sh did not finish within 230 s") from e
+    rc, out, err = run(cmd, 230, env=env, check=False)
     with open(os.path.join(A.out, "process_dump.txt"), "w") as f:
-        f.write(p.stdout + "\n" + p.stderr)
-    if p.returncode != 0:
-        raise Failed(f"bench/process_dump.sh exited {p.returncode}: {(p.stderr or p.stdout).strip()[-600:]}")
+        f.write(out + "\n" + err)
+    if rc != 0:
+        raise Failed(f"bench/process_dump.sh exited {rc}: {(err or out).strip()[-900:]}")
     figures = {}
-    for line in p.stdout.splitlines():
+    for line in out.splitlines():
         m = re.match(r"^(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
         if m:
             figures[m.group(1).strip()] = f"ferry {m.group(2)}, NVIDIA {m.group(3)}, ratio {m.group(4)}"
         elif line.startswith("GPU bytes:"):
             figures["second dump"] = line
     if "dump seconds, image synced" not in figures:
-        raise Failed(f"bench/process_dump.sh printed no figures: {p.stdout.strip()[-600:]}")
+        raise Failed(f"bench/process_dump.sh printed no figures: {out.strip()[-600:]}")
     return figures
 
 
@@ -674,6 +715,8 @@ def main():
     p.add_argument("--emulator", action="store_true")
     p.add_argument("--only", default="", help="comma-separated check-name prefixes")
     p.add_argument("--budget-s", type=float, default=400, help="start no check after this many seconds")
+    p.add_argument("--deadline-s", type=float, default=0,
+                   help="stop a check still running after this many seconds (default: the budget + 150)")
     A = p.parse_args()
     A.build = os.path.abspath(A.build)
     A.only = [x for x in A.only.split(",") if x]
@@ -688,6 +731,7 @@ def main():
     REPORT["machine"] = machine
     write_report()
     start = now()
+    A.deadline = start + (A.deadline_s or A.budget_s + 150)
     for c in CHECKS:
         if now() - start > A.budget_s:
             REPORT["checks"].append({"name": c.check_name, "status": "skip", "seconds": 0.0,
