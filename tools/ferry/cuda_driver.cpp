@@ -53,10 +53,13 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   auto mem = reinterpret_cast<CUresult (*)(size_t*, CUdevice)>(sym("cuDeviceTotalMem_v2"));
   auto uuid = reinterpret_cast<CUresult (*)(CUuuid*, CUdevice)>(sym("cuDeviceGetUuid_v2"));
   int n = 0;
-  count(&n);
+  if (CUresult r = count(&n))
+    throw ClientError(kFixFirst, path + ": cuDeviceGetCount failed with error " + std::to_string(r));
   for (int i = 0; i < n; i++) {
     CUdevice dev = 0;
-    get(&dev, i);
+    if (CUresult r = get(&dev, i))
+      throw ClientError(kFixFirst,
+                        path + ": cuDeviceGet(" + std::to_string(i) + ") failed with error " + std::to_string(r));
     Gpu g;
     g.index = i;
     char nm[256] = {};
@@ -69,8 +72,11 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
     size_t total = 0;
     mem(&total, dev);
     g.memory = total;
+    // GPUs are matched by UUID (a restore's GPU pairs): one not read is an error, not zeros.
     CUuuid u{};
-    uuid(&u, dev);
+    if (CUresult r = uuid(&u, dev))
+      throw ClientError(kFixFirst, path + ": cuDeviceGetUuid of GPU " + std::to_string(i) + " failed with error " +
+                                       std::to_string(r));
     g.uuid = hex_uuid(u);
     gpus_.push_back(g);
   }
