@@ -120,6 +120,10 @@ std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::
         throw Error(ErrorClass::FixFirst, "GPU " + id + " is not among the " + std::to_string(phys) +
                                               " GPUs this process sees (CUDA_VISIBLE_DEVICES hides it, or the "
                                               "machine lacks it)");
+      // A program device not named that was there takes v's old place, as with --device:
+      // the map stays a permutation.
+      for (int u = 0; u < n; u++)
+        if (u != v && map[u] == found && !o.device_uuids.count(u)) map[u] = map[v];
       map[v] = found;
     }
     return settle(map);

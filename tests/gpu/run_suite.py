@@ -64,11 +64,14 @@ def env_for(extra=None, emulated_direct=False):
 # (GPU memory, CRIU) or outlives the run.
 LIVE = set()
 LIVE_LOCK = threading.Lock()
+CANCELLED = threading.Event()  # set while a timed-out check's thread may still run
 
 
 def spawn(cmd, env, **kw):
-    p = subprocess.Popen(cmd, text=True, env=env, start_new_session=True, **kw)
     with LIVE_LOCK:
+        if CANCELLED.is_set():  # the check this thread runs for was given up
+            raise Failed("cancelled: the check ran out of time")
+        p = subprocess.Popen(cmd, text=True, env=env, start_new_session=True, **kw)
         LIVE.add(p)
     return p
 
@@ -78,11 +81,10 @@ def kill_all():
         procs = list(LIVE)
         LIVE.clear()
     for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, 9)
-            except OSError:
-                pass
+        try:  # the leader may be gone and its group still there
+            os.killpg(p.pid, 9)
+        except OSError:
+            pass
 
 
 def run(cmd, timeout, extra_env=None, direct=False, check=True, env=None):
@@ -92,8 +94,11 @@ def run(cmd, timeout, extra_env=None, direct=False, check=True, env=None):
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        os.killpg(p.pid, 9)
-        p.communicate()
+        try:
+            os.killpg(p.pid, 9)
+            p.communicate(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         raise Failed(f"{' '.join(cmd[:3])}... did not finish within {timeout} s") from e
     finally:
         with LIVE_LOCK:
@@ -244,12 +249,16 @@ def check(name, timeout, needs_torch=False, needs_gpu=False):
             threading.Thread(target=body, daemon=True).start()
             # The run's deadline cuts a check short too: what was done so far is reported.
             limit = max(1.0, min(timeout, A.deadline - now()))
+            CANCELLED.clear()
+            final = result
             if not done.wait(limit):
+                CANCELLED.set()  # its thread starts nothing more
                 kill_all()
-                result = {"status": "fail",
-                          "detail": (f"timed out after {timeout} s" if limit >= timeout
-                                     else f"stopped after {limit:.0f} s: the run's deadline")}
-            entry.update(result)
+                # A copy: what the abandoned thread writes into `result` later is not reported.
+                final = {"status": "fail",
+                         "detail": (f"timed out after {timeout} s" if limit >= timeout
+                                    else f"stopped after {limit:.0f} s: the run's deadline")}
+            entry.update(final)
             entry["seconds"] = now() - t0
             write_report()
             print(f"gpu-check: {entry['status']:4} {name} ({entry['seconds']:.1f} s) {entry['detail'][:200]}",
@@ -739,6 +748,7 @@ def main():
             write_report()
             continue
         c()
+    kill_all()
     REPORT["seconds"] = now() - start
     write_report()
     failed = [c["name"] for c in REPORT["checks"] if c["status"] == "fail"]

@@ -221,6 +221,9 @@ TEST_CASE("restored on a different machine with --device 1, the trainer's memory
   for (auto& g : st["gpus"])
     if (std::to_string(g["physical"].get<int>()) == held) uuid = g["uuid"];
   CHECK(uuid == y);
+  // The program's unused device 1 took device 0's old place: the map stays a permutation.
+  CHECK(st["devices"][0]["physical"] == 1);
+  CHECK(st["devices"][1]["physical"] == 0);
 }
 
 TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped and restored as one job",
@@ -708,6 +711,7 @@ TEST_CASE("a job without CUDA left stopped (ferry killed mid-dump, a SIGSTOP) go
   ferry_test::TempDir t("ferry-pimg");
   const std::string socks = t / "sockets";
   fs::create_directories(socks);
+  fs::permissions(socks, fs::perms::owner_all);  // as the shim makes it
   auto env = ferry_test::emu_env({{"FERRY_SOCKET_DIR", socks}});
   ferry_test::Child c(job({"/bin/sh", "-c",
                            "i=0; while [ $i -lt 150 ]; do echo tick $i; i=$((i+1)); sleep 0.02; done; echo done"}),
@@ -732,6 +736,16 @@ TEST_CASE("a job without CUDA left stopped (ferry killed mid-dump, a SIGSTOP) go
     CHECK(r.exit_code == 0);
     CHECK(r.out.find("job " + init_s + ": ") == 0);
     CHECK(r.out.find(" stopped process(es) continued") != std::string::npos);
+  }
+  SECTION("a socket directory others could write to is not used") {
+    fs::permissions(socks, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
+    auto d = ferry_test::run({kFerry, "dump", job_pid, t / "img"}, env, 60);
+    CHECK(d.exit_code == 78);
+    CHECK(d.err == "ferry: " + socks + " is not a directory of mode 0700 owned by uid 0; remove it (the shim makes it "
+                                       "so) or set FERRY_SOCKET_DIR\n");
+    CHECK(!fs::exists(t / "img.partial"));
+    fs::permissions(socks, fs::perms::owner_all);
   }
   SECTION("a dump in progress, then one whose ferry died") {
     // The marker a dump leaves, naming a live ferry (the job's own ferry run will do).

@@ -153,6 +153,46 @@ pid_t dumping_ferry(pid_t init) {
   return p > 0 && identity_of(p) == who ? p : 0;
 }
 
+// The socket directory as the shim makes and insists on it (engine/control.cpp): this
+// user's, mode 0700 -- nobody else can plant a file or a link in it.
+std::string own_socket_dir() {
+  std::string dir = control::socket_dir();
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw ClientError(kFixFirst, "cannot create " + dir + ": " + strerror(errno));
+  struct stat sb;
+  if (lstat(dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != getuid() || (sb.st_mode & 077) != 0)
+    throw ClientError(kFixFirst, dir + " is not a directory of mode 0700 owned by uid " + std::to_string(getuid()) +
+                                     "; remove it (the shim makes it so) or set FERRY_SOCKET_DIR");
+  return dir;
+}
+
+// Marks job init as being dumped by this process (created exclusively: of two dumps at
+// once, one wins); a marker a dead ferry left is replaced. Returns its path.
+std::string mark_dumping(pid_t init) {
+  own_socket_dir();
+  std::string path = marker_of(init, ".dumping");
+  for (int attempt = 0; attempt < 3; attempt++) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      std::string me = identity_of(getpid()) + "\n";
+      bool ok = write(fd, me.data(), me.size()) == static_cast<ssize_t>(me.size());
+      close(fd);
+      if (!ok) {
+        unlink(path.c_str());
+        throw ClientError(kFixFirst, "cannot write " + path + ": " + strerror(errno));
+      }
+      return path;
+    }
+    if (errno != EEXIST) throw ClientError(kFixFirst, "cannot create " + path + ": " + strerror(errno));
+    if (pid_t other = dumping_ferry(init))
+      throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by ferry (pid " +
+                                         std::to_string(other) + "); try again when that has ended");
+    unlink(path.c_str());  // stale: its ferry is gone
+  }
+  throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by another ferry; try again when "
+                                                                  "that has ended");
+}
+
 // The job's processes, parents before children.
 std::vector<Task> tree_of(pid_t init) {
   std::vector<Task> out;
@@ -231,6 +271,16 @@ std::vector<Stdio> stdio_of(pid_t pid) {
 
 // ---- the job's files ---------------------------------------------------------------------------
 
+// Whether s can go into the manifest as it is (JSON text is UTF-8; a path need not be).
+bool json_text(const std::string& s) {
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
 // What CRIU opens again by path at a restore and refuses when it changed (it compares
 // sizes): every regular file a process of the job maps (its programs, libraries, ferry's
 // own) or holds open, and each working directory. Left out: the job's stdio (the
@@ -245,7 +295,7 @@ nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
   }
   std::map<std::string, nlohmann::json> files;
   auto add = [&](const std::string& path, const std::string& through, const char* what) {
-    if (path.empty() || path[0] != '/' || files.count(path)) return;
+    if (path.empty() || path[0] != '/' || files.count(path) || !json_text(path)) return;
     if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) return;
     struct stat sb;
     if (stat(through.c_str(), &sb) != 0 || stdio.count({sb.st_dev, sb.st_ino})) return;
@@ -618,20 +668,19 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                          " is suspended; resume it (ferry resume) before a whole-process dump");
     }
     if (!d.cuda().empty()) d.driver = std::make_unique<CudaDriver>(driver_of(d.tasks));
-    if (pid_t other = dumping_ferry(d.init))
-      throw ClientError(kRetryLater, "job " + std::to_string(d.init) + " is being dumped by ferry (pid " +
-                                         std::to_string(other) + "); try again when that has ended");
   } catch (const ClientError& e) {
     return fail(out, e);
   }
   struct InProgress {
-    std::string path;
-    ~InProgress() { unlink(path.c_str()); }
-  } in_progress{marker_of(d.init, ".dumping")};
-  {
-    std::error_code mk;
-    fs::create_directories(control::socket_dir(), mk);
-    std::ofstream(in_progress.path) << identity_of(getpid()) << "\n";
+    std::string path;  // set once this dump made the marker
+    ~InProgress() {
+      if (!path.empty()) unlink(path.c_str());
+    }
+  } in_progress;
+  try {
+    in_progress.path = mark_dumping(d.init);
+  } catch (const ClientError& e) {
+    return fail(out, e);
   }
   d.stage = dir + ".partial";
   d.cpu_dir = d.stage + "/cpu";
@@ -804,6 +853,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     image::publish_dir(d.stage, dir);
   } catch (const image::Error& e) {
     return abort(exit_for_class(image::class_name(e.cls)), e.message);
+  } catch (const std::exception& e) {
+    return abort(kBug, std::string("writing the manifest: ") + e.what());
   }
   phase_end("publish");
   // 5. The job ends, or goes on from the published image.
@@ -840,7 +891,12 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
 
 bool recover_detached(pid_t pid, std::string* dir) {
   if (access(marker_of(pid, ".detached").c_str(), F_OK) != 0 || access(sock_of(pid).c_str(), F_OK) == 0) return false;
-  std::vector<Task> tasks = tree_of(job_init_of(pid));
+  pid_t init = job_init_of(pid);
+  // Detached is what every CUDA process of a job is while it is being dumped.
+  if (pid_t f = dumping_ferry(init))
+    throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by ferry (pid " +
+                                       std::to_string(f) + "); it goes on when that has ended");
+  std::vector<Task> tasks = tree_of(init);
   // CRIU may have left the job stopped, its TCP sockets in repair mode.
   std::string stuck = leave_repair(job_tasks(tasks), {});
   if (!stuck.empty()) fprintf(stderr, "ferry: %s\n", stuck.substr(2).c_str());
@@ -1000,16 +1056,21 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       // The process's GPUs, in its own numbering (an image that does not record them:
       // the dumping ferry's numbering, taken to be the same).
       std::vector<std::string> old_uuids;
-      for (auto& g : p.contains("gpus") ? p["gpus"] : m["gpus"]) old_uuids.push_back(g.value("uuid", ""));
+      bool own = p.contains("gpus") && !p["gpus"].empty();
+      for (auto& g : own ? p["gpus"] : m["gpus"]) {
+        size_t at = static_cast<size_t>(g.value(own ? "physical" : "index", static_cast<int>(old_uuids.size())));
+        if (old_uuids.size() <= at) old_uuids.resize(at + 1);
+        old_uuids[at] = g.value("uuid", "");
+      }
       // Where the driver is to put each of them: the same GPU where this machine has it,
       // else one this machine has that nothing else takes.
       std::map<std::string, std::string> new_of;
       std::set<std::string> taken;
       for (auto& u : old_uuids)
-        if (index_here(u) >= 0) new_of[u] = u, taken.insert(u);
+        if (!u.empty() && index_here(u) >= 0) new_of[u] = u, taken.insert(u);
       for (auto& u : old_uuids)
         for (auto& g : here)
-          if (!new_of.count(u) && !taken.count(g.uuid)) new_of[u] = g.uuid, taken.insert(g.uuid);
+          if (!u.empty() && !new_of.count(u) && !taken.count(g.uuid)) new_of[u] = g.uuid, taken.insert(g.uuid);
       Placement& pl = placement[ns];
       for (auto& u : old_uuids)
         if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});

@@ -399,9 +399,16 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     }
     return false;
   };
+  // Abstract names only: CRIU unlinks a path a socket was bound to and binds it again,
+  // so only those collide with a copy of the job that holds them (JSON text only).
   std::set<std::string> names;
   for (auto& [ino, u] : unix)
-    if (held.count(ino) && !exempt.count(ino) && !u.name.empty() && !is_control(ino, u.name)) names.insert(u.name);
+    if (held.count(ino) && !exempt.count(ino) && u.name.size() > 1 && u.name[0] == '@' && !is_control(ino, u.name))
+      try {
+        (void)nlohmann::json(u.name).dump();
+        names.insert(u.name);
+      } catch (const nlohmann::json::exception&) {
+      }
   js.unix_names.assign(names.begin(), names.end());
   for (auto& [ino, u] : unix) {
     if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
@@ -461,8 +468,8 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
                     (it->second->ino ? " exists on this machine already (held by another copy of the job?)"
                                      : " closed moments ago on this machine and lingers (at most a minute)"));
   }
-  // A Unix socket name is the machine's (its network namespace's) once bound: CRIU's
-  // bind of the job's would fail half-way through.
+  // An abstract Unix socket name is the machine's (its network namespace's) once bound:
+  // CRIU's bind of the job's would fail half-way through.
   if (auto names = sockets.value("unix", nlohmann::json::array()); !names.empty()) {
     std::map<uint64_t, UnixInfo> unix;
     std::set<std::string> bound;

@@ -59,7 +59,7 @@ struct TcpConnection {
 struct JobSockets {
   std::vector<std::string> listening;      // TCP listeners' addresses
   std::vector<TcpConnection> connections;  // TCP connections inside the job, each end once
-  std::vector<std::string> unix_names;     // names the job's Unix sockets are bound to ("@..." abstract)
+  std::vector<std::string> unix_names;     // abstract names ("@...") the job's Unix sockets are bound to
   bool inet = false;                       // any TCP or UDP socket at all
   std::vector<std::string> problems;       // what CRIU cannot dump, by process, descriptor and peer
   size_t in_flight = 0;                    // problems that last only a moment (try again)
