@@ -394,18 +394,27 @@ std::string joined(const std::vector<std::string>& v) {
 // NVIDIA's cuda_plugin, where installed with cuda-checkpoint, would drive the driver
 // checkpoint itself -- at a restore before ferry does and without ferry's GPU pairs --
 // and a dump it took part in lists it as required by every restore. ferry does that
-// work itself, so CRIU runs with an empty plugin directory of its own (root's, made
-// afresh: nobody can slip a library into it).
+// work itself, so CRIU runs with an empty plugin directory of its own, kept in the
+// socket directory (this user's, 0700: nobody else can slip a library into it).
 int run_criu(std::vector<std::string> argv, bool quiet) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
-  char no_plugins[] = "/tmp/ferry-criu-plugins-XXXXXX";
-  if (!mkdtemp(no_plugins)) return -1;
-  argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
-  pid_t p = fork();
-  if (p < 0) {
-    rmdir(no_plugins);
+  std::string no_plugins;
+  try {
+    no_plugins = own_socket_dir() + "/criu-no-plugins";
+  } catch (const ClientError& e) {
+    fprintf(stderr, "ferry: %s\n", e.message.c_str());
     return -1;
   }
+  if (mkdir(no_plugins.c_str(), 0700) != 0 && errno != EEXIST) return -1;
+  std::error_code ec;
+  if (!fs::is_empty(no_plugins, ec) || ec) {
+    fprintf(stderr, "ferry: %s is meant to stay empty (CRIU would load what is in it); empty it\n",
+            no_plugins.c_str());
+    return -1;
+  }
+  argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
+  pid_t p = fork();
+  if (p < 0) return -1;
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
     prepare_criu_environment();
@@ -425,7 +434,6 @@ int run_criu(std::vector<std::string> argv, bool quiet) {
   int r = 0;
   while ((r = static_cast<int>(waitpid(p, &st, 0))) < 0 && errno == EINTR) {
   }
-  rmdir(no_plugins);
   if (r < 0) return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
