@@ -87,6 +87,9 @@ struct BlobRef {
 // The device-state log as JSON (world stopped). With refs, also where every blob is now
 // (this looks globals up in the driver, loading a library's module where it was not).
 nlohmann::json serialize_state(std::vector<BlobRef>* refs = nullptr);
+// The UUID of physical device pdev as images, status and GPU pairs name it (32 hex
+// digits); "" when the driver does not say.
+std::string gpu_uuid(int pdev);
 // The parts of a state that must match for an image to be restored into this process.
 nlohmann::json structure_of(const nlohmann::json& state);
 

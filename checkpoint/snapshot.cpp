@@ -59,10 +59,8 @@ nlohmann::json device_json(int vdev) {
   real::cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, pdev);
   size_t total = 0;
   real::cuDeviceTotalMem_v2(&total, pdev);
-  CUuuid uuid{};
-  real::cuDeviceGetUuid_v2(&uuid, pdev);
   return {{"vdev", vdev}, {"pdev", pdev}, {"name", name}, {"cc", std::to_string(major) + "." + std::to_string(minor)},
-          {"memory", total}, {"uuid", pod_hex(uuid)}};
+          {"memory", total}, {"uuid", gpu_uuid(pdev)}};
 }
 
 bool fatbin_decompress(uint64_t flags, const void* src, size_t n, size_t raw, std::vector<char>& out) {
@@ -90,6 +88,11 @@ bool lookup_global(CUcontext real_ctx, CUlibrary lib, CUmodule mod, const std::s
 }
 
 }  // namespace
+
+std::string gpu_uuid(int pdev) {
+  CUuuid u{};
+  return real::cuDeviceGetUuid_v2(&u, pdev) == CUDA_SUCCESS ? pod_hex(u) : "";
+}
 
 void check_capturable() {
   if (!active()) throw Error(ErrorClass::FixFirst, "ferry is running as a plain pass-through in this process (see its log)");

@@ -18,7 +18,6 @@
 #include "log.hpp"
 #include "restore.hpp"
 #include "shim.hpp"
-#include "state_codec.hpp"
 #include "tracker.hpp"
 
 namespace ferry::engine {
@@ -514,10 +513,8 @@ nlohmann::json status() {
   nlohmann::json gpus = nlohmann::json::array();
   int real_count = 0;
   if (real::cuDeviceGetCount(&real_count) == CUDA_SUCCESS)
-    for (int p = 0; p < real_count; p++) {
-      CUuuid u{};
-      if (real::cuDeviceGetUuid_v2(&u, p) == CUDA_SUCCESS) gpus.push_back({{"physical", p}, {"uuid", pod_hex(u)}});
-    }
+    for (int p = 0; p < real_count; p++)
+      if (std::string u = gpu_uuid(p); !u.empty()) gpus.push_back({{"physical", p}, {"uuid", u}});
   j["gpus"] = gpus;
   auto& st = tr::state();
   std::unique_lock lk(st.mu, std::try_to_lock);

@@ -112,10 +112,8 @@ std::vector<int> target_map(const nlohmann::json& state, const Options& o, std::
         throw Error(ErrorClass::FixFirst, "the GPUs by UUID name program device " + std::to_string(v) +
                                               "; the program sees " + std::to_string(n));
       int found = -1;
-      for (int d = 0; d < phys && found < 0; d++) {
-        CUuuid u{};
-        if (real::cuDeviceGetUuid_v2(&u, d) == CUDA_SUCCESS && pod_hex(u) == id) found = d;
-      }
+      for (int d = 0; d < phys && found < 0; d++)
+        if (gpu_uuid(d) == id) found = d;
       if (found < 0)
         throw Error(ErrorClass::FixFirst, "GPU " + id + " is not among the " + std::to_string(phys) +
                                               " GPUs this process sees (CUDA_VISIBLE_DEVICES hides it, or the "

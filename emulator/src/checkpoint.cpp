@@ -294,6 +294,19 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   }
   std::vector<std::pair<int, const DeviceConfig*>> plan;
   std::vector<bool> taken(machine.size(), false);
+  auto planned = [&](int ordinal) {
+    for (auto& [o, m] : plan)
+      if (o == ordinal) return true;
+    return false;
+  };
+  // The machine's GPU of that UUID for device `ordinal`, if no other device has it.
+  auto slot_of = [&](const std::string& uuid, int ordinal) -> int {
+    size_t j = 0;
+    while (j < machine.size() && hex(machine[j].uuid) != uuid) j++;
+    if (j < machine.size() && !taken[j]) return static_cast<int>(j);
+    log("restore: no GPU %s on this machine for device %d", uuid.c_str(), ordinal);
+    return -1;
+  };
   for (const Opened& o : g_checkpointed) {
     std::string want = hex(o.uuid);
     if (!pairs.empty()) {
@@ -304,13 +317,9 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
       }
       want = it->second;
     }
-    size_t j = 0;
-    while (j < machine.size() && hex(machine[j].uuid) != want) j++;
-    if (j == machine.size() || taken[j]) {
-      log("restore: no GPU %s on this machine for device %d", want.c_str(), o.ordinal);
-      return CUDA_ERROR_INVALID_DEVICE;
-    }
-    const DeviceConfig& m = machine[j];
+    int j = slot_of(want, o.ordinal);
+    if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
+    const DeviceConfig& m = machine[static_cast<size_t>(j)];
     if (m.name != o.name || m.cc_major != o.cc_major || m.cc_minor != o.cc_minor) {
       log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d)", want.c_str(), m.name.c_str(), m.cc_major, m.cc_minor,
           o.name.c_str(), o.cc_major, o.cc_minor);
@@ -320,24 +329,18 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
       log("restore: GPU %s has %zu bytes, the process needs %zu", want.c_str(), m.total_mem, o.used);
       return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    taken[j] = true;
+    taken[static_cast<size_t>(j)] = true;
     plan.emplace_back(o.ordinal, &m);
   }
   // A device the process did not open but the pairs name goes where they say, too.
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;
-    bool planned = false;
-    for (auto& [ordinal, m] : plan) planned = planned || ordinal == dev->ordinal;
     auto it = pairs.find(hex(dev->cfg.uuid));
-    if (planned || it == pairs.end()) continue;
-    size_t j = 0;
-    while (j < machine.size() && hex(machine[j].uuid) != it->second) j++;
-    if (j == machine.size() || taken[j]) {
-      log("restore: no GPU %s on this machine for device %d", it->second.c_str(), dev->ordinal);
-      return CUDA_ERROR_INVALID_DEVICE;
-    }
-    taken[j] = true;
-    plan.emplace_back(dev->ordinal, &machine[j]);
+    if (planned(dev->ordinal) || it == pairs.end()) continue;
+    int j = slot_of(it->second, dev->ordinal);
+    if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
+    taken[static_cast<size_t>(j)] = true;
+    plan.emplace_back(dev->ordinal, &machine[static_cast<size_t>(j)]);
   }
   // The device memory back from the process's memory: a region that cannot be written
   // (no memory for the memfd) leaves the process CHECKPOINTED, its copies kept.
@@ -356,9 +359,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   size_t next = 0;
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;
-    bool planned = false;
-    for (auto& [ordinal, m] : plan) planned = planned || ordinal == dev->ordinal;
-    if (planned) continue;
+    if (planned(dev->ordinal)) continue;
     while (next < machine.size() && taken[next]) next++;
     if (next == machine.size()) break;
     dev->cfg = machine[next];

@@ -77,6 +77,16 @@ struct ProgressView {
   }
 };
 
+// Whether s can go into JSON as it is (JSON text is UTF-8; a path or a socket name need not be).
+inline bool json_text(const std::string& s) {
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
 inline int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
   if (out.json)
     printf("%s\n", nlohmann::json({{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}}).dump(1).c_str());

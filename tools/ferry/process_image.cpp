@@ -127,6 +127,14 @@ struct Task {
 
 std::string sock_of(pid_t host) { return control::socket_dir() + "/" + control::socket_name(host); }
 std::string marker_of(pid_t host, const char* ext) { return control::socket_dir() + "/" + std::to_string(host) + ext; }
+// A CUDA process under ferry: it listens on its control socket, or a dump detached it.
+bool uses_cuda(pid_t host) {
+  return access(sock_of(host).c_str(), F_OK) == 0 || access(marker_of(host, ".detached").c_str(), F_OK) == 0;
+}
+// A CUDA process a dump detached that has not listened again (the dump goes on, or died).
+bool left_detached(pid_t host) {
+  return access(marker_of(host, ".detached").c_str(), F_OK) == 0 && access(sock_of(host).c_str(), F_OK) != 0;
+}
 
 // A process's identity across pid reuse: its pid and start time (/proc/PID/stat field 22).
 std::string identity_of(pid_t pid) {
@@ -151,6 +159,13 @@ pid_t dumping_ferry(pid_t init) {
   std::getline(in, who);
   pid_t p = static_cast<pid_t>(atoi(who.c_str()));
   return p > 0 && identity_of(p) == who ? p : 0;
+}
+
+// Throws RetryLater, saying what happens next (then), while a dump of job init is under way.
+void refuse_while_dumped(pid_t init, const char* then) {
+  if (pid_t f = dumping_ferry(init))
+    throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by ferry (pid " +
+                                       std::to_string(f) + "); " + then);
 }
 
 // The socket directory as the shim makes and insists on it (engine/control.cpp): this
@@ -184,9 +199,7 @@ std::string mark_dumping(pid_t init) {
       return path;
     }
     if (errno != EEXIST) throw ClientError(kFixFirst, "cannot create " + path + ": " + strerror(errno));
-    if (pid_t other = dumping_ferry(init))
-      throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by ferry (pid " +
-                                         std::to_string(other) + "); try again when that has ended");
+    refuse_while_dumped(init, "try again when that has ended");
     unlink(path.c_str());  // stale: its ferry is gone
   }
   throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by another ferry; try again when "
@@ -207,7 +220,7 @@ std::vector<Task> tree_of(pid_t init) {
     t.ns_parent = parent_ns;
     t.name = status_field(host, "Name");
     t.cmd = cmdline_of(host);
-    t.cuda = access(sock_of(host).c_str(), F_OK) == 0 || access(marker_of(host, ".detached").c_str(), F_OK) == 0;
+    t.cuda = uses_cuda(host);
     for (pid_t c : children(host)) todo.push_back({c, t.ns});
     out.push_back(t);
   }
@@ -271,15 +284,6 @@ std::vector<Stdio> stdio_of(pid_t pid) {
 
 // ---- the job's files ---------------------------------------------------------------------------
 
-// Whether s can go into the manifest as it is (JSON text is UTF-8; a path need not be).
-bool json_text(const std::string& s) {
-  try {
-    (void)nlohmann::json(s).dump();
-    return true;
-  } catch (const nlohmann::json::exception&) {
-    return false;
-  }
-}
 
 // What CRIU opens again by path at a restore and refuses when it changed (it compares
 // sizes): every regular file a process of the job maps (its programs, libraries, ferry's
@@ -898,12 +902,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
 }
 
 bool recover_detached(pid_t pid, std::string* dir) {
-  if (access(marker_of(pid, ".detached").c_str(), F_OK) != 0 || access(sock_of(pid).c_str(), F_OK) == 0) return false;
+  if (!left_detached(pid)) return false;
   pid_t init = job_init_of(pid);
   // Detached is what every CUDA process of a job is while it is being dumped.
-  if (pid_t f = dumping_ferry(init))
-    throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by ferry (pid " +
-                                       std::to_string(f) + "); it goes on when that has ended");
+  refuse_while_dumped(init, "it goes on when that has ended");
   std::vector<Task> tasks = tree_of(init);
   // CRIU may have left the job stopped, its TCP sockets in repair mode.
   std::string stuck = leave_repair(job_tasks(tasks), {});
@@ -930,21 +932,17 @@ bool recover_detached(pid_t pid, std::string* dir) {
 }
 
 std::optional<StoppedJob> resume_job(pid_t pid) {
-  if (access(sock_of(pid).c_str(), F_OK) == 0 || access(marker_of(pid, ".detached").c_str(), F_OK) == 0)
-    return std::nullopt;  // a CUDA process: resumed by its own socket
+  if (uses_cuda(pid)) return std::nullopt;  // resumed by its own socket
   StoppedJob j;
   try {
     j.init = job_init_of(pid);
   } catch (const ClientError&) {
     return std::nullopt;
   }
-  if (pid_t f = dumping_ferry(j.init))
-    throw ClientError(kRetryLater, "job " + std::to_string(j.init) + " is being dumped by ferry (pid " +
-                                       std::to_string(f) + "); it goes on when that has ended");
+  refuse_while_dumped(j.init, "it goes on when that has ended");
   std::vector<Task> tasks = tree_of(j.init);
   for (auto& t : tasks)
-    if (access(marker_of(t.host, ".detached").c_str(), F_OK) == 0 && access(sock_of(t.host).c_str(), F_OK) != 0)
-      j.forward.push_back(t.host);
+    if (left_detached(t.host)) j.forward.push_back(t.host);
   if (!j.forward.empty()) return j;  // their resume continues the whole tree
   size_t stopped = 0;
   for (auto& t : tasks) stopped += status_field(t.host, "State").rfind("T", 0) == 0;

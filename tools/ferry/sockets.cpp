@@ -26,6 +26,8 @@
 
 #include <ferry_common/control.hpp>
 
+#include "output.hpp"
+
 namespace ferry::cli {
 
 namespace {
@@ -403,12 +405,9 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
   // so only those collide with a copy of the job that holds them (JSON text only).
   std::set<std::string> names;
   for (auto& [ino, u] : unix)
-    if (held.count(ino) && !exempt.count(ino) && u.name.size() > 1 && u.name[0] == '@' && !is_control(ino, u.name))
-      try {
-        (void)nlohmann::json(u.name).dump();
-        names.insert(u.name);
-      } catch (const nlohmann::json::exception&) {
-      }
+    if (held.count(ino) && !exempt.count(ino) && u.name.size() > 1 && u.name[0] == '@' && !is_control(ino, u.name) &&
+        json_text(u.name))
+      names.insert(u.name);
   js.unix_names.assign(names.begin(), names.end());
   for (auto& [ino, u] : unix) {
     if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
