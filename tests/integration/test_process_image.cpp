@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -234,6 +235,30 @@ TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped a
   REQUIRE(plain.exit_code == 0);
   ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
+  // Both workers suspended, then resumed through the job's ferry run: one JSON document for the job.
+  pid_t launcher = program_of(c.pid());
+  auto workers = children_of(launcher);
+  REQUIRE(workers.size() == 2);
+  for (pid_t w : workers) {
+    auto s = ferry_test::run({kFerry, "suspend", std::to_string(w)}, ferry_test::emu_env(), 60);
+    INFO(s.err);
+    REQUIRE(s.exit_code == 0);
+  }
+  auto res = ferry_test::run({kFerry, "resume", std::to_string(c.pid()), "--format", "json"}, ferry_test::emu_env(),
+                             60);
+  INFO(res.out << res.err);
+  REQUIRE(res.exit_code == 0);
+  auto rj = nlohmann::json::parse(res.out);  // throws if there were two documents
+  CHECK(rj["ok"] == true);
+  CHECK(rj["job_init"] == children_of(c.pid()).at(0));
+  REQUIRE(rj["processes"].size() == 2);
+  std::set<pid_t> resumed;
+  for (auto& p : rj["processes"]) {
+    CHECK(p["ok"] == true);
+    CHECK(p["status"]["state"] == "running");
+    resumed.insert(p["pid"].get<pid_t>());
+  }
+  CHECK(resumed == std::set<pid_t>(workers.begin(), workers.end()));
   auto d = dump(c.pid(), t / "img");
   CHECK(d["processes"] == 4);  // init, launcher, two workers
   CHECK(d["cuda_processes"] == 2);

@@ -79,6 +79,28 @@ std::vector<int> parse_device_map(const std::string& s) {
   return m;
 }
 
+namespace {
+
+// One operation on one process: kOk and the engine's reply, or the exit code and the failure
+// as `fail` reports it in JSON.
+std::pair<int, nlohmann::json> op_reply(const std::string& op, pid_t pid, const nlohmann::json& opts, int timeout,
+                                        ProgressView& view) {
+  nlohmann::json reply;
+  try {
+    reply = request(pid, op, opts, [&](const nlohmann::json& p) { view(p); }, timeout);
+  } catch (const ClientError& e) {
+    return {e.code, failure_json(e.code, class_of(e), e.message)};
+  }
+  if (!reply.value("ok", false)) {
+    std::string cls = reply.value("class", "bug");
+    int code = exit_for_class(cls);
+    return {code, failure_json(code, cls, op + " failed: " + reply.value("error", "?"))};
+  }
+  return {kOk, reply};
+}
+
+}  // namespace
+
 int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out) {
   ops::Options opts;
   opts.dir = a.dir;
@@ -108,8 +130,26 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
       } else if (auto job = resume_job(pid)) {
         if (!job->forward.empty()) {
           int worst = kOk;
-          for (pid_t c : job->forward)
-            if (int r = cmd_op(op, c, a, out); r != kOk) worst = r;
+          if (!out.json) {
+            for (pid_t c : job->forward)
+              if (int r = cmd_op(op, c, a, out); r != kOk) worst = r;
+            return worst;
+          }
+          // One document for the job, whatever the number of its CUDA processes.
+          nlohmann::json procs = nlohmann::json::array();
+          ProgressView quiet(out);
+          for (pid_t c : job->forward) {
+            auto [code, reply] = op_reply(op, c, ops::to_json(opts), a.timeout, quiet);
+            if (code != kOk) worst = code;
+            reply["pid"] = c;
+            procs.push_back(reply);
+          }
+          printf("%s\n", nlohmann::json({{"ok", worst == kOk},
+                                          {"job_init", job->init},
+                                          {"continued", 0},
+                                          {"processes", procs}})
+                              .dump(1)
+                              .c_str());
           return worst;
         }
         if (out.json)
@@ -133,19 +173,10 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
       return fail(out, e);
     }
   }
-  nlohmann::json o = ops::to_json(opts);
   ProgressView view(out);
   if (view.enabled) fprintf(stderr, "ferry: %s of process %d\n", op.c_str(), pid);
-  nlohmann::json reply;
-  try {
-    reply = request(pid, op, o, [&](const nlohmann::json& p) { view(p); }, a.timeout);
-  } catch (const ClientError& e) {
-    return fail(out, e);
-  }
-  if (!reply.value("ok", false)) {
-    std::string cls = reply.value("class", "bug");
-    return fail(out, exit_for_class(cls), cls, op + " failed: " + reply.value("error", "?"));
-  }
+  auto [code, reply] = op_reply(op, pid, ops::to_json(opts), a.timeout, view);
+  if (code != kOk) return fail(out, code, reply["class"], reply["error"]);
   if (out.json) {
     printf("%s\n", reply.dump(1).c_str());
     return kOk;

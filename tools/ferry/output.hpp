@@ -87,20 +87,26 @@ inline bool json_text(const std::string& s) {
   }
 }
 
+inline nlohmann::json failure_json(int code, const std::string& cls, const std::string& msg) {
+  return {{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}};
+}
+
+inline std::string class_of(const ClientError& e) {
+  std::string cls = e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
+  for (const auto& c : kErrorClasses)
+    if (c.exit_code == e.code) cls = c.name;
+  return cls;
+}
+
 inline int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
   if (out.json)
-    printf("%s\n", nlohmann::json({{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}}).dump(1).c_str());
+    printf("%s\n", failure_json(code, cls, msg).dump(1).c_str());
   else
     fprintf(stderr, "ferry: %s\n", msg.c_str());
   return code;
 }
 
-inline int fail(const Output& out, const ClientError& e) {
-  std::string cls = e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
-  for (const auto& c : kErrorClasses)
-    if (c.exit_code == e.code) cls = c.name;
-  return fail(out, e.code, cls, e.message);
-}
+inline int fail(const Output& out, const ClientError& e) { return fail(out, e.code, class_of(e), e.message); }
 
 
 }  // namespace ferry::cli
