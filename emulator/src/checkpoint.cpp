@@ -111,11 +111,7 @@ pid_t host_tid() {
 
 std::string dir() { return "/tmp/ferry-emu-" + std::to_string(getuid()); }
 
-std::string hex(const CUuuid& u) {
-  char b[33];
-  for (int i = 0; i < 16; i++) snprintf(b + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
-  return b;
-}
+std::string hex(const CUuuid& u) { return uuid_hex(u); }
 bool unhex(const std::string& s, CUuuid* u) {
   if (s.size() != 32) return false;
   for (int i = 0; i < 16; i++) u->bytes[i] = static_cast<char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
@@ -287,7 +283,8 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   std::lock_guard lk(d.mu);
   // With GPU memory or contexts checkpointed, the restored process must find as many GPUs
   // as it had (the driver's "same GPU count"): its device ordinals are baked into it.
-  if (!g_checkpointed.empty() && machine.size() != d.present) {
+  // (A process CUDA_VISIBLE_DEVICES restricted keeps its own GPUs: the machine needs as many.)
+  if (!g_checkpointed.empty() && (d.restricted ? machine.size() < d.present : machine.size() != d.present)) {
     log("restore: the process was checkpointed holding GPUs of a machine with %zu; this one has %zu", d.present,
         machine.size());
     return CUDA_ERROR_INVALID_DEVICE;
@@ -352,10 +349,25 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   free_copies();
   for (auto& [ordinal, m] : plan) d.devices[static_cast<size_t>(ordinal)]->cfg = *m;
   // The process now sees this machine's GPUs: as many as it has (devices beyond the old
-  // count are made, those beyond the new one are no longer present), the ones it did
-  // not open taking this machine's other identities in order.
-  while (d.devices.size() < machine.size()) add_device(d);
-  d.present = machine.size();
+  // count are made, those beyond the new one are no longer present) -- or, restricted by
+  // CUDA_VISIBLE_DEVICES, as many as it had. The ones it did not open keep their GPU where
+  // this machine has it, and otherwise take this machine's other GPUs in order.
+  if (!d.restricted) {
+    while (d.devices.size() < machine.size()) add_device(d, machine_device(static_cast<int>(d.devices.size())));
+    d.present = machine.size();
+  } else {
+    d.present = std::min(d.present, machine.size());
+  }
+  for (auto& dev : d.devices) {
+    if (static_cast<size_t>(dev->ordinal) >= d.present) break;
+    if (planned(dev->ordinal)) continue;
+    size_t j = 0;
+    while (j < machine.size() && hex(machine[j].uuid) != hex(dev->cfg.uuid)) j++;
+    if (j == machine.size() || taken[j]) continue;
+    taken[j] = true;
+    plan.emplace_back(dev->ordinal, &machine[j]);
+    dev->cfg = machine[j];
+  }
   size_t next = 0;
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;

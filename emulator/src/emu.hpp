@@ -288,6 +288,9 @@ struct Driver {
   // points at a Device dangles.
   std::vector<std::unique_ptr<Device>> devices;
   size_t present = 0;
+  // CUDA_VISIBLE_DEVICES chose the devices at cuInit. Such a process sees only its own
+  // GPUs, on this machine or, after a restore, wherever the GPU pairs put them.
+  bool restricted = false;
   std::map<uintptr_t, Range> ranges;        // every registered address range, by base
   std::map<uintptr_t, Mapping> mappings;    // VMM mappings, by base
   std::set<PhysAlloc*> phys;
@@ -317,7 +320,10 @@ CUresult ensure_init();  // waits while NVIDIA's checkpoint API holds the proces
 void checkpoint_service_start();
 void checkpoint_gate();
 Device* device(CUdevice d);  // nullptr when out of range (not present on this machine)
-Device* add_device(Driver& d);  // mu held: a new device at the next ordinal, default configuration
+std::string uuid_hex(const CUuuid& u);  // 32 lower-case hex digits
+// The configuration of the machine's GPU `index` (FERRY_EMU_* settings).
+DeviceConfig machine_device(int index);
+Device* add_device(Driver& d, const DeviceConfig& c);  // mu held: a new device at the next ordinal
 size_t parse_size(const char* s, size_t dflt);
 
 // context.cpp

@@ -59,6 +59,12 @@ void fatal(const char* fmt, ...) {
 
 uint64_t new_id() { return drv().next_id++; }
 
+std::string uuid_hex(const CUuuid& u) {
+  char b[33];
+  for (int i = 0; i < 16; i++) snprintf(b + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
+  return b;
+}
+
 size_t parse_size(const char* s, size_t dflt) {
   if (!s || !*s) return dflt;
   auto v = ferry::settings::parse_size(s);
@@ -103,25 +109,30 @@ void apply_spec(DeviceConfig& c, const char* spec) {
 
 }  // namespace
 
-Device* add_device(Driver& d) {
+DeviceConfig machine_device(int i) {
+  DeviceConfig c;
+  c.name = "ferry emulated GPU";
+  c.total_mem = ferry::settings::size("FERRY_EMU_MEMORY", 16ull << 30);
+  if (const char* cc = ferry::settings::raw("FERRY_EMU_CC")) sscanf(cc, "%d.%d", &c.cc_major, &c.cc_minor);
+  const char tag[] = "ferry-emu-gpu";
+  memcpy(c.uuid.bytes, tag, sizeof tag - 1);
+  c.uuid.bytes[14] = static_cast<char>(0x40);
+  c.uuid.bytes[15] = static_cast<char>(i);
+  c.pci_bus = 0x17 + 0x10 * i;
+  char var[32];
+  snprintf(var, sizeof var, "FERRY_EMU_DEVICE%d", i);
+  if (const char* spec = ferry::settings::raw(var)) apply_spec(c, spec);
+  if (c.total_mem < kGranularity) c.total_mem = kGranularity;
+  return c;
+}
+
+Device* add_device(Driver& d, const DeviceConfig& cfg) {
   int i = static_cast<int>(d.devices.size());
-  size_t mem = ferry::settings::size("FERRY_EMU_MEMORY", 16ull << 30);
   {
     auto dev = std::make_unique<Device>();
     dev->ordinal = i;
     DeviceConfig& c = dev->cfg;
-    c.name = "ferry emulated GPU";
-    c.total_mem = mem;
-    if (const char* cc = ferry::settings::raw("FERRY_EMU_CC")) sscanf(cc, "%d.%d", &c.cc_major, &c.cc_minor);
-    const char tag[] = "ferry-emu-gpu";
-    memcpy(c.uuid.bytes, tag, sizeof tag - 1);
-    c.uuid.bytes[14] = static_cast<char>(0x40);
-    c.uuid.bytes[15] = static_cast<char>(i);
-    c.pci_bus = 0x17 + 0x10 * i;
-    char var[32];
-    snprintf(var, sizeof var, "FERRY_EMU_DEVICE%d", i);
-    if (const char* spec = ferry::settings::raw(var)) apply_spec(c, spec);
-    if (c.total_mem < kGranularity) c.total_mem = kGranularity;
+    c = cfg;
 
     // 2 MiB-aligned so large allocations can be aligned like a GPU's.
     // Room for fragmentation: four times the memory, at least 64 GiB, at most 1 TiB.
@@ -155,12 +166,51 @@ Device* add_device(Driver& d) {
 
 namespace {
 
-void setup_devices(Driver& d) {
+// CUDA_VISIBLE_DEVICES as the driver reads it at cuInit: indices or UUIDs ("GPU-" and the
+// UUID or a prefix naming one GPU), in the order given; the first entry naming no GPU, or
+// one already named, ends the list.
+std::vector<int> visible_devices(const char* spec, const std::vector<DeviceConfig>& machine) {
+  std::vector<int> v;
+  std::string s(spec);
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string e = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? s.size() + 1 : comma + 1;
+    int found = -1;
+    if (!e.empty() && std::all_of(e.begin(), e.end(), [](char c) { return isdigit(static_cast<unsigned char>(c)); })) {
+      if (e.size() < 4 && std::stoi(e) < static_cast<int>(machine.size())) found = std::stoi(e);
+    } else if (e.rfind("GPU-", 0) == 0) {
+      std::string want;
+      for (char c : e.substr(4))
+        if (c != '-') want += static_cast<char>(tolower(static_cast<unsigned char>(c)));
+      for (size_t i = 0; i < machine.size() && !want.empty(); i++)
+        if (uuid_hex(machine[i].uuid).rfind(want, 0) == 0) found = found < 0 ? static_cast<int>(i) : -2;
+    }
+    if (found < 0 || std::find(v.begin(), v.end(), found) != v.end()) break;
+    v.push_back(found);
+  }
+  return v;
+}
+
+// false: CUDA_VISIBLE_DEVICES leaves no device.
+bool setup_devices(Driver& d) {
   int count = static_cast<int>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
   if (count < 0) count = 0;
   if (count > kMaxDevices) count = kMaxDevices;
-  for (int i = 0; i < count; i++) add_device(d);
+  std::vector<DeviceConfig> machine;
+  for (int i = 0; i < count; i++) machine.push_back(machine_device(i));
+  std::vector<int> chosen;
+  if (const char* cvd = getenv("CUDA_VISIBLE_DEVICES")) {
+    chosen = visible_devices(cvd, machine);
+    d.restricted = true;
+    if (chosen.empty()) return false;
+  } else {
+    for (int i = 0; i < count; i++) chosen.push_back(i);
+  }
+  for (int i : chosen) add_device(d, machine[static_cast<size_t>(i)]);
   d.present = d.devices.size();
+  return true;
 }
 
 }  // namespace
@@ -224,7 +274,7 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
   std::lock_guard lk(d.mu);
   if (!d.initialized) {
     if (!name_helper_threads()) return CUDA_ERROR_OPERATING_SYSTEM;
-    setup_devices(d);
+    if (!setup_devices(d)) return CUDA_ERROR_NO_DEVICE;
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
     checkpoint_service_start();

@@ -99,6 +99,15 @@ std::vector<pid_t> children_of(pid_t pid) {
 // ferry run -> ferry-init -> program
 pid_t program_of(pid_t ferry_run) { return children_of(children_of(ferry_run).at(0)).at(0); }
 
+// The UUID of the one GPU a restored process (its status) holds memory on.
+std::string held_uuid(const nlohmann::json& st) {
+  if (st["memory_by_gpu"].size() != 1) return "memory on " + st["memory_by_gpu"].dump();
+  std::string held = st["memory_by_gpu"].begin().key();
+  for (auto& g : st["gpus"])
+    if (std::to_string(g["physical"].get<int>()) == held) return g["uuid"];
+  return "no GPU " + held;
+}
+
 }  // namespace
 
 TEST_CASE("mlp_trainer dumped at a random step, killed, restored onto the other GPU: it ends bit-identical; inspect "
@@ -216,15 +225,56 @@ TEST_CASE("restored on a different machine with --device 1, the trainer's memory
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out) == checksums(plain.out));
   auto st = report_of(r)["processes"][0]["status"];
-  REQUIRE(st["memory_by_gpu"].size() == 1);
-  std::string held = st["memory_by_gpu"].begin().key();
-  std::string uuid;
-  for (auto& g : st["gpus"])
-    if (std::to_string(g["physical"].get<int>()) == held) uuid = g["uuid"];
-  CHECK(uuid == y);
+  CHECK(held_uuid(st) == y);
   // The program's unused device 1 took device 0's old place: the map stays a permutation.
   CHECK(st["devices"][0]["physical"] == 1);
   CHECK(st["devices"][1]["physical"] == 0);
+}
+
+TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto a GPU it did not see: the driver's "
+          "GPU pairs swap that GPU in and the trainer ends bit-identical on it",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string x = "0123456789abcdef0123456789abcd00", y = "0123456789abcdef0123456789abcd11";
+  const std::map<std::string, std::string> machine = {{"FERRY_EMU_DEVICE0", "uuid=" + x},
+                                                      {"FERRY_EMU_DEVICE1", "uuid=" + y}};
+  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  auto job_env = machine;
+  job_env["CUDA_VISIBLE_DEVICES"] = "1";
+  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env(job_env));
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  // The GPU the restored trainer holds its memory on; it still sees only one.
+  auto held_on = [](const ferry_test::Result& r) {
+    auto st = report_of(r)["processes"][0]["status"];
+    CHECK(st["gpus"].size() == 1);
+    return held_uuid(st);
+  };
+  SECTION("by default, back on the GPU it had") {
+    auto r = restore(t / "img", {}, machine);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    CHECK(held_on(r) == y);
+  }
+  SECTION("on this machine's GPU 0, which it did not see") {
+    auto r = restore(t / "img", {"--device", "0"}, machine);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    CHECK(held_on(r) == x);
+  }
+  SECTION("on another machine's GPU 1") {
+    const std::string p = "aaaabbbbccccddddeeeeffff00001111", q = "aaaabbbbccccddddeeeeffff00002222";
+    auto r = restore(t / "img", {"--device-map", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + p}, {"FERRY_EMU_DEVICE1", "uuid=" + q}});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    CHECK(held_on(r) == q);
+  }
 }
 
 TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped and restored as one job",
@@ -459,15 +509,17 @@ TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on on
     REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 40)) + " loss"));
     dump(c.pid(), t / "img");
     CHECK(c.finish().exit_code == 128 + SIGKILL);
-    auto r = restore(t / "img", {"--device", "2"}, {{"FERRY_EMU_DEVICES", "3"}});
+    const std::string third = "0123456789abcdef0123456789abcd22";
+    auto r = restore(t / "img", {"--device", "2"}, {{"FERRY_EMU_DEVICES", "3"}, {"FERRY_EMU_DEVICE2", "uuid=" + third}});
     INFO(r.err);
     REQUIRE(r.exit_code == 0);
     CHECK(checksums(r.out) == checksums(plain.out));
     CHECK(!checksums(plain.out).empty());
+    // The driver swapped the third GPU in for the one the trainer held memory on (whether a
+    // real driver would show the process a third GPU is not known; it need not).
     auto st = report_of(r)["processes"][0]["status"];
-    CHECK(st["memory_by_gpu"].contains("2"));
-    CHECK(st["memory_by_gpu"].size() == 1);
-    CHECK(st["devices"][0]["physical"] == 2);
+    CHECK(held_uuid(st) == third);
+    CHECK(st["devices"].size() == 2);  // the program still sees its two devices
   }
 }
 

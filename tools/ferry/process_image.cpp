@@ -1078,9 +1078,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
         for (auto& g : here)
           if (!u.empty() && !new_of.count(u) && !taken.count(g.uuid)) new_of[u] = g.uuid, taken.insert(g.uuid);
       Placement& pl = placement[ns];
-      for (auto& u : old_uuids)
-        if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});
-      if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
       std::map<int, int> old_phys;
       for (auto& dv : p.value("devices", nlohmann::json::array()))
         old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
@@ -1090,6 +1087,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
                                       " devices; say where each goes with --device-map");
       for (auto& [v, bytes] : used) {
         int to = -1;
+        int was = old_phys.count(v) ? old_phys[v] : v;  // its GPU, in its own numbering
+        std::string u = was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : "";
         if (!dmap.empty()) {
           if (v >= static_cast<int>(dmap.size()))
             throw ClientError(kUsage, "--device-map " + a.device_map + " says nothing of device " + std::to_string(v) +
@@ -1099,8 +1098,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
           to = a.device;
         } else {
           // The GPU it was on, or where the driver puts that GPU here.
-          int was = old_phys.count(v) ? old_phys[v] : v;
-          std::string u = was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : "";
           to = new_of.count(u) ? index_here(new_of[u]) : -1;
           if (to < 0)
             throw ClientError(kFixFirst, "process " + std::to_string(ns) + " held memory on GPU " +
@@ -1113,9 +1110,18 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
           throw ClientError(kFixFirst, "this machine has " + std::to_string(here.size()) + " GPU(s); the image needs GPU " +
                                            std::to_string(to) + " (choose others with --device or --device-map). "
                                            "Nothing was started; the image is untouched");
-        pl.uuid_of_device[v] = here[static_cast<size_t>(to)].uuid;
+        const std::string& target = here[static_cast<size_t>(to)].uuid;
+        pl.uuid_of_device[v] = target;
         need[to] += bytes;
+        // A target the process would not see (CUDA_VISIBLE_DEVICES gave it only some of the
+        // GPUs) takes the place of the GPU it held that memory on: the driver swaps it in.
+        bool seen = false;
+        for (auto& [o, n] : new_of) seen = seen || n == target;
+        if (!seen && !u.empty()) new_of[u] = target;
       }
+      for (auto& u : old_uuids)
+        if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});
+      if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
     }
     if (any_cuda) {
       const auto& gpus = driver->gpus();

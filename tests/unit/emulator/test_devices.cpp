@@ -57,3 +57,51 @@ TEST_CASE("bad device ordinals and attributes are refused", "[devices]") {
   CU_OK(cuDriverGetVersion(&drv));
   REQUIRE(drv == 13000);
 }
+
+namespace {
+std::string uuid_of(CUdevice d) {
+  CUuuid u;
+  CU_OK(cuDeviceGetUuid(&u, d));
+  char b[33];
+  for (int i = 0; i < 16; i++) snprintf(b + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
+  return b;
+}
+}  // namespace
+
+// As the driver reads it at cuInit (each test case is a process of its own).
+TEST_CASE("CUDA_VISIBLE_DEVICES chooses and orders the devices by index or UUID prefix; the first entry naming no "
+          "device ends the list",
+          "[devices]") {
+  setenv("CUDA_VISIBLE_DEVICES", "2,GPU-00112233-4455,7,0", 1);
+  REQUIRE(cuInit(0) == CUDA_SUCCESS);
+  int n = 0;
+  CU_OK(cuDeviceGetCount(&n));
+  REQUIRE(n == 2);
+  CHECK(uuid_of(0) == "66657272792d656d752d677075004002");  // the machine's GPU 2
+  CHECK(uuid_of(1) == "00112233445566778899aabbccddeeff");
+  char name[64];
+  CU_OK(cuDeviceGetName(name, sizeof name, 1));
+  CHECK(std::string(name) == "Test GPU one");
+  CUdevice d;
+  CHECK(cuDeviceGet(&d, 2) == CUDA_ERROR_INVALID_DEVICE);
+}
+
+TEST_CASE("CUDA_VISIBLE_DEVICES: a GPU named twice ends the list", "[devices]") {
+  setenv("CUDA_VISIBLE_DEVICES", "1,1,0", 1);
+  REQUIRE(cuInit(0) == CUDA_SUCCESS);
+  int n = 0;
+  CU_OK(cuDeviceGetCount(&n));
+  REQUIRE(n == 1);
+  CHECK(uuid_of(0) == "00112233445566778899aabbccddeeff");
+}
+
+TEST_CASE("CUDA_VISIBLE_DEVICES: an ambiguous UUID prefix names no device", "[devices]") {
+  // Every default UUID starts "ferry-emu-gpu" (66657272...): GPUs 0 and 2 both match.
+  setenv("CUDA_VISIBLE_DEVICES", "GPU-66657272,1", 1);
+  CHECK(cuInit(0) == CUDA_ERROR_NO_DEVICE);
+}
+
+TEST_CASE("CUDA_VISIBLE_DEVICES empty: no device, cuInit fails", "[devices]") {
+  setenv("CUDA_VISIBLE_DEVICES", "", 1);
+  CHECK(cuInit(0) == CUDA_ERROR_NO_DEVICE);
+}
