@@ -16,7 +16,9 @@
 //   names the caller by its namespace's numbers -- /proc/<getpid()>/..., and
 //   /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the names
 //   /proc knows. Any other path is passed on untouched, at the cost of one compare.
-// Everywhere else these calls are glibc's.
+// Everywhere else these calls are glibc's. FERRY_TRACE_PROC=on reports each such path and
+// thread name with its outcome on stderr: the driver's reasons are its own, and on a GPU
+// machine without a debugger this is how one learns which path it could not open.
 #include <dirent.h>
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -30,6 +32,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <ferry_common/settings.hpp>
 
 namespace {
 
@@ -139,6 +143,21 @@ bool proc_path(const char* path, char* out, size_t size) {
   return snprintf(out, size, "/proc/self/task/%ld%s", at, rest) < static_cast<int>(size);
 }
 
+bool tracing() {
+  static int on = -1;
+  if (on < 0) on = ferry::settings::flag("FERRY_TRACE_PROC", false) ? 1 : 0;
+  return on == 1;
+}
+
+// With FERRY_TRACE_PROC: what `call` was asked (`asked`), what it used, and how it ended.
+void trace(const char* call, const char* asked, const char* used, int err) {
+  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign() || !tracing()) return;
+  int saved = errno;
+  fprintf(stderr, "ferry: %s(%s)%s%s: %s\n", call, asked, used != asked ? " as " : "", used != asked ? used : "",
+          err ? strerror(err) : "ok");
+  errno = saved;
+}
+
 int open_mode(int flags, va_list ap) {
   return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, int) : 0;
 }
@@ -154,10 +173,18 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
   size_t len = strlen(name);
   if (len > 15) return ERANGE;  // the kernel's limit, as glibc checks it
   int fd = open_comm(th, O_WRONLY);
-  if (fd < 0) return real(th, name);
+  if (fd < 0) {
+    int err = real(th, name);
+    if (tracing()) fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s): no such thread in /proc, glibc's: %s\n",
+                           static_cast<int>(ns_tid(th)), name, err ? strerror(err) : "ok");
+    return err;
+  }
   ssize_t n = write(fd, name, len);
   int err = n < 0 ? errno : static_cast<size_t>(n) == len ? 0 : EIO;
   close(fd);
+  if (tracing())
+    fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s): %s\n", static_cast<int>(ns_tid(th)), name,
+            err ? strerror(err) : "ok");
   return err;
 }
 
@@ -179,6 +206,7 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
 }
 
 #define FERRY_PROC_PATH(path)         \
+  const char* asked_ = path;           \
   char translated_[4096];              \
   if (proc_path(path, translated_, sizeof translated_)) path = translated_
 
@@ -190,7 +218,9 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
     int mode = open_mode(flags, ap);                                        \
     va_end(ap);                                                             \
     FERRY_PROC_PATH(path);                                                  \
-    return real(path, flags, mode);                                         \
+    int r = real(path, flags, mode);                                        \
+    trace(#name, asked_, path, r < 0 ? errno : 0);                          \
+    return r;                                                               \
   }
 FERRY_OPEN(open)
 FERRY_OPEN(open64)
@@ -203,7 +233,9 @@ FERRY_OPEN(open64)
     int mode = open_mode(flags, ap);                                                    \
     va_end(ap);                                                                         \
     FERRY_PROC_PATH(path);                                                              \
-    return real(dir, path, flags, mode);                                                \
+    int r = real(dir, path, flags, mode);                                               \
+    trace(#name, asked_, path, r < 0 ? errno : 0);                                      \
+    return r;                                                                           \
   }
 FERRY_OPENAT(openat)
 FERRY_OPENAT(openat64)
@@ -213,7 +245,9 @@ FERRY_OPENAT(openat64)
   __attribute__((visibility("default"))) int name(const char* path, int flags) { \
     static auto real = next<int (*)(const char*, int)>(#name);                 \
     FERRY_PROC_PATH(path);                                                      \
-    return real(path, flags);                                                   \
+    int r = real(path, flags);                                                  \
+    trace(#name, asked_, path, r < 0 ? errno : 0);                              \
+    return r;                                                                   \
   }
 FERRY_OPEN_2(__open_2)
 FERRY_OPEN_2(__open64_2)
@@ -222,7 +256,9 @@ FERRY_OPEN_2(__open64_2)
   __attribute__((visibility("default"))) FILE* name(const char* path, const char* mode) { \
     static auto real = next<FILE* (*)(const char*, const char*)>(#name);               \
     FERRY_PROC_PATH(path);                                                             \
-    return real(path, mode);                                                           \
+    FILE* f = real(path, mode);                                                        \
+    trace(#name, asked_, path, f ? 0 : errno);                                         \
+    return f;                                                                          \
   }
 FERRY_FOPEN(fopen)
 FERRY_FOPEN(fopen64)

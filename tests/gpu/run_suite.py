@@ -391,6 +391,47 @@ def release_probe():
     return figures
 
 
+@check("probe.pid_namespace", 90)
+def pid_namespace_probe():
+    """Where the driver starts in a PID namespace: without the shim and with the host's
+    /proc (as a `ferry run --pid-namespace` job has it), without the shim and with a /proc
+    of its own, and as a ferry job (the shim translating /proc paths and thread names).
+    The driver failing in the first and starting in the second says its trouble is
+    /proc's numbering; the third is what ferry's whole-process path needs."""
+    if os.geteuid() != 0:
+        raise Skipped("PID namespaces need root")
+    unshare = shutil.which("unshare")
+
+    def outcome(cmd, extra=None, direct=True):
+        rc, out, err = run(cmd, 40, extra_env=extra, direct=direct, check=False)
+        try:
+            r = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return rc, f"exit {rc}, no report: {err.strip()[-200:]}", err
+        steps = ", ".join(f"{k} {r[k]}" for k in ("cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"))
+        return rc, steps + f" (pid {r['pid']}, /proc says {r['proc_self']})", err
+
+    figures = {"no namespace": outcome(probe("init"))[1]}
+    if unshare:
+        figures["namespace, host /proc"] = outcome([unshare, "--pid", "--fork"] + probe("init"))[1]
+        figures["namespace, own /proc"] = outcome([unshare, "--pid", "--fork", "--mount-proc"] + probe("init"))[1]
+    else:
+        figures["namespace without the shim"] = "not run: no unshare here"
+    job = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + probe("init")
+    rc, text, _ = outcome(job, direct=False)
+    figures["ferry run --pid-namespace"] = text
+    if rc != 0:
+        _, _, err = outcome(job, {"FERRY_TRACE_PROC": "on"}, direct=False)
+        trace = [x for x in err.splitlines() if x.startswith("ferry: ")]
+        d = os.path.join(A.out, "logs")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "pid_namespace.trace.txt"), "w") as f:
+            f.write(err)
+        figures["FERRY_TRACE_PROC (last lines; all in logs/pid_namespace.trace.txt)"] = " | ".join(trace[-8:])
+        raise Failed("the driver does not start in a ferry job's PID namespace: " + json.dumps(figures))
+    return figures
+
+
 @check("probe.shim_overhead", 180)
 def shim_overhead():
     n = "2000" if A.emulator else "50000"
@@ -710,7 +751,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [release_probe, process_mlp, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, process_mlp, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

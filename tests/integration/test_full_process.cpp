@@ -231,6 +231,20 @@ TEST_CASE("in a job's PID namespace, /proc paths in the job's own numbers name t
   REQUIRE(nspid.size() == 1);
   CHECK(nspid[0].substr(nspid[0].rfind('\t') + 1) == "2");  // pid 2, under ferry's init
   CHECK(ferry_test::lines_with(r.out, "cat").size() == 3);   // the name in both comm files too
+  CHECK(r.err.find("/proc/") == std::string::npos);  // nothing reported unless asked
+  // FERRY_TRACE_PROC reports each such path with what it became and how it ended (the
+  // diagnosis of a driver that cannot start in a job), and only in a PID namespace.
+  auto traced = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", "/bin/sh", "-c",
+                                 "exec cat /proc/$$/status /proc/self/task/77777/comm"},
+                                ferry_test::emu_env({{"FERRY_TRACE_PROC", "on"}}), 60);
+  INFO(traced.err);
+  CHECK(traced.exit_code == 1);  // cat: the second file is not there
+  CHECK(traced.err.find("(/proc/2/status) as /proc/self/status: ok\n") != std::string::npos);
+  CHECK(traced.err.find("(/proc/self/task/77777/comm): No such file or directory\n") != std::string::npos);
+  auto outside = ferry_test::run({"/bin/cat", "/proc/self/status"}, ferry_test::emu_env({{"FERRY_TRACE_PROC", "on"},
+                                  {"LD_PRELOAD", std::string(FERRY_TEST_BIN_DIR) + "/lib/libferry.so"}}), 60);
+  CHECK(outside.exit_code == 0);
+  CHECK(outside.err == "");
 }
 
 TEST_CASE("two jobs at once each have their own control socket", "[full-process][namespace]") {

@@ -80,8 +80,20 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(status["process.mlp_trainer"] == (root ? "pass" : "skip"));
   CHECK(status["process.tcp_store"] == (root ? "pass" : "skip"));
   CHECK(status["process.vs_nvidia"] == (root ? "pass" : "skip"));
+  CHECK(status["probe.pid_namespace"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"]) {
     if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
+    // The simulated driver fails in a PID namespace with the host's /proc as the real one
+    // did (304), starts with a /proc of its own, and starts in a ferry job.
+    if (c["name"] == "probe.pid_namespace" && root) {
+      auto f = c["figures"];
+      CHECK(f["namespace, host /proc"].get<std::string>().rfind("cuInit 304, ", 0) == 0);
+      CHECK(f["namespace, own /proc"].get<std::string>().rfind("cuInit 0, cuDeviceGetCount 0, context 0, cuMemAlloc 0 "
+                                                               "(pid 1, /proc says 1)",
+                                                               0) == 0);
+      CHECK(f["ferry run --pid-namespace"].get<std::string>().rfind(
+                "cuInit 0, cuDeviceGetCount 0, context 0, cuMemAlloc 0 (pid 2, /proc says ", 0) == 0);
+    }
     // Both routes ran: every row of bench/process_dump.sh has a figure for each.
     if (c["name"] == "process.vs_nvidia" && root)
       for (const char* row : {"dump seconds, image complete", "dump seconds, image synced", "job stopped, seconds",
@@ -92,5 +104,5 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   }
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "13 pass, 4 skip" : "10 pass, 7 skip") != std::string::npos);
+  CHECK(summary.find(root ? "14 pass, 4 skip" : "10 pass, 8 skip") != std::string::npos);
 }

@@ -47,6 +47,9 @@ inline constexpr Setting kSettings[] = {
      "SIGNAL=checkpoint:DIR[;...]: on that signal, checkpoint to DIR and exit (0 when the image is complete)"},
     {"FERRY_CONTROL", Type::Flag, Shim, "on", "off: no control socket (the C++ API and signals still work)"},
     {"FERRY_SOCKET_DIR", Type::Path, Shim | Cli, "/tmp/ferry-UID", "directory of the control sockets (mode 0700)"},
+    {"FERRY_TRACE_PROC", Type::Flag, Shim, "off",
+     "on: report on stderr each /proc path the program opens in a PID namespace (and what it became) and each "
+     "thread it names, with the outcome: why a job's driver cannot start there"},
     {"FERRY_FINGERPRINTS", Type::Flag, Shim, "on",
      "off: incremental checkpoints read every chunk instead of comparing GPU fingerprints"},
     // ---- the CLI (docs/control.md) ----
