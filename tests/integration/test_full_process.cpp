@@ -84,8 +84,25 @@ TEST_CASE("ferry check finds a CRIU >= 4 that passes criu check, and the driver'
   CHECK(f["criu"]["check"] == "passed");
   CHECK(f["criu"]["hardware_breakpoints"].is_boolean());  // probed: CRIU gets CRIU_FAULT=130 where false
   CHECK(f["driver_checkpoint_api"] == true);  // the simulated GPU implements it
+  // The driver started in a job's PID namespace: cuInit, a context and an allocation.
+  CHECK(f["driver_in_job"] == nlohmann::json({{"ok", true}, {"cuInit", 0}, {"cuDeviceGetCount", 0}, {"cuMemAlloc", 0}}));
   CHECK(f["ready"] == true);
   CHECK(f["problems"].empty());
+}
+
+TEST_CASE("ferry check says when the driver cannot start in a job's PID namespace (the shim's /proc translation "
+          "off: the simulated driver fails as the real one did)",
+          "[full-process][criu]") {
+  REQUIRE(geteuid() == 0);
+  auto f = check({{"FERRY_TEST_NO_PROC_TRANSLATION", "1"}});
+  INFO(f.dump());
+  CHECK(f["driver_in_job"]["ok"] == false);
+  CHECK(f["driver_in_job"]["cuInit"] == 304);
+  CHECK(f["ready"] == false);
+  REQUIRE(f["problems"].size() == 1);
+  CHECK(f["problems"][0] == "the CUDA driver does not start in a job's PID namespace here (cuInit failed with "
+                            "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)); FERRY_TRACE_PROC=on ferry run "
+                            "--pid-namespace -- PROGRAM shows the /proc paths it opens");
 }
 
 TEST_CASE("a driver without the checkpoint API is named", "[full-process]") {

@@ -344,7 +344,10 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   Driver d;
   d.h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   j["driver"] = path;
-  j["full_process"] = full_process_report(d.h);
+  std::vector<std::string> driver_args;
+  if (emulator) driver_args.push_back("--emulator");
+  if (!real_driver.empty()) driver_args.insert(driver_args.end(), {"--real-driver", real_driver});
+  j["full_process"] = full_process_report(d.h, driver_args);
   if (!d.h) {
     problems.push_back("cannot load the CUDA driver " + path + ": " + dlerror());
     return j;
@@ -485,9 +488,12 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     if (pid <= 0 && report.contains("full_process")) {
       auto& f = report["full_process"];
       auto& c = f["criu"];
-      printf("whole-process dumps: CRIU %s %s (check: %s), driver checkpoint API %s\n",
+      std::string in_job = !f.contains("driver_in_job")             ? ""
+                           : f["driver_in_job"].value("ok", false) ? ", starts in a job's PID namespace"
+                                                                   : ", does not start in a job's PID namespace";
+      printf("whole-process dumps: CRIU %s %s (check: %s), driver checkpoint API %s%s\n",
              c.value("path", "?").c_str(), c.value("version", "?").c_str(), c.value("check", "not run").c_str(),
-             f.value("driver_checkpoint_api", false) ? "present" : "missing");
+             f.value("driver_checkpoint_api", false) ? "present" : "missing", in_job.c_str());
       for (auto& p : f["problems"]) printf("whole-process problem: %s\n", p.get<std::string>().c_str());
       for (auto& w : f.value("warnings", nlohmann::json::array()))
         printf("whole-process warning: %s\n", w.get<std::string>().c_str());

@@ -127,6 +127,8 @@ std::string cuda_error_text(int code) {
     case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY (2)";
     case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE (1)";
     case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED (801)";
+    case CUDA_ERROR_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE (100)";
+    case CUDA_ERROR_OPERATING_SYSTEM: return "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)";
     default: return "CUDA error " + std::to_string(code);
   }
 }

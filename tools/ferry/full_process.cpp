@@ -1,12 +1,15 @@
 #include "full_process.hpp"
 
 #include <dlfcn.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -15,14 +18,16 @@
 
 #include <ferry_common/settings.hpp>
 
+#include "cuda_driver.hpp"
 #include "sockets.hpp"
 
 namespace ferry::cli {
 
 namespace {
 
-// Runs argv; returns its exit status (-1 when it could not run) and its output.
-int capture(const std::vector<std::string>& argv, std::string& out) {
+// Runs argv; returns its exit status (-1 when it could not run, or was killed after
+// timeout_s seconds when that is not 0) and its output.
+int capture(const std::vector<std::string>& argv, std::string& out, int timeout_s = 0) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
@@ -40,11 +45,26 @@ int capture(const std::vector<std::string>& argv, std::string& out) {
   }
   close(fds[1]);
   char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  bool killed = false;
+  for (;;) {
+    if (timeout_s > 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{fds[0], POLLIN, 0};
+      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0) {
+        kill(pid, SIGKILL);
+        killed = true;
+        break;
+      }
+    }
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
   close(fds[0]);
   int st = 0;
-  if (waitpid(pid, &st, 0) != pid) return -1;
+  if (waitpid(pid, &st, 0) != pid || killed) return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -131,7 +151,72 @@ void prepare_criu_environment() {
   if (!getenv("CRIU_FAULT") && !hardware_breakpoints_work()) setenv("CRIU_FAULT", "130", 1);
 }
 
-nlohmann::json full_process_report(void* driver) {
+int driver_start() {
+  // The shim, which `ferry run` preloads, answers to this name; it finds the real driver.
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  if (!h) {
+    printf("{\"error\": \"cannot load libcuda.so.1\"}\n");
+    return 1;
+  }
+  auto f = [&](const char* name) { return dlsym(h, name); };
+  auto init = reinterpret_cast<int (*)(unsigned)>(f("cuInit"));
+  auto count = reinterpret_cast<int (*)(int*)>(f("cuDeviceGetCount"));
+  auto retain = reinterpret_cast<int (*)(void**, int)>(f("cuDevicePrimaryCtxRetain"));
+  auto set = reinterpret_cast<int (*)(void*)>(f("cuCtxSetCurrent"));
+  auto alloc = reinterpret_cast<int (*)(unsigned long long*, size_t)>(f("cuMemAlloc_v2"));
+  auto mfree = reinterpret_cast<int (*)(unsigned long long)>(f("cuMemFree_v2"));
+  auto release = reinterpret_cast<int (*)(int)>(f("cuDevicePrimaryCtxRelease_v2"));
+  if (!init || !count || !retain || !set || !alloc || !mfree || !release) {
+    printf("{\"error\": \"the driver lacks entry points\"}\n");
+    return 1;
+  }
+  nlohmann::json j;
+  int r = init(0), n = 0;
+  j["cuInit"] = r;
+  if (r == 0) j["cuDeviceGetCount"] = r = count(&n);
+  if (r == 0 && n > 0) {
+    void* ctx = nullptr;
+    r = retain(&ctx, 0);
+    if (r == 0) r = set(ctx);
+    unsigned long long p = 0;
+    if (r == 0) r = alloc(&p, 1 << 20);
+    j["cuMemAlloc"] = r;
+    if (r == 0) mfree(p);
+    release(0);
+  }
+  printf("%s\n", j.dump().c_str());
+  return r == 0 ? 0 : 1;
+}
+
+nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
+  char self[4096] = {};
+  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (len <= 0) return {{"ok", false}, {"error", "cannot find ferry's own program"}};
+  std::vector<std::string> argv = {self, "run", "--pid-namespace"};
+  argv.insert(argv.end(), driver_args.begin(), driver_args.end());
+  argv.insert(argv.end(), {"--", self, "__driver-start"});
+  std::string out;
+  int rc = capture(argv, out, 120);
+  nlohmann::json j = {{"ok", false}};
+  for (size_t at = out.find('{'); at != std::string::npos; at = out.find('{', at + 1)) {
+    try {
+      j = nlohmann::json::parse(out.substr(at, out.find('\n', at) - at));
+      break;
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  j["ok"] = rc == 0 && !j.contains("error");
+  if (!j["ok"].get<bool>()) {
+    std::string why = rc < 0 ? "no answer in 120 s" : j.contains("error") ? j["error"].get<std::string>() : "";
+    for (const char* k : {"cuInit", "cuDeviceGetCount", "cuMemAlloc"})
+      if (why.empty() && j.contains(k) && j[k].get<int>() != 0)
+        why = std::string(k) + " failed with " + cuda_error_text(j[k].get<int>());
+    j["error"] = why.empty() ? "exit " + std::to_string(rc) + ": " + last_line(out) : why;
+  }
+  return j;
+}
+
+nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args) {
   nlohmann::json j;
   std::vector<std::string> problems, warnings;
   std::string criu = criu_path();
@@ -170,6 +255,16 @@ nlohmann::json full_process_report(void* driver) {
   j["driver_checkpoint_api"] = api;
   if (!api)
     problems.push_back("the CUDA driver has no checkpoint API (cuCheckpointProcess*: CUDA 12.8, driver r570 or newer)");
+  // Jobs run in PID namespaces of their own, with the host's /proc: a driver that cannot
+  // start there (the real one names its threads through /proc) rules dumps out.
+  if (api && geteuid() == 0) {
+    nlohmann::json job = driver_in_job(driver_args);
+    j["driver_in_job"] = job;
+    if (!job["ok"].get<bool>())
+      problems.push_back("the CUDA driver does not start in a job's PID namespace here (" +
+                         job["error"].get<std::string>() +
+                         "); FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it opens");
+  }
   j["problems"] = problems;
   j["warnings"] = warnings;
   j["ready"] = problems.empty();

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +39,13 @@ void prepare_criu_environment();
 // {"criu": {"path", "version", "check", "hardware_breakpoints"}, "driver_checkpoint_api": bool, "ready": bool,
 //  "problems": [...], "warnings": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr. A warning
 // names what limits dumps without ruling them out (a CRIU that cannot dump TCP sockets here).
-nlohmann::json full_process_report(void* driver);
+// driver_args: how `ferry run` is to find the same driver (--emulator, --real-driver P).
+// As root it also starts the driver in a job's PID namespace (`ferry run --pid-namespace`
+// of ferry's own `__driver-start`): "driver_in_job" {"ok", "cuInit", ..., "error"}.
+nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args);
+
+// `ferry __driver-start`: cuInit, the device count, a context and an allocation on device
+// 0 through libcuda.so.1 (the shim under ferry run); one JSON line of each call's result.
+int driver_start();
 
 }  // namespace ferry::cli

@@ -70,6 +70,8 @@ inline constexpr Setting kSettings[] = {
     // ---- test hooks (never documented for users) ----
     {"FERRY_TEST_ENOSPC_AFTER", Type::Count, Test, "", "the image writer fails with ENOSPC after this many bytes"},
     {"FERRY_EMU_TEST_BREAK_INTEGRITY", Type::Flag, Test, "", "the emulator answers the integrity check wrongly"},
+    {"FERRY_TEST_NO_PROC_TRANSLATION", Type::Flag, Test, "",
+     "the shim leaves /proc paths and thread names in a PID namespace as they are (as before its fix)"},
 };
 
 // The table entry for a name (FERRY_EMU_DEVICE3 finds FERRY_EMU_DEVICE<n>), or nullptr.
