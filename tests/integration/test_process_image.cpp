@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <sstream>
@@ -948,6 +950,70 @@ TEST_CASE("a job's abstract Unix socket: its image is refused while the original
   INFO(r.err);
   CHECK(r.exit_code == 0);
   CHECK(r.out.find("tick 149\ndone\n") != std::string::npos);
+}
+
+TEST_CASE("a job logging to a datagram socket outside it (syslog's /dev/log) is dumped and restored: it sends "
+          "there again and every message arrives once; a machine without that socket is refused",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string log = t / "log", got = t / "received";
+  // The "syslog daemon", outside the job: every datagram it receives becomes a line.
+  auto daemon = [&] {
+    auto d = std::make_unique<ferry_test::Child>(std::vector<std::string>{
+        "python3", "-c",
+        "import os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.bind(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "with open(sys.argv[2], 'a') as f:\n"
+        "    while True:\n"
+        "        f.write(s.recv(100).decode() + '\\n')\n"
+        "        f.flush()\n",
+        log, got});
+    REQUIRE(d->wait_for("ready"));
+    return d;
+  };
+  auto syslogd = daemon();
+  ferry_test::Child c(job({"python3", "-c",
+                           "import socket, sys, time\n"
+                           "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                           "s.connect(sys.argv[1])\n"
+                           "for i in range(120):\n"
+                           "    s.send(b'msg %d' % i)\n"
+                           "    print('sent', i, flush=True)\n"
+                           "    time.sleep(0.02)\n"
+                           "print('done', flush=True)\n",
+                           log}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("sent " + std::to_string(random_step(3, 40))));
+  auto chk = ferry_test::run({kFerry, "check", std::to_string(c.pid()), "--format", "json"}, ferry_test::emu_env(), 60);
+  CHECK(nlohmann::json::parse(chk.out)["full_process"]["dumpable"] == true);
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["sockets"]["external_dgram"] == nlohmann::json::array({log}));
+  auto in = ferry_test::run({kFerry, "inspect", t / "img"}, ferry_test::emu_env(), 60);
+  CHECK(in.out.find("\n  datagrams to " + log + " (outside the job): connected there again at restore, which needs a "
+                    "datagram socket there\n") != std::string::npos);
+  // The daemon gone (its socket with it): refused before anything starts.
+  syslogd.reset();
+  fs::remove(log);
+  auto refused = restore_text(t / "img");
+  CHECK(refused.exit_code == 78);
+  CHECK(refused.err == "ferry: cannot restore the job of " + (t / "img") + " here: the job's datagram socket was "
+                       "connected to " + log + ", which is no datagram socket on this machine (start what listens "
+                       "there, e.g. syslog). Nothing was started; the image is untouched\n");
+  syslogd = daemon();
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("sent 119\ndone\n") != std::string::npos);
+  usleep(200000);  // the daemon writes what it has received
+  std::vector<std::string> want;
+  for (int i = 0; i < 120; i++) want.push_back("msg " + std::to_string(i));
+  std::sort(want.begin(), want.end());
+  CHECK(sorted_lines(ferry_test::read_file(got)) == want);
 }
 
 TEST_CASE("restore refusals: a target without the GPU or the memory, damaged halves, a newer ferry -- nothing "

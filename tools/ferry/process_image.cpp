@@ -780,6 +780,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // Any TCP socket at all: a connection inside the job may form until CRIU freezes it
   // (one to outside is refused by the look after the dump).
   if (socks.inet) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
+  // Datagram sockets sending to a named socket outside (/dev/log) are dumped alone; any
+  // other Unix socket with its peer outside CRIU still refuses (it was refused above).
+  argv.push_back("--ext-unix-sk");
   d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
   int rc = run_criu(argv, true);
   // What CRIU saw: a process forked since the tree was listed is stopped too.
@@ -794,12 +797,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     return abort(kFixFirst,
                  "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
   }
-  // The tree is stopped now: its TCP sockets are exactly what CRIU saw.
-  {
-    std::vector<std::string> names = socks.unix_names;  // the stopped look is at TCP only
-    socks = sockets_of(d.tasks, stdio, true);
-    socks.unix_names = names;
-  }
+  // The tree is stopped now: its sockets are exactly what CRIU saw.
+  socks = sockets_of(d.tasks, stdio, true);
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
@@ -1145,6 +1144,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
     argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
+  argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
   int rc = run_criu(argv, false);
@@ -1272,6 +1272,10 @@ int inspect_process_image(const std::string& dir, const Output& out) {
            human(g["memory"].get<uint64_t>()).c_str(), g["uuid"].get<std::string>().c_str());
   if (std::string tcp = describe_sockets(m.value("sockets", nlohmann::json())); !tcp.empty())
     printf("  TCP: %s, restored with it (its addresses must be free where it is restored)\n", tcp.c_str());
+  for (auto& n : m.value("sockets", nlohmann::json::object()).value("external_dgram", nlohmann::json::array()))
+    printf("  datagrams to %s (outside the job): connected there again at restore, which needs a datagram "
+           "socket there\n",
+           n.get<std::string>().c_str());
   for (auto& s : m.value("stdio", nlohmann::json::array()))
     printf("  fd %d was %s (%s): the restorer's own fd %d takes its place\n", s["fd"].get<int>(),
            s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(), s["fd"].get<int>());

@@ -147,6 +147,7 @@ std::vector<std::pair<int, uint64_t>> socket_fds(pid_t pid) {
 struct UnixInfo {
   uint64_t peer = 0;
   std::string name;  // bound path, "@name" for the abstract namespace, "" unnamed
+  int type = 0;      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 };
 
 // Every Unix socket of this network namespace with its peer and name; false when the
@@ -191,6 +192,7 @@ bool unix_sockets(std::map<uint64_t, UnixInfo>& out) {
       }
       auto* m = static_cast<unix_diag_msg*>(NLMSG_DATA(h));
       UnixInfo u;
+      u.type = m->udiag_type;
       int alen = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
       for (auto* a = reinterpret_cast<rtattr*>(m + 1); RTA_OK(a, alen); a = RTA_NEXT(a, alen)) {
         if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= 4) {
@@ -312,6 +314,7 @@ nlohmann::json JobSockets::to_json() const {
   for (auto& x : connections) c.push_back({{"local", x.local}, {"remote", x.remote}});
   nlohmann::json j = {{"listening", listening}, {"connections", c}};
   if (!unix_names.empty()) j["unix"] = unix_names;
+  if (!external_dgram.empty()) j["external_dgram"] = external_dgram;
   return j;
 }
 
@@ -384,7 +387,6 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
   for (const char* udp : {"/udp", "/udp6"})
     for (uint64_t ino : inodes_of(net + udp, 10))
       if (held.count(ino)) js.inet = true;
-  if (stopped) return js;  // CRIU itself refuses a Unix socket with its peer outside
 
   std::map<uint64_t, UnixInfo> unix;
   if (!unix_sockets(unix)) return js;  // CRIU will say it, if it matters
@@ -409,16 +411,26 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
         json_text(u.name))
       names.insert(u.name);
   js.unix_names.assign(names.begin(), names.end());
+  std::set<std::string> dgram;
   for (auto& [ino, u] : unix) {
     if (!held.count(ino) || exempt.count(ino) || u.peer == 0 || held.count(u.peer)) continue;
     if (is_control(ino, u.name)) continue;
     auto peer = unix.find(u.peer);
     std::string pname = peer != unix.end() && !peer->second.name.empty() ? peer->second.name : "";
+    // A datagram socket sending to a named one outside (syslog's /dev/log, journald):
+    // CRIU dumps it alone (--ext-unix-sk) and connects it to that name again at restore.
+    if (u.type == SOCK_DGRAM && peer != unix.end() && peer->second.type == SOCK_DGRAM && pname.size() > 1 &&
+        json_text(pname)) {
+      dgram.insert(pname);
+      continue;
+    }
+    if (stopped) continue;  // CRIU has refused it itself, or it did not exist then
     for (auto& each : held.at(ino))
       add(who(each) + " is connected to a Unix socket outside the job (" + (pname.empty() ? "unnamed" : pname) +
               "): CRIU cannot dump it without its peer; close it before a dump",
           false);
   }
+  js.external_dgram.assign(dgram.begin(), dgram.end());
   return js;
 }
 
@@ -468,17 +480,33 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
                                      : " closed moments ago on this machine and lingers (at most a minute)"));
   }
   // An abstract Unix socket name is the machine's (its network namespace's) once bound:
-  // CRIU's bind of the job's would fail half-way through.
-  if (auto names = sockets.value("unix", nlohmann::json::array()); !names.empty()) {
+  // CRIU's bind of the job's would fail half-way through. A name the job's datagram
+  // sockets sent to must be bound to a datagram socket here, or CRIU cannot connect them.
+  auto names = sockets.value("unix", nlohmann::json::array());
+  auto dgram = sockets.value("external_dgram", nlohmann::json::array());
+  if (!names.empty() || !dgram.empty()) {
     std::map<uint64_t, UnixInfo> unix;
-    std::set<std::string> bound;
+    std::map<std::string, int> bound;
     if (unix_sockets(unix))
-      for (auto& [ino, u] : unix) bound.insert(u.name);
+      for (auto& [ino, u] : unix)
+        if (!u.name.empty()) bound[u.name] = u.type;
     for (auto& n : names)
       if (bound.count(n.get<std::string>()))
         taken.push_back("the Unix socket name " + n.get<std::string>() +
                         ", which the job had bound, is bound on this machine already (by the original job, still "
                         "running?)");
+    for (auto& n : dgram) {
+      std::string name = n.get<std::string>();
+      // A path is looked up by the inode behind it: the table lists the name a socket was
+      // bound with, which a later rename or a symlink (/dev/log -> /run/systemd/...) hides.
+      struct stat sb;
+      bool there = name[0] == '@' ? bound.count(name) && bound[name] == SOCK_DGRAM
+                                  : stat(name.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode);
+      if (there) continue;
+      taken.push_back("the job's datagram socket was connected to " + name +
+                      ", which is no datagram socket on this machine (start what listens there, e.g. syslog)");
+      if (missing) *missing = true;
+    }
   }
   return taken;
 }

@@ -12,8 +12,11 @@
 //         the socket with the mirrored addresses; it is inside the job when a job
 //         process holds its inode. A listener with connections not yet accepted, or a
 //         connection still being set up, is in flight (CRIU refuses both): try again.
-//   Unix  NETLINK_SOCK_DIAG with each socket's peer inode and bound name; a peer that
-//         no job process holds is outside.
+//   Unix  NETLINK_SOCK_DIAG with each socket's peer inode, type and bound name; a peer
+//         that no job process holds is outside. One kind of those CRIU can bring back
+//         (--ext-unix-sk): a datagram socket connected to a named datagram socket --
+//         syslog's /dev/log, journald's socket --, which it connects to that name again.
+//         The names go into the image; a restore wants them on its machine.
 // A refusal then names process, descriptor and peer before anything is stopped. TCP is
 // looked at again once CRIU has dumped the stopped tree (when nothing can change any
 // more): with --tcp-established CRIU would dump a connection to outside as well.
@@ -60,18 +63,20 @@ struct JobSockets {
   std::vector<std::string> listening;      // TCP listeners' addresses
   std::vector<TcpConnection> connections;  // TCP connections inside the job, each end once
   std::vector<std::string> unix_names;     // abstract names ("@...") the job's Unix sockets are bound to
+  std::vector<std::string> external_dgram; // names outside the job its datagram sockets send to (/dev/log)
   bool inet = false;                       // any TCP or UDP socket at all
   std::vector<std::string> problems;       // what CRIU cannot dump, by process, descriptor and peer
   size_t in_flight = 0;                    // problems that last only a moment (try again)
 
-  // {"listening": [...], "connections": [{"local", "remote"}...], "unix": [...]}: what
-  // an image keeps ("unix" only when there are names).
+  // {"listening": [...], "connections": [{"local", "remote"}...], "unix": [...],
+  // "external_dgram": [...]}: what an image keeps (the last two only when not empty).
   nlohmann::json to_json() const;
 };
 
 // The sockets of tasks (the job's processes; tasks[0]'s network namespace is read).
 // exempt: socket inodes that are the job's stdio. stopped: CRIU has dumped the tree and
-// holds it stopped -- only TCP connections are looked at (CRIU refused the rest itself).
+// holds it stopped -- Unix sockets with a peer outside are no problem any more (CRIU
+// refused those it could not dump itself), their names are still recorded.
 JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_t>& exempt, bool stopped = false);
 
 // CRIU dumps a TCP connection in repair mode and turns that off again only for tasks it
