@@ -356,7 +356,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     while (d.devices.size() < machine.size()) add_device(d, machine_device(static_cast<int>(d.devices.size())));
     d.present = machine.size();
   } else {
-    d.present = std::min(d.present, machine.size());
+    d.present = std::min(d.devices.size(), machine.size());  // the count it had, where the machine has it
   }
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;

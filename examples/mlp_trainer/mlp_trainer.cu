@@ -155,6 +155,7 @@ struct Options {
   float lr = 0.01f;
   unsigned long long seed = 42;
   size_t ballast_mb = 0;
+  int ballast_device = -1;  // the ballast on another device: the process then holds memory on two
   int step_delay_ms = 0;
   bool quiet = false;
   std::vector<std::pair<int, std::string>> ferry_at;  // (step, action)
@@ -163,7 +164,8 @@ struct Options {
 void usage() {
   fprintf(stderr,
           "usage: mlp_trainer [--steps N] [--batch N] [--in N] [--hidden N] [--out N] [--opt sgd|adam]\n"
-          "                   [--lr X] [--seed N] [--device N] [--ballast-mb N] [--step-delay-ms N] [--quiet]\n"
+          "                   [--lr X] [--seed N] [--device N] [--ballast-mb N] [--ballast-device N]\n"
+          "                   [--step-delay-ms N] [--quiet]\n"
           "                   [--ferry-at STEP:checkpoint:DIR | STEP:migrate:DEVICE | STEP:suspend-resume]...\n");
 }
 
@@ -189,6 +191,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--seed") o.seed = strtoull(next(), nullptr, 0);
     else if (a == "--device") o.device = atoi(next());
     else if (a == "--ballast-mb") o.ballast_mb = strtoull(next(), nullptr, 0);
+    else if (a == "--ballast-device") o.ballast_device = atoi(next());
     else if (a == "--step-delay-ms") o.step_delay_ms = atoi(next());
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--ferry-at") {
@@ -298,7 +301,14 @@ int main(int argc, char** argv) {
 
   unsigned* ballast = nullptr;
   size_t ballast_words = o.ballast_mb * (1u << 20) / sizeof(unsigned);
-  if (ballast_words) {
+  if (ballast_words && o.ballast_device >= 0 && o.ballast_device != o.device) {
+    CK(cudaSetDevice(o.ballast_device));
+    CK(cudaMalloc(&ballast, ballast_words * sizeof(unsigned)));
+    fill_pattern<<<1024, 256>>>(ballast, ballast_words, static_cast<unsigned>(o.seed));
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    CK(cudaSetDevice(o.device));
+  } else if (ballast_words) {
     CK(cudaMalloc(&ballast, ballast_words * sizeof(unsigned)));
     fill_pattern<<<1024, 256, 0, compute>>>(ballast, ballast_words, static_cast<unsigned>(o.seed));
     CK(cudaGetLastError());

@@ -269,6 +269,41 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
     CHECK(checksums(r.out) == checksums(plain.out));
     CHECK(held_on(r) == x);
   }
+  SECTION("two of three GPUs seen, memory on both, each moved: the GPU a target would not be seen on takes the place "
+          "of one no target needs") {
+    const std::string z = "0123456789abcdef0123456789abcd22";
+    auto three = machine;
+    three["FERRY_EMU_DEVICES"] = "3";
+    three["FERRY_EMU_DEVICE2"] = "uuid=" + z;
+    auto two_of_three = three;
+    two_of_three["CUDA_VISIBLE_DEVICES"] = "0,1";
+    std::vector<std::string> prog = {kMlp, "--steps", "60", "--ballast-mb", "4", "--ballast-device", "1"};
+    auto plain2 = ferry_test::run(prog, ferry_test::emu_env(), 120);
+    REQUIRE(plain2.exit_code == 0);
+    prog.insert(prog.end(), {"--step-delay-ms", "20"});
+    ferry_test::Child j(job(prog), ferry_test::emu_env(two_of_three));
+    REQUIRE(j.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+    dump(j.pid(), t / "img2");
+    CHECK(j.finish().exit_code == 128 + SIGKILL);
+    // Device 0 (on x) goes to y, device 1 (the ballast, on y) to z, which it did not see.
+    auto r = restore(t / "img2", {"--device-map", "1,2"}, three);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain2.out));
+    CHECK(r.out.find("ballast 4 MiB intact\n") != std::string::npos);
+    auto st = report_of(r)["processes"][0]["status"];
+    CHECK(st["gpus"].size() == 2);
+    auto uuid_of = [&](int device) {
+      for (auto& d : st["devices"])
+        if (d["device"] == device)
+          for (auto& g : st["gpus"])
+            if (g["physical"] == d["physical"]) return g["uuid"].get<std::string>();
+      return std::string("none");
+    };
+    CHECK(uuid_of(0) == y);
+    CHECK(uuid_of(1) == z);
+    CHECK(st["memory_by_gpu"].size() == 2);
+  }
   SECTION("on another machine's GPU 1") {
     const std::string p = "aaaabbbbccccddddeeeeffff00001111", q = "aaaabbbbccccddddeeeeffff00002222";
     auto r = restore(t / "img", {"--device-map", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + p}, {"FERRY_EMU_DEVICE1", "uuid=" + q}});

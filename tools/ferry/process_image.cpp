@@ -1084,6 +1084,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       if (a.device >= 0 && used.size() > 1)
         throw ClientError(kUsage, "process " + std::to_string(ns) + " uses " + std::to_string(used.size()) +
                                       " devices; say where each goes with --device-map");
+      std::map<std::string, std::vector<std::string>> held_for;  // target -> the process's GPUs whose memory goes there
       for (auto& [v, bytes] : used) {
         int to = -1;
         int was = old_phys.count(v) ? old_phys[v] : v;  // its GPU, in its own numbering
@@ -1111,12 +1112,25 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
                                            "Nothing was started; the image is untouched");
         const std::string& target = here[static_cast<size_t>(to)].uuid;
         pl.uuid_of_device[v] = target;
+        held_for[target].push_back(u);
         need[to] += bytes;
-        // A target the process would not see (CUDA_VISIBLE_DEVICES gave it only some of the
-        // GPUs) takes the place of the GPU it held that memory on: the driver swaps it in.
+      }
+      // A target the process would not see (CUDA_VISIBLE_DEVICES gave it only some GPUs, or
+      // the machine has more) takes the place of one of its GPUs that no target needs --
+      // the one it held that memory on, where it can: the driver swaps it in.
+      std::set<std::string> targets;
+      for (auto& [v, t] : pl.uuid_of_device) targets.insert(t);
+      auto free_to_swap = [&](const std::string& o) { return !o.empty() && (!new_of.count(o) || !targets.count(new_of[o])); };
+      for (auto& t : targets) {
         bool seen = false;
-        for (auto& [o, n] : new_of) seen = seen || n == target;
-        if (!seen && !u.empty()) new_of[u] = target;
+        for (auto& [o, n] : new_of) seen = seen || n == t;
+        if (seen) continue;
+        std::string swap;
+        for (auto& o : held_for[t])
+          if (swap.empty() && free_to_swap(o)) swap = o;
+        for (auto& o : old_uuids)
+          if (swap.empty() && free_to_swap(o)) swap = o;
+        if (!swap.empty()) new_of[swap] = t;
       }
       for (auto& u : old_uuids)
         if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});

@@ -69,10 +69,10 @@ std::string uuid_of(CUdevice d) {
 }  // namespace
 
 // As the driver reads it at cuInit (each test case is a process of its own).
-TEST_CASE("CUDA_VISIBLE_DEVICES chooses and orders the devices by index or UUID prefix; the first entry naming no "
+TEST_CASE("CUDA_VISIBLE_DEVICES: indices, read like strtoul, choose and order the devices; the first naming no "
           "device ends the list",
           "[devices]") {
-  setenv("CUDA_VISIBLE_DEVICES", "2,GPU-00112233-4455,7,0", 1);
+  setenv("CUDA_VISIBLE_DEVICES", " 2,1gpu,7,0", 1);
   REQUIRE(cuInit(0) == CUDA_SUCCESS);
   int n = 0;
   CU_OK(cuDeviceGetCount(&n));
@@ -86,18 +86,25 @@ TEST_CASE("CUDA_VISIBLE_DEVICES chooses and orders the devices by index or UUID 
   CHECK(cuDeviceGet(&d, 2) == CUDA_ERROR_INVALID_DEVICE);
 }
 
-TEST_CASE("CUDA_VISIBLE_DEVICES: a GPU named twice ends the list", "[devices]") {
-  setenv("CUDA_VISIBLE_DEVICES", "1,1,0", 1);
+TEST_CASE("CUDA_VISIBLE_DEVICES: UUIDs or prefixes naming one GPU; an index among them ends the list", "[devices]") {
+  setenv("CUDA_VISIBLE_DEVICES", "GPU-00112233-4455,GPU-66657272-792d-656d-752d-677075004002,0", 1);
   REQUIRE(cuInit(0) == CUDA_SUCCESS);
   int n = 0;
   CU_OK(cuDeviceGetCount(&n));
-  REQUIRE(n == 1);
+  REQUIRE(n == 2);
   CHECK(uuid_of(0) == "00112233445566778899aabbccddeeff");
+  CHECK(uuid_of(1) == "66657272792d656d752d677075004002");
 }
 
-TEST_CASE("CUDA_VISIBLE_DEVICES: an ambiguous UUID prefix names no device", "[devices]") {
-  // Every default UUID starts "ferry-emu-gpu" (66657272...): GPUs 0 and 2 both match.
-  setenv("CUDA_VISIBLE_DEVICES", "GPU-66657272,1", 1);
+TEST_CASE("CUDA_VISIBLE_DEVICES: a GPU named twice leaves none", "[devices]") {
+  setenv("CUDA_VISIBLE_DEVICES", "1,0,1", 1);
+  CHECK(cuInit(0) == CUDA_ERROR_NO_DEVICE);
+}
+
+TEST_CASE("CUDA_VISIBLE_DEVICES: a UUID prefix naming several GPUs names none", "[devices]") {
+  // Every default UUID starts "ferry-emu-gpu" (66657272...): GPUs 0, 2 and 3 match.
+  setenv("FERRY_EMU_DEVICES", "4", 1);
+  setenv("CUDA_VISIBLE_DEVICES", "GPU-66657272,GPU-0011", 1);
   CHECK(cuInit(0) == CUDA_ERROR_NO_DEVICE);
 }
 
