@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
 #include <map>
 #include <mutex>
 #include <set>
@@ -516,8 +517,13 @@ nlohmann::json status() {
     for (int p = 0; p < real_count; p++)
       if (std::string u = gpu_uuid(p); !u.empty()) gpus.push_back({{"physical", p}, {"uuid", u}});
   j["gpus"] = gpus;
+  // The program's threads hold the log's lock for each CUDA call they make: a status
+  // that gave up at the first miss left out the memory figures of a busy process (a
+  // freshly resumed trainer, say). It tries for a while, and never blocks on an
+  // operation that holds the lock for long.
   auto& st = tr::state();
-  std::unique_lock lk(st.mu, std::try_to_lock);
+  std::unique_lock lk(st.mu, std::defer_lock);
+  for (int i = 0; i < 200 && !lk.try_lock(); i++) std::this_thread::sleep_for(std::chrono::microseconds(500));
   if (lk.owns_lock()) {
     uint64_t bytes = 0, allocs = 0;
     std::map<std::string, uint64_t> by_gpu;  // device memory this process holds, by physical device
