@@ -4,6 +4,7 @@
 // ending exactly as an uninterrupted run. CRIU is the one scripts/setup.sh builds; CI
 // runs as root, so none of these skip there.
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -787,11 +788,24 @@ TEST_CASE("ferry killed mid-dump: nothing half-published, and ferry resume bring
   usleep(300000);  // a CRIU still running finishes (it leaves the job stopped)
   // Either no image or a whole one; never a half-written one under the final name.
   if (fs::exists(t / "img")) CHECK(fs::exists(t / "img/process.json"));
-  auto r = ferry_test::run({kFerry, "resume", std::to_string(program)}, ferry_test::emu_env(), 120);
+  // Resumed through the program, or through the job's ferry run with one JSON document.
+  const bool through_job = GENERATE(false, true);
+  INFO((through_job ? "resumed through the job's ferry run, --format json" : "resumed through the program"));
+  std::vector<std::string> resume = {kFerry, "resume", std::to_string(through_job ? c.pid() : program)};
+  if (through_job) resume.insert(resume.end(), {"--format", "json"});
+  auto r = ferry_test::run(resume, ferry_test::emu_env(), 120);
   INFO(r.out << r.err);
+  if (through_job && r.exit_code == 0) {
+    auto j = nlohmann::json::parse(r.out);
+    CHECK(j["ok"] == true);
+    if (j.contains("processes")) {
+      REQUIRE(j["processes"].size() == 1);
+      CHECK(j["processes"][0]["pid"] == program);
+    }
+  }
   // The kill may have come before the program was suspended, or after the image was
   // published and the job killed: then there is nothing to resume.
-  if (r.exit_code == 0 || r.err.find("is running") != std::string::npos) {
+  if (r.exit_code == 0 || (r.out + r.err).find("is running") != std::string::npos) {
     auto done = c.finish();
     CHECK(done.exit_code == 0);
     CHECK(checksums(done.out) == checksums(plain.out));

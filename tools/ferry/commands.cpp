@@ -135,18 +135,32 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
               if (int r = cmd_op(op, c, a, out); r != kOk) worst = r;
             return worst;
           }
-          // One document for the job, whatever the number of its CUDA processes.
+          // One document for the job, whatever the number of its CUDA processes; each is
+          // resumed as `ferry resume` of it would (a dump's detached state recovered first).
           nlohmann::json procs = nlohmann::json::array();
           ProgressView quiet(out);
+          size_t recovered = 0;
           for (pid_t c : job->forward) {
-            auto [code, reply] = op_reply(op, c, ops::to_json(opts), a.timeout, quiet);
-            if (code != kOk) worst = code;
-            reply["pid"] = c;
-            procs.push_back(reply);
+            ops::Options each = opts;
+            std::pair<int, nlohmann::json> res;
+            try {
+              std::string moved;
+              if (recover_detached(c, &moved)) {
+                recovered++;
+                if (!moved.empty()) each.dir = moved;
+              }
+              res = op_reply(op, c, ops::to_json(each), a.timeout, quiet);
+            } catch (const ClientError& e) {
+              res = {e.code, failure_json(e.code, class_of(e), e.message)};
+            }
+            if (res.first != kOk) worst = res.first;
+            res.second["pid"] = c;
+            procs.push_back(res.second);
           }
           printf("%s\n", nlohmann::json({{"ok", worst == kOk},
                                           {"job_init", job->init},
                                           {"continued", 0},
+                                          {"recovered_from_dump", recovered},
                                           {"processes", procs}})
                               .dump(1)
                               .c_str());
