@@ -58,9 +58,17 @@ bool proc_is_foreign() {
   if (foreign < 0) {
     char b[32] = {};
     ssize_t n = readlink("/proc/self", b, sizeof b - 1);
-    foreign = n > 0 && atoi(b) != getpid() && !ferry::settings::flag("FERRY_TEST_NO_PROC_TRANSLATION", false) ? 1 : 0;
+    foreign = n > 0 && atoi(b) != getpid() ? 1 : 0;
   }
   return foreign == 1;
+}
+
+// Whether paths and thread names are translated: where /proc is foreign, unless a test
+// turns it off to show what happens without.
+bool translating() {
+  static int on = -1;
+  if (on < 0) on = proc_is_foreign() && !ferry::settings::flag("FERRY_TEST_NO_PROC_TRANSLATION", false) ? 1 : 0;
+  return on == 1;
 }
 
 // The tid of `th` in the caller's namespace: glibc encodes it in the thread's CPU clock id
@@ -118,7 +126,7 @@ long leading_number(const char* p, const char** end) {
 
 // `path` as /proc knows what it names, in `out`; false when it is to be used as it is.
 bool proc_path(const char* path, char* out, size_t size) {
-  if (!path || strncmp(path, "/proc/", 6) != 0 || !proc_is_foreign()) return false;
+  if (!path || strncmp(path, "/proc/", 6) != 0 || !translating()) return false;
   const char* rest = nullptr;
   long task = 0;
   if (strncmp(path + 6, "self/task/", 10) == 0) {
@@ -151,8 +159,11 @@ bool tracing() {
 
 // With FERRY_TRACE_PROC: what `call` was asked (`asked`), what it used, and how it ended.
 void trace(const char* call, const char* asked, const char* used, int err) {
-  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign() || !tracing()) return;
-  int saved = errno;
+  int saved = errno;  // the caller's, whatever looking up the setting does
+  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign() || !tracing()) {
+    errno = saved;
+    return;
+  }
   fprintf(stderr, "ferry: %s(%s)%s%s: %s\n", call, asked, used != asked ? " as " : "", used != asked ? used : "",
           err ? strerror(err) : "ok");
   errno = saved;
@@ -170,6 +181,13 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
   static auto real = next<int (*)(pthread_t, const char*)>("pthread_setname_np");
   if (!real) return ENOSYS;
   if (pthread_equal(th, pthread_self()) || !proc_is_foreign()) return real(th, name);
+  if (!translating()) {
+    int err = real(th, name);
+    if (tracing())
+      fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s), untranslated: %s\n", static_cast<int>(ns_tid(th)), name,
+              err ? strerror(err) : "ok");
+    return err;
+  }
   size_t len = strlen(name);
   if (len > 15) return ERANGE;  // the kernel's limit, as glibc checks it
   int fd = open_comm(th, O_WRONLY);
@@ -191,7 +209,7 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
 __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char* buf, size_t size) {
   static auto real = next<int (*)(pthread_t, char*, size_t)>("pthread_getname_np");
   if (!real) return ENOSYS;
-  if (pthread_equal(th, pthread_self()) || !proc_is_foreign()) return real(th, buf, size);
+  if (pthread_equal(th, pthread_self()) || !translating()) return real(th, buf, size);
   if (size < 16) return ERANGE;
   int fd = open_comm(th, O_RDONLY);
   if (fd < 0) return real(th, buf, size);

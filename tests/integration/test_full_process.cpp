@@ -103,6 +103,14 @@ TEST_CASE("ferry check says when the driver cannot start in a job's PID namespac
   CHECK(f["problems"][0] == "the CUDA driver does not start in a job's PID namespace here (cuInit failed with "
                             "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)); FERRY_TRACE_PROC=on ferry run "
                             "--pid-namespace -- PROGRAM shows the /proc paths it opens");
+  // Which is so: the thread naming and the path the driver could not use, with why.
+  auto traced = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", std::string(FERRY_TEST_BIN_DIR) + "/examples/mlp_trainer", "--steps", "2"},
+                                ferry_test::emu_env({{"FERRY_TEST_NO_PROC_TRANSLATION", "1"}, {"FERRY_TRACE_PROC", "on"}}),
+                                60);
+  INFO(traced.err);
+  CHECK(traced.exit_code != 0);
+  CHECK(traced.err.find(", ferry-emu-init), untranslated: No such file or directory\n") != std::string::npos);
+  CHECK(traced.err.find("/comm): No such file or directory\n") != std::string::npos);
 }
 
 TEST_CASE("a driver without the checkpoint API is named", "[full-process]") {

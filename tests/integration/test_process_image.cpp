@@ -1045,14 +1045,19 @@ TEST_CASE("a job logging to a datagram socket outside it (syslog's /dev/log) is 
   auto in = ferry_test::run({kFerry, "inspect", t / "img"}, ferry_test::emu_env(), 60);
   CHECK(in.out.find("\n  datagrams to " + log + " (outside the job): connected there again at restore, which needs a "
                     "datagram socket there\n") != std::string::npos);
-  // The daemon gone (its socket with it): refused before anything starts.
+  // The daemon gone, its socket file left behind, then that gone too: refused before
+  // anything starts.
   syslogd.reset();
-  fs::remove(log);
   auto refused = restore_text(t / "img");
   CHECK(refused.exit_code == 78);
   CHECK(refused.err == "ferry: cannot restore the job of " + (t / "img") + " here: the job's datagram socket was "
-                       "connected to " + log + ", which is no datagram socket on this machine (start what listens "
-                       "there, e.g. syslog). Nothing was started; the image is untouched\n");
+                       "connected to " + log + ", which no datagram socket on this machine answers to (Connection "
+                       "refused; start what listens there, e.g. syslog). Nothing was started; the image is "
+                       "untouched\n");
+  fs::remove(log);
+  refused = restore_text(t / "img");
+  CHECK(refused.exit_code == 78);
+  CHECK(refused.err.find("(No such file or directory; start what listens there") != std::string::npos);
   syslogd = daemon();
   auto r = restore(t / "img");
   INFO(r.err);

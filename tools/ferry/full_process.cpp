@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,8 +26,8 @@ namespace ferry::cli {
 
 namespace {
 
-// Runs argv; returns its exit status (-1 when it could not run, or was killed after
-// timeout_s seconds when that is not 0) and its output.
+// Runs argv; returns its exit status (-1 when it could not run or died of a signal, -2
+// when it was killed after timeout_s seconds, where that is not 0) and its output.
 int capture(const std::vector<std::string>& argv, std::string& out, int timeout_s = 0) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
@@ -51,7 +52,9 @@ int capture(const std::vector<std::string>& argv, std::string& out, int timeout_
     if (timeout_s > 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       pollfd p{fds[0], POLLIN, 0};
-      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0) {
+      int ready = left.count() <= 0 ? 0 : poll(&p, 1, static_cast<int>(left.count()));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) {
         kill(pid, SIGKILL);
         killed = true;
         break;
@@ -64,7 +67,8 @@ int capture(const std::vector<std::string>& argv, std::string& out, int timeout_
   }
   close(fds[0]);
   int st = 0;
-  if (waitpid(pid, &st, 0) != pid || killed) return -1;
+  if (waitpid(pid, &st, 0) != pid) return -1;
+  if (killed) return -2;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -197,22 +201,28 @@ nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
   argv.insert(argv.end(), {"--", self, "__driver-start"});
   std::string out;
   int rc = capture(argv, out, 120);
-  nlohmann::json j = {{"ok", false}};
-  for (size_t at = out.find('{'); at != std::string::npos; at = out.find('{', at + 1)) {
+  // The probe's report is the one line that starts with '{' (ferry run's own messages,
+  // and the driver's, are text).
+  nlohmann::json j = nlohmann::json::object();
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
     try {
-      j = nlohmann::json::parse(out.substr(at, out.find('\n', at) - at));
-      break;
+      if (auto p = nlohmann::json::parse(line); p.is_object()) j = p;
     } catch (const nlohmann::json::exception&) {
     }
   }
-  j["ok"] = rc == 0 && !j.contains("error");
-  if (!j["ok"].get<bool>()) {
-    std::string why = rc < 0 ? "no answer in 120 s" : j.contains("error") ? j["error"].get<std::string>() : "";
-    for (const char* k : {"cuInit", "cuDeviceGetCount", "cuMemAlloc"})
-      if (why.empty() && j.contains(k) && j[k].get<int>() != 0)
-        why = std::string(k) + " failed with " + cuda_error_text(j[k].get<int>());
-    j["error"] = why.empty() ? "exit " + std::to_string(rc) + ": " + last_line(out) : why;
-  }
+  auto code = [&](const char* k) { return j.contains(k) && j[k].is_number_integer() ? j[k].get<int>() : 0; };
+  std::string why;
+  if (j.empty())
+    why = rc == -2 ? "the job gave no answer in 120 s" : "a job could not be started: " + last_line(out);
+  else if (j.contains("error") && j["error"].is_string())
+    why = j["error"].get<std::string>();
+  for (const char* k : {"cuInit", "cuDeviceGetCount", "cuMemAlloc"})
+    if (why.empty() && code(k) != 0) why = std::string(k) + " failed with " + cuda_error_text(code(k));
+  if (why.empty() && rc != 0) why = "the job ended with " + std::to_string(rc) + ": " + last_line(out);
+  j["ok"] = why.empty();
+  if (!why.empty()) j["error"] = why;
   return j;
 }
 
@@ -257,7 +267,9 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
     problems.push_back("the CUDA driver has no checkpoint API (cuCheckpointProcess*: CUDA 12.8, driver r570 or newer)");
   // Jobs run in PID namespaces of their own, with the host's /proc: a driver that cannot
   // start there (the real one names its threads through /proc) rules dumps out.
-  if (api && geteuid() == 0) {
+  if (api && geteuid() != 0) {
+    j["driver_in_job"] = {{"skipped", "PID namespaces need root"}};
+  } else if (api) {
     nlohmann::json job = driver_in_job(driver_args);
     j["driver_in_job"] = job;
     if (!job["ok"].get<bool>())

@@ -797,8 +797,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     return abort(kFixFirst,
                  "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
   }
-  // The tree is stopped now: its sockets are exactly what CRIU saw.
-  socks = sockets_of(d.tasks, stdio, true);
+  // The tree is stopped now: its sockets are exactly what CRIU saw (the names as seen
+  // before, should the kernel not list Unix sockets this time).
+  {
+    JobSockets seen = sockets_of(d.tasks, stdio, true);
+    if (!seen.unix_known) seen.unix_names = socks.unix_names, seen.external_dgram = socks.external_dgram;
+    socks = seen;
+  }
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));

@@ -11,10 +11,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -390,6 +392,7 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
 
   std::map<uint64_t, UnixInfo> unix;
   if (!unix_sockets(unix)) return js;  // CRIU will say it, if it matters
+  js.unix_known = true;
   // The shim's control socket, and connections it accepted: <dir>/<pid>.sock in its
   // user's socket directory (the default one, or this process's FERRY_SOCKET_DIR).
   auto is_control = [&](uint64_t ino, const std::string& name) {
@@ -496,15 +499,25 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
                         ", which the job had bound, is bound on this machine already (by the original job, still "
                         "running?)");
     for (auto& n : dgram) {
+      // Connected as CRIU will connect it (a datagram connect sends nothing): a missing
+      // name, a stale file nobody listens on and a stream socket all fail here.
       std::string name = n.get<std::string>();
-      // A path is looked up by the inode behind it: the table lists the name a socket was
-      // bound with, which a later rename or a symlink (/dev/log -> /run/systemd/...) hides.
-      struct stat sb;
-      bool there = name[0] == '@' ? bound.count(name) && bound[name] == SOCK_DGRAM
-                                  : stat(name.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode);
-      if (there) continue;
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      if (name.size() >= sizeof a.sun_path) continue;
+      memcpy(a.sun_path, name.c_str(), name.size());
+      if (name[0] == '@') a.sun_path[0] = '\0';
+      int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (s < 0) continue;
+      int err = connect(s, reinterpret_cast<sockaddr*>(&a),
+                        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size())) == 0
+                    ? 0
+                    : errno;
+      close(s);
+      if (err == 0) continue;
       taken.push_back("the job's datagram socket was connected to " + name +
-                      ", which is no datagram socket on this machine (start what listens there, e.g. syslog)");
+                      ", which no datagram socket on this machine answers to (" + strerror(err) +
+                      "; start what listens there, e.g. syslog)");
       if (missing) *missing = true;
     }
   }

@@ -65,6 +65,7 @@ struct JobSockets {
   std::vector<std::string> unix_names;     // abstract names ("@...") the job's Unix sockets are bound to
   std::vector<std::string> external_dgram; // names outside the job its datagram sockets send to (/dev/log)
   bool inet = false;                       // any TCP or UDP socket at all
+  bool unix_known = false;                 // the kernel listed the Unix sockets (names above are complete)
   std::vector<std::string> problems;       // what CRIU cannot dump, by process, descriptor and peer
   size_t in_flight = 0;                    // problems that last only a moment (try again)
 
