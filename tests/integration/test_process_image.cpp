@@ -263,6 +263,15 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
     CHECK(checksums(r.out) == checksums(plain.out));
     CHECK(held_on(r) == y);
   }
+  SECTION("restored by a ferry restore that CUDA_VISIBLE_DEVICES gives GPU 0 only (a new Slurm allocation): there") {
+    auto mine = machine;
+    mine["CUDA_VISIBLE_DEVICES"] = "0";
+    auto r = restore(t / "img", {}, mine);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    CHECK(held_on(r) == x);
+  }
   SECTION("on this machine's GPU 0, which it did not see") {
     auto r = restore(t / "img", {"--device", "0"}, machine);
     INFO(r.err);
