@@ -181,27 +181,24 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
   static auto real = next<int (*)(pthread_t, const char*)>("pthread_setname_np");
   if (!real) return ENOSYS;
   if (pthread_equal(th, pthread_self()) || !proc_is_foreign()) return real(th, name);
-  if (!translating()) {
-    int err = real(th, name);
-    if (tracing())
-      fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s), untranslated: %s\n", static_cast<int>(ns_tid(th)), name,
-              err ? strerror(err) : "ok");
-    return err;
-  }
   size_t len = strlen(name);
-  if (len > 15) return ERANGE;  // the kernel's limit, as glibc checks it
-  int fd = open_comm(th, O_WRONLY);
-  if (fd < 0) {
-    int err = real(th, name);
-    if (tracing()) fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s): no such thread in /proc, glibc's: %s\n",
-                           static_cast<int>(ns_tid(th)), name, err ? strerror(err) : "ok");
-    return err;
+  const char* how = "";  // which way it went, for FERRY_TRACE_PROC
+  int err = 0, fd = -1;
+  if (!translating()) {
+    how = ", untranslated";
+    err = real(th, name);
+  } else if (len > 15) {
+    return ERANGE;  // the kernel's limit, as glibc checks it
+  } else if ((fd = open_comm(th, O_WRONLY)) < 0) {
+    how = ": no such thread in /proc, glibc's";
+    err = real(th, name);
+  } else {
+    ssize_t n = write(fd, name, len);
+    err = n < 0 ? errno : static_cast<size_t>(n) == len ? 0 : EIO;
+    close(fd);
   }
-  ssize_t n = write(fd, name, len);
-  int err = n < 0 ? errno : static_cast<size_t>(n) == len ? 0 : EIO;
-  close(fd);
   if (tracing())
-    fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s): %s\n", static_cast<int>(ns_tid(th)), name,
+    fprintf(stderr, "ferry: pthread_setname_np(tid %d, %s)%s: %s\n", static_cast<int>(ns_tid(th)), name, how,
             err ? strerror(err) : "ok");
   return err;
 }

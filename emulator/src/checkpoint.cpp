@@ -296,13 +296,17 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
       if (o == ordinal) return true;
     return false;
   };
-  // The machine's GPU of that UUID for device `ordinal`, if no other device has it.
-  auto slot_of = [&](const std::string& uuid, int ordinal) -> int {
+  // The machine's GPU of that UUID, if no device has taken it yet; -1 otherwise.
+  auto free_slot = [&](const std::string& uuid) -> int {
     size_t j = 0;
     while (j < machine.size() && hex(machine[j].uuid) != uuid) j++;
-    if (j < machine.size() && !taken[j]) return static_cast<int>(j);
-    log("restore: no GPU %s on this machine for device %d", uuid.c_str(), ordinal);
-    return -1;
+    return j < machine.size() && !taken[j] ? static_cast<int>(j) : -1;
+  };
+  // The same for device `ordinal`, which must have it.
+  auto slot_of = [&](const std::string& uuid, int ordinal) -> int {
+    int j = free_slot(uuid);
+    if (j < 0) log("restore: no GPU %s on this machine for device %d", uuid.c_str(), ordinal);
+    return j;
   };
   for (const Opened& o : g_checkpointed) {
     std::string want = hex(o.uuid);
@@ -361,12 +365,11 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;
     if (planned(dev->ordinal)) continue;
-    size_t j = 0;
-    while (j < machine.size() && hex(machine[j].uuid) != hex(dev->cfg.uuid)) j++;
-    if (j == machine.size() || taken[j]) continue;
-    taken[j] = true;
-    plan.emplace_back(dev->ordinal, &machine[j]);
-    dev->cfg = machine[j];
+    int j = free_slot(hex(dev->cfg.uuid));
+    if (j < 0) continue;
+    taken[static_cast<size_t>(j)] = true;
+    plan.emplace_back(dev->ordinal, &machine[static_cast<size_t>(j)]);
+    dev->cfg = machine[static_cast<size_t>(j)];
   }
   size_t next = 0;
   for (auto& dev : d.devices) {

@@ -102,13 +102,17 @@ std::vector<pid_t> children_of(pid_t pid) {
 // ferry run -> ferry-init -> program
 pid_t program_of(pid_t ferry_run) { return children_of(children_of(ferry_run).at(0)).at(0); }
 
+// The UUID of a process's GPU `physical` (its own numbering), from its status.
+std::string uuid_at(const nlohmann::json& st, int physical) {
+  for (auto& g : st["gpus"])
+    if (g["physical"] == physical) return g["uuid"];
+  return "no GPU " + std::to_string(physical);
+}
+
 // The UUID of the one GPU a restored process (its status) holds memory on.
 std::string held_uuid(const nlohmann::json& st) {
   if (st["memory_by_gpu"].size() != 1) return "memory on " + st["memory_by_gpu"].dump();
-  std::string held = st["memory_by_gpu"].begin().key();
-  for (auto& g : st["gpus"])
-    if (std::to_string(g["physical"].get<int>()) == held) return g["uuid"];
-  return "no GPU " + held;
+  return uuid_at(st, std::stoi(st["memory_by_gpu"].begin().key()));
 }
 
 }  // namespace
@@ -250,35 +254,24 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
   dump(c.pid(), t / "img");
   CHECK(c.finish().exit_code == 128 + SIGKILL);
-  // The GPU the restored trainer holds its memory on; it still sees only one.
-  auto held_on = [](const ferry_test::Result& r) {
+  // The image restored with these arguments, here or as `env` makes the machine: the run
+  // ends as the uninterrupted one did, and still sees only one GPU. The GPU its memory is on.
+  auto restored_on = [&](const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
+    auto r = restore(t / "img", args, env);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
     auto st = report_of(r)["processes"][0]["status"];
     CHECK(st["gpus"].size() == 1);
     return held_uuid(st);
   };
-  SECTION("by default, back on the GPU it had") {
-    auto r = restore(t / "img", {}, machine);
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    CHECK(checksums(r.out) == checksums(plain.out));
-    CHECK(held_on(r) == y);
-  }
+  SECTION("by default, back on the GPU it had") { CHECK(restored_on({}, machine) == y); }
   SECTION("restored by a ferry restore that CUDA_VISIBLE_DEVICES gives GPU 0 only (a new Slurm allocation): there") {
     auto mine = machine;
     mine["CUDA_VISIBLE_DEVICES"] = "0";
-    auto r = restore(t / "img", {}, mine);
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    CHECK(checksums(r.out) == checksums(plain.out));
-    CHECK(held_on(r) == x);
+    CHECK(restored_on({}, mine) == x);
   }
-  SECTION("on this machine's GPU 0, which it did not see") {
-    auto r = restore(t / "img", {"--device", "0"}, machine);
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    CHECK(checksums(r.out) == checksums(plain.out));
-    CHECK(held_on(r) == x);
-  }
+  SECTION("on this machine's GPU 0, which it did not see") { CHECK(restored_on({"--device", "0"}, machine) == x); }
   SECTION("two of three GPUs seen, memory on both, each moved: the GPU a target would not be seen on takes the place "
           "of one no target needs") {
     const std::string z = "0123456789abcdef0123456789abcd22";
@@ -305,9 +298,7 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
     CHECK(st["gpus"].size() == 2);
     auto uuid_of = [&](int device) {
       for (auto& d : st["devices"])
-        if (d["device"] == device)
-          for (auto& g : st["gpus"])
-            if (g["physical"] == d["physical"]) return g["uuid"].get<std::string>();
+        if (d["device"] == device) return uuid_at(st, d["physical"].get<int>());
       return std::string("none");
     };
     CHECK(uuid_of(0) == y);
@@ -316,11 +307,8 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
   }
   SECTION("on another machine's GPU 1") {
     const std::string p = "aaaabbbbccccddddeeeeffff00001111", q = "aaaabbbbccccddddeeeeffff00002222";
-    auto r = restore(t / "img", {"--device-map", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + p}, {"FERRY_EMU_DEVICE1", "uuid=" + q}});
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    CHECK(checksums(r.out) == checksums(plain.out));
-    CHECK(held_on(r) == q);
+    CHECK(restored_on({"--device-map", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + p}, {"FERRY_EMU_DEVICE1", "uuid=" + q}}) ==
+          q);
   }
 }
 

@@ -99,6 +99,15 @@ std::pair<int, nlohmann::json> op_reply(const std::string& op, pid_t pid, const 
   return {kOk, reply};
 }
 
+// A process a killed dump left detached is brought back first (recover_detached); its
+// resume then reads the GPU image that dump published, if it got that far.
+bool recover_for_resume(pid_t pid, ops::Options& opts) {
+  std::string moved;
+  if (!recover_detached(pid, &moved)) return false;
+  if (!moved.empty()) opts.dir = moved;
+  return true;
+}
+
 }  // namespace
 
 int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out) {
@@ -124,9 +133,8 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   }
   if (op == "resume") {
     try {
-      std::string moved;
-      if (recover_detached(pid, &moved)) {
-        if (!moved.empty()) opts.dir = moved;
+      if (recover_for_resume(pid, opts)) {
+        // resumed below, like any process
       } else if (auto job = resume_job(pid)) {
         if (!job->forward.empty()) {
           int worst = kOk;
@@ -144,11 +152,7 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
             ops::Options each = opts;
             std::pair<int, nlohmann::json> res;
             try {
-              std::string moved;
-              if (recover_detached(c, &moved)) {
-                recovered++;
-                if (!moved.empty()) each.dir = moved;
-              }
+              recovered += recover_for_resume(c, each);
               res = op_reply(op, c, ops::to_json(each), a.timeout, quiet);
             } catch (const ClientError& e) {
               res = {e.code, failure_json(e.code, class_of(e), e.message)};

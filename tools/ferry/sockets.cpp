@@ -483,43 +483,40 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
                                      : " closed moments ago on this machine and lingers (at most a minute)"));
   }
   // An abstract Unix socket name is the machine's (its network namespace's) once bound:
-  // CRIU's bind of the job's would fail half-way through. A name the job's datagram
-  // sockets sent to must be bound to a datagram socket here, or CRIU cannot connect them.
-  auto names = sockets.value("unix", nlohmann::json::array());
-  auto dgram = sockets.value("external_dgram", nlohmann::json::array());
-  if (!names.empty() || !dgram.empty()) {
+  // CRIU's bind of the job's would fail half-way through.
+  if (auto names = sockets.value("unix", nlohmann::json::array()); !names.empty()) {
     std::map<uint64_t, UnixInfo> unix;
-    std::map<std::string, int> bound;
+    std::set<std::string> bound;
     if (unix_sockets(unix))
-      for (auto& [ino, u] : unix)
-        if (!u.name.empty()) bound[u.name] = u.type;
+      for (auto& [ino, u] : unix) bound.insert(u.name);
     for (auto& n : names)
       if (bound.count(n.get<std::string>()))
         taken.push_back("the Unix socket name " + n.get<std::string>() +
                         ", which the job had bound, is bound on this machine already (by the original job, still "
                         "running?)");
-    for (auto& n : dgram) {
-      // Connected as CRIU will connect it (a datagram connect sends nothing): a missing
-      // name, a stale file nobody listens on and a stream socket all fail here.
-      std::string name = n.get<std::string>();
-      sockaddr_un a{};
-      a.sun_family = AF_UNIX;
-      if (name.size() >= sizeof a.sun_path) continue;
-      memcpy(a.sun_path, name.c_str(), name.size());
-      if (name[0] == '@') a.sun_path[0] = '\0';
-      int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      if (s < 0) continue;
-      int err = connect(s, reinterpret_cast<sockaddr*>(&a),
-                        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size())) == 0
-                    ? 0
-                    : errno;
-      close(s);
-      if (err == 0) continue;
-      taken.push_back("the job's datagram socket was connected to " + name +
-                      ", which no datagram socket on this machine answers to (" + strerror(err) +
-                      "; start what listens there, e.g. syslog)");
-      if (missing) *missing = true;
-    }
+  }
+  // A name the job's datagram sockets sent to is connected to as CRIU will connect it (a
+  // datagram connect sends nothing): a missing name, a stale file nobody listens on and a
+  // stream socket all fail here.
+  for (auto& n : sockets.value("external_dgram", nlohmann::json::array())) {
+    std::string name = n.get<std::string>();
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    if (name.size() >= sizeof a.sun_path) continue;
+    memcpy(a.sun_path, name.c_str(), name.size());
+    if (name[0] == '@') a.sun_path[0] = '\0';
+    int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) continue;
+    int err = connect(s, reinterpret_cast<sockaddr*>(&a),
+                      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size())) == 0
+                  ? 0
+                  : errno;
+    close(s);
+    if (err == 0) continue;
+    taken.push_back("the job's datagram socket was connected to " + name +
+                    ", which no datagram socket on this machine answers to (" + strerror(err) +
+                    "; start what listens there, e.g. syslog)");
+    if (missing) *missing = true;
   }
   return taken;
 }
