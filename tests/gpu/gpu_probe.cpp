@@ -14,11 +14,6 @@
 //                     from a second process by pid, as CRIU's tooling does); whether it can
 //                     then be restored, unlocked and create a context and compute again
 //                     -- the facts the whole-process path (CRIU + ferry) stands on
-//   init              cuInit, the device count, a primary context and an allocation on
-//                     device 0, each call's result (not stopping at the first failure),
-//                     with the process's pid as it and as /proc see it: run in PID
-//                     namespaces with and without a /proc of their own, and under the
-//                     shim, it tells where the driver fails to start
 //
 // The driver is opened with dlopen("libcuda.so.1"): whatever the loader finds (the
 // shim when it is preloaded, the simulated GPU on LD_LIBRARY_PATH, else the real one).
@@ -386,31 +381,11 @@ int release() {
   return 0;
 }
 
-int init() {
-  int r_init = sym<CUresult (*)(unsigned)>("cuInit")(0);
-  int count = -1, r_count = -1, r_ctx = -1, r_alloc = -1;
-  if (r_init == CUDA_SUCCESS) r_count = sym<CUresult (*)(int*)>("cuDeviceGetCount")(&count);
-  if (r_count == CUDA_SUCCESS && count > 0) {
-    CUcontext ctx = nullptr;
-    r_ctx = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain")(&ctx, 0);
-    if (r_ctx == CUDA_SUCCESS) r_ctx = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent")(ctx);
-    CUdeviceptr p = 0;
-    if (r_ctx == CUDA_SUCCESS) r_alloc = sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2")(&p, 1 << 20);
-  }
-  char self[64] = {};
-  ssize_t n = readlink("/proc/self", self, sizeof self - 1);
-  if (n < 0) snprintf(self, sizeof self, "?");
-  printf("{\"cuInit\": %d, \"cuDeviceGetCount\": %d, \"count\": %d, \"context\": %d, \"cuMemAlloc\": %d, "
-         "\"pid\": %d, \"proc_self\": \"%s\"}\n",
-         r_init, r_count, count, r_ctx, r_alloc, static_cast<int>(getpid()), self);
-  return r_alloc == CUDA_SUCCESS ? 0 : 1;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release | init\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -423,7 +398,6 @@ int main(int argc, char** argv) {
   if (mode == "reserve-hint") return reserve_hint();
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
   if (mode == "release") return release();
-  if (mode == "init") return init();
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;
 }

@@ -411,16 +411,17 @@ def pid_namespace_probe():
             r = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return rc, f"exit {rc}, no report: {err.strip()[-200:]}", err
-        steps = ", ".join(f"{k} {r[k]}" for k in ("cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"))
+        steps = ", ".join(f"{k} {r.get(k, '-')}" for k in ("cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"))
         return rc, steps + f" (pid {r['pid']}, /proc says {r['proc_self']})", err
 
-    figures = {"no namespace": outcome(probe("init"))[1]}
+    start = [ferry_cmd(), "__driver-start"]  # what ferry check runs in a job
+    figures = {"no namespace": outcome(start)[1]}
     if unshare:
-        figures["namespace, host /proc"] = outcome([unshare, "--pid", "--fork"] + probe("init"))[1]
-        figures["namespace, own /proc"] = outcome([unshare, "--pid", "--fork", "--mount-proc"] + probe("init"))[1]
+        figures["namespace, host /proc"] = outcome([unshare, "--pid", "--fork"] + start)[1]
+        figures["namespace, own /proc"] = outcome([unshare, "--pid", "--fork", "--mount-proc"] + start)[1]
     else:
         figures["namespace without the shim"] = "not run: no unshare here"
-    job = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + probe("init")
+    job = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + start
     rc, text, _ = outcome(job, direct=False)
     figures["ferry run --pid-namespace"] = text
     if rc != 0:

@@ -85,7 +85,8 @@ TEST_CASE("ferry check finds a CRIU >= 4 that passes criu check, and the driver'
   CHECK(f["criu"]["hardware_breakpoints"].is_boolean());  // probed: CRIU gets CRIU_FAULT=130 where false
   CHECK(f["driver_checkpoint_api"] == true);  // the simulated GPU implements it
   // The driver started in a job's PID namespace: cuInit, a context and an allocation.
-  CHECK(f["driver_in_job"] == nlohmann::json({{"ok", true}, {"cuInit", 0}, {"cuDeviceGetCount", 0}, {"cuMemAlloc", 0}}));
+  CHECK(f["driver_in_job"] ==
+        nlohmann::json({{"ok", true}, {"cuInit", 0}, {"cuDeviceGetCount", 0}, {"context", 0}, {"cuMemAlloc", 0}}));
   CHECK(f["ready"] == true);
   CHECK(f["problems"].empty());
 }

@@ -180,14 +180,20 @@ int driver_start() {
   if (r == 0) j["cuDeviceGetCount"] = r = count(&n);
   if (r == 0 && n > 0) {
     void* ctx = nullptr;
-    r = retain(&ctx, 0);
+    bool retained = (r = retain(&ctx, 0)) == 0;
     if (r == 0) r = set(ctx);
+    j["context"] = r;
     unsigned long long p = 0;
-    if (r == 0) r = alloc(&p, 1 << 20);
-    j["cuMemAlloc"] = r;
+    if (r == 0) j["cuMemAlloc"] = r = alloc(&p, 1 << 20);
     if (r == 0) mfree(p);
-    release(0);
+    if (retained) release(0);
   }
+  // Who ran it, by its own number and /proc's: they differ in a PID namespace that kept
+  // the host's /proc (what the GPU kit's probe.pid_namespace shows).
+  char self[32] = {};
+  if (readlink("/proc/self", self, sizeof self - 1) <= 0) snprintf(self, sizeof self, "?");
+  j["pid"] = getpid();
+  j["proc_self"] = self;
   printf("%s\n", j.dump().c_str());
   return r == 0 ? 0 : 1;
 }
@@ -212,13 +218,15 @@ nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
     } catch (const nlohmann::json::exception&) {
     }
   }
+  j.erase("pid");  // the probe's, gone with it
+  j.erase("proc_self");
   auto code = [&](const char* k) { return j.contains(k) && j[k].is_number_integer() ? j[k].get<int>() : 0; };
   std::string why;
   if (j.empty())
     why = rc == -2 ? "the job gave no answer in 120 s" : "a job could not be started: " + last_line(out);
   else if (j.contains("error") && j["error"].is_string())
     why = j["error"].get<std::string>();
-  for (const char* k : {"cuInit", "cuDeviceGetCount", "cuMemAlloc"})
+  for (const char* k : {"cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"})
     if (why.empty() && code(k) != 0) why = std::string(k) + " failed with " + cuda_error_text(code(k));
   if (why.empty() && rc != 0) why = "the job ended with " + std::to_string(rc) + ": " + last_line(out);
   j["ok"] = why.empty();

@@ -45,7 +45,9 @@ void prepare_criu_environment();
 nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args);
 
 // `ferry __driver-start`: cuInit, the device count, a context and an allocation on device
-// 0 through libcuda.so.1 (the shim under ferry run); one JSON line of each call's result.
+// 0 through libcuda.so.1 (the shim under ferry run, else the driver the loader finds); one
+// JSON line of each call's result, with the pid as the process and as /proc see it. The
+// GPU kit runs it too, in and out of PID namespaces.
 int driver_start();
 
 }  // namespace ferry::cli
