@@ -35,7 +35,23 @@
 
 #include <ferry_common/settings.hpp>
 
+#include "pid_ns.hpp"
+
+namespace ferry {
+bool proc_is_foreign() {
+  static int foreign = -1;
+  if (foreign < 0) {
+    char b[32] = {};
+    ssize_t n = readlink("/proc/self", b, sizeof b - 1);
+    foreign = n > 0 && atoi(b) != getpid() ? 1 : 0;
+  }
+  return foreign == 1;
+}
+}  // namespace ferry
+
 namespace {
+
+using ferry::proc_is_foreign;
 
 template <typename F>
 F next(const char* name) {
@@ -50,17 +66,6 @@ FILE* real_fopen(const char* path, const char* mode) {
 int real_open(const char* path, int flags) {
   static auto real = next<int (*)(const char*, int, ...)>("open");
   return real(path, flags);
-}
-
-// pid_t of the caller as /proc sees it differs from getpid(): /proc is another namespace's.
-bool proc_is_foreign() {
-  static int foreign = -1;
-  if (foreign < 0) {
-    char b[32] = {};
-    ssize_t n = readlink("/proc/self", b, sizeof b - 1);
-    foreign = n > 0 && atoi(b) != getpid() ? 1 : 0;
-  }
-  return foreign == 1;
 }
 
 // Whether paths and thread names are translated: where /proc is foreign, unless a test

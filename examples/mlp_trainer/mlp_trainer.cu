@@ -7,6 +7,11 @@
 // order, so the printed losses and the final weight checksum are bit-identical from
 // run to run on the same device type.
 //
+// With --loader-workers N the batches come from N worker processes forked once CUDA is
+// initialized, without exec, over pipes -- the shape of a PyTorch DataLoader with
+// num_workers=N (fork is its default on Linux). The workers never call CUDA; they do
+// inherit what the process held of the driver, as a DataLoader's workers do.
+//
 // With --ferry-at STEP:ACTION it also shows ferry's C++ API (include/ferry/ferry.hpp):
 // at the end of step STEP it checkpoints itself, migrates to another GPU, or suspends
 // and resumes, then trains on; the result must not change.
@@ -128,12 +133,17 @@ __global__ void fill_pattern(unsigned* p, size_t n, unsigned seed) {
 }
 
 #ifndef FERRY_EMU_KERNEL_BUILD
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -157,6 +167,7 @@ struct Options {
   size_t ballast_mb = 0;
   int ballast_device = -1;  // the ballast on another device: the process then holds memory on two
   int step_delay_ms = 0;
+  int loader_workers = 0;
   bool quiet = false;
   std::vector<std::pair<int, std::string>> ferry_at;  // (step, action)
 };
@@ -165,7 +176,7 @@ void usage() {
   fprintf(stderr,
           "usage: mlp_trainer [--steps N] [--batch N] [--in N] [--hidden N] [--out N] [--opt sgd|adam]\n"
           "                   [--lr X] [--seed N] [--device N] [--ballast-mb N] [--ballast-device N]\n"
-          "                   [--step-delay-ms N] [--quiet]\n"
+          "                   [--step-delay-ms N] [--loader-workers N] [--quiet]\n"
           "                   [--ferry-at STEP:checkpoint:DIR | STEP:migrate:DEVICE | STEP:suspend-resume]...\n");
 }
 
@@ -193,6 +204,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--ballast-mb") o.ballast_mb = strtoull(next(), nullptr, 0);
     else if (a == "--ballast-device") o.ballast_device = atoi(next());
     else if (a == "--step-delay-ms") o.step_delay_ms = atoi(next());
+    else if (a == "--loader-workers") o.loader_workers = atoi(next());
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--ferry-at") {
       std::string v = next();
@@ -210,7 +222,8 @@ Options parse(int argc, char** argv) {
       exit(2);
     }
   }
-  if (o.batch <= 0 || o.in <= 0 || o.hidden <= 0 || o.out <= 0 || o.steps < 0 || (o.opt != "sgd" && o.opt != "adam")) {
+  if (o.batch <= 0 || o.in <= 0 || o.hidden <= 0 || o.out <= 0 || o.steps < 0 || o.loader_workers < 0 ||
+      (o.opt != "sgd" && o.opt != "adam")) {
     fprintf(stderr, "mlp_trainer: invalid sizes or optimizer\n");
     exit(2);
   }
@@ -250,6 +263,76 @@ void mm(const float* A, const float* B, float* C, int M, int N, int K, int ta, i
   matmul<<<grid, block, 0, s>>>(A, B, C, M, N, K, ta, tb, 0);
   CK(cudaGetLastError());
 }
+
+bool io_all(bool writing, int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t k = writing ? write(fd, c, n) : read(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// DataLoader-style workers: worker w makes the batches of steps w, w+N, ... and sends
+// each (inputs, then targets) down its own pipe; the pipe's capacity is the prefetch.
+struct Loader {
+  std::vector<int> fds;
+  std::vector<pid_t> pids;
+
+  void start(int workers, const Options& o) {
+    const size_t nx = static_cast<size_t>(o.batch) * o.in, nt = static_cast<size_t>(o.batch) * o.out;
+    std::vector<float> x(nx), t(nt);  // before fork: the child allocates nothing
+    for (int w = 0; w < workers; w++) {
+      int p[2];
+      if (pipe2(p, O_CLOEXEC) != 0) {
+        perror("mlp_trainer: pipe");
+        exit(1);
+      }
+      pid_t pid = fork();
+      if (pid < 0) {
+        perror("mlp_trainer: fork");
+        exit(1);
+      }
+      if (pid == 0) {
+        close(p[0]);
+        for (int fd : fds) close(fd);
+        for (int step = w; step < o.steps; step += workers) {
+          mlp::make_batch(x.data(), t.data(), o.batch, o.in, o.out, static_cast<uint64_t>(step), o.seed);
+          if (!io_all(true, p[1], x.data(), nx * sizeof(float)) || !io_all(true, p[1], t.data(), nt * sizeof(float)))
+            _exit(3);
+        }
+        _exit(0);
+      }
+      close(p[1]);
+      fds.push_back(p[0]);
+      pids.push_back(pid);
+    }
+  }
+  void next(int step, float* x, float* t, const Options& o) {
+    int fd = fds[static_cast<size_t>(step) % fds.size()];
+    if (!io_all(false, fd, x, sizeof(float) * o.batch * o.in) || !io_all(false, fd, t, sizeof(float) * o.batch * o.out)) {
+      fprintf(stderr, "mlp_trainer: loader worker %zu sent no batch for step %d\n", static_cast<size_t>(step) % fds.size(),
+              step);
+      exit(1);
+    }
+  }
+  // Every worker has sent all its batches and exited cleanly.
+  bool finish() {
+    bool ok = true;
+    for (size_t w = 0; w < pids.size(); w++) {
+      close(fds[w]);
+      int st = 0;
+      if (waitpid(pids[w], &st, 0) != pids[w] || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "mlp_trainer: loader worker %zu ended badly (status %d)\n", w, st);
+        ok = false;
+      }
+    }
+    return ok;
+  }
+};
 
 // One ferry operation through the C++ API, reported on stdout.
 void ferry_action(int step, const std::string& action) {
@@ -314,6 +397,9 @@ int main(int argc, char** argv) {
     CK(cudaGetLastError());
   }
 
+  Loader loader;
+  if (o.loader_workers) loader.start(o.loader_workers, o);
+
   // Double-buffered input pipeline: pinned host staging -> device, on the copy stream.
   float *hx[2], *ht[2], *dx[2], *dt[2];
   cudaEvent_t uploaded[2], consumed[2];
@@ -335,7 +421,10 @@ int main(int argc, char** argv) {
   auto upload = [&](int step) {
     int k = step % 2;
     CK(cudaEventSynchronize(consumed[k]));  // the host buffer is free once its upload ran
-    mlp::make_batch(hx[k], ht[k], B, I, O, static_cast<uint64_t>(step), o.seed);
+    if (o.loader_workers)
+      loader.next(step, hx[k], ht[k], o);
+    else
+      mlp::make_batch(hx[k], ht[k], B, I, O, static_cast<uint64_t>(step), o.seed);
     CK(cudaStreamWaitEvent(copy, consumed[k], 0));
     CK(cudaMemcpyAsync(dx[k], hx[k], sizeof(float) * B * I, cudaMemcpyHostToDevice, copy));
     CK(cudaMemcpyAsync(dt[k], ht[k], sizeof(float) * B * O, cudaMemcpyHostToDevice, copy));
@@ -415,6 +504,7 @@ int main(int argc, char** argv) {
   printf("optimizer steps %llu\n", t);
   printf("weights checksum %016llx\n", static_cast<unsigned long long>(sum));
   fprintf(stderr, "mlp_trainer: %.1f ms on the device clock\n", static_cast<double>(ms));
-  return bad_ballast ? 1 : 0;
+  bool loaders_ok = loader.finish();
+  return bad_ballast || !loaders_ok ? 1 : 0;
 }
 #endif

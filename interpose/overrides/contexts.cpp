@@ -7,6 +7,7 @@
 #include "../arena.hpp"
 #include "../config.hpp"
 #include "../contexts.hpp"
+#include "../forked_children.hpp"
 #include "../log.hpp"
 #include "../shim.hpp"
 #include "shim_decls.hpp"
@@ -105,6 +106,7 @@ CUresult ferry::ov::cuInit(unsigned int flags) {
       gate::g_resync = ctx::resync_thread;
       setup_devices();
       arena::probe();
+      forked::install();
       g_initialized.store(true, std::memory_order_release);
     });
     if (InitHook h = g_init_hook.load(std::memory_order_acquire); h && active()) h();

@@ -207,8 +207,8 @@ int overhead(long n) {
 
 // ---- release ------------------------------------------------------------------------
 
-// The driver's files this process holds: "<fds> fds, <maps> maps" of /dev/nvidia*, and
-// the distinct names.
+// The driver's files this process holds: "<fds> fds, <maps> maps" of /dev/nvidia* (and
+// userfaultfds, the simulated GPU's stand-in for them), and the distinct names.
 std::string holdings() {
   int fds = 0, maps = 0;
   std::vector<std::string> names;
@@ -218,7 +218,7 @@ std::string holdings() {
       std::string link = std::string("/proc/self/fd/") + e->d_name;
       if (readlink(link.c_str(), target, sizeof target - 1) <= 0) continue;
       std::string t = target;
-      if (t.rfind("/dev/nvidia", 0) != 0) continue;
+      if (t.rfind("/dev/nvidia", 0) != 0 && t != "anon_inode:[userfaultfd]") continue;
       fds++;
       if (std::find(names.begin(), names.end(), t) == names.end()) names.push_back(t);
     }
@@ -381,11 +381,54 @@ int release() {
   return 0;
 }
 
+// ---- fork ---------------------------------------------------------------------------
+
+// A child forked without exec once CUDA is initialized, as a DataLoader's worker is:
+// what it holds of the driver (under ferry, after the shim's fork handler:
+// interpose/forked_children.hpp), and whether the parent still computes once the child
+// has exited.
+int fork_child() {
+  auto init = sym<CUresult (*)(unsigned)>("cuInit");
+  auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
+  auto set = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
+  auto alloc = sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2");
+  auto memset8 = sym<CUresult (*)(CUdeviceptr, unsigned char, size_t)>("cuMemsetD8_v2");
+  auto dtoh = sym<CUresult (*)(void*, CUdeviceptr, size_t)>("cuMemcpyDtoH_v2");
+  ck(init(0), "cuInit");
+  CUcontext c;
+  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
+  ck(set(c), "cuCtxSetCurrent");
+  CUdeviceptr p;
+  ck(alloc(&p, 64u << 20), "cuMemAlloc");
+  ck(memset8(p, 7, 64u << 20), "cuMemsetD8");
+  int out[2];
+  if (pipe(out)) return 2;
+  pid_t child = fork();
+  if (child == 0) {
+    std::string h = holdings();
+    ssize_t n = write(out[1], h.data(), h.size());
+    _exit(n == static_cast<ssize_t>(h.size()) ? 0 : 3);
+  }
+  close(out[1]);
+  std::string held;
+  char buf[1024];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0) held.append(buf, static_cast<size_t>(n));
+  int st = 0;
+  waitpid(child, &st, 0);
+  unsigned char back = 0;
+  CUresult again = memset8(p, 42, 64u << 20);
+  if (again == CUDA_SUCCESS) again = dtoh(&back, p + (32u << 20), 1);
+  printf("{\"child\": %s, \"parent\": %s, \"computes_after\": %s}\n", held.empty() ? "null" : held.c_str(),
+         holdings().c_str(), again == CUDA_SUCCESS && back == 42 ? "true" : "false");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release | fork\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -398,6 +441,7 @@ int main(int argc, char** argv) {
   if (mode == "reserve-hint") return reserve_hint();
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
   if (mode == "release") return release();
+  if (mode == "fork") return fork_child();
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;
 }

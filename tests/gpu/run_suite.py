@@ -391,6 +391,28 @@ def release_probe():
     return figures
 
 
+@check("probe.fork_child", 90)
+def fork_child_probe():
+    """What a child forked without exec once CUDA is initialized (a DataLoader's worker)
+    holds of the driver -- /dev/nvidia* files and mappings CRIU cannot dump -- as it
+    inherits them, and once ferry's fork handler replaced them (FERRY_FORK_RELEASE=on);
+    whether the parent computes after the child has exited, either way."""
+    figures, held = {}, {}
+    for mode in ("off", "on"):
+        _, out, _ = run(under_ferry(probe("fork")), 80, extra_env={"FERRY_FORK_RELEASE": mode})
+        r = json.loads(out.strip().splitlines()[-1])
+        c = r["child"] or {}
+        held[mode] = (c.get("fds", -1), c.get("maps", -1))
+        figures[f"child, FERRY_FORK_RELEASE={mode}"] = (f"{c.get('fds')} fds, {c.get('maps')} maps" +
+                                                         (f" ({', '.join(c['files'])})" if c.get("files") else ""))
+        figures[f"parent computes after, {mode}"] = r["computes_after"]
+        if not r["computes_after"]:
+            raise Failed(f"the parent cannot compute after its forked child ({mode}): " + json.dumps(figures))
+    if held["on"] != (0, 0):
+        raise Failed("ferry's fork handler left driver files in the child: " + json.dumps(figures))
+    return figures
+
+
 @check("probe.pid_namespace", 200)
 def pid_namespace_probe():
     """Where the driver starts in a PID namespace: without the shim and with the host's
@@ -661,6 +683,17 @@ def process_mlp():
                          tag="mlp_trainer")
 
 
+@check("process.loader_workers", 180)
+def process_loader_workers():
+    """A PyTorch DataLoader's shape: mlp_trainer's batches come from two workers forked
+    without exec once CUDA is initialized (they inherit the driver's files, which CRIU
+    cannot dump; ferry replaces them in the child)."""
+    base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "60", "--hidden", "256", "--loader-workers", "2"]
+    _, ref, _ = run(base, 240, direct=True)
+    return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines(),
+                         tag="loader_workers")
+
+
 @check("process.tcp_store", 180)
 def process_tcp_store():
     """torchrun's shape: a launcher, its TCP store and a worker, talking over TCP inside
@@ -755,7 +788,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [pid_namespace_probe, release_probe, process_mlp, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

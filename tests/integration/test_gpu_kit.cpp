@@ -66,7 +66,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   std::map<std::string, std::string> status;
   for (auto& c : report["checks"]) status[c["name"]] = c["status"];
   for (const char* name : {"probe.gpa_table", "probe.reserve_hint", "probe.export_tables", "probe.release",
-                           "probe.shim_overhead", "examples.under_shim", "engine.mlp_trainer", "engine.driver_saxpy",
+                           "probe.fork_child", "probe.shim_overhead", "examples.under_shim", "engine.mlp_trainer", "engine.driver_saxpy",
                            "engine.cuda_graph", "engine.bandwidth"}) {
     INFO(name);
     CHECK(status[name] == "pass");
@@ -79,6 +79,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   bool root = geteuid() == 0;
   CHECK(status["process.mlp_trainer"] == (root ? "pass" : "skip"));
   CHECK(status["process.tcp_store"] == (root ? "pass" : "skip"));
+  CHECK(status["process.loader_workers"] == (root ? "pass" : "skip"));
   CHECK(status["process.vs_nvidia"] == (root ? "pass" : "skip"));
   CHECK(status["probe.pid_namespace"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"]) {
@@ -94,6 +95,11 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
       CHECK(f["ferry run --pid-namespace"].get<std::string>().rfind(
                 "cuInit 0, cuDeviceGetCount 0, context 0, cuMemAlloc 0 (pid 2, /proc says ", 0) == 0);
     }
+    // A forked child inherits the simulated driver's file; ferry's fork handler replaces it.
+    if (c["name"] == "probe.fork_child") {
+      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=off"] == "1 fds, 0 maps (anon_inode:[userfaultfd])");
+      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=on"] == "0 fds, 0 maps");
+    }
     // Both routes ran: every row of bench/process_dump.sh has a figure for each.
     if (c["name"] == "process.vs_nvidia" && root)
       for (const char* row : {"dump seconds, image complete", "dump seconds, image synced", "job stopped, seconds",
@@ -104,5 +110,5 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   }
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "14 pass, 4 skip" : "10 pass, 8 skip") != std::string::npos);
+  CHECK(summary.find(root ? "16 pass, 4 skip" : "11 pass, 9 skip") != std::string::npos);
 }

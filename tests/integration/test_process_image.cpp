@@ -163,6 +163,91 @@ TEST_CASE("mlp_trainer dumped at a random step, killed, restored onto the other 
   CHECK(!rep["processes"][0]["status"]["memory_by_gpu"].contains("0"));
 }
 
+namespace {
+
+// The fds of a process that name `link`.
+std::vector<std::string> fds_naming(pid_t pid, const std::string& link) {
+  std::vector<std::string> v;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec))
+    if (fs::read_symlink(e.path(), ec).string() == link) v.push_back(e.path().filename().string());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// A process's pid in its innermost namespace (the last NSpid field).
+int ns_pid(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("NSpid:", 0) == 0) return std::stoi(line.substr(line.find_last_of('\t') + 1));
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inherit the driver's file; ferry replaces "
+          "it in them, so the job is dumped at a random step and restored onto the other GPU, bit-identical; with "
+          "FERRY_FORK_RELEASE=off the dump is refused before anything stops, naming each worker",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string uffd = "anon_inode:[userfaultfd]";  // the simulated driver's device file
+  auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(!checksums(plain.out).empty());
+  std::vector<std::string> prog = {kMlp, "--steps", "100", "--step-delay-ms", "20", "--loader-workers", "2"};
+
+  {  // Without ferry's fork handler the workers keep the driver's file, as under NVIDIA's route.
+    ferry_test::Child c(job(prog), ferry_test::emu_env({{"FERRY_FORK_RELEASE", "off"}}));
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+    pid_t program = program_of(c.pid());
+    auto workers = children_of(program);
+    REQUIRE(workers.size() == 2);
+    std::string held;
+    for (pid_t w : workers) {
+      auto fds = fds_naming(w, uffd);
+      REQUIRE(fds.size() == 1);
+      held += (held.empty() ? "" : "; ") + std::string("process ") + std::to_string(ns_pid(w)) + " (mlp_trainer, pid " +
+              std::to_string(w) + "): " + uffd + " as fd " + fds[0];
+    }
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "refused"}, ferry_test::emu_env(), 120);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: cannot dump job " + std::to_string(children_of(c.pid()).at(0)) +
+                       ": processes that do not use CUDA under ferry hold the CUDA driver's files, which CRIU cannot "
+                       "dump -- " + held +
+                       ". A child forked without exec inherits them (ferry replaces them in such a child unless "
+                       "FERRY_FORK_RELEASE=off), as does a program using the driver without ferry (NVML, "
+                       "nvidia-smi). Nothing was done; the job goes on running\n");
+    auto chk = ferry_test::run({kFerry, "check", std::to_string(program), "--format", "json"}, ferry_test::emu_env(), 60);
+    auto fp = nlohmann::json::parse(chk.out)["full_process"];
+    CHECK(fp["dumpable"] == false);
+    CHECK(fp["problems"].dump().find(held) != std::string::npos);
+    auto done = c.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(checksums(c.out()) == checksums(plain.out));
+    CHECK(!fs::exists(t / "refused"));
+    CHECK(!fs::exists(t / "refused.partial"));
+  }
+
+  ferry_test::Child c(job(prog), ferry_test::emu_env());
+  int step = random_step(2, 30);
+  INFO("dumped at step " << step);
+  REQUIRE(c.wait_for("step " + std::to_string(step) + " loss"));
+  auto workers = children_of(program_of(c.pid()));
+  REQUIRE(workers.size() == 2);
+  for (pid_t w : workers) CHECK(fds_naming(w, uffd).empty());
+  CHECK(fds_naming(program_of(c.pid()), uffd).size() == 1);  // the parent keeps its driver
+  auto d = dump(c.pid(), t / "img");
+  CHECK(d["processes"] == 4);
+  CHECK(d["cuda_processes"] == 1);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);  // the workers too ended cleanly, every batch sent
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+}
+
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
           "CRIU loads no plugin (NVIDIA's cuda_plugin would do the driver's part itself)",
           "[process-image][criu]") {

@@ -136,6 +136,40 @@ bool left_detached(pid_t host) {
   return access(marker_of(host, ".detached").c_str(), F_OK) == 0 && access(sock_of(host).c_str(), F_OK) != 0;
 }
 
+// The CUDA driver's files held by the job's processes that do not use CUDA under ferry:
+// CRIU cannot dump them, and only a CUDA process's driver checkpoint lets go of its own.
+// A child forked without exec inherits them (the shim replaces them there unless
+// FERRY_FORK_RELEASE=off: interpose/forked_children.hpp), and so does a program using
+// the driver without ferry's shim (NVML, nvidia-smi). The simulated GPU's stand-in for
+// the device files is a userfaultfd. "" when none does, else what each holds.
+std::string driver_files_outside_cuda(const std::vector<Task>& tasks) {
+  std::string who;
+  for (auto& t : tasks) {
+    if (t.cuda) continue;
+    std::string proc = "/proc/" + std::to_string(t.host);
+    std::set<std::string> held;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(proc + "/fd", ec)) {
+      std::string link = fs::read_symlink(e.path(), ec).string();
+      if (!ec && (link.rfind("/dev/nvidia", 0) == 0 || link == "anon_inode:[userfaultfd]"))
+        held.insert(link + " as fd " + e.path().filename().string());
+    }
+    std::ifstream maps(proc + "/maps");
+    std::string line;
+    while (std::getline(maps, line))
+      if (size_t at = line.find(" /dev/nvidia"); at != std::string::npos) held.insert(line.substr(at + 1) + " mapped");
+    if (held.empty()) continue;
+    std::string what;
+    for (auto& h : held) what += (what.empty() ? "" : ", ") + h;
+    who += (who.empty() ? "" : "; ") + std::string("process ") + std::to_string(t.ns) + " (" + t.name + ", pid " +
+           std::to_string(t.host) + "): " + what;
+  }
+  if (who.empty()) return "";
+  return "processes that do not use CUDA under ferry hold the CUDA driver's files, which CRIU cannot dump -- " + who +
+         ". A child forked without exec inherits them (ferry replaces them in such a child unless "
+         "FERRY_FORK_RELEASE=off), as does a program using the driver without ferry (NVML, nvidia-smi)";
+}
+
 // A process's identity across pid reuse: its pid and start time (/proc/PID/stat field 22).
 std::string identity_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
@@ -656,6 +690,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       throw ClientError(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                         "cannot dump job " + std::to_string(d.init) + ": " + joined(socks.problems) +
                             ". Nothing was done; the job goes on running");
+    if (std::string held = driver_files_outside_cuda(d.tasks); !held.empty())
+      throw ClientError(kFixFirst, "cannot dump job " + std::to_string(d.init) + ": " + held +
+                                       ". Nothing was done; the job goes on running");
     if (std::string why = socks.inet ? inet_sockets_refusal(criu_ver) : ""; !why.empty())
       throw ClientError(kFixFirst, "cannot dump job " + std::to_string(d.init) + ": it holds " + why +
                                        "; run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a "
@@ -973,8 +1010,10 @@ nlohmann::json dump_blockers(pid_t pid) {
     problems.push_back(e.message);
   }
   if (init > 0) {
-    JobSockets socks = sockets_of(tree_of(init), stdio_of(init));
+    auto tasks = tree_of(init);
+    JobSockets socks = sockets_of(tasks, stdio_of(init));
     problems = socks.problems;
+    if (std::string held = driver_files_outside_cuda(tasks); !held.empty()) problems.push_back(held);
     if (socks.inet) {
       std::string c = criu_path(), v = access(c.c_str(), X_OK) == 0 ? criu_version(c) : "";
       if (std::string why = v.empty() ? "" : inet_sockets_refusal(v); !why.empty())

@@ -50,6 +50,10 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_TRACE_PROC", Type::Flag, Shim, "off",
      "on: report on stderr each /proc path the program opens in a PID namespace (and what it became) and each "
      "thread it names, with the outcome: why a job's driver cannot start there"},
+    {"FERRY_FORK_RELEASE", Type::Choice, Shim, "job",
+     "in a child forked without exec once CUDA is initialized (a DataLoader's workers), replace the driver's "
+     "inherited descriptors and mappings, which CRIU cannot dump, by /dev/null and inaccessible memory: job (in a "
+     "ferry run --pid-namespace job), on (always) or off"},
     {"FERRY_FINGERPRINTS", Type::Flag, Shim, "on",
      "off: incremental checkpoints read every chunk instead of comparing GPU fingerprints"},
     // ---- the CLI (docs/control.md) ----

@@ -1,0 +1,137 @@
+#include "forked_children.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <ferry_common/settings.hpp>
+
+#include "log.hpp"
+#include "pid_ns.hpp"
+
+namespace ferry::forked {
+
+namespace {
+
+// Runs in a child right after fork, possibly of a multithreaded parent: system calls on
+// stack buffers only -- no allocation, no lock another thread might have held.
+
+bool driver_fd(const char* link) {
+  return strncmp(link, "/dev/nvidia", 11) == 0 || strcmp(link, "anon_inode:[userfaultfd]") == 0;
+}
+
+int replace_fds() {
+  int dir = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir < 0) return 0;
+  int null_fd = -1, n = 0;
+  alignas(8) char buf[4096];
+  for (;;) {
+    long got = syscall(SYS_getdents64, dir, buf, sizeof buf);
+    if (got <= 0) break;
+    for (long off = 0; off < got;) {
+      struct Entry {
+        uint64_t ino;
+        int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[1];
+      };
+      auto* e = reinterpret_cast<Entry*>(buf + off);
+      off += e->reclen;
+      if (e->name[0] < '0' || e->name[0] > '9') continue;
+      int fd = atoi(e->name);
+      if (fd == dir || fd == null_fd) continue;
+      char link[256];
+      ssize_t len = readlinkat(dir, e->name, link, sizeof link - 1);
+      if (len <= 0) continue;
+      link[len] = '\0';
+      if (!driver_fd(link)) continue;
+      if (null_fd < 0) null_fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC));
+      if (null_fd < 0) break;
+      int fl = fcntl(fd, F_GETFD);
+      if (dup3(null_fd, fd, fl >= 0 && (fl & FD_CLOEXEC) ? O_CLOEXEC : 0) == fd) n++;
+    }
+  }
+  if (null_fd >= 0) close(null_fd);
+  close(dir);
+  return n;
+}
+
+// Mappings of the driver's device files, collected a buffer's worth at a time and
+// replaced once /proc/self/maps has been read to its end (changing mappings while
+// reading it could skip lines).
+int replace_mappings() {
+  int total = 0;
+  for (int pass = 0; pass < 8; pass++) {
+    int fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC));
+    if (fd < 0) return total;
+    struct Range {
+      uintptr_t lo, hi;
+    } found[256];
+    int nfound = 0;
+    bool more = false;
+    char buf[8192];
+    size_t have = 0;
+    for (;;) {
+      ssize_t got = read(fd, buf + have, sizeof buf - have);
+      if (got <= 0) break;
+      have += static_cast<size_t>(got);
+      size_t start = 0;
+      for (size_t i = 0; i < have; i++) {
+        if (buf[i] != '\n') continue;
+        buf[i] = '\0';
+        const char* line = buf + start;
+        start = i + 1;
+        if (!strstr(line, " /dev/nvidia")) continue;
+        if (nfound == 256) {
+          more = true;
+          continue;
+        }
+        char* dash = nullptr;
+        uintptr_t lo = strtoull(line, &dash, 16);
+        if (!dash || *dash != '-') continue;
+        uintptr_t hi = strtoull(dash + 1, nullptr, 16);
+        if (hi > lo) found[nfound++] = {lo, hi};
+      }
+      if (start == 0 && have == sizeof buf) have = 0;  // a line longer than the buffer: not ours
+      memmove(buf, buf + start, have - start);
+      have -= start;
+    }
+    close(fd);
+    for (int i = 0; i < nfound; i++) {
+      void* p = mmap(reinterpret_cast<void*>(found[i].lo), found[i].hi - found[i].lo, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+      if (p != MAP_FAILED) total++;
+    }
+    if (!more) break;
+  }
+  return total;
+}
+
+void in_child() {
+  Released r = release_driver_files();
+  if (r.fds || r.mappings)
+    FERRY_DEBUG("forked child %d: replaced %d descriptors and %d mappings of the driver", getpid(), r.fds, r.mappings);
+}
+
+}  // namespace
+
+Released release_driver_files() { return {replace_fds(), replace_mappings()}; }
+
+void install() {
+  std::string mode = settings::text("FERRY_FORK_RELEASE", "job");
+  if (mode != "job" && mode != "on" && mode != "off") {
+    FERRY_WARN("FERRY_FORK_RELEASE=%s is not job, on or off; taken as job", mode.c_str());
+    mode = "job";
+  }
+  if (mode == "on" || (mode == "job" && proc_is_foreign())) pthread_atfork(nullptr, nullptr, in_child);
+}
+
+}  // namespace ferry::forked

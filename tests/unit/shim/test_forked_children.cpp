@@ -1,0 +1,116 @@
+// The fork handler's work (interpose/forked_children.hpp), run by hand in a child: the
+// driver's descriptors become /dev/null, close-on-exec kept, its mappings inaccessible
+// memory at the same addresses, and nothing else changes. No GPU here, so the child
+// gets a /dev of its own (a private mount namespace, as root) where /dev/nvidia* are
+// plain files -- the handler knows the driver's files by name.
+#include <catch2/catch_test_macros.hpp>
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "forked_children.hpp"
+
+namespace {
+
+std::string link_of(int fd) {
+  char b[256] = {};
+  ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), b, sizeof b - 1);
+  return n > 0 ? std::string(b, static_cast<size_t>(n)) : "closed";
+}
+
+std::string cloexec(int fd) { return (fcntl(fd, F_GETFD) & FD_CLOEXEC) ? " cloexec" : ""; }
+
+// The maps line of the mapping at addr, from its permissions on ("rw-s 00000000 ... path").
+std::string map_at(void* addr) {
+  char lo[32];
+  snprintf(lo, sizeof lo, "%lx-", reinterpret_cast<unsigned long>(addr));
+  std::ifstream in("/proc/self/maps");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(lo, 0) == 0) {
+      std::string perms = line.substr(line.find(' ') + 1, 4);
+      size_t path = line.find('/');
+      return perms + (path == std::string::npos ? "" : " " + line.substr(path));
+    }
+  return "unmapped";
+}
+
+// In the child: builds the scene, runs the handler's work, reports what became of it.
+std::string scene(const std::string& work) {
+  if (unshare(CLONE_NEWNS) != 0 || mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    return "no mount namespace";
+  std::string null_copy = work + "/null", keep = work + "/keep";
+  close(open(null_copy.c_str(), O_CREAT | O_WRONLY, 0600));
+  if (mount("/dev/null", null_copy.c_str(), nullptr, MS_BIND, nullptr) != 0) return "cannot bind /dev/null";
+  if (mount("tmpfs", "/dev", "tmpfs", 0, "size=1m") != 0) return "cannot mount a /dev";
+  close(open("/dev/null", O_CREAT | O_WRONLY, 0666));
+  if (mount(null_copy.c_str(), "/dev/null", nullptr, MS_BIND, nullptr) != 0) return "cannot bind /dev/null back";
+  for (const char* f : {"/dev/nvidiactl", "/dev/nvidia0", keep.c_str()}) {
+    int fd = open(f, O_CREAT | O_RDWR, 0666);
+    if (fd < 0 || ftruncate(fd, 8192) != 0) return std::string("cannot make ") + f;
+    close(fd);
+  }
+  int ctl = open("/dev/nvidiactl", O_RDWR);               // inherited without close-on-exec
+  int dev = open("/dev/nvidia0", O_RDWR | O_CLOEXEC);      // and with it
+  int other = open(keep.c_str(), O_RDWR | O_CLOEXEC);      // not the driver's
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));  // the simulated driver's
+  void* dev_map = mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, dev, 0);
+  void* other_map = mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, other, 0);
+  if (dev_map == MAP_FAILED || other_map == MAP_FAILED) return "cannot map";
+  auto r = ferry::forked::release_driver_files();
+  std::string s = "released " + std::to_string(r.fds) + " fds, " + std::to_string(r.mappings) + " mappings\n";
+  s += "nvidiactl: " + link_of(ctl) + cloexec(ctl) + "\n";
+  s += "nvidia0: " + link_of(dev) + cloexec(dev) + "\n";
+  s += "other: " + link_of(other) + cloexec(other) + "\n";
+  if (uffd >= 0) s += "userfaultfd: " + link_of(uffd) + cloexec(uffd) + "\n";
+  s += "nvidia0 mapping: " + map_at(dev_map) + "\n";
+  s += "other mapping: " + map_at(other_map) + "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("a forked child's driver files: descriptors become /dev/null with their close-on-exec flag, mappings "
+          "inaccessible memory in place; other files untouched",
+          "[shim][fork]") {
+  REQUIRE(geteuid() == 0);  // a mount namespace for the child's /dev
+  char tmpl[] = "/tmp/ferry-fork-XXXXXX";
+  REQUIRE(mkdtemp(tmpl));
+  std::string work = tmpl;
+  int p[2];
+  REQUIRE(pipe(p) == 0);
+  pid_t c = fork();
+  if (c == 0) {
+    close(p[0]);
+    std::string s = scene(work);
+    _exit(write(p[1], s.data(), s.size()) == static_cast<ssize_t>(s.size()) ? 0 : 1);
+  }
+  close(p[1]);
+  std::string got;
+  char b[512];
+  for (ssize_t n; (n = read(p[0], b, sizeof b)) > 0;) got.append(b, static_cast<size_t>(n));
+  close(p[0]);
+  int st = 0;
+  waitpid(c, &st, 0);
+  unlink((work + "/null").c_str());
+  unlink((work + "/keep").c_str());
+  rmdir(work.c_str());
+  CHECK(got == "released 3 fds, 1 mappings\n"
+               "nvidiactl: /dev/null\n"
+               "nvidia0: /dev/null cloexec\n"
+               "other: " + work + "/keep cloexec\n"
+               "userfaultfd: /dev/null cloexec\n"
+               "nvidia0 mapping: ---p\n"
+               "other mapping: rw-s " + work + "/keep\n");
+}
