@@ -716,6 +716,19 @@ def process_torch():
                          tag="torch")
 
 
+@check("process.torch_loader", 200, needs_torch=True)
+def process_torch_loader():
+    """The PyTorch job fed by a DataLoader with two workers forked once CUDA is
+    initialized, pinned memory on: the workers' inherited driver files are replaced by
+    ferry's fork handler, so the whole job is dumped and restored."""
+    script = os.path.join(A.src, "tests/gpu/torch_train.py")
+    extra = {"PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, script, "--mode", "default", "--steps", "200", "--loader-workers", "2"]
+    _, ref, _ = run(base, 240, extra_env=extra, direct=True)
+    return whole_process(base + ["--step-delay-ms", "15"], r"^step 100\b", "step ", ref.splitlines(), extra,
+                         tag="torch_loader")
+
+
 @check("process.vs_nvidia", 240)
 def process_vs_nvidia():
     """bench/process_dump.sh, one round: ferry's whole-process route against NVIDIA's
@@ -788,7 +801,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_tcp_store, process_torch, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

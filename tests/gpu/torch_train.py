@@ -11,6 +11,10 @@ last line gives the mean step time over the steady-state steps.
   --mode graph        the whole training step captured once in a CUDA graph and
                       replayed (static inputs, capturable AdamW)
 
+--loader-workers N makes the batches on the CPU in a torch DataLoader with N worker
+processes, forked (the Linux default) once CUDA is initialized, with pinned memory:
+the workers inherit what the process holds of the driver.
+
 --step-delay-ms paces the steps so another process (the suite, through the ferry CLI)
 can act between them.
 """
@@ -33,6 +37,7 @@ def parse():
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--loader-workers", type=int, default=0)
     p.add_argument("--timing-from", type=int, default=50, help="steady state starts at this step")
     return p.parse_args()
 
@@ -82,6 +87,19 @@ def batch_for(step, a, gen_device):
     return x[:, :-1], x[:, 1:]
 
 
+class Batches(torch.utils.data.Dataset):
+    """Step i's batch, made on the CPU (in a DataLoader worker)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __len__(self):
+        return self.a.steps
+
+    def __getitem__(self, i):
+        return batch_for(i + 1, self.a, "cpu")
+
+
 def main():
     a = parse()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -121,10 +139,18 @@ def main():
         with torch.cuda.graph(g):
             static_loss = train_step(static_x, static_y)
 
+    loader = None
+    if a.loader_workers:
+        loader = iter(torch.utils.data.DataLoader(Batches(a), batch_size=None, shuffle=False,
+                                                  num_workers=a.loader_workers, pin_memory=True,
+                                                  multiprocessing_context="fork"))
     times = []
     for step in range(1, a.steps + 1):
         t0 = time.perf_counter()
-        x, y = batch_for(step, a, dev)
+        if loader:
+            x, y = (z.to(dev, non_blocking=True) for z in next(loader))
+        else:
+            x, y = batch_for(step, a, dev)
         if graph:
             static_x.copy_(x)
             static_y.copy_(y)

@@ -712,6 +712,51 @@ TEST_CASE("a scheduler's TERM to ferry run --on-signal TERM=dump:DIR leaves a wh
   CHECK(checksums(r.out) == checksums(plain.out));
 }
 
+TEST_CASE("preempted again and again: the restored job's TERM dumps it over the image it came from (ferry restore DIR "
+          "--on-signal TERM=dump:DIR, the Slurm recipe), three times; it ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string img = t / "ckpt";
+  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
+  REQUIRE(!checksums(plain.out).empty());
+  auto last_step = [](const std::string& out) {
+    auto lines = ferry_test::lines_with(out, " loss ");
+    return lines.empty() ? 0 : std::stoi(lines.back().substr(5));
+  };
+  ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}, {"--on-signal", "TERM=dump:" + img}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  kill(c.pid(), SIGTERM);
+  auto first = c.finish();
+  INFO(first.err);
+  REQUIRE(first.exit_code == 0);
+  int step = last_step(c.out());
+  std::string seen = c.out();  // every loss line, in the order the job printed them
+  for (int round = 1; round <= 2; round++) {
+    INFO("round " << round << ", the job dumped after step " << step);
+    ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + img}, ferry_test::emu_env());
+    REQUIRE(r.wait_for("step " + std::to_string(step + random_step(3, 15)) + " loss"));
+    kill(r.pid(), SIGTERM);
+    auto done = r.finish();
+    INFO(done.err);
+    REQUIRE(done.exit_code == 0);
+    CHECK(done.err.find("dumping the job to " + img) != std::string::npos);
+    // It went on from the step after the dump, as the uninterrupted run did.
+    CHECK(ferry_test::lines_with(r.out(), " loss ").front() ==
+          ferry_test::lines_with(plain.out, " loss ").at(static_cast<size_t>(step)));
+    step = last_step(r.out());
+    seen += r.out();
+    CHECK(!fs::exists(img + ".partial"));
+  }
+  auto r = restore(img);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  seen += r.out;
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(ferry_test::lines_with(seen, " loss ") == ferry_test::lines_with(plain.out, " loss "));  // each step once
+}
+
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
