@@ -694,6 +694,18 @@ def process_loader_workers():
                          tag="loader_workers")
 
 
+@check("process.python_loader", 180)
+def process_python_loader():
+    """tests/programs/loader_job.py: a DataLoader's mechanics without PyTorch -- Python's
+    multiprocessing workers forked once CUDA is initialized (the driver through ctypes),
+    queues, batches in deleted /dev/shm files whose descriptors cross Unix sockets."""
+    script = os.path.join(A.src, "tests/programs/loader_job.py")
+    base = [sys.executable, script, "150"]
+    _, ref, _ = run(base, 120, direct=True)
+    return whole_process(base + ["--step-delay-ms", "20"], r"^step 20 sum", "state checksum", ref.splitlines(),
+                         tag="python_loader")
+
+
 @check("process.tcp_store", 180)
 def process_tcp_store():
     """torchrun's shape: a launcher, its TCP store and a worker, talking over TCP inside
@@ -801,7 +813,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

@@ -248,6 +248,42 @@ TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inh
   CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
 }
 
+TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forked once CUDA is up, queues, batches in "
+          "deleted /dev/shm files whose descriptors cross Unix sockets -- dumped at a random step and restored onto "
+          "the other GPU ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string script = std::string(FERRY_TEST_SOURCE_DIR) + "/tests/programs/loader_job.py";
+  auto plain = ferry_test::run({"python3", script, "150"}, ferry_test::emu_env(), 120);
+  INFO(plain.err);
+  REQUIRE(!checksums(plain.out, "state checksum").empty());
+  ferry_test::Child c(job({"python3", script, "150", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  int step = random_step(2, 40);
+  INFO("dumped at step " << step);
+  REQUIRE(c.wait_for("step " + std::to_string(step) + " sum"));
+  REQUIRE(children_of(program_of(c.pid())).size() >= 2);  // the workers (and Python's resource sharer threads)
+  // A batch's descriptor crossing a Unix socket right then is "try again" (75), as for any job.
+  ferry_test::Result d;
+  for (int tries = 0; tries < 5; tries++) {
+    d = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env(), 180);
+    if (d.exit_code != 75) break;
+    usleep(50000);
+  }
+  INFO(d.err);
+  REQUIRE(d.exit_code == 0);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);  // the workers too ended cleanly, every batch sent once
+  CHECK(checksums(r.out, "state checksum") == checksums(plain.out, "state checksum"));
+  auto sums = ferry_test::lines_with(plain.out, " sum ");
+  auto after = ferry_test::lines_with(r.out, " sum ");
+  REQUIRE(!after.empty());
+  CHECK(std::vector<std::string>(sums.end() - static_cast<long>(after.size()), sums.end()) == after);
+  CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+}
+
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
           "CRIU loads no plugin (NVIDIA's cuda_plugin would do the driver's part itself)",
           "[process-image][criu]") {
