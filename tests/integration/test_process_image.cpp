@@ -284,6 +284,37 @@ TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forke
   CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
 }
 
+TEST_CASE("a driver file NVIDIA's checkpoint does not release (NVML's, on a real GPU) is named once the driver let go; "
+          "the dump is undone and the job ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string script = std::string(FERRY_TEST_SOURCE_DIR) + "/tests/programs/loader_job.py";
+  auto plain = ferry_test::run({"python3", script, "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(!checksums(plain.out, "state checksum").empty());
+  ferry_test::Child c(job({"python3", script, "100", "--step-delay-ms", "20", "--stray-driver-file"}),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " sum"));
+  pid_t program = program_of(c.pid());
+  auto said = ferry_test::lines_with(c.out(), "stray driver file as fd ");
+  REQUIRE(said.size() == 1);
+  std::string stray_fd = said[0].substr(said[0].rfind(' ') + 1);
+  CHECK(fs::read_symlink("/proc/" + std::to_string(program) + "/fd/" + stray_fd).string() == "anon_inode:[userfaultfd]");
+  auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env(), 120);
+  CHECK(r.exit_code == 78);
+  CHECK(r.err == "ferry: dump failed: the CUDA driver's files are still held once NVIDIA's checkpoint released the "
+                 "GPUs -- process 2 (python3, pid " + std::to_string(program) + "): anon_inode:[userfaultfd] as fd " +
+                     stray_fd +
+                     "; CRIU cannot dump them. A CUDA process that also uses NVML (libnvidia-ml: GPU monitoring, "
+                     "nvidia-smi's library) keeps NVML's open; so does anything that opened them itself; the job goes "
+                     "on running on its GPUs, nothing was written\n");
+  CHECK(!fs::exists(t / "img"));
+  CHECK(!fs::exists(t / "img.partial"));
+  auto done = c.finish();
+  CHECK(done.exit_code == 0);
+  CHECK(checksums(c.out(), "state checksum") == checksums(plain.out, "state checksum"));
+}
+
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
           "CRIU loads no plugin (NVIDIA's cuda_plugin would do the driver's part itself)",
           "[process-image][criu]") {

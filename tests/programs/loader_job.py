@@ -13,7 +13,11 @@ Each step: the state vector is read from the GPU, the batch added, the result wr
 back; the step's checksum is printed, and at the end the state's checksum. Everything is
 integer arithmetic, so a restored run prints exactly what an uninterrupted one does.
 
-  loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS]
+--stray-driver-file keeps a file of the kind the driver holds open in the main process
+beyond the driver's reach (the simulated GPU's kind, a userfaultfd), as NVML does with
+/dev/nvidiactl on a real GPU: NVIDIA's checkpoint does not release it.
+
+  loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS] [--stray-driver-file]
 """
 import argparse
 import ctypes
@@ -56,6 +60,7 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size", type=int, default=1 << 16)
     p.add_argument("--step-delay-ms", type=float, default=0)
+    p.add_argument("--stray-driver-file", action="store_true")
     a = p.parse_args()
 
     cu = ctypes.CDLL("libcuda.so.1")
@@ -68,6 +73,14 @@ def main():
     state = ctypes.c_uint64()
     check(cu.cuMemAlloc_v2(ctypes.byref(state), ctypes.c_size_t(a.size)), "cuMemAlloc")
     check(cu.cuMemsetD8_v2(ctypes.c_uint64(state.value), 0, ctypes.c_size_t(a.size)), "cuMemsetD8")
+
+    stray = None
+    if a.stray_driver_file:
+        libc = ctypes.CDLL(None, use_errno=True)
+        stray = libc.syscall(323, 0o2000000 | 1)  # userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY), x86-64
+        if stray < 0:
+            sys.exit(f"loader_job: no userfaultfd: {os.strerror(ctypes.get_errno())}")
+        print(f"loader_job: stray driver file as fd {stray}", flush=True)
 
     # Forked once CUDA is initialized, as a DataLoader's workers are (fork: Linux's default).
     fork = mp.get_context("fork")

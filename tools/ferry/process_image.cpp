@@ -136,16 +136,15 @@ bool left_detached(pid_t host) {
   return access(marker_of(host, ".detached").c_str(), F_OK) == 0 && access(sock_of(host).c_str(), F_OK) != 0;
 }
 
-// The CUDA driver's files held by the job's processes that do not use CUDA under ferry:
-// CRIU cannot dump them, and only a CUDA process's driver checkpoint lets go of its own.
-// A child forked without exec inherits them (the shim replaces them there unless
-// FERRY_FORK_RELEASE=off: interpose/forked_children.hpp), and so does a program using
-// the driver without ferry's shim (NVML, nvidia-smi). The simulated GPU's stand-in for
-// the device files is a userfaultfd. "" when none does, else what each holds.
-std::string driver_files_outside_cuda(const std::vector<Task>& tasks) {
+// The CUDA driver's device files (/dev/nvidia*; the simulated GPU's stand-in is a
+// userfaultfd) that processes of the job hold -- descriptors and mappings -- which CRIU
+// cannot dump: one "process N (name, pid P): what" per process holding any, "; "
+// between them; "" when none does. CUDA processes are looked at only with `cuda_too`
+// (after NVIDIA's checkpoint has released their driver).
+std::string driver_files_held(const std::vector<Task>& tasks, bool cuda_too) {
   std::string who;
   for (auto& t : tasks) {
-    if (t.cuda) continue;
+    if (t.cuda && !cuda_too) continue;
     std::string proc = "/proc/" + std::to_string(t.host);
     std::set<std::string> held;
     std::error_code ec;
@@ -164,6 +163,15 @@ std::string driver_files_outside_cuda(const std::vector<Task>& tasks) {
     who += (who.empty() ? "" : "; ") + std::string("process ") + std::to_string(t.ns) + " (" + t.name + ", pid " +
            std::to_string(t.host) + "): " + what;
   }
+  return who;
+}
+
+// Before anything stops: processes that do not use CUDA under ferry must not hold the
+// driver's files. A child forked without exec inherits them (the shim replaces them
+// there unless FERRY_FORK_RELEASE=off: interpose/forked_children.hpp), and so does a
+// program using the driver without ferry's shim (nvidia-smi). "" when none does.
+std::string driver_files_outside_cuda(const std::vector<Task>& tasks) {
+  std::string who = driver_files_held(tasks, false);
   if (who.empty()) return "";
   return "processes that do not use CUDA under ferry hold the CUDA driver's files, which CRIU cannot dump -- " + who +
          ". A child forked without exec inherits them (ferry replaces them in such a child unless "
@@ -807,6 +815,14 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
                                   cuda_error_text(r));
   }
+  // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
+  // device number: named here instead (NVML keeps its own descriptors open past it).
+  if (std::string left = driver_files_held(tree_of(d.init), true); !left.empty())
+    return abort(kFixFirst, "the CUDA driver's files are still held once NVIDIA's checkpoint released the GPUs -- " +
+                                left +
+                                "; CRIU cannot dump them. A CUDA process that also uses NVML (libnvidia-ml: GPU "
+                                "monitoring, nvidia-smi's library) keeps NVML's open; so does anything that opened "
+                                "them itself");
   phase_end("driver_checkpoint");
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");
