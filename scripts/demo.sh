@@ -4,8 +4,9 @@
 # simulated GPU (or of the real machine with FERRY_REAL_GPU=1), is checkpointed to an
 # image, migrated to GPU 1 -- GPU 0's memory released -- and trains on; its final
 # weights checksum is compared with an uninterrupted run's. Then (as root, with the
-# CRIU set-up builds) the whole job is dumped, its processes die, and it is restored
-# from the image in new processes on GPU 1, ending identical too.
+# CRIU set-up builds) the whole job -- the trainer fed by two data-loading workers it
+# forked, as a PyTorch DataLoader's are -- is dumped, its processes die, and it is
+# restored from the image in new processes on GPU 1, ending identical too.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/build.sh" >/dev/null
@@ -87,8 +88,8 @@ if [[ $(id -u) != 0 ]]; then
   echo; echo "demo: the whole-process part (ferry dump / ferry restore) needs root for CRIU; skipped"
   exit 0
 fi
-step "ferry run --pid-namespace: the trainer starts again, as a job of its own, on GPU 0"
-"$ferry" run "${run_opts[@]}" --pid-namespace -- "$trainer" "${args[@]}" --step-delay-ms 25 >"$work/train.log" 2>&1 &
+step "ferry run --pid-namespace: the trainer starts again, as a job of its own, on GPU 0, its batches made by two forked workers (a DataLoader's shape)"
+"$ferry" run "${run_opts[@]}" --pid-namespace -- "$trainer" "${args[@]}" --loader-workers 2 --step-delay-ms 25 >"$work/train.log" 2>&1 &
 pid=$!
 wait_step 20
 step "ferry dump: the whole job (CPU state by CRIU, GPU state by ferry) to an image; the job ends"

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <new>
 #include <thread>
 
 #include "emu.hpp"
@@ -277,6 +278,32 @@ bool name_helper_threads() {
   helper.join();
   return ok;
 }
+
+// A child forked without exec gets none of the device memory. A GPU's memory is not in
+// the process's address space, so a real driver's child holds only the device files
+// (here the userfaultfd, which stays: CRIU refuses it in the child as it refuses
+// /dev/nvidia* there). The simulated GPU's memory is host memory -- memfds mapped shared
+// (VMM) and private mappings -- that the child would otherwise see (the parent's live
+// device memory, for the shared ones) and that a CRIU dump of the child would carry.
+// The driver's lock is held across fork so the child finds its tables whole; the child
+// cannot release a lock its parent's thread took (another tid), so it gets a new one.
+void fork_prepare() { drv().mu.lock(); }
+void fork_parent() { drv().mu.unlock(); }
+void fork_child() {
+  Driver& d = drv();
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  for (PhysAlloc* p : d.phys)
+    if (null_fd >= 0 && p->fd >= 0) dup3(null_fd, p->fd, O_CLOEXEC);
+  if (null_fd >= 0) close(null_fd);
+  auto drop = [](uintptr_t base, size_t size) {
+    mmap(reinterpret_cast<void*>(base), size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+         0);
+  };
+  for (auto& [base, m] : d.mappings) drop(base, m.size);
+  for (auto& [base, r] : d.ranges)
+    if (r.kind == RangeKind::DeviceAlloc || r.kind == RangeKind::PoolAlloc) drop(base, r.span);
+  new (&d.mu) std::recursive_mutex();
+}
 }  // namespace
 
 FERRY_EXPORT CUresult cuInit(unsigned int flags) {
@@ -289,6 +316,8 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
     checkpoint_service_start();
+    static bool fork_handlers = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0;
+    (void)fork_handlers;
     d.initialized = true;
     log("initialised %zu device(s)", d.present);
   }

@@ -4,6 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <filesystem>
+#include <string>
+
 #include "emu_test.hpp"
 
 using emu_test::primary;
@@ -24,16 +28,25 @@ CUmemAccessDesc rw(int dev) {
   d.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   return d;
 }
+// Whether reading addr faults: the kernel cannot copy from it either (EFAULT). (Not a
+// forked child's load: a child sees none of the device memory.)
 bool faults(uintptr_t addr) {
-  fflush(nullptr);
-  pid_t child = fork();
-  if (child == 0) {
-    volatile char c = *reinterpret_cast<volatile char*>(addr);
-    _exit(c & 1);
-  }
-  int status = 0;
-  waitpid(child, &status, 0);
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+  int p[2];
+  if (pipe(p) != 0) return false;
+  ssize_t n = write(p[1], reinterpret_cast<const void*>(addr), 1);
+  int e = errno;
+  close(p[0]);
+  close(p[1]);
+  return n < 0 && e == EFAULT;
+}
+
+// How many of this process's descriptors name `link`.
+int fds_naming(const std::string& link) {
+  int n = 0;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec))
+    if (std::filesystem::read_symlink(e.path(), ec).string() == link) n++;
+  return n;
 }
 }  // namespace
 
@@ -92,6 +105,7 @@ TEST_CASE("create, map, grant access, use, unmap, release", "[vmm]") {
   CUmemAccessDesc a = rw(0);
   CU_OK(cuMemSetAccess(r, 2 * g, &a, 1));
   CU_OK(cuMemcpyHtoD(r + g + 8, &v, 4));
+  REQUIRE_FALSE(faults(r + g + 8));
   // The same physical memory at a second address sees the same bytes.
   CU_OK(cuMemMap(r + 4 * g, 2 * g, 0, h, 0));
   CU_OK(cuMemSetAccess(r + 4 * g, 2 * g, &a, 1));
@@ -121,6 +135,54 @@ TEST_CASE("create, map, grant access, use, unmap, release", "[vmm]") {
   CU_OK(cuMemGetInfo(&free1, &total));
   REQUIRE(free1 == free0);
   CU_OK(cuMemAddressFree(r, 8 * g));
+}
+
+TEST_CASE("a child forked without exec sees none of the device memory (a GPU's is not in the process): VMM and "
+          "allocations inaccessible, no device memory file; the driver's file stays; the parent keeps its memory",
+          "[vmm][fork]") {
+  primary(0);
+  const size_t g = 2u << 20;
+  CUdeviceptr r;
+  CU_OK(cuMemAddressReserve(&r, 2 * g, 0, 0, 0));
+  CUmemAllocationProp p = prop(0);
+  CUmemGenericAllocationHandle h;
+  CU_OK(cuMemCreate(&h, 2 * g, &p, 0));
+  CU_OK(cuMemMap(r, 2 * g, 0, h, 0));
+  CUmemAccessDesc a = rw(0);
+  CU_OK(cuMemSetAccess(r, 2 * g, &a, 1));
+  CUdeviceptr d;
+  CU_OK(cuMemAlloc(&d, 4096));
+  int v = 42;
+  CU_OK(cuMemcpyHtoD(r + 8, &v, 4));
+  CU_OK(cuMemcpyHtoD(d, &v, 4));
+  REQUIRE(fds_naming("/memfd:ferry-emu-vram (deleted)") == 1);
+  REQUIRE(fds_naming("anon_inode:[userfaultfd]") == 1);
+  int out[2];
+  REQUIRE(pipe(out) == 0);
+  fflush(nullptr);
+  pid_t child = fork();
+  if (child == 0) {
+    std::string s = std::string(faults(r + 8) ? "VMM inaccessible" : "VMM readable") + ", " +
+                    (faults(d) ? "allocation inaccessible" : "allocation readable") + ", device memory files " +
+                    std::to_string(fds_naming("/memfd:ferry-emu-vram (deleted)")) + ", driver files " +
+                    std::to_string(fds_naming("anon_inode:[userfaultfd]"));
+    _exit(write(out[1], s.data(), s.size()) == static_cast<ssize_t>(s.size()) ? 0 : 1);
+  }
+  close(out[1]);
+  std::string got;
+  char b[256];
+  for (ssize_t n; (n = read(out[0], b, sizeof b)) > 0;) got.append(b, static_cast<size_t>(n));
+  close(out[0]);
+  int st = 0;
+  waitpid(child, &st, 0);
+  CHECK(got == "VMM inaccessible, allocation inaccessible, device memory files 0, driver files 1");
+  int w = 0, x = 0;
+  CU_OK(cuMemcpyDtoH(&w, r + 8, 4));
+  CU_OK(cuMemcpyDtoH(&x, d, 4));
+  CHECK(w == 42);
+  CHECK(x == 42);
+  CHECK_FALSE(faults(r + 8));
+  CU_OK(cuMemAlloc(&d, 4096));  // the driver's lock is free again after a fork
 }
 
 TEST_CASE("physical memory of one device can be mapped for another and shared by fd", "[vmm]") {
