@@ -6,25 +6,35 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include <ferry_common/export_tables.hpp>
 #include <ferry_common/settings.hpp>
 
 #include "log.hpp"
 #include "pid_ns.hpp"
+#include "shim.hpp"
+#include "shim_decls.hpp"
 
 namespace ferry::forked {
 
 namespace {
 
+// Set at install when the driver is the simulated GPU: the descriptor it holds in place
+// of a GPU's /dev/nvidia* files (its own export table, ferry_common/export_tables.hpp).
+// A userfaultfd is the driver's only then, and only that one: a program's own stays.
+int (*g_emu_device_file)() = nullptr;
+
 // Runs in a child right after fork, possibly of a multithreaded parent: system calls on
 // stack buffers only -- no allocation, no lock another thread might have held.
 
-bool driver_fd(const char* link) {
-  return strncmp(link, "/dev/nvidia", 11) == 0 || strcmp(link, "anon_inode:[userfaultfd]") == 0;
+bool driver_fd(int fd, const char* link) {
+  if (strncmp(link, "/dev/nvidia", 11) == 0) return true;
+  return g_emu_device_file && fd == g_emu_device_file() && strcmp(link, "anon_inode:[userfaultfd]") == 0;
 }
 
 int replace_fds() {
@@ -52,7 +62,7 @@ int replace_fds() {
       ssize_t len = readlinkat(dir, e->name, link, sizeof link - 1);
       if (len <= 0) continue;
       link[len] = '\0';
-      if (!driver_fd(link)) continue;
+      if (!driver_fd(fd, link)) continue;
       if (null_fd < 0) null_fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC));
       if (null_fd < 0) break;
       int fl = fcntl(fd, F_GETFD);
@@ -66,7 +76,7 @@ int replace_fds() {
 
 // Mappings of the driver's device files, collected a buffer's worth at a time and
 // replaced once /proc/self/maps has been read to its end (changing mappings while
-// reading it could skip lines).
+// reading it could skip lines); more than fit in one pass take another.
 int replace_mappings() {
   int total = 0;
   for (int pass = 0; pass < 8; pass++) {
@@ -76,7 +86,7 @@ int replace_mappings() {
       uintptr_t lo, hi;
     } found[256];
     int nfound = 0;
-    bool more = false;
+    bool more = false, skipping = false;  // skipping: the rest of a line longer than the buffer
     char buf[8192];
     size_t have = 0;
     for (;;) {
@@ -89,6 +99,10 @@ int replace_mappings() {
         buf[i] = '\0';
         const char* line = buf + start;
         start = i + 1;
+        if (skipping) {
+          skipping = false;
+          continue;
+        }
         if (!strstr(line, " /dev/nvidia")) continue;
         if (nfound == 256) {
           more = true;
@@ -100,25 +114,31 @@ int replace_mappings() {
         uintptr_t hi = strtoull(dash + 1, nullptr, 16);
         if (hi > lo) found[nfound++] = {lo, hi};
       }
-      if (start == 0 && have == sizeof buf) have = 0;  // a line longer than the buffer: not ours
+      if (start == 0 && have == sizeof buf) {  // no line end in a full buffer: not a mapping of ours
+        skipping = true;
+        have = 0;
+        continue;
+      }
       memmove(buf, buf + start, have - start);
       have -= start;
     }
     close(fd);
+    int replaced = 0;
     for (int i = 0; i < nfound; i++) {
       void* p = mmap(reinterpret_cast<void*>(found[i].lo), found[i].hi - found[i].lo, PROT_NONE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-      if (p != MAP_FAILED) total++;
+      if (p != MAP_FAILED) replaced++;
     }
-    if (!more) break;
+    total += replaced;
+    if (!more || replaced == 0) break;  // nothing changed: another pass would find the same
   }
   return total;
 }
 
 void in_child() {
-  Released r = release_driver_files();
-  if (r.fds || r.mappings)
-    FERRY_DEBUG("forked child %d: replaced %d descriptors and %d mappings of the driver", getpid(), r.fds, r.mappings);
+  int saved = errno;  // fork() returned success; what we tried here must not say otherwise
+  release_driver_files();
+  errno = saved;
 }
 
 }  // namespace
@@ -126,6 +146,12 @@ void in_child() {
 Released release_driver_files() { return {replace_fds(), replace_mappings()}; }
 
 void install() {
+  const void* table = nullptr;
+  CUuuid id;
+  memcpy(id.bytes, export_tables::kEmuDriverFiles.data(), sizeof id.bytes);
+  if (real::cuGetExportTable(&table, &id) == CUDA_SUCCESS && table)
+    g_emu_device_file = reinterpret_cast<int (*)()>(
+        static_cast<void* const*>(table)[export_tables::emu_driver_files::kDeviceFile]);
   std::string mode = settings::text("FERRY_FORK_RELEASE", "job");
   if (mode != "job" && mode != "on" && mode != "off") {
     FERRY_WARN("FERRY_FORK_RELEASE=%s is not job, on or off; taken as job", mode.c_str());

@@ -9,15 +9,15 @@
 // all -- a limitation cuda-checkpoint and CRIU's CUDA plugin document.
 //
 // So in the child, right after fork (a pthread_atfork handler registered once the
-// driver is initialized, after the driver's own), each such descriptor is replaced by
+// driver is initialized, after any the driver registered), each such descriptor is replaced by
 // /dev/null at the same number, its close-on-exec flag kept, and each such mapping by
 // inaccessible anonymous memory at the same addresses. CRIU dumps both, and a child that
 // touched them by mistake reads nothing or faults, instead of reaching the parent's
 // GPU. The parent is not affected: the child dropping its references is what its exit
-// would do. The simulated GPU holds a userfaultfd where a real driver holds its device
-// files (emulator/src/emu.hpp), so a userfaultfd counts as the driver's too; one the
-// program made itself and meant for a forked child would be replaced as well (CRIU
-// could not dump that child either).
+// would do. The real driver's files are known by their names; the simulated GPU holds a
+// userfaultfd in their place (emulator/src/emu.hpp) and names it through an export
+// table of its own that no real driver serves, so that one is replaced too -- and a
+// userfaultfd the program made itself never is.
 //
 // FERRY_FORK_RELEASE: job (the default: in a `ferry run --pid-namespace` job, where a
 // whole-process dump is possible), on (everywhere), off (never).
@@ -25,8 +25,8 @@
 
 namespace ferry::forked {
 
-// Registers the child handler, as FERRY_FORK_RELEASE says; called once, right after the
-// first successful cuInit.
+// Asks the driver whether it is the simulated one, and registers the child handler as
+// FERRY_FORK_RELEASE says; called once, right after the first successful cuInit.
 void install();
 
 // What a child gave up (for tests and FERRY_LOG=debug): descriptors and mappings.

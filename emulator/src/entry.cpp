@@ -239,6 +239,12 @@ void* g_tools_context[tc::kSlots] = {
     const_cast<void*>(static_cast<const void*>(&kToolsContextData))};
 static_assert(tc::kDevice == 3 && tc::kContextId == 4 && tc::kStreamId == 5 && tc::kData == 7);
 
+// Ferry's own table (export_tables.hpp): the descriptor standing in for /dev/nvidia*.
+int driver_device_file() { return drv().device_file; }
+void* g_emu_driver_files[ferry::export_tables::emu_driver_files::kSlots] = {
+    reinterpret_cast<void*>(ferry::export_tables::emu_driver_files::kSlots * sizeof(void*)),
+    reinterpret_cast<void*>(&driver_device_file)};
+
 struct TableId {
   ferry::export_tables::Id uuid;
   void** table;
@@ -252,6 +258,7 @@ const TableId kTables[] = {
     {ferry::export_tables::kContextChecks, g_context_checks},
     {ferry::export_tables::kIntegrityCheck, g_integrity},
     {ferry::export_tables::kToolsContext, g_tools_context},
+    {ferry::export_tables::kEmuDriverFiles, g_emu_driver_files},
 };
 
 }  // namespace

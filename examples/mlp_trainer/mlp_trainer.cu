@@ -142,6 +142,7 @@ __global__ void fill_pattern(unsigned* p, size_t n, unsigned seed) {
 #include <thread>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <utility>
@@ -303,6 +304,11 @@ struct Loader {
           mlp::make_batch(x.data(), t.data(), o.batch, o.in, o.out, static_cast<uint64_t>(step), o.seed);
           if (!io_all(true, p[1], x.data(), nx * sizeof(float)) || !io_all(true, p[1], t.data(), nt * sizeof(float)))
             _exit(3);
+        }
+        // Like a DataLoader's, a worker lives until the trainer is done with it (its end
+        // of the pipe closed), not only until its last batch is sent.
+        pollfd pf{p[1], 0, 0};
+        while (poll(&pf, 1, -1) < 0 && errno == EINTR) {
         }
         _exit(0);
       }

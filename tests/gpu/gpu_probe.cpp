@@ -314,6 +314,18 @@ void write_byte(int fd) {
   _exit(0);
 }
 
+// cuInit, device 0's primary context current, and `bytes` of device memory set to 7.
+CUdeviceptr context_and_memory(size_t bytes) {
+  ck(sym<CUresult (*)(unsigned)>("cuInit")(0), "cuInit");
+  CUcontext c;
+  ck(sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain")(&c, 0), "cuDevicePrimaryCtxRetain");
+  ck(sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent")(c), "cuCtxSetCurrent");
+  CUdeviceptr p;
+  ck(sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2")(&p, bytes), "cuMemAlloc");
+  ck(sym<CUresult (*)(CUdeviceptr, unsigned char, size_t)>("cuMemsetD8_v2")(p, 7, bytes), "cuMemsetD8");
+  return p;
+}
+
 int release() {
   // The controller is forked before this process touches CUDA (a CUDA process must not
   // fork and use CUDA in the child).
@@ -328,7 +340,6 @@ int release() {
   // Only the other side holds these ends: a controller that dies (inside the driver,
   // say) reads as end-of-file here instead of a wait forever.
   close(go[0]), close(checkpointed[1]), close(looked[0]), close(out[1]);
-  auto init = sym<CUresult (*)(unsigned)>("cuInit");
   auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
   auto release_ctx = sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxRelease_v2");
   auto reset = sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxReset_v2");
@@ -338,13 +349,8 @@ int release() {
   auto memset8 = sym<CUresult (*)(CUdeviceptr, unsigned char, size_t)>("cuMemsetD8_v2");
   auto dtoh = sym<CUresult (*)(void*, CUdeviceptr, size_t)>("cuMemcpyDtoH_v2");
   std::string j = "{";
-  ck(init(0), "cuInit");
   CUcontext c;
-  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
-  ck(set(c), "cuCtxSetCurrent");
-  CUdeviceptr p;
-  ck(alloc(&p, 64u << 20), "cuMemAlloc");
-  ck(memset8(p, 7, 64u << 20), "cuMemsetD8");
+  CUdeviceptr p = context_and_memory(64u << 20);
   j += "\"with_context\": " + holdings();
   ck(mfree(p), "cuMemFree");
   ck(set(nullptr), "cuCtxSetCurrent");
@@ -386,27 +392,19 @@ int release() {
 // A child forked without exec once CUDA is initialized, as a DataLoader's worker is:
 // what it holds of the driver (under ferry, after the shim's fork handler:
 // interpose/forked_children.hpp), and whether the parent still computes once the child
-// has exited.
-int fork_child() {
-  auto init = sym<CUresult (*)(unsigned)>("cuInit");
-  auto retain = sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain");
-  auto set = sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
-  auto alloc = sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2");
+// has exited. With `use_exit` the child ends with exit() rather than _exit(): the
+// driver's own exit handlers then run in the child, on what the fork handler left.
+int fork_child(bool use_exit) {
   auto memset8 = sym<CUresult (*)(CUdeviceptr, unsigned char, size_t)>("cuMemsetD8_v2");
   auto dtoh = sym<CUresult (*)(void*, CUdeviceptr, size_t)>("cuMemcpyDtoH_v2");
-  ck(init(0), "cuInit");
-  CUcontext c;
-  ck(retain(&c, 0), "cuDevicePrimaryCtxRetain");
-  ck(set(c), "cuCtxSetCurrent");
-  CUdeviceptr p;
-  ck(alloc(&p, 64u << 20), "cuMemAlloc");
-  ck(memset8(p, 7, 64u << 20), "cuMemsetD8");
+  CUdeviceptr p = context_and_memory(64u << 20);
   int out[2];
   if (pipe(out)) return 2;
   pid_t child = fork();
   if (child == 0) {
     std::string h = holdings();
     ssize_t n = write(out[1], h.data(), h.size());
+    if (use_exit) exit(n == static_cast<ssize_t>(h.size()) ? 0 : 3);
     _exit(n == static_cast<ssize_t>(h.size()) ? 0 : 3);
   }
   close(out[1]);
@@ -419,8 +417,11 @@ int fork_child() {
   unsigned char back = 0;
   CUresult again = memset8(p, 42, 64u << 20);
   if (again == CUDA_SUCCESS) again = dtoh(&back, p + (32u << 20), 1);
-  printf("{\"child\": %s, \"parent\": %s, \"computes_after\": %s}\n", held.empty() ? "null" : held.c_str(),
-         holdings().c_str(), again == CUDA_SUCCESS && back == 42 ? "true" : "false");
+  std::string end = WIFEXITED(st) ? "exited " + std::to_string(WEXITSTATUS(st))
+                                   : WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st)) : "?";
+  printf("{\"child\": %s, \"child_end\": \"%s\", \"parent\": %s, \"computes_after\": %s}\n",
+         held.empty() ? "null" : held.c_str(), end.c_str(), holdings().c_str(),
+         again == CUDA_SUCCESS && back == 42 ? "true" : "false");
   return 0;
 }
 
@@ -428,7 +429,7 @@ int fork_child() {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release | fork\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release | fork [exit]\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -441,7 +442,7 @@ int main(int argc, char** argv) {
   if (mode == "reserve-hint") return reserve_hint();
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
   if (mode == "release") return release();
-  if (mode == "fork") return fork_child();
+  if (mode == "fork") return fork_child(argc > 2 && std::string(argv[2]) == "exit");
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;
 }

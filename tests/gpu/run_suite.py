@@ -398,16 +398,20 @@ def fork_child_probe():
     inherits them, and once ferry's fork handler replaced them (FERRY_FORK_RELEASE=on);
     whether the parent computes after the child has exited, either way."""
     figures, held = {}, {}
-    for mode in ("off", "on"):
-        _, out, _ = run(under_ferry(probe("fork")), 80, extra_env={"FERRY_FORK_RELEASE": mode})
+    for mode, how in (("off", []), ("on", []), ("on", ["exit"])):
+        label = mode + (", the child ending with exit()" if how else "")
+        _, out, _ = run(under_ferry(probe("fork", *how)), 80, extra_env={"FERRY_FORK_RELEASE": mode})
         r = json.loads(out.strip().splitlines()[-1])
         c = r["child"] or {}
-        held[mode] = (c.get("fds", -1), c.get("maps", -1))
-        figures[f"child, FERRY_FORK_RELEASE={mode}"] = (f"{c.get('fds')} fds, {c.get('maps')} maps" +
-                                                         (f" ({', '.join(c['files'])})" if c.get("files") else ""))
-        figures[f"parent computes after, {mode}"] = r["computes_after"]
+        held[label] = (c.get("fds", -1), c.get("maps", -1))
+        figures[f"child, FERRY_FORK_RELEASE={label}"] = (
+            f"{c.get('fds')} fds, {c.get('maps')} maps" + (f" ({', '.join(c['files'])})" if c.get("files") else "") +
+            f"; {r['child_end']}")
+        figures[f"parent computes after, {label}"] = r["computes_after"]
         if not r["computes_after"]:
-            raise Failed(f"the parent cannot compute after its forked child ({mode}): " + json.dumps(figures))
+            raise Failed(f"the parent cannot compute after its forked child ({label}): " + json.dumps(figures))
+        if r["child_end"] != "exited 0":
+            raise Failed(f"the forked child ended badly ({label}): " + json.dumps(figures))
     if held["on"] != (0, 0):
         raise Failed("ferry's fork handler left driver files in the child: " + json.dumps(figures))
     return figures

@@ -147,7 +147,7 @@ def main():
     times = []
     for step in range(1, a.steps + 1):
         t0 = time.perf_counter()
-        if loader:
+        if loader is not None:
             x, y = (z.to(dev, non_blocking=True) for z in next(loader))
         else:
             x, y = batch_for(step, a, dev)

@@ -99,8 +99,9 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
     }
     // A forked child inherits the simulated driver's file; ferry's fork handler replaces it.
     if (c["name"] == "probe.fork_child") {
-      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=off"] == "1 fds, 0 maps (anon_inode:[userfaultfd])");
-      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=on"] == "0 fds, 0 maps");
+      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=off"] == "1 fds, 0 maps (anon_inode:[userfaultfd]); exited 0");
+      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=on"] == "0 fds, 0 maps; exited 0");
+      CHECK(c["figures"]["child, FERRY_FORK_RELEASE=on, the child ending with exit()"] == "0 fds, 0 maps; exited 0");
     }
     // Both routes ran: every row of bench/process_dump.sh has a figure for each.
     if (c["name"] == "process.vs_nvidia" && root)

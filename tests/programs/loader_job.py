@@ -14,8 +14,9 @@ back; the step's checksum is printed, and at the end the state's checksum. Every
 integer arithmetic, so a restored run prints exactly what an uninterrupted one does.
 
 --stray-driver-file keeps a file of the kind the driver holds open in the main process
-beyond the driver's reach (the simulated GPU's kind, a userfaultfd), as NVML does with
-/dev/nvidiactl on a real GPU: NVIDIA's checkpoint does not release it.
+beyond the driver's reach (the simulated GPU's kind, a userfaultfd), as NVML is
+reported to do with /dev/nvidiactl on a real GPU (not checked here): NVIDIA's
+checkpoint does not release it.
 
   loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS] [--stray-driver-file]
 """
@@ -25,6 +26,7 @@ import hashlib
 import multiprocessing as mp
 import multiprocessing.reduction as reduction
 import os
+import platform
 import sys
 import time
 
@@ -74,14 +76,6 @@ def main():
     check(cu.cuMemAlloc_v2(ctypes.byref(state), ctypes.c_size_t(a.size)), "cuMemAlloc")
     check(cu.cuMemsetD8_v2(ctypes.c_uint64(state.value), 0, ctypes.c_size_t(a.size)), "cuMemsetD8")
 
-    stray = None
-    if a.stray_driver_file:
-        libc = ctypes.CDLL(None, use_errno=True)
-        stray = libc.syscall(323, 0o2000000 | 1)  # userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY), x86-64
-        if stray < 0:
-            sys.exit(f"loader_job: no userfaultfd: {os.strerror(ctypes.get_errno())}")
-        print(f"loader_job: stray driver file as fd {stray}", flush=True)
-
     # Forked once CUDA is initialized, as a DataLoader's workers are (fork: Linux's default).
     fork = mp.get_context("fork")
     queues = [fork.Queue(maxsize=2) for _ in range(a.workers)]
@@ -92,9 +86,18 @@ def main():
         w.start()
     print(f"loader_job: {a.workers} workers, {a.steps} steps of {a.size} bytes", flush=True)
 
+    stray = None  # opened after the fork: the workers do not inherit it
+    if a.stray_driver_file:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sys_userfaultfd = {"x86_64": 323, "aarch64": 282}[platform.machine()]
+        stray = libc.syscall(sys_userfaultfd, 0o2000000 | 1)  # userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY)
+        if stray < 0:
+            sys.exit(f"loader_job: no userfaultfd: {os.strerror(ctypes.get_errno())}")
+        print(f"loader_job: stray driver file as fd {stray}", flush=True)
+
     host = (ctypes.c_ubyte * a.size)()
     for step in range(a.steps):
-        got = queues[step % a.workers].get(timeout=60)
+        got = queues[step % a.workers].get(timeout=3600)
         if got is None or got[0] != step:
             sys.exit(f"loader_job: worker {step % a.workers} sent {got and got[0]} for step {step}")
         fd = got[1].detach()  # fetched from the worker's resource sharer over a Unix socket
@@ -108,7 +111,7 @@ def main():
         if a.step_delay_ms:
             time.sleep(a.step_delay_ms / 1000)
     for q in queues:
-        if q.get(timeout=60) is not None:
+        if q.get(timeout=3600) is not None:
             sys.exit("loader_job: a worker sent more batches than asked")
     done.set()
     for w in procs:

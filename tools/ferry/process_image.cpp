@@ -174,8 +174,12 @@ std::string driver_files_outside_cuda(const std::vector<Task>& tasks) {
   std::string who = driver_files_held(tasks, false);
   if (who.empty()) return "";
   return "processes that do not use CUDA under ferry hold the CUDA driver's files, which CRIU cannot dump -- " + who +
-         ". A child forked without exec inherits them (ferry replaces them in such a child unless "
-         "FERRY_FORK_RELEASE=off), as does a program using the driver without ferry (NVML, nvidia-smi)";
+         ". A child forked without exec inherits them (in a ferry job they are replaced in a child forked once CUDA "
+         "started under ferry's shim, unless FERRY_FORK_RELEASE=off), as does a program using the driver without "
+         "ferry (NVML, nvidia-smi)" +
+         (who.find("userfaultfd") == std::string::npos
+              ? ""
+              : "; a userfaultfd is the simulated GPU's file, or the program's own (CRIU cannot dump either)");
 }
 
 // A process's identity across pid reuse: its pid and start time (/proc/PID/stat field 22).
@@ -816,13 +820,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                   cuda_error_text(r));
   }
   // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
-  // device number: named here instead (NVML keeps its own descriptors open past it).
+  // device number: named here instead (NVML is reported to keep its own open past it).
   if (std::string left = driver_files_held(tree_of(d.init), true); !left.empty())
     return abort(kFixFirst, "the CUDA driver's files are still held once NVIDIA's checkpoint released the GPUs -- " +
                                 left +
-                                "; CRIU cannot dump them. A CUDA process that also uses NVML (libnvidia-ml: GPU "
-                                "monitoring, nvidia-smi's library) keeps NVML's open; so does anything that opened "
-                                "them itself");
+                                "; CRIU cannot dump them. NVML (libnvidia-ml: GPU monitoring, nvidia-smi's "
+                                "library) is reported to keep its own open in a CUDA process that uses it; so does "
+                                "anything that opened them itself");
   phase_end("driver_checkpoint");
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");

@@ -29,6 +29,16 @@ inline constexpr Id kIntegrityCheck = id("d4082055bde6704b8d34ba123c66e1f2");  /
 // (docs/driver-facts.md §7.10). The simulated GPU's slots are its own.
 inline constexpr Id kToolsContext = id("21318c60971432488ca641ff7324c8f2");
 
+// The simulated GPU's own table, which no real driver serves (it answers
+// CUDA_ERROR_INVALID_VALUE for an id it does not know): the shim learns from it that the
+// driver is the simulated one, and which descriptor that driver holds where a GPU's
+// holds its /dev/nvidia* files (interpose/forked_children.hpp). "ferry-emu-files".
+inline constexpr Id kEmuDriverFiles = id("66657272792d656d752d66696c657300");
+namespace emu_driver_files {
+inline constexpr unsigned kSlots = 2;
+inline constexpr unsigned kDeviceFile = 1;  // int (): the descriptor, -1 when it holds none
+}  // namespace emu_driver_files
+
 // The simulated GPU's TOOLS_CONTEXT layout, which tests/programs/private_tables.cpp calls.
 namespace emu_tools_context {
 inline constexpr unsigned kSlots = 8;
