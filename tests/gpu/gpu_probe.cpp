@@ -326,7 +326,20 @@ CUdeviceptr context_and_memory(size_t bytes) {
   return p;
 }
 
-int release() {
+// With `nvml`, NVML is initialized first, as PyTorch's device_count() does (and never
+// shuts it down): whether NVIDIA's checkpoint releases NVML's files too. "" when it
+// was initialized (or not asked for), else why not.
+std::string init_nvml() {
+  void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!nvml) return "no libnvidia-ml.so.1 here";
+  auto init = reinterpret_cast<int (*)()>(dlsym(nvml, "nvmlInit_v2"));
+  if (!init) return "no nvmlInit_v2";
+  int r = init();
+  return r == 0 ? "" : "nvmlInit_v2 failed: " + std::to_string(r);
+}
+
+int release(bool nvml) {
+  std::string nvml_state = nvml ? init_nvml() : "not asked for";
   // The controller is forked before this process touches CUDA (a CUDA process must not
   // fork and use CUDA in the child).
   int go[2], checkpointed[2], looked[2], out[2];
@@ -382,7 +395,8 @@ int release() {
   if (again == CUDA_SUCCESS) again = memset8(p, 42, 1u << 20);
   if (again == CUDA_SUCCESS) again = dtoh(&back, p + 4096, 1);
   j += ", \"context_again\": " + std::to_string(again) + ", \"computes_again\": " +
-       (again == CUDA_SUCCESS && back == 42 ? "true" : "false") + "}";
+       (again == CUDA_SUCCESS && back == 42 ? "true" : "false") + ", \"nvml\": \"" +
+       (nvml_state.empty() ? "initialized" : nvml_state) + "\"}";
   printf("%s\n", j.c_str());
   return 0;
 }
@@ -429,7 +443,7 @@ int fork_child(bool use_exit) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release | fork [exit]\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release [nvml] | fork [exit]\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -441,7 +455,7 @@ int main(int argc, char** argv) {
   if (mode == "gpa") return gpa();
   if (mode == "reserve-hint") return reserve_hint();
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
-  if (mode == "release") return release();
+  if (mode == "release") return release(argc > 2 && std::string(argv[2]) == "nvml");
   if (mode == "fork") return fork_child(argc > 2 && std::string(argv[2]) == "exit");
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;

@@ -388,6 +388,19 @@ def release_probe():
     figures["computes again"] = r["computes_again"]
     if not r["computes_again"]:
         raise Failed("the process cannot use the GPU again after the probe: " + json.dumps(figures))
+    # The same with NVML initialized first, as PyTorch's device_count() leaves it: does
+    # the driver checkpoint release NVML's files too? (If not, a PyTorch job cannot be
+    # dumped by CRIU by either route; ferry names the files.)
+    _, out, _ = run(probe("release", "nvml"), 110, direct=True)
+    n = json.loads(out)
+    with open(os.path.join(A.out, "release_probe_nvml.json"), "w") as f:
+        f.write(out)
+    if n["nvml"] == "initialized":
+        r = n
+        figures["with NVML: after the driver checkpoint"] = held("after_checkpoint")
+        figures["with NVML: computes again"] = n["computes_again"]
+    else:
+        figures["with NVML"] = n["nvml"]
     return figures
 
 
