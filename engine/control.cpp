@@ -28,6 +28,7 @@
 #include "config.hpp"
 #include "engine.hpp"
 #include "log.hpp"
+#include "nvml.hpp"
 #include "shim.hpp"
 #include "tracker.hpp"
 
@@ -96,11 +97,13 @@ nlohmann::json check_report() {
 // listener thread then waits for either a new host pid (this is a restored copy: it
 // listens under its new pid) or "<pid>.reattach" (the dump was rolled back or
 // interrupted: `ferry resume` asks for the socket back). "<pid>.detached" tells the CLI
-// why a process it knows has no socket.
+// why a process it knows has no socket. NVML goes too, and comes back with the socket
+// (interpose/nvml.hpp): its files would stop CRIU.
 nlohmann::json detach() {
   std::unique_lock lk(g_mu);
   if (g_lfd < 0)
     return {{"ok", false}, {"class", class_name(ErrorClass::FixFirst)}, {"error", "the control socket is detached already"}};
+  nvml::release();
   if (int fd = open(marker(g_bound_pid, ".detached").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600); fd >= 0)
     close(fd);
   unlink(g_path.c_str());
@@ -188,6 +191,7 @@ void wait_reattach() {
     if (now == g_bound_pid && !asked) continue;
     if (asked) unlink(ask.c_str());
     if (now == g_bound_pid) unlink(marker(now, ".detached").c_str());
+    nvml::reacquire();
     if (open_listener(now)) return;
     FERRY_WARN("cannot listen again after a detach: no more control requests");
     g_bound_pid = now;  // do not retry for ever

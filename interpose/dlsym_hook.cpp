@@ -2,13 +2,17 @@
 // call dlsym(RTLD_NEXT, ...) while they initialize, before instrumented code may run.
 //
 // Interposed so that a program which dlopens the real driver by absolute path still
-// gets our entry points (loader.cpp: dlsym_lookup). RTLD_NEXT lookups must resolve
+// gets our entry points (loader.cpp: dlsym_lookup), and one that reaches NVML through a
+// library handle (ctypes) gets the counting wrappers of nvml.hpp. RTLD_NEXT lookups must resolve
 // relative to *our caller*, which glibc derives from the return address: the
 // trampoline tail-jumps to the real dlsym for them, leaving that address in place.
 #include <dlfcn.h>
 
 namespace ferry {
 void* dlsym_lookup(void* handle, const char* name);
+namespace nvml {
+void* dlsym_lookup(void* handle, const char* name, void* (*real_dlsym)(void*, const char*));
+}
 }
 
 extern "C" {
@@ -28,6 +32,8 @@ __attribute__((visibility("hidden"))) void* ferry_dlsym_impl(void* handle, const
   auto real = reinterpret_cast<void* (*)(void*, const char*)>(ferry_resolve_real_dlsym());
   if (handle && name && name[0] == 'c' && name[1] == 'u')
     if (void* w = ferry::dlsym_lookup(handle, name)) return w;
+  if (handle && name && name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l')
+    if (void* w = ferry::nvml::dlsym_lookup(handle, name, real)) return w;  // interpose/nvml.hpp
   return real(handle, name);
 }
 }

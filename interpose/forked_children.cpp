@@ -16,6 +16,7 @@
 #include <ferry_common/settings.hpp>
 
 #include "log.hpp"
+#include "nvml.hpp"
 #include "pid_ns.hpp"
 #include "shim.hpp"
 #include "shim_decls.hpp"
@@ -34,7 +35,8 @@ int (*g_emu_device_file)() = nullptr;
 
 bool driver_fd(int fd, const char* link) {
   if (strncmp(link, "/dev/nvidia", 11) == 0) return true;
-  return g_emu_device_file && fd == g_emu_device_file() && strcmp(link, "anon_inode:[userfaultfd]") == 0;
+  if (strcmp(link, "anon_inode:[userfaultfd]") != 0) return false;
+  return (g_emu_device_file && fd == g_emu_device_file()) || fd == nvml::emu_device_file();
 }
 
 int replace_fds() {

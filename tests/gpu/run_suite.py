@@ -723,6 +723,18 @@ def process_python_loader():
                          tag="python_loader")
 
 
+@check("process.python_nvml", 180)
+def process_python_nvml():
+    """The same with NVML initialized first and never shut down, as PyTorch's
+    device_count() leaves it: ferry shuts NVML down around the dump and initializes it
+    again after (interpose/nvml.hpp); the job counts its GPUs through NVML at the end."""
+    script = os.path.join(A.src, "tests/programs/loader_job.py")
+    base = [sys.executable, script, "150", "--nvml"]
+    _, ref, _ = run(base, 120, direct=True)
+    return whole_process(base + ["--step-delay-ms", "20"], r"^step 20 sum", "state checksum", ref.splitlines(),
+                         tag="python_nvml")
+
+
 @check("process.tcp_store", 180)
 def process_tcp_store():
     """torchrun's shape: a launcher, its TCP store and a worker, talking over TCP inside
@@ -830,7 +842,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

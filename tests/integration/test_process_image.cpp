@@ -175,6 +175,18 @@ std::vector<std::string> fds_naming(pid_t pid, const std::string& link) {
   return v;
 }
 
+// `ferry dump` of a job whose processes pass descriptors over Unix sockets: one crossing
+// right then is "try again" (75), as a scheduler would, up to five times.
+ferry_test::Result dump_when_settled(pid_t pid, const std::string& dir) {
+  ferry_test::Result d;
+  for (int tries = 0; tries < 5; tries++) {
+    d = ferry_test::run({kFerry, "dump", std::to_string(pid), dir}, ferry_test::emu_env(), 180);
+    if (d.exit_code != 75) break;
+    usleep(50000);
+  }
+  return d;
+}
+
 // A process's pid in its innermost namespace (the last NSpid field).
 int ns_pid(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -265,13 +277,7 @@ TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forke
   INFO("dumped at step " << step);
   REQUIRE(c.wait_for("step " + std::to_string(step) + " sum"));
   REQUIRE(children_of(program_of(c.pid())).size() == 2);  // the workers
-  // A batch's descriptor crossing a Unix socket right then is "try again" (75), as for any job.
-  ferry_test::Result d;
-  for (int tries = 0; tries < 5; tries++) {
-    d = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env(), 180);
-    if (d.exit_code != 75) break;
-    usleep(50000);
-  }
+  auto d = dump_when_settled(c.pid(), t / "img");
   INFO(d.err);
   REQUIRE(d.exit_code == 0);
   CHECK(c.finish().exit_code == 128 + SIGKILL);
@@ -284,6 +290,36 @@ TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forke
   REQUIRE(!after.empty());
   CHECK(std::vector<std::string>(sums.end() - static_cast<long>(after.size()), sums.end()) == after);
   CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+}
+
+TEST_CASE("a job that initialized NVML and never shut it down (PyTorch's device_count()) before forking its workers is "
+          "dumped and restored: ferry shuts NVML down around the dump and initializes it again; NVML answers after "
+          "the restore, and the job ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string script = std::string(FERRY_TEST_SOURCE_DIR) + "/tests/programs/loader_job.py";
+  auto plain = ferry_test::run({"python3", script, "150"}, ferry_test::emu_env(), 120);
+  REQUIRE(!checksums(plain.out, "state checksum").empty());
+  ferry_test::Child c(job({"python3", script, "150", "--step-delay-ms", "20", "--nvml"}), ferry_test::emu_env());
+  int step = random_step(2, 40);
+  INFO("dumped at step " << step);
+  REQUIRE(c.wait_for("step " + std::to_string(step) + " sum"));
+  CHECK(c.out().find("loader_job: NVML counts 2 devices\n") != std::string::npos);
+  // NVML's file (the simulated one's stand-in) is held by the job's program, and not by
+  // the workers it forked afterwards (ferry's fork handler).
+  pid_t program = program_of(c.pid());
+  CHECK(fds_naming(program, "anon_inode:[userfaultfd]").size() == 2);  // the driver's and NVML's
+  for (pid_t w : children_of(program)) CHECK(fds_naming(w, "anon_inode:[userfaultfd]").empty());
+  auto d = dump_when_settled(c.pid(), t / "img");
+  INFO(d.err);
+  REQUIRE(d.exit_code == 0);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out, "state checksum") == checksums(plain.out, "state checksum"));
+  CHECK(r.out.find("loader_job: NVML still counts 2 devices\n") != std::string::npos);
 }
 
 TEST_CASE("a driver file NVIDIA's checkpoint does not release (NVML's, on a real GPU) is named once the driver let go; "
@@ -307,9 +343,9 @@ TEST_CASE("a driver file NVIDIA's checkpoint does not release (NVML's, on a real
   CHECK(r.err == "ferry: dump failed: the CUDA driver's files are still held once NVIDIA's checkpoint released the "
                  "GPUs -- process 2 (python3, pid " + std::to_string(program) + "): anon_inode:[userfaultfd] as fd " +
                      stray_fd +
-                     "; CRIU cannot dump them. NVML (libnvidia-ml: GPU monitoring, nvidia-smi's library) is reported "
-                     "to keep its own open in a CUDA process that uses it; so does anything that opened them itself; "
-                     "the job goes on running on its GPUs, nothing was written\n");
+                     "; CRIU cannot dump them. NVML (libnvidia-ml) keeps its own open where the program linked to it "
+                     "directly (ferry shuts down only NVML reached through dlsym, PyTorch's way); so does anything "
+                     "that opened them itself; the job goes on running on its GPUs, nothing was written\n");
   CHECK(!fs::exists(t / "img"));
   CHECK(!fs::exists(t / "img.partial"));
   auto done = c.finish();

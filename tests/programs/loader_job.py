@@ -18,7 +18,10 @@ beyond the driver's reach (the simulated GPU's kind, a userfaultfd), as NVML is
 reported to do with /dev/nvidiactl on a real GPU (not checked here): NVIDIA's
 checkpoint does not release it.
 
-  loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS] [--stray-driver-file]
+--nvml counts the devices through NVML first, as PyTorch's device_count() does (nvmlInit
+through ctypes, never shut down), and again at the end.
+
+  loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS] [--stray-driver-file] [--nvml]
 """
 import argparse
 import ctypes
@@ -51,6 +54,14 @@ def worker(wid, workers, steps, size, q, done):
     done.wait()  # its resource sharer serves the last descriptors until the main process has them
 
 
+def nvml_devices(nvml):
+    n = ctypes.c_uint(0)
+    r = nvml.nvmlDeviceGetCount_v2(ctypes.byref(n))
+    if r != 0:
+        sys.exit(f"loader_job: nvmlDeviceGetCount_v2 failed: NVML error {r}")
+    return n.value
+
+
 def check(r, what):
     if r != 0:
         sys.exit(f"loader_job: {what} failed: CUDA error {r}")
@@ -63,7 +74,15 @@ def main():
     p.add_argument("--size", type=int, default=1 << 16)
     p.add_argument("--step-delay-ms", type=float, default=0)
     p.add_argument("--stray-driver-file", action="store_true")
+    p.add_argument("--nvml", action="store_true")
     a = p.parse_args()
+
+    nvml = None
+    if a.nvml:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit() != 0:
+            sys.exit("loader_job: nvmlInit failed")
+        print(f"loader_job: NVML counts {nvml_devices(nvml)} devices", flush=True)
 
     cu = ctypes.CDLL("libcuda.so.1")
     check(cu.cuInit(0), "cuInit")
@@ -120,6 +139,8 @@ def main():
             sys.exit(f"loader_job: worker {w.pid} ended with {w.exitcode}")
     check(cu.cuMemcpyDtoH_v2(host, ctypes.c_uint64(state.value), ctypes.c_size_t(a.size)), "cuMemcpyDtoH")
     print(f"state checksum {hashlib.sha256(bytes(host)).hexdigest()}", flush=True)
+    if nvml:
+        print(f"loader_job: NVML still counts {nvml_devices(nvml)} devices", flush=True)
     return 0
 
 

@@ -820,13 +820,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                   cuda_error_text(r));
   }
   // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
-  // device number: named here instead (NVML is reported to keep its own open past it).
+  // device number: named here instead (NVML's own, where the shim could not shut it down).
   if (std::string left = driver_files_held(tree_of(d.init), true); !left.empty())
     return abort(kFixFirst, "the CUDA driver's files are still held once NVIDIA's checkpoint released the GPUs -- " +
                                 left +
-                                "; CRIU cannot dump them. NVML (libnvidia-ml: GPU monitoring, nvidia-smi's "
-                                "library) is reported to keep its own open in a CUDA process that uses it; so does "
-                                "anything that opened them itself");
+                                "; CRIU cannot dump them. NVML (libnvidia-ml) keeps its own open where the program "
+                                "linked to it directly (ferry shuts down only NVML reached through dlsym, PyTorch's "
+                                "way); so does anything that opened them itself");
   phase_end("driver_checkpoint");
   // 3. CRIU dumps the tree and leaves it stopped.
   if (view.enabled) fprintf(stderr, "  criu dump\n");

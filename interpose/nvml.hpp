@@ -1,0 +1,34 @@
+// NVML across a whole-process dump.
+//
+// PyTorch's device_count() initializes NVML (nvmlInit through ctypes on
+// libnvidia-ml.so.1, to count devices without initializing CUDA) and never shuts it down.
+// NVML then holds /dev/nvidiactl and /dev/nvidiaN descriptors of its own, which CRIU
+// cannot dump and which NVIDIA's checkpoint API is documented (CRIU's CUDA plugin) to
+// leave open: such a process could not be dumped by any route.
+//
+// So the shim counts the program's NVML initializations: dlsym lookups of nvmlInit,
+// nvmlInit_v2, nvmlInitWithFlags and nvmlShutdown on any library's handle (how ctypes
+// and pynvml reach NVML) get wrappers here that count what succeeded. A whole-process
+// dump shuts NVML down that many times before the driver checkpoint (release(), at the
+// control socket's detach) and initializes it again that many times once the process
+// runs on (reacquire(): restored, or the dump undone). Meanwhile NVML calls fail with
+// NVML_ERROR_UNINITIALIZED; NVML device handles the program kept are not translated;
+// a program linked to libnvidia-ml directly is not covered.
+#pragma once
+
+namespace ferry::nvml {
+
+// The wrapper for `name` (one of the four above) looked up on `handle`, or nullptr
+// (any other name); `real_dlsym` resolves the library's own functions.
+void* dlsym_lookup(void* handle, const char* name, void* (*real_dlsym)(void*, const char*));
+
+// Shuts NVML down as often as the program initialized it; returns that count.
+int release();
+// Initializes it again as often as release() shut it down.
+void reacquire();
+
+// The simulated NVML's descriptor standing in for its device files, or -1 (also where
+// NVML is the real one). Reads one int: safe in a child right after fork.
+int emu_device_file();
+
+}  // namespace ferry::nvml
