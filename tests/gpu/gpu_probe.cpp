@@ -233,6 +233,14 @@ std::string holdings() {
   return j + "]}";
 }
 
+// Everything the other end writes until it closes.
+std::string read_all(int fd) {
+  std::string s;
+  char buf[1024];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<size_t>(n));
+  return s;
+}
+
 bool read_byte(int fd) {
   char c;
   return read(fd, &c, 1) == 1;
@@ -379,10 +387,7 @@ int release(bool nvml) {
   read_byte(checkpointed[0]);  // not a CUDA call: this thread may look while locked
   j += ", \"after_checkpoint\": " + holdings();
   tell(looked[1]);
-  std::string ctl_out;
-  char buf[1024];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0) ctl_out.append(buf, static_cast<size_t>(n));
+  std::string ctl_out = read_all(out[0]);
   int st = 0;
   waitpid(ctl, &st, 0);
   j += ", \"controller\": " + (ctl_out.empty() ? std::string("null") : ctl_out);
@@ -422,10 +427,7 @@ int fork_child(bool use_exit) {
     _exit(n == static_cast<ssize_t>(h.size()) ? 0 : 3);
   }
   close(out[1]);
-  std::string held;
-  char buf[1024];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0) held.append(buf, static_cast<size_t>(n));
+  std::string held = read_all(out[0]);
   int st = 0;
   waitpid(child, &st, 0);
   unsigned char back = 0;
