@@ -97,8 +97,8 @@ nlohmann::json check_report() {
 // listener thread then waits for either a new host pid (this is a restored copy: it
 // listens under its new pid) or "<pid>.reattach" (the dump was rolled back or
 // interrupted: `ferry resume` asks for the socket back). "<pid>.detached" tells the CLI
-// why a process it knows has no socket. NVML goes too, and comes back with the socket
-// (interpose/nvml.hpp): its files would stop CRIU.
+// why a process it knows has no socket. NVML is shut down too (its files would stop
+// CRIU: interpose/nvml.hpp) until the process is resumed.
 nlohmann::json detach() {
   std::unique_lock lk(g_mu);
   if (g_lfd < 0)
@@ -132,8 +132,12 @@ nlohmann::json handle(const nlohmann::json& req, int fd) {
       s = engine::checkpoint(o);
     else if (op == "suspend")
       s = engine::suspend(o);
-    else if (op == "resume")
+    else if (op == "resume") {
+      // After a dump (restored, undone or --leave-running) every path resumes through
+      // here, once the driver has the process back: NVML comes back first.
+      nvml::reacquire();
       s = engine::resume(o);
+    }
     else if (op == "migrate")
       s = engine::migrate(o);
     else if (op == "restore")
@@ -191,7 +195,6 @@ void wait_reattach() {
     if (now == g_bound_pid && !asked) continue;
     if (asked) unlink(ask.c_str());
     if (now == g_bound_pid) unlink(marker(now, ".detached").c_str());
-    nvml::reacquire();
     if (open_listener(now)) return;
     FERRY_WARN("cannot listen again after a detach: no more control requests");
     g_bound_pid = now;  // do not retry for ever

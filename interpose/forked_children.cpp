@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include <ferry_common/export_tables.hpp>
@@ -148,18 +149,21 @@ void in_child() {
 Released release_driver_files() { return {replace_fds(), replace_mappings()}; }
 
 void install() {
-  const void* table = nullptr;
-  CUuuid id;
-  memcpy(id.bytes, export_tables::kEmuDriverFiles.data(), sizeof id.bytes);
-  if (real::cuGetExportTable(&table, &id) == CUDA_SUCCESS && table)
-    g_emu_device_file = reinterpret_cast<int (*)()>(
-        static_cast<void* const*>(table)[export_tables::emu_driver_files::kDeviceFile]);
-  std::string mode = settings::text("FERRY_FORK_RELEASE", "job");
-  if (mode != "job" && mode != "on" && mode != "off") {
-    FERRY_WARN("FERRY_FORK_RELEASE=%s is not job, on or off; taken as job", mode.c_str());
-    mode = "job";
-  }
-  if (mode == "on" || (mode == "job" && proc_is_foreign())) pthread_atfork(nullptr, nullptr, in_child);
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const void* table = nullptr;
+    CUuuid id;
+    memcpy(id.bytes, export_tables::kEmuDriverFiles.data(), sizeof id.bytes);
+    if (real::cuGetExportTable && real::cuGetExportTable(&table, &id) == CUDA_SUCCESS && table)
+      g_emu_device_file = reinterpret_cast<int (*)()>(
+          static_cast<void* const*>(table)[export_tables::emu_driver_files::kDeviceFile]);
+    std::string mode = settings::text("FERRY_FORK_RELEASE", "job");
+    if (mode != "job" && mode != "on" && mode != "off") {
+      FERRY_WARN("FERRY_FORK_RELEASE=%s is not job, on or off; taken as job", mode.c_str());
+      mode = "job";
+    }
+    if (mode == "on" || (mode == "job" && proc_is_foreign())) pthread_atfork(nullptr, nullptr, in_child);
+  });
 }
 
 }  // namespace ferry::forked

@@ -26,7 +26,8 @@
 namespace ferry::forked {
 
 // Asks the driver whether it is the simulated one, and registers the child handler as
-// FERRY_FORK_RELEASE says; called once, right after the first successful cuInit.
+// FERRY_FORK_RELEASE says; once, at the first successful cuInit or NVML initialization
+// (interpose/nvml.hpp), whichever comes first.
 void install();
 
 // What a child gave up (for tests and FERRY_LOG=debug): descriptors and mappings.

@@ -4,6 +4,9 @@
 #include <cstring>
 #include <mutex>
 
+#include <ferry_common/settings.hpp>
+
+#include "forked_children.hpp"
 #include "log.hpp"
 
 namespace ferry::nvml {
@@ -16,40 +19,54 @@ using InitFlags = int (*)(unsigned);
 std::atomic<Init> g_init{nullptr}, g_init_v2{nullptr}, g_shutdown{nullptr}, g_emu_file{nullptr};
 std::atomic<InitFlags> g_init_flags{nullptr};
 
+// Held across every call into NVML's init and shutdown, so that release() sees a count
+// that matches NVML's own.
 std::mutex g_mu;
-int g_refs = 0;      // the program's successful initializations, less its shutdowns
-int g_released = 0;  // shut down by release(), to be initialized again
+int g_refs = 0;          // the program's initializations in force, less its shutdowns
+bool g_released = false; // release() shut NVML down; g_refs inits are owed to it
+// The first initialization, replayed first by reacquire(): the one NVML opened with.
+enum class Kind { V1, V2, Flags } g_first = Kind::V2;
+unsigned g_first_flags = 0;
 
-void counted(int r, int delta) {
-  if (r != 0) return;
+constexpr int kSuccess = 0, kUninitialized = 1;
+
+// While released, the program's own initializations and shutdowns only move the count:
+// NVML's files must stay closed until the process runs on.
+int init_any(Kind kind, unsigned flags) {
   std::lock_guard lk(g_mu);
-  g_refs = delta > 0 || g_refs > 0 ? g_refs + delta : 0;
-}
-
-int init_wrapper() {
-  int r = g_init.load()();
-  counted(r, 1);
+  int r = kSuccess;
+  if (!g_released) r = kind == Kind::V1 ? g_init.load()() : kind == Kind::V2 ? g_init_v2.load()() : g_init_flags.load()(flags);
+  if (r != kSuccess) return r;
+  if (g_refs++ == 0) {
+    g_first = kind;
+    g_first_flags = flags;
+    forked::install();  // a child forked from here on must not keep NVML's files either
+  }
   return r;
 }
-int init_v2_wrapper() {
-  int r = g_init_v2.load()();
-  counted(r, 1);
-  return r;
-}
-int init_flags_wrapper(unsigned flags) {
-  int r = g_init_flags.load()(flags);
-  counted(r, 1);
-  return r;
-}
+int init_wrapper() { return init_any(Kind::V1, 0); }
+int init_v2_wrapper() { return init_any(Kind::V2, 0); }
+int init_flags_wrapper(unsigned flags) { return init_any(Kind::Flags, flags); }
 int shutdown_wrapper() {
+  std::lock_guard lk(g_mu);
+  if (g_released) {
+    if (g_refs == 0) return kUninitialized;
+    g_refs--;
+    return kSuccess;
+  }
   int r = g_shutdown.load()();
-  counted(r, -1);
+  if (r == kSuccess && g_refs > 0) g_refs--;
   return r;
 }
 
+// The library's own function `name`, kept in `slot` the first time; false when the
+// program asks a different library (another copy, a stub) for it: that one is left
+// unwrapped.
 template <typename F>
-void resolve(std::atomic<F>& slot, void* handle, const char* name, void* (*real)(void*, const char*)) {
-  if (!slot.load()) slot.store(reinterpret_cast<F>(real(handle, name)));
+bool resolve(std::atomic<F>& slot, void* handle, const char* name, void* (*real)(void*, const char*)) {
+  auto f = reinterpret_cast<F>(real(handle, name));
+  F none = nullptr;
+  return slot.compare_exchange_strong(none, f) || slot.load() == f;
 }
 
 }  // namespace
@@ -61,35 +78,52 @@ void* dlsym_lookup(void* handle, const char* name, void* (*real)(void*, const ch
                   : !strcmp(name, "nvmlShutdown")      ? reinterpret_cast<void*>(&shutdown_wrapper)
                                                        : nullptr;
   if (!wrapper || !real(handle, name)) return nullptr;
+  static const bool enabled = settings::flag("FERRY_NVML_RELEASE", true);
+  if (!enabled) return nullptr;
   // The whole set from the library the program found, whichever name it asked for:
   // release() needs nvmlShutdown even if the program never looks it up (PyTorch does not).
-  resolve(g_init, handle, "nvmlInit", real);
-  resolve(g_init_v2, handle, "nvmlInit_v2", real);
-  resolve(g_init_flags, handle, "nvmlInitWithFlags", real);
-  resolve(g_shutdown, handle, "nvmlShutdown", real);
+  if (!resolve(g_shutdown, handle, "nvmlShutdown", real) || !g_shutdown.load()) return nullptr;
+  bool same = resolve(g_init, handle, "nvmlInit", real) && resolve(g_init_v2, handle, "nvmlInit_v2", real) &&
+              resolve(g_init_flags, handle, "nvmlInitWithFlags", real);
+  if (!same) return nullptr;
   resolve(g_emu_file, handle, "ferryEmuNvmlDeviceFile", real);
+  // A wrapper for an entry point this library lacks would call nothing.
+  if ((wrapper == reinterpret_cast<void*>(&init_wrapper) && !g_init.load()) ||
+      (wrapper == reinterpret_cast<void*>(&init_v2_wrapper) && !g_init_v2.load()) ||
+      (wrapper == reinterpret_cast<void*>(&init_flags_wrapper) && !g_init_flags.load()))
+    return nullptr;
   return wrapper;
 }
 
 int release() {
   std::lock_guard lk(g_mu);
   Init shutdown = g_shutdown.load();
-  if (!shutdown || g_refs == 0) return 0;
+  if (!shutdown || g_refs == 0 || g_released) return 0;
   int n = 0;
-  while (n < g_refs && shutdown() == 0) n++;
-  g_released = n;
-  FERRY_INFO("NVML shut down %d time(s) for a whole-process dump", n);
+  while (n < g_refs && shutdown() == kSuccess) n++;
+  if (n < g_refs)
+    FERRY_WARN("NVML shut down %d of %d time(s) for a whole-process dump: its files stay open, and CRIU will refuse "
+               "them", n, g_refs);
+  else
+    FERRY_INFO("NVML shut down %d time(s) for a whole-process dump", n);
+  g_refs = n;  // what reacquire() owes
+  g_released = true;
   return n;
 }
 
 void reacquire() {
   std::lock_guard lk(g_mu);
-  Init init = g_init_v2.load() ? g_init_v2.load() : g_init.load();
-  int again = 0;
-  for (int i = 0; init && i < g_released; i++)
-    if (init() == 0) again++;
-  if (again != g_released) FERRY_WARN("NVML initialized again %d of %d time(s): NVML calls may fail", again, g_released);
-  g_released = 0;
+  if (!g_released) return;
+  g_released = false;
+  int want = g_refs, got = 0;
+  for (int i = 0; i < want; i++) {
+    Kind k = i == 0 ? g_first : Kind::V2;
+    Init f = k == Kind::V1 ? g_init.load() : g_init_v2.load();
+    int r = k == Kind::Flags ? g_init_flags.load()(g_first_flags) : f ? f() : kUninitialized;
+    if (r == kSuccess) got++;
+  }
+  g_refs = got;
+  if (got != want) FERRY_WARN("NVML initialized again %d of %d time(s): NVML calls may fail", got, want);
 }
 
 int emu_device_file() {

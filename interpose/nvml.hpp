@@ -3,17 +3,21 @@
 // PyTorch's device_count() initializes NVML (nvmlInit through ctypes on
 // libnvidia-ml.so.1, to count devices without initializing CUDA) and never shuts it down.
 // NVML then holds /dev/nvidiactl and /dev/nvidiaN descriptors of its own, which CRIU
-// cannot dump and which NVIDIA's checkpoint API is documented (CRIU's CUDA plugin) to
-// leave open: such a process could not be dumped by any route.
+// cannot dump. Whether NVIDIA's checkpoint releases them depends on the driver (CRIU's
+// CUDA plugin says it does not; cuda-checkpoint lists "NVML support" from r570) and has
+// not been measured here (the GPU kit's probe.release does).
 //
 // So the shim counts the program's NVML initializations: dlsym lookups of nvmlInit,
 // nvmlInit_v2, nvmlInitWithFlags and nvmlShutdown on any library's handle (how ctypes
-// and pynvml reach NVML) get wrappers here that count what succeeded. A whole-process
-// dump shuts NVML down that many times before the driver checkpoint (release(), at the
-// control socket's detach) and initializes it again that many times once the process
-// runs on (reacquire(): restored, or the dump undone). Meanwhile NVML calls fail with
-// NVML_ERROR_UNINITIALIZED; NVML device handles the program kept are not translated;
-// a program linked to libnvidia-ml directly is not covered.
+// and pynvml reach NVML) get wrappers here, which hold a lock across NVML's own call.
+// A whole-process dump shuts NVML down that many times before the driver checkpoint
+// (release(), at the control socket's detach) and initializes it again that many times
+// -- the first as the program did, flags included -- when the process is resumed
+// (reacquire(): restored, the dump undone, or --leave-running). In between, the
+// program's own inits and shutdowns only move the count, and other NVML calls fail with
+// NVML_ERROR_UNINITIALIZED; NVML handles the program kept are not translated; NVML
+// reached otherwise (linked directly, RTLD_DEFAULT, dlvsym) is not covered.
+// FERRY_NVML_RELEASE=off leaves NVML alone.
 #pragma once
 
 namespace ferry::nvml {

@@ -177,10 +177,12 @@ std::vector<std::string> fds_naming(pid_t pid, const std::string& link) {
 
 // `ferry dump` of a job whose processes pass descriptors over Unix sockets: one crossing
 // right then is "try again" (75), as a scheduler would, up to five times.
-ferry_test::Result dump_when_settled(pid_t pid, const std::string& dir) {
+ferry_test::Result dump_when_settled(pid_t pid, const std::string& dir, std::vector<std::string> extra = {}) {
+  std::vector<std::string> argv = {kFerry, "dump", std::to_string(pid), dir};
+  argv.insert(argv.end(), extra.begin(), extra.end());
   ferry_test::Result d;
   for (int tries = 0; tries < 5; tries++) {
-    d = ferry_test::run({kFerry, "dump", std::to_string(pid), dir}, ferry_test::emu_env(), 180);
+    d = ferry_test::run(argv, ferry_test::emu_env(), 180);
     if (d.exit_code != 75) break;
     usleep(50000);
   }
@@ -289,7 +291,14 @@ TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forke
   // fork handler).
   CHECK(fds_naming(program, "anon_inode:[userfaultfd]").size() == (nvml ? 2u : 1u));
   for (pid_t w : workers) CHECK(fds_naming(w, "anon_inode:[userfaultfd]").empty());
-  if (nvml) CHECK(c.out().find("loader_job: NVML counts 2 devices\n") != std::string::npos);
+  if (nvml) {
+    CHECK(c.out().find("loader_job: NVML counts 2 devices\n") != std::string::npos);
+    // A --leave-running dump first: NVML is shut down for it and back for the job.
+    auto pre = dump_when_settled(c.pid(), t / "pre", {"--leave-running"});
+    INFO(pre.err);
+    REQUIRE(pre.exit_code == 0);
+    CHECK(fds_naming(program, "anon_inode:[userfaultfd]").size() == 2);  // NVML's is open again
+  }
   auto d = dump_when_settled(c.pid(), t / "img");
   INFO(d.err);
   REQUIRE(d.exit_code == 0);

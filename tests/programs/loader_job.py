@@ -19,7 +19,8 @@ reported to do with /dev/nvidiactl on a real GPU (not checked here): NVIDIA's
 checkpoint does not release it.
 
 --nvml counts the devices through NVML first, as PyTorch's device_count() does (nvmlInit
-through ctypes, never shut down), and again at the end.
+through ctypes, never shut down) -- initialized three times, once with flags, and shut
+down once, so two initializations stay in force -- and again at the end.
 
   loader_job.py STEPS [--workers N] [--size N] [--step-delay-ms MS] [--stray-driver-file] [--nvml]
 """
@@ -80,8 +81,8 @@ def main():
     nvml = None
     if a.nvml:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
-        if nvml.nvmlInit() != 0:
-            sys.exit("loader_job: nvmlInit failed")
+        if nvml.nvmlInit() != 0 or nvml.nvmlInitWithFlags(0) != 0 or nvml.nvmlInit_v2() != 0 or nvml.nvmlShutdown() != 0:
+            sys.exit("loader_job: an NVML initialization or shutdown failed")
         print(f"loader_job: NVML counts {nvml_devices(nvml)} devices", flush=True)
 
     cu = ctypes.CDLL("libcuda.so.1")

@@ -54,6 +54,8 @@ inline constexpr Setting kSettings[] = {
      "in a child forked without exec once CUDA is initialized (a DataLoader's workers), replace the driver's "
      "inherited descriptors and mappings, which CRIU cannot dump, by /dev/null and inaccessible memory: job (in a "
      "ferry run --pid-namespace job), on (always) or off"},
+    {"FERRY_NVML_RELEASE", Type::Flag, Shim, "on",
+     "off: leave NVML alone in a whole-process dump (where the driver's checkpoint releases NVML's files itself)"},
     {"FERRY_FINGERPRINTS", Type::Flag, Shim, "on",
      "off: incremental checkpoints read every chunk instead of comparing GPU fingerprints"},
     // ---- the CLI (docs/control.md) ----
