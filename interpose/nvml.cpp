@@ -1,5 +1,7 @@
 #include "nvml.hpp"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -87,6 +89,11 @@ void* dlsym_lookup(void* handle, const char* name, void* (*real)(void*, const ch
               resolve(g_init_flags, handle, "nvmlInitWithFlags", real);
   if (!same) return nullptr;
   resolve(g_emu_file, handle, "ferryEmuNvmlDeviceFile", real);
+  // A fork while another thread is inside NVML's init would leave the child our lock
+  // taken for ever: fork waits for it instead.
+  static const bool fork_safe =
+      pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); }) == 0;
+  (void)fork_safe;
   // A wrapper for an entry point this library lacks would call nothing.
   if ((wrapper == reinterpret_cast<void*>(&init_wrapper) && !g_init.load()) ||
       (wrapper == reinterpret_cast<void*>(&init_v2_wrapper) && !g_init_v2.load()) ||
