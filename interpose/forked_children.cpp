@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 
+#include <ferry_common/driver_files.hpp>
 #include <ferry_common/export_tables.hpp>
 #include <ferry_common/settings.hpp>
 
@@ -35,8 +36,8 @@ int (*g_emu_device_file)() = nullptr;
 // stack buffers only -- no allocation, no lock another thread might have held.
 
 bool driver_fd(int fd, const char* link) {
-  if (strncmp(link, "/dev/nvidia", 11) == 0) return true;
-  if (strcmp(link, "anon_inode:[userfaultfd]") != 0) return false;
+  if (driver_files::is_gpu_device(link)) return true;
+  if (strcmp(link, driver_files::kSimulatedDevice) != 0) return false;
   return (g_emu_device_file && fd == g_emu_device_file()) || fd == nvml::emu_device_file();
 }
 
@@ -106,7 +107,7 @@ int replace_mappings() {
           skipping = false;
           continue;
         }
-        if (!strstr(line, " /dev/nvidia")) continue;
+        if (!driver_files::gpu_device_mapped(line)) continue;
         if (nfound == 256) {
           more = true;
           continue;

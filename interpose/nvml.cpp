@@ -32,12 +32,18 @@ unsigned g_first_flags = 0;
 
 constexpr int kSuccess = 0, kUninitialized = 1;
 
+// NVML's own initialization of that kind (kUninitialized where the library lacks it).
+int call_init(Kind kind, unsigned flags) {
+  if (kind == Kind::Flags) return g_init_flags.load() ? g_init_flags.load()(flags) : kUninitialized;
+  Init f = kind == Kind::V1 ? g_init.load() : g_init_v2.load();
+  return f ? f() : kUninitialized;
+}
+
 // While released, the program's own initializations and shutdowns only move the count:
 // NVML's files must stay closed until the process runs on.
 int init_any(Kind kind, unsigned flags) {
   std::lock_guard lk(g_mu);
-  int r = kSuccess;
-  if (!g_released) r = kind == Kind::V1 ? g_init.load()() : kind == Kind::V2 ? g_init_v2.load()() : g_init_flags.load()(flags);
+  int r = g_released ? kSuccess : call_init(kind, flags);
   if (r != kSuccess) return r;
   if (g_refs++ == 0) {
     g_first = kind;
@@ -94,12 +100,7 @@ void* dlsym_lookup(void* handle, const char* name, void* (*real)(void*, const ch
   static const bool fork_safe =
       pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); }) == 0;
   (void)fork_safe;
-  // A wrapper for an entry point this library lacks would call nothing.
-  if ((wrapper == reinterpret_cast<void*>(&init_wrapper) && !g_init.load()) ||
-      (wrapper == reinterpret_cast<void*>(&init_v2_wrapper) && !g_init_v2.load()) ||
-      (wrapper == reinterpret_cast<void*>(&init_flags_wrapper) && !g_init_flags.load()))
-    return nullptr;
-  return wrapper;
+  return wrapper;  // its slot holds the library's function: real() found it above
 }
 
 int release() {
@@ -123,12 +124,8 @@ void reacquire() {
   if (!g_released) return;
   g_released = false;
   int want = g_refs, got = 0;
-  for (int i = 0; i < want; i++) {
-    Kind k = i == 0 ? g_first : Kind::V2;
-    Init f = k == Kind::V1 ? g_init.load() : g_init_v2.load();
-    int r = k == Kind::Flags ? g_init_flags.load()(g_first_flags) : f ? f() : kUninitialized;
-    if (r == kSuccess) got++;
-  }
+  for (int i = 0; i < want; i++)
+    if (call_init(i == 0 ? g_first : Kind::V2, g_first_flags) == kSuccess) got++;
   g_refs = got;
   if (got != want) FERRY_WARN("NVML initialized again %d of %d time(s): NVML calls may fail", got, want);
 }

@@ -334,6 +334,8 @@ void destroy_ctx_resources(Context* c);
 void activate_ctx(Context* c);
 
 // memory.cpp
+// Fresh anonymous memory at [at, at+len), replacing whatever was mapped there.
+void* map_fixed(uintptr_t at, size_t len, int prot);
 Range* find_range(uintptr_t p);  // range containing p, or nullptr (mu held)
 // Checks that [p, p+n) is memory the device may touch; returns INVALID_VALUE otherwise.
 CUresult check_device_access(uintptr_t p, size_t n);

@@ -295,13 +295,9 @@ void fork_child() {
   for (PhysAlloc* p : d.phys)
     if (null_fd >= 0 && p->fd >= 0) dup3(null_fd, p->fd, O_CLOEXEC);
   if (null_fd >= 0) close(null_fd);
-  auto drop = [](uintptr_t base, size_t size) {
-    mmap(reinterpret_cast<void*>(base), size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
-         0);
-  };
-  for (auto& [base, m] : d.mappings) drop(base, m.size);
+  for (auto& [base, m] : d.mappings) map_fixed(base, m.size, PROT_NONE);
   for (auto& [base, r] : d.ranges)
-    if (r.kind == RangeKind::DeviceAlloc || r.kind == RangeKind::PoolAlloc) drop(base, r.span);
+    if (r.kind == RangeKind::DeviceAlloc || r.kind == RangeKind::PoolAlloc) map_fixed(base, r.span, PROT_NONE);
   new (&d.mu) std::recursive_mutex();
 }
 }  // namespace

@@ -12,10 +12,6 @@ namespace {
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-void* map_fixed(uintptr_t at, size_t len, int prot) {
-  return mmap(reinterpret_cast<void*>(at), len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-}
-
 bool in_device_va(uintptr_t p) {
   Driver& d = drv();
   for (auto& dev : d.devices)
@@ -24,6 +20,10 @@ bool in_device_va(uintptr_t p) {
 }
 
 }  // namespace
+
+void* map_fixed(uintptr_t at, size_t len, int prot) {
+  return mmap(reinterpret_cast<void*>(at), len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+}
 
 Range* find_range(uintptr_t p) {
   Driver& d = drv();

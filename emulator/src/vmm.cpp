@@ -188,8 +188,7 @@ FERRY_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
   if (covered.empty()) return CUDA_ERROR_INVALID_VALUE;
   for (uintptr_t p : covered) {
     Mapping m = d.mappings[p];
-    mmap(reinterpret_cast<void*>(m.base), m.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-         -1, 0);
+    map_fixed(m.base, m.size, PROT_NONE);
     d.mappings.erase(p);
     m.phys->map_refs--;
     release_phys_if_unused(m.phys);

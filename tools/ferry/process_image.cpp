@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <ferry_common/control.hpp>
+#include <ferry_common/driver_files.hpp>
 #include <ferry_common/ops.hpp>
 #include <ferry_common/settings.hpp>
 #include <ferry_image/image.hpp>
@@ -147,16 +148,13 @@ std::string driver_files_held(const std::vector<Task>& tasks, bool cuda_too) {
     if (t.cuda && !cuda_too) continue;
     std::string proc = "/proc/" + std::to_string(t.host);
     std::set<std::string> held;
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator(proc + "/fd", ec)) {
-      std::string link = fs::read_symlink(e.path(), ec).string();
-      if (!ec && (link.rfind("/dev/nvidia", 0) == 0 || link == "anon_inode:[userfaultfd]"))
-        held.insert(link + " as fd " + e.path().filename().string());
-    }
+    for (auto& [fd, link] : fd_links(t.host))
+      if (driver_files::is_gpu_device(link.c_str()) || link == driver_files::kSimulatedDevice)
+        held.insert(link + " as fd " + std::to_string(fd));
     std::ifstream maps(proc + "/maps");
     std::string line;
     while (std::getline(maps, line))
-      if (size_t at = line.find(" /dev/nvidia"); at != std::string::npos) held.insert(line.substr(at + 1) + " mapped");
+      if (const char* path = driver_files::gpu_device_mapped(line.c_str())) held.insert(std::string(path) + " mapped");
     if (held.empty()) continue;
     std::string what;
     for (auto& h : held) what += (what.empty() ? "" : ", ") + h;
@@ -370,24 +368,17 @@ nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
       std::getline(in >> std::ws, path);
       if (inode != "0") add(path, proc + "/map_files/" + range, "mapped");
     }
-    if (DIR* d = opendir((proc + "/fd").c_str())) {
-      while (dirent* e = readdir(d)) {
-        if (e->d_name[0] == '.') continue;
-        std::string fd = proc + "/fd/" + e->d_name;
-        ssize_t n = readlink(fd.c_str(), buf, sizeof buf - 1);
-        if (n <= 0) continue;
-        std::ifstream info(proc + "/fdinfo/" + e->d_name);
-        std::string key;
-        unsigned long flags = 0;
-        while (info >> key)
-          if (key == "flags:") {
-            info >> std::oct >> flags;
-            break;
-          }
-        if ((flags & O_ACCMODE) == O_WRONLY && (flags & O_APPEND)) continue;
-        add(std::string(buf, static_cast<size_t>(n)), fd, "open");
-      }
-      closedir(d);
+    for (auto& [fd, link] : fd_links(t.host)) {
+      std::ifstream info(proc + "/fdinfo/" + std::to_string(fd));
+      std::string key;
+      unsigned long flags = 0;
+      while (info >> key)
+        if (key == "flags:") {
+          info >> std::oct >> flags;
+          break;
+        }
+      if ((flags & O_ACCMODE) == O_WRONLY && (flags & O_APPEND)) continue;
+      add(link, proc + "/fd/" + std::to_string(fd), "open");
     }
   }
   nlohmann::json v = nlohmann::json::array();

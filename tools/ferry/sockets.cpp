@@ -133,16 +133,8 @@ std::set<uint64_t> inodes_of(const std::string& path, int column) {
 // The sockets process pid has open: (descriptor, inode). Empty once it is gone.
 std::vector<std::pair<int, uint64_t>> socket_fds(pid_t pid) {
   std::vector<std::pair<int, uint64_t>> v;
-  std::error_code ec;
-  fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
-  for (; !ec && it != end; it.increment(ec)) {
-    char buf[64];
-    ssize_t n = readlink(it->path().c_str(), buf, sizeof buf - 1);
-    if (n <= 8) continue;
-    buf[n] = 0;
-    if (strncmp(buf, "socket:[", 8) == 0)
-      v.push_back({atoi(it->path().filename().c_str()), strtoull(buf + 8, nullptr, 10)});
-  }
+  for (auto& [fd, link] : fd_links(pid))
+    if (link.rfind("socket:[", 0) == 0) v.push_back({fd, strtoull(link.c_str() + 8, nullptr, 10)});
   return v;
 }
 
@@ -554,6 +546,18 @@ bool criu_dumps_inet_sockets(const std::string& v) {
   int kmaj = 0, kmin = 0;
   sscanf(kernel_release().c_str(), "%d.%d", &kmaj, &kmin);
   return kmaj < 6 || (kmaj == 6 && kmin < 16);
+}
+
+std::vector<std::pair<int, std::string>> fd_links(pid_t pid) {
+  std::vector<std::pair<int, std::string>> v;
+  std::error_code ec;
+  fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    char buf[4096];
+    ssize_t n = readlink(it->path().c_str(), buf, sizeof buf - 1);
+    if (n > 0) v.push_back({atoi(it->path().filename().c_str()), std::string(buf, static_cast<size_t>(n))});
+  }
+  return v;
 }
 
 }  // namespace ferry::cli

@@ -91,6 +91,10 @@ void save_reuse(JobSockets& js);
 // 0); "" when all went well, else what did not.
 std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& saved);
 
+// The descriptors process pid holds, each with what /proc says it is open on (its link:
+// a path, "socket:[ino]", "anon_inode:[...]"). Empty once it is gone.
+std::vector<std::pair<int, std::string>> fd_links(pid_t pid);
+
 // Whether socket inode ino is a Unix socket (in pid's network namespace).
 bool is_unix_socket(pid_t pid, uint64_t ino);
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "child.hpp"
 #include "emu_test.hpp"
 
 using emu_test::primary;
@@ -157,24 +158,12 @@ TEST_CASE("a child forked without exec sees none of the device memory (a GPU's i
   CU_OK(cuMemcpyHtoD(d, &v, 4));
   REQUIRE(fds_naming("/memfd:ferry-emu-vram (deleted)") == 1);
   REQUIRE(fds_naming("anon_inode:[userfaultfd]") == 1);
-  int out[2];
-  REQUIRE(pipe(out) == 0);
-  fflush(nullptr);
-  pid_t child = fork();
-  if (child == 0) {
-    std::string s = std::string(faults(r + 8) ? "VMM inaccessible" : "VMM readable") + ", " +
-                    (faults(d) ? "allocation inaccessible" : "allocation readable") + ", device memory files " +
-                    std::to_string(fds_naming("/memfd:ferry-emu-vram (deleted)")) + ", driver files " +
-                    std::to_string(fds_naming("anon_inode:[userfaultfd]"));
-    _exit(write(out[1], s.data(), s.size()) == static_cast<ssize_t>(s.size()) ? 0 : 1);
-  }
-  close(out[1]);
-  std::string got;
-  char b[256];
-  for (ssize_t n; (n = read(out[0], b, sizeof b)) > 0;) got.append(b, static_cast<size_t>(n));
-  close(out[0]);
-  int st = 0;
-  waitpid(child, &st, 0);
+  std::string got = ferry_test::report_from_child([&] {
+    return std::string(faults(r + 8) ? "VMM inaccessible" : "VMM readable") + ", " +
+           (faults(d) ? "allocation inaccessible" : "allocation readable") + ", device memory files " +
+           std::to_string(fds_naming("/memfd:ferry-emu-vram (deleted)")) + ", driver files " +
+           std::to_string(fds_naming("anon_inode:[userfaultfd]"));
+  });
   CHECK(got == "VMM inaccessible, allocation inaccessible, device memory files 0, driver files 1");
   int w = 0, x = 0;
   CU_OK(cuMemcpyDtoH(&w, r + 8, 4));

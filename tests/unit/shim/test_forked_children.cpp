@@ -20,6 +20,7 @@
 #include <fstream>
 #include <string>
 
+#include "child.hpp"
 #include "forked_children.hpp"
 #include "shim_test.hpp"
 
@@ -102,21 +103,7 @@ TEST_CASE("a forked child's driver files: descriptors become /dev/null with thei
   char tmpl[] = "/tmp/ferry-fork-XXXXXX";
   REQUIRE(mkdtemp(tmpl));
   std::string work = tmpl;
-  int p[2];
-  REQUIRE(pipe(p) == 0);
-  pid_t c = fork();
-  if (c == 0) {
-    close(p[0]);
-    std::string s = scene(work);
-    _exit(write(p[1], s.data(), s.size()) == static_cast<ssize_t>(s.size()) ? 0 : 1);
-  }
-  close(p[1]);
-  std::string got;
-  char b[512];
-  for (ssize_t n; (n = read(p[0], b, sizeof b)) > 0;) got.append(b, static_cast<size_t>(n));
-  close(p[0]);
-  int st = 0;
-  waitpid(c, &st, 0);
+  std::string got = ferry_test::report_from_child([&] { return scene(work); });
   unlink((work + "/null").c_str());
   unlink((work + "/keep").c_str());
   rmdir(work.c_str());
