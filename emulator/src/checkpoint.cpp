@@ -111,7 +111,6 @@ pid_t host_tid() {
 
 std::string dir() { return "/tmp/ferry-emu-" + std::to_string(getuid()); }
 
-std::string hex(const CUuuid& u) { return uuid_hex(u); }
 bool unhex(const std::string& s, CUuuid* u) {
   if (s.size() != 32) return false;
   for (int i = 0; i < 16; i++) u->bytes[i] = static_cast<char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
@@ -299,7 +298,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   // The machine's GPU of that UUID, if no device has taken it yet; -1 otherwise.
   auto free_slot = [&](const std::string& uuid) -> int {
     size_t j = 0;
-    while (j < machine.size() && hex(machine[j].uuid) != uuid) j++;
+    while (j < machine.size() && uuid_hex(machine[j].uuid) != uuid) j++;
     return j < machine.size() && !taken[j] ? static_cast<int>(j) : -1;
   };
   // The same for device `ordinal`, which must have it.
@@ -309,7 +308,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     return j;
   };
   for (const Opened& o : g_checkpointed) {
-    std::string want = hex(o.uuid);
+    std::string want = uuid_hex(o.uuid);
     if (!pairs.empty()) {
       auto it = pairs.find(want);
       if (it == pairs.end()) {
@@ -336,7 +335,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   // A device the process did not open but the pairs name goes where they say, too.
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;
-    auto it = pairs.find(hex(dev->cfg.uuid));
+    auto it = pairs.find(uuid_hex(dev->cfg.uuid));
     if (planned(dev->ordinal) || it == pairs.end()) continue;
     int j = slot_of(it->second, dev->ordinal);
     if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
@@ -365,7 +364,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
   for (auto& dev : d.devices) {
     if (static_cast<size_t>(dev->ordinal) >= d.present) break;
     if (planned(dev->ordinal)) continue;
-    int j = free_slot(hex(dev->cfg.uuid));
+    int j = free_slot(uuid_hex(dev->cfg.uuid));
     if (j < 0) continue;
     taken[static_cast<size_t>(j)] = true;
     plan.emplace_back(dev->ordinal, &machine[static_cast<size_t>(j)]);
@@ -615,7 +614,7 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
     if (!zeroed(args->reserved) || args->reserved1) return CUDA_ERROR_INVALID_VALUE;
     if (args->gpuPairsCount && !args->gpuPairs) return CUDA_ERROR_INVALID_VALUE;
     for (unsigned i = 0; i < args->gpuPairsCount; i++)
-      req += "pair " + hex(args->gpuPairs[i].oldUuid) + " " + hex(args->gpuPairs[i].newUuid) + "\n";
+      req += "pair " + uuid_hex(args->gpuPairs[i].oldUuid) + " " + uuid_hex(args->gpuPairs[i].newUuid) + "\n";
   }
   if (CUresult e = ensure_init()) return e;
   {
@@ -624,7 +623,7 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
     for (auto& dev : d.devices) {
       if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;
-      req += "device " + hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
+      req += "device " + uuid_hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
              std::to_string(c.total_mem) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
              c.name + "\n";
     }
