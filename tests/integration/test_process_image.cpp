@@ -8,7 +8,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -59,12 +61,29 @@ int random_step(int lo, int hi) {
   return std::uniform_int_distribution<int>(lo, hi)(g);
 }
 
+// The end of the CRIU log a failed dump or restore names ("(whole log: PATH)"): a test's
+// temporary directory, where it lives, is gone by the time anyone reads the failure.
+std::string criu_log_named_in(const std::string& text) {
+  const std::string key = "(whole log: ";
+  auto at = text.find(key);
+  if (at == std::string::npos) return {};
+  auto end = text.find(')', at);
+  std::string path = text.substr(at + key.size(), end - at - key.size());
+  std::string log = ferry_test::read_file(path);
+  std::vector<std::string> lines;
+  std::istringstream in(log);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::string tail;
+  for (size_t i = lines.size() > 80 ? lines.size() - 80 : 0; i < lines.size(); ++i) tail += lines[i] + "\n";
+  return "--- the last lines of " + path + " ---\n" + tail;
+}
+
 nlohmann::json dump(pid_t pid, const std::string& dir, std::vector<std::string> extra = {},
                     std::map<std::string, std::string> env = {}) {
   std::vector<std::string> argv = {kFerry, "dump", std::to_string(pid), dir, "--format", "json"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto r = ferry_test::run(argv, ferry_test::emu_env(env), 180);
-  INFO(r.out << r.err);
+  INFO(r.out << r.err << criu_log_named_in(r.out + r.err));
   REQUIRE(r.exit_code == 0);
   return nlohmann::json::parse(r.out);
 }
@@ -74,7 +93,10 @@ ferry_test::Result restore(const std::string& dir, std::vector<std::string> extr
                            std::map<std::string, std::string> env = {}) {
   std::vector<std::string> argv = {kFerry, "restore", dir, "--format", "json"};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  return ferry_test::run(argv, ferry_test::emu_env(env), 240);
+  auto r = ferry_test::run(argv, ferry_test::emu_env(env), 240);
+  // Shown with the test's next assertion, which is the one on this restore.
+  if (r.exit_code != 0) UNSCOPED_INFO(criu_log_named_in(r.out + r.err));
+  return r;
 }
 
 // A refused restore: its error is on stderr as text.
@@ -396,6 +418,94 @@ TEST_CASE("graph_loop restored on a different machine (other GPU UUIDs and memor
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
   CHECK(!checksums(plain.out, "final hash").empty());
+}
+
+std::string cwd_of(pid_t pid) {
+  std::error_code ec;
+  return fs::read_symlink("/proc/" + std::to_string(pid) + "/cwd", ec).string();
+}
+
+// argv run in directory dir.
+std::vector<std::string> in_dir(const std::string& dir, std::vector<std::string> argv) {
+  std::vector<std::string> v = {"/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", dir};
+  v.insert(v.end(), argv.begin(), argv.end());
+  return v;
+}
+
+TEST_CASE("a job started where CRIU cannot make its proc.crtools (one an interrupted dump left) is dumped and "
+          "restored: its init works in a directory of its own, which the dump clears, the restore makes again and "
+          "the job's end removes",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  fs::create_directories(t / "work/proc.crtools");  // made the dump fail before init dirs
+  auto plain = ferry_test::run({kGraph, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(in_dir(t / "work", job({kGraph, "--steps", "60", "--step-delay-ms", "25"})),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " hash"));
+  pid_t init = children_of(c.pid()).at(0);
+  const std::string init_dir = cwd_of(init);
+  INFO(init_dir);
+  CHECK(cwd_of(program_of(c.pid())) == t / "work");  // the program's own is kept
+  REQUIRE(fs::path(init_dir).filename().string().rfind("init-", 0) == 0);
+  // What a dump killed inside CRIU leaves: the directory, with /proc mounted on it.
+  struct Mounted {
+    std::string at;
+    ~Mounted() { umount2(at.c_str(), MNT_DETACH); }  // should the dump not have
+  } left{init_dir + "/proc.crtools"};
+  fs::create_directories(left.at);
+  REQUIRE(mount("proc", left.at.c_str(), "proc", 0, nullptr) == 0);
+  auto d = dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  CHECK(!fs::exists(init_dir));  // the job ended; nothing else works there
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["init_dir"] == init_dir);
+  for (auto& f : m["files"]) CHECK(f["path"] != init_dir);
+  CHECK(std::find_if(m["files"].begin(), m["files"].end(), [&](auto& f) { return f["path"] == t / "work"; }) !=
+        m["files"].end());
+  // The restore makes it again (as on another machine), and the restored init works there.
+  ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
+  REQUIRE(r.wait_for("step 40 hash", 120));
+  pid_t rinit = children_of(r.pid()).at(0);
+  CHECK(cwd_of(rinit) == init_dir);
+  CHECK(cwd_of(children_of(rinit).at(0)) == t / "work");
+  auto done = r.finish();
+  INFO(done.err);
+  CHECK(done.exit_code == 0);
+  CHECK(checksums(r.out(), "final hash") == checksums(plain.out, "final hash"));
+  CHECK(!fs::exists(init_dir));
+}
+
+TEST_CASE("a dump waits while a restore of a copy of the job holds the init's directory, the job running meanwhile, "
+          "then dumps it",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kGraph, "--steps", "80"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kGraph, "--steps", "80", "--step-delay-ms", "25"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 2 hash"));
+  const std::string init_dir = cwd_of(children_of(c.pid()).at(0));
+  int fd = open(init_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(flock(fd, LOCK_SH) == 0);  // as a restore does while CRIU restores
+  ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env());
+  const std::string waiting = "ferry: waiting for another dump or restore of a job whose init works in " + init_dir +
+                              " too (a copy of this one)\n";
+  for (int i = 0; i < 600 && dumper.err().find(waiting) == std::string::npos; i++) usleep(50000);
+  CHECK(dumper.err().find(waiting) != std::string::npos);
+  size_t steps = ferry_test::lines_with(c.out(), " hash ").size();
+  REQUIRE(c.wait_for("step " + std::to_string(steps + 3) + " hash"));  // not stopped
+  close(fd);
+  auto d = dumper.finish();
+  INFO(d.err);
+  REQUIRE(d.exit_code == 0);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
 
 TEST_CASE("restored on a different machine with --device 1, the trainer's memory is on that machine's GPU 1 "

@@ -35,6 +35,17 @@ std::string env_of(pid_t pid, const char* name) {
 
 }  // namespace
 
+std::string own_socket_dir() {
+  std::string dir = control::socket_dir();
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw ClientError(kFixFirst, "cannot create " + dir + ": " + strerror(errno));
+  struct stat sb;
+  if (lstat(dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != getuid() || (sb.st_mode & 077) != 0)
+    throw ClientError(kFixFirst, dir + " is not a directory of mode 0700 owned by uid " + std::to_string(getuid()) +
+                                     "; remove it (the shim makes it so) or set FERRY_SOCKET_DIR");
+  return dir;
+}
+
 std::string socket_of(pid_t pid) {
   if (pid <= 0) throw ClientError(kUsage, "not a process id: " + std::to_string(pid));
   struct stat sb;

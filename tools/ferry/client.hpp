@@ -33,6 +33,11 @@ struct ClientError : std::exception {
   const char* what() const noexcept override { return message.c_str(); }
 };
 
+// The socket directory as the shim makes and insists on it (engine/control.cpp): this
+// user's, mode 0700 -- nobody else can plant a file or a link in it. Made where missing;
+// throws ClientError (kFixFirst) when it is not so.
+std::string own_socket_dir();
+
 // The socket of process pid (throws ClientError(kNoProcess) with the reason).
 std::string socket_of(pid_t pid);
 

@@ -11,6 +11,9 @@
 #include <cstdio>
 #include <cstring>
 
+#include "client.hpp"
+#include "init_dir.hpp"
+
 namespace ferry::cli {
 
 namespace {
@@ -58,7 +61,7 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 }
 
 // pid 1 of the job's namespace.
-[[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask) {
+[[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir) {
   // The job lives as long as its `ferry run`: killed with it (a restored job will get a
   // new parent and must clear this; see docs/control.md).
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -75,6 +78,10 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
     _exit(127);
   }
   if (prog == 0) exec_program(argv, old_mask);
+  // Out of the program's directory, for CRIU's sake (init_dir.hpp).
+  if (!dir.empty() && chdir(dir.c_str()) != 0)
+    fprintf(stderr, "ferry run: the job's init stays in the program's working directory (cannot enter %s: %s); a dump "
+                    "needs CRIU able to create a directory there\n", dir.c_str(), strerror(errno));
   forward_signals_to(prog);
   sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   int code = 1;
@@ -104,7 +111,7 @@ void exec_command(const std::vector<std::string>& argv) {
   _exit(127);
 }
 
-int wait_job(pid_t init, const SignalActions& actions) {
+int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   forward_signals_to(init, actions);
   bool dumped = false;
   int st = 0;
@@ -120,6 +127,7 @@ int wait_job(pid_t init, const SignalActions& actions) {
     else
       kill(init, sig);  // the action failed: the job gets the signal as it would without ferry
   }
+  if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);
 }
 
@@ -132,18 +140,31 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions) 
   // unshare(CLONE_NEWPID) + fork: that would leave ferry run unable to start threads or
   // further processes of its own (the kernel refuses CLONE_THREAD once the namespace
   // for children differs), and it must run CRIU from outside the job (--on-signal dump).
+  std::string dir;
+  try {
+    dir = make_init_dir();
+  } catch (const ClientError& e) {
+    fprintf(stderr, "ferry run: the job's init stays in the program's working directory (%s); a dump needs CRIU "
+                    "able to create a directory there\n", e.message.c_str());
+  }
   pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
   if (init_pid < 0) {
     int e = errno;
     sigprocmask(SIG_SETMASK, &old, nullptr);
+    if (!dir.empty()) rmdir(dir.c_str());
     fprintf(stderr, "ferry run: --pid-namespace: cannot start the job in a PID namespace of its own (%s)%s\n",
             strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
     return 78;
   }
-  if (init_pid == 0) init(argv, old);
+  if (init_pid == 0) init(argv, old, dir);
   forward_signals_to(init_pid, actions);
   sigprocmask(SIG_SETMASK, &old, nullptr);
-  return wait_job(init_pid, actions);
+  bool killed = false;
+  int code = wait_job(init_pid, actions, &killed);
+  // A job killed from outside may have been dumped by CRIU itself, whose restore needs
+  // the directory as it was; ferry's own images make it again.
+  if (!dir.empty() && !killed) remove_init_dir_if_unused(dir);
+  return code;
 }
 
 }  // namespace ferry::cli

@@ -2,7 +2,8 @@
 //
 // `ferry run` clones ferry's init into a new PID namespace (pid 1). The init closes
 // every descriptor but 0, 1 and 2, starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
-// default signal behaviour a program expects), forwards every signal it is sent to the
+// default signal behaviour a program expects), moves to a working directory of its own
+// (init_dir.hpp: CRIU's parasite needs one it can write), forwards every signal it is sent to the
 // program, reaps whatever is re-parented to it, and exits with the program's status
 // once nothing is left. `ferry run` itself stays outside: it forwards the signals it
 // gets (a scheduler's SIGTERM, a terminal's ^C) to the init and exits with the
@@ -37,6 +38,7 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions =
 
 // Waits for the job whose init (a child of this process) is init, passing on the
 // signals this process gets, or acting on them; returns the status as run_job does.
-int wait_job(pid_t init, const SignalActions& actions = {});
+// *killed (where given): whether the init itself died of a signal nobody here acted on.
+int wait_job(pid_t init, const SignalActions& actions = {}, bool* killed = nullptr);
 
 }  // namespace ferry::cli

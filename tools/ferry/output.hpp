@@ -91,12 +91,14 @@ inline nlohmann::json failure_json(int code, const std::string& cls, const std::
   return {{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}};
 }
 
-inline std::string class_of(const ClientError& e) {
-  std::string cls = e.code == kNoProcess ? "no-process" : e.code == kUsage ? "usage" : "bug";
+inline std::string class_of(int code) {
+  std::string cls = code == kNoProcess ? "no-process" : code == kUsage ? "usage" : "bug";
   for (const auto& c : kErrorClasses)
-    if (c.exit_code == e.code) cls = c.name;
+    if (c.exit_code == code) cls = c.name;
   return cls;
 }
+
+inline std::string class_of(const ClientError& e) { return class_of(e.code); }
 
 inline int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
   if (out.json)

@@ -34,6 +34,7 @@
 #include "client.hpp"
 #include "cuda_driver.hpp"
 #include "full_process.hpp"
+#include "init_dir.hpp"
 #include "job.hpp"
 #include "output.hpp"
 #include "paths.hpp"
@@ -44,6 +45,9 @@ namespace fs = std::filesystem;
 namespace ferry::cli {
 
 namespace {
+
+// How long a dump waits for another dump or restore of a copy of its job (init_dir.hpp).
+constexpr int kInitDirWaitS = 600;
 
 // ---- processes, seen through /proc ---------------------------------------------------------
 
@@ -212,23 +216,35 @@ void refuse_while_dumped(pid_t init, const char* then) {
                                        std::to_string(f) + "); " + then);
 }
 
-// The socket directory as the shim makes and insists on it (engine/control.cpp): this
-// user's, mode 0700 -- nobody else can plant a file or a link in it.
-std::string own_socket_dir() {
-  std::string dir = control::socket_dir();
-  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-    throw ClientError(kFixFirst, "cannot create " + dir + ": " + strerror(errno));
-  struct stat sb;
-  if (lstat(dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != getuid() || (sb.st_mode & 077) != 0)
-    throw ClientError(kFixFirst, dir + " is not a directory of mode 0700 owned by uid " + std::to_string(getuid()) +
-                                     "; remove it (the shim makes it so) or set FERRY_SOCKET_DIR");
-  return dir;
+// Waits up to timeout_s for process pid to be gone or a zombie (it no longer has a working
+// directory); whether it is.
+bool wait_dead(pid_t pid, int timeout_s) {
+  for (int i = 0; i < timeout_s * 100; i++) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat;
+    std::getline(in, stat);
+    auto paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X')
+      return true;
+    usleep(10000);
+  }
+  return false;
 }
 
 // Marks job init as being dumped by this process (created exclusively: of two dumps at
 // once, one wins); a marker a dead ferry left is replaced. Returns its path.
 std::string mark_dumping(pid_t init) {
-  own_socket_dir();
+  std::string dir = own_socket_dir();
+  // Markers a killed ferry left for jobs long gone would otherwise pile up: those a
+  // minute old whose ferry is dead go (a younger one may still be getting its writer's name).
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename();
+    struct stat sb;
+    if (n.size() > 8 && n.compare(n.size() - 8, 8, ".dumping") == 0 && lstat(it->path().c_str(), &sb) == 0 &&
+        time(nullptr) - sb.st_mtime > 60 && dumping_ferry(static_cast<pid_t>(atoi(n.c_str()))) == 0)
+      unlink(it->path().c_str());
+  }
   std::string path = marker_of(init, ".dumping");
   for (int attempt = 0; attempt < 3; attempt++) {
     int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -355,7 +371,9 @@ nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
   for (auto& t : tasks) {
     std::string proc = "/proc/" + std::to_string(t.host);
     char buf[4096];
-    if (ssize_t n = readlink((proc + "/cwd").c_str(), buf, sizeof buf - 1); n > 0)
+    // The init's own directory is not the job's: a restore makes it (init_dir.hpp).
+    if (ssize_t n = readlink((proc + "/cwd").c_str(), buf, sizeof buf - 1);
+        n > 0 && !is_init_dir(std::string(buf, static_cast<size_t>(n))))
       add(std::string(buf, static_cast<size_t>(n)), proc + "/cwd", "working directory");
     std::ifstream maps(proc + "/maps");
     std::string line;
@@ -679,6 +697,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   std::string parent_dir;
   std::vector<Stdio> stdio;
   JobSockets socks;
+  std::string init_dir;
+  std::optional<DirLock> init_lock;  // held until CRIU is done (init_dir.hpp)
   try {
     d.init = job_init_of(pid);
     criu = usable_criu();
@@ -720,6 +740,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                          " is suspended; resume it (ferry resume) before a whole-process dump");
     }
     if (!d.cuda().empty()) d.driver = std::make_unique<CudaDriver>(driver_of(d.tasks));
+    init_lock.emplace(lock_for_dump(d.init, &init_dir, kInitDirWaitS, [&] {
+      if (!out.json && out.progress != "never")
+        fprintf(stderr, "ferry: waiting for another dump or restore of a job whose init works in %s too (a copy of "
+                        "this one)\n", init_dir.c_str());
+    }));
   } catch (const ClientError& e) {
     return fail(out, e);
   }
@@ -745,8 +770,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   auto abort = [&](int code, const std::string& why) {
     std::string left = d.undo("");
     fs::remove_all(d.stage, ec);
-    std::string cls = code == kRetryLater ? "retry-later" : code == kDataLost ? "data-lost" : "fix-first";
-    return fail(out, code, cls,
+    return fail(out, code, class_of(code),
                 "dump failed: " + why +
                     (left.empty() ? "; the job goes on running on its GPUs, nothing was written"
                                   : "; the job could not be brought back fully" + left));
@@ -833,6 +857,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   argv.push_back("--ext-unix-sk");
   d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
   int rc = run_criu(argv, true);
+  init_lock.reset();
   // What CRIU saw: a process forked since the tree was listed is stopped too.
   if (auto now = tree_of(d.init); !now.empty()) d.tasks = now;
   if (rc != 0) {
@@ -890,6 +915,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
   m["files"] = job_files(d.tasks, d.init);
+  if (is_init_dir(init_dir)) m["init_dir"] = init_dir;
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
   try {
@@ -930,6 +956,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   } else {
     kill(d.init, SIGKILL);
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
+    // The init's directory goes with it: the image's restore makes it again.
+    if (is_init_dir(init_dir) && wait_dead(d.init, 5)) remove_init_dir_if_unused(init_dir);
   }
   double secs = since(t0), stopped = a.leave_running ? since(t_stop) : stopped_cpu;
   if (out.json) {
@@ -1069,6 +1097,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     std::map<int, std::string> uuid_of_device;
   };
   std::map<int, Placement> placement;
+  std::string init_dir;
+  std::optional<DirLock> init_lock;  // held while CRIU restores (init_dir.hpp)
   try {
     m = read_process_manifest(dir);
     criu = usable_criu();
@@ -1086,6 +1116,11 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
                                    "path and this machine does not have them as they were at the dump: " +
                                        joined(changed) + ". Nothing was started; the image is untouched");
     }
+    init_dir = m.value("init_dir", "");
+    if (!init_dir.empty() && !is_init_dir(init_dir))
+      throw ClientError(kDataLost, "the image's manifest names " + init_dir +
+                                       " as the init's directory, which is no name ferry gives one");
+    if (!init_dir.empty()) init_lock.emplace(lock_for_restore(init_dir));
     if (!a.device_map.empty()) {
       try {
         dmap = parse_device_map(a.device_map);
@@ -1217,6 +1252,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
   int rc = run_criu(argv, false);
+  init_lock.reset();
+  if (rc != 0 && !init_dir.empty()) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
                 "criu restore failed (exit " + std::to_string(rc) + "): " + criu_errors(work + "/restore.log") +
@@ -1233,7 +1270,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     kill(init, SIGKILL);
     int st;
     waitpid(init, &st, 0);
-    return fail(out, e.code, e.code == kDataLost ? "data-lost" : e.code == kRetryLater ? "retry-later" : "fix-first",
+    if (!init_dir.empty()) remove_init_dir_if_unused(init_dir);
+    return fail(out, e.code, class_of(e),
                 "restore failed: " + e.message + "; the restored job was killed: nothing is left running, the image "
                                                  "is untouched");
   };
@@ -1274,7 +1312,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   else if (out.progress != "never")
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
-  return wait_job(init, actions);
+  bool killed = false;
+  int code = wait_job(init, actions, &killed);
+  if (!init_dir.empty() && !killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
+  return code;
 }
 
 // ---- inspect and verify ---------------------------------------------------------------------------

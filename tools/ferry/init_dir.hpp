@@ -1,0 +1,64 @@
+// The working directory of a job's init (`ferry run --pid-namespace`), and its lock.
+//
+// Why the init does not stay where the program was started: CRIU's parasite, in the
+// first process of a dumped tree (the job's init), needs a /proc of the job's own PID
+// namespace. The job sees the host's /proc, so the parasite makes a directory named
+// "proc.crtools" in that process's working directory, mounts proc on it, opens it and
+// removes it again. That fails in a read-only directory (a container's read-only root),
+// where an interrupted dump left one, and when two jobs started in the same directory
+// are dumped at the same moment (both parasites make the same name: seen in CI).
+//
+// So `ferry run` makes a directory for each job, <socket dir>/init-<16 hex digits>
+// (mode 0700, on the socket directory's file system, which ferry needs writable
+// anyway), and the init moves there once the program has been forked; the program keeps
+// its own. Copies of one image (restored twice at once) share theirs, so a dump holds an
+// exclusive flock(2) on the init's directory while CRIU dumps, and first removes a
+// "proc.crtools" an interrupted dump left there. The image names the directory
+// ("init_dir" in its manifest, not among the files a restore needs); a restore makes it
+// again where it is missing (another machine) and holds a shared lock on it while CRIU
+// restores. It is removed when a dump ends its job and when the job ends by itself,
+// unless a process still works there (a copy) or a dump or restore holds it; a job
+// killed from outside keeps it (CRIU run by hand may have dumped it, and its restore
+// needs the directory), until a `ferry run` finds it unused for a week.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+
+namespace ferry::cli {
+
+// Makes a new init directory; throws ClientError (kFixFirst) naming what failed.
+std::string make_init_dir();
+
+// Whether path is an init directory ferry made (by its name).
+bool is_init_dir(const std::string& path);
+
+// A flock(2) on a directory, held for as long as this lives.
+class DirLock {
+ public:
+  explicit DirLock(int fd = -1) : fd_(fd) {}
+  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DirLock& operator=(DirLock&&) = delete;
+  ~DirLock();
+
+ private:
+  int fd_;
+};
+
+// The dump's lock on the working directory of job init `init` (a host pid), whose path
+// it returns in *path: waits up to timeout_s for other dumps and restores to let go
+// (calling waiting once first), then readies it for CRIU: a "proc.crtools" an
+// interrupted dump left in an init directory is removed; one anywhere else is refused.
+// Throws ClientError (kRetryLater on the timeout, kFixFirst otherwise).
+DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting);
+
+// The restore's lock on init directory path, made first (with its parent) where missing.
+// Throws ClientError (kFixFirst) naming what failed.
+DirLock lock_for_restore(const std::string& path);
+
+// Removes init directory path unless a process works in it or a dump or restore holds it.
+void remove_init_dir_if_unused(const std::string& path);
+
+}  // namespace ferry::cli
