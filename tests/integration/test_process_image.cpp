@@ -450,9 +450,13 @@ TEST_CASE("a job started where CRIU cannot make its proc.crtools (one an interru
   CHECK(cwd_of(program_of(c.pid())) == t / "work");  // the program's own is kept
   REQUIRE(fs::path(init_dir).filename().string().rfind("init-", 0) == 0);
   // What a dump killed inside CRIU leaves: the directory, with /proc mounted on it.
-  struct Mounted {
+  struct Mounted {  // cleared should the test fail before the dump does it
     std::string at;
-    ~Mounted() { umount2(at.c_str(), MNT_DETACH); }  // should the dump not have
+    ~Mounted() {
+      umount2(at.c_str(), MNT_DETACH);
+      rmdir(at.c_str());
+      rmdir(fs::path(at).parent_path().c_str());
+    }
   } left{init_dir + "/proc.crtools"};
   fs::create_directories(left.at);
   REQUIRE(mount("proc", left.at.c_str(), "proc", 0, nullptr) == 0);
@@ -464,8 +468,23 @@ TEST_CASE("a job started where CRIU cannot make its proc.crtools (one an interru
   for (auto& f : m["files"]) CHECK(f["path"] != init_dir);
   CHECK(std::find_if(m["files"].begin(), m["files"].end(), [&](auto& f) { return f["path"] == t / "work"; }) !=
         m["files"].end());
-  // The restore makes it again (as on another machine), and the restored init works there.
+  // The restore makes it again (as on another machine), and the restored init works
+  // there. First it waits for a dump of a copy holding the directory, which removes it
+  // as it ends (its job gone): the restore makes it once more.
+  REQUIRE(mkdir(init_dir.c_str(), 0700) == 0);
+  struct Held {
+    int fd;
+    ~Held() { close(fd); }
+  } dumping{open(init_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  REQUIRE(flock(dumping.fd, LOCK_EX) == 0);
   ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
+  const std::string waiting = "ferry: waiting for a dump of a job whose init works in " + init_dir +
+                              " too (a copy of this one)\n";
+  for (int i = 0; i < 600 && r.err().find(waiting) == std::string::npos; i++) usleep(50000);
+  CHECK(r.err().find(waiting) != std::string::npos);
+  CHECK(ferry_test::lines_with(r.out(), " hash ").empty());
+  REQUIRE(rmdir(init_dir.c_str()) == 0);
+  flock(dumping.fd, LOCK_UN);
   REQUIRE(r.wait_for("step 40 hash", 120));
   pid_t rinit = children_of(r.pid()).at(0);
   CHECK(cwd_of(rinit) == init_dir);
@@ -487,9 +506,12 @@ TEST_CASE("a dump waits while a restore of a copy of the job holds the init's di
   ferry_test::Child c(job({kGraph, "--steps", "80", "--step-delay-ms", "25"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("step 2 hash"));
   const std::string init_dir = cwd_of(children_of(c.pid()).at(0));
-  int fd = open(init_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  REQUIRE(fd >= 0);
-  REQUIRE(flock(fd, LOCK_SH) == 0);  // as a restore does while CRIU restores
+  struct Held {
+    int fd;
+    ~Held() { close(fd); }
+  } held{open(init_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  REQUIRE(held.fd >= 0);
+  REQUIRE(flock(held.fd, LOCK_SH) == 0);  // as a restore does while CRIU restores
   ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env());
   const std::string waiting = "ferry: waiting for another dump or restore of a job whose init works in " + init_dir +
                               " too (a copy of this one)\n";
@@ -497,7 +519,7 @@ TEST_CASE("a dump waits while a restore of a copy of the job holds the init's di
   CHECK(dumper.err().find(waiting) != std::string::npos);
   size_t steps = ferry_test::lines_with(c.out(), " hash ").size();
   REQUIRE(c.wait_for("step " + std::to_string(steps + 3) + " hash"));  // not stopped
-  close(fd);
+  flock(held.fd, LOCK_UN);
   auto d = dumper.finish();
   INFO(d.err);
   REQUIRE(d.exit_code == 0);

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -10,9 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <random>
-#include <set>
 #include <thread>
 #include <vector>
 
@@ -36,28 +35,53 @@ bool same_dir(int fd, const std::string& path) {
   return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
-// Every process's working directory; false when /proc cannot be read (nothing is known).
-bool working_dirs(std::set<std::string>* dirs) {
+// Whether a process other than `except` works in directory fd (true when /proc cannot
+// be read: nothing is known then).
+bool in_use(int fd, pid_t except) {
+  struct stat dir;
   DIR* d = opendir("/proc");
-  if (!d) return false;
-  char buf[4096];
+  if (!d || fstat(fd, &dir) != 0) {
+    if (d) closedir(d);
+    return true;
+  }
+  bool used = false;
   while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    ssize_t n = readlink((std::string("/proc/") + e->d_name + "/cwd").c_str(), buf, sizeof buf - 1);
-    if (n > 0) dirs->insert(std::string(buf, static_cast<size_t>(n)));
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || atoi(e->d_name) == except) continue;
+    struct stat cwd;
+    if (stat((std::string("/proc/") + e->d_name + "/cwd").c_str(), &cwd) == 0 && cwd.st_dev == dir.st_dev &&
+        cwd.st_ino == dir.st_ino) {
+      used = true;
+      break;
+    }
   }
   closedir(d);
+  return used;
+}
+
+// Takes flock `op` on fd, waiting up to timeout_s (calling waiting once first). False
+// where the file system has no flock (NFS on a read-only descriptor, Lustre without
+// -o flock): the caller goes on without it, as before init directories had locks.
+bool acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  for (bool told = false; flock(fd, op | LOCK_NB) != 0;) {
+    if (errno == EINTR) continue;
+    if (errno == EBADF || errno == ENOLCK || errno == ENOSYS || errno == EOPNOTSUPP) return false;
+    if (errno != EWOULDBLOCK) throw ClientError(kFixFirst, "cannot lock " + path + ": " + error_text(errno));
+    if (std::chrono::steady_clock::now() >= until)
+      throw ClientError(kRetryLater, "a dump or restore of a copy of this job (its init works in " + path +
+                                         " too) has held it for " + std::to_string(timeout_s) +
+                                         " s; try again once that is done. Nothing was done");
+    if (!told) waiting(), told = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   return true;
 }
 
-void remove_if_unused(const std::string& path, const std::set<std::string>* used) {
-  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+void remove_if_unused(const std::string& path, pid_t except) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return;
   DirLock lock(fd);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !same_dir(fd, path)) return;
-  std::set<std::string> now;
-  if (!used && !working_dirs(&now)) return;
-  if ((used ? *used : now).count(path)) return;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !same_dir(fd, path) || in_use(fd, except)) return;
   unlinkat(fd, kParasiteDir, AT_REMOVEDIR);
   rmdir(path.c_str());
 }
@@ -77,9 +101,16 @@ void sweep(const std::string& base) {
     }
     closedir(d);
   }
-  std::set<std::string> used;
-  if (old.empty() || !working_dirs(&used)) return;
-  for (auto& path : old) remove_if_unused(path, &used);
+  for (auto& path : old) remove_if_unused(path, 0);
+}
+
+// Makes path's missing directories (mode 0700), as the socket directory would be made.
+void make_parents(const std::string& path) {
+  for (size_t at = path.find('/', 1); at != std::string::npos; at = path.find('/', at + 1)) {
+    std::string part = path.substr(0, at);
+    if (mkdir(part.c_str(), 0700) != 0 && errno != EEXIST)
+      throw ClientError(kFixFirst, "cannot create " + part + ": " + error_text(errno));
+  }
 }
 
 }  // namespace
@@ -110,35 +141,28 @@ bool is_init_dir(const std::string& path) {
 
 DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting) {
   std::string link = "/proc/" + std::to_string(init) + "/cwd";
+  DirLock lock(open(link.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (lock.fd() < 0) {
+    int e = errno;
+    if (kill(init, 0) != 0 && errno == ESRCH) throw ClientError(kNoProcess, "job " + std::to_string(init) + " is gone");
+    throw ClientError(kFixFirst, "cannot open the working directory of the job's init (" + link + "): " + error_text(e));
+  }
   char buf[4096];
   ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
-  int fd = open(link.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (n <= 0 || fd < 0)
-    throw ClientError(kFixFirst, "cannot open the working directory of the job's init (" + link +
-                                     "): " + error_text(errno));
-  DirLock lock(fd);
+  if (n <= 0) throw ClientError(kFixFirst, "cannot read " + link + ": " + error_text(errno));
   *path = std::string(buf, static_cast<size_t>(n));
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  for (bool told = false; flock(fd, LOCK_EX | LOCK_NB) != 0;) {
-    if (errno != EWOULDBLOCK && errno != EINTR)
-      throw ClientError(kFixFirst, "cannot lock " + *path + ": " + error_text(errno));
-    if (std::chrono::steady_clock::now() >= until)
-      throw ClientError(kRetryLater, "another dump or restore of a job whose init works in " + *path +
-                                         " (a copy of this one) has held it for " + std::to_string(timeout_s) +
-                                         " s; try again once it is done");
-    if (!told) waiting(), told = true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  // Under the lock, a "proc.crtools" here is a dead dump's (CRIU's removes its own before
-  // it lets go of the process).
+  bool ours = is_init_dir(*path);
+  if (ours) acquire(lock.fd(), LOCK_EX, *path, timeout_s, waiting);
+  // Under the lock, a "proc.crtools" in an init directory is a dead dump's (CRIU's removes
+  // its own before it lets go of the process).
   struct stat sb;
-  if (fstatat(fd, kParasiteDir, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+  if (fstatat(lock.fd(), kParasiteDir, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
     std::string left = *path + "/" + kParasiteDir;
-    if (is_init_dir(*path)) {
-      umount2(left.c_str(), MNT_DETACH);  // the proc mount, if it is still there
-      unlinkat(fd, kParasiteDir, AT_REMOVEDIR);
+    if (ours) {
+      umount2(left.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);  // the proc mount, if it is still there
+      unlinkat(lock.fd(), kParasiteDir, AT_REMOVEDIR);
     }
-    if (fstatat(fd, kParasiteDir, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+    if (fstatat(lock.fd(), kParasiteDir, &sb, AT_SYMLINK_NOFOLLOW) == 0)
       throw ClientError(kFixFirst, left + " exists (an interrupted CRIU dump leaves it): CRIU makes a directory of "
                                           "that name in the working directory of the job's init to dump it; remove it "
                                           "(unmount it first if it is a mount point). Nothing was done; the job goes on "
@@ -147,26 +171,28 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
   return lock;
 }
 
-DirLock lock_for_restore(const std::string& path) {
+DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting) {
   std::string parent = path.substr(0, path.rfind('/'));
   for (int attempt = 0; attempt < 8; attempt++) {
-    if (!parent.empty() && mkdir(parent.c_str(), 0700) != 0 && errno != EEXIST)
-      throw ClientError(kFixFirst, "cannot create " + parent + ": " + error_text(errno));
+    make_parents(path);
+    // Nobody else may plant the directory (or a link in its place) for the job's init.
+    struct stat pb;
+    if (lstat(parent.c_str(), &pb) != 0 || !S_ISDIR(pb.st_mode) || pb.st_uid != getuid() || (pb.st_mode & 022))
+      throw ClientError(kFixFirst, parent + " (where the job's init works) is not a directory owned by uid " +
+                                       std::to_string(getuid()) + " that only its owner may write; fix or remove it");
     if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
       throw ClientError(kFixFirst, "cannot create " + path + " (where the job's init works): " + error_text(errno));
-    int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) throw ClientError(kFixFirst, "cannot open " + path + ": " + error_text(errno));
-    DirLock lock(fd);
-    while (flock(fd, LOCK_SH) != 0)
-      if (errno != EINTR) throw ClientError(kFixFirst, "cannot lock " + path + ": " + error_text(errno));
+    DirLock lock(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (lock.fd() < 0) throw ClientError(kFixFirst, "cannot open " + path + ": " + error_text(errno));
+    acquire(lock.fd(), LOCK_SH, path, timeout_s, waiting);
     // Removed by the end of another job that used it while this waited: make it again.
-    if (same_dir(fd, path)) return lock;
+    if (same_dir(lock.fd(), path)) return lock;
   }
   throw ClientError(kFixFirst, path + " keeps being removed while the restore makes it");
 }
 
-void remove_init_dir_if_unused(const std::string& path) {
-  if (is_init_dir(path)) remove_if_unused(path, nullptr);
+void remove_init_dir_if_unused(const std::string& path, pid_t except) {
+  if (is_init_dir(path)) remove_if_unused(path, except);
 }
 
 }  // namespace ferry::cli

@@ -12,14 +12,15 @@
 // (mode 0700, on the socket directory's file system, which ferry needs writable
 // anyway), and the init moves there once the program has been forked; the program keeps
 // its own. Copies of one image (restored twice at once) share theirs, so a dump holds an
-// exclusive flock(2) on the init's directory while CRIU dumps, and first removes a
-// "proc.crtools" an interrupted dump left there. The image names the directory
-// ("init_dir" in its manifest, not among the files a restore needs); a restore makes it
-// again where it is missing (another machine) and holds a shared lock on it while CRIU
-// restores. It is removed when a dump ends its job and when the job ends by itself,
-// unless a process still works there (a copy) or a dump or restore holds it; a job
-// killed from outside keeps it (CRIU run by hand may have dumped it, and its restore
-// needs the directory), until a `ferry run` finds it unused for a week.
+// exclusive flock(2) on it from before it looks at the job until CRIU is done, and first
+// removes a "proc.crtools" an interrupted dump left there; a restore holds a shared one
+// while CRIU restores. The image names the directory ("init_dir" in its manifest, not
+// among the files a restore needs); a restore makes it again where it is missing
+// (another machine). It is removed when a dump ends its job and when the job ends by
+// itself, unless a process still works there (a copy) or a dump or restore holds it; a
+// job killed from outside keeps it (CRIU run by hand may have dumped it, and its restore
+// needs the directory), until a `ferry run` finds it unused for a week. Whether a
+// process works there is asked of the kernel by device and inode, not by path.
 #pragma once
 
 #include <sys/types.h>
@@ -42,23 +43,28 @@ class DirLock {
   DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   DirLock& operator=(DirLock&&) = delete;
   ~DirLock();
+  int fd() const { return fd_; }
 
  private:
   int fd_;
 };
 
 // The dump's lock on the working directory of job init `init` (a host pid), whose path
-// it returns in *path: waits up to timeout_s for other dumps and restores to let go
-// (calling waiting once first), then readies it for CRIU: a "proc.crtools" an
-// interrupted dump left in an init directory is removed; one anywhere else is refused.
-// Throws ClientError (kRetryLater on the timeout, kFixFirst otherwise).
+// it returns in *path. An init directory is locked, waiting up to timeout_s for dumps
+// and restores of copies to let go (calling waiting once first), and a "proc.crtools"
+// an interrupted dump left in it is removed; any other directory (an image from before
+// init directories) is not locked, and a "proc.crtools" in it is refused. Throws
+// ClientError: kNoProcess when the init is gone, kRetryLater on the timeout, else
+// kFixFirst.
 DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting);
 
-// The restore's lock on init directory path, made first (with its parent) where missing.
-// Throws ClientError (kFixFirst) naming what failed.
-DirLock lock_for_restore(const std::string& path);
+// The restore's lock on init directory path, made first (with its parents) where
+// missing; waits as lock_for_dump does. Throws ClientError (kRetryLater on the timeout,
+// else kFixFirst) naming what failed.
+DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting);
 
-// Removes init directory path unless a process works in it or a dump or restore holds it.
-void remove_init_dir_if_unused(const std::string& path);
+// Removes init directory path unless a process works in it (other than `except`, a
+// process killed and not yet reaped) or a dump or restore holds it.
+void remove_init_dir_if_unused(const std::string& path, pid_t except = 0);
 
 }  // namespace ferry::cli

@@ -216,21 +216,6 @@ void refuse_while_dumped(pid_t init, const char* then) {
                                        std::to_string(f) + "); " + then);
 }
 
-// Waits up to timeout_s for process pid to be gone or a zombie (it no longer has a working
-// directory); whether it is.
-bool wait_dead(pid_t pid, int timeout_s) {
-  for (int i = 0; i < timeout_s * 100; i++) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat;
-    std::getline(in, stat);
-    auto paren = stat.rfind(')');
-    if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X')
-      return true;
-    usleep(10000);
-  }
-  return false;
-}
-
 // Marks job init as being dumped by this process (created exclusively: of two dumps at
 // once, one wins); a marker a dead ferry left is replaced. Returns its path.
 std::string mark_dumping(pid_t init) {
@@ -242,8 +227,11 @@ std::string mark_dumping(pid_t init) {
     std::string n = it->path().filename();
     struct stat sb;
     if (n.size() > 8 && n.compare(n.size() - 8, 8, ".dumping") == 0 && lstat(it->path().c_str(), &sb) == 0 &&
-        time(nullptr) - sb.st_mtime > 60 && dumping_ferry(static_cast<pid_t>(atoi(n.c_str()))) == 0)
-      unlink(it->path().c_str());
+        time(nullptr) - sb.st_mtime > 60 && dumping_ferry(static_cast<pid_t>(atoi(n.c_str()))) == 0) {
+      struct stat again;  // not replaced meanwhile by a new dump's
+      if (lstat(it->path().c_str(), &again) == 0 && again.st_ino == sb.st_ino && again.st_mtime == sb.st_mtime)
+        unlink(it->path().c_str());
+    }
   }
   std::string path = marker_of(init, ".dumping");
   for (int attempt = 0; attempt < 3; attempt++) {
@@ -699,8 +687,22 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   JobSockets socks;
   std::string init_dir;
   std::optional<DirLock> init_lock;  // held until CRIU is done (init_dir.hpp)
+  struct InProgress {
+    std::string path;  // set once this dump made the marker
+    ~InProgress() {
+      if (!path.empty()) unlink(path.c_str());
+    }
+  } in_progress;
   try {
     d.init = job_init_of(pid);
+    // Another dump of this job is refused at once; one of a copy (restored from the same
+    // image) is waited for, before anything about the job is looked at.
+    in_progress.path = mark_dumping(d.init);
+    init_lock.emplace(lock_for_dump(d.init, &init_dir, kInitDirWaitS, [&] {
+      if (!out.json && out.progress != "never")
+        fprintf(stderr, "ferry: waiting for another dump or restore of a job whose init works in %s too (a copy of "
+                        "this one)\n", init_dir.c_str());
+    }));
     criu = usable_criu();
     criu_ver = criu_version(criu);
     d.tasks = tree_of(d.init);
@@ -740,22 +742,6 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                          " is suspended; resume it (ferry resume) before a whole-process dump");
     }
     if (!d.cuda().empty()) d.driver = std::make_unique<CudaDriver>(driver_of(d.tasks));
-    init_lock.emplace(lock_for_dump(d.init, &init_dir, kInitDirWaitS, [&] {
-      if (!out.json && out.progress != "never")
-        fprintf(stderr, "ferry: waiting for another dump or restore of a job whose init works in %s too (a copy of "
-                        "this one)\n", init_dir.c_str());
-    }));
-  } catch (const ClientError& e) {
-    return fail(out, e);
-  }
-  struct InProgress {
-    std::string path;  // set once this dump made the marker
-    ~InProgress() {
-      if (!path.empty()) unlink(path.c_str());
-    }
-  } in_progress;
-  try {
-    in_progress.path = mark_dumping(d.init);
   } catch (const ClientError& e) {
     return fail(out, e);
   }
@@ -956,8 +942,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   } else {
     kill(d.init, SIGKILL);
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
-    // The init's directory goes with it: the image's restore makes it again.
-    if (is_init_dir(init_dir) && wait_dead(d.init, 5)) remove_init_dir_if_unused(init_dir);
+    // The init's directory goes with it (killed, it never runs there again): the image's
+    // restore makes it again.
+    remove_init_dir_if_unused(init_dir, d.init);
   }
   double secs = since(t0), stopped = a.leave_running ? since(t_stop) : stopped_cpu;
   if (out.json) {
@@ -1120,7 +1107,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     if (!init_dir.empty() && !is_init_dir(init_dir))
       throw ClientError(kDataLost, "the image's manifest names " + init_dir +
                                        " as the init's directory, which is no name ferry gives one");
-    if (!init_dir.empty()) init_lock.emplace(lock_for_restore(init_dir));
     if (!a.device_map.empty()) {
       try {
         dmap = parse_device_map(a.device_map);
@@ -1251,6 +1237,18 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
+  try {
+    if (!init_dir.empty())
+      init_lock.emplace(lock_for_restore(init_dir, kInitDirWaitS, [&] {
+        if (!out.json && out.progress != "never")
+          fprintf(stderr, "ferry: waiting for a dump of a job whose init works in %s too (a copy of this one)\n",
+                  init_dir.c_str());
+      }));
+  } catch (const ClientError& e) {
+    std::error_code gone;
+    fs::remove_all(work, gone);
+    return fail(out, e);
+  }
   int rc = run_criu(argv, false);
   init_lock.reset();
   if (rc != 0 && !init_dir.empty()) remove_init_dir_if_unused(init_dir);
