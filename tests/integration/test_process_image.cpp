@@ -530,6 +530,69 @@ TEST_CASE("a dump waits while a restore of a copy of the job holds the init's di
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
 
+// Live (not zombie) processes whose command line holds `needle` or whose working
+// directory is `cwd`.
+std::vector<pid_t> live_processes(const std::string& needle, const std::string& cwd) {
+  std::vector<pid_t> v;
+  for (auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t p = std::stoi(name);
+    std::string stat = ferry_test::read_file(e.path() / "stat");
+    auto paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z') continue;
+    std::string cmd = ferry_test::read_file(e.path() / "cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(needle) != std::string::npos || (!cwd.empty() && cwd_of(p) == cwd)) v.push_back(p);
+  }
+  return v;
+}
+
+TEST_CASE("ferry restore killed outright at any moment leaves nothing running -- not CRIU, not a half-restored "
+          "process, not its guard -- and the image restores bit-identical afterwards",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kGraph, "--steps", "61"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kGraph, "--steps", "61", "--step-delay-ms", "25"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " hash"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  const std::string init_dir = m.value("init_dir", "");
+  REQUIRE(!init_dir.empty());
+  // Through CRIU's stages (processes forked, namespaces, files, the pidfile) and the
+  // driver's restore: a restore here takes about 0.1 s.
+  for (int round = 0; round < 6; round++) {
+    int delay_ms = round * 25 + random_step(0, 24);
+    INFO("ferry restore killed after " << delay_ms << " ms");
+    {
+      ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
+      usleep(static_cast<useconds_t>(delay_ms) * 1000);
+      kill(r.pid(), SIGKILL);
+      r.finish();
+    }
+    std::vector<pid_t> left;
+    for (int i = 0; i < 100; i++) {
+      left = live_processes(t / "img", init_dir);
+      std::vector<pid_t> program = live_processes(kGraph + " --steps 61 ", "");
+      left.insert(left.end(), program.begin(), program.end());
+      if (left.empty()) break;
+      usleep(50000);
+    }
+    std::string which;
+    for (pid_t p : left) which += std::to_string(p) + " " + ferry_test::read_file("/proc/" + std::to_string(p) + "/comm");
+    INFO(which);
+    CHECK(left.empty());
+    for (pid_t p : left) kill(p, SIGKILL);
+  }
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
+}
+
 TEST_CASE("restored on a different machine with --device 1, the trainer's memory is on that machine's GPU 1 "
           "(the driver's GPU pairs and ferry's placement agree)",
           "[process-image][criu]") {

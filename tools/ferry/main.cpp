@@ -20,6 +20,7 @@
 #include "job.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
+#include "restore_guard.hpp"
 
 #include <ferry_common/settings.hpp>
 
@@ -123,6 +124,8 @@ int main(int argc, char** argv) {
   using namespace ferry::cli;
   // Not a verb for people: what ferry check runs inside a job (full_process.hpp).
   if (argc == 2 && std::string(argv[1]) == "__driver-start") return driver_start();
+  // CRIU runs ferry as its action script during a restore (restore_guard.hpp).
+  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) return criu_action_script(getenv("CRTOOLS_SCRIPT_ACTION"));
   CLI::App app{"ferry: movable GPU jobs -- checkpoint, restore, suspend, resume and migrate CUDA programs"};
   app.require_subcommand(1);
   Output out;

@@ -18,12 +18,16 @@ std::string first_existing(std::initializer_list<std::string> candidates) {
 }
 }  // namespace
 
-std::string self_dir() {
+std::string self_exe() {
   char buf[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
+  if (n <= 0) return "./ferry";
   buf[n] = 0;
-  std::string p(buf);
+  return buf;
+}
+
+std::string self_dir() {
+  std::string p = self_exe();
   return p.substr(0, p.rfind('/'));
 }
 

@@ -6,6 +6,7 @@
 
 namespace ferry::cli {
 
+std::string self_exe();  // this program, by absolute path
 std::string self_dir();
 // libferry.so: FERRY_SHIM, else next to the executable's prefix.
 std::string shim_path();

@@ -38,6 +38,7 @@
 #include "job.hpp"
 #include "output.hpp"
 #include "paths.hpp"
+#include "restore_guard.hpp"
 #include "sockets.hpp"
 
 namespace fs = std::filesystem;
@@ -443,7 +444,8 @@ std::string joined(const std::vector<std::string>& v) {
 // and a dump it took part in lists it as required by every restore. ferry does that
 // work itself, so CRIU runs with an empty plugin directory of its own, kept in the
 // socket directory (this user's, 0700: nobody else can slip a library into it).
-int run_criu(std::vector<std::string> argv, bool quiet) {
+int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::string, std::string>& env = {},
+             const std::function<void(pid_t)>& started = {}) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
   std::string no_plugins;
   try {
@@ -464,6 +466,7 @@ int run_criu(std::vector<std::string> argv, bool quiet) {
   if (p < 0) return -1;
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
+    for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
     prepare_criu_environment();
     if (quiet) {
       int null = open("/dev/null", O_RDWR);
@@ -477,6 +480,7 @@ int run_criu(std::vector<std::string> argv, bool quiet) {
     execv(a[0], a.data());
     _exit(127);
   }
+  if (started) started(p);
   int st = 0;
   int r = 0;
   while ((r = static_cast<int>(waitpid(p, &st, 0))) < 0 && errno == EINTR) {
@@ -1228,8 +1232,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
   if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));
   std::string work = tmpl;
+  RestoreGuard guard(work);  // should this process die before the job is handed back
   std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", "restore.log", "--pidfile",
-                                   work + "/init.pid", "-d", "--restore-sibling"};
+                                   work + "/init.pid", "-d", "--restore-sibling", "--action-script",
+                                   self_exe()};
   for (auto& s : m.value("stdio", nlohmann::json::array()))
     argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
@@ -1249,7 +1255,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     fs::remove_all(work, gone);
     return fail(out, e);
   }
-  int rc = run_criu(argv, false);
+  int rc = run_criu(argv, false, {{kRestoreWorkEnv, work}}, [&](pid_t p) { guard.watch(p); });
   init_lock.reset();
   if (rc != 0 && !init_dir.empty()) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
@@ -1310,6 +1316,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   else if (out.progress != "never")
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
+  guard.done();  // the job is its program's again
   bool killed = false;
   int code = wait_job(init, actions, &killed);
   if (!init_dir.empty() && !killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
