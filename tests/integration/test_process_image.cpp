@@ -530,6 +530,22 @@ TEST_CASE("a dump waits while a restore of a copy of the job holds the init's di
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
 
+// The work directory (-W) of the CRIU that restorer runs ("" while it runs none).
+std::string criu_work_of(pid_t restorer) {
+  for (pid_t k : children_of(restorer)) {
+    std::string cmd = ferry_test::read_file("/proc/" + std::to_string(k) + "/cmdline");
+    std::vector<std::string> args;
+    for (size_t at = 0, end; at < cmd.size(); at = end + 1) {
+      end = cmd.find('\0', at);
+      if (end == std::string::npos) end = cmd.size();
+      args.push_back(cmd.substr(at, end - at));
+    }
+    for (size_t i = 0; i + 1 < args.size(); i++)
+      if (args[i] == "-W" && args[0].find("criu") != std::string::npos) return args[i + 1];
+  }
+  return "";
+}
+
 // Live (not zombie) processes whose command line holds `needle` or whose working
 // directory is `cwd`.
 std::vector<pid_t> live_processes(const std::string& needle, const std::string& cwd) {
@@ -562,14 +578,25 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
   auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
   const std::string init_dir = m.value("init_dir", "");
   REQUIRE(!init_dir.empty());
-  // Through CRIU's stages (processes forked, namespaces, files, the pidfile) and the
-  // driver's restore: a restore here takes about 0.1 s.
-  for (int round = 0; round < 6; round++) {
-    int delay_ms = round * 25 + random_step(0, 24);
-    INFO("ferry restore killed after " << delay_ms << " ms");
+  // Killed at each stage of the restore, watched from outside: before CRIU; CRIU forking
+  // and restoring (its log written); the namespaces set up (the action script has named
+  // the init); CRIU done (its pidfile), the driver and ferry's resume under way; and at
+  // random moments.
+  const char* stages[] = {"at once", "criu running", "root.pid", "init.pid", "random", "random"};
+  for (const std::string stage : stages) {
+    int delay_ms = random_step(0, 150);
+    INFO("ferry restore killed: " << (stage == "random" ? "after " + std::to_string(delay_ms) + " ms" : stage));
     {
       ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
-      usleep(static_cast<useconds_t>(delay_ms) * 1000);
+      if (stage == "random") usleep(static_cast<useconds_t>(delay_ms) * 1000);
+      std::string work;
+      bool reached = false;
+      for (int i = 0; stage != "at once" && stage != "random" && !reached && i < 5000; i++) {
+        if (work.empty()) work = criu_work_of(r.pid());
+        reached = !work.empty() && (stage == "criu running" || fs::exists(work + "/" + stage));
+        if (!reached) usleep(1000);
+      }
+      if (stage != "at once" && stage != "random") UNSCOPED_INFO("stage reached: " << reached);
       kill(r.pid(), SIGKILL);
       r.finish();
     }

@@ -444,8 +444,10 @@ std::string joined(const std::vector<std::string>& v) {
 // and a dump it took part in lists it as required by every restore. ferry does that
 // work itself, so CRIU runs with an empty plugin directory of its own, kept in the
 // socket directory (this user's, 0700: nobody else can slip a library into it).
+// watch (where given) is told CRIU's pid once it runs (true) and once it has ended,
+// before it is reaped (false): until then its pid cannot be another process's.
 int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::string, std::string>& env = {},
-             const std::function<void(pid_t)>& started = {}) {
+             const std::function<void(pid_t, bool)>& watch = {}) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
   std::string no_plugins;
   try {
@@ -480,7 +482,13 @@ int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::stri
     execv(a[0], a.data());
     _exit(127);
   }
-  if (started) started(p);
+  if (watch) {
+    watch(p, true);
+    siginfo_t info;
+    while (waitid(P_PID, static_cast<id_t>(p), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
+    }
+    watch(p, false);
+  }
   int st = 0;
   int r = 0;
   while ((r = static_cast<int>(waitpid(p, &st, 0))) < 0 && errno == EINTR) {
@@ -1075,6 +1083,8 @@ std::string restore_driver(const RestoreArgs& a, const nlohmann::json& m) {
 
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
   auto t0 = Clock::now();
+  // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
+  RestoreGuard guard;
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   nlohmann::json m;
@@ -1232,10 +1242,14 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
   if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));
   std::string work = tmpl;
-  RestoreGuard guard(work);  // should this process die before the job is handed back
+  guard.work_dir(work);
+  if (!init_dir.empty()) guard.init_dir(init_dir);
   std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", "restore.log", "--pidfile",
-                                   work + "/init.pid", "-d", "--restore-sibling", "--action-script",
-                                   self_exe()};
+                                   work + "/init.pid", "-d", "--restore-sibling"};
+  // This program as CRIU's action script names the init to the guard early; one replaced
+  // since it started ("... (deleted)") would fail CRIU's every restore, and is left out.
+  if (std::string self = self_exe(); access(self.c_str(), X_OK) == 0)
+    argv.insert(argv.end(), {"--action-script", self});
   for (auto& s : m.value("stdio", nlohmann::json::array()))
     argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
@@ -1255,8 +1269,12 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     fs::remove_all(work, gone);
     return fail(out, e);
   }
-  int rc = run_criu(argv, false, {{kRestoreWorkEnv, work}}, [&](pid_t p) { guard.watch(p); });
+  int rc = run_criu(argv, false, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
+    running ? guard.watch(p) : guard.unwatch(p);
+  });
   init_lock.reset();
+  // CRIU killed by a signal did not kill what it had restored.
+  if (rc == -1) guard.clean_up();
   if (rc != 0 && !init_dir.empty()) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
@@ -1272,6 +1290,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
   auto kill_job = [&](const ClientError& e) {
     kill(init, SIGKILL);
+    siginfo_t info;  // dead, not yet reaped: the guard is let go before its pid can be reused
+    while (waitid(P_PID, static_cast<id_t>(init), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
+    }
+    guard.done();
     int st;
     waitpid(init, &st, 0);
     if (!init_dir.empty()) remove_init_dir_if_unused(init_dir);

@@ -3,44 +3,57 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include "init_dir.hpp"
 
 namespace ferry::cli {
 
 namespace {
 
 pid_t pid_in(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  char buf[32] = {};
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  return n > 0 ? static_cast<pid_t>(atoi(buf)) : 0;
+  std::ifstream in(path);
+  long p = 0;
+  return (in >> p) ? static_cast<pid_t>(p) : 0;
 }
 
-// The processes with a descriptor open on path.
-std::vector<pid_t> holding(const std::string& path) {
+// The processes with path open for writing (CRIU and the processes it forked write its
+// log; a person reading it does not count).
+std::vector<pid_t> writing(const std::string& path) {
   std::vector<pid_t> v;
   DIR* proc = opendir("/proc");
   if (!proc) return v;
   char buf[4096];
   while (dirent* e = readdir(proc)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::string fds = std::string("/proc/") + e->d_name + "/fd";
-    DIR* d = opendir(fds.c_str());
+    std::string base = std::string("/proc/") + e->d_name;
+    DIR* d = opendir((base + "/fd").c_str());
     if (!d) continue;
     while (dirent* f = readdir(d)) {
       ssize_t n = readlinkat(dirfd(d), f->d_name, buf, sizeof buf - 1);
-      if (n > 0 && std::string(buf, static_cast<size_t>(n)) == path) {
+      if (n <= 0 || std::string(buf, static_cast<size_t>(n)) != path) continue;
+      std::ifstream info(base + "/fdinfo/" + f->d_name);
+      std::string key;
+      unsigned long flags = 0;
+      while (info >> key)
+        if (key == "flags:") {
+          info >> std::oct >> flags;
+          break;
+        }
+      if ((flags & O_ACCMODE) != O_RDONLY) {
         v.push_back(static_cast<pid_t>(atoi(e->d_name)));
         break;
       }
@@ -51,74 +64,113 @@ std::vector<pid_t> holding(const std::string& path) {
   return v;
 }
 
-[[noreturn]] void guard(int in, const std::string& work) {
+bool gone(pid_t p) {
+  std::ifstream in("/proc/" + std::to_string(p) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X';
+}
+
+[[noreturn]] void guard(int in) {
   setsid();
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2}) signal(s, SIG_IGN);
+  // Out of 0-2 first: ferry may have been started with those closed.
+  int keep = fcntl(in, F_DUPFD, 3);
   int null = open("/dev/null", O_RDWR);
-  for (int fd = 0; fd <= 2; fd++) dup2(null, fd);
-  dup2(in, 3);
+  for (int fd = 0; fd <= 2; fd++)
+    if (null != fd) dup2(null, fd);
+  dup2(keep, 3);
   if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
     for (int fd = 4; fd < 1024; fd++) close(fd);
   std::vector<pid_t> watched;
-  std::string line;
+  std::string work, init_dir, line;
+  bool keep_work = false;  // its log named in ferry's error
   char c;
   for (;;) {
     ssize_t n = read(3, &c, 1);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // ferry is gone
+    if (n <= 0) break;  // ferry is gone, or wants what it told of killed
     if (c != '\n') {
       line += c;
       continue;
     }
     if (line == "done") _exit(0);
-    if (line.rfind("watch ", 0) == 0) watched.push_back(static_cast<pid_t>(atoi(line.c_str() + 6)));
+    auto arg = [&](const char* key) {
+      size_t k = strlen(key);
+      return line.size() > k && line.compare(0, k, key) == 0 && line[k] == ' ' ? line.substr(k + 1) : std::string();
+    };
+    if (auto p = arg("watch"); !p.empty()) watched.push_back(static_cast<pid_t>(atoi(p.c_str())));
+    if (auto p = arg("unwatch"); !p.empty())
+      watched.erase(std::remove(watched.begin(), watched.end(), static_cast<pid_t>(atoi(p.c_str()))), watched.end());
+    if (auto p = arg("work"); !p.empty()) work = p;
+    if (auto p = arg("init-dir"); !p.empty()) init_dir = p;
+    if (line == "keep-work") keep_work = true;
     line.clear();
   }
   // CRIU first, so that it makes nothing more; then the init, whose death ends its
-  // namespace's every process, and whatever still holds CRIU's log: the processes CRIU
-  // has forked but not yet made the job's (the init among them before the action script
-  // names it).
-  for (pid_t p : watched) kill(p, SIGKILL);
-  for (const char* f : {kRootPidFile, "init.pid"})
-    if (pid_t p = pid_in(work + "/" + f); p > 1) kill(p, SIGKILL);
-  for (pid_t p : holding(work + "/restore.log")) kill(p, SIGKILL);
+  // namespace's every process, and whatever CRIU forked that still runs its code.
+  std::vector<pid_t> killed = watched;
+  if (!work.empty()) {
+    for (const char* f : {kRootPidFile, "init.pid"})
+      if (pid_t p = pid_in(work + "/" + f); p > 1) killed.push_back(p);
+  }
+  for (pid_t p : killed) kill(p, SIGKILL);
+  if (!work.empty())
+    for (pid_t p : writing(work + "/restore.log")) kill(p, SIGKILL), killed.push_back(p);
+  for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
+  std::error_code ec;
+  if (!work.empty() && !keep_work) std::filesystem::remove_all(work, ec);
+  if (!init_dir.empty()) remove_init_dir_if_unused(init_dir);
   _exit(0);
 }
 
 }  // namespace
 
-RestoreGuard::RestoreGuard(std::string work_dir) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) != 0) return;  // no guard: a restore as before
+RestoreGuard::RestoreGuard() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return;
   pid_t g = fork();
   if (g == 0) {
-    close(p[1]);
-    guard(p[0], work_dir);
+    close(sv[1]);
+    guard(sv[0]);
   }
-  close(p[0]);
+  close(sv[0]);
   if (g < 0) {
-    close(p[1]);
+    close(sv[1]);
     return;
   }
-  fd_ = p[1];
+  fd_ = sv[1];
   guard_ = g;
 }
 
 RestoreGuard::~RestoreGuard() { done(); }
 
-void RestoreGuard::watch(pid_t p) {
+void RestoreGuard::say(const std::string& line) {
   if (fd_ < 0) return;
-  std::string line = "watch " + std::to_string(p) + "\n";
-  (void)!write(fd_, line.data(), line.size());
+  std::string l = line + "\n";
+  // A guard that is gone must not take this process with it (SIGPIPE).
+  (void)!send(fd_, l.data(), l.size(), MSG_NOSIGNAL);
 }
 
-void RestoreGuard::done() {
+void RestoreGuard::work_dir(const std::string& path) { say("work " + path); }
+void RestoreGuard::init_dir(const std::string& path) { say("init-dir " + path); }
+void RestoreGuard::watch(pid_t p) { say("watch " + std::to_string(p)); }
+void RestoreGuard::unwatch(pid_t p) { say("unwatch " + std::to_string(p)); }
+
+void RestoreGuard::end(bool killing) {
   if (fd_ < 0) return;
-  (void)!write(fd_, "done\n", 5);
+  if (!killing) say("done");
   close(fd_);
   fd_ = -1;
   while (waitpid(guard_, nullptr, 0) < 0 && errno == EINTR) {
   }
+}
+
+void RestoreGuard::done() { end(false); }
+void RestoreGuard::clean_up() {
+  say("keep-work");
+  end(true);
 }
 
 int criu_action_script(const char* action) {
@@ -127,7 +179,7 @@ int criu_action_script(const char* action) {
   if (!work || !init || strcmp(action, "setup-namespaces") != 0) return 0;
   std::string path = std::string(work) + "/" + kRootPidFile, tmp = path + ".tmp";
   FILE* f = fopen(tmp.c_str(), "we");
-  if (!f) return 0;  // the guard then knows the init only from CRIU's pidfile
+  if (!f) return 0;  // the guard then knows the init from CRIU's log and pidfile
   fprintf(f, "%s\n", init);
   if (fclose(f) == 0) rename(tmp.c_str(), path.c_str());
   return 0;

@@ -7,19 +7,21 @@
 // locked) -- processes that look alive and do nothing. The init gets its parent-death
 // signal back only at the very end of CRIU's restore, so the kernel does not help.
 //
-// So before CRIU starts, ferry forks a guard: a process of its own session (a
-// terminal's ^C does not reach it) that ignores the usual termination signals, holds no
-// descriptor but the read end of a pipe from ferry, and waits on it. Ferry tells it what
-// to kill (CRIU, then the restored init) and, once the restore is over -- the job handed
-// back to its program, or killed and cleaned up by ferry itself -- that it is done. An
-// end of the pipe without "done" means ferry died: the guard kills CRIU and the
-// restored init, whose death ends every process of the job's PID namespace. The guard
-// finds the init three ways, for the three stages of CRIU's restore: until the job's
-// descriptors are restored, every process CRIU forks holds CRIU's log, which is
-// particular to this restore; from its "setup-namespaces" stage, the action script
+// So ferry forks a guard first, before it loads the CUDA driver: a process of its own
+// session (a terminal's ^C does not reach it) that ignores the usual termination
+// signals, has /dev/null for stdio and nothing else open but its end of a socket pair
+// from ferry, and waits on it. Ferry tells it the restore's work directory and the
+// init's directory, and which CRIU to kill (withdrawn before CRIU is reaped, so that a
+// reused pid is never killed). Once the restore is over -- the job handed back to its
+// program, or refused before CRIU, or CRIU's own failure cleaned up -- ferry says it is
+// done. An end of the socket without "done" means ferry died (or saw CRIU die without
+// cleaning up): the guard kills CRIU and the restored init, whose death ends every
+// process of the job's PID namespace, then removes the work directory and the init's
+// directory if nothing uses it. It finds the init three ways, one per stage of CRIU's
+// restore: every process CRIU forks writes to CRIU's log, particular to this restore,
+// while it runs CRIU's code; from CRIU's "setup-namespaces" stage, the action script
 // (ferry itself, run by CRIU with CRTOOLS_SCRIPT_ACTION set) has written the init's pid
-// to the restore's work directory; at the end, CRIU's --pidfile has. Nothing is left
-// running; the image is never written to.
+// to the work directory; at the end, CRIU's --pidfile has. The image is never written to.
 #pragma once
 
 #include <sys/types.h>
@@ -30,18 +32,25 @@ namespace ferry::cli {
 
 class RestoreGuard {
  public:
-  // Starts the guard of a restore whose work directory is work_dir.
-  explicit RestoreGuard(std::string work_dir);
+  RestoreGuard();   // forks the guard (without one, a restore goes on as before)
   ~RestoreGuard();  // done()
   RestoreGuard(const RestoreGuard&) = delete;
   RestoreGuard& operator=(const RestoreGuard&) = delete;
 
-  // p is to be killed should this process die before done().
+  void work_dir(const std::string& path);
+  void init_dir(const std::string& path);
+  // p is to be killed should this process die before done(), until unwatch(p).
   void watch(pid_t p);
+  void unwatch(pid_t p);
   // The restore is over: the guard ends without killing anything.
   void done();
+  // The restore failed in a way that may have left processes (CRIU killed by a signal):
+  // the guard kills what it knows of now, keeps the work directory (its log), and ends.
+  void clean_up();
 
  private:
+  void say(const std::string& line);
+  void end(bool killing);
   int fd_ = -1;
   pid_t guard_ = -1;
 };
