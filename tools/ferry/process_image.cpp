@@ -376,14 +376,7 @@ nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
       if (inode != "0") add(path, proc + "/map_files/" + range, "mapped");
     }
     for (auto& [fd, link] : fd_links(t.host)) {
-      std::ifstream info(proc + "/fdinfo/" + std::to_string(fd));
-      std::string key;
-      unsigned long flags = 0;
-      while (info >> key)
-        if (key == "flags:") {
-          info >> std::oct >> flags;
-          break;
-        }
+      unsigned long flags = fd_flags(t.host, fd);
       if ((flags & O_ACCMODE) == O_WRONLY && (flags & O_APPEND)) continue;
       add(link, proc + "/fd/" + std::to_string(fd), "open");
     }

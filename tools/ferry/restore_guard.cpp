@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "init_dir.hpp"
+#include "sockets.hpp"
 
 namespace ferry::cli {
 
@@ -36,29 +37,14 @@ std::vector<pid_t> writing(const std::string& path) {
   std::vector<pid_t> v;
   DIR* proc = opendir("/proc");
   if (!proc) return v;
-  char buf[4096];
   while (dirent* e = readdir(proc)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::string base = std::string("/proc/") + e->d_name;
-    DIR* d = opendir((base + "/fd").c_str());
-    if (!d) continue;
-    while (dirent* f = readdir(d)) {
-      ssize_t n = readlinkat(dirfd(d), f->d_name, buf, sizeof buf - 1);
-      if (n <= 0 || std::string(buf, static_cast<size_t>(n)) != path) continue;
-      std::ifstream info(base + "/fdinfo/" + f->d_name);
-      std::string key;
-      unsigned long flags = 0;
-      while (info >> key)
-        if (key == "flags:") {
-          info >> std::oct >> flags;
-          break;
-        }
-      if ((flags & O_ACCMODE) != O_RDONLY) {
-        v.push_back(static_cast<pid_t>(atoi(e->d_name)));
+    pid_t p = static_cast<pid_t>(atoi(e->d_name));
+    for (auto& [fd, link] : fd_links(p))
+      if (link == path && (fd_flags(p, fd) & O_ACCMODE) != O_RDONLY) {
+        v.push_back(p);
         break;
       }
-    }
-    closedir(d);
   }
   closedir(proc);
   return v;

@@ -560,4 +560,16 @@ std::vector<std::pair<int, std::string>> fd_links(pid_t pid) {
   return v;
 }
 
+unsigned long fd_flags(pid_t pid, int fd) {
+  std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd));
+  std::string key;
+  unsigned long flags = 0;
+  while (info >> key)
+    if (key == "flags:") {
+      info >> std::oct >> flags;
+      break;
+    }
+  return flags;
+}
+
 }  // namespace ferry::cli

@@ -95,6 +95,9 @@ std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& sa
 // a path, "socket:[ino]", "anon_inode:[...]"). Empty once it is gone.
 std::vector<std::pair<int, std::string>> fd_links(pid_t pid);
 
+// The open flags of process pid's descriptor fd (/proc/PID/fdinfo; 0 once it is gone).
+unsigned long fd_flags(pid_t pid, int fd);
+
 // Whether socket inode ino is a Unix socket (in pid's network namespace).
 bool is_unix_socket(pid_t pid, uint64_t ino);
 
