@@ -620,6 +620,32 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
 
+TEST_CASE("restored on a different machine, the program asks after the GPU it runs on now: its PCI bus id "
+          "(what NCCL looks NVML up by) is that GPU's; only cudart's cached device properties still describe the old one",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  ferry_test::Child c(job({kGraph, "--steps", "60", "--step-delay-ms", "25", "--print-device"}), ferry_test::emu_env());
+  int at = random_step(2, 20);
+  REQUIRE(c.wait_for("step " + std::to_string(at) + " device"));
+  const std::string before = ferry_test::lines_with(c.out(), "step " + std::to_string(at) + " device").at(0);
+  CHECK(before.find(" device 0 bus 00000000:17:00.0 attr-bus 17 props-bus 17 uuid 66657272792d656d752d677075004000 "
+                    "memory 17179869184") != std::string::npos);
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device", "1"},
+                   {{"FERRY_EMU_DEVICE0", "uuid=aaaabbbbccccddddeeeeffff00001111,memory=8g,pci=0000:81:00.0"},
+                    {"FERRY_EMU_DEVICE1", "uuid=aaaabbbbccccddddeeeeffff00002222,memory=8g,pci=0000:c1:00.0"}});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto after = ferry_test::lines_with(r.out, " device ");
+  REQUIRE(!after.empty());
+  for (auto& l : after)  // still its device 0; cudart's cache, not the driver, answers the rest (docs/engine.md)
+    CHECK(l.substr(l.find(" device ")) ==
+          " device 0 bus 00000000:C1:00.0 attr-bus c1 props-bus 17 uuid 66657272792d656d752d677075004000 "
+          "memory 17179869184");
+}
+
 TEST_CASE("restored on a different machine with --device 1, the trainer's memory is on that machine's GPU 1 "
           "(the driver's GPU pairs and ferry's placement agree)",
           "[process-image][criu]") {

@@ -49,14 +49,16 @@ __global__ void hash(const float* y, int n, unsigned long long* out) {
 #ifndef FERRY_EMU_KERNEL_BUILD
 int main(int argc, char** argv) {
   int steps = 30, delay_ms = 0;
-  bool eager = false, memset2d = false;
+  bool eager = false, memset2d = false, print_device = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--step-delay-ms") && i + 1 < argc) delay_ms = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--eager")) eager = true;
     else if (!strcmp(argv[i], "--memset2d")) memset2d = true;  // work ferry does not record
+    // Each step, the GPU as the program asks after it (what NCCL looks NVML up by).
+    else if (!strcmp(argv[i], "--print-device")) print_device = true;
     else {
-      fprintf(stderr, "usage: graph_loop [--steps N] [--step-delay-ms N] [--eager] [--memset2d]\n");
+      fprintf(stderr, "usage: graph_loop [--steps N] [--step-delay-ms N] [--eager] [--memset2d] [--print-device]\n");
       return 64;
     }
   }
@@ -103,6 +105,19 @@ int main(int argc, char** argv) {
     CK(cudaMemcpyAsync(&host, h, sizeof host, cudaMemcpyDeviceToHost, s));
     CK(cudaStreamSynchronize(s));
     printf("step %d hash %016llx\n", step, host);
+    if (print_device) {
+      int dev = -1;
+      char bus[32] = {};
+      cudaDeviceProp p;
+      CK(cudaGetDevice(&dev));
+      CK(cudaDeviceGetPCIBusId(bus, sizeof bus, dev));
+      CK(cudaGetDeviceProperties(&p, dev));
+      int attr_bus = -1;
+      CK(cudaDeviceGetAttribute(&attr_bus, cudaDevAttrPciBusId, dev));
+      printf("step %d device %d bus %s attr-bus %02x props-bus %02x uuid ", step, dev, bus, attr_bus, p.pciBusID);
+      for (int i = 0; i < 16; i++) printf("%02x", static_cast<unsigned char>(p.uuid.bytes[i]));
+      printf(" memory %zu\n", p.totalGlobalMem);
+    }
     fflush(stdout);
     if (delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
