@@ -58,14 +58,14 @@ bool in_use(int fd, pid_t except) {
   return used;
 }
 
-// Takes flock `op` on fd, waiting up to timeout_s (calling waiting once first). False
-// where the file system has no flock (NFS on a read-only descriptor, Lustre without
-// -o flock): the caller goes on without it, as before init directories had locks.
-bool acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting) {
+// Takes flock `op` on fd, waiting up to timeout_s (calling waiting once first). Where
+// the file system has no flock (NFS on a read-only descriptor, Lustre without -o flock)
+// it goes on without, as before init directories had locks.
+void acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting) {
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   for (bool told = false; flock(fd, op | LOCK_NB) != 0;) {
     if (errno == EINTR) continue;
-    if (errno == EBADF || errno == ENOLCK || errno == ENOSYS || errno == EOPNOTSUPP) return false;
+    if (errno == EBADF || errno == ENOLCK || errno == ENOSYS || errno == EOPNOTSUPP) return;
     if (errno != EWOULDBLOCK) throw ClientError(kFixFirst, "cannot lock " + path + ": " + error_text(errno));
     if (std::chrono::steady_clock::now() >= until)
       throw ClientError(kRetryLater, "a dump or restore of a copy of this job (its init works in " + path +
@@ -74,7 +74,6 @@ bool acquire(int fd, int op, const std::string& path, int timeout_s, const std::
     if (!told) waiting(), told = true;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return true;
 }
 
 void remove_if_unused(const std::string& path, pid_t except) {

@@ -64,7 +64,8 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
 DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting);
 
 // Removes init directory path unless a process works in it (other than `except`, a
-// process killed and not yet reaped) or a dump or restore holds it.
+// process killed and not yet reaped) or a dump or restore holds it; a path that is no
+// init directory ("" among them) is left alone.
 void remove_init_dir_if_unused(const std::string& path, pid_t except = 0);
 
 }  // namespace ferry::cli

@@ -163,7 +163,7 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions) 
   int code = wait_job(init_pid, actions, &killed);
   // A job killed from outside may have been dumped by CRIU itself, whose restore needs
   // the directory as it was; ferry's own images make it again.
-  if (!dir.empty() && !killed) remove_init_dir_if_unused(dir);
+  if (!killed) remove_init_dir_if_unused(dir);
   return code;
 }
 

@@ -217,6 +217,13 @@ void refuse_while_dumped(pid_t init, const char* then) {
                                        std::to_string(f) + "); " + then);
 }
 
+// Waits for child p to end, leaving it to be reaped: until then its pid is nobody else's.
+void wait_unreaped(pid_t p) {
+  siginfo_t info;
+  while (waitid(P_PID, static_cast<id_t>(p), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
+  }
+}
+
 // Marks job init as being dumped by this process (created exclusively: of two dumps at
 // once, one wins); a marker a dead ferry left is replaced. Returns its path.
 std::string mark_dumping(pid_t init) {
@@ -477,9 +484,7 @@ int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::stri
   }
   if (watch) {
     watch(p, true);
-    siginfo_t info;
-    while (waitid(P_PID, static_cast<id_t>(p), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
-    }
+    wait_unreaped(p);
     watch(p, false);
   }
   int st = 0;
@@ -1237,8 +1242,9 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   std::string work = tmpl;
   guard.work_dir(work);
   if (!init_dir.empty()) guard.init_dir(init_dir);
-  std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", "restore.log", "--pidfile",
-                                   work + "/init.pid", "-d", "--restore-sibling"};
+  const std::string log = work + "/" + kCriuLog, pidfile = work + "/" + kCriuPidFile;
+  std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", kCriuLog, "--pidfile",
+                                   pidfile, "-d", "--restore-sibling"};
   // This program as CRIU's action script names the init to the guard early; one replaced
   // since it started ("... (deleted)") would fail CRIU's every restore, and is left out.
   if (std::string self = self_exe(); access(self.c_str(), X_OK) == 0)
@@ -1268,28 +1274,26 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   init_lock.reset();
   // CRIU killed by a signal did not kill what it had restored.
   if (rc == -1) guard.clean_up();
-  if (rc != 0 && !init_dir.empty()) remove_init_dir_if_unused(init_dir);
+  if (rc != 0) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
-                "criu restore failed (exit " + std::to_string(rc) + "): " + criu_errors(work + "/restore.log") +
-                    " (whole log: " + work + "/restore.log); nothing was started, the image is untouched");
+                "criu restore failed (exit " + std::to_string(rc) + "): " + criu_errors(log) +
+                    " (whole log: " + log + "); nothing was started, the image is untouched");
   pid_t init = 0;
   {
-    std::ifstream in(work + "/init.pid");
+    std::ifstream in(pidfile);
     in >> init;
   }
-  if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + work + "/init.pid");
+  if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile);
   std::map<int, pid_t> host_of;
   for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
   auto kill_job = [&](const ClientError& e) {
     kill(init, SIGKILL);
-    siginfo_t info;  // dead, not yet reaped: the guard is let go before its pid can be reused
-    while (waitid(P_PID, static_cast<id_t>(init), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
-    }
+    wait_unreaped(init);  // the guard is let go before the init's pid can be reused
     guard.done();
     int st;
     waitpid(init, &st, 0);
-    if (!init_dir.empty()) remove_init_dir_if_unused(init_dir);
+    remove_init_dir_if_unused(init_dir);
     return fail(out, e.code, class_of(e),
                 "restore failed: " + e.message + "; the restored job was killed: nothing is left running, the image "
                                                  "is untouched");
@@ -1334,7 +1338,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   guard.done();  // the job is its program's again
   bool killed = false;
   int code = wait_job(init, actions, &killed);
-  if (!init_dir.empty() && !killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
+  if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
   return code;
 }
 

@@ -98,16 +98,16 @@ bool gone(pid_t p) {
   // namespace's every process, and whatever CRIU forked that still runs its code.
   std::vector<pid_t> killed = watched;
   if (!work.empty()) {
-    for (const char* f : {kRootPidFile, "init.pid"})
+    for (const char* f : {kRootPidFile, kCriuPidFile})
       if (pid_t p = pid_in(work + "/" + f); p > 1) killed.push_back(p);
   }
   for (pid_t p : killed) kill(p, SIGKILL);
   if (!work.empty())
-    for (pid_t p : writing(work + "/restore.log")) kill(p, SIGKILL), killed.push_back(p);
+    for (pid_t p : writing(work + "/" + kCriuLog)) kill(p, SIGKILL), killed.push_back(p);
   for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
   std::error_code ec;
   if (!work.empty() && !keep_work) std::filesystem::remove_all(work, ec);
-  if (!init_dir.empty()) remove_init_dir_if_unused(init_dir);
+  remove_init_dir_if_unused(init_dir);
   _exit(0);
 }
 

@@ -58,8 +58,11 @@ class RestoreGuard {
 // The environment CRIU runs with during a restore: its action scripts are this program,
 // which writes the pid of the restored init for the guard (see above).
 constexpr char kRestoreWorkEnv[] = "FERRY_RESTORE_WORK";
-// The file the init's pid is written to, in the work directory.
+// In the work directory: the file the action script writes the init's pid to, CRIU's
+// --pidfile and CRIU's log.
 constexpr char kRootPidFile[] = "root.pid";
+constexpr char kCriuPidFile[] = "init.pid";
+constexpr char kCriuLog[] = "restore.log";
 
 // Ferry run as CRIU's action script (CRTOOLS_SCRIPT_ACTION set): writes the restored
 // init's pid where kRestoreWorkEnv says; returns the exit status (0: CRIU goes on).
