@@ -24,7 +24,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include <ferry_common/settings.hpp>
 
@@ -42,7 +46,8 @@ bool proc_is_foreign() {
   static int foreign = -1;
   if (foreign < 0) {
     char b[32] = {};
-    ssize_t n = readlink("/proc/self", b, sizeof b - 1);
+    // Not through readlink: the shim's own (below) asks this first.
+    ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1);
     foreign = n > 0 && atoi(b) != getpid() ? 1 : 0;
   }
   return foreign == 1;
@@ -56,6 +61,17 @@ using ferry::proc_is_foreign;
 template <typename F>
 F next(const char* name) {
   return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+}
+
+// glibc's own definition of a call that may exist only under an old version: since 2.33
+// the __xstat family is there for old binaries alone (the driver is one: it is built
+// against an old glibc), which dlsym without a version does not find.
+template <typename F>
+F next_any(const char* name) {
+  if (void* f = dlsym(RTLD_NEXT, name)) return reinterpret_cast<F>(f);
+  for (const char* v : {"GLIBC_2.2.5", "GLIBC_2.4", "GLIBC_2.33"})
+    if (void* f = dlvsym(RTLD_NEXT, name, v)) return reinterpret_cast<F>(f);
+  return nullptr;
 }
 
 // Our own look-ups go to glibc directly, not through the rewriting below.
@@ -119,6 +135,12 @@ int open_comm(pthread_t th, int flags) {
   return real_open(path, flags | O_CLOEXEC);
 }
 
+// The caller's pid as /proc numbers it; asked each time, since a fork or a restore changes it.
+long host_pid() {
+  char b[32] = {};
+  return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
+}
+
 // Digits at `p` up to '/' or the end: their value, with *end after them; -1 otherwise.
 long leading_number(const char* p, const char** end) {
   long v = 0;
@@ -148,7 +170,9 @@ bool proc_path(const char* path, char* out, size_t size) {
     } else {
       task = n;  // /proc/<tid> names a thread too
     }
-    if (task == 0) return snprintf(out, size, "/proc/self%s", rest) < static_cast<int>(size);
+    // The directory itself rather than the /proc/self link to it: lstat and readlink of
+    // /proc/<pid> see a directory, as they would with a /proc of the job's own.
+    if (task == 0) return snprintf(out, size, "/proc/%ld%s", host_pid(), rest) < static_cast<int>(size);
   }
   if (task <= 0) return false;
   long at = proc_tid(static_cast<pid_t>(task));
@@ -172,6 +196,16 @@ void trace(const char* call, const char* asked, const char* used, int err) {
   fprintf(stderr, "ferry: %s(%s)%s%s: %s\n", call, asked, used != asked ? " as " : "", used != asked ? used : "",
           err ? strerror(err) : "ok");
   errno = saved;
+}
+
+// What a call returning R returns when it fails.
+template <typename R>
+R failure() {
+  if constexpr (std::is_pointer_v<R>) {
+    return nullptr;
+  } else {
+    return -1;
+  }
 }
 
 int open_mode(int flags, va_list ap) {
@@ -282,5 +316,51 @@ FERRY_OPEN_2(__open64_2)
   }
 FERRY_FOPEN(fopen)
 FERRY_FOPEN(fopen64)
+
+// The calls that name a file without opening it: the real driver stats
+// /proc/<getpid()>/ns/pid while it initializes (an strace of its start, in NVIDIA's
+// cuda-checkpoint issue 10), so with the host's /proc it would look at another process's
+// namespace. What a program lists (opendir), checks (access) or follows (readlink,
+// realpath) under its own /proc directory is translated the same way. glibc declares most
+// of them noexcept; a call this glibc lacks fails with ENOSYS.
+#define FERRY_PATH_CALL(R, name, params, args, path, failed, ...)                    \
+  __attribute__((visibility("default"))) R name params __VA_ARGS__ {                 \
+    static auto real = next_any<R(*) params>(#name);                                 \
+    if (!real) {                                                                     \
+      errno = ENOSYS;                                                                \
+      return failure<R>();                                                           \
+    }                                                                                \
+    FERRY_PROC_PATH(path);                                                           \
+    R r = real args;                                                                 \
+    trace(#name, asked_, path, (failed) ? errno : 0);                                \
+    return r;                                                                        \
+  }
+
+FERRY_PATH_CALL(int, stat, (const char* p, struct stat* b), (p, b), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, stat64, (const char* p, struct stat64* b), (p, b), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, lstat, (const char* p, struct stat* b), (p, b), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, lstat64, (const char* p, struct stat64* b), (p, b), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, fstatat, (int d, const char* p, struct stat* b, int f), (d, p, b, f), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, fstatat64, (int d, const char* p, struct stat64* b, int f), (d, p, b, f), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, __xstat, (int v, const char* p, struct stat* b), (v, p, b), p, r < 0)
+FERRY_PATH_CALL(int, __xstat64, (int v, const char* p, struct stat64* b), (v, p, b), p, r < 0)
+FERRY_PATH_CALL(int, __lxstat, (int v, const char* p, struct stat* b), (v, p, b), p, r < 0)
+FERRY_PATH_CALL(int, __lxstat64, (int v, const char* p, struct stat64* b), (v, p, b), p, r < 0)
+FERRY_PATH_CALL(int, __fxstatat, (int v, int d, const char* p, struct stat* b, int f), (v, d, p, b, f), p, r < 0)
+FERRY_PATH_CALL(int, __fxstatat64, (int v, int d, const char* p, struct stat64* b, int f), (v, d, p, b, f), p,
+                r < 0)
+FERRY_PATH_CALL(int, statx, (int d, const char* p, int f, unsigned int m, struct statx* b), (d, p, f, m, b), p,
+                r < 0, noexcept)
+FERRY_PATH_CALL(int, access, (const char* p, int m), (p, m), p, r < 0, noexcept)
+FERRY_PATH_CALL(int, faccessat, (int d, const char* p, int m, int f), (d, p, m, f), p, r < 0, noexcept)
+FERRY_PATH_CALL(ssize_t, readlink, (const char* p, char* b, size_t n), (p, b, n), p, r < 0, noexcept)
+FERRY_PATH_CALL(ssize_t, readlinkat, (int d, const char* p, char* b, size_t n), (d, p, b, n), p, r < 0, noexcept)
+FERRY_PATH_CALL(ssize_t, __readlink_chk, (const char* p, char* b, size_t n, size_t bn), (p, b, n, bn), p, r < 0,
+                noexcept)
+FERRY_PATH_CALL(ssize_t, __readlinkat_chk, (int d, const char* p, char* b, size_t n, size_t bn), (d, p, b, n, bn),
+                p, r < 0, noexcept)
+FERRY_PATH_CALL(DIR*, opendir, (const char* p), (p), p, !r)
+FERRY_PATH_CALL(char*, realpath, (const char* p, char* b), (p, b), p, !r, noexcept)
+FERRY_PATH_CALL(char*, __realpath_chk, (const char* p, char* b, size_t bn), (p, b, bn), p, !r, noexcept)
 
 }  // extern "C"

@@ -265,12 +265,54 @@ TEST_CASE("in a job's PID namespace, /proc paths in the job's own numbers name t
                                 ferry_test::emu_env({{"FERRY_TRACE_PROC", "on"}}), 60);
   INFO(traced.err);
   CHECK(traced.exit_code == 1);  // cat: the second file is not there
-  CHECK(traced.err.find("(/proc/2/status) as /proc/self/status: ok\n") != std::string::npos);
+  // The process's own directory by the number /proc knows it by, not the /proc/self link.
+  auto status = ferry_test::lines_with(traced.err, "open(/proc/2/status) as /proc/");
+  REQUIRE(status.size() == 1);
+  CHECK(status[0].ends_with("/status: ok"));
+  CHECK(status[0].find(" as /proc/2/") == std::string::npos);
+  CHECK(status[0].find(" as /proc/self/") == std::string::npos);
   CHECK(traced.err.find("(/proc/self/task/77777/comm): No such file or directory\n") != std::string::npos);
   auto outside = ferry_test::run({"/bin/cat", "/proc/self/status"}, ferry_test::emu_env({{"FERRY_TRACE_PROC", "on"},
                                   {"LD_PRELOAD", std::string(FERRY_TEST_BIN_DIR) + "/lib/libferry.so"}}), 60);
   CHECK(outside.exit_code == 0);
   CHECK(outside.err == "");
+}
+
+TEST_CASE("in a job's PID namespace, every call that names a path answers for the job's own process",
+          "[full-process][namespace]") {
+  // stat (the real driver stats /proc/<getpid()>/ns/pid at start-up), the old glibc's
+  // __xstat family the driver binds to, statx, access, readlink, realpath, opendir, open:
+  // each compared with what /proc/self says, for the process and for one of its threads.
+  const std::vector<std::string> calls = {"stat", "stat64", "fstatat", "lstat", "statx", "__xstat", "__lxstat",
+                                          "__fxstatat", "access", "faccessat", "readlink", "readlinkat", "realpath",
+                                          "opendir", "open"};
+  const std::string prog = std::string(FERRY_TEST_BIN_DIR) + "/tests/programs/proc_paths";
+  // Each call's verdict, in the order of `calls`: "ok", "wrong" or "missing".
+  auto outcome = [&](const ferry_test::Result& r) {
+    std::map<std::string, std::string> said;
+    std::istringstream in(r.out);
+    for (std::string line; std::getline(in, line);) {
+      auto sp = line.find(' ');
+      if (sp != std::string::npos) said[line.substr(0, sp)] = line.substr(sp + 1) == "ok" ? "ok" : line.substr(sp + 1, 6);
+    }
+    std::vector<std::string> got;
+    for (auto& c : calls) got.push_back(said.count(c) ? said[c] : "missing");
+    return got;
+  };
+  auto plain = ferry_test::run({prog}, {}, 60);  // no namespace: /proc/<pid> is the process itself
+  INFO(plain.out << plain.err);
+  CHECK(plain.exit_code == 0);
+  CHECK(outcome(plain) == std::vector<std::string>(calls.size(), "ok"));
+  auto job = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", prog}, ferry_test::emu_env(), 60);
+  INFO(job.out << job.err);
+  CHECK(job.exit_code == 0);
+  CHECK(outcome(job) == std::vector<std::string>(calls.size(), "ok"));
+  // Untranslated, the host's /proc answers for another process (or none) every time.
+  auto bare = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", prog},
+                              ferry_test::emu_env({{"FERRY_TEST_NO_PROC_TRANSLATION", "1"}}), 60);
+  INFO(bare.out);
+  CHECK(bare.exit_code == 1);
+  CHECK(outcome(bare) == std::vector<std::string>(calls.size(), "wrong:"));
 }
 
 TEST_CASE("two jobs at once each have their own control socket", "[full-process][namespace]") {

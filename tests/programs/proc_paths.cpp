@@ -1,0 +1,143 @@
+// Names its own /proc entries by the pid and tid its PID namespace gives it, through every
+// call that takes a path (the shim translates them in a job that keeps the host's /proc),
+// and compares each answer with what the same call says through /proc/self. Prints one
+// line per call, "<call> ok" or "<call> wrong: <why>"; exits 0 when all are ok.
+//
+// The second thread matters: in the host's /proc, /proc/<pid in the job> is some other
+// process, which most likely has no thread of that second number, so a call the shim
+// does not translate fails visibly instead of answering for the wrong process by chance.
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+int failures = 0;
+
+void report(const char* call, bool ok, const std::string& why) {
+  if (ok) {
+    printf("%s ok\n", call);
+  } else {
+    printf("%s wrong: %s\n", call, why.c_str());
+    failures++;
+  }
+}
+
+std::string err(long r) { return r < 0 ? std::string(strerror(errno)) : "answered for another file"; }
+
+}  // namespace
+
+// The entry points a binary built against glibc < 2.33 calls (the driver is one), bound as
+// such a binary binds them: by version, at load time (dlvsym would refuse the shim's
+// unversioned definitions, which the dynamic linker's binding accepts).
+extern "C" {
+int old_xstat(int, const char*, struct stat*);
+int old_lxstat(int, const char*, struct stat*);
+int old_fxstatat(int, int, const char*, struct stat*, int);
+}
+__asm__(".symver old_xstat,__xstat@GLIBC_2.2.5");
+__asm__(".symver old_lxstat,__lxstat@GLIBC_2.2.5");
+__asm__(".symver old_fxstatat,__fxstatat@GLIBC_2.4");
+
+namespace {
+
+pid_t second_tid = 0;
+pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+bool done = false;
+
+void* second(void*) {
+  pthread_mutex_lock(&mu);
+  second_tid = static_cast<pid_t>(syscall(SYS_gettid));
+  pthread_cond_broadcast(&cv);
+  while (!done) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  return nullptr;
+}
+
+}  // namespace
+
+int main() {
+  pthread_t th;
+  pthread_create(&th, nullptr, second, nullptr);
+  pthread_mutex_lock(&mu);
+  while (!second_tid) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+
+  const std::string me = "/proc/" + std::to_string(getpid());
+  const std::string thread = me + "/task/" + std::to_string(second_tid);  // exists only if translated
+  const std::string ns = me + "/ns/pid";
+  struct stat want{};
+  if (stat("/proc/self/ns/pid", &want) != 0) {
+    printf("no /proc/self/ns/pid: %s\n", strerror(errno));
+    return 2;
+  }
+  auto same = [&](const struct stat& b) { return b.st_dev == want.st_dev && b.st_ino == want.st_ino; };
+
+  struct stat b{};
+  struct stat64 b64{};
+  int r = stat(ns.c_str(), &b);
+  report("stat", r == 0 && same(b), err(r));
+  r = stat64(ns.c_str(), &b64);
+  report("stat64", r == 0 && b64.st_ino == want.st_ino, err(r));
+  r = fstatat(AT_FDCWD, ns.c_str(), &b, 0);
+  report("fstatat", r == 0 && same(b), err(r));
+  r = lstat(me.c_str(), &b);  // the directory itself, not a link to it
+  if (r == 0 && S_ISDIR(b.st_mode)) r = lstat(thread.c_str(), &b);
+  report("lstat", r == 0 && S_ISDIR(b.st_mode), err(r));
+  struct statx sx{};
+  r = statx(AT_FDCWD, ns.c_str(), 0, STATX_INO, &sx);
+  report("statx", r == 0 && sx.stx_ino == want.st_ino, err(r));
+  r = old_xstat(1, ns.c_str(), &b);  // 1: the x86-64 kernel's stat layout (_STAT_VER)
+  report("__xstat", r == 0 && same(b), err(r));
+  r = old_lxstat(1, thread.c_str(), &b);
+  report("__lxstat", r == 0 && S_ISDIR(b.st_mode), err(r));
+  r = old_fxstatat(1, AT_FDCWD, ns.c_str(), &b, 0);
+  report("__fxstatat", r == 0 && same(b), err(r));
+
+  r = access(thread.c_str(), R_OK);
+  report("access", r == 0, err(r));
+  r = faccessat(AT_FDCWD, thread.c_str(), R_OK, 0);
+  report("faccessat", r == 0, err(r));
+
+  char want_link[PATH_MAX] = {}, got[PATH_MAX] = {};
+  if (readlink("/proc/self/ns/pid", want_link, sizeof want_link - 1) < 0) return 2;
+  ssize_t n = readlink(ns.c_str(), got, sizeof got - 1);
+  report("readlink", n > 0 && strcmp(got, want_link) == 0, err(n));
+  memset(got, 0, sizeof got);
+  n = readlinkat(AT_FDCWD, ns.c_str(), got, sizeof got - 1);
+  report("readlinkat", n > 0 && strcmp(got, want_link) == 0, err(n));
+
+  char want_path[PATH_MAX] = {}, got_path[PATH_MAX] = {};
+  const char* rw = realpath("/proc/self/exe", want_path);
+  const char* rg = realpath((me + "/exe").c_str(), got_path);
+  report("realpath", rw && rg && strcmp(want_path, got_path) == 0, rg ? "answered for another file" : strerror(errno));
+
+  int entries = 0;
+  if (DIR* d = opendir((me + "/task").c_str())) {
+    while (dirent* e = readdir(d)) entries += e->d_name[0] != '.';
+    closedir(d);
+  }
+  report("opendir", entries == 2, std::to_string(entries) + " threads listed, not 2");
+
+  int fd = open((thread + "/comm").c_str(), O_RDONLY);
+  report("open", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+
+  pthread_mutex_lock(&mu);
+  done = true;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+  pthread_join(th, nullptr);
+  return failures ? 1 : 0;
+}
