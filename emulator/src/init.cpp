@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <linux/userfaultfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -279,6 +280,29 @@ bool name_helper_threads() {
   return ok;
 }
 
+// The real driver stats /proc/<getpid()>/ns/pid while it initializes (seen in an strace
+// of its start, NVIDIA's cuda-checkpoint issue 10) -- presumably to learn its PID
+// namespace, which cuda-checkpoint's calls by pid from another namespace need. Where
+// /proc belongs to another namespace that path is another process's, or none; what the
+// driver then does is not known. The simulated one fails with CUDA_ERROR_OPERATING_SYSTEM
+// unless it names the caller's own namespace (inferred from the 304 a ferry job's driver
+// gave on an H200, not observed), so the tests show the shim's translation of it works.
+bool own_pid_namespace_entry() {
+  struct stat self{}, named{};
+  if (stat("/proc/self/ns/pid", &self) != 0) return true;  // no namespaces here: nothing to tell
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/ns/pid", static_cast<int>(getpid()));
+  if (stat(path, &named) != 0) {
+    log("cuInit: cannot stat %s (%s)", path, strerror(errno));
+    return false;
+  }
+  if (named.st_dev != self.st_dev || named.st_ino != self.st_ino) {
+    log("cuInit: %s is not this process's PID namespace", path);
+    return false;
+  }
+  return true;
+}
+
 // A child forked without exec gets none of the device memory. A GPU's memory is not in
 // the process's address space, so a real driver's child holds only the device files
 // (here the userfaultfd, which stays: CRIU refuses it in the child as it refuses
@@ -307,7 +331,8 @@ FERRY_EXPORT CUresult cuInit(unsigned int flags) {
   Driver& d = drv();
   std::lock_guard lk(d.mu);
   if (!d.initialized) {
-    if (!name_helper_threads()) return CUDA_ERROR_OPERATING_SYSTEM;
+    bool named = name_helper_threads();
+    if (!own_pid_namespace_entry() || !named) return CUDA_ERROR_OPERATING_SYSTEM;
     if (!setup_devices(d)) return CUDA_ERROR_NO_DEVICE;
     d.device_file = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
     if (d.device_file < 0) log("no userfaultfd (%s): a CRIU dump will not be refused as on a real GPU", strerror(errno));
