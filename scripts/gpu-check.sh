@@ -98,6 +98,8 @@ echo "gpu-check: built in ${build_s} s"
 
 # The CRIU carried to this machine (scripts/gpu-kit-deps.sh), for the whole-process checks.
 [[ -z ${FERRY_CRIU:-} && -x $root/.gpu-kit/criu/criu ]] && export FERRY_CRIU=$root/.gpu-kit/criu/criu
+# And its strace, for what the driver fails on in a PID namespace (probe.pid_namespace).
+[[ -z ${FERRY_STRACE:-} && -x $root/.gpu-kit/strace/strace ]] && export FERRY_STRACE=$root/.gpu-kit/strace/strace
 budget=${FERRY_GPU_CHECK_BUDGET_S:-$(( build_s > 300 ? 120 : 420 - build_s ))}
 args=(--build "$build" --out "$out" --budget-s "$budget")
 [[ $emulator == 1 ]] && args+=(--emulator)

@@ -10,8 +10,10 @@ set -euo pipefail
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
+# strace is not for the build: scripts/gpu-kit-deps.sh carries it to a GPU machine, whose
+# probe of the driver in a PID namespace traces what fails (tests run that probe too).
 packages=(cmake ninja-build g++ python3 binutils pkg-config
-          libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev)
+          libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev strace)
 backport_packages=(catch2)
 
 say() { printf 'setup: %s\n' "$*"; }

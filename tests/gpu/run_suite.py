@@ -430,16 +430,20 @@ def fork_child_probe():
     return figures
 
 
-@check("probe.pid_namespace", 200)
+@check("probe.pid_namespace", 240)
 def pid_namespace_probe():
     """Where the driver starts in a PID namespace: without the shim and with the host's
     /proc (as a `ferry run --pid-namespace` job has it), without the shim and with a /proc
     of its own, and as a ferry job (the shim translating /proc paths and thread names).
     The driver failing in the first and starting in the second says its trouble is
-    /proc's numbering; the third is what ferry's whole-process path needs."""
+    /proc's numbering; the third is what ferry's whole-process path needs. Each variant
+    that fails runs again under strace (the kit carries one), into logs/, so the system
+    call the driver could not make is known without a debugger."""
     if os.geteuid() != 0:
         raise Skipped("PID namespaces need root")
     unshare = shutil.which("unshare")
+    strace = os.environ.get("FERRY_STRACE") or shutil.which("strace")
+    logs = os.path.join(A.out, "logs")
 
     def outcome(cmd, extra=None, direct=True):
         try:
@@ -451,12 +455,36 @@ def pid_namespace_probe():
         except (ValueError, IndexError):
             return rc, f"exit {rc}, no report: {err.strip()[-200:]}", err
         steps = ", ".join(f"{k} {r.get(k, '-')}" for k in ("cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"))
-        return rc, steps + f" (pid {r['pid']}, /proc says {r['proc_self']})", err
+        ok = all(r.get(k) == 0 for k in ("cuInit", "cuDeviceGetCount", "context", "cuMemAlloc"))
+        return (rc if rc != 0 or ok else 1), steps + f" (pid {r['pid']}, /proc says {r['proc_self']})", err
+
+    def traced(name, cmd, extra=None, direct=True):
+        """The variant again under strace -f: the whole trace to logs/<name>.strace, and
+        the calls on /proc paths that failed (the likely culprits) for the summary."""
+        if not strace:
+            return "no strace here (scripts/gpu-kit-deps.sh carries one)"
+        os.makedirs(logs, exist_ok=True)
+        path = os.path.join(logs, name + ".strace")
+        outcome([strace, "-f", "-qq", "-s", "200", "-o", path, "--"] + cmd, extra, direct)
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            return f"strace wrote nothing ({e})"
+        failed = [ln for ln in lines if "/proc" in ln and " = -1 " in ln]
+        traps = [ln for ln in lines  # delivered, not installed; a child's end is no news
+                 if (" --- SIG" in ln and "SIGCHLD" not in ln) or " +++ killed by " in ln]
+        return f"{len(lines)} lines in logs/{name}.strace; failed on /proc: " + \
+            (" | ".join(ln[-160:] for ln in failed[-6:]) or "none") + \
+            ("; signals: " + " | ".join(ln[-160:] for ln in traps[:3]) if traps else "")
 
     start = [ferry_cmd(), "__driver-start"]  # what ferry check runs in a job
     figures = {"no namespace": outcome(start)[1]}
     if unshare:
-        figures["namespace, host /proc"] = outcome([unshare, "--pid", "--fork"] + start)[1]
+        host_proc = [unshare, "--pid", "--fork"] + start
+        rc, figures["namespace, host /proc"], _ = outcome(host_proc)
+        if rc != 0:
+            figures["namespace, host /proc, strace"] = traced("pidns_host_proc", host_proc)
         figures["namespace, own /proc"] = outcome([unshare, "--pid", "--fork", "--mount-proc"] + start)[1]
     else:
         figures["namespace without the shim"] = "not run: no unshare here"
@@ -466,11 +494,11 @@ def pid_namespace_probe():
     if rc != 0:
         _, _, err = outcome(job, {"FERRY_TRACE_PROC": "on"}, direct=False)
         trace = [x for x in err.splitlines() if x.startswith("ferry: ")]
-        d = os.path.join(A.out, "logs")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "pid_namespace.trace.txt"), "w") as f:
+        os.makedirs(logs, exist_ok=True)
+        with open(os.path.join(logs, "pid_namespace.trace.txt"), "w") as f:
             f.write(err)
         figures["FERRY_TRACE_PROC (last lines; all in logs/pid_namespace.trace.txt)"] = " | ".join(trace[-8:])
+        figures["ferry run --pid-namespace, strace"] = traced("pidns_ferry_job", job, direct=False)
         raise Failed("the driver does not start in a ferry job's PID namespace: " + json.dumps(figures))
     return figures
 

@@ -92,6 +92,11 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
     if (c["name"] == "probe.pid_namespace" && root) {
       auto f = c["figures"];
       CHECK(f["namespace, host /proc"].get<std::string>().rfind("cuInit 304, ", 0) == 0);
+      // Run again under strace (set-up installs it), which names the /proc path that failed:
+      // the helper thread's comm file, by the namespace's tid.
+      auto traced = f["namespace, host /proc, strace"].get<std::string>();
+      CHECK(traced.find(" lines in logs/pidns_host_proc.strace; failed on /proc: ") != std::string::npos);
+      CHECK(traced.find("/comm\", O_WRONLY|O_CLOEXEC) = -1 ENOENT") != std::string::npos);
       CHECK(f["namespace, own /proc"].get<std::string>().rfind("cuInit 0, cuDeviceGetCount 0, context 0, cuMemAlloc 0 "
                                                                "(pid 1, /proc says 1)",
                                                                0) == 0);
