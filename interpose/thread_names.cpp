@@ -5,20 +5,23 @@
 // `ferry run --pid-namespace` job keeps the /proc of the namespace it came from (its own
 // would need a mount namespace, which CRIU would then have to dump and restore), so
 // there that path names no thread, or another one. The real driver (570 and later)
-// writes its threads' names so during initialization and fails with
-// CUDA_ERROR_OPERATING_SYSTEM when it cannot; the job then has no GPU at all. Whether
-// it does so through pthread_setname_np or by opening the file itself is not known, so
-// both are caught: where /proc counts pids differently from the caller,
+// writes its threads' names so during initialization, and stats /proc/<getpid()>/ns/pid,
+// and fails with CUDA_ERROR_OPERATING_SYSTEM in a job; the job then has no GPU at all.
+// Which of its /proc calls fails, and whether it names threads through
+// pthread_setname_np or by opening the file itself, is not known, so all are caught:
+// where /proc counts pids differently from the caller,
 // - pthread_setname_np/getname_np for another thread look it up by the tid its
 //   namespace gives it (the last field of NSpid in each task's status) and use the
 //   directory /proc knows it by;
-// - open, openat and fopen (and their 64-bit and fortified names) rewrite a path that
-//   names the caller by its namespace's numbers -- /proc/<getpid()>/..., and
-//   /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the names
-//   /proc knows. Any other path is passed on untouched, at the cost of one compare.
+// - every call that names a path -- open, fopen, the stat family, statx, access,
+//   readlink, realpath, opendir, with their *at, 64-bit, fortified and old-glibc names --
+//   rewrites one that names the caller by its namespace's numbers -- /proc/<getpid()>/...,
+//   and /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the
+//   names /proc knows. Any other path is passed on untouched, at the cost of one compare.
+//   Paths reached by raw system calls, and other processes' pids, are beyond it.
 // Everywhere else these calls are glibc's. FERRY_TRACE_PROC=on reports each such path and
 // thread name with its outcome on stderr: the driver's reasons are its own, and on a GPU
-// machine without a debugger this is how one learns which path it could not open.
+// machine without a debugger this is how one learns which path it could not use.
 #include <dirent.h>
 #include <dlfcn.h>
 #include <stdarg.h>

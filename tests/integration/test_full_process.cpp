@@ -103,7 +103,7 @@ TEST_CASE("ferry check says when the driver cannot start in a job's PID namespac
   REQUIRE(f["problems"].size() == 1);
   CHECK(f["problems"][0] == "the CUDA driver does not start in a job's PID namespace here (cuInit failed with "
                             "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)); FERRY_TRACE_PROC=on ferry run "
-                            "--pid-namespace -- PROGRAM shows the /proc paths it opens");
+                            "--pid-namespace -- PROGRAM shows the /proc paths it uses");
   // Which is so: the thread naming and the path the driver could not use, with why.
   auto traced = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", std::string(FERRY_TEST_BIN_DIR) + "/examples/mlp_trainer", "--steps", "2"},
                                 ferry_test::emu_env({{"FERRY_TEST_NO_PROC_TRANSLATION", "1"}, {"FERRY_TRACE_PROC", "on"}}),

@@ -283,7 +283,7 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
     if (!job["ok"].get<bool>())
       problems.push_back("the CUDA driver does not start in a job's PID namespace here (" +
                          job["error"].get<std::string>() +
-                         "); FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it opens");
+                         "); FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses");
   }
   j["problems"] = problems;
   j["warnings"] = warnings;
