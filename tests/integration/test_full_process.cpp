@@ -101,9 +101,20 @@ TEST_CASE("ferry check says when the driver cannot start in a job's PID namespac
   CHECK(f["driver_in_job"]["cuInit"] == 304);
   CHECK(f["ready"] == false);
   REQUIRE(f["problems"].size() == 1);
+  // The /proc calls that failed, found by running the probe again with FERRY_TRACE_PROC:
+  // the helper thread's name, by glibc and by the driver itself (by the namespace's tid).
+  REQUIRE(f["driver_in_job"]["proc_failures"].size() == 2);
+  std::string tid = f["driver_in_job"]["proc_failures"][1].get<std::string>();
+  REQUIRE(tid.rfind("open(/proc/self/task/", 0) == 0);
+  tid = tid.substr(21, tid.find('/', 21) - 21);
+  CHECK(f["driver_in_job"]["proc_failures"] ==
+        nlohmann::json({"pthread_setname_np(tid " + tid + ", ferry-emu-init), untranslated: No such file or directory",
+                        "open(/proc/self/task/" + tid + "/comm): No such file or directory"}));
   CHECK(f["problems"][0] == "the CUDA driver does not start in a job's PID namespace here (cuInit failed with "
-                            "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)); FERRY_TRACE_PROC=on ferry run "
-                            "--pid-namespace -- PROGRAM shows the /proc paths it uses");
+                            "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)); its /proc calls that failed: "
+                            "pthread_setname_np(tid " + tid + ", ferry-emu-init), untranslated: No such file or "
+                            "directory; open(/proc/self/task/" + tid + "/comm): No such file or directory; "
+                            "FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses");
   // Which is so: the thread naming and the path the driver could not use, with why.
   auto traced = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--", std::string(FERRY_TEST_BIN_DIR) + "/examples/mlp_trainer", "--steps", "2"},
                                 ferry_test::emu_env({{"FERRY_TEST_NO_PROC_TRANSLATION", "1"}, {"FERRY_TRACE_PROC", "on"}}),

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -26,9 +27,26 @@ namespace ferry::cli {
 
 namespace {
 
-// Runs argv; returns its exit status (-1 when it could not run or died of a signal, -2
-// when it was killed after timeout_s seconds, where that is not 0) and its output.
-int capture(const std::vector<std::string>& argv, std::string& out, int timeout_s = 0) {
+// Runs argv, with `env` added to the environment; returns its exit status (-1 when it
+// could not run or died of a signal, -2 when it was killed after timeout_s seconds, where
+// that is not 0) and its output.
+int capture(const std::vector<std::string>& argv, std::string& out, int timeout_s = 0,
+            const std::vector<std::string>& env = {}) {
+  // The environment is built before the fork: the child of a process with threads (the
+  // driver's) may only make async-signal-safe calls before it execs.
+  std::vector<std::string> vars(env);
+  for (char** e = environ; *e; ++e) {
+    std::string v = *e;
+    bool replaced = false;
+    for (auto& x : env) replaced = replaced || v.compare(0, x.find('=') + 1, x, 0, x.find('=') + 1) == 0;
+    if (!replaced) vars.push_back(v);
+  }
+  std::vector<char*> envp;
+  for (auto& v : vars) envp.push_back(const_cast<char*>(v.c_str()));
+  envp.push_back(nullptr);
+  std::vector<char*> a;
+  for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+  a.push_back(nullptr);
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
@@ -38,10 +56,7 @@ int capture(const std::vector<std::string>& argv, std::string& out, int timeout_
     dup2(fds[1], 2);
     close(fds[0]);
     close(fds[1]);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
-    execv(a[0], a.data());
+    execve(a[0], a.data(), envp.data());
     _exit(127);
   }
   close(fds[1]);
@@ -198,6 +213,26 @@ int driver_start() {
   return r == 0 ? 0 : 1;
 }
 
+// What a job that cannot start the driver does with /proc: the probe again with
+// FERRY_TRACE_PROC=on, and each /proc call or thread naming it reports as failed ("ferry:
+// open(/proc/...) as ...: No such file or directory"), once each, the first 8.
+nlohmann::json proc_failures(const std::vector<std::string>& argv) {
+  std::string out;
+  capture(argv, out, 120, {"FERRY_TRACE_PROC=on"});
+  nlohmann::json failed = nlohmann::json::array();
+  std::set<std::string> seen;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line) && failed.size() < 8;) {
+    if (line.rfind("ferry: ", 0) != 0 || line.ends_with(": ok")) continue;
+    std::string what = line.substr(7);
+    // Only the shim's reports: a call, its arguments in parentheses, then the outcome.
+    auto open = what.find('('), close = what.find(')', open == std::string::npos ? 0 : open);
+    if (open == std::string::npos || close == std::string::npos || what.find(": ", close) == std::string::npos) continue;
+    if (seen.insert(what).second) failed.push_back(what);
+  }
+  return failed;
+}
+
 nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
   char self[4096] = {};
   ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -230,7 +265,10 @@ nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
     if (why.empty() && code(k) != 0) why = std::string(k) + " failed with " + cuda_error_text(code(k));
   if (why.empty() && rc != 0) why = "the job ended with " + std::to_string(rc) + ": " + last_line(out);
   j["ok"] = why.empty();
-  if (!why.empty()) j["error"] = why;
+  if (!why.empty()) {
+    j["error"] = why;
+    j["proc_failures"] = proc_failures(argv);
+  }
   return j;
 }
 
@@ -280,10 +318,15 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
   } else if (api) {
     nlohmann::json job = driver_in_job(driver_args);
     j["driver_in_job"] = job;
-    if (!job["ok"].get<bool>())
+    if (!job["ok"].get<bool>()) {
+      std::string failed;
+      for (auto& f : job["proc_failures"]) failed += (failed.empty() ? "" : "; ") + f.get<std::string>();
       problems.push_back("the CUDA driver does not start in a job's PID namespace here (" +
-                         job["error"].get<std::string>() +
-                         "); FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses");
+                         job["error"].get<std::string>() + "); " +
+                         (failed.empty() ? "none of its /proc calls failed"
+                                         : "its /proc calls that failed: " + failed) +
+                         "; FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses");
+    }
   }
   j["problems"] = problems;
   j["warnings"] = warnings;
