@@ -17,8 +17,10 @@
 //   readlink, realpath, opendir, with their *at, 64-bit, fortified and old-glibc names --
 //   rewrites one that names the caller by its namespace's numbers -- /proc/<getpid()>/...,
 //   and /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the
-//   names /proc knows. Any other path is passed on untouched, at the cost of one compare.
-//   Paths reached by raw system calls, and other processes' pids, are beyond it.
+//   names /proc knows (translate() below lists the cases; whether a number is one of its
+//   threads is the kernel's answer, so numbers /proc itself gave stay). Any other path is
+//   passed on untouched, at the cost of one compare. Paths reached by raw system calls,
+//   relative ones, and other processes' pids are beyond it.
 // Everywhere else these calls are glibc's. FERRY_TRACE_PROC=on reports each such path and
 // thread name with its outcome on stderr: the driver's reasons are its own, and on a GPU
 // machine without a debugger this is how one learns which path it could not use.
@@ -37,6 +39,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 
@@ -46,14 +49,16 @@
 
 namespace ferry {
 bool proc_is_foreign() {
-  static int foreign = -1;
-  if (foreign < 0) {
+  static std::atomic<int> foreign{-1};
+  int f = foreign.load(std::memory_order_relaxed);
+  if (f < 0) {
     char b[32] = {};
     // Not through readlink: the shim's own (below) asks this first.
     ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1);
-    foreign = n > 0 && atoi(b) != getpid() ? 1 : 0;
+    f = n > 0 && atoi(b) != getpid() ? 1 : 0;
+    foreign.store(f, std::memory_order_relaxed);
   }
-  return foreign == 1;
+  return f == 1;
 }
 }  // namespace ferry
 
@@ -61,39 +66,73 @@ namespace {
 
 using ferry::proc_is_foreign;
 
-template <typename F>
-F next(const char* name) {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
-}
-
-// glibc's own definition of a call that may exist only under an old version: since 2.33
-// the __xstat family is there for old binaries alone (the driver is one: it is built
-// against an old glibc), which dlsym without a version does not find.
+// glibc's own definition of `name`. Since 2.33 the __xstat family is there for old
+// binaries alone (the driver is one: it is built against an old glibc), under its old
+// versions, which dlsym without a version does not find; those are asked by version first,
+// so that a failed dlsym does not overwrite the caller's dlerror().
 template <typename F>
 F next_any(const char* name) {
-  if (void* f = dlsym(RTLD_NEXT, name)) return reinterpret_cast<F>(f);
-  for (const char* v : {"GLIBC_2.2.5", "GLIBC_2.4", "GLIBC_2.33"})
+  bool old_only = strncmp(name, "__", 2) == 0 && strstr(name, "xstat") != nullptr;
+  if (!old_only)
+    if (void* f = dlsym(RTLD_NEXT, name)) return reinterpret_cast<F>(f);
+  for (const char* v : {"GLIBC_2.2.5", "GLIBC_2.4"})
     if (void* f = dlvsym(RTLD_NEXT, name, v)) return reinterpret_cast<F>(f);
-  return nullptr;
+  return old_only ? reinterpret_cast<F>(dlsym(RTLD_NEXT, name)) : nullptr;
+}
+
+// The definition in `slot`, looked up on first use. Not a function-local static: its
+// guard would be held across dlsym, which waits for the loader's lock, while a library
+// constructor run under that lock (inside dlopen) calls stat for the first time and waits
+// for the guard. Two threads looking it up at once both store the same answer. Each
+// wrapper also looks its definition up when the shim is loaded (a constructor).
+template <typename F>
+F resolve(std::atomic<F>& slot, const char* name) {
+  F f = slot.load(std::memory_order_acquire);
+  if (!f) {
+    f = next_any<F>(name);
+    slot.store(f, std::memory_order_release);
+  }
+  return f;
 }
 
 // Our own look-ups go to glibc directly, not through the rewriting below.
-FILE* real_fopen(const char* path, const char* mode) {
-  static auto real = next<FILE* (*)(const char*, const char*)>("fopen");
-  return real(path, mode);
-}
-int real_open(const char* path, int flags) {
-  static auto real = next<int (*)(const char*, int, ...)>("open");
-  return real(path, flags);
-}
+std::atomic<FILE* (*)(const char*, const char*)> g_fopen{nullptr};
+std::atomic<int (*)(const char*, int, ...)> g_open{nullptr};
+std::atomic<DIR* (*)(const char*)> g_opendir{nullptr};
+FILE* real_fopen(const char* path, const char* mode) { return resolve(g_fopen, "fopen")(path, mode); }
+int real_open(const char* path, int flags) { return resolve(g_open, "open")(path, flags); }
+DIR* real_opendir(const char* path) { return resolve(g_opendir, "opendir")(path); }
 
 // Whether paths and thread names are translated: where /proc is foreign, unless a test
 // turns it off to show what happens without.
 bool translating() {
-  static int on = -1;
-  if (on < 0) on = proc_is_foreign() && !ferry::settings::flag("FERRY_TEST_NO_PROC_TRANSLATION", false) ? 1 : 0;
-  return on == 1;
+  static std::atomic<int> on{-1};
+  int v = on.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = proc_is_foreign() && !ferry::settings::flag("FERRY_TEST_NO_PROC_TRANSLATION", false) ? 1 : 0;
+    on.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
 }
+
+// The shim's own work inside a call the program made: not cancelled half-way (the glibc
+// calls wrapped here are mostly no cancellation points, and several are noexcept, which a
+// cancellation unwinding through them would end in std::terminate), and leaving errno as
+// it was (a caller may look at errno after a call that succeeded).
+class Quiet {
+ public:
+  Quiet() : errno_(errno) { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_); }
+  ~Quiet() {
+    pthread_setcancelstate(cancel_, nullptr);
+    errno = errno_;
+  }
+  Quiet(const Quiet&) = delete;
+  Quiet& operator=(const Quiet&) = delete;
+
+ private:
+  int errno_;
+  int cancel_ = PTHREAD_CANCEL_ENABLE;
+};
 
 // The tid of `th` in the caller's namespace: glibc encodes it in the thread's CPU clock id
 // (the kernel's per-thread clock: ~tid << 3 | flags).
@@ -103,9 +142,15 @@ pid_t ns_tid(pthread_t th) {
   return static_cast<pid_t>(~(c >> 3));
 }
 
+// Whether `tid` is a thread of this process by its namespace's numbers: the kernel's own
+// answer, without reading /proc (a number /proc gave, or another process's, is not).
+bool own_thread(long tid) {
+  return tid > 0 && tid <= INT_MAX && syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), 0) == 0;
+}
+
 // The /proc/self/task entry of the thread whose innermost NSpid is `tid`; 0 if none.
 long proc_tid(pid_t tid) {
-  DIR* d = opendir("/proc/self/task");
+  DIR* d = real_opendir("/proc/self/task");
   if (!d) return 0;
   long found = 0;
   while (dirent* e = readdir(d)) {
@@ -138,7 +183,8 @@ int open_comm(pthread_t th, int flags) {
   return real_open(path, flags | O_CLOEXEC);
 }
 
-// The caller's pid as /proc numbers it; asked each time, since a fork or a restore changes it.
+// The caller's pid as /proc numbers it; asked each time, since a fork or a restore changes
+// it. 0 when /proc cannot say.
 long host_pid() {
   char b[32] = {};
   return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
@@ -154,51 +200,64 @@ long leading_number(const char* p, const char** end) {
   return v;
 }
 
+bool fits(int n, size_t size) { return n > 0 && static_cast<size_t>(n) < size; }
+
+// What a /proc path in the namespace's numbers names, as /proc numbers it:
+//   /proc/<getpid()>/...            -> /proc/<host pid>/... (the directory, not the
+//                                      /proc/self link: lstat and readlink see what a
+//                                      /proc of the job's own would show)
+//   /proc/<getpid()>/task/<t>/...   -> /proc/<host pid>/task/<host tid>/... when t is one
+//                                      of its threads; a number /proc gave (from listing
+//                                      that directory) stays
+//   /proc/self/task/<t>/...         -> /proc/self/task/<host tid>/..., the same way
+//   /proc/<t>/...                   -> /proc/<host tid>/... for another of its threads
+// Anything else -- another process's pid -- is used as it is.
+bool translate(const char* path, char* out, size_t size) {
+  const char* rest = nullptr;
+  if (strncmp(path + 6, "self/task/", 10) == 0) {
+    long t = leading_number(path + 16, &rest);
+    long at = own_thread(t) ? proc_tid(static_cast<pid_t>(t)) : 0;
+    return at && fits(snprintf(out, size, "/proc/self/task/%ld%s", at, rest), size);
+  }
+  long n = leading_number(path + 6, &rest);
+  if (n <= 0) return false;
+  if (n == getpid()) {
+    long me = host_pid();
+    const char* after = nullptr;
+    long t = strncmp(rest, "/task/", 6) == 0 ? leading_number(rest + 6, &after) : -1;
+    long at = own_thread(t) ? proc_tid(static_cast<pid_t>(t)) : 0;
+    if (me > 0 && at) return fits(snprintf(out, size, "/proc/%ld/task/%ld%s", me, at, after), size);
+    if (me > 0) return fits(snprintf(out, size, "/proc/%ld%s", me, rest), size);
+    return fits(snprintf(out, size, "/proc/self%s", rest), size);
+  }
+  long at = own_thread(n) ? proc_tid(static_cast<pid_t>(n)) : 0;
+  return at && fits(snprintf(out, size, "/proc/%ld%s", at, rest), size);
+}
+
 // `path` as /proc knows what it names, in `out`; false when it is to be used as it is.
 bool proc_path(const char* path, char* out, size_t size) {
   if (!path || strncmp(path, "/proc/", 6) != 0 || !translating()) return false;
-  const char* rest = nullptr;
-  long task = 0;
-  if (strncmp(path + 6, "self/task/", 10) == 0) {
-    task = leading_number(path + 16, &rest);
-  } else {
-    long n = leading_number(path + 6, &rest);
-    if (n < 0) return false;
-    if (n == getpid()) {  // the process itself: perhaps one of its threads below
-      if (strncmp(rest, "/task/", 6) == 0) {
-        task = leading_number(rest + 6, &rest);
-      } else {
-        task = 0;
-      }
-    } else {
-      task = n;  // /proc/<tid> names a thread too
-    }
-    // The directory itself rather than the /proc/self link to it: lstat and readlink of
-    // /proc/<pid> see a directory, as they would with a /proc of the job's own.
-    if (task == 0) return snprintf(out, size, "/proc/%ld%s", host_pid(), rest) < static_cast<int>(size);
-  }
-  if (task <= 0) return false;
-  long at = proc_tid(static_cast<pid_t>(task));
-  if (!at) return false;  // none of ours: perhaps already /proc's number
-  return snprintf(out, size, "/proc/self/task/%ld%s", at, rest) < static_cast<int>(size);
+  Quiet q;
+  return translate(path, out, size);
 }
 
 bool tracing() {
-  static int on = -1;
-  if (on < 0) on = ferry::settings::flag("FERRY_TRACE_PROC", false) ? 1 : 0;
-  return on == 1;
+  static std::atomic<int> on{-1};
+  int v = on.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = ferry::settings::flag("FERRY_TRACE_PROC", false) ? 1 : 0;
+    on.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
 }
 
 // With FERRY_TRACE_PROC: what `call` was asked (`asked`), what it used, and how it ended.
 void trace(const char* call, const char* asked, const char* used, int err) {
-  int saved = errno;  // the caller's, whatever looking up the setting does
-  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign() || !tracing()) {
-    errno = saved;
-    return;
-  }
+  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign()) return;
+  Quiet q;
+  if (!tracing()) return;
   fprintf(stderr, "ferry: %s(%s)%s%s: %s\n", call, asked, used != asked ? " as " : "", used != asked ? used : "",
           err ? strerror(err) : "ok");
-  errno = saved;
 }
 
 // What a call returning R returns when it fails.
@@ -219,10 +278,14 @@ int open_mode(int flags, va_list ap) {
 
 extern "C" {
 
+std::atomic<int (*)(pthread_t, const char*)> g_setname{nullptr};
+std::atomic<int (*)(pthread_t, char*, size_t)> g_getname{nullptr};
+
 __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, const char* name) {
-  static auto real = next<int (*)(pthread_t, const char*)>("pthread_setname_np");
+  auto real = resolve(g_setname, "pthread_setname_np");
   if (!real) return ENOSYS;
   if (pthread_equal(th, pthread_self()) || !proc_is_foreign()) return real(th, name);
+  Quiet q;
   size_t len = strlen(name);
   const char* how = "";  // which way it went, for FERRY_TRACE_PROC
   int err = 0, fd = -1;
@@ -246,10 +309,11 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
 }
 
 __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char* buf, size_t size) {
-  static auto real = next<int (*)(pthread_t, char*, size_t)>("pthread_getname_np");
+  auto real = resolve(g_getname, "pthread_getname_np");
   if (!real) return ENOSYS;
   if (pthread_equal(th, pthread_self()) || !translating()) return real(th, buf, size);
   if (size < 16) return ERANGE;
+  Quiet q;
   int fd = open_comm(th, O_RDONLY);
   if (fd < 0) return real(th, buf, size);
   ssize_t n = read(fd, buf, size - 1);
@@ -262,83 +326,77 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
   return err;
 }
 
-#define FERRY_PROC_PATH(path)         \
-  const char* asked_ = path;           \
-  char translated_[4096];              \
-  if (proc_path(path, translated_, sizeof translated_)) path = translated_
-
-#define FERRY_OPEN(name)                                                    \
-  __attribute__((visibility("default"))) int name(const char* path, int flags, ...) { \
-    static auto real = next<int (*)(const char*, int, ...)>(#name);         \
-    va_list ap;                                                             \
-    va_start(ap, flags);                                                    \
-    int mode = open_mode(flags, ap);                                        \
-    va_end(ap);                                                             \
-    FERRY_PROC_PATH(path);                                                  \
-    int r = real(path, flags, mode);                                        \
-    trace(#name, asked_, path, r < 0 ? errno : 0);                          \
-    return r;                                                               \
+// Each call that names a path: glibc's definition (`Real`, looked up once), and for a path
+// under /proc an out-of-line slow path that translates it -- so that only /proc paths pay
+// for the look-ups and the path buffer on the stack (a signal handler on a small
+// alternate stack may well call stat). A call this glibc lacks fails with ENOSYS.
+//   FERRY_PATH(R, name, Real, (params), (args), path, failed): call_<name>(params)
+#define FERRY_PATH(R, name, Real, params, args, path, failed)                         \
+  static std::atomic<Real> glibc_##name{nullptr};                                     \
+  __attribute__((constructor)) static void resolve_##name() { resolve(glibc_##name, #name); } \
+  __attribute__((noinline)) static R slow_##name params {                             \
+    auto real = glibc_##name.load(std::memory_order_acquire);                         \
+    const char* asked_ = path;                                                        \
+    char translated_[4096];                                                           \
+    if (proc_path(path, translated_, sizeof translated_)) path = translated_;         \
+    R r = real args;                                                                  \
+    trace(#name, asked_, path, (failed) ? errno : 0);                                 \
+    return r;                                                                         \
+  }                                                                                   \
+  static inline R call_##name params {                                                \
+    auto real = resolve(glibc_##name, #name);                                         \
+    if (!real) {                                                                      \
+      errno = ENOSYS;                                                                 \
+      return failure<R>();                                                            \
+    }                                                                                 \
+    if (!path || strncmp(path, "/proc/", 6) != 0) return real args;                   \
+    return slow_##name args;                                                          \
   }
+
+// A call with a fixed list of arguments; `...` is its exception specification (glibc
+// declares most of them noexcept).
+#define FERRY_PATH_CALL(R, name, params, args, path, failed, ...)                     \
+  FERRY_PATH(R, name, R(*) params, params, args, path, failed)                        \
+  __attribute__((visibility("default"))) R name params __VA_ARGS__ { return call_##name args; }
+
+// open and openat take their mode only with O_CREAT or O_TMPFILE.
+#define FERRY_OPEN(name)                                                              \
+  FERRY_PATH(int, name, int (*)(const char*, int, ...), (const char* p, int f, int m), (p, f, m), p, r < 0) \
+  __attribute__((visibility("default"))) int name(const char* p, int f, ...) {        \
+    va_list ap;                                                                       \
+    va_start(ap, f);                                                                  \
+    int m = open_mode(f, ap);                                                         \
+    va_end(ap);                                                                       \
+    return call_##name(p, f, m);                                                      \
+  }
+#define FERRY_OPENAT(name)                                                            \
+  FERRY_PATH(int, name, int (*)(int, const char*, int, ...), (int d, const char* p, int f, int m), (d, p, f, m), p, \
+             r < 0)                                                                   \
+  __attribute__((visibility("default"))) int name(int d, const char* p, int f, ...) { \
+    va_list ap;                                                                       \
+    va_start(ap, f);                                                                  \
+    int m = open_mode(f, ap);                                                         \
+    va_end(ap);                                                                       \
+    return call_##name(d, p, f, m);                                                   \
+  }
+
 FERRY_OPEN(open)
 FERRY_OPEN(open64)
-
-#define FERRY_OPENAT(name)                                                              \
-  __attribute__((visibility("default"))) int name(int dir, const char* path, int flags, ...) { \
-    static auto real = next<int (*)(int, const char*, int, ...)>(#name);                \
-    va_list ap;                                                                         \
-    va_start(ap, flags);                                                                \
-    int mode = open_mode(flags, ap);                                                    \
-    va_end(ap);                                                                         \
-    FERRY_PROC_PATH(path);                                                              \
-    int r = real(dir, path, flags, mode);                                               \
-    trace(#name, asked_, path, r < 0 ? errno : 0);                                      \
-    return r;                                                                           \
-  }
 FERRY_OPENAT(openat)
 FERRY_OPENAT(openat64)
-
-// What _FORTIFY_SOURCE makes of open(path, flags) without a mode.
-#define FERRY_OPEN_2(name)                                                      \
-  __attribute__((visibility("default"))) int name(const char* path, int flags) { \
-    static auto real = next<int (*)(const char*, int)>(#name);                 \
-    FERRY_PROC_PATH(path);                                                      \
-    int r = real(path, flags);                                                  \
-    trace(#name, asked_, path, r < 0 ? errno : 0);                              \
-    return r;                                                                   \
-  }
-FERRY_OPEN_2(__open_2)
-FERRY_OPEN_2(__open64_2)
-
-#define FERRY_FOPEN(name)                                                              \
-  __attribute__((visibility("default"))) FILE* name(const char* path, const char* mode) { \
-    static auto real = next<FILE* (*)(const char*, const char*)>(#name);               \
-    FERRY_PROC_PATH(path);                                                             \
-    FILE* f = real(path, mode);                                                        \
-    trace(#name, asked_, path, f ? 0 : errno);                                         \
-    return f;                                                                          \
-  }
-FERRY_FOPEN(fopen)
-FERRY_FOPEN(fopen64)
+// What _FORTIFY_SOURCE makes of open(path, flags) and openat(dir, path, flags) without a mode.
+FERRY_PATH_CALL(int, __open_2, (const char* p, int f), (p, f), p, r < 0)
+FERRY_PATH_CALL(int, __open64_2, (const char* p, int f), (p, f), p, r < 0)
+FERRY_PATH_CALL(int, __openat_2, (int d, const char* p, int f), (d, p, f), p, r < 0)
+FERRY_PATH_CALL(int, __openat64_2, (int d, const char* p, int f), (d, p, f), p, r < 0)
+FERRY_PATH_CALL(FILE*, fopen, (const char* p, const char* m), (p, m), p, !r)
+FERRY_PATH_CALL(FILE*, fopen64, (const char* p, const char* m), (p, m), p, !r)
 
 // The calls that name a file without opening it: the real driver stats
 // /proc/<getpid()>/ns/pid while it initializes (an strace of its start, in NVIDIA's
 // cuda-checkpoint issue 10), so with the host's /proc it would look at another process's
 // namespace. What a program lists (opendir), checks (access) or follows (readlink,
-// realpath) under its own /proc directory is translated the same way. glibc declares most
-// of them noexcept; a call this glibc lacks fails with ENOSYS.
-#define FERRY_PATH_CALL(R, name, params, args, path, failed, ...)                    \
-  __attribute__((visibility("default"))) R name params __VA_ARGS__ {                 \
-    static auto real = next_any<R(*) params>(#name);                                 \
-    if (!real) {                                                                     \
-      errno = ENOSYS;                                                                \
-      return failure<R>();                                                           \
-    }                                                                                \
-    FERRY_PROC_PATH(path);                                                           \
-    R r = real args;                                                                 \
-    trace(#name, asked_, path, (failed) ? errno : 0);                                \
-    return r;                                                                        \
-  }
-
+// realpath) under its own /proc directory is translated the same way.
 FERRY_PATH_CALL(int, stat, (const char* p, struct stat* b), (p, b), p, r < 0, noexcept)
 FERRY_PATH_CALL(int, stat64, (const char* p, struct stat64* b), (p, b), p, r < 0, noexcept)
 FERRY_PATH_CALL(int, lstat, (const char* p, struct stat* b), (p, b), p, r < 0, noexcept)

@@ -24,7 +24,7 @@ carry() {
   rm -rf "$kit"
   mkdir -p "$kit/lib"
   cp "$bin" "$kit/$name.bin"
-  ldd "$bin" | awk '/=> \// {print $3}' | grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' |
+  { ldd "$bin" | awk '/=> \// {print $3}' | grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' || true; } |
     while read -r lib; do cp -L "$lib" "$kit/lib/"; done
   {
     printf '#!/bin/sh\nd=$(dirname "$(readlink -f "$0")")\n'
@@ -35,11 +35,12 @@ carry() {
     fi
   } >"$kit/$name"
   chmod +x "$kit/$name"
-  echo "gpu-kit-deps: $("$kit/$name" -V 2>/dev/null | head -1 || true) with $(ls "$kit/lib" | wc -l) libraries in $kit"
+  echo "gpu-kit-deps: $name ($("$kit/$name" -V 2>/dev/null | head -1 || true)) with $(ls "$kit/lib" | wc -l)" \
+    "libraries in $kit"
 }
 
 criu="$root/.deps/criu/criu"
-[[ -x $criu ]] && carry criu "$criu" env
+if [[ -x $criu ]]; then carry criu "$criu" env; fi
 # strace, for the driver's start in a PID namespace (tests/gpu/run_suite.py, probe.pid_namespace).
 strace_bin=$(command -v strace || true)
-[[ -n $strace_bin ]] && carry strace "$strace_bin" loader
+if [[ -n $strace_bin ]]; then carry strace "$strace_bin" loader; fi

@@ -459,18 +459,28 @@ def pid_namespace_probe():
         return (rc if rc != 0 or ok else 1), steps + f" (pid {r['pid']}, /proc says {r['proc_self']})", err
 
     def traced(name, cmd, extra=None, direct=True):
-        """The variant again under strace -f: the whole trace to logs/<name>.strace, and
+        """The variant again under strace: the whole trace to logs/<name>.strace, and
         the calls on /proc paths that failed (the likely culprits) for the summary."""
         if not strace:
             return "no strace here (scripts/gpu-kit-deps.sh carries one)"
         os.makedirs(logs, exist_ok=True)
         path = os.path.join(logs, name + ".strace")
-        outcome([strace, "-f", "-qq", "-s", "200", "-o", path, "--"] + cmd, extra, direct)
-        try:
-            with open(path, errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            return f"strace wrote nothing ({e})"
+        # One file per thread (-ff): with one file for all, a call another thread
+        # interrupts is split into "<unfinished ...>" and "<... resumed>" lines.
+        parts = tempfile.mkdtemp(prefix="strace-", dir=logs)
+        outcome([strace, "-ff", "-tt", "-qq", "-s", "200", "-o", os.path.join(parts, "t"), "--"] + cmd, extra,
+                direct)
+        timed = []  # (time, "tid time call"), merged in time order
+        for part in os.listdir(parts):
+            tid = part.rsplit(".", 1)[-1]
+            with open(os.path.join(parts, part), errors="replace") as f:
+                timed += [(ln.split(" ", 1)[0], f"{tid} {ln}") for ln in f.read().splitlines()]
+        lines = [ln for _, ln in sorted(timed, key=lambda x: x[0])]
+        shutil.rmtree(parts, ignore_errors=True)
+        if not lines:
+            return "strace wrote nothing"
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
         failed = [ln for ln in lines if "/proc" in ln and " = -1 " in ln]
         traps = [ln for ln in lines  # delivered, not installed; a child's end is no news
                  if (" --- SIG" in ln and "SIGCHLD" not in ln) or " +++ killed by " in ln]

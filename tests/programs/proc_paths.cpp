@@ -44,10 +44,23 @@ extern "C" {
 int old_xstat(int, const char*, struct stat*);
 int old_lxstat(int, const char*, struct stat*);
 int old_fxstatat(int, int, const char*, struct stat*, int);
+int old_xstat64(int, const char*, struct stat64*);
+int old_lxstat64(int, const char*, struct stat64*);
+int old_fxstatat64(int, int, const char*, struct stat64*, int);
+// What _FORTIFY_SOURCE turns calls into where it knows the buffer's size (Ubuntu's
+// compilers fortify by default); declared here since only a fortified build's headers do.
+ssize_t __readlink_chk(const char*, char*, size_t, size_t) noexcept;
+ssize_t __readlinkat_chk(int, const char*, char*, size_t, size_t) noexcept;
+char* __realpath_chk(const char*, char*, size_t) noexcept;
+int __open_2(const char*, int);
+int __openat_2(int, const char*, int);
 }
 __asm__(".symver old_xstat,__xstat@GLIBC_2.2.5");
 __asm__(".symver old_lxstat,__lxstat@GLIBC_2.2.5");
 __asm__(".symver old_fxstatat,__fxstatat@GLIBC_2.4");
+__asm__(".symver old_xstat64,__xstat64@GLIBC_2.2.5");
+__asm__(".symver old_lxstat64,__lxstat64@GLIBC_2.2.5");
+__asm__(".symver old_fxstatat64,__fxstatat64@GLIBC_2.4");
 
 namespace {
 
@@ -57,6 +70,7 @@ pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 bool done = false;
 
 void* second(void*) {
+  pthread_setname_np(pthread_self(), "proc-paths-2");  // its own name: no /proc involved
   pthread_mutex_lock(&mu);
   second_tid = static_cast<pid_t>(syscall(SYS_gettid));
   pthread_cond_broadcast(&cv);
@@ -92,6 +106,10 @@ int main() {
   report("stat64", r == 0 && b64.st_ino == want.st_ino, err(r));
   r = fstatat(AT_FDCWD, ns.c_str(), &b, 0);
   report("fstatat", r == 0 && same(b), err(r));
+  r = fstatat64(AT_FDCWD, ns.c_str(), &b64, 0);
+  report("fstatat64", r == 0 && b64.st_ino == want.st_ino, err(r));
+  r = lstat64(thread.c_str(), &b64);
+  report("lstat64", r == 0 && S_ISDIR(b64.st_mode), err(r));
   r = lstat(me.c_str(), &b);  // the directory itself, not a link to it
   if (r == 0 && S_ISDIR(b.st_mode)) r = lstat(thread.c_str(), &b);
   report("lstat", r == 0 && S_ISDIR(b.st_mode), err(r));
@@ -104,6 +122,12 @@ int main() {
   report("__lxstat", r == 0 && S_ISDIR(b.st_mode), err(r));
   r = old_fxstatat(1, AT_FDCWD, ns.c_str(), &b, 0);
   report("__fxstatat", r == 0 && same(b), err(r));
+  r = old_xstat64(1, ns.c_str(), &b64);
+  report("__xstat64", r == 0 && b64.st_ino == want.st_ino, err(r));
+  r = old_lxstat64(1, thread.c_str(), &b64);
+  report("__lxstat64", r == 0 && S_ISDIR(b64.st_mode), err(r));
+  r = old_fxstatat64(1, AT_FDCWD, ns.c_str(), &b64, 0);
+  report("__fxstatat64", r == 0 && b64.st_ino == want.st_ino, err(r));
 
   r = access(thread.c_str(), R_OK);
   report("access", r == 0, err(r));
@@ -117,21 +141,56 @@ int main() {
   memset(got, 0, sizeof got);
   n = readlinkat(AT_FDCWD, ns.c_str(), got, sizeof got - 1);
   report("readlinkat", n > 0 && strcmp(got, want_link) == 0, err(n));
+  memset(got, 0, sizeof got);
+  n = __readlink_chk(ns.c_str(), got, sizeof got - 1, sizeof got);
+  report("__readlink_chk", n > 0 && strcmp(got, want_link) == 0, err(n));
+  memset(got, 0, sizeof got);
+  n = __readlinkat_chk(AT_FDCWD, ns.c_str(), got, sizeof got - 1, sizeof got);
+  report("__readlinkat_chk", n > 0 && strcmp(got, want_link) == 0, err(n));
 
   char want_path[PATH_MAX] = {}, got_path[PATH_MAX] = {};
   const char* rw = realpath("/proc/self/exe", want_path);
   const char* rg = realpath((me + "/exe").c_str(), got_path);
   report("realpath", rw && rg && strcmp(want_path, got_path) == 0, rg ? "answered for another file" : strerror(errno));
+  memset(got_path, 0, sizeof got_path);
+  rg = __realpath_chk((me + "/exe").c_str(), got_path, sizeof got_path);
+  report("__realpath_chk", rw && rg && strcmp(want_path, got_path) == 0,
+         rg ? "answered for another file" : strerror(errno));
 
-  int entries = 0;
+  // The threads as a listing gives them (by /proc's numbers), then each looked at by the
+  // name the listing gave, under the process's own number -- what psutil's threads() does.
+  int entries = 0, usable = 0;
   if (DIR* d = opendir((me + "/task").c_str())) {
-    while (dirent* e = readdir(d)) entries += e->d_name[0] != '.';
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      entries++;
+      usable += stat((me + "/task/" + e->d_name + "/stat").c_str(), &b) == 0;
+    }
     closedir(d);
   }
   report("opendir", entries == 2, std::to_string(entries) + " threads listed, not 2");
+  report("listed-threads", entries == 2 && usable == 2, std::to_string(usable) + " of them usable by those names");
+  entries = 0;
+  if (DIR* d = opendir((me + "/task/").c_str())) {
+    while (dirent* e = readdir(d)) entries += e->d_name[0] != '.';
+    closedir(d);
+  }
+  report("opendir-slash", entries == 2, std::to_string(entries) + " threads listed, not 2");
 
   int fd = open((thread + "/comm").c_str(), O_RDONLY);
   report("open", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = __open_2((thread + "/comm").c_str(), O_RDONLY);
+  report("__open_2", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = __openat_2(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
+  report("__openat_2", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  // The second thread by its own number, as /proc/<tid> names a thread.
+  char comm[32] = {};
+  fd = open(("/proc/" + std::to_string(second_tid) + "/comm").c_str(), O_RDONLY);
+  n = fd >= 0 ? read(fd, comm, sizeof comm - 1) : -1;
+  report("proc-tid", n > 0 && strcmp(comm, "proc-paths-2\n") == 0, fd < 0 ? err(fd) : std::string("read ") + comm);
   if (fd >= 0) close(fd);
 
   pthread_mutex_lock(&mu);
