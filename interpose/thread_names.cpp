@@ -17,8 +17,8 @@
 //   readlink, realpath, opendir, with their *at, 64-bit, fortified and old-glibc names --
 //   rewrites one that names the caller by its namespace's numbers -- /proc/<getpid()>/...,
 //   and /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the
-//   names /proc knows (translate() below lists the cases; whether a number is one of its
-//   threads is the kernel's answer, so numbers /proc itself gave stay). Any other path is
+//   names /proc knows (translate() below lists the cases, and what it does with a number
+//   that means one thread in the namespace and another in /proc). Any other path is
 //   passed on untouched, at the cost of one compare. Paths reached by raw system calls,
 //   relative ones, and other processes' pids are beyond it.
 // Everywhere else these calls are glibc's. FERRY_TRACE_PROC=on reports each such path and
@@ -84,7 +84,9 @@ F next_any(const char* name) {
 // guard would be held across dlsym, which waits for the loader's lock, while a library
 // constructor run under that lock (inside dlopen) calls stat for the first time and waits
 // for the guard. Two threads looking it up at once both store the same answer. Each
-// wrapper also looks its definition up when the shim is loaded (a constructor).
+// wrapper also looks its definition up when the shim is loaded, in a constructor that
+// runs before the shim's own (which loads the real driver, whose constructors may call
+// them).
 template <typename F>
 F resolve(std::atomic<F>& slot, const char* name) {
   F f = slot.load(std::memory_order_acquire);
@@ -99,6 +101,15 @@ F resolve(std::atomic<F>& slot, const char* name) {
 std::atomic<FILE* (*)(const char*, const char*)> g_fopen{nullptr};
 std::atomic<int (*)(const char*, int, ...)> g_open{nullptr};
 std::atomic<DIR* (*)(const char*)> g_opendir{nullptr};
+std::atomic<int (*)(pthread_t, const char*)> g_setname{nullptr};
+std::atomic<int (*)(pthread_t, char*, size_t)> g_getname{nullptr};
+__attribute__((constructor(101))) void resolve_own() {
+  resolve(g_fopen, "fopen");
+  resolve(g_open, "open");
+  resolve(g_opendir, "opendir");
+  resolve(g_setname, "pthread_setname_np");
+  resolve(g_getname, "pthread_getname_np");
+}
 FILE* real_fopen(const char* path, const char* mode) { return resolve(g_fopen, "fopen")(path, mode); }
 int real_open(const char* path, int flags) { return resolve(g_open, "open")(path, flags); }
 DIR* real_opendir(const char* path) { return resolve(g_opendir, "opendir")(path); }
@@ -190,8 +201,10 @@ long host_pid() {
   return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
 }
 
-// Digits at `p` up to '/' or the end: their value, with *end after them; -1 otherwise.
+// Digits at `p` up to '/' or the end: their value, with *end after them; -1 otherwise
+// (and for a leading zero, which /proc never writes and does not accept).
 long leading_number(const char* p, const char** end) {
+  if (p[0] == '0' && p[1] >= '0' && p[1] <= '9') return -1;
   long v = 0;
   const char* q = p;
   while (*q >= '0' && *q <= '9' && v < (1L << 40)) v = v * 10 + (*q++ - '0');
@@ -206,39 +219,40 @@ bool fits(int n, size_t size) { return n > 0 && static_cast<size_t>(n) < size; }
 //   /proc/<getpid()>/...            -> /proc/<host pid>/... (the directory, not the
 //                                      /proc/self link: lstat and readlink see what a
 //                                      /proc of the job's own would show)
-//   /proc/<getpid()>/task/<t>/...   -> /proc/<host pid>/task/<host tid>/... when t is one
-//                                      of its threads; a number /proc gave (from listing
-//                                      that directory) stays
-//   /proc/self/task/<t>/...         -> /proc/self/task/<host tid>/..., the same way
 //   /proc/<t>/...                   -> /proc/<host tid>/... for another of its threads
-// Anything else -- another process's pid -- is used as it is.
+//   .../task/<t>/... below either   -> .../task/<host tid>/... when t is one of its threads
+//   /proc/self/task/<t>/...         -> /proc/self/task/<host tid>/..., the same way
+// A number that is none of the caller's threads in its namespace (the kernel says) is
+// used as it is: another process's pid, or a thread number that listing the task
+// directory gave. A number that is both -- the host numbers a job's threads small
+// enough to meet the namespace's, as in a container -- is taken in the namespace's
+// numbering, the one the driver uses (getpid, gettid); FERRY_TRACE_PROC shows the result.
 bool translate(const char* path, char* out, size_t size) {
   const char* rest = nullptr;
+  // A thread of the caller by the namespace's number: its host number, or 0.
+  auto host_tid = [](long t) { return own_thread(t) ? proc_tid(static_cast<pid_t>(t)) : 0L; };
   if (strncmp(path + 6, "self/task/", 10) == 0) {
-    long t = leading_number(path + 16, &rest);
-    long at = own_thread(t) ? proc_tid(static_cast<pid_t>(t)) : 0;
+    long at = host_tid(leading_number(path + 16, &rest));
     return at && fits(snprintf(out, size, "/proc/self/task/%ld%s", at, rest), size);
   }
   long n = leading_number(path + 6, &rest);
   if (n <= 0) return false;
-  if (n == getpid()) {
-    long me = host_pid();
-    const char* after = nullptr;
-    long t = strncmp(rest, "/task/", 6) == 0 ? leading_number(rest + 6, &after) : -1;
-    long at = own_thread(t) ? proc_tid(static_cast<pid_t>(t)) : 0;
-    if (me > 0 && at) return fits(snprintf(out, size, "/proc/%ld/task/%ld%s", me, at, after), size);
-    if (me > 0) return fits(snprintf(out, size, "/proc/%ld%s", me, rest), size);
-    return fits(snprintf(out, size, "/proc/self%s", rest), size);
-  }
-  long at = own_thread(n) ? proc_tid(static_cast<pid_t>(n)) : 0;
-  return at && fits(snprintf(out, size, "/proc/%ld%s", at, rest), size);
+  long base = n == getpid() ? host_pid() : host_tid(n);
+  if (n != getpid() && !base) return false;  // another process's pid
+  const char* after = nullptr;
+  long at = strncmp(rest, "/task/", 6) == 0 ? host_tid(leading_number(rest + 6, &after)) : 0;
+  if (base && at) return fits(snprintf(out, size, "/proc/%ld/task/%ld%s", base, at, after), size);
+  if (base) return fits(snprintf(out, size, "/proc/%ld%s", base, rest), size);
+  // /proc cannot say who the caller is (host_pid failed): through the /proc/self link.
+  if (at) return fits(snprintf(out, size, "/proc/self/task/%ld%s", at, after), size);
+  return fits(snprintf(out, size, "/proc/self%s", rest), size);
 }
 
 // `path` as /proc knows what it names, in `out`; false when it is to be used as it is.
 bool proc_path(const char* path, char* out, size_t size) {
-  if (!path || strncmp(path, "/proc/", 6) != 0 || !translating()) return false;
-  Quiet q;
-  return translate(path, out, size);
+  if (!path || strncmp(path, "/proc/", 6) != 0) return false;
+  Quiet q;  // before translating(), whose first call reads /proc and the environment
+  return translating() && translate(path, out, size);
 }
 
 bool tracing() {
@@ -253,11 +267,18 @@ bool tracing() {
 
 // With FERRY_TRACE_PROC: what `call` was asked (`asked`), what it used, and how it ended.
 void trace(const char* call, const char* asked, const char* used, int err) {
-  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !proc_is_foreign()) return;
+  if (!asked || strncmp(asked, "/proc/", 6) != 0 || !tracing() || !proc_is_foreign()) return;
   Quiet q;
-  if (!tracing()) return;
   fprintf(stderr, "ferry: %s(%s)%s%s: %s\n", call, asked, used != asked ? " as " : "", used != asked ? used : "",
           err ? strerror(err) : "ok");
+}
+
+// `p`, of which the compiler knows nothing: glibc declares these paths nonnull, so it would
+// drop a null check on them, and a null path must reach glibc (EFAULT, or for statx and
+// fstatat with AT_EMPTY_PATH, an answer).
+inline const char* opaque(const char* p) {
+  asm("" : "+r"(p));
+  return p;
 }
 
 // What a call returning R returns when it fails.
@@ -278,9 +299,6 @@ int open_mode(int flags, va_list ap) {
 
 extern "C" {
 
-std::atomic<int (*)(pthread_t, const char*)> g_setname{nullptr};
-std::atomic<int (*)(pthread_t, char*, size_t)> g_getname{nullptr};
-
 __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, const char* name) {
   auto real = resolve(g_setname, "pthread_setname_np");
   if (!real) return ENOSYS;
@@ -295,8 +313,10 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
   } else if (len > 15) {
     return ERANGE;  // the kernel's limit, as glibc checks it
   } else if ((fd = open_comm(th, O_WRONLY)) < 0) {
-    how = ": no such thread in /proc, glibc's";
-    err = real(th, name);
+    // Not glibc's way: it would open the comm file by the namespace's tid, which in this
+    // /proc may be another of our threads.
+    how = ": no such thread in /proc";
+    err = ENOENT;
   } else {
     ssize_t n = write(fd, name, len);
     err = n < 0 ? errno : static_cast<size_t>(n) == len ? 0 : EIO;
@@ -315,7 +335,7 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
   if (size < 16) return ERANGE;
   Quiet q;
   int fd = open_comm(th, O_RDONLY);
-  if (fd < 0) return real(th, buf, size);
+  if (fd < 0) return ENOENT;  // not glibc's way, as above
   ssize_t n = read(fd, buf, size - 1);
   int err = n < 0 ? errno : 0;
   close(fd);
@@ -333,7 +353,7 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
 //   FERRY_PATH(R, name, Real, (params), (args), path, failed): call_<name>(params)
 #define FERRY_PATH(R, name, Real, params, args, path, failed)                         \
   static std::atomic<Real> glibc_##name{nullptr};                                     \
-  __attribute__((constructor)) static void resolve_##name() { resolve(glibc_##name, #name); } \
+  __attribute__((constructor(101))) static void resolve_##name() { resolve(glibc_##name, #name); } \
   __attribute__((noinline)) static R slow_##name params {                             \
     auto real = glibc_##name.load(std::memory_order_acquire);                         \
     const char* asked_ = path;                                                        \
@@ -349,7 +369,7 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
       errno = ENOSYS;                                                                 \
       return failure<R>();                                                            \
     }                                                                                 \
-    if (!path || strncmp(path, "/proc/", 6) != 0) return real args;                   \
+    if (!opaque(path) || strncmp(path, "/proc/", 6) != 0) return real args;           \
     return slow_##name args;                                                          \
   }
 

@@ -53,7 +53,9 @@ ssize_t __readlink_chk(const char*, char*, size_t, size_t) noexcept;
 ssize_t __readlinkat_chk(int, const char*, char*, size_t, size_t) noexcept;
 char* __realpath_chk(const char*, char*, size_t) noexcept;
 int __open_2(const char*, int);
+int __open64_2(const char*, int);
 int __openat_2(int, const char*, int);
+int __openat64_2(int, const char*, int);
 }
 __asm__(".symver old_xstat,__xstat@GLIBC_2.2.5");
 __asm__(".symver old_lxstat,__lxstat@GLIBC_2.2.5");
@@ -186,6 +188,45 @@ int main() {
   fd = __openat_2(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
   report("__openat_2", fd >= 0, err(fd));
   if (fd >= 0) close(fd);
+  fd = __open64_2((thread + "/comm").c_str(), O_RDONLY);
+  report("__open64_2", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = __openat64_2(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
+  report("__openat64_2", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = open64((thread + "/comm").c_str(), O_RDONLY);
+  report("open64", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = openat(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
+  report("openat", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  fd = openat64(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
+  report("openat64", fd >= 0, err(fd));
+  if (fd >= 0) close(fd);
+  FILE* f = fopen((thread + "/comm").c_str(), "r");
+  report("fopen", f != nullptr, err(f ? 0 : -1));
+  if (f) fclose(f);
+  f = fopen64((thread + "/comm").c_str(), "r");
+  report("fopen64", f != nullptr, err(f ? 0 : -1));
+  if (f) fclose(f);
+
+  // Another thread's name, which glibc reads under /proc/self/task by the namespace's tid.
+  char name[32] = {};
+  r = pthread_getname_np(th, name, sizeof name);
+  report("pthread_getname_np", r == 0 && strcmp(name, "proc-paths-2") == 0,
+         r ? std::string(strerror(r)) : std::string("got ") + name);
+  // A call that succeeds leaves errno alone, translated or not.
+  errno = 12345;
+  r = stat(ns.c_str(), &b);
+  report("errno-kept", r == 0 && errno == 12345, r ? err(r) : "errno " + std::to_string(errno));
+  // A null path reaches glibc (and the kernel), which says EFAULT, rather than crashing.
+  const char* volatile null_path = nullptr;
+  errno = 0;
+  r = stat(null_path, &b);
+  int e = errno;
+  int r2 = access(null_path, R_OK);
+  report("null-path", r == -1 && e == EFAULT && r2 == -1 && errno == EFAULT,
+         "stat " + std::to_string(r) + " (" + strerror(e) + "), access " + std::to_string(r2));
   // The second thread by its own number, as /proc/<tid> names a thread.
   char comm[32] = {};
   fd = open(("/proc/" + std::to_string(second_tid) + "/comm").c_str(), O_RDONLY);
