@@ -13,14 +13,15 @@
 // - pthread_setname_np/getname_np for another thread look it up by the tid its
 //   namespace gives it (the last field of NSpid in each task's status) and use the
 //   directory /proc knows it by;
-// - every call that names a path -- open, fopen, the stat family, statx, access,
+// - every glibc call that names a path -- open, fopen, the stat family, statx, access,
 //   readlink, realpath, opendir, with their *at, 64-bit, fortified and old-glibc names --
 //   rewrites one that names the caller by its namespace's numbers -- /proc/<getpid()>/...,
 //   and /proc/self/task/<tid>/... or /proc/<tid>/... of one of its threads -- to the
-//   names /proc knows (translate() below lists the cases, and what it does with a number
-//   that means one thread in the namespace and another in /proc). Any other path is
-//   passed on untouched, at the cost of one compare. Paths reached by raw system calls,
-//   relative ones, and other processes' pids are beyond it.
+//   names /proc knows, and so does one naming another process of the namespace
+//   (translate() below lists the cases, and what it does with a number that means one
+//   thing in the namespace and another in /proc). Any other path is passed on untouched,
+//   at the cost of one compare. Paths reached by raw system calls, relative ones, and
+//   other processes' threads are beyond it.
 // Everywhere else these calls are glibc's. FERRY_TRACE_PROC=on reports each such path and
 // thread name with its outcome on stderr: the driver's reasons are its own, and on a GPU
 // machine without a debugger this is how one learns which path it could not use.
@@ -201,6 +202,33 @@ long host_pid() {
   return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
 }
 
+// Another process of the caller's PID namespace, by its number there: its number in
+// /proc, read from a pidfd's fdinfo (whose "Pid:" is given in the numbering of the /proc
+// it is read through). 0 when `n` names no process there (a thread of another process,
+// for one), or the kernel has no pidfds (before 5.3). Raw system calls: this runs inside
+// the wrappers of open and read.
+long other_process(long n) {
+  if (n <= 0 || n > INT_MAX) return 0;
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(n), 0));
+  if (fd < 0) return 0;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  int info = static_cast<int>(syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC));
+  long pid = 0;
+  if (info >= 0) {
+    char buf[1024];
+    ssize_t len = syscall(SYS_read, info, buf, sizeof buf - 1);
+    if (len > 0) {
+      buf[len] = '\0';
+      const char* at = strstr(buf, "\nPid:\t");
+      if (at) pid = atol(at + 6);
+    }
+    syscall(SYS_close, info);
+  }
+  syscall(SYS_close, fd);
+  return pid > 0 ? pid : 0;
+}
+
 // Digits at `p` up to '/' or the end: their value, with *end after them; -1 otherwise
 // (and for a leading zero, which /proc never writes and does not accept).
 long leading_number(const char* p, const char** end) {
@@ -222,11 +250,14 @@ bool fits(int n, size_t size) { return n > 0 && static_cast<size_t>(n) < size; }
 //   /proc/<t>/...                   -> /proc/<host tid>/... for another of its threads
 //   .../task/<t>/... below either   -> .../task/<host tid>/... when t is one of its threads
 //   /proc/self/task/<t>/...         -> /proc/self/task/<host tid>/..., the same way
-// A number that is none of the caller's threads in its namespace (the kernel says) is
-// used as it is: another process's pid, or a thread number that listing the task
-// directory gave. A number that is both -- the host numbers a job's threads small
-// enough to meet the namespace's, as in a container -- is taken in the namespace's
-// numbering, the one the driver uses (getpid, gettid); FERRY_TRACE_PROC shows the result.
+//   /proc/<p>/...                   -> /proc/<host pid of p>/... for another process of
+//                                      the namespace (a child, the job's init), with what
+//                                      is below it as it is
+// A number that names nothing in the caller's namespace (the kernel says) is used as it
+// is: a number that listing /proc or a task directory gave, most likely. A number that
+// names something in both -- the host numbers small enough to meet the namespace's, as
+// in a container -- is taken in the namespace's numbering, the one the program got from
+// getpid, gettid or fork and the driver uses; FERRY_TRACE_PROC shows the result.
 bool translate(const char* path, char* out, size_t size) {
   const char* rest = nullptr;
   // A thread of the caller by the namespace's number: its host number, or 0.
@@ -238,7 +269,10 @@ bool translate(const char* path, char* out, size_t size) {
   long n = leading_number(path + 6, &rest);
   if (n <= 0) return false;
   long base = n == getpid() ? host_pid() : host_tid(n);
-  if (n != getpid() && !base) return false;  // another process's pid
+  if (n != getpid() && !base) {
+    long other = other_process(n);
+    return other && fits(snprintf(out, size, "/proc/%ld%s", other, rest), size);
+  }
   const char* after = nullptr;
   long at = strncmp(rest, "/task/", 6) == 0 ? host_tid(leading_number(rest + 6, &after)) : 0;
   if (base && at) return fits(snprintf(out, size, "/proc/%ld/task/%ld%s", base, at, after), size);

@@ -296,7 +296,8 @@ TEST_CASE("in a job's PID namespace, every call that names a path answers for th
   // with their 64-bit and fortified names, pthread_getname_np: each compared with what
   // /proc/self says, for the process and for one of its threads; the threads as listing
   // the process's task directory names them (by the host's numbers) stay usable by those
-  // names; errno is kept by a call that succeeds; a null path gets glibc's EFAULT.
+  // names; a child by the pid fork gave; errno is kept by a call that succeeds; a null
+  // path gets glibc's EFAULT.
   const std::vector<std::string> calls = {"stat", "stat64", "fstatat", "fstatat64", "lstat64", "lstat",
                                           "statx", "__xstat", "__lxstat", "__fxstatat", "__xstat64",
                                           "__lxstat64", "__fxstatat64", "access", "faccessat", "readlink",
@@ -304,7 +305,7 @@ TEST_CASE("in a job's PID namespace, every call that names a path answers for th
                                           "__realpath_chk", "opendir", "listed-threads", "opendir-slash",
                                           "open", "__open_2", "__openat_2", "__open64_2", "__openat64_2",
                                           "open64", "openat", "openat64", "fopen", "fopen64",
-                                          "pthread_getname_np", "errno-kept", "null-path", "proc-tid"};
+                                          "pthread_getname_np", "errno-kept", "null-path", "proc-tid", "child"};
   const std::string prog = std::string(FERRY_TEST_BIN_DIR) + "/tests/programs/proc_paths";
   // Each call's verdict, in the order of `calls`: "ok", "wrong" or "missing".
   auto outcome = [&](const ferry_test::Result& r) {

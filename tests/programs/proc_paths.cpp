@@ -10,8 +10,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -233,6 +235,29 @@ int main() {
   n = fd >= 0 ? read(fd, comm, sizeof comm - 1) : -1;
   report("proc-tid", n > 0 && strcmp(comm, "proc-paths-2\n") == 0, fd < 0 ? err(fd) : std::string("read ") + comm);
   if (fd >= 0) close(fd);
+  // A child, by the number fork gave (what a launcher does with its workers' pids).
+  int ready[2], hold[2];
+  if (pipe(ready) != 0 || pipe(hold) != 0) return 2;
+  pid_t child = fork();
+  if (child == 0) {
+    prctl(PR_SET_NAME, "proc-paths-c");
+    char c = 1;
+    if (write(ready[1], &c, 1) != 1) _exit(1);
+    close(hold[1]);
+    ssize_t ignored = read(hold[0], &c, 1);  // until the parent closes its end
+    (void)ignored;
+    _exit(0);
+  }
+  char c = 0;
+  if (child < 0 || read(ready[0], &c, 1) != 1) return 2;
+  memset(comm, 0, sizeof comm);
+  fd = open(("/proc/" + std::to_string(child) + "/comm").c_str(), O_RDONLY);
+  n = fd >= 0 ? read(fd, comm, sizeof comm - 1) : -1;
+  report("child", n > 0 && strcmp(comm, "proc-paths-c\n") == 0, fd < 0 ? err(fd) : std::string("read ") + comm);
+  if (fd >= 0) close(fd);
+  close(hold[1]);
+  waitpid(child, nullptr, 0);
+
 
   pthread_mutex_lock(&mu);
   done = true;
