@@ -40,9 +40,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include <ferry_common/settings.hpp>
 
@@ -115,16 +119,49 @@ FILE* real_fopen(const char* path, const char* mode) { return resolve(g_fopen, "
 int real_open(const char* path, int flags) { return resolve(g_open, "open")(path, flags); }
 DIR* real_opendir(const char* path) { return resolve(g_opendir, "opendir")(path); }
 
-// Whether paths and thread names are translated: where /proc is foreign, unless a test
-// turns it off to show what happens without.
-bool translating() {
-  static std::atomic<int> on{-1};
+// The families of calls translated, which a test (and the GPU kit, to learn which of them
+// the real driver needs) can turn off one by one.
+enum Family : int { kOpen = 1, kStat = 2, kList = 4, kLink = 8, kNames = 16, kAll = 31 };
+
+// A wrapped call's family, by its name: opendir lists; open, openat, fopen and their
+// other names open; the stat family and access look; readlink and realpath follow links.
+constexpr Family family_of(std::string_view name) {
+  if (name.find("opendir") != name.npos) return kList;
+  if (name.find("open") != name.npos) return kOpen;
+  if (name.find("readlink") != name.npos || name.find("realpath") != name.npos) return kLink;
+  return kStat;
+}
+static_assert(family_of("__openat64_2") == kOpen && family_of("opendir") == kList &&
+              family_of("__fxstatat64") == kStat && family_of("faccessat") == kStat &&
+              family_of("__realpath_chk") == kLink);
+
+// The families FERRY_TEST_NO_PROC_TRANSLATION leaves untranslated: all for on/1/yes/true,
+// else those it names (open, stat, list, link, names; comma-separated).
+int untranslated() {
+  std::string v = ferry::settings::text("FERRY_TEST_NO_PROC_TRANSLATION");
+  if (v.empty()) return 0;
+  if (auto all = ferry::settings::parse_flag(v)) return *all ? kAll : 0;
+  int mask = 0;
+  std::string_view rest = v;
+  while (!rest.empty()) {
+    std::string_view word = rest.substr(0, rest.find(','));
+    rest.remove_prefix(std::min(rest.size(), word.size() + 1));
+    for (auto [w, f] : {std::pair{"open", kOpen}, {"stat", kStat}, {"list", kList}, {"link", kLink}, {"names", kNames}})
+      if (word == w) mask |= f;
+  }
+  return mask;
+}
+
+// Whether paths and thread names of `family` are translated: where /proc is foreign,
+// unless a test turns them off to show what happens without.
+bool translating(Family family) {
+  static std::atomic<int> on{-1};  // the families translated
   int v = on.load(std::memory_order_relaxed);
   if (v < 0) {
-    v = proc_is_foreign() && !ferry::settings::flag("FERRY_TEST_NO_PROC_TRANSLATION", false) ? 1 : 0;
+    v = proc_is_foreign() ? kAll & ~untranslated() : 0;
     on.store(v, std::memory_order_relaxed);
   }
-  return v == 1;
+  return (v & family) != 0;
 }
 
 // The shim's own work inside a call the program made: not cancelled half-way (the glibc
@@ -283,10 +320,10 @@ bool translate(const char* path, char* out, size_t size) {
 }
 
 // `path` as /proc knows what it names, in `out`; false when it is to be used as it is.
-bool proc_path(const char* path, char* out, size_t size) {
+bool proc_path(Family family, const char* path, char* out, size_t size) {
   if (!path || strncmp(path, "/proc/", 6) != 0) return false;
   Quiet q;  // before translating(), whose first call reads /proc and the environment
-  return translating() && translate(path, out, size);
+  return translating(family) && translate(path, out, size);
 }
 
 bool tracing() {
@@ -341,7 +378,7 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
   size_t len = strlen(name);
   const char* how = "";  // which way it went, for FERRY_TRACE_PROC
   int err = 0, fd = -1;
-  if (!translating()) {
+  if (!translating(kNames)) {
     how = ", untranslated";
     err = real(th, name);
   } else if (len > 15) {
@@ -365,7 +402,7 @@ __attribute__((visibility("default"))) int pthread_setname_np(pthread_t th, cons
 __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char* buf, size_t size) {
   auto real = resolve(g_getname, "pthread_getname_np");
   if (!real) return ENOSYS;
-  if (pthread_equal(th, pthread_self()) || !translating()) return real(th, buf, size);
+  if (pthread_equal(th, pthread_self()) || !translating(kNames)) return real(th, buf, size);
   if (size < 16) return ERANGE;
   Quiet q;
   int fd = open_comm(th, O_RDONLY);
@@ -392,7 +429,7 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
     auto real = glibc_##name.load(std::memory_order_acquire);                         \
     const char* asked_ = path;                                                        \
     char translated_[4096];                                                           \
-    if (proc_path(path, translated_, sizeof translated_)) path = translated_;         \
+    if (proc_path(family_of(#name), path, translated_, sizeof translated_)) path = translated_; \
     R r = real args;                                                                  \
     trace(#name, asked_, path, (failed) ? errno : 0);                                 \
     return r;                                                                         \

@@ -436,7 +436,9 @@ def pid_namespace_probe():
     /proc (as a `ferry run --pid-namespace` job has it), without the shim and with a /proc
     of its own, and as a ferry job (the shim translating /proc paths and thread names).
     The driver failing in the first and starting in the second says its trouble is
-    /proc's numbering; the third is what ferry's whole-process path needs. Each variant
+    /proc's numbering; the third is what ferry's whole-process path needs. Where the job
+    starts, it starts again with each family of the shim's translations turned off, which
+    says which the driver needs. Each variant
     that fails runs again under strace (the kit carries one), into logs/, so the system
     call the driver could not make is known without a debugger."""
     if os.geteuid() != 0:
@@ -501,6 +503,16 @@ def pid_namespace_probe():
     job = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + start
     rc, text, _ = outcome(job, direct=False)
     figures["ferry run --pid-namespace"] = text
+    if rc == 0:
+        # Which of the shim's translations the driver needs: the job again with each
+        # family of calls left as it is (a test hook of the shim's).
+        needed = []
+        for family in ("open", "stat", "list", "link", "names"):
+            frc, ftext, _ = outcome(job, {"FERRY_TEST_NO_PROC_TRANSLATION": family}, direct=False)
+            figures[f"ferry job, {family} untranslated"] = ftext
+            if frc != 0:
+                needed.append(family)
+        figures["the driver needs the translation of"] = ", ".join(needed) or "none of them"
     if rc != 0:
         _, _, err = outcome(job, {"FERRY_TRACE_PROC": "on"}, direct=False)
         trace = [x for x in err.splitlines() if x.startswith("ferry: ")]

@@ -48,7 +48,7 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_CONTROL", Type::Flag, Shim, "on", "off: no control socket (the C++ API and signals still work)"},
     {"FERRY_SOCKET_DIR", Type::Path, Shim | Cli, "/tmp/ferry-UID", "directory of the control sockets (mode 0700)"},
     {"FERRY_TRACE_PROC", Type::Flag, Shim, "off",
-     "on: report on stderr each /proc path the program opens in a PID namespace (and what it became) and each "
+     "on: report on stderr each /proc path the program uses in a PID namespace (and what it became) and each "
      "thread it names, with the outcome: why a job's driver cannot start there"},
     {"FERRY_FORK_RELEASE", Type::Choice, Shim, "job",
      "in a child forked without exec once CUDA is initialized (a DataLoader's workers), replace the driver's "
@@ -76,8 +76,9 @@ inline constexpr Setting kSettings[] = {
     // ---- test hooks (never documented for users) ----
     {"FERRY_TEST_ENOSPC_AFTER", Type::Count, Test, "", "the image writer fails with ENOSPC after this many bytes"},
     {"FERRY_EMU_TEST_BREAK_INTEGRITY", Type::Flag, Test, "", "the emulator answers the integrity check wrongly"},
-    {"FERRY_TEST_NO_PROC_TRANSLATION", Type::Flag, Test, "",
-     "the shim leaves /proc paths and thread names in a PID namespace as they are (as before its fix)"},
+    {"FERRY_TEST_NO_PROC_TRANSLATION", Type::Text, Test, "",
+     "the shim leaves /proc paths and thread names in a PID namespace as they are (as before its fix): on for "
+     "all, or the families named (open, stat, list, link, names; comma-separated)"},
 };
 
 // The table entry for a name (FERRY_EMU_DEVICE3 finds FERRY_EMU_DEVICE<n>), or nullptr.
