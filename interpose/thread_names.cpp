@@ -146,8 +146,12 @@ int untranslated() {
   while (!rest.empty()) {
     std::string_view word = rest.substr(0, rest.find(','));
     rest.remove_prefix(std::min(rest.size(), word.size() + 1));
+    int before = mask;
     for (auto [w, f] : {std::pair{"open", kOpen}, {"stat", kStat}, {"list", kList}, {"link", kLink}, {"names", kNames}})
       if (word == w) mask |= f;
+    if (mask == before)  // a typo would otherwise leave everything translated, silently
+      fprintf(stderr, "ferry: FERRY_TEST_NO_PROC_TRANSLATION: no family '%.*s' (open, stat, list, link, names)\n",
+              static_cast<int>(word.size()), word.data());
   }
   return mask;
 }
@@ -242,8 +246,9 @@ long host_pid() {
 // Another process of the caller's PID namespace, by its number there: its number in
 // /proc, read from a pidfd's fdinfo (whose "Pid:" is given in the numbering of the /proc
 // it is read through). 0 when `n` names no process there (a thread of another process,
-// for one), or the kernel has no pidfds (before 5.3). Raw system calls: this runs inside
-// the wrappers of open and read.
+// for one; a worker already reaped), or pidfds are missing (before Linux 5.3) or refused
+// (a seccomp profile): the number then keeps the meaning /proc gives it, as before.
+// Raw system calls: this runs inside the wrappers of open and read.
 long other_process(long n) {
   if (n <= 0 || n > INT_MAX) return 0;
   int fd = static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(n), 0));
@@ -429,7 +434,8 @@ __attribute__((visibility("default"))) int pthread_getname_np(pthread_t th, char
     auto real = glibc_##name.load(std::memory_order_acquire);                         \
     const char* asked_ = path;                                                        \
     char translated_[4096];                                                           \
-    if (proc_path(family_of(#name), path, translated_, sizeof translated_)) path = translated_; \
+    constexpr Family family_ = family_of(#name);                                      \
+    if (proc_path(family_, path, translated_, sizeof translated_)) path = translated_; \
     R r = real args;                                                                  \
     trace(#name, asked_, path, (failed) ? errno : 0);                                 \
     return r;                                                                         \

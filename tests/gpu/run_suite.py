@@ -39,6 +39,10 @@ class Skipped(Exception):
     pass
 
 
+class Cancelled(Failed):
+    """Its check ran out of time: the thread running it must start nothing more."""
+
+
 def env_for(extra=None, emulated_direct=False):
     e = dict(os.environ)
     e.pop("LD_PRELOAD", None)
@@ -64,13 +68,18 @@ def env_for(extra=None, emulated_direct=False):
 # (GPU memory, CRIU) or outlives the run.
 LIVE = set()
 LIVE_LOCK = threading.Lock()
-CANCELLED = threading.Event()  # set while a timed-out check's thread may still run
+# Each check's thread carries the generation it was started in; a check that times out,
+# and every check after it, moves the generation on, so the abandoned thread of a
+# timed-out check is refused any further process even once the next check runs.
+GENERATION = [0]
+CHECK_GEN = threading.local()
 
 
 def spawn(cmd, env, **kw):
     with LIVE_LOCK:
-        if CANCELLED.is_set():  # the check this thread runs for was given up
-            raise Failed("cancelled: the check ran out of time")
+        mine = getattr(CHECK_GEN, "value", None)
+        if mine is not None and mine != GENERATION[0]:  # the check this thread runs for was given up
+            raise Cancelled("cancelled: the check ran out of time")
         p = subprocess.Popen(cmd, text=True, env=env, start_new_session=True, **kw)
         LIVE.add(p)
     return p
@@ -230,6 +239,7 @@ def check(name, timeout, needs_torch=False, needs_gpu=False):
             write_report()
 
             def body():
+                CHECK_GEN.value = gen
                 try:
                     if needs_gpu and A.emulator:
                         raise Skipped("needs a real GPU")
@@ -246,13 +256,16 @@ def check(name, timeout, needs_torch=False, needs_gpu=False):
                 finally:
                     done.set()
 
+            with LIVE_LOCK:
+                GENERATION[0] += 1
+                gen = GENERATION[0]
             threading.Thread(target=body, daemon=True).start()
             # The run's deadline cuts a check short too: what was done so far is reported.
             limit = max(1.0, min(timeout, A.deadline - now()))
-            CANCELLED.clear()
             final = result
             if not done.wait(limit):
-                CANCELLED.set()  # its thread starts nothing more
+                with LIVE_LOCK:
+                    GENERATION[0] += 1  # its thread starts nothing more
                 kill_all()
                 # A copy: what the abandoned thread writes into `result` later is not reported.
                 final = {"status": "fail",
@@ -430,7 +443,10 @@ def fork_child_probe():
     return figures
 
 
-@check("probe.pid_namespace", 240)
+PID_NAMESPACE_LIMIT_S = 240
+
+
+@check("probe.pid_namespace", PID_NAMESPACE_LIMIT_S)
 def pid_namespace_probe():
     """Where the driver starts in a PID namespace: without the shim and with the host's
     /proc (as a `ferry run --pid-namespace` job has it), without the shim and with a /proc
@@ -443,13 +459,16 @@ def pid_namespace_probe():
     call the driver could not make is known without a debugger."""
     if os.geteuid() != 0:
         raise Skipped("PID namespaces need root")
+    started = time.monotonic()
     unshare = shutil.which("unshare")
     strace = os.environ.get("FERRY_STRACE") or shutil.which("strace")
     logs = os.path.join(A.out, "logs")
 
-    def outcome(cmd, extra=None, direct=True):
+    def outcome(cmd, extra=None, direct=True, timeout=30):
         try:
-            rc, out, err = run(cmd, 30, extra_env=extra, direct=direct, check=False)
+            rc, out, err = run(cmd, timeout, extra_env=extra, direct=direct, check=False)
+        except Cancelled:
+            raise
         except Failed as e:  # a hang: the other variants still tell something
             return -1, str(e), ""
         try:
@@ -505,14 +524,24 @@ def pid_namespace_probe():
     figures["ferry run --pid-namespace"] = text
     if rc == 0:
         # Which of the shim's translations the driver needs: the job again with each
-        # family of calls left as it is (a test hook of the shim's).
-        needed = []
+        # family of calls left as it is (a test hook of the shim's), one at a time -- so
+        # two that stand in for each other would both look unneeded. Within what is
+        # left of the check's time; a hang is said as such and ends the series.
+        needed, tried = [], []
         for family in ("open", "stat", "list", "link", "names"):
-            frc, ftext, _ = outcome(job, {"FERRY_TEST_NO_PROC_TRANSLATION": family}, direct=False)
+            if time.monotonic() - started > PID_NAMESPACE_LIMIT_S - 40:
+                break
+            frc, ftext, _ = outcome(job, {"FERRY_TEST_NO_PROC_TRANSLATION": family}, direct=False, timeout=15)
             figures[f"ferry job, {family} untranslated"] = ftext
+            tried.append(family)
+            if frc == -1:
+                needed.append(f"{family} (hung)")
+                break
             if frc != 0:
                 needed.append(family)
-        figures["the driver needs the translation of"] = ", ".join(needed) or "none of them"
+        untried = [f for f in ("open", "stat", "list", "link", "names") if f not in tried]
+        figures["the driver needs the translation of"] = (", ".join(needed) or "none of them alone") + \
+            (f" (not tried: {', '.join(untried)})" if untried else "")
     if rc != 0:
         _, _, err = outcome(job, {"FERRY_TRACE_PROC": "on"}, direct=False)
         trace = [x for x in err.splitlines() if x.startswith("ferry: ")]

@@ -104,9 +104,9 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
                 "cuInit 0, cuDeviceGetCount 0, context 0, cuMemAlloc 0 (pid 2, /proc says ", 0) == 0);
       // The simulated driver names its threads (glibc's way and by opening the comm file)
       // and stats its namespace: without any of those three translations it fails.
-      CHECK(f["the driver needs the translation of"] == "open, stat, names");
-      CHECK(f["ferry job, stat untranslated"].get<std::string>().rfind("cuInit 304, ", 0) == 0);
-      CHECK(f["ferry job, list untranslated"].get<std::string>().rfind("cuInit 0, ", 0) == 0);
+      CHECK(f.value("the driver needs the translation of", std::string()) == "open, stat, names");
+      CHECK(f.value("ferry job, stat untranslated", std::string()).rfind("cuInit 304, ", 0) == 0);
+      CHECK(f.value("ferry job, list untranslated", std::string()).rfind("cuInit 0, ", 0) == 0);
     }
     // A forked child inherits the simulated driver's file; ferry's fork handler replaces it.
     if (c["name"] == "probe.fork_child") {
