@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -181,36 +182,25 @@ int main() {
   }
   report("opendir-slash", entries == 2, std::to_string(entries) + " threads listed, not 2");
 
-  int fd = open((thread + "/comm").c_str(), O_RDONLY);
-  report("open", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = __open_2((thread + "/comm").c_str(), O_RDONLY);
-  report("__open_2", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = __openat_2(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
-  report("__openat_2", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = __open64_2((thread + "/comm").c_str(), O_RDONLY);
-  report("__open64_2", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = __openat64_2(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
-  report("__openat64_2", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = open64((thread + "/comm").c_str(), O_RDONLY);
-  report("open64", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = openat(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
-  report("openat", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  fd = openat64(AT_FDCWD, (thread + "/comm").c_str(), O_RDONLY);
-  report("openat64", fd >= 0, err(fd));
-  if (fd >= 0) close(fd);
-  FILE* f = fopen((thread + "/comm").c_str(), "r");
-  report("fopen", f != nullptr, err(f ? 0 : -1));
-  if (f) fclose(f);
-  f = fopen64((thread + "/comm").c_str(), "r");
-  report("fopen64", f != nullptr, err(f ? 0 : -1));
-  if (f) fclose(f);
+  // Every name of open, each given the second thread's comm file.
+  const std::string comm_path = thread + "/comm";
+  const char* cp = comm_path.c_str();
+  auto opened = [&](const char* call, int fd) {
+    report(call, fd >= 0, err(fd));
+    if (fd >= 0) close(fd);
+  };
+  opened("open", open(cp, O_RDONLY));
+  opened("__open_2", __open_2(cp, O_RDONLY));
+  opened("__openat_2", __openat_2(AT_FDCWD, cp, O_RDONLY));
+  opened("__open64_2", __open64_2(cp, O_RDONLY));
+  opened("__openat64_2", __openat64_2(AT_FDCWD, cp, O_RDONLY));
+  opened("open64", open64(cp, O_RDONLY));
+  opened("openat", openat(AT_FDCWD, cp, O_RDONLY));
+  opened("openat64", openat64(AT_FDCWD, cp, O_RDONLY));
+  for (auto [call, f] : {std::pair{"fopen", fopen(cp, "r")}, {"fopen64", fopen64(cp, "r")}}) {
+    report(call, f != nullptr, err(f ? 0 : -1));
+    if (f) fclose(f);
+  }
 
   // Another thread's name, which glibc reads under /proc/self/task by the namespace's tid.
   char name[32] = {};
@@ -231,7 +221,7 @@ int main() {
          "stat " + std::to_string(r) + " (" + strerror(e) + "), access " + std::to_string(r2));
   // The second thread by its own number, as /proc/<tid> names a thread.
   char comm[32] = {};
-  fd = open(("/proc/" + std::to_string(second_tid) + "/comm").c_str(), O_RDONLY);
+  int fd = open(("/proc/" + std::to_string(second_tid) + "/comm").c_str(), O_RDONLY);
   n = fd >= 0 ? read(fd, comm, sizeof comm - 1) : -1;
   report("proc-tid", n > 0 && strcmp(comm, "proc-paths-2\n") == 0, fd < 0 ? err(fd) : std::string("read ") + comm);
   if (fd >= 0) close(fd);
