@@ -214,7 +214,11 @@ def write_report():
     with open(os.path.join(A.out, "summary.txt"), "w") as f:
         f.write(f"ferry gpu-check, {REPORT.get('machine', {}).get('gpu', '?')}"
                 f"{' (SIMULATED GPU)' if A.emulator else ''}\n")
-        f.write(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n\n")
+        f.write(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n")
+        for k, v in REPORT.get("machine", {}).items():
+            if k not in ("gpu", "emulator"):
+                f.write(f"  {k}: {json.dumps(v) if isinstance(v, (dict, list, bool)) else v}\n")
+        f.write("\n")
         for c in REPORT["checks"]:
             f.write(f"{c['status'].upper():5} {c['name']} ({c['seconds']:.1f} s)\n")
             if c.get("detail"):
@@ -926,6 +930,24 @@ CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, pro
           shim_overhead, bandwidth]
 
 
+def machine_facts():
+    """What a device session's note must record beside the checks: the kernel, whether
+    the machine has CRIU plugins of its own, and what `ferry check` says of whole-process
+    dumps here (the CRIU it found, and the driver in a job's PID namespace)."""
+    facts = {"kernel": os.uname().release, "criu_plugin_dir": os.path.isdir("/usr/lib/criu")}
+    try:
+        rc, out, err = run([ferry_cmd(), "check", "--format", "json"] + (["--emulator"] if A.emulator else []), 180,
+                           check=False)
+        try:
+            full = json.loads(out).get("full_process", {})
+            facts["ferry_check"] = {k: full.get(k) for k in ("ready", "problems", "warnings", "criu", "driver_in_job")}
+        except (ValueError, AttributeError):
+            facts["ferry_check"] = f"exit {rc}: {(err or out).strip()[-300:]}"
+    except Failed as e:  # a hang here must not cost the checks
+        facts["ferry_check"] = str(e)
+    return facts
+
+
 def main():
     global A
     p = argparse.ArgumentParser()
@@ -948,6 +970,7 @@ def main():
         machine["gpu"] = out.strip() if rc == 0 else "unknown"
     else:
         machine["gpu"] = "simulated GPU"
+    machine.update(machine_facts())
     REPORT["machine"] = machine
     write_report()
     start = now()

@@ -2,6 +2,7 @@
 // exit cleanly; and its suite, run on the simulated GPU against this build, must pass
 // every check that does not need a real GPU and write a complete report.
 #include <catch2/catch_test_macros.hpp>
+#include <sys/utsname.h>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -63,6 +64,14 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   REQUIRE(r.exit_code == 0);
   auto report = nlohmann::json::parse(read_file(t.path + "/out/report.json"));
   CHECK(report["machine"]["emulator"] == true);
+  // What a device session's note records, gathered by the kit itself.
+  struct utsname u;
+  REQUIRE(uname(&u) == 0);
+  CHECK(report["machine"]["kernel"] == u.release);
+  CHECK(report["machine"]["criu_plugin_dir"].is_boolean());
+  CHECK(report["machine"]["ferry_check"]["ready"] == (geteuid() == 0));
+  CHECK(report["machine"]["ferry_check"]["criu"]["version"].get<std::string>().rfind("4.", 0) == 0);
+  if (geteuid() == 0) CHECK(report["machine"]["ferry_check"]["driver_in_job"]["ok"] == true);
   std::map<std::string, std::string> status;
   for (auto& c : report["checks"]) status[c["name"]] = c["status"];
   for (const char* name : {"probe.gpa_table", "probe.reserve_hint", "probe.export_tables", "probe.release",
