@@ -52,15 +52,22 @@
 
 #include "pid_ns.hpp"
 
+namespace {
+// The caller's pid as /proc numbers it; asked each time, since a fork or a restore changes
+// it. 0 when /proc cannot say. Not through readlink: the shim's own (below) asks this.
+long host_pid() {
+  char b[32] = {};
+  return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
+}
+}  // namespace
+
 namespace ferry {
 bool proc_is_foreign() {
   static std::atomic<int> foreign{-1};
   int f = foreign.load(std::memory_order_relaxed);
   if (f < 0) {
-    char b[32] = {};
-    // Not through readlink: the shim's own (below) asks this first.
-    ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1);
-    f = n > 0 && atoi(b) != getpid() ? 1 : 0;
+    long self = host_pid();
+    f = self > 0 && self != getpid() ? 1 : 0;
     foreign.store(f, std::memory_order_relaxed);
   }
   return f == 1;
@@ -102,22 +109,18 @@ F resolve(std::atomic<F>& slot, const char* name) {
   return f;
 }
 
-// Our own look-ups go to glibc directly, not through the rewriting below.
-std::atomic<FILE* (*)(const char*, const char*)> g_fopen{nullptr};
-std::atomic<int (*)(const char*, int, ...)> g_open{nullptr};
-std::atomic<DIR* (*)(const char*)> g_opendir{nullptr};
+// Our own look-ups go to glibc directly, not through the rewriting below: through the
+// definitions the wrappers of the same names found (defined after them, at the end).
+FILE* real_fopen(const char* path, const char* mode);
+int real_open(const char* path, int flags);
+DIR* real_opendir(const char* path);
+
 std::atomic<int (*)(pthread_t, const char*)> g_setname{nullptr};
 std::atomic<int (*)(pthread_t, char*, size_t)> g_getname{nullptr};
-__attribute__((constructor(101))) void resolve_own() {
-  resolve(g_fopen, "fopen");
-  resolve(g_open, "open");
-  resolve(g_opendir, "opendir");
+__attribute__((constructor(101))) void resolve_names() {
   resolve(g_setname, "pthread_setname_np");
   resolve(g_getname, "pthread_getname_np");
 }
-FILE* real_fopen(const char* path, const char* mode) { return resolve(g_fopen, "fopen")(path, mode); }
-int real_open(const char* path, int flags) { return resolve(g_open, "open")(path, flags); }
-DIR* real_opendir(const char* path) { return resolve(g_opendir, "opendir")(path); }
 
 // The families of calls translated, which a test (and the GPU kit, to learn which of them
 // the real driver needs) can turn off one by one.
@@ -234,13 +237,6 @@ int open_comm(pthread_t th, int flags) {
   char path[64];
   snprintf(path, sizeof path, "/proc/self/task/%ld/comm", at);
   return real_open(path, flags | O_CLOEXEC);
-}
-
-// The caller's pid as /proc numbers it; asked each time, since a fork or a restore changes
-// it. 0 when /proc cannot say.
-long host_pid() {
-  char b[32] = {};
-  return syscall(SYS_readlinkat, AT_FDCWD, "/proc/self", b, sizeof b - 1) > 0 ? atol(b) : 0;
 }
 
 // Another process of the caller's PID namespace, by its number there: its number in
@@ -522,3 +518,9 @@ FERRY_PATH_CALL(char*, realpath, (const char* p, char* b), (p, b), p, !r, noexce
 FERRY_PATH_CALL(char*, __realpath_chk, (const char* p, char* b, size_t bn), (p, b, bn), p, !r, noexcept)
 
 }  // extern "C"
+
+namespace {
+FILE* real_fopen(const char* path, const char* mode) { return resolve(glibc_fopen, "fopen")(path, mode); }
+int real_open(const char* path, int flags) { return resolve(glibc_open, "open")(path, flags); }
+DIR* real_opendir(const char* path) { return resolve(glibc_opendir, "opendir")(path); }
+}  // namespace
