@@ -458,9 +458,9 @@ def pid_namespace_probe():
     The driver failing in the first and starting in the second says its trouble is
     /proc's numbering; the third is what ferry's whole-process path needs. Where the job
     starts, it starts again with each family of the shim's translations turned off, which
-    says which the driver needs. Each variant
-    that fails runs again under strace (the kit carries one), into logs/, so the system
-    call the driver could not make is known without a debugger."""
+    says which the driver needs. Each variant that fails runs again under strace (the kit
+    carries one), into logs/, so the system call the driver could not make is known
+    without a debugger."""
     if os.geteuid() != 0:
         raise Skipped("PID namespaces need root")
     started = time.monotonic()
@@ -531,8 +531,9 @@ def pid_namespace_probe():
         # family of calls left as it is (a test hook of the shim's), one at a time -- so
         # two that stand in for each other would both look unneeded. Within what is
         # left of the check's time; a hang is said as such and ends the series.
+        families = ("open", "stat", "list", "link", "names")  # FERRY_TEST_NO_PROC_TRANSLATION's
         needed, tried = [], []
-        for family in ("open", "stat", "list", "link", "names"):
+        for family in families:
             if time.monotonic() - started > PID_NAMESPACE_LIMIT_S - 40:
                 break
             frc, ftext, _ = outcome(job, {"FERRY_TEST_NO_PROC_TRANSLATION": family}, direct=False, timeout=15)
@@ -543,7 +544,7 @@ def pid_namespace_probe():
                 break
             if frc != 0:
                 needed.append(family)
-        untried = [f for f in ("open", "stat", "list", "link", "names") if f not in tried]
+        untried = [f for f in families if f not in tried]
         figures["the driver needs the translation of"] = (", ".join(needed) or "none of them alone") + \
             (f" (not tried: {', '.join(untried)})" if untried else "")
     if rc != 0:
