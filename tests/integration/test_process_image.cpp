@@ -47,9 +47,11 @@ std::vector<std::string> checksums(const std::string& out, const std::string& ke
   return ferry_test::lines_with(out, key);
 }
 
-// A program as a `ferry run --pid-namespace` job on the simulated GPU.
-std::vector<std::string> job(std::vector<std::string> prog, std::vector<std::string> run_opts = {}) {
-  std::vector<std::string> v = {kFerry, "run", "--emulator", "--pid-namespace"};
+// A program as a `ferry run --pid-namespace` job on the simulated GPU (or, kind
+// --host-pids, as a job without a PID namespace).
+std::vector<std::string> job(std::vector<std::string> prog, std::vector<std::string> run_opts = {},
+                             const std::string& kind = "--pid-namespace") {
+  std::vector<std::string> v = {kFerry, "run", "--emulator", kind};
   v.insert(v.end(), run_opts.begin(), run_opts.end());
   v.push_back("--");
   v.insert(v.end(), prog.begin(), prog.end());
@@ -568,22 +570,36 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
           "process, not its guard -- and the image restores bit-identical afterwards",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
+  // A job without a PID namespace, too: the init's death does not end its program there,
+  // so the guard kills the restored tree.
+  const std::string kind = GENERATE(as<std::string>{}, "--pid-namespace", "--host-pids");
+  INFO("the job run with " << kind);
   ferry_test::TempDir t("ferry-pimg");
   auto plain = ferry_test::run({kGraph, "--steps", "61"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
-  ferry_test::Child c(job({kGraph, "--steps", "61", "--step-delay-ms", "25"}), ferry_test::emu_env());
+  ferry_test::Child c(job({kGraph, "--steps", "61", "--step-delay-ms", "25"}, {}, kind), ferry_test::emu_env());
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " hash"));
   dump(c.pid(), t / "img");
   CHECK(c.finish().exit_code == 128 + SIGKILL);
   auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
   const std::string init_dir = m.value("init_dir", "");
   REQUIRE(!init_dir.empty());
+  CHECK(m["pid_namespace"] == (kind == "--pid-namespace"));
+  // With the host's pids, the next restore needs the killed ones reaped (by the host's
+  // init, at its pace).
+  auto pids_free = [&] {
+    if (m["pid_namespace"] == true) return true;
+    for (auto& p : m["processes"])
+      if (kill(p["nspid"].get<pid_t>(), 0) == 0 || errno != ESRCH) return false;
+    return true;
+  };
   // Killed at each stage of the restore, watched from outside: before CRIU; CRIU forking
   // and restoring (its log written); the namespaces set up (the action script has named
   // the init); CRIU done (its pidfile), the driver and ferry's resume under way; and at
   // random moments.
-  const char* stages[] = {"at once", "criu running", "root.pid", "init.pid", "random", "random"};
-  for (const std::string stage : stages) {
+  std::vector<std::string> stages = {"at once", "criu running", "root.pid", "init.pid", "random", "random"};
+  if (kind == "--host-pids") stages = {"criu running", "root.pid", "init.pid", "random"};
+  for (const std::string& stage : stages) {
     int delay_ms = random_step(0, 150);
     INFO("ferry restore killed: " << (stage == "random" ? "after " + std::to_string(delay_ms) + " ms" : stage));
     {
@@ -613,6 +629,8 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
     INFO(which);
     CHECK(left.empty());
     for (pid_t p : left) kill(p, SIGKILL);
+    for (int i = 0; i < 200 && !pids_free(); i++) usleep(50000);
+    REQUIRE(pids_free());
   }
   auto r = restore(t / "img");
   INFO(r.err);
@@ -788,6 +806,127 @@ TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped a
   std::sort(want.begin(), want.end());
   std::sort(got.begin(), got.end());
   CHECK(got == want);
+}
+
+namespace {
+
+// Whether pid is a process that has not died (a zombie has).
+bool alive(pid_t pid) {
+  std::string stat = ferry_test::read_file("/proc/" + std::to_string(pid) + "/stat");
+  auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+bool pid_free(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
+
+}  // namespace
+
+TEST_CASE("--host-pids, for a driver that cannot start in a PID namespace: the trainer dumped with --leave-running "
+          "goes on, and its image is refused while the original holds its pids; dumped again and killed, it comes back "
+          "with the same pids on the other GPU, bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "120"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "120", "--step-delay-ms", "20"}, {}, "--host-pids"), ferry_test::emu_env());
+  int step = random_step(2, 30);
+  INFO("first dump at step " << step);
+  REQUIRE(c.wait_for("step " + std::to_string(step) + " loss"));
+  pid_t init = children_of(c.pid()).at(0), prog = program_of(c.pid());
+  CHECK(ns_pid(prog) == prog);  // no namespace of its own
+  auto d1 = dump(c.pid(), t / "img1", {"--leave-running"});
+  CHECK(d1["left_running"] == true);
+  CHECK(d1["init"] == init);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img1/process.json"));
+  CHECK(m["pid_namespace"] == false);
+  REQUIRE(m["processes"].size() == 2);
+  CHECK(m["processes"][1]["nspid"] == prog);
+  CHECK(!m["processes"][1]["tids"].empty());  // the trainer's threads and the simulated GPU's
+
+  auto refused = restore_text(t / "img1");
+  CHECK(refused.exit_code == 75);
+  const std::string i = std::to_string(init), p = std::to_string(prog);
+  CHECK(refused.err.rfind("ferry: cannot restore the job of " + (t / "img1") + " here: it was run with "
+                          "--host-pids, so it comes back with the pids it had, and pid " + i + " (process " + i +
+                          " of the job, ferry-init): taken by ferry-init; pid " + p + " (process " + p +
+                          " of the job, mlp_trainer): taken by mlp_trainer; thread id ", 0) == 0);
+  CHECK(refused.err.ends_with(". Restore it once they are free (the original job has ended), or run jobs with "
+                              "--pid-namespace where the CUDA driver allows. Nothing was started; the image is "
+                              "untouched\n"));
+  CHECK(ferry_test::run({kFerry, "verify", t / "img1"}, {}, 60).exit_code == 0);
+  CHECK(alive(prog));  // the refusal touched nothing
+
+  REQUIRE(c.wait_for("step " + std::to_string(step + 10) + " loss"));
+  dump(c.pid(), t / "img2");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  // ferry dump returns once the job's processes are reaped: their pids are free now.
+  CHECK(pid_free(prog));
+  CHECK(pid_free(init));
+  auto in = ferry_test::run({kFerry, "inspect", t / "img2"}, {}, 60);
+  CHECK(in.out.find("\n  pids: the host's (run with --host-pids): restored only where they are free\n") !=
+        std::string::npos);
+
+  auto r = restore(t / "img2", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  auto rep = report_of(r);
+  CHECK(rep["init"] == init);
+  CHECK(rep["processes"][0]["nspid"] == prog);
+  CHECK(rep["processes"][0]["pid"] == prog);
+  CHECK(rep["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+  CHECK(!rep["processes"][0]["status"]["memory_by_gpu"].contains("0"));
+}
+
+TEST_CASE("--host-pids: a launcher's tree is dumped and restored as one job, the dump leaving nothing of it behind; "
+          "ferry run killed outright takes its program with it; --host-pids and --pid-namespace exclude each other",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  SECTION("a launcher with a worker on each GPU") {
+    auto plain = ferry_test::run({kLauncher, "2", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+    REQUIRE(plain.exit_code == 0);
+    ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}, {}, "--host-pids"),
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
+    auto d = dump(c.pid(), t / "img");
+    CHECK(d["processes"] == 4);
+    CHECK(d["cuda_processes"] == 2);
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    // Killing the init ends nothing else without a namespace: the dump killed the tree.
+    auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+    for (auto& p : m["processes"]) {
+      INFO(p.dump());
+      CHECK(pid_free(p["nspid"].get<pid_t>()));
+    }
+    auto r = restore(t / "img", {"--device-map", "1,0"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    auto want = checksums(plain.out, "weights checksum");
+    REQUIRE(want.size() == 2);
+    auto got = checksums(r.out, "weights checksum");
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    CHECK(got == want);
+  }
+  SECTION("ferry run killed outright") {
+    ferry_test::Child c(job({kMlp, "--steps", "100000", "--step-delay-ms", "20"}, {}, "--host-pids"),
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 2 loss"));
+    pid_t init = children_of(c.pid()).at(0), prog = program_of(c.pid());
+    kill(c.pid(), SIGKILL);
+    c.finish();
+    for (int i = 0; i < 100 && (alive(init) || alive(prog)); i++) usleep(50000);
+    CHECK(!alive(init));
+    CHECK(!alive(prog));
+  }
+  SECTION("both asked for") {
+    auto r = ferry_test::run({kFerry, "run", "--pid-namespace", "--host-pids", "--", "true"}, {}, 30);
+    CHECK(r.exit_code == 64);
+    CHECK(r.err.find("--pid-namespace excludes --host-pids") != std::string::npos);
+  }
 }
 
 // Every line of a text, sorted: the output of workers that interleave differently.

@@ -509,7 +509,9 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
       std::string in_job = !f.contains("driver_in_job")                 ? ""
                            : f["driver_in_job"].contains("skipped")    ? ", not tried in a job's PID namespace (needs root)"
                            : f["driver_in_job"].value("ok", false)     ? ", starts in a job's PID namespace"
-                                                                       : ", does not start in a job's PID namespace";
+                           : f.value("driver_in_host_pids_job", nlohmann::json::object()).value("ok", false)
+                               ? ", does not start in a job's PID namespace (but does in a --host-pids job)"
+                               : ", does not start in a job's PID namespace";
       printf("whole-process dumps: CRIU %s %s (check: %s), driver checkpoint API %s%s\n",
              c.value("path", "?").c_str(), c.value("version", "?").c_str(), c.value("check", "not run").c_str(),
              f.value("driver_checkpoint_api", false) ? "present" : "missing", in_job.c_str());

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <sstream>
 #include <string>
@@ -21,6 +22,7 @@
 #include <ferry_common/settings.hpp>
 
 #include "cuda_driver.hpp"
+#include "paths.hpp"
 #include "sockets.hpp"
 
 namespace ferry::cli {
@@ -233,11 +235,11 @@ nlohmann::json proc_failures(const std::vector<std::string>& argv) {
   return failed;
 }
 
-nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
-  char self[4096] = {};
-  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (len <= 0) return {{"ok", false}, {"error", "cannot find ferry's own program"}};
-  std::vector<std::string> argv = {self, "run", "--pid-namespace"};
+// how: --pid-namespace or --host-pids.
+nlohmann::json driver_in_job(const std::vector<std::string>& driver_args, const char* how) {
+  std::string self = self_exe();
+  if (access(self.c_str(), X_OK) != 0) return {{"ok", false}, {"error", "cannot find ferry's own program"}};
+  std::vector<std::string> argv = {self, "run", how};
   argv.insert(argv.end(), driver_args.begin(), driver_args.end());
   argv.insert(argv.end(), {"--", self, "__driver-start"});
   std::string out;
@@ -267,7 +269,8 @@ nlohmann::json driver_in_job(const std::vector<std::string>& driver_args) {
   j["ok"] = why.empty();
   if (!why.empty()) {
     j["error"] = why;
-    j["proc_failures"] = proc_failures(argv);
+    // In a job of the host's pids /proc is the program's own: nothing to translate.
+    if (strcmp(how, "--pid-namespace") == 0) j["proc_failures"] = proc_failures(argv);
   }
   return j;
 }
@@ -316,16 +319,23 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
   if (api && geteuid() != 0) {
     j["driver_in_job"] = {{"skipped", "PID namespaces need root"}};
   } else if (api) {
-    nlohmann::json job = driver_in_job(driver_args);
+    nlohmann::json job = driver_in_job(driver_args, "--pid-namespace");
     j["driver_in_job"] = job;
     if (!job["ok"].get<bool>()) {
       std::string failed;
       for (auto& f : job["proc_failures"]) failed += (failed.empty() ? "" : "; ") + f.get<std::string>();
-      problems.push_back("the CUDA driver does not start in a job's PID namespace here (" +
-                         job["error"].get<std::string>() + "); " +
-                         (failed.empty() ? "none of its /proc calls failed"
-                                         : "its /proc calls that failed: " + failed) +
-                         "; FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses");
+      std::string why = "the CUDA driver does not start in a job's PID namespace here (" +
+                        job["error"].get<std::string>() + "); " +
+                        (failed.empty() ? "none of its /proc calls failed" : "its /proc calls that failed: " + failed) +
+                        "; FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses";
+      // Then a job without the namespace is the way (job.hpp), if the driver starts there.
+      nlohmann::json host = driver_in_job(driver_args, "--host-pids");
+      j["driver_in_host_pids_job"] = host;
+      if (host["ok"].get<bool>())
+        warnings.push_back(why + ". Run jobs with ferry run --host-pids here: the driver starts in those, and their "
+                                 "images are restored where their pids are free (not beside the original)");
+      else
+        problems.push_back(why + "; nor in a job with the host's pids (" + host["error"].get<std::string>() + ")");
     }
   }
   j["problems"] = problems;

@@ -41,7 +41,10 @@ void prepare_criu_environment();
 // names what limits dumps without ruling them out (a CRIU that cannot dump TCP sockets here).
 // driver_args: how `ferry run` is to find the same driver (--emulator, --real-driver P).
 // As root it also starts the driver in a job's PID namespace (`ferry run --pid-namespace`
-// of ferry's own `__driver-start`): "driver_in_job" {"ok", "cuInit", ..., "error"}.
+// of ferry's own `__driver-start`): "driver_in_job" {"ok", "cuInit", ..., "error",
+// "proc_failures"}. Where that fails, the same in a `ferry run --host-pids` job:
+// "driver_in_host_pids_job"; if the driver starts there, the PID namespace's failure is a
+// warning (jobs can still be dumped, run with --host-pids), else a problem.
 nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args);
 
 // `ferry __driver-start`: cuInit, the device count, a context and an allocation on device

@@ -1,5 +1,6 @@
 #include "job.hpp"
 
+#include <dirent.h>
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,6 +11,8 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <set>
 
 #include "client.hpp"
 #include "init_dir.hpp"
@@ -60,11 +63,15 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   exec_command(argv);
 }
 
-// pid 1 of the job's namespace.
-[[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir) {
+// The job's init: pid 1 of its namespace, or (host_pids) a subreaper.
+[[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir,
+                       bool host_pids) {
   // The job lives as long as its `ferry run`: killed with it (a restored job will get a
   // new parent and must clear this; see docs/control.md).
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  // Without a namespace, what the job's processes orphan must still come here (the
+  // kernel gives orphans to the nearest subreaper), or it would leave the job's tree.
+  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   setsid();
   prctl(PR_SET_NAME, "ferry-init", 0, 0, 0);
   // The job starts with stdin, stdout and stderr only: a descriptor inherited from
@@ -72,12 +79,19 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   // part of the job's image, and CRIU refuses to restore a file that changed since.
   if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
     for (int fd = 3; fd < 1024; fd++) close(fd);
+  pid_t self = getpid();
   pid_t prog = fork();
   if (prog < 0) {
     fprintf(stderr, "ferry run: cannot start the program in its namespace: %s\n", strerror(errno));
     _exit(127);
   }
-  if (prog == 0) exec_program(argv, old_mask);
+  if (prog == 0) {
+    // Without a namespace the init's death does not end the program: the kernel must,
+    // when the init is killed outright with its ferry run.
+    if (host_pids) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (host_pids && getppid() != self) _exit(128 + SIGKILL);  // the init died before that
+    exec_program(argv, old_mask);
+  }
   // Out of the program's directory, for CRIU's sake (init_dir.hpp).
   if (!dir.empty() && chdir(dir.c_str()) != 0)
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (cannot enter %s: %s); a dump "
@@ -101,6 +115,52 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 }
 
 }  // namespace
+
+std::vector<pid_t> child_pids(pid_t pid) {
+  std::vector<pid_t> out;
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(task.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(task + "/" + e->d_name + "/children");
+    pid_t c;
+    while (in >> c) out.push_back(c);
+  }
+  closedir(d);
+  return out;
+}
+
+void kill_tree(pid_t root) {
+  // A fork that a pending SIGSTOP interrupts is restarted after it, by the kernel: so once
+  // a pass finds nothing new, nothing in the tree can add to it.
+  std::vector<pid_t> all;
+  std::set<pid_t> seen;
+  for (bool grew = true; grew;) {
+    grew = false;
+    std::vector<pid_t> todo = {root};
+    while (!todo.empty()) {
+      pid_t p = todo.back();
+      todo.pop_back();
+      if (seen.insert(p).second) {
+        kill(p, SIGSTOP);
+        all.push_back(p);
+        grew = true;
+      }
+      for (pid_t c : child_pids(p)) todo.push_back(c);
+    }
+  }
+  for (pid_t p : all) kill(p, SIGKILL);
+  // Their pids are free only once reaped: the processes below the root by whoever they
+  // were orphaned to (the host's init, in the end), which takes a moment; a restore of
+  // the job's image in their place needs them. The root is its parent's to reap.
+  for (int i = 0; i < 500; i++) {
+    bool left = false;
+    for (pid_t p : all) left = left || (p != root && (kill(p, 0) == 0 || errno != ESRCH));
+    if (!left) break;
+    usleep(10000);
+  }
+}
 
 void exec_command(const std::vector<std::string>& argv) {
   std::vector<char*> a;
@@ -131,7 +191,7 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   return dumped ? 0 : status_code(st);
 }
 
-int run_job(const std::vector<std::string>& argv, const SignalActions& actions) {
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions, bool host_pids) {
   // Signals that arrive before the handlers are in place wait instead of killing.
   sigset_t all, old;
   sigfillset(&all);
@@ -147,16 +207,20 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions) 
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (%s); a dump needs CRIU "
                     "able to create a directory there\n", e.message.c_str());
   }
-  pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | SIGCHLD;
+  pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
   if (init_pid < 0) {
     int e = errno;
     sigprocmask(SIG_SETMASK, &old, nullptr);
     if (!dir.empty()) rmdir(dir.c_str());
-    fprintf(stderr, "ferry run: --pid-namespace: cannot start the job in a PID namespace of its own (%s)%s\n",
-            strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
+    if (host_pids)
+      fprintf(stderr, "ferry run: --host-pids: cannot start the job's init (%s)\n", strerror(e));
+    else
+      fprintf(stderr, "ferry run: --pid-namespace: cannot start the job in a PID namespace of its own (%s)%s\n",
+              strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
     return 78;
   }
-  if (init_pid == 0) init(argv, old, dir);
+  if (init_pid == 0) init(argv, old, dir, host_pids);
   forward_signals_to(init_pid, actions);
   sigprocmask(SIG_SETMASK, &old, nullptr);
   bool killed = false;

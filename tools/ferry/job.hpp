@@ -1,4 +1,5 @@
-// A job in its own PID namespace (`ferry run --pid-namespace`).
+// A job in its own PID namespace (`ferry run --pid-namespace`), or without one
+// (`ferry run --host-pids`).
 //
 // `ferry run` clones ferry's init into a new PID namespace (pid 1). The init closes
 // every descriptor but 0, 1 and 2, starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
@@ -12,6 +13,15 @@
 // everything below it) and restored under the same pids while the original still runs;
 // its processes name their control sockets by host pid (ferry_common/control.hpp), so
 // jobs never collide.
+//
+// --host-pids is the same job without the namespace, for a CUDA driver that cannot start
+// in one (driver-facts.md §16): the init is a child subreaper, so what the job's processes
+// orphan stays in its tree, and the program dies with it (PR_SET_PDEATHSIG), as a
+// namespace would see to. Its processes keep the host's pids, so CRIU restores it only
+// where those pids (and its threads' ids) are free -- not beside the original. A process
+// the program forks outlives a `ferry run` killed outright (SIGKILL) unless it asked for
+// PR_SET_PDEATHSIG itself; ferry's dump and restore kill such a job by its whole tree
+// (kill_tree).
 #pragma once
 
 #include <sys/types.h>
@@ -34,7 +44,16 @@ using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
 // Runs argv (its environment already set) as the program of a new job; returns the
 // exit status ferry run should end with (128+N when the program died of signal N; 0
 // when a signal action dumped it).
-int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {});
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false);
+
+// The children of every thread of pid.
+std::vector<pid_t> child_pids(pid_t pid);
+
+// Kills the process tree under root (root included; stopped first, so that nothing in it
+// forks meanwhile): a job without a PID namespace, where killing the init is not enough.
+// Returns once every process below root is reaped (their pids free again), or after 5 s;
+// root itself is its parent's to reap.
+void kill_tree(pid_t root);
 
 // Waits for the job whose init (a child of this process) is init, passing on the
 // signals this process gets, or acting on them; returns the status as run_job does.

@@ -35,12 +35,12 @@ void prepend_env(const char* var, const std::string& value, char sep) {
 
 struct RunArgs {
   std::vector<std::string> cmd;
-  bool strict = false, emulator = false, no_arena = false, pid_namespace = false;
+  bool strict = false, emulator = false, no_arena = false, pid_namespace = false, host_pids = false;
   std::string device_map, log, real_driver;
   std::vector<std::string> on_signal;
 };
 
-// --on-signal SIG=dump:DIR (ferry run --pid-namespace, ferry restore): on that signal
+// --on-signal SIG=dump:DIR (ferry run --pid-namespace or --host-pids, ferry restore): on that signal
 // ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
 // SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
 bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
@@ -53,14 +53,15 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
     int sig = eq == std::string::npos ? 0 : ferry::settings::parse_signal(s.substr(0, eq));
     if (!sig || (!dump && !ckpt) || false) {
       fprintf(stderr,
-              "%s: --on-signal %s: expected SIGNAL=dump:DIR (the whole job, with --pid-namespace) or "
+              "%s: --on-signal %s: expected SIGNAL=dump:DIR (the whole job, with --pid-namespace or --host-pids) or "
               "SIGNAL=checkpoint:DIR (GPU state only), e.g. TERM=dump:/ckpt/job\n",
               who, s.c_str());
       return false;
     }
     if (dump && !job) {
-      fprintf(stderr, "%s: --on-signal %s: a whole-process dump needs the job in its own PID namespace "
-                      "(add --pid-namespace)\n", who, s.c_str());
+      fprintf(stderr, "%s: --on-signal %s: a whole-process dump needs the program run as a job, under ferry's init "
+                      "(add --pid-namespace, or --host-pids where the CUDA driver cannot start in a PID namespace)\n",
+              who, s.c_str());
       return false;
     }
     if (ckpt) {
@@ -103,10 +104,11 @@ int run(const RunArgs& a) {
   if (a.no_arena) setenv("FERRY_ARENA", "off", 1);
   ferry::cli::SignalActions actions;
   std::string spec;
-  if (!signal_actions(a.on_signal, a.pid_namespace, actions, spec, "ferry run")) return ferry::cli::kUsage;
+  bool job = a.pid_namespace || a.host_pids;
+  if (!signal_actions(a.on_signal, job, actions, spec, "ferry run")) return ferry::cli::kUsage;
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
-  if (a.pid_namespace) return ferry::cli::run_job(a.cmd, actions);
+  if (job) return ferry::cli::run_job(a.cmd, actions, a.host_pids);
   ferry::cli::exec_command(a.cmd);
 }
 
@@ -140,10 +142,15 @@ int main(int argc, char** argv) {
   r->add_option("--log", ra.log, "shim log level: error|warn|info|debug, add ,state to dump the device state at exit");
   r->add_option("--real-driver", ra.real_driver, "absolute path of the real libcuda.so.1");
   r->add_flag("--no-arena", ra.no_arena, "let the driver place allocations (no fixed addresses: no restore)");
-  r->add_flag("--pid-namespace", ra.pid_namespace,
-              "run the program as a job in its own PID namespace, under ferry's init (needs root)");
+  auto* pidns = r->add_flag("--pid-namespace", ra.pid_namespace,
+                            "run the program as a job in its own PID namespace, under ferry's init (needs root)");
+  r->add_flag("--host-pids", ra.host_pids,
+              "run the program as a job under ferry's init without a PID namespace, for a CUDA driver that cannot "
+              "start in one: its processes keep their pids, so its image is restored only where they are free")
+      ->excludes(pidns);
   r->add_option("--on-signal", ra.on_signal,
-                "SIGNAL=dump:DIR: on that signal, dump the whole job to DIR and exit 0 (needs --pid-namespace); "
+                "SIGNAL=dump:DIR: on that signal, dump the whole job to DIR and exit 0 (needs --pid-namespace or "
+                "--host-pids); "
                 "SIGNAL=checkpoint:DIR: write the GPU state to DIR and exit (e.g. TERM=dump:/ckpt/job)")
       ->expected(1)
       ->take_all();

@@ -72,21 +72,6 @@ std::vector<pid_t> ns_pids(pid_t pid) {
   return v;
 }
 
-std::vector<pid_t> children(pid_t pid) {
-  std::vector<pid_t> out;
-  std::string task = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = opendir(task.c_str());
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream in(task + "/" + e->d_name + "/children");
-    pid_t c;
-    while (in >> c) out.push_back(c);
-  }
-  closedir(d);
-  return out;
-}
-
 std::vector<std::string> cmdline_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
   std::vector<std::string> v;
@@ -103,9 +88,26 @@ std::string environ_value(pid_t pid, const std::string& name) {
   return "";
 }
 
+std::string pid_ns_of(pid_t pid) {
+  char b[64] = {};
+  ssize_t n = readlink(("/proc/" + std::to_string(pid) + "/ns/pid").c_str(), b, sizeof b - 1);
+  return n > 0 ? std::string(b, static_cast<size_t>(n)) : "";
+}
+
+// ferry's init of a job in a PID namespace of its own (pid 1 there), or of one without
+// (`ferry run --host-pids`: in ferry's own namespace).
 bool is_job_init(pid_t pid) {
+  if (status_field(pid, "Name") != "ferry-init") return false;
   auto ns = ns_pids(pid);
-  return status_field(pid, "Name") == "ferry-init" && ns.size() >= 2 && ns.back() == 1;
+  if (ns.size() >= 2 && ns.back() == 1) return true;
+  std::string mine = pid_ns_of(pid);
+  return !mine.empty() && mine == pid_ns_of(getpid());
+}
+
+// A job started with --host-pids: its processes have the host's numbers.
+bool host_pids_job(pid_t init) {
+  auto ns = ns_pids(init);
+  return !(ns.size() >= 2 && ns.back() == 1);
 }
 
 // The init of the job pid belongs to: pid itself, its child (pid is the job's `ferry run`
@@ -113,7 +115,7 @@ bool is_job_init(pid_t pid) {
 pid_t job_init_of(pid_t pid) {
   if (kill(pid, 0) != 0 && errno == ESRCH) throw ClientError(kNoProcess, "no process " + std::to_string(pid));
   if (is_job_init(pid)) return pid;
-  for (pid_t c : children(pid))
+  for (pid_t c : child_pids(pid))
     if (is_job_init(c)) return c;
   for (pid_t p = pid; p > 1;) {
     p = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()));
@@ -121,7 +123,8 @@ pid_t job_init_of(pid_t pid) {
   }
   throw ClientError(kFixFirst, "process " + std::to_string(pid) +
                                    " is not in a ferry job: a whole-process dump needs the program started with "
-                                   "`ferry run --pid-namespace` (its own PID namespace, under ferry's init)");
+                                   "`ferry run --pid-namespace` (its own PID namespace, under ferry's init) or "
+                                   "`ferry run --host-pids`");
 }
 
 struct Task {
@@ -129,6 +132,7 @@ struct Task {
   std::string name;
   std::vector<std::string> cmd;
   bool cuda = false;
+  std::vector<pid_t> tids;  // its threads but the first, by host number
 };
 
 std::string sock_of(pid_t host) { return control::socket_dir() + "/" + control::socket_name(host); }
@@ -277,7 +281,12 @@ std::vector<Task> tree_of(pid_t init) {
     t.name = status_field(host, "Name");
     t.cmd = cmdline_of(host);
     t.cuda = uses_cuda(host);
-    for (pid_t c : children(host)) todo.push_back({c, t.ns});
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(host) + "/task", ec))
+      if (pid_t tid = static_cast<pid_t>(atoi(e.path().filename().c_str())); tid > 0 && tid != host)
+        t.tids.push_back(tid);
+    std::sort(t.tids.begin(), t.tids.end());
+    for (pid_t c : child_pids(host)) todo.push_back({c, t.ns});
     out.push_back(t);
   }
   return out;
@@ -628,6 +637,7 @@ nlohmann::json op_request(pid_t host, const std::string& op, const ops::Options&
 // wherever it stopped.
 struct Dump {
   pid_t init = 0;
+  bool host_pids = false;  // a job without a PID namespace (job.hpp)
   std::vector<Task> tasks;
   std::string stage, cpu_dir;
   std::unique_ptr<CudaDriver> driver;
@@ -705,6 +715,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   } in_progress;
   try {
     d.init = job_init_of(pid);
+    d.host_pids = host_pids_job(d.init);
     // Another dump of this job is refused at once; one of a copy (restored from the same
     // image) is waited for, before anything about the job is looked at.
     in_progress.path = mark_dumping(d.init);
@@ -895,9 +906,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     for (auto& g : d.driver->gpus())
       gpus.push_back({{"index", g.index}, {"name", g.name}, {"cc", g.cc}, {"uuid", g.uuid}, {"memory", g.memory}});
   m["gpus"] = gpus;
+  // Without a namespace CRIU gives every process and thread its number back: a restore
+  // checks they are free (the threads' ids are the host's there).
+  m["pid_namespace"] = !d.host_pids;
   for (auto& t : d.tasks) {
     nlohmann::json p = {{"nspid", t.ns}, {"parent", t.ns_parent}, {"name", t.name}, {"cmdline", t.cmd},
                         {"cuda", t.cuda}};
+    if (d.host_pids) p["tids"] = t.tids;
     if (t.cuda) {
       p["gpu_image"] = "gpu/" + std::to_string(t.ns);
       p["devices"] = status_of[t.host].value("devices", nlohmann::json::array());
@@ -950,7 +965,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     left = d.undo(dir);
     phase_end("resume");
   } else {
-    kill(d.init, SIGKILL);
+    if (d.host_pids)
+      kill_tree(d.init);
+    else
+      kill(d.init, SIGKILL);
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
     // The init's directory goes with it (killed, it never runs there again): the image's
     // restore makes it again.
@@ -1079,6 +1097,36 @@ std::string restore_driver(const RestoreArgs& a, const nlohmann::json& m) {
 
 }  // namespace
 
+namespace {
+
+// For an image of a job without a PID namespace: its pids and thread ids that a process
+// or thread of this machine has ("pid 812 (process 812 of the job, mlp_trainer): taken
+// by python3"), at most five and a count.
+std::vector<std::string> pids_taken_here(const nlohmann::json& m) {
+  std::vector<std::string> taken;
+  size_t more = 0;
+  for (auto& p : m["processes"]) {
+    int pid = p["nspid"].get<int>();
+    std::vector<int> ids = {pid};
+    for (auto& t : p.value("tids", nlohmann::json::array())) ids.push_back(t.get<int>());
+    for (int id : ids) {
+      if (id <= 0 || (kill(id, 0) != 0 && errno == ESRCH)) continue;
+      if (taken.size() == 5) {
+        more++;
+        continue;
+      }
+      std::string holder = status_field(id, "Name");
+      taken.push_back((id == pid ? "pid " : "thread id ") + std::to_string(id) + " (" +
+                      (id == pid ? "" : "a thread of ") + "process " + std::to_string(pid) + " of the job, " +
+                      p.value("name", "?") + "): taken by " + (holder.empty() ? "a process" : holder));
+    }
+  }
+  if (more) taken.push_back("and " + std::to_string(more) + " more");
+  return taken;
+}
+
+}  // namespace
+
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
   auto t0 = Clock::now();
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
@@ -1108,6 +1156,13 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
                                                                joined(taken) +
                                                                ". Nothing was started; the image is untouched");
+    if (!m.value("pid_namespace", true))
+      if (auto held = pids_taken_here(m); !held.empty())
+        throw ClientError(kRetryLater, "cannot restore the job of " + dir + " here: it was run with --host-pids, "
+                                       "so it comes back with the pids it had, and " + joined(held) +
+                                       ". Restore it once they are free (the original job has ended), or run jobs "
+                                       "with --pid-namespace where the CUDA driver allows. Nothing was started; the "
+                                       "image is untouched");
     if (auto changed = files_changed_here(m.value("files", nlohmann::json::array())); !changed.empty()) {
       size_t n = changed.size();
       if (n > 6) changed.resize(5), changed.push_back("and " + std::to_string(n - 5) + " more");
@@ -1242,6 +1297,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   std::string work = tmpl;
   guard.work_dir(work);
   if (!init_dir.empty()) guard.init_dir(init_dir);
+  if (!m.value("pid_namespace", true)) guard.whole_tree();
   const std::string log = work + "/" + kCriuLog, pidfile = work + "/" + kCriuPidFile;
   std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", kCriuLog, "--pidfile",
                                    pidfile, "-d", "--restore-sibling"};
@@ -1287,8 +1343,14 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile);
   std::map<int, pid_t> host_of;
   for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
+  bool host_pids = !m.value("pid_namespace", true);
   auto kill_job = [&](const ClientError& e) {
-    kill(init, SIGKILL);
+    if (host_pids) {
+      kill_tree(init);
+      for (auto& [ns, host] : host_of) unlink(marker_of(host, ".reattach").c_str());  // not asked for by anyone now
+    } else {
+      kill(init, SIGKILL);
+    }
     wait_unreaped(init);  // the guard is let go before the init's pid can be reused
     guard.done();
     int st;
@@ -1313,6 +1375,9 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       if (int r = driver->unlock(host))
         throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
                                          cuda_error_text(r));
+      // A restored copy listens again when it finds its pid changed; with the host's pids
+      // it has not, so it is asked to, as after an undone dump.
+      if (host_pids) ask_reattach(host);
       if (!wait_socket(host, 10))
         throw ClientError(kBug, "restored process " + std::to_string(host) + " does not listen on " + sock_of(host));
       ops::Options o;
@@ -1383,6 +1448,8 @@ int inspect_process_image(const std::string& dir, const Output& out) {
          m.value("ferry", std::string("?")).c_str(), m.value("created", std::string("?")).c_str());
   if (!m.value("parent", std::string()).empty()) printf("  parent: %s\n", m["parent"].get<std::string>().c_str());
   printf("  CPU half: %zu CRIU files, %s\n", m["cpu_files"].size(), human(cpu).c_str());
+  if (!m.value("pid_namespace", true))
+    printf("  pids: the host's (run with --host-pids): restored only where they are free\n");
   for (auto& p : m["processes"]) {
     std::string cmd;
     for (auto& c : p["cmdline"]) cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();

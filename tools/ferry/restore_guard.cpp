@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "init_dir.hpp"
+#include "job.hpp"
 #include "sockets.hpp"
 
 namespace ferry::cli {
@@ -72,6 +73,7 @@ bool gone(pid_t p) {
   std::vector<pid_t> watched;
   std::string work, init_dir, line;
   bool keep_work = false;  // its log named in ferry's error
+  bool whole_tree = false;  // a job without a PID namespace: the init's death ends nothing else
   char c;
   for (;;) {
     ssize_t n = read(3, &c, 1);
@@ -92,16 +94,20 @@ bool gone(pid_t p) {
     if (auto p = arg("work"); !p.empty()) work = p;
     if (auto p = arg("init-dir"); !p.empty()) init_dir = p;
     if (line == "keep-work") keep_work = true;
+    if (line == "whole-tree") whole_tree = true;
     line.clear();
   }
   // CRIU first, so that it makes nothing more; then the init, whose death ends its
   // namespace's every process, and whatever CRIU forked that still runs its code.
   std::vector<pid_t> killed = watched;
+  for (pid_t p : watched) kill(p, SIGKILL);
   if (!work.empty()) {
     for (const char* f : {kRootPidFile, kCriuPidFile})
-      if (pid_t p = pid_in(work + "/" + f); p > 1) killed.push_back(p);
+      if (pid_t p = pid_in(work + "/" + f); p > 1) {
+        killed.push_back(p);
+        whole_tree ? kill_tree(p) : (void)kill(p, SIGKILL);
+      }
   }
-  for (pid_t p : killed) kill(p, SIGKILL);
   if (!work.empty())
     for (pid_t p : writing(work + "/" + kCriuLog)) kill(p, SIGKILL), killed.push_back(p);
   for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
@@ -143,6 +149,7 @@ void RestoreGuard::work_dir(const std::string& path) { say("work " + path); }
 void RestoreGuard::init_dir(const std::string& path) { say("init-dir " + path); }
 void RestoreGuard::watch(pid_t p) { say("watch " + std::to_string(p)); }
 void RestoreGuard::unwatch(pid_t p) { say("unwatch " + std::to_string(p)); }
+void RestoreGuard::whole_tree() { say("whole-tree"); }
 
 void RestoreGuard::end(bool killing) {
   if (fd_ < 0) return;

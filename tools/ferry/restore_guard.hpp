@@ -16,7 +16,7 @@
 // program, or refused before CRIU, or CRIU's own failure cleaned up -- ferry says it is
 // done. An end of the socket without "done" means ferry died (or saw CRIU die without
 // cleaning up): the guard kills CRIU and the restored init, whose death ends every
-// process of the job's PID namespace, then removes the work directory and the init's
+// process of the job's PID namespace (a job without one, its whole tree), then removes the work directory and the init's
 // directory if nothing uses it. It finds the init three ways, one per stage of CRIU's
 // restore: every process CRIU forks writes to CRIU's log, particular to this restore,
 // while it runs CRIU's code; from CRIU's "setup-namespaces" stage, the action script
@@ -42,6 +42,9 @@ class RestoreGuard {
   // p is to be killed should this process die before done(), until unwatch(p).
   void watch(pid_t p);
   void unwatch(pid_t p);
+  // The job has no PID namespace (`ferry run --host-pids`): the init is killed with every
+  // process below it.
+  void whole_tree();
   // The restore is over: the guard ends without killing anything.
   void done();
   // The restore failed in a way that may have left processes (CRIU killed by a signal):
