@@ -448,6 +448,10 @@ def fork_child_probe():
 
 
 PID_NAMESPACE_LIMIT_S = 240
+# How the whole-process checks run their jobs: in a PID namespace of their own, unless
+# probe.pid_namespace found that the driver does not start in one -- then without
+# (`ferry run --host-pids`), so the round trips still say what they can.
+JOB_KIND = "--pid-namespace"
 
 
 @check("probe.pid_namespace", PID_NAMESPACE_LIMIT_S)
@@ -555,6 +559,9 @@ def pid_namespace_probe():
             f.write(err)
         figures["FERRY_TRACE_PROC (last lines; all in logs/pid_namespace.trace.txt)"] = " | ".join(trace[-8:])
         figures["ferry run --pid-namespace, strace"] = traced("pidns_ferry_job", job, direct=False)
+        global JOB_KIND
+        JOB_KIND = "--host-pids"
+        figures["the whole-process checks below"] = "run their jobs with --host-pids"
         raise Failed("the driver does not start in a ferry job's PID namespace: " + json.dumps(figures))
     return figures
 
@@ -726,18 +733,20 @@ def keep_logs(tag, tmp, job):
         shutil.copy(works[-1], os.path.join(d, f"{tag}.restore.log"))
 
 
-def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="process"):
-    """A whole-process round trip: cmd as a `ferry run --pid-namespace` job, `ferry dump`
-    at the marker (the job ends), `ferry restore` onto the last GPU; the lines starting
-    with result_prefix must equal the reference run's. Needs root and CRIU (the carried
-    one: scripts/gpu-kit-deps.sh copies it into .gpu-kit/criu)."""
+def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="process", kind=None):
+    """A whole-process round trip: cmd as a `ferry run --pid-namespace` job (kind, or
+    JOB_KIND: see above), `ferry dump` at the marker (the job ends), `ferry restore` onto
+    the last GPU; the lines starting with result_prefix must equal the reference run's.
+    Needs root and CRIU (the carried one: scripts/gpu-kit-deps.sh copies it into
+    .gpu-kit/criu)."""
     if os.geteuid() != 0:
         raise Skipped("CRIU needs root")
-    v = [ferry_cmd(), "run", "--pid-namespace"] + (["--emulator"] if A.emulator else []) + ["--"] + cmd
+    kind = kind or JOB_KIND
+    v = [ferry_cmd(), "run", kind] + (["--emulator"] if A.emulator else []) + ["--"] + cmd
     job = Job(v, extra)
     tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
     img = os.path.join(tmp, "job")
-    figures = {}
+    figures = {"job": f"ferry run {kind}"}
     try:
         job.wait_for(marker, 180)
         t0 = now()
@@ -782,6 +791,18 @@ def process_mlp():
     _, ref, _ = run(base, 240, direct=True)
     return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines(),
                          tag="mlp_trainer")
+
+
+@check("process.host_pids", 180)
+def process_host_pids():
+    """process.mlp_trainer's round trip as a job without a PID namespace (`ferry run
+    --host-pids`): the way where the driver does not start in one."""
+    if JOB_KIND == "--host-pids":
+        raise Skipped("process.mlp_trainer ran its job that way")
+    base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "60", "--hidden", "256"]
+    _, ref, _ = run(base, 240, direct=True)
+    return whole_process(base + ["--step-delay-ms", "40"], r"^step 20 loss", "weights checksum", ref.splitlines(),
+                         tag="host_pids", kind="--host-pids")
 
 
 @check("process.loader_workers", 180)
@@ -926,7 +947,7 @@ def torch_graph():
 
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_host_pids, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 
@@ -941,7 +962,8 @@ def machine_facts():
                            check=False)
         try:
             full = json.loads(out).get("full_process", {})
-            facts["ferry_check"] = {k: full.get(k) for k in ("ready", "problems", "warnings", "criu", "driver_in_job")}
+            facts["ferry_check"] = {k: full.get(k) for k in ("ready", "problems", "warnings", "criu", "driver_in_job",
+                                                             "driver_in_host_pids_job") if k in full}
         except (ValueError, AttributeError):
             facts["ferry_check"] = f"exit {rc}: {(err or out).strip()[-300:]}"
     except Failed as e:  # a hang here must not cost the checks

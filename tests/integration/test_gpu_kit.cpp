@@ -88,6 +88,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   // The whole-process round trip needs root for CRIU (CI is root).
   bool root = geteuid() == 0;
   CHECK(status["process.mlp_trainer"] == (root ? "pass" : "skip"));
+  CHECK(status["process.host_pids"] == (root ? "pass" : "skip"));
   CHECK(status["process.tcp_store"] == (root ? "pass" : "skip"));
   CHECK(status["process.loader_workers"] == (root ? "pass" : "skip"));
   CHECK(status["process.python_loader"] == (root ? "pass" : "skip"));
@@ -96,6 +97,8 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(status["probe.pid_namespace"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"]) {
     if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
+    if (c["name"] == "process.mlp_trainer" && root) CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
+    if (c["name"] == "process.host_pids" && root) CHECK(c["figures"]["job"] == "ferry run --host-pids");
     // The simulated driver fails in a PID namespace with the host's /proc as the real one
     // did (304), starts with a /proc of its own, and starts in a ferry job.
     if (c["name"] == "probe.pid_namespace" && root) {
@@ -133,5 +136,33 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   }
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "18 pass, 5 skip" : "11 pass, 12 skip") != std::string::npos);
+  CHECK(summary.find(root ? "19 pass, 5 skip" : "11 pass, 13 skip") != std::string::npos);
+}
+
+TEST_CASE("where the driver does not start in a job's PID namespace, the kit's whole-process checks run their jobs "
+          "with --host-pids", "[gpu-kit]") {
+  REQUIRE(geteuid() == 0);  // PID namespaces and CRIU (CI is root)
+  TempDir t;
+  // The shim's /proc translation off: the simulated driver fails in the namespace as the
+  // real one did on the H200 of stop 15.
+  auto r = run({"bash", kScript, t.path + "/out"},
+               {{"FERRY_GPU_CHECK_EMULATOR", "1"}, {"FERRY_GPU_CHECK_NO_BUILD", "1"}, {"FERRY_BUILD_DIR", FERRY_TEST_BIN_DIR},
+                {"FERRY_GPU_CHECK_ONLY", "probe.pid_namespace,process.mlp_trainer,process.host_pids"},
+                {"FERRY_TEST_NO_PROC_TRANSLATION", "1"}},
+               400);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);  // the probe failed
+  auto report = nlohmann::json::parse(read_file(t.path + "/out/report.json"));
+  auto fc = report["machine"]["ferry_check"];
+  CHECK(fc["driver_in_job"]["ok"] == false);
+  CHECK(fc["driver_in_host_pids_job"]["ok"] == true);
+  std::map<std::string, nlohmann::json> by_name;
+  for (auto& c : report["checks"]) by_name[c["name"]] = c;
+  REQUIRE(by_name.size() == 3);
+  CHECK(by_name["probe.pid_namespace"]["status"] == "fail");
+  CHECK(by_name["process.mlp_trainer"]["status"] == "pass");
+  CHECK(by_name["process.mlp_trainer"]["figures"]["job"] == "ferry run --host-pids");
+  CHECK(by_name["process.mlp_trainer"]["figures"]["result"].get<std::string>().rfind("bit-identical", 0) == 0);
+  CHECK(by_name["process.host_pids"]["status"] == "skip");
+  CHECK(by_name["process.host_pids"]["detail"] == "process.mlp_trainer ran its job that way");
 }

@@ -1198,9 +1198,13 @@ TEST_CASE("a scheduler's TERM to ferry run --on-signal TERM=dump:DIR leaves a wh
 }
 
 TEST_CASE("preempted again and again: the restored job's TERM dumps it over the image it came from (ferry restore DIR "
-          "--on-signal TERM=dump:DIR, the Slurm recipe), three times; it ends bit-identical",
+          "--on-signal TERM=dump:DIR, the Slurm recipe), three times, in and out of a PID namespace; it ends "
+          "bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
+  // With the host's pids too: each restore needs the pids the dump before it freed.
+  const std::string kind = GENERATE(as<std::string>{}, "--pid-namespace", "--host-pids");
+  INFO("the job run with " << kind);
   ferry_test::TempDir t("ferry-pimg");
   const std::string img = t / "ckpt";
   auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
@@ -1209,7 +1213,7 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
     auto lines = ferry_test::lines_with(out, " loss ");
     return lines.empty() ? 0 : std::stoi(lines.back().substr(5));
   };
-  ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}, {"--on-signal", "TERM=dump:" + img}),
+  ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}, {"--on-signal", "TERM=dump:" + img}, kind),
                       ferry_test::emu_env());
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
   kill(c.pid(), SIGTERM);
