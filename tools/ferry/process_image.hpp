@@ -1,8 +1,11 @@
 // Whole-process images: a job that survives the death of its processes.
 //
 // A job is what `ferry run --pid-namespace` starts: ferry's init as pid 1 of its own PID
-// namespace and the program (and whatever it forks) below it. `ferry dump` saves all of
-// it into one directory:
+// namespace and the program (and whatever it forks) below it -- or, with `--host-pids`,
+// the same tree without the namespace (job.hpp), whose image a restore brings back only
+// where its pids and thread ids are free (it checks first, and asks each CUDA process to
+// listen again, since its pid did not change), and which a dump or a failed restore
+// kills process by process. `ferry dump` saves all of it into one directory:
 //
 //   DIR/process.json   the manifest: format version, versions of ferry and CRIU, the
 //                      process tree (namespace pids, names, command lines, which ones
