@@ -495,9 +495,14 @@ TEST_CASE("a scheduler's signal leaves a checkpoint and a clean exit", "[engine]
 
 TEST_CASE("the control socket answers only its user and root", "[engine][control]") {
   if (geteuid() != 0) SKIP("needs root to act as another user");
-  Child c(under_ferry(mlp().argv), emu_env());
+  // A socket directory of the test's own: opening it up below must not turn away the
+  // CLI of tests running beside this one.
+  TempDir t;
+  chmod(t.path.c_str(), 0755);  // the way to it open to all, as /tmp is
+  std::string dir = t / "sockets";
+  std::map<std::string, std::string> env = {{"FERRY_SOCKET_DIR", dir}};
+  Child c(under_ferry(mlp().argv), emu_env(env));
   REQUIRE(c.wait_for("step 2 loss"));
-  std::string dir = "/tmp/ferry-0";
   std::string sock = dir + "/" + std::to_string(c.pid()) + ".sock";
   struct stat sb;
   REQUIRE(stat(dir.c_str(), &sb) == 0);
@@ -545,7 +550,7 @@ TEST_CASE("the control socket answers only its user and root", "[engine][control
   CHECK(rc == 0);
   CHECK(reply.find("permission denied: uid 65534 may not control process " + std::to_string(c.pid())) !=
         std::string::npos);
-  CHECK(json_of(cli({"status", std::to_string(c.pid()), "--format", "json"}))["state"] == "running");
+  CHECK(json_of(cli({"status", std::to_string(c.pid()), "--format", "json"}, env))["state"] == "running");
   auto r = c.finish();
   CHECK(r.exit_code == 0);
   CHECK(result_line(r.out, "weights checksum") == reference(mlp()));

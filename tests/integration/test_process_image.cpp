@@ -821,7 +821,7 @@ bool pid_free(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
 
 }  // namespace
 
-TEST_CASE("--host-pids, for a driver that cannot start in a PID namespace: the trainer dumped with --leave-running "
+TEST_CASE("a job run with --host-pids, for a driver that cannot start in a PID namespace: the trainer dumped with --leave-running "
           "goes on, and its image is refused while the original holds its pids; dumped again and killed, it comes back "
           "with the same pids on the other GPU, bit-identical",
           "[process-image][criu]") {
@@ -880,7 +880,7 @@ TEST_CASE("--host-pids, for a driver that cannot start in a PID namespace: the t
   CHECK(!rep["processes"][0]["status"]["memory_by_gpu"].contains("0"));
 }
 
-TEST_CASE("--host-pids: a launcher's tree is dumped and restored as one job, the dump leaving nothing of it behind; "
+TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored as one job, the dump leaving nothing of it behind; "
           "ferry run killed outright takes its program with it; --host-pids and --pid-namespace exclude each other",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
