@@ -104,6 +104,9 @@ nlohmann::json detach() {
   if (g_lfd < 0)
     return {{"ok", false}, {"class", class_name(ErrorClass::FixFirst)}, {"error", "the control socket is detached already"}};
   nvml::release();
+  // A request to listen again is answered only after this detach: one left behind (by
+  // a restore killed half-way, for an earlier process of this pid) would end it at once.
+  unlink(marker(g_bound_pid, ".reattach").c_str());
   if (int fd = open(marker(g_bound_pid, ".detached").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600); fd >= 0)
     close(fd);
   unlink(g_path.c_str());

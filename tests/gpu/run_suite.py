@@ -552,6 +552,9 @@ def pid_namespace_probe():
         figures["the driver needs the translation of"] = (", ".join(needed) or "none of them alone") + \
             (f" (not tried: {', '.join(untried)})" if untried else "")
     if rc != 0:
+        global JOB_KIND
+        JOB_KIND = "--host-pids"  # before the slow reruns: the check may run out of time in them
+        figures["the whole-process checks below"] = "run their jobs with --host-pids"
         _, _, err = outcome(job, {"FERRY_TRACE_PROC": "on"}, direct=False)
         trace = [x for x in err.splitlines() if x.startswith("ferry: ")]
         os.makedirs(logs, exist_ok=True)
@@ -559,9 +562,6 @@ def pid_namespace_probe():
             f.write(err)
         figures["FERRY_TRACE_PROC (last lines; all in logs/pid_namespace.trace.txt)"] = " | ".join(trace[-8:])
         figures["ferry run --pid-namespace, strace"] = traced("pidns_ferry_job", job, direct=False)
-        global JOB_KIND
-        JOB_KIND = "--host-pids"
-        figures["the whole-process checks below"] = "run their jobs with --host-pids"
         raise Failed("the driver does not start in a ferry job's PID namespace: " + json.dumps(figures))
     return figures
 

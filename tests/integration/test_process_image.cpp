@@ -527,7 +527,7 @@ TEST_CASE("a dump waits while a restore of a copy of the job holds the init's di
   REQUIRE(d.exit_code == 0);
   CHECK(c.finish().exit_code == 128 + SIGKILL);
   auto r = restore(t / "img");
-  INFO(r.err);
+  INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
@@ -598,7 +598,7 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
   // the init); CRIU done (its pidfile), the driver and ferry's resume under way; and at
   // random moments.
   std::vector<std::string> stages = {"at once", "criu running", "root.pid", "init.pid", "random", "random"};
-  if (kind == "--host-pids") stages = {"criu running", "root.pid", "init.pid", "random"};
+  if (kind == "--host-pids") stages = {"at once", "criu running", "root.pid", "init.pid", "random"};
   for (const std::string& stage : stages) {
     int delay_ms = random_step(0, 150);
     INFO("ferry restore killed: " << (stage == "random" ? "after " + std::to_string(delay_ms) + " ms" : stage));
@@ -633,7 +633,7 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
     REQUIRE(pids_free());
   }
   auto r = restore(t / "img");
-  INFO(r.err);
+  INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(checksums(r.out, "final hash") == checksums(plain.out, "final hash"));
 }
@@ -840,6 +840,7 @@ TEST_CASE("a job run with --host-pids, for a driver that cannot start in a PID n
   CHECK(d1["init"] == init);
   auto m = nlohmann::json::parse(ferry_test::read_file(t / "img1/process.json"));
   CHECK(m["pid_namespace"] == false);
+  CHECK(m["version"] == 3);  // an older ferry would restore it without checking its pids are free
   REQUIRE(m["processes"].size() == 2);
   CHECK(m["processes"][1]["nspid"] == prog);
   CHECK(!m["processes"][1]["tids"].empty());  // the trainer's threads and the simulated GPU's
@@ -1753,7 +1754,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     auto r = restore_text(d);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
-                         "format 2: use that ferry or a newer one") != std::string::npos);
+                         "format 3: use that ferry or a newer one") != std::string::npos);
   }
   // Whatever was refused, the image itself still restores.
   auto v = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);

@@ -328,14 +328,17 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
                         job["error"].get<std::string>() + "); " +
                         (failed.empty() ? "none of its /proc calls failed" : "its /proc calls that failed: " + failed) +
                         "; FERRY_TRACE_PROC=on ferry run --pid-namespace -- PROGRAM shows the /proc paths it uses";
-      // Then a job without the namespace is the way (job.hpp), if the driver starts there.
-      nlohmann::json host = driver_in_job(driver_args, "--host-pids");
-      j["driver_in_host_pids_job"] = host;
-      if (host["ok"].get<bool>())
+      // Where the driver failed in the namespace (not the job failing to start), a job
+      // without one is the way (job.hpp) if the driver starts there.
+      nlohmann::json host = job.contains("cuInit") ? driver_in_job(driver_args, "--host-pids") : nlohmann::json();
+      if (!host.is_null()) j["driver_in_host_pids_job"] = host;
+      if (!host.is_null() && host["ok"].get<bool>())
         warnings.push_back(why + ". Run jobs with ferry run --host-pids here: the driver starts in those, and their "
                                  "images are restored where their pids are free (not beside the original)");
-      else
+      else if (!host.is_null())
         problems.push_back(why + "; nor in a job with the host's pids (" + host["error"].get<std::string>() + ")");
+      else
+        problems.push_back(why);
     }
   }
   j["problems"] = problems;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -131,9 +132,39 @@ std::vector<pid_t> child_pids(pid_t pid) {
   return out;
 }
 
-void kill_tree(pid_t root) {
-  // A fork that a pending SIGSTOP interrupts is restarted after it, by the kernel: so once
-  // a pass finds nothing new, nothing in the tree can add to it.
+namespace {
+
+// Whether every thread of pid has stopped (or died, or is gone).
+bool all_stopped(pid_t pid) {
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(task.c_str());
+  if (!d) return true;
+  bool all = true;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(task + "/" + e->d_name + "/stat");
+    std::string stat;
+    std::getline(in, stat);
+    auto paren = stat.rfind(')');
+    char st = paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : 'X';
+    if (!std::strchr("TtZX", st)) {
+      all = false;
+      break;
+    }
+  }
+  closedir(d);
+  return all;
+}
+
+bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
+
+}  // namespace
+
+std::vector<pid_t> kill_tree(pid_t root) {
+  // Stopped first, so that nothing forks further. A fork already past the kernel's
+  // signal check completes after the SIGSTOP, and its child is listed only then: so each
+  // look waits until everything it found has stopped, and the next look finds what such
+  // a fork added, until one finds nothing new.
   std::vector<pid_t> all;
   std::set<pid_t> seen;
   for (bool grew = true; grew;) {
@@ -149,17 +180,25 @@ void kill_tree(pid_t root) {
       }
       for (pid_t c : child_pids(p)) todo.push_back(c);
     }
+    for (int i = 0; grew && i < 200 && !std::all_of(all.begin(), all.end(), all_stopped); i++) usleep(5000);
   }
-  for (pid_t p : all) kill(p, SIGKILL);
-  // Their pids are free only once reaped: the processes below the root by whoever they
-  // were orphaned to (the host's init, in the end), which takes a moment; a restore of
-  // the job's image in their place needs them. The root is its parent's to reap.
+  for (pid_t p : all)
+    if (p != root) kill(p, SIGKILL);
+  // Their pids are free only once they are reaped, which a restore of the job's image in
+  // their place needs. The init (a subreaper: what dies below it comes to it) reaps them
+  // once it runs again, and then ends; the host's init would too, but in its own time
+  // (in some containers never).
+  kill(root, SIGCONT);
+  std::vector<pid_t> left;
   for (int i = 0; i < 500; i++) {
-    bool left = false;
-    for (pid_t p : all) left = left || (p != root && (kill(p, 0) == 0 || errno != ESRCH));
-    if (!left) break;
+    left.clear();
+    for (pid_t p : all)
+      if (p != root && !gone(p)) left.push_back(p);
+    if (left.empty()) break;
     usleep(10000);
   }
+  kill(root, SIGKILL);  // the root itself is its parent's to reap
+  return left;
 }
 
 void exec_command(const std::vector<std::string>& argv) {

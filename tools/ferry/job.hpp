@@ -51,9 +51,9 @@ std::vector<pid_t> child_pids(pid_t pid);
 
 // Kills the process tree under root (root included; stopped first, so that nothing in it
 // forks meanwhile): a job without a PID namespace, where killing the init is not enough.
-// Returns once every process below root is reaped (their pids free again), or after 5 s;
-// root itself is its parent's to reap.
-void kill_tree(pid_t root);
+// Waits up to 5 s for every process below root to be reaped (their pids free again),
+// and returns those that were not; root itself is its parent's to reap.
+std::vector<pid_t> kill_tree(pid_t root);
 
 // Waits for the job whose init (a child of this process) is init, passing on the
 // signals this process gets, or acting on them; returns the status as run_job does.

@@ -894,7 +894,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   m["format"] = "ferry-process";
   // Format 2 only where a restore must bring TCP connections back (older ferrys would
   // not ask CRIU to): they refuse it by its version instead of failing half-way.
-  m["version"] = socks.connections.empty() ? 1 : 2;
+  // Format 3 where it has the host's pids: an older ferry would restore it without
+  // checking they are free, nor asking its processes to listen again.
+  m["version"] = d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
   m["ferry"] = FERRY_VERSION;
   m["created"] = now_iso();
   m["criu"] = {{"path", criu}, {"version", criu_ver}};
@@ -965,10 +967,14 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     left = d.undo(dir);
     phase_end("resume");
   } else {
-    if (d.host_pids)
-      kill_tree(d.init);
-    else
+    if (!d.host_pids) {
       kill(d.init, SIGKILL);
+    } else if (auto left = kill_tree(d.init); !left.empty()) {
+      std::string which;
+      for (pid_t p : left) which += (which.empty() ? "" : ", ") + std::to_string(p);
+      fprintf(stderr, "ferry: the job's processes %s are dead but not reaped yet (by this machine's init): a "
+                      "restore here waits until their pids are free\n", which.c_str());
+    }
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
     // The init's directory goes with it (killed, it never runs there again): the image's
     // restore makes it again.
@@ -1101,24 +1107,33 @@ namespace {
 
 // For an image of a job without a PID namespace: its pids and thread ids that a process
 // or thread of this machine has ("pid 812 (process 812 of the job, mlp_trainer): taken
-// by python3"), at most five and a count.
-std::vector<std::string> pids_taken_here(const nlohmann::json& m) {
+// by mlp_trainer"), at most five and a count. *later: whether each holder looks like the
+// job itself (the same name, or dead and not yet reaped), which ends in time.
+std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   std::vector<std::string> taken;
   size_t more = 0;
+  *later = true;
   for (auto& p : m["processes"]) {
     int pid = p["nspid"].get<int>();
+    std::string name = p.value("name", "?");
     std::vector<int> ids = {pid};
     for (auto& t : p.value("tids", nlohmann::json::array())) ids.push_back(t.get<int>());
     for (int id : ids) {
       if (id <= 0 || (kill(id, 0) != 0 && errno == ESRCH)) continue;
+      // A thread's own name is its thread's: the process it belongs to is what counts.
+      pid_t tgid = static_cast<pid_t>(atoi(status_field(id, "Tgid").c_str()));
+      std::string holder = tgid > 0 ? status_field(tgid, "Name") : "";
+      bool dead = status_field(id, "State").rfind("Z", 0) == 0;
+      *later = *later && (dead || (!holder.empty() && holder == name));
       if (taken.size() == 5) {
         more++;
         continue;
       }
-      std::string holder = status_field(id, "Name");
+      std::string by = holder.empty() ? "a process" : holder;
+      if (tgid > 0 && tgid != id) by = "a thread of " + by + " (pid " + std::to_string(tgid) + ")";
       taken.push_back((id == pid ? "pid " : "thread id ") + std::to_string(id) + " (" +
-                      (id == pid ? "" : "a thread of ") + "process " + std::to_string(pid) + " of the job, " +
-                      p.value("name", "?") + "): taken by " + (holder.empty() ? "a process" : holder));
+                      (id == pid ? "" : "a thread of ") + "process " + std::to_string(pid) + " of the job, " + name +
+                      "): taken by " + by + (dead ? ", dead but not reaped" : ""));
     }
   }
   if (more) taken.push_back("and " + std::to_string(more) + " more");
@@ -1156,13 +1171,16 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
       throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
                                                                joined(taken) +
                                                                ". Nothing was started; the image is untouched");
+    bool later = false;
     if (!m.value("pid_namespace", true))
-      if (auto held = pids_taken_here(m); !held.empty())
-        throw ClientError(kRetryLater, "cannot restore the job of " + dir + " here: it was run with --host-pids, "
-                                       "so it comes back with the pids it had, and " + joined(held) +
-                                       ". Restore it once they are free (the original job has ended), or run jobs "
-                                       "with --pid-namespace where the CUDA driver allows. Nothing was started; the "
-                                       "image is untouched");
+      if (auto held = pids_taken_here(m, &later); !held.empty())
+        throw ClientError(later ? kRetryLater : kFixFirst,
+                          "cannot restore the job of " + dir + " here: it was run with --host-pids, so it comes back "
+                          "with the pids it had, and " + joined(held) + ". " +
+                          (later ? "Restore it once they are free (the original job has ended)"
+                                 : "Restore it on a machine where they are free") +
+                          ", or run jobs with --pid-namespace where the CUDA driver allows. Nothing was started; "
+                          "the image is untouched");
     if (auto changed = files_changed_here(m.value("files", nlohmann::json::array())); !changed.empty()) {
       size_t n = changed.size();
       if (n > 6) changed.resize(5), changed.push_back("and " + std::to_string(n - 5) + " more");
@@ -1291,6 +1309,14 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     return fail(out, e);
   }
 
+  // With the host's pids, the restored processes get the names of the sockets and markers
+  // of the processes that had them before -- free, as checked above, so what is left
+  // under them (a restore killed half-way, a process killed from outside) is stale, and
+  // would be taken for the restored process's own.
+  if (!m.value("pid_namespace", true))
+    for (auto& p : m["processes"])
+      for (const char* ext : {".sock", ".reattach", ".detached"})
+        unlink(marker_of(p["nspid"].get<pid_t>(), ext).c_str());
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
   if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));

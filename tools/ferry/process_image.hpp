@@ -70,8 +70,9 @@
 namespace ferry::cli {
 
 // process.json's newest format: 1, or 2 when the job's TCP connections (inside the job)
-// must be brought back -- an older ferry would not ask CRIU to.
-constexpr int kProcessFormat = 2;
+// must be brought back -- an older ferry would not ask CRIU to --, or 3 when the job has
+// the host's pids (--host-pids), which an older ferry would not check are free.
+constexpr int kProcessFormat = 3;
 
 struct DumpArgs {
   std::string dir, parent;

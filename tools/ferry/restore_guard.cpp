@@ -105,7 +105,10 @@ bool gone(pid_t p) {
     for (const char* f : {kRootPidFile, kCriuPidFile})
       if (pid_t p = pid_in(work + "/" + f); p > 1) {
         killed.push_back(p);
-        whole_tree ? kill_tree(p) : (void)kill(p, SIGKILL);
+        if (whole_tree)
+          kill_tree(p);
+        else
+          kill(p, SIGKILL);
       }
   }
   if (!work.empty())
