@@ -761,6 +761,24 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
   }
 }
 
+namespace {
+
+// The launcher's two-worker job restored from img with the workers' GPUs swapped: each
+// worker's final weights are the uninterrupted run's (their lines interleave in any order).
+void workers_restored_swapped(const std::string& img, const std::string& plain_out) {
+  auto r = restore(img, {"--device-map", "1,0"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto want = checksums(plain_out, "weights checksum");
+  REQUIRE(want.size() == 2);
+  auto got = checksums(r.out, "weights checksum");
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  CHECK(got == want);
+}
+
+}  // namespace
+
 TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped and restored as one job",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
@@ -797,15 +815,7 @@ TEST_CASE("a launcher with a worker on each GPU, talking over pipes, is dumped a
   CHECK(d["processes"] == 4);  // init, launcher, two workers
   CHECK(d["cuda_processes"] == 2);
   CHECK(c.finish().exit_code == 128 + SIGKILL);
-  auto r = restore(t / "img", {"--device-map", "1,0"});
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  auto want = checksums(plain.out, "weights checksum");
-  REQUIRE(want.size() == 2);
-  auto got = checksums(r.out, "weights checksum");
-  std::sort(want.begin(), want.end());
-  std::sort(got.begin(), got.end());
-  CHECK(got == want);
+  workers_restored_swapped(t / "img", plain.out);
 }
 
 namespace {
@@ -821,9 +831,9 @@ bool pid_free(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
 
 }  // namespace
 
-TEST_CASE("a job run with --host-pids, for a driver that cannot start in a PID namespace: the trainer dumped with --leave-running "
-          "goes on, and its image is refused while the original holds its pids; dumped again and killed, it comes back "
-          "with the same pids on the other GPU, bit-identical",
+TEST_CASE("a job run with --host-pids, for a driver that cannot start in a PID namespace: the trainer dumped with "
+          "--leave-running goes on, and its image is refused while the original holds its pids; dumped again and "
+          "killed, it comes back with the same pids on the other GPU, bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -902,15 +912,7 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
       INFO(p.dump());
       CHECK(pid_free(p["nspid"].get<pid_t>()));
     }
-    auto r = restore(t / "img", {"--device-map", "1,0"});
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    auto want = checksums(plain.out, "weights checksum");
-    REQUIRE(want.size() == 2);
-    auto got = checksums(r.out, "weights checksum");
-    std::sort(want.begin(), want.end());
-    std::sort(got.begin(), got.end());
-    CHECK(got == want);
+    workers_restored_swapped(t / "img", plain.out);
   }
   SECTION("ferry run killed outright") {
     ferry_test::Child c(job({kMlp, "--steps", "100000", "--step-delay-ms", "20"}, {}, "--host-pids"),
