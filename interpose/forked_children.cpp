@@ -163,7 +163,7 @@ void install() {
       FERRY_WARN("FERRY_FORK_RELEASE=%s is not job, on or off; taken as job", mode.c_str());
       mode = "job";
     }
-    if (mode == "on" || (mode == "job" && proc_is_foreign())) pthread_atfork(nullptr, nullptr, in_child);
+    if (mode == "on" || (mode == "job" && in_job())) pthread_atfork(nullptr, nullptr, in_child);
   });
 }
 

@@ -72,6 +72,11 @@ bool proc_is_foreign() {
   }
   return f == 1;
 }
+
+bool in_job() {
+  const char* job = ferry::settings::raw("FERRY_JOB");
+  return proc_is_foreign() || (job && *job);
+}
 }  // namespace ferry
 
 namespace {

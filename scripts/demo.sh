@@ -88,8 +88,15 @@ if [[ $(id -u) != 0 ]]; then
   echo; echo "demo: the whole-process part (ferry dump / ferry restore) needs root for CRIU; skipped"
   exit 0
 fi
-step "ferry run --pid-namespace: the trainer starts again, as a job of its own, on GPU 0, its batches made by two forked workers (a DataLoader's shape)"
-"$ferry" run "${run_opts[@]}" --pid-namespace -- "$trainer" "${args[@]}" --loader-workers 2 --step-delay-ms 25 >"$work/train.log" 2>&1 &
+# A job in a PID namespace of its own, unless ferry check finds that the driver starts
+# only in one with the host's pids (docs/control.md).
+kind=--pid-namespace
+if "$ferry" check "${run_opts[@]}" 2>/dev/null | grep -q "(but does in a --host-pids job)"; then
+  kind=--host-pids
+  echo; echo "demo: the CUDA driver does not start in a job's PID namespace here (ferry check); the job keeps the host's pids"
+fi
+step "ferry run $kind: the trainer starts again, as a job of its own, on GPU 0, its batches made by two forked workers (a DataLoader's shape)"
+"$ferry" run "${run_opts[@]}" "$kind" -- "$trainer" "${args[@]}" --loader-workers 2 --step-delay-ms 25 >"$work/train.log" 2>&1 &
 pid=$!
 wait_step 20
 step "ferry dump: the whole job (CPU state by CRIU, GPU state by ferry) to an image; the job ends"

@@ -226,7 +226,8 @@ int ns_pid(pid_t pid) {
 
 TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inherit the driver's file; ferry replaces "
           "it in them, so the job is dumped at a random step and restored onto the other GPU, bit-identical; with "
-          "FERRY_FORK_RELEASE=off the dump is refused before anything stops, naming each worker",
+          "FERRY_FORK_RELEASE=off the dump is refused before anything stops, naming each worker; the same in a job "
+          "of the host's pids",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -286,6 +287,20 @@ TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inh
   REQUIRE(r.exit_code == 0);  // the workers too ended cleanly, every batch sent
   CHECK(checksums(r.out) == checksums(plain.out));
   CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("1"));
+
+  // The same as a job of the host's pids, whose /proc is its own: the shim knows it is in
+  // a job by FERRY_JOB there, so the workers give the driver's file up too.
+  ferry_test::Child h(job(prog, {}, "--host-pids"), ferry_test::emu_env());
+  REQUIRE(h.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+  auto host_workers = children_of(program_of(h.pid()));
+  REQUIRE(host_workers.size() == 2);
+  for (pid_t w : host_workers) CHECK(fds_naming(w, uffd).empty());
+  dump(h.pid(), t / "img-host");
+  CHECK(h.finish().exit_code == 128 + SIGKILL);
+  auto hr = restore(t / "img-host", {"--device", "1"});
+  INFO(hr.err);
+  REQUIRE(hr.exit_code == 0);
+  CHECK(checksums(hr.out) == checksums(plain.out));
 }
 
 TEST_CASE("a Python job in a DataLoader's shape -- multiprocessing workers forked once CUDA is up, queues, batches in "

@@ -108,7 +108,11 @@ int run(const RunArgs& a) {
   if (!signal_actions(a.on_signal, job, actions, spec, "ferry run")) return ferry::cli::kUsage;
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
-  if (job) return ferry::cli::run_job(a.cmd, actions, a.host_pids);
+  if (job) {
+    // The shim knows a job in a PID namespace by its /proc; one with the host's pids by this.
+    setenv("FERRY_JOB", a.host_pids ? "host-pids" : "pid-namespace", 1);
+    return ferry::cli::run_job(a.cmd, actions, a.host_pids);
+  }
   ferry::cli::exec_command(a.cmd);
 }
 

@@ -53,7 +53,10 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_FORK_RELEASE", Type::Choice, Shim, "job",
      "in a child forked without exec once CUDA is initialized (a DataLoader's workers), replace the driver's "
      "inherited descriptors and mappings, which CRIU cannot dump, by /dev/null and inaccessible memory: job (in a "
-     "ferry run --pid-namespace job), on (always) or off"},
+     "ferry run --pid-namespace or --host-pids job), on (always) or off"},
+    {"FERRY_JOB", Type::Text, Shim, "",
+     "set by ferry run for the processes of a job it starts (pid-namespace or host-pids): where a whole-process "
+     "dump is possible, so FERRY_FORK_RELEASE=job acts (a job in a PID namespace is known without it)"},
     {"FERRY_NVML_RELEASE", Type::Flag, Shim, "on",
      "off: leave NVML alone in a whole-process dump (where the driver's checkpoint releases NVML's files itself)"},
     {"FERRY_FINGERPRINTS", Type::Flag, Shim, "on",
