@@ -91,7 +91,8 @@ fi
 # A job in a PID namespace of its own, unless ferry check finds that the driver starts
 # only in one with the host's pids (docs/control.md).
 kind=--pid-namespace
-if "$ferry" check "${run_opts[@]}" 2>/dev/null | grep -q "(but does in a --host-pids job)"; then
+check=$("$ferry" check "${run_opts[@]}" 2>/dev/null || true)  # exit 1 where anything else is amiss
+if [[ $check == *"(but does in a --host-pids job)"* ]]; then
   kind=--host-pids
   echo; echo "demo: the CUDA driver does not start in a job's PID namespace here (ferry check); the job keeps the host's pids"
 fi

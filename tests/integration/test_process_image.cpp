@@ -929,6 +929,23 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     }
     workers_restored_swapped(t / "img", plain.out);
   }
+  SECTION("a program that ended, leaving a process it forked: the init reaps it once the dump has killed it, and "
+          "ferry run ends as a dumped job's does") {
+    ferry_test::Child c(job({"/bin/sh", "-c", "sleep 600 & echo forked $!"}, {}, "--host-pids"), ferry_test::emu_env());
+    REQUIRE(c.wait_for("forked "));
+    pid_t init = children_of(c.pid()).at(0);
+    std::vector<pid_t> below;
+    for (int i = 0; i < 200; i++) {  // the shell gone, its sleep given to the init
+      below = children_of(init);
+      if (below.size() == 1 && ferry_test::read_file("/proc/" + std::to_string(below[0]) + "/comm") == "sleep\n") break;
+      usleep(10000);
+    }
+    REQUIRE(below.size() == 1);
+    auto d = dump(c.pid(), t / "img");
+    CHECK(d["processes"] == 2);
+    CHECK(c.finish().exit_code == 128 + SIGKILL);  // not the shell's 0: the job was ended by the dump
+    CHECK(pid_free(below[0]));
+  }
   SECTION("ferry run killed outright") {
     ferry_test::Child c(job({kMlp, "--steps", "100000", "--step-delay-ms", "20"}, {}, "--host-pids"),
                         ferry_test::emu_env());

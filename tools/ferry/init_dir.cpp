@@ -170,7 +170,8 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
   return lock;
 }
 
-DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting) {
+DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
+                         bool exclusive) {
   std::string parent = path.substr(0, path.rfind('/'));
   for (int attempt = 0; attempt < 8; attempt++) {
     make_parents(path);
@@ -183,7 +184,7 @@ DirLock lock_for_restore(const std::string& path, int timeout_s, const std::func
       throw ClientError(kFixFirst, "cannot create " + path + " (where the job's init works): " + error_text(errno));
     DirLock lock(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (lock.fd() < 0) throw ClientError(kFixFirst, "cannot open " + path + ": " + error_text(errno));
-    acquire(lock.fd(), LOCK_SH, path, timeout_s, waiting);
+    acquire(lock.fd(), exclusive ? LOCK_EX : LOCK_SH, path, timeout_s, waiting);
     // Removed by the end of another job that used it while this waited: make it again.
     if (same_dir(lock.fd(), path)) return lock;
   }

@@ -59,9 +59,12 @@ class DirLock {
 DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting);
 
 // The restore's lock on init directory path, made first (with its parents) where
-// missing; waits as lock_for_dump does. Throws ClientError (kRetryLater on the timeout,
-// else kFixFirst) naming what failed.
-DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting);
+// missing; waits as lock_for_dump does. Shared, so copies of one image restore at once;
+// exclusive for a job of the host's pids, whose copies cannot, and must find each other's
+// processes. Throws ClientError (kRetryLater on the timeout, else kFixFirst) naming what
+// failed.
+DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
+                         bool exclusive = false);
 
 // Removes init directory path unless a process works in it (other than `except`, a
 // process killed and not yet reaped) or a dump or restore holds it; a path that is no

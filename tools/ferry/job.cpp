@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -9,8 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -27,7 +28,13 @@ namespace {
 constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM,
                               SIGTERM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXCPU, SIGWINCH};
 
+// What kill_tree tells the init of a job of the host's pids: everything below it has been
+// killed; reap it and end as a killed init would (128+SIGKILL). Not a signal anyone sends
+// a job; where no handler is installed (anything else as the root) it kills.
+constexpr int kEndJob = SIGPWR;
+
 volatile sig_atomic_t g_target = 0;  // where forwarded signals go
+volatile sig_atomic_t g_ending = 0;  // kEndJob received
 volatile sig_atomic_t g_pending = 0;  // a signal with an action, not yet acted on
 sigset_t g_acted;                     // the signals that have an action
 
@@ -98,6 +105,12 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (cannot enter %s: %s); a dump "
                     "needs CRIU able to create a directory there\n", dir.c_str(), strerror(errno));
   forward_signals_to(prog);
+  if (host_pids) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { g_ending = 1; };
+    sigemptyset(&sa.sa_mask);
+    sigaction(kEndJob, &sa, nullptr);
+  }
   sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   int code = 1;
   for (;;) {
@@ -112,7 +125,7 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
       g_target = 0;
     }
   }
-  _exit(code);
+  _exit(g_ending ? 128 + SIGKILL : code);
 }
 
 }  // namespace
@@ -158,15 +171,24 @@ bool all_stopped(pid_t pid) {
 
 bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
+// Signals go to processes by pidfd: a pid may be reused once its process is reaped,
+// which here happens while this runs.
+int pidfd_of(pid_t p) { return static_cast<int>(syscall(SYS_pidfd_open, p, 0)); }
+void signal_fd(int fd, int sig) { syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0); }
+
 }  // namespace
 
 std::vector<pid_t> kill_tree(pid_t root) {
+  struct Proc {
+    pid_t pid;
+    int fd;
+  };
+  std::vector<Proc> all;
+  std::set<pid_t> seen;
   // Stopped first, so that nothing forks further. A fork already past the kernel's
   // signal check completes after the SIGSTOP, and its child is listed only then: so each
   // look waits until everything it found has stopped, and the next look finds what such
   // a fork added, until one finds nothing new.
-  std::vector<pid_t> all;
-  std::set<pid_t> seen;
   for (bool grew = true; grew;) {
     grew = false;
     std::vector<pid_t> todo = {root};
@@ -174,30 +196,48 @@ std::vector<pid_t> kill_tree(pid_t root) {
       pid_t p = todo.back();
       todo.pop_back();
       if (seen.insert(p).second) {
-        kill(p, SIGSTOP);
-        all.push_back(p);
+        int fd = pidfd_of(p);
+        if (fd < 0) continue;  // gone
+        signal_fd(fd, SIGSTOP);
+        all.push_back({p, fd});
         grew = true;
       }
       for (pid_t c : child_pids(p)) todo.push_back(c);
     }
-    for (int i = 0; grew && i < 200 && !std::all_of(all.begin(), all.end(), all_stopped); i++) usleep(5000);
+    for (int i = 0; grew && i < 200 && !std::all_of(all.begin(), all.end(), [](auto& x) { return all_stopped(x.pid); });
+         i++)
+      usleep(5000);
   }
-  for (pid_t p : all)
-    if (p != root) kill(p, SIGKILL);
+  int root_fd = -1;
+  for (auto& x : all) {
+    if (x.pid == root)
+      root_fd = x.fd;
+    else
+      signal_fd(x.fd, SIGKILL);
+  }
   // Their pids are free only once they are reaped, which a restore of the job's image in
   // their place needs. The init (a subreaper: what dies below it comes to it) reaps them
-  // once it runs again, and then ends; the host's init would too, but in its own time
-  // (in some containers never).
-  kill(root, SIGCONT);
+  // once it runs again and then ends, told that it was killed; the host's init would
+  // reap them too, but in its own time (in some containers never). A root that is not
+  // ferry's init (one CRIU is still restoring) dies of kEndJob.
   std::vector<pid_t> left;
-  for (int i = 0; i < 500; i++) {
-    left.clear();
-    for (pid_t p : all)
-      if (p != root && !gone(p)) left.push_back(p);
-    if (left.empty()) break;
-    usleep(10000);
+  if (root_fd >= 0) {
+    signal_fd(root_fd, kEndJob);
+    signal_fd(root_fd, SIGCONT);
+    pollfd p{root_fd, POLLIN, 0};  // readable once the root has ended
+    int r;
+    do r = poll(&p, 1, 30000);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0) signal_fd(root_fd, SIGKILL);  // not reaping: the host's init must
+    for (int i = 0; i < (r > 0 ? 50 : 500); i++) {
+      left.clear();
+      for (auto& x : all)
+        if (x.pid != root && !gone(x.pid)) left.push_back(x.pid);
+      if (left.empty()) break;
+      usleep(10000);
+    }
   }
-  kill(root, SIGKILL);  // the root itself is its parent's to reap
+  for (auto& x : all) close(x.fd);
   return left;
 }
 

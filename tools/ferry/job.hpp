@@ -49,10 +49,11 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions =
 // The children of every thread of pid.
 std::vector<pid_t> child_pids(pid_t pid);
 
-// Kills the process tree under root (root included; stopped first, so that nothing in it
-// forks meanwhile): a job without a PID namespace, where killing the init is not enough.
-// Waits up to 5 s for every process below root to be reaped (their pids free again),
-// and returns those that were not; root itself is its parent's to reap.
+// Kills the process tree under root (stopped first, so that nothing in it forks
+// meanwhile): a job without a PID namespace, where killing the init is not enough. The
+// root, a job's init, reaps the rest and ends (exit 128+SIGKILL) -- within 30 s, or it is
+// killed. Returns the processes below root not reaped by then (their pids still taken);
+// root itself is its parent's to reap.
 std::vector<pid_t> kill_tree(pid_t root);
 
 // Waits for the job whose init (a child of this process) is init, passing on the

@@ -972,8 +972,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     } else if (auto left = kill_tree(d.init); !left.empty()) {
       std::string which;
       for (pid_t p : left) which += (which.empty() ? "" : ", ") + std::to_string(p);
-      fprintf(stderr, "ferry: the job's processes %s are dead but not reaped yet (by this machine's init): a "
-                      "restore here waits until their pids are free\n", which.c_str());
+      fprintf(stderr, "ferry: the job's processes %s were killed but are not reaped yet: their pids stay taken, and "
+                      "a restore of the image here is refused (75) until they are free\n", which.c_str());
     }
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
     // The init's directory goes with it (killed, it never runs there again): the image's
@@ -1124,7 +1124,8 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
       pid_t tgid = static_cast<pid_t>(atoi(status_field(id, "Tgid").c_str()));
       std::string holder = tgid > 0 ? status_field(tgid, "Name") : "";
       bool dead = status_field(id, "State").rfind("Z", 0) == 0;
-      *later = *later && (dead || (!holder.empty() && holder == name));
+      // Gone meanwhile (no name), dead, the job itself, or a copy CRIU is restoring: all end.
+      *later = *later && (dead || holder.empty() || holder == name || holder == "criu");
       if (taken.size() == 5) {
         more++;
         continue;
@@ -1138,6 +1139,15 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   }
   if (more) taken.push_back("and " + std::to_string(more) + " more");
   return taken;
+}
+
+std::string pids_taken_message(const std::string& dir, const std::vector<std::string>& held, bool later) {
+  return "cannot restore the job of " + dir + " here: it was run with --host-pids, so it comes back with the pids it "
+         "had, and " + joined(held) + ". " +
+         (later ? "Restore it once they are free (the original job has ended)"
+                : "Restore it on a machine where they are free") +
+         ", or run jobs with --pid-namespace where the CUDA driver allows. Nothing was started; the image is "
+         "untouched";
 }
 
 }  // namespace
@@ -1174,13 +1184,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     bool later = false;
     if (!m.value("pid_namespace", true))
       if (auto held = pids_taken_here(m, &later); !held.empty())
-        throw ClientError(later ? kRetryLater : kFixFirst,
-                          "cannot restore the job of " + dir + " here: it was run with --host-pids, so it comes back "
-                          "with the pids it had, and " + joined(held) + ". " +
-                          (later ? "Restore it once they are free (the original job has ended)"
-                                 : "Restore it on a machine where they are free") +
-                          ", or run jobs with --pid-namespace where the CUDA driver allows. Nothing was started; "
-                          "the image is untouched");
+        throw ClientError(later ? kRetryLater : kFixFirst, pids_taken_message(dir, held, later));
     if (auto changed = files_changed_here(m.value("files", nlohmann::json::array())); !changed.empty()) {
       size_t n = changed.size();
       if (n > 6) changed.resize(5), changed.push_back("and " + std::to_string(n - 5) + " more");
@@ -1309,14 +1313,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     return fail(out, e);
   }
 
-  // With the host's pids, the restored processes get the names of the sockets and markers
-  // of the processes that had them before -- free, as checked above, so what is left
-  // under them (a restore killed half-way, a process killed from outside) is stale, and
-  // would be taken for the restored process's own.
-  if (!m.value("pid_namespace", true))
-    for (auto& p : m["processes"])
-      for (const char* ext : {".sock", ".reattach", ".detached"})
-        unlink(marker_of(p["nspid"].get<pid_t>(), ext).c_str());
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
   if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));
@@ -1338,16 +1334,36 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
+  const bool host_pids = !m.value("pid_namespace", true);
   try {
     if (!init_dir.empty())
-      init_lock.emplace(lock_for_restore(init_dir, kInitDirWaitS, [&] {
-        if (!out.json && out.progress != "never")
-          fprintf(stderr, "ferry: waiting for a dump of a job whose init works in %s too (a copy of this one)\n",
-                  init_dir.c_str());
-      }));
+      init_lock.emplace(lock_for_restore(
+          init_dir, kInitDirWaitS,
+          [&] {
+            if (!out.json && out.progress != "never")
+              fprintf(stderr, "ferry: waiting for a dump or restore of a job whose init works in %s too (a copy of "
+                              "this one)\n", init_dir.c_str());
+          },
+          host_pids));
+    if (host_pids) {
+      // Again, now that no other restore of the image can be under way (it would hold
+      // the lock, and its processes, restored, would be found here).
+      bool later = false;
+      if (auto held = pids_taken_here(m, &later); !held.empty())
+        throw ClientError(later ? kRetryLater : kFixFirst, pids_taken_message(dir, held, later));
+      // The restored processes get the names of the sockets and markers of the processes
+      // that had their pids before: all gone, so what is left under those names (a restore
+      // killed half-way, a process killed from outside) is stale, and would be taken for
+      // the restored process's own.
+      for (auto& p : m["processes"])
+        for (const char* ext : {".sock", ".reattach", ".detached"})
+          unlink(marker_of(p["nspid"].get<pid_t>(), ext).c_str());
+    }
   } catch (const ClientError& e) {
     std::error_code gone;
     fs::remove_all(work, gone);
+    init_lock.reset();
+    remove_init_dir_if_unused(init_dir);  // made for this restore, or another's
     return fail(out, e);
   }
   int rc = run_criu(argv, false, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
@@ -1369,7 +1385,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile);
   std::map<int, pid_t> host_of;
   for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
-  bool host_pids = !m.value("pid_namespace", true);
   auto kill_job = [&](const ClientError& e) {
     if (host_pids) {
       kill_tree(init);

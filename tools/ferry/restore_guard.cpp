@@ -103,7 +103,7 @@ bool gone(pid_t p) {
   for (pid_t p : watched) kill(p, SIGKILL);
   if (!work.empty()) {
     for (const char* f : {kRootPidFile, kCriuPidFile})
-      if (pid_t p = pid_in(work + "/" + f); p > 1) {
+      if (pid_t p = pid_in(work + "/" + f); p > 1 && std::find(killed.begin(), killed.end(), p) == killed.end()) {
         killed.push_back(p);
         if (whole_tree)
           kill_tree(p);
