@@ -105,13 +105,15 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (cannot enter %s: %s); a dump "
                     "needs CRIU able to create a directory there\n", dir.c_str(), strerror(errno));
   forward_signals_to(prog);
+  sigset_t mask = old_mask;
   if (host_pids) {
     struct sigaction sa {};
     sa.sa_handler = [](int) { g_ending = 1; };
     sigemptyset(&sa.sa_mask);
     sigaction(kEndJob, &sa, nullptr);
+    sigdelset(&mask, kEndJob);  // kill_tree takes it blocked for a root that is no init
   }
-  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  sigprocmask(SIG_SETMASK, &mask, nullptr);
   int code = 1;
   for (;;) {
     int st = 0;
@@ -171,6 +173,14 @@ bool all_stopped(pid_t pid) {
 
 bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
+// Whether pid blocks sig (a process CRIU is still restoring blocks them all).
+bool blocks(pid_t pid, int sig) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("SigBlk:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (sig - 1)) & 1;
+  return false;
+}
+
 // Signals go to processes by pidfd: a pid may be reused once its process is reaped,
 // which here happens while this runs.
 int pidfd_of(pid_t p) { return static_cast<int>(syscall(SYS_pidfd_open, p, 0)); }
@@ -219,15 +229,18 @@ std::vector<pid_t> kill_tree(pid_t root) {
   // their place needs. The init (a subreaper: what dies below it comes to it) reaps them
   // once it runs again and then ends, told that it was killed; the host's init would
   // reap them too, but in its own time (in some containers never). A root that is not
-  // ferry's init (one CRIU is still restoring) dies of kEndJob.
+  // ferry's init dies of kEndJob, or, blocking it (CRIU had not finished restoring it),
+  // is killed at once.
   std::vector<pid_t> left;
   if (root_fd >= 0) {
     signal_fd(root_fd, kEndJob);
     signal_fd(root_fd, SIGCONT);
     pollfd p{root_fd, POLLIN, 0};  // readable once the root has ended
-    int r;
-    do r = poll(&p, 1, 30000);
-    while (r < 0 && errno == EINTR);
+    int r = 0;
+    if (!blocks(root, kEndJob)) {
+      do r = poll(&p, 1, 30000);
+      while (r < 0 && errno == EINTR);
+    }
     if (r <= 0) signal_fd(root_fd, SIGKILL);  // not reaping: the host's init must
     for (int i = 0; i < (r > 0 ? 50 : 500); i++) {
       left.clear();

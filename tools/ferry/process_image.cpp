@@ -1341,8 +1341,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
           init_dir, kInitDirWaitS,
           [&] {
             if (!out.json && out.progress != "never")
-              fprintf(stderr, "ferry: waiting for a dump or restore of a job whose init works in %s too (a copy of "
-                              "this one)\n", init_dir.c_str());
+              fprintf(stderr, "ferry: waiting for a dump%s of a job whose init works in %s too (a copy of this "
+                              "one)\n", host_pids ? " or restore" : "", init_dir.c_str());
           },
           host_pids));
     if (host_pids) {
