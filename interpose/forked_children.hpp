@@ -19,8 +19,9 @@
 // table of its own that no real driver serves, so that one is replaced too -- and a
 // userfaultfd the program made itself never is.
 //
-// FERRY_FORK_RELEASE: job (the default: in a `ferry run --pid-namespace` job, where a
-// whole-process dump is possible), on (everywhere), off (never).
+// FERRY_FORK_RELEASE: job (the default: in a `ferry run --pid-namespace` or `--host-pids`
+// job, where a whole-process dump is possible: pid_ns.hpp's in_job), on (everywhere),
+// off (never).
 #pragma once
 
 namespace ferry::forked {

@@ -946,6 +946,39 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(c.finish().exit_code == 128 + SIGKILL);  // not the shell's 0: the job was ended by the dump
     CHECK(pid_free(below[0]));
   }
+  SECTION("dumped by a scheduler's TERM in a container of its own (pids from 1 up, ferry run pid 1) and restored in "
+          "a new one, where ferry restore is pid 1 and what it starts would otherwise take the job's pids") {
+    auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+    REQUIRE(plain.exit_code == 0);
+    const std::string img = t / "pod", log = t / "pod.log";
+    // stdio opened inside the container, as its runtime would: CRIU cannot place a file
+    // opened on a mount of another mount namespace.
+    auto pod = [&](std::vector<std::string> cmd) {
+      std::vector<std::string> v = {"unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c",
+                                    "o=$1; shift; exec \"$@\" </dev/null >\"$o\" 2>&1", "sh", log};
+      v.insert(v.end(), cmd.begin(), cmd.end());
+      return v;
+    };
+    ferry_test::Child c(pod({kFerry, "run", "--emulator", "--host-pids", "--on-signal", "TERM=dump:" + img, "--", kMlp,
+                             "--steps", "100", "--step-delay-ms", "20"}),
+                        ferry_test::emu_env());
+    const std::string at = "step " + std::to_string(random_step(2, 30)) + " loss";
+    for (int i = 0; i < 600 && ferry_test::read_file(log).find(at) == std::string::npos; i++) usleep(50000);
+    REQUIRE(ferry_test::read_file(log).find(at) != std::string::npos);
+    pid_t ferry_run = children_of(c.pid()).at(0);
+    CHECK(ns_pid(ferry_run) == 1);
+    kill(ferry_run, SIGTERM);
+    auto done = c.finish();
+    INFO(ferry_test::read_file(log));
+    REQUIRE(done.exit_code == 0);
+    auto m = nlohmann::json::parse(ferry_test::read_file(img + "/process.json"));
+    CHECK(m["processes"][0]["nspid"] == 2);  // the init: the pid the new container's first child gets
+    auto r = ferry_test::run(pod({kFerry, "restore", img, "--device", "1"}), ferry_test::emu_env(), 240);
+    std::string out = ferry_test::read_file(log);
+    INFO(out);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(out) == checksums(plain.out));
+  }
   SECTION("ferry run killed outright") {
     ferry_test::Child c(job({kMlp, "--steps", "100000", "--step-delay-ms", "20"}, {}, "--host-pids"),
                         ferry_test::emu_env());

@@ -1,4 +1,5 @@
-// The working directory of a job's init (`ferry run --pid-namespace`), and its lock.
+// The working directory of a job's init (`ferry run --pid-namespace` or `--host-pids`),
+// and its lock.
 //
 // Why the init does not stay where the program was started: CRIU's parasite, in the
 // first process of a dumped tree (the job's init), needs a /proc of the job's own PID
@@ -14,7 +15,8 @@
 // its own. Copies of one image (restored twice at once) share theirs, so a dump holds an
 // exclusive flock(2) on it from before it looks at the job until CRIU is done, and first
 // removes a "proc.crtools" an interrupted dump left there; a restore holds a shared one
-// while CRIU restores. The image names the directory ("init_dir" in its manifest, not
+// while CRIU restores (an exclusive one for a job of the host's pids, whose copies
+// cannot run at once). The image names the directory ("init_dir" in its manifest, not
 // among the files a restore needs); a restore makes it again where it is missing
 // (another machine). It is removed when a dump ends its job and when the job ends by
 // itself, unless a process still works there (a copy) or a dump or restore holds it; a

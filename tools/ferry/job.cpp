@@ -74,8 +74,8 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 // The job's init: pid 1 of its namespace, or (host_pids) a subreaper.
 [[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir,
                        bool host_pids) {
-  // The job lives as long as its `ferry run`: killed with it (a restored job will get a
-  // new parent and must clear this; see docs/control.md).
+  // The job lives as long as its `ferry run`: killed with it. CRIU gives the signal back
+  // to a restored init, whose parent is then its `ferry restore` (--restore-sibling).
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   // Without a namespace, what the job's processes orphan must still come here (the
   // kernel gives orphans to the nearest subreaper), or it would leave the job's tree.

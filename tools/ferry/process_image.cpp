@@ -1141,6 +1141,34 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   return taken;
 }
 
+// A job of the host's pids comes back with the pids it had, so its restore must take none
+// of them for itself. In a container just started (a new pod), pids are handed out from
+// 2 up, and the guard, CRIU and the CUDA driver's threads would take the job's: so the
+// namespace's last pid handed out moves past the image's highest, where it is below.
+// Best effort: an unreadable image is reported later, and a pid taken all the same is
+// named by the check before CRIU.
+void skip_pids_of(const std::string& dir) {
+  long top = 0;
+  try {
+    std::ifstream in(dir + "/process.json");
+    nlohmann::json m = nlohmann::json::parse(in);
+    if (!m.is_object() || m.value("pid_namespace", true)) return;
+    for (auto& p : m.at("processes")) {
+      top = std::max(top, p.at("nspid").get<long>());
+      for (auto& t : p.value("tids", nlohmann::json::array())) top = std::max(top, t.get<long>());
+    }
+  } catch (const std::exception&) {
+    return;
+  }
+  std::fstream f("/proc/sys/kernel/ns_last_pid");
+  long last = 0;
+  if (f >> last && last < top) {
+    f.clear();
+    f.seekp(0);
+    f << top << std::flush;
+  }
+}
+
 std::string pids_taken_message(const std::string& dir, const std::vector<std::string>& held, bool later) {
   return "cannot restore the job of " + dir + " here: it was run with --host-pids, so it comes back with the pids it "
          "had, and " + joined(held) + ". " +
@@ -1154,6 +1182,7 @@ std::string pids_taken_message(const std::string& dir, const std::vector<std::st
 
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
   auto t0 = Clock::now();
+  skip_pids_of(a.dir);  // before this process forks or starts a thread
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
   RestoreGuard guard;
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
