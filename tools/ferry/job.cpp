@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -132,18 +133,23 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 
 }  // namespace
 
+std::vector<pid_t> thread_ids(pid_t pid) {
+  std::vector<pid_t> out;
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d))
+    if (pid_t t = static_cast<pid_t>(atoi(e->d_name)); t > 0) out.push_back(t);
+  closedir(d);
+  return out;
+}
+
 std::vector<pid_t> child_pids(pid_t pid) {
   std::vector<pid_t> out;
-  std::string task = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = opendir(task.c_str());
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream in(task + "/" + e->d_name + "/children");
+  for (pid_t t : thread_ids(pid)) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(t) + "/children");
     pid_t c;
     while (in >> c) out.push_back(c);
   }
-  closedir(d);
   return out;
 }
 
@@ -151,24 +157,15 @@ namespace {
 
 // Whether every thread of pid has stopped (or died, or is gone).
 bool all_stopped(pid_t pid) {
-  std::string task = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = opendir(task.c_str());
-  if (!d) return true;
-  bool all = true;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream in(task + "/" + e->d_name + "/stat");
+  for (pid_t t : thread_ids(pid)) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(t) + "/stat");
     std::string stat;
     std::getline(in, stat);
     auto paren = stat.rfind(')');
     char st = paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : 'X';
-    if (!std::strchr("TtZX", st)) {
-      all = false;
-      break;
-    }
+    if (!std::strchr("TtZX", st)) return false;
   }
-  closedir(d);
-  return all;
+  return true;
 }
 
 bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }

@@ -46,6 +46,9 @@ using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
 // when a signal action dumped it).
 int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false);
 
+// The ids of pid's threads (its own among them), as /proc lists them; none when it is gone.
+std::vector<pid_t> thread_ids(pid_t pid);
+
 // The children of every thread of pid.
 std::vector<pid_t> child_pids(pid_t pid);
 

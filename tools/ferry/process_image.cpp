@@ -281,10 +281,8 @@ std::vector<Task> tree_of(pid_t init) {
     t.name = status_field(host, "Name");
     t.cmd = cmdline_of(host);
     t.cuda = uses_cuda(host);
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator("/proc/" + std::to_string(host) + "/task", ec))
-      if (pid_t tid = static_cast<pid_t>(atoi(e.path().filename().c_str())); tid > 0 && tid != host)
-        t.tids.push_back(tid);
+    for (pid_t tid : thread_ids(host))
+      if (tid != host) t.tids.push_back(tid);
     std::sort(t.tids.begin(), t.tids.end());
     for (pid_t c : child_pids(host)) todo.push_back({c, t.ns});
     out.push_back(t);
@@ -1109,6 +1107,13 @@ namespace {
 // or thread of this machine has ("pid 812 (process 812 of the job, mlp_trainer): taken
 // by mlp_trainer"), at most five and a count. *later: whether each holder looks like the
 // job itself (the same name, or dead and not yet reaped), which ends in time.
+// A process of a host-pids image: its pid, then its threads' ids.
+std::vector<int> ids_of(const nlohmann::json& p) {
+  std::vector<int> ids = {p.at("nspid").get<int>()};
+  for (auto& t : p.value("tids", nlohmann::json::array())) ids.push_back(t.get<int>());
+  return ids;
+}
+
 std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   std::vector<std::string> taken;
   size_t more = 0;
@@ -1116,9 +1121,7 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   for (auto& p : m["processes"]) {
     int pid = p["nspid"].get<int>();
     std::string name = p.value("name", "?");
-    std::vector<int> ids = {pid};
-    for (auto& t : p.value("tids", nlohmann::json::array())) ids.push_back(t.get<int>());
-    for (int id : ids) {
+    for (int id : ids_of(p)) {
       if (id <= 0 || (kill(id, 0) != 0 && errno == ESRCH)) continue;
       // A thread's own name is its thread's: the process it belongs to is what counts.
       pid_t tgid = static_cast<pid_t>(atoi(status_field(id, "Tgid").c_str()));
@@ -1145,23 +1148,18 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
 // of them for itself. In a container just started (a new pod), pids are handed out from
 // 2 up, and the guard, CRIU and the CUDA driver's threads would take the job's: so the
 // namespace's last pid handed out moves past the image's highest, where it is below.
-// Best effort: an unreadable image is reported later, and a pid taken all the same is
-// named by the check before CRIU.
-void skip_pids_of(const std::string& dir) {
-  long top = 0;
+// Best effort: a manifest without pids here is refused later, and a pid taken all the
+// same is named by the check before CRIU.
+void skip_pids_of(const nlohmann::json& m) {
+  int top = 0;
   try {
-    std::ifstream in(dir + "/process.json");
-    nlohmann::json m = nlohmann::json::parse(in);
-    if (!m.is_object() || m.value("pid_namespace", true)) return;
-    for (auto& p : m.at("processes")) {
-      top = std::max(top, p.at("nspid").get<long>());
-      for (auto& t : p.value("tids", nlohmann::json::array())) top = std::max(top, t.get<long>());
-    }
+    for (auto& p : m.at("processes"))
+      for (int id : ids_of(p)) top = std::max(top, id);
   } catch (const std::exception&) {
     return;
   }
   std::fstream f("/proc/sys/kernel/ns_last_pid");
-  long last = 0;
+  int last = 0;
   if (f >> last && last < top) {
     f.clear();
     f.seekp(0);
@@ -1182,12 +1180,18 @@ std::string pids_taken_message(const std::string& dir, const std::vector<std::st
 
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
   auto t0 = Clock::now();
-  skip_pids_of(a.dir);  // before this process forks or starts a thread
-  // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
-  RestoreGuard guard;
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   nlohmann::json m;
+  try {
+    m = read_process_manifest(dir);
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  const bool host_pids = !m.value("pid_namespace", true);
+  if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
+  RestoreGuard guard;
   std::string criu;
   std::unique_ptr<CudaDriver> driver;
   std::vector<int> dmap;
@@ -1201,7 +1205,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   std::string init_dir;
   std::optional<DirLock> init_lock;  // held while CRIU restores (init_dir.hpp)
   try {
-    m = read_process_manifest(dir);
     criu = usable_criu();
     verify_cpu(dir, m);
     bool missing = false;
@@ -1211,7 +1214,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
                                                                joined(taken) +
                                                                ". Nothing was started; the image is untouched");
     bool later = false;
-    if (!m.value("pid_namespace", true))
+    if (host_pids)
       if (auto held = pids_taken_here(m, &later); !held.empty())
         throw ClientError(later ? kRetryLater : kFixFirst, pids_taken_message(dir, held, later));
     if (auto changed = files_changed_here(m.value("files", nlohmann::json::array())); !changed.empty()) {
@@ -1348,7 +1351,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   std::string work = tmpl;
   guard.work_dir(work);
   if (!init_dir.empty()) guard.init_dir(init_dir);
-  if (!m.value("pid_namespace", true)) guard.whole_tree();
+  if (host_pids) guard.whole_tree();
   const std::string log = work + "/" + kCriuLog, pidfile = work + "/" + kCriuPidFile;
   std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", kCriuLog, "--pidfile",
                                    pidfile, "-d", "--restore-sibling"};
@@ -1363,7 +1366,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
-  const bool host_pids = !m.value("pid_namespace", true);
   try {
     if (!init_dir.empty())
       init_lock.emplace(lock_for_restore(
