@@ -979,16 +979,50 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     REQUIRE(r.exit_code == 0);
     CHECK(checksums(out) == checksums(plain.out));
   }
-  SECTION("ferry run killed outright") {
-    ferry_test::Child c(job({kMlp, "--steps", "100000", "--step-delay-ms", "20"}, {}, "--host-pids"),
-                        ferry_test::emu_env());
-    REQUIRE(c.wait_for("step 2 loss"));
-    pid_t init = children_of(c.pid()).at(0), prog = program_of(c.pid());
-    kill(c.pid(), SIGKILL);
-    c.finish();
-    for (int i = 0; i < 100 && (alive(init) || alive(prog)); i++) usleep(50000);
+  // The program (a shell that execs the trainer) forks a sleep that asks for no
+  // parent-death signal; without a namespace, only the init's sweep ends it.
+  auto forking_job = [&] {
+    return job({"/bin/sh", "-c", "sleep 600 & echo forked $!; exec \"$0\" \"$@\"", kMlp, "--steps", "100000",
+                 "--step-delay-ms", "20"},
+                {}, "--host-pids");
+  };
+  auto forked_of = [](const std::string& out) {
+    auto forked = ferry_test::lines_with(out, "forked ");
+    REQUIRE(forked.size() == 1);
+    return static_cast<pid_t>(std::stoi(forked[0].substr(forked[0].find(' ') + 1)));
+  };
+  // Kills the job's parent outright; the init, the program and the sleep must all end.
+  auto killed_outright = [&](ferry_test::Child& parent, pid_t sleeper) {
+    pid_t init = 0;
+    for (pid_t p : children_of(parent.pid()))
+      if (ferry_test::read_file("/proc/" + std::to_string(p) + "/comm") == "ferry-init\n") init = p;
+    REQUIRE(init > 0);
+    pid_t prog = children_of(init).at(0);
+    REQUIRE(alive(sleeper));
+    kill(parent.pid(), SIGKILL);
+    parent.finish();
+    for (int i = 0; i < 100 && (alive(init) || alive(prog) || alive(sleeper)); i++) usleep(50000);
     CHECK(!alive(init));
     CHECK(!alive(prog));
+    CHECK(!alive(sleeper));
+    if (alive(sleeper)) kill(sleeper, SIGKILL);
+  };
+  SECTION("ferry run killed outright, with a process the program forked") {
+    ferry_test::Child c(forking_job(), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 2 loss"));
+    killed_outright(c, forked_of(c.out()));
+  }
+  SECTION("ferry restore killed outright once the job runs again, with a process the program forked (restored "
+          "under its pid)") {
+    ferry_test::Child c(forking_job(), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+    pid_t sleeper = forked_of(c.out());
+    dump(c.pid(), t / "img");
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    CHECK(pid_free(sleeper));
+    ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
+    REQUIRE(r.wait_for(" loss"));
+    killed_outright(r, sleeper);
   }
   SECTION("both asked for") {
     auto r = ferry_test::run({kFerry, "run", "--pid-namespace", "--host-pids", "--", "true"}, {}, 30);

@@ -29,9 +29,12 @@ namespace {
 constexpr int kForwarded[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM,
                               SIGTERM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, SIGXCPU, SIGWINCH};
 
-// What kill_tree tells the init of a job of the host's pids: everything below it has been
-// killed; reap it and end as a killed init would (128+SIGKILL). Not a signal anyone sends
-// a job; where no handler is installed (anything else as the root) it kills.
+// What ends a job of the host's pids: its init kills everything below it, reaps it, and
+// ends as a killed init would (128+SIGKILL). kill_tree sends it once it has killed the
+// rest itself; the kernel sends it when the init's `ferry run` dies (its parent-death
+// signal), since without a namespace nothing else would end what the program forked. Not
+// a signal anyone sends a job; where no handler is installed (anything else as the root)
+// it kills.
 constexpr int kEndJob = SIGPWR;
 
 volatile sig_atomic_t g_target = 0;  // where forwarded signals go
@@ -61,6 +64,9 @@ void forward_signals_to(pid_t target, const SignalActions& actions = {}) {
   }
 }
 
+// Kills everything below the calling init (defined with kill_tree, whose look it shares).
+void kill_below(pid_t self);
+
 int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1; }
 
 [[noreturn]] void exec_program(const std::vector<std::string>& argv, const sigset_t& old_mask) {
@@ -74,10 +80,11 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 
 // The job's init: pid 1 of its namespace, or (host_pids) a subreaper.
 [[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir,
-                       bool host_pids) {
-  // The job lives as long as its `ferry run`: killed with it. CRIU gives the signal back
-  // to a restored init, whose parent is then its `ferry restore` (--restore-sibling).
-  prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+                       bool host_pids, pid_t parent) {
+  // The job lives as long as its `ferry run`: killed with it (a namespace's init by the
+  // kernel; a subreaper ends its tree itself). CRIU gives the signal back to a restored
+  // init, whose parent is then its `ferry restore` (--restore-sibling).
+  prctl(PR_SET_PDEATHSIG, host_pids ? kEndJob : SIGKILL, 0, 0, 0);
   // Without a namespace, what the job's processes orphan must still come here (the
   // kernel gives orphans to the nearest subreaper), or it would leave the job's tree.
   if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -115,8 +122,15 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
     sigdelset(&mask, kEndJob);  // kill_tree takes it blocked for a root that is no init
   }
   sigprocmask(SIG_SETMASK, &mask, nullptr);
+  // ferry run died before the signal was asked for: the kernel will not send it.
+  if (host_pids && getppid() != parent) g_ending = 1;
   int code = 1;
+  bool swept = false;
   for (;;) {
+    if (g_ending && !swept) {
+      swept = true;
+      kill_below(self);
+    }
     int st = 0;
     pid_t p = waitpid(-1, &st, 0);
     if (p < 0) {
@@ -183,13 +197,14 @@ bool blocks(pid_t pid, int sig) {
 int pidfd_of(pid_t p) { return static_cast<int>(syscall(SYS_pidfd_open, p, 0)); }
 void signal_fd(int fd, int sig) { syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0); }
 
-}  // namespace
+struct Proc {
+  pid_t pid;
+  int fd;  // pidfd, to be closed
+};
 
-std::vector<pid_t> kill_tree(pid_t root) {
-  struct Proc {
-    pid_t pid;
-    int fd;
-  };
+// Every process of the tree under root, stopped (root too, unless it is the caller).
+std::vector<Proc> stop_tree(pid_t root) {
+  const bool self = root == getpid();
   std::vector<Proc> all;
   std::set<pid_t> seen;
   // Stopped first, so that nothing forks further. A fork already past the kernel's
@@ -205,16 +220,29 @@ std::vector<pid_t> kill_tree(pid_t root) {
       if (seen.insert(p).second) {
         int fd = pidfd_of(p);
         if (fd < 0) continue;  // gone
-        signal_fd(fd, SIGSTOP);
+        if (!(self && p == root)) signal_fd(fd, SIGSTOP);
         all.push_back({p, fd});
         grew = true;
       }
       for (pid_t c : child_pids(p)) todo.push_back(c);
     }
-    for (int i = 0; grew && i < 200 && !std::all_of(all.begin(), all.end(), [](auto& x) { return all_stopped(x.pid); });
-         i++)
-      usleep(5000);
+    auto stopped = [&](const Proc& x) { return (self && x.pid == root) || all_stopped(x.pid); };
+    for (int i = 0; grew && i < 200 && !std::all_of(all.begin(), all.end(), stopped); i++) usleep(5000);
   }
+  return all;
+}
+
+void kill_below(pid_t self) {
+  for (auto& x : stop_tree(self)) {
+    if (x.pid != self) signal_fd(x.fd, SIGKILL);
+    close(x.fd);
+  }
+}
+
+}  // namespace
+
+std::vector<pid_t> kill_tree(pid_t root) {
+  std::vector<Proc> all = stop_tree(root);
   int root_fd = -1;
   for (auto& x : all) {
     if (x.pid == root)
@@ -297,6 +325,7 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
                     "able to create a directory there\n", e.message.c_str());
   }
   unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | SIGCHLD;
+  pid_t parent = getpid();
   pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
   if (init_pid < 0) {
     int e = errno;
@@ -309,7 +338,7 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
               strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
     return 78;
   }
-  if (init_pid == 0) init(argv, old, dir, host_pids);
+  if (init_pid == 0) init(argv, old, dir, host_pids, parent);
   forward_signals_to(init_pid, actions);
   sigprocmask(SIG_SETMASK, &old, nullptr);
   bool killed = false;

@@ -18,10 +18,10 @@
 // in one (driver-facts.md §16): the init is a child subreaper, so what the job's processes
 // orphan stays in its tree, and the program dies with it (PR_SET_PDEATHSIG), as a
 // namespace would see to. Its processes keep the host's pids, so CRIU restores it only
-// where those pids (and its threads' ids) are free -- not beside the original. A process
-// the program forks outlives a `ferry run` killed outright (SIGKILL) unless it asked for
-// PR_SET_PDEATHSIG itself; ferry's dump and restore kill such a job by its whole tree
-// (kill_tree).
+// where those pids (and its threads' ids) are free -- not beside the original. Killing
+// the init ends nothing below it, so ending the job is the init's work: its parent-death
+// signal (a `ferry run` killed outright) makes it stop, kill and reap its whole tree, as
+// kill_tree (ferry's dump and restore) does from outside.
 #pragma once
 
 #include <sys/types.h>
