@@ -290,20 +290,45 @@ void exec_command(const std::vector<std::string>& argv) {
 
 int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   forward_signals_to(init, actions);
+  // A signal with an action is taken only inside ppoll, which unblocks it atomically: one
+  // that comes while the loop is elsewhere (an action running, or before the first wait
+  // -- those ferry restore deferred, process_image.cpp) stays pending until then, where a
+  // flag checked before a plain wait could be set just after the check and lie unseen.
+  sigset_t acted, during;
+  sigemptyset(&acted);
+  for (auto& [s, f] : actions) sigaddset(&acted, s);
+  sigprocmask(SIG_BLOCK, &acted, &during);
+  for (auto& [s, f] : actions) sigdelset(&during, s);
+  const int fd = pidfd_of(init);  // readable once the init has ended
   bool dumped = false;
   int st = 0;
   for (;;) {
-    if (waitpid(init, &st, 0) == init) break;
-    if (errno != EINTR) return 70;
-    int sig = g_pending;
-    if (!sig || dumped) continue;
-    g_pending = 0;
-    auto it = actions.find(sig);
-    if (it != actions.end() && it->second(init))
-      dumped = true;
-    else
-      kill(init, sig);  // the action failed: the job gets the signal as it would without ferry
+    if (int sig = g_pending; sig && !dumped) {
+      g_pending = 0;
+      auto it = actions.find(sig);
+      if (it != actions.end() && it->second(init))
+        dumped = true;
+      else
+        kill(init, sig);  // the action failed: the job gets the signal as it would without ferry
+      continue;
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (fd >= 0 && ppoll(&p, 1, nullptr, &during) < 0) {
+      if (errno == EINTR) continue;
+      close(fd);
+      return 70;
+    }
+    if (fd < 0) sigprocmask(SIG_SETMASK, &during, nullptr);  // no pidfd: the old, racy wait
+    pid_t r = waitpid(init, &st, 0);
+    if (fd < 0) sigprocmask(SIG_BLOCK, &acted, nullptr);
+    if (r == init) break;
+    if (errno != EINTR) {
+      if (fd >= 0) close(fd);
+      return 70;
+    }
   }
+  if (fd >= 0) close(fd);
+  sigprocmask(SIG_SETMASK, &during, nullptr);
   if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);
 }

@@ -477,6 +477,9 @@ int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::stri
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
     for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
     prepare_criu_environment();
+    sigset_t none;  // not the signals a restore defers (CRIU sets the restored tasks' own)
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     if (quiet) {
       int null = open("/dev/null", O_RDWR);
       dup2(null, 0);
@@ -1190,6 +1193,15 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   }
   const bool host_pids = !m.value("pid_namespace", true);
   if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  // A signal with an action (--on-signal TERM=dump:DIR) that comes while the job is being
+  // restored waits for it to run again, and then dumps it (wait_job). Acted on at once,
+  // or left to kill this process, it would end the restore with the signal's status,
+  // which a scheduler takes for the job's failure rather than its preemption. Blocked
+  // before the guard, CRIU and the driver's threads inherit the mask.
+  sigset_t deferred;
+  sigemptyset(&deferred);
+  for (auto& [s, f] : actions) sigaddset(&deferred, s);
+  pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
   RestoreGuard guard;
   std::string criu;
@@ -1473,6 +1485,11 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
   guard.done();  // the job is its program's again
+  sigset_t pending;
+  sigpending(&pending);
+  for (auto& [s, f] : actions)
+    if (sigismember(&pending, s) && !out.json && out.progress != "never")
+      fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;
   int code = wait_job(init, actions, &killed);
   if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
