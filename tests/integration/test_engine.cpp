@@ -564,7 +564,9 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   ok(ps);
   bool listed = false;
   for (auto& p : json_of(ps))
-    if (p["pid"].get<int>() == c.pid()) listed = p["state"] == "running" && p["command"].get<std::string>().find("mlp_trainer") != std::string::npos;
+    if (p["pid"].get<int>() == c.pid())
+      listed = p["state"] == "running" && p["command"].get<std::string>().find("mlp_trainer") != std::string::npos &&
+               p["job"].is_null();  // not run as a job
   CHECK(listed);
   auto chk = cli({"check", pid});
   ok(chk);

@@ -357,10 +357,21 @@ TEST_CASE("two jobs at once each have their own control socket", "[full-process]
   CHECK(status_field(pb, "NSpid") == std::to_string(pb) + "\t2");
   auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
   REQUIRE(ps.exit_code == 0);
-  std::set<pid_t> listed;
-  for (auto& p : nlohmann::json::parse(ps.out)) listed.insert(p["pid"].get<pid_t>());
-  CHECK(listed.count(pa) == 1);
-  CHECK(listed.count(pb) == 1);
+  std::map<pid_t, nlohmann::json> listed;  // pid -> its job
+  for (auto& p : nlohmann::json::parse(ps.out)) listed[p["pid"].get<pid_t>()] = p["job"];
+  REQUIRE(listed.count(pa) == 1);
+  REQUIRE(listed.count(pb) == 1);
+  // Each names its job by the ferry run a scheduler signals, and its init.
+  for (auto [p, run] : {std::pair{pa, a.pid()}, std::pair{pb, b.pid()}}) {
+    INFO(listed[p].dump());
+    CHECK(listed[p]["ferry"] == run);
+    CHECK(listed[p]["init"] == std::stoi(status_field(p, "PPid")));
+    CHECK(listed[p]["pids"] == "namespace");
+  }
+  auto text = ferry_test::run({kFerry, "ps"}, ferry_test::emu_env(), 60);
+  CHECK(text.out.rfind("PID      JOB      STATE      DEVICES          MEMORY     COMMAND\n", 0) == 0);
+  CHECK(text.out.find("\n" + std::to_string(pa) + std::string(8 - std::to_string(pa).size(), ' ') + " " +
+                      std::to_string(a.pid())) != std::string::npos);
   for (pid_t p : {pa, pb}) {
     auto s = ferry_test::run({kFerry, "status", std::to_string(p), "--format", "json"}, ferry_test::emu_env(), 60);
     REQUIRE(s.exit_code == 0);

@@ -917,6 +917,16 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}, {}, "--host-pids"),
                         ferry_test::emu_env());
     REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
+    auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
+    int workers = 0;
+    for (auto& p : nlohmann::json::parse(ps.out))
+      if (p["job"].is_object() && p["job"]["ferry"] == c.pid()) {
+        INFO(p.dump());
+        CHECK(p["job"]["init"] == children_of(c.pid()).at(0));
+        CHECK(p["job"]["pids"] == "host");
+        workers++;
+      }
+    CHECK(workers == 2);  // the launcher uses no CUDA: it has no socket
     auto d = dump(c.pid(), t / "img");
     CHECK(d["processes"] == 4);
     CHECK(d["cuda_processes"] == 2);
@@ -1022,6 +1032,12 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(pid_free(sleeper));
     ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
     REQUIRE(r.wait_for(" loss"));
+    // ferry ps names ferry restore as the restored job's: where the next signal goes.
+    auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
+    int listed = 0;
+    for (auto& p : nlohmann::json::parse(ps.out))
+      if (p["job"].is_object() && p["job"]["ferry"] == r.pid()) listed++;
+    CHECK(listed == 1);
     killed_outright(r, sleeper);
   }
   SECTION("both asked for") {

@@ -23,6 +23,7 @@
 #include "client.hpp"
 #include "output.hpp"
 #include "full_process.hpp"
+#include "process_image.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
 #include "sockets.hpp"
@@ -255,17 +256,26 @@ int cmd_ps(const Output& out) {
     }
     s["pid"] = pid;
     s["command"] = cmdline(pid);
+    s["job"] = nullptr;
+    if (auto j = job_of(pid))
+      s["job"] = {{"init", j->init}, {"ferry", j->ferry ? nlohmann::json(j->ferry) : nlohmann::json()},
+                  {"pids", j->host_pids ? "host" : "namespace"}};
     list.push_back(s);
   }
   if (out.json) {
     printf("%s\n", list.dump(1).c_str());
     return kOk;
   }
-  printf("%-8s %-10s %-16s %-10s %s\n", "PID", "STATE", "DEVICES", "MEMORY", "COMMAND");
-  for (auto& s : list)
-    printf("%-8d %-10s %-16s %-10s %s\n", s["pid"].get<int>(), s.value("state", "?").c_str(), devices_text(s).c_str(),
-           s.contains("device_bytes") ? human(s["device_bytes"].get<uint64_t>()).c_str() : "-",
+  // JOB: where a scheduler's signal goes (the job's ferry run or ferry restore), else its init.
+  printf("%-8s %-8s %-10s %-16s %-10s %s\n", "PID", "JOB", "STATE", "DEVICES", "MEMORY", "COMMAND");
+  for (auto& s : list) {
+    std::string job = "-";
+    if (auto& j = s["job"]; !j.is_null())
+      job = j["ferry"].is_null() ? "init " + std::to_string(j["init"].get<int>()) : std::to_string(j["ferry"].get<int>());
+    printf("%-8d %-8s %-10s %-16s %-10s %s\n", s["pid"].get<int>(), job.c_str(), s.value("state", "?").c_str(),
+           devices_text(s).c_str(), s.contains("device_bytes") ? human(s["device_bytes"].get<uint64_t>()).c_str() : "-",
            s.value("command", "").c_str());
+  }
   if (list.empty()) fprintf(stderr, "ferry: no processes under ferry (sockets in %s)\n", control::socket_dir().c_str());
   return kOk;
 }

@@ -1498,6 +1498,19 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 
 // ---- inspect and verify ---------------------------------------------------------------------------
 
+std::optional<JobOf> job_of(pid_t pid) {
+  for (pid_t p = pid; p > 1; p = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()))) {
+    if (!is_job_init(p)) continue;
+    JobOf j;
+    j.init = p;
+    j.host_pids = host_pids_job(p);
+    pid_t parent = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()));
+    if (parent > 0 && status_field(parent, "Name") == "ferry") j.ferry = parent;
+    return j;
+  }
+  return std::nullopt;
+}
+
 bool is_process_image(const std::string& dir) { return access((dir + "/process.json").c_str(), F_OK) == 0; }
 
 int inspect_process_image(const std::string& dir, const Output& out) {

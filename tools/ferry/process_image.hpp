@@ -124,6 +124,15 @@ std::optional<StoppedJob> resume_job(pid_t pid);
 // "problems"} (not in a job; established TCP connections, which CRIU refuses).
 nlohmann::json dump_blockers(pid_t pid);
 
+// The job pid is in, for `ferry ps`: its init; the `ferry run` or `ferry restore` that waits
+// for it, where a scheduler's signal goes (0 when the init's parent is no ferry: a job
+// CRIU restored by hand); whether it keeps the host's pids. nullopt: in no job.
+struct JobOf {
+  pid_t init = 0, ferry = 0;
+  bool host_pids = false;
+};
+std::optional<JobOf> job_of(pid_t pid);
+
 // True when dir holds a whole-process image (process.json).
 bool is_process_image(const std::string& dir);
 int inspect_process_image(const std::string& dir, const Output& out);
