@@ -494,9 +494,23 @@ TEST_CASE("a job started where CRIU cannot make its proc.crtools (one an interru
     ~Held() { close(fd); }
   } dumping{open(init_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
   REQUIRE(flock(dumping.fd, LOCK_EX) == 0);
-  ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
   const std::string waiting = "ferry: waiting for a dump of a job whose init works in " + init_dir +
                               " too (a copy of this one)\n";
+  {
+    // A preemption while it waits: nothing of the job has started, so there is nothing to
+    // dump, and the restore gives up.
+    ferry_test::Child p({kFerry, "restore", t / "img", "--on-signal", "TERM=dump:" + (t / "img")},
+                        ferry_test::emu_env());
+    for (int i = 0; i < 600 && p.err().find(waiting) == std::string::npos; i++) usleep(50000);
+    REQUIRE(p.err().find(waiting) != std::string::npos);
+    kill(p.pid(), SIGTERM);
+    auto done = p.finish();
+    CHECK(done.exit_code == 75);
+    CHECK(done.err.find("ferry: TERM came while the restore waited for the lock on " + init_dir +
+                        ": nothing was started; the image is untouched\n") != std::string::npos);
+    CHECK(ferry_test::lines_with(done.out, " hash ").empty());
+  }
+  ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
   for (int i = 0; i < 600 && r.err().find(waiting) == std::string::npos; i++) usleep(50000);
   CHECK(r.err().find(waiting) != std::string::npos);
   CHECK(ferry_test::lines_with(r.out(), " hash ").empty());
@@ -1017,6 +1031,32 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(!alive(sleeper));
     if (alive(sleeper)) kill(sleeper, SIGKILL);
   };
+  SECTION("ferry run killed while CRIU dumps the job: no image, and the job ends, as it would have without the dump") {
+    ferry_test::Child c(forking_job(), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 2 loss"));
+    pid_t init = children_of(c.pid()).at(0), prog = program_of(c.pid()), sleeper = forked_of(c.out());
+    // CRIU as ferry runs it, but ferry run is killed (and gone) before it returns: the
+    // job, stopped by CRIU, is told to end only once ferry lets it go.
+    const std::string wrapper = t / "criu", run = std::to_string(c.pid());
+    std::ofstream(wrapper) << "#!/bin/sh\nreal=" << FERRY_TEST_SOURCE_DIR << "/.deps/criu/criu\n"
+                           << "[ \"$1\" = dump ] || exec \"$real\" \"$@\"\n\"$real\" \"$@\"; rc=$?\n"
+                           << "kill -KILL " << run << "\nuntil [ \"$(cut -d' ' -f3 /proc/" << run
+                           << "/stat)\" = Z ]; do sleep 0.01; done\nexit $rc\n";
+    chmod(wrapper.c_str(), 0755);
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(init), t / "img"},
+                             ferry_test::emu_env({{"FERRY_CRIU", wrapper}}), 180);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: dump failed: the job's ferry run (or ferry restore) died while CRIU dumped it, which ends "
+                   "the job; its image would end as soon as it was restored, so none was written; the job has ended\n");
+    CHECK(!fs::exists(t / "img"));
+    CHECK(!fs::exists(t / "img.partial"));
+    CHECK(c.finish().exit_code == -1);  // killed
+    for (int i = 0; i < 100 && (alive(init) || alive(prog) || alive(sleeper)); i++) usleep(50000);
+    CHECK(!alive(init));
+    CHECK(!alive(prog));
+    CHECK(!alive(sleeper));
+    if (alive(sleeper)) kill(sleeper, SIGKILL);
+  }
   SECTION("ferry run killed outright, with a process the program forked") {
     ferry_test::Child c(forking_job(), ferry_test::emu_env());
     REQUIRE(c.wait_for("step 2 loss"));
@@ -1032,6 +1072,9 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(pid_free(sleeper));
     ferry_test::Child r({kFerry, "restore", t / "img"}, ferry_test::emu_env());
     REQUIRE(r.wait_for(" loss"));
+    // Until the restore's guard is gone, it would kill the job itself.
+    for (int i = 0; i < 200 && children_of(r.pid()).size() != 1; i++) usleep(10000);
+    REQUIRE(children_of(r.pid()).size() == 1);
     // ferry ps names ferry restore as the restored job's: where the next signal goes.
     auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
     int listed = 0;

@@ -61,7 +61,8 @@ bool in_use(int fd, pid_t except) {
 // Takes flock `op` on fd, waiting up to timeout_s (calling waiting once first). Where
 // the file system has no flock (NFS on a read-only descriptor, Lustre without -o flock)
 // it goes on without, as before init directories had locks.
-void acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting) {
+void acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting,
+             const std::function<void()>& meanwhile = {}) {
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   for (bool told = false; flock(fd, op | LOCK_NB) != 0;) {
     if (errno == EINTR) continue;
@@ -72,6 +73,7 @@ void acquire(int fd, int op, const std::string& path, int timeout_s, const std::
                                          " too) has held it for " + std::to_string(timeout_s) +
                                          " s; try again once that is done. Nothing was done");
     if (!told) waiting(), told = true;
+    if (meanwhile) meanwhile();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
@@ -171,7 +173,7 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
 }
 
 DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
-                         bool exclusive) {
+                         bool exclusive, const std::function<void()>& meanwhile) {
   std::string parent = path.substr(0, path.rfind('/'));
   for (int attempt = 0; attempt < 8; attempt++) {
     make_parents(path);
@@ -184,7 +186,7 @@ DirLock lock_for_restore(const std::string& path, int timeout_s, const std::func
       throw ClientError(kFixFirst, "cannot create " + path + " (where the job's init works): " + error_text(errno));
     DirLock lock(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (lock.fd() < 0) throw ClientError(kFixFirst, "cannot open " + path + ": " + error_text(errno));
-    acquire(lock.fd(), exclusive ? LOCK_EX : LOCK_SH, path, timeout_s, waiting);
+    acquire(lock.fd(), exclusive ? LOCK_EX : LOCK_SH, path, timeout_s, waiting, meanwhile);
     // Removed by the end of another job that used it while this waited: make it again.
     if (same_dir(lock.fd(), path)) return lock;
   }

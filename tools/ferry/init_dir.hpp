@@ -64,9 +64,9 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
 // missing; waits as lock_for_dump does. Shared, so copies of one image restore at once;
 // exclusive for a job of the host's pids, whose copies cannot, and must find each other's
 // processes. Throws ClientError (kRetryLater on the timeout, else kFixFirst) naming what
-// failed.
+// failed. meanwhile, called every 50 ms of the wait, may throw to give up.
 DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
-                         bool exclusive = false);
+                         bool exclusive = false, const std::function<void()>& meanwhile = {});
 
 // Removes init directory path unless a process works in it (other than `except`, a
 // process killed and not yet reaped) or a dump or restore holds it; a path that is no

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -40,6 +41,13 @@ constexpr int kEndJob = SIGPWR;
 volatile sig_atomic_t g_target = 0;  // where forwarded signals go
 volatile sig_atomic_t g_ending = 0;  // kEndJob received
 volatile sig_atomic_t g_pending = 0;  // a signal with an action, not yet acted on
+volatile sig_atomic_t g_wake = -1;    // a --host-pids init's wake-up pipe (write end)
+
+void wake_up() {
+  int e = errno;
+  if (g_wake >= 0) (void)!write(g_wake, "", 1);
+  errno = e;
+}
 sigset_t g_acted;                     // the signals that have an action
 
 void forward(int sig) {
@@ -103,7 +111,8 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   }
   if (prog == 0) {
     // Without a namespace the init's death does not end the program: the kernel must,
-    // when the init is killed outright with its ferry run.
+    // where the init is killed outright (SIGKILL: kill_tree's last resort, or by hand)
+    // rather than told to end.
     if (host_pids) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (host_pids && getppid() != self) _exit(128 + SIGKILL);  // the init died before that
     exec_program(argv, old_mask);
@@ -114,12 +123,25 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
                     "needs CRIU able to create a directory there\n", dir.c_str(), strerror(errno));
   forward_signals_to(prog);
   sigset_t mask = old_mask;
+  // A subreaper must notice kEndJob whenever it comes, also between its check of the flag
+  // and a wait that no signal would then interrupt (a waitpid for a child that never
+  // ends by itself): so it waits on a pipe that kEndJob's handler and SIGCHLD's write to,
+  // and reaps without blocking.
+  int wake[2] = {-1, -1};
+  if (host_pids && pipe2(wake, O_CLOEXEC | O_NONBLOCK) == 0) g_wake = wake[1];
   if (host_pids) {
     struct sigaction sa {};
-    sa.sa_handler = [](int) { g_ending = 1; };
+    sa.sa_handler = [](int) {
+      g_ending = 1;
+      wake_up();
+    };
     sigemptyset(&sa.sa_mask);
     sigaction(kEndJob, &sa, nullptr);
     sigdelset(&mask, kEndJob);  // kill_tree takes it blocked for a root that is no init
+    sa.sa_handler = [](int) { wake_up(); };
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, nullptr);
+    sigdelset(&mask, SIGCHLD);
   }
   sigprocmask(SIG_SETMASK, &mask, nullptr);
   // ferry run died before the signal was asked for: the kernel will not send it.
@@ -132,7 +154,15 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
       kill_below(self);
     }
     int st = 0;
-    pid_t p = waitpid(-1, &st, 0);
+    pid_t p = waitpid(-1, &st, wake[0] >= 0 ? WNOHANG : 0);
+    if (p == 0) {  // children left, none ended: sleep until a signal says something did
+      pollfd w{wake[0], POLLIN, 0};
+      poll(&w, 1, -1);
+      char drain[64];
+      while (read(wake[0], drain, sizeof drain) > 0) {
+      }
+      continue;
+    }
     if (p < 0) {
       if (errno == EINTR) continue;
       break;  // ECHILD: nothing left in the job
@@ -279,6 +309,14 @@ std::vector<pid_t> kill_tree(pid_t root) {
   return left;
 }
 
+bool told_to_end(pid_t init) {
+  std::ifstream in("/proc/" + std::to_string(init) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("ShdPnd:", 0) == 0 || line.rfind("SigPnd:", 0) == 0)
+      if ((std::stoull(line.substr(7), nullptr, 16) >> (kEndJob - 1)) & 1) return true;
+  return false;
+}
+
 void exec_command(const std::vector<std::string>& argv) {
   std::vector<char*> a;
   for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
@@ -300,7 +338,7 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   sigprocmask(SIG_BLOCK, &acted, &during);
   for (auto& [s, f] : actions) sigdelset(&during, s);
   const int fd = pidfd_of(init);  // readable once the init has ended
-  bool dumped = false;
+  bool dumped = false, lost = false;
   int st = 0;
   for (;;) {
     if (int sig = g_pending; sig && !dumped) {
@@ -312,23 +350,30 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
         kill(init, sig);  // the action failed: the job gets the signal as it would without ferry
       continue;
     }
-    pollfd p{fd, POLLIN, 0};
-    if (fd >= 0 && ppoll(&p, 1, nullptr, &during) < 0) {
-      if (errno == EINTR) continue;
-      close(fd);
-      return 70;
+    pid_t r = -1;
+    if (fd >= 0) {
+      pollfd p{fd, POLLIN, 0};
+      if (ppoll(&p, 1, nullptr, &during) < 0) {
+        if (errno == EINTR) continue;
+        lost = true;
+        break;
+      }
+      r = waitpid(init, &st, 0);
+    } else {  // no pidfd (a seccomp filter): a wait a signal may slip past, just before it
+      sigprocmask(SIG_SETMASK, &during, nullptr);
+      if (!g_pending) r = waitpid(init, &st, 0);
+      sigprocmask(SIG_BLOCK, &acted, nullptr);
+      if (r < 0 && g_pending) continue;
     }
-    if (fd < 0) sigprocmask(SIG_SETMASK, &during, nullptr);  // no pidfd: the old, racy wait
-    pid_t r = waitpid(init, &st, 0);
-    if (fd < 0) sigprocmask(SIG_BLOCK, &acted, nullptr);
     if (r == init) break;
     if (errno != EINTR) {
-      if (fd >= 0) close(fd);
-      return 70;
+      lost = true;
+      break;
     }
   }
   if (fd >= 0) close(fd);
   sigprocmask(SIG_SETMASK, &during, nullptr);
+  if (lost) return 70;
   if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);
 }

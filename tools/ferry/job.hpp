@@ -59,6 +59,11 @@ std::vector<pid_t> child_pids(pid_t pid);
 // root itself is its parent's to reap.
 std::vector<pid_t> kill_tree(pid_t root);
 
+// Whether the init of a job of the host's pids has been told to end and has not yet
+// acted on it (its `ferry run` died while CRIU held the job stopped): an image dumped
+// now would carry the signal, and its restore would end at once.
+bool told_to_end(pid_t init);
+
 // Waits for the job whose init (a child of this process) is init, passing on the
 // signals this process gets, or acting on them; returns the status as run_job does.
 // *killed (where given): whether the init itself died of a signal nobody here acted on.

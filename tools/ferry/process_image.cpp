@@ -888,6 +888,16 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
+  if (d.host_pids && told_to_end(d.init)) {
+    // As its ferry run's death asked: undone, the job would only end itself.
+    kill_tree(d.init);
+    for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
+    fs::remove_all(d.stage, ec);
+    remove_init_dir_if_unused(init_dir, d.init);
+    return fail(out, kFixFirst, class_of(kFixFirst),
+                "dump failed: the job's ferry run (or ferry restore) died while CRIU dumped it, which ends the job; its "
+                "image would end as soon as it was restored, so none was written; the job has ended");
+  }
   double stopped_cpu = since(t_stop);
   phase_end("criu_dump");
   // 4. The manifest, and the directory published.
@@ -1387,7 +1397,17 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
               fprintf(stderr, "ferry: waiting for a dump%s of a job whose init works in %s too (a copy of this "
                               "one)\n", host_pids ? " or restore" : "", init_dir.c_str());
           },
-          host_pids));
+          host_pids,
+          [&] {
+            // A preemption now finds nothing of the job started: no dump to make.
+            sigset_t pending;
+            sigpending(&pending);
+            for (auto& [s, f] : actions)
+              if (sigismember(&pending, s))
+                throw ClientError(kRetryLater, std::string(sigabbrev_np(s)) + " came while the restore waited for "
+                                               "the lock on " + init_dir + ": nothing was started; the image is "
+                                               "untouched");
+          }));
     if (host_pids) {
       // Again, now that no other restore of the image can be under way (it would hold
       // the lock, and its processes, restored, would be found here).

@@ -111,8 +111,16 @@ bool gone(pid_t p) {
           kill(p, SIGKILL);
       }
   }
-  if (!work.empty())
-    for (pid_t p : writing(work + "/" + kCriuLog)) kill(p, SIGKILL), killed.push_back(p);
+  // A process CRIU forked may be forking itself when it is killed (the init forking the
+  // program, in a job without a namespace, where nothing else kills a late child); that
+  // child, which holds the log too, shows only once the fork completes. So look again
+  // until a few looks in a row find nobody.
+  for (int look = 0, quiet = 0; !work.empty() && look < 300 && quiet < 3; look++) {
+    auto found = writing(work + "/" + kCriuLog);
+    quiet = found.empty() ? quiet + 1 : 0;
+    for (pid_t p : found) kill(p, SIGKILL), killed.push_back(p);
+    usleep(10000);
+  }
   for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
   std::error_code ec;
   if (!work.empty() && !keep_work) std::filesystem::remove_all(work, ec);
