@@ -55,7 +55,9 @@ void forward(int sig) {
     g_pending = sig;
     return;
   }
+  int e = errno;
   if (g_target > 0) kill(static_cast<pid_t>(g_target), sig);
+  errno = e;
 }
 
 // Signals with an action interrupt the wait (no SA_RESTART) so it can act on them.
@@ -136,6 +138,9 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
       wake_up();
     };
     sigemptyset(&sa.sa_mask);
+    // Not blocked while its handler runs: kill_tree takes a root that blocks it for one
+    // CRIU is still restoring, and kills it at once.
+    sa.sa_flags = SA_NODEFER;
     sigaction(kEndJob, &sa, nullptr);
     sigdelset(&mask, kEndJob);  // kill_tree takes it blocked for a root that is no init
     sa.sa_handler = [](int) { wake_up(); };
@@ -332,10 +337,11 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   // that comes while the loop is elsewhere (an action running, or before the first wait
   // -- those ferry restore deferred, process_image.cpp) stays pending until then, where a
   // flag checked before a plain wait could be set just after the check and lie unseen.
-  sigset_t acted, during;
+  sigset_t acted, found, during;
   sigemptyset(&acted);
   for (auto& [s, f] : actions) sigaddset(&acted, s);
-  sigprocmask(SIG_BLOCK, &acted, &during);
+  sigprocmask(SIG_BLOCK, &acted, &found);
+  during = found;
   for (auto& [s, f] : actions) sigdelset(&during, s);
   const int fd = pidfd_of(init);  // readable once the init has ended
   bool dumped = false, lost = false;
@@ -372,7 +378,7 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
     }
   }
   if (fd >= 0) close(fd);
-  sigprocmask(SIG_SETMASK, &during, nullptr);
+  sigprocmask(SIG_SETMASK, &found, nullptr);
   if (lost) return 70;
   if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);

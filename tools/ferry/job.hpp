@@ -61,7 +61,7 @@ std::vector<pid_t> kill_tree(pid_t root);
 
 // Whether the init of a job of the host's pids has been told to end and has not yet
 // acted on it (its `ferry run` died while CRIU held the job stopped): an image dumped
-// now would carry the signal, and its restore would end at once.
+// now may carry the signal, and its restore would end at once.
 bool told_to_end(pid_t init);
 
 // Waits for the job whose init (a child of this process) is init, passing on the

@@ -639,6 +639,7 @@ nlohmann::json op_request(pid_t host, const std::string& op, const ops::Options&
 struct Dump {
   pid_t init = 0;
   bool host_pids = false;  // a job without a PID namespace (job.hpp)
+  pid_t init_parent = 0;   // its ferry run or ferry restore, as the dump began
   std::vector<Task> tasks;
   std::string stage, cpu_dir;
   std::unique_ptr<CudaDriver> driver;
@@ -717,6 +718,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   try {
     d.init = job_init_of(pid);
     d.host_pids = host_pids_job(d.init);
+    d.init_parent = static_cast<pid_t>(atoi(status_field(d.init, "PPid").c_str()));
     // Another dump of this job is refused at once; one of a copy (restored from the same
     // image) is waited for, before anything about the job is looked at.
     in_progress.path = mark_dumping(d.init);
@@ -888,15 +890,21 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
-  if (d.host_pids && told_to_end(d.init)) {
+  // Its parent gone, the init has been told to end (or was, just before CRIU froze it,
+  // and may have begun to): an image of it might end as soon as it was restored.
+  if (d.host_pids &&
+      (told_to_end(d.init) || atoi(status_field(d.init, "PPid").c_str()) != d.init_parent)) {
     // As its ferry run's death asked: undone, the job would only end itself.
-    kill_tree(d.init);
+    auto left = kill_tree(d.init);
     for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
     fs::remove_all(d.stage, ec);
     remove_init_dir_if_unused(init_dir, d.init);
-    return fail(out, kFixFirst, class_of(kFixFirst),
+    std::string which;
+    for (pid_t p : left) which += (which.empty() ? "" : ", ") + std::to_string(p);
+    return fail(out, kNoProcess, class_of(kNoProcess),
                 "dump failed: the job's ferry run (or ferry restore) died while CRIU dumped it, which ends the job; its "
-                "image would end as soon as it was restored, so none was written; the job has ended");
+                "image might end as soon as it was restored, so none was written; the job has ended" +
+                    (which.empty() ? std::string() : " (its processes " + which + " are not reaped yet)"));
   }
   double stopped_cpu = since(t_stop);
   phase_end("criu_dump");

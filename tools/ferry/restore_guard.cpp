@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -115,10 +116,14 @@ bool gone(pid_t p) {
   // program, in a job without a namespace, where nothing else kills a late child); that
   // child, which holds the log too, shows only once the fork completes. So look again
   // until a few looks in a row find nobody.
-  for (int look = 0, quiet = 0; !work.empty() && look < 300 && quiet < 3; look++) {
-    auto found = writing(work + "/" + kCriuLog);
-    quiet = found.empty() ? quiet + 1 : 0;
-    for (pid_t p : found) kill(p, SIGKILL), killed.push_back(p);
+  // One killed that still holds the log (slow to let go of its files) is no news.
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (int quiet = 0; !work.empty() && quiet < 3 && std::chrono::steady_clock::now() < until;) {
+    quiet++;
+    for (pid_t p : writing(work + "/" + kCriuLog)) {
+      kill(p, SIGKILL);
+      if (std::find(killed.begin(), killed.end(), p) == killed.end()) killed.push_back(p), quiet = 0;
+    }
     usleep(10000);
   }
   for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
