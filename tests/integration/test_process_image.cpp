@@ -1015,7 +1015,15 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     REQUIRE(forked.size() == 1);
     return static_cast<pid_t>(std::stoi(forked[0].substr(forked[0].find(' ') + 1)));
   };
-  // Kills the job's parent outright; the init, the program and the sleep must all end.
+  // The init, the program and the sleep all end (soon).
+  auto all_end = [](pid_t init, pid_t prog, pid_t sleeper) {
+    for (int i = 0; i < 100 && (alive(init) || alive(prog) || alive(sleeper)); i++) usleep(50000);
+    CHECK(!alive(init));
+    CHECK(!alive(prog));
+    CHECK(!alive(sleeper));
+    if (alive(sleeper)) kill(sleeper, SIGKILL);
+  };
+  // Kills the job's parent outright: everything of the job must end.
   auto killed_outright = [&](ferry_test::Child& parent, pid_t sleeper) {
     pid_t init = 0;
     for (pid_t p : children_of(parent.pid()))
@@ -1025,11 +1033,7 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     REQUIRE(alive(sleeper));
     kill(parent.pid(), SIGKILL);
     parent.finish();
-    for (int i = 0; i < 100 && (alive(init) || alive(prog) || alive(sleeper)); i++) usleep(50000);
-    CHECK(!alive(init));
-    CHECK(!alive(prog));
-    CHECK(!alive(sleeper));
-    if (alive(sleeper)) kill(sleeper, SIGKILL);
+    all_end(init, prog, sleeper);
   };
   SECTION("ferry run killed while CRIU dumps the job: no image, and the job ends, as it would have without the dump") {
     ferry_test::Child c(forking_job(), ferry_test::emu_env());
@@ -1051,11 +1055,7 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(!fs::exists(t / "img"));
     CHECK(!fs::exists(t / "img.partial"));
     CHECK(c.finish().exit_code == -1);  // killed
-    for (int i = 0; i < 100 && (alive(init) || alive(prog) || alive(sleeper)); i++) usleep(50000);
-    CHECK(!alive(init));
-    CHECK(!alive(prog));
-    CHECK(!alive(sleeper));
-    if (alive(sleeper)) kill(sleeper, SIGKILL);
+    all_end(init, prog, sleeper);
   }
   SECTION("ferry run killed outright, with a process the program forked") {
     ferry_test::Child c(forking_job(), ferry_test::emu_env());
