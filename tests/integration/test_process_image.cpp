@@ -1023,16 +1023,19 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     CHECK(!alive(sleeper));
     if (alive(sleeper)) kill(sleeper, SIGKILL);
   };
-  // Kills the job's parent outright: everything of the job must end.
-  auto killed_outright = [&](ferry_test::Child& parent, pid_t sleeper) {
+  // Kills the job's parent (ferry run or ferry restore) outright, or (by_hand) its init:
+  // everything of the job must end. The parent, a subreaper too, takes what a killed
+  // init leaves and ends it (exit 137, as for an init killed in a namespace).
+  auto killed_outright = [&](ferry_test::Child& parent, pid_t sleeper, bool by_hand = false) {
     pid_t init = 0;
     for (pid_t p : children_of(parent.pid()))
       if (ferry_test::read_file("/proc/" + std::to_string(p) + "/comm") == "ferry-init\n") init = p;
     REQUIRE(init > 0);
     pid_t prog = children_of(init).at(0);
     REQUIRE(alive(sleeper));
-    kill(parent.pid(), SIGKILL);
-    parent.finish();
+    kill(by_hand ? init : parent.pid(), SIGKILL);
+    auto r = parent.finish();
+    if (by_hand) CHECK(r.exit_code == 128 + SIGKILL);
     all_end(init, prog, sleeper);
   };
   SECTION("ferry run killed while CRIU dumps the job: no image, and the job ends, as it would have without the dump") {
@@ -1062,8 +1065,13 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     REQUIRE(c.wait_for("step 2 loss"));
     killed_outright(c, forked_of(c.out()));
   }
-  SECTION("ferry restore killed outright once the job runs again, with a process the program forked (restored "
-          "under its pid)") {
+  SECTION("the init killed outright by hand, with a process the program forked") {
+    ferry_test::Child c(forking_job(), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 2 loss"));
+    killed_outright(c, forked_of(c.out()), true);
+  }
+  SECTION("ferry restore (or, by hand, the restored init) killed outright once the job runs again, with a process "
+          "the program forked (restored under its pid)") {
     ferry_test::Child c(forking_job(), ferry_test::emu_env());
     REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
     pid_t sleeper = forked_of(c.out());
@@ -1082,7 +1090,7 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     for (auto& p : nlohmann::json::parse(ps.out))
       if (p["job"].is_object() && p["job"]["ferry"] == r.pid()) listed++;
     CHECK(listed == 1);
-    killed_outright(r, sleeper);
+    killed_outright(r, sleeper, GENERATE(false, true));
   }
   SECTION("both asked for") {
     auto r = ferry_test::run({kFerry, "run", "--pid-namespace", "--host-pids", "--", "true"}, {}, 30);

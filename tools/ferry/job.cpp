@@ -274,6 +274,18 @@ void kill_below(pid_t self) {
   }
 }
 
+// What a --host-pids init killed outright (SIGKILL by hand, or kill_tree's last resort)
+// left: orphans, which come to this process, a subreaper too (run_job, and ferry
+// restore). Killed and reaped, for at most 5 s.
+void end_orphans() {
+  kill_below(getpid());
+  for (int i = 0; i < 500; i++) {
+    pid_t p = waitpid(-1, nullptr, WNOHANG);
+    if (p < 0 && errno != EINTR) return;  // ECHILD: all reaped
+    if (p == 0) usleep(10000);
+  }
+}
+
 }  // namespace
 
 std::vector<pid_t> kill_tree(pid_t root) {
@@ -301,11 +313,14 @@ std::vector<pid_t> kill_tree(pid_t root) {
       do r = poll(&p, 1, 30000);
       while (r < 0 && errno == EINTR);
     }
-    if (r <= 0) signal_fd(root_fd, SIGKILL);  // not reaping: the host's init must
+    if (r <= 0) signal_fd(root_fd, SIGKILL);  // not reaping: the host's init must (or this process, a subreaper)
     for (int i = 0; i < (r > 0 ? 50 : 500); i++) {
       left.clear();
-      for (auto& x : all)
+      for (auto& x : all) {
+        // Orphaned to this process (a subreaper: ferry restore) once the root was killed.
+        if (x.pid != root) waitpid(x.pid, nullptr, WNOHANG);
         if (x.pid != root && !gone(x.pid)) left.push_back(x.pid);
+      }
       if (left.empty()) break;
       usleep(10000);
     }
@@ -380,6 +395,8 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   if (fd >= 0) close(fd);
   sigprocmask(SIG_SETMASK, &found, nullptr);
   if (lost) return 70;
+  int subreaper = 0;
+  if (!dumped && WIFSIGNALED(st) && prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper) end_orphans();
   if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);
 }
@@ -400,6 +417,8 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (%s); a dump needs CRIU "
                     "able to create a directory there\n", e.message.c_str());
   }
+  // Should the init be killed outright, what it had below it comes here (wait_job).
+  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | SIGCHLD;
   pid_t parent = getpid();
   pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));

@@ -21,7 +21,9 @@
 // where those pids (and its threads' ids) are free -- not beside the original. Killing
 // the init ends nothing below it, so ending the job is the init's work: its parent-death
 // signal (a `ferry run` killed outright) makes it stop, kill and reap its whole tree, as
-// kill_tree (ferry's dump and restore) does from outside.
+// kill_tree (ferry's dump and restore) does from outside. An init killed outright itself
+// leaves its tree to `ferry run` (or `ferry restore`), a subreaper too, which ends it
+// likewise once it sees the init die (wait_job).
 #pragma once
 
 #include <sys/types.h>

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -1211,6 +1212,9 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   }
   const bool host_pids = !m.value("pid_namespace", true);
   if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  // What the restored init had below it comes here should it be killed outright
+  // (wait_job); ferry run does the same.
+  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // A signal with an action (--on-signal TERM=dump:DIR) that comes while the job is being
   // restored waits for it to run again, and then dumps it (wait_job). Acted on at once,
   // or left to kill this process, it would end the restore with the signal's status,
