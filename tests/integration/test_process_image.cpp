@@ -921,7 +921,7 @@ TEST_CASE("a job run with --host-pids, for a driver that cannot start in a PID n
 }
 
 TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored as one job, the dump leaving nothing of it behind; "
-          "ferry run killed outright takes its program with it; --host-pids and --pid-namespace exclude each other",
+          "--host-pids and --pid-namespace exclude each other",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -1003,6 +1003,18 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     REQUIRE(r.exit_code == 0);
     CHECK(checksums(out) == checksums(plain.out));
   }
+  SECTION("both asked for") {
+    auto r = ferry_test::run({kFerry, "run", "--pid-namespace", "--host-pids", "--", "true"}, {}, 30);
+    CHECK(r.exit_code == 64);
+    CHECK(r.err.find("--pid-namespace excludes --host-pids") != std::string::npos);
+  }
+}
+
+TEST_CASE("a job run with --host-pids ends whole -- what its program forked too -- when its ferry run, its ferry "
+          "restore or its init is killed outright, or its ferry run dies while CRIU dumps it",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
   // The program (a shell that execs the trainer) forks a sleep that asks for no
   // parent-death signal; without a namespace, only the init's sweep ends it.
   auto forking_job = [&] {
@@ -1091,11 +1103,6 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
       if (p["job"].is_object() && p["job"]["ferry"] == r.pid()) listed++;
     CHECK(listed == 1);
     killed_outright(r, sleeper, GENERATE(false, true));
-  }
-  SECTION("both asked for") {
-    auto r = ferry_test::run({kFerry, "run", "--pid-namespace", "--host-pids", "--", "true"}, {}, 30);
-    CHECK(r.exit_code == 64);
-    CHECK(r.err.find("--pid-namespace excludes --host-pids") != std::string::npos);
   }
 }
 

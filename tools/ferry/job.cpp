@@ -219,6 +219,16 @@ bool all_stopped(pid_t pid) {
 
 bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
+// The parent of zombie p; 0 when p is no zombie (or gone).
+pid_t zombie_parent(pid_t p) {
+  std::ifstream in("/proc/" + std::to_string(p) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  auto paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z') return 0;
+  return static_cast<pid_t>(atoi(stat.c_str() + paren + 4));
+}
+
 // Whether pid blocks sig (a process CRIU is still restoring blocks them all).
 bool blocks(pid_t pid, int sig) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -274,18 +284,6 @@ void kill_below(pid_t self) {
   }
 }
 
-// What a --host-pids init killed outright (SIGKILL by hand, or kill_tree's last resort)
-// left: orphans, which come to this process, a subreaper too (run_job, and ferry
-// restore). Killed and reaped, for at most 5 s.
-void end_orphans() {
-  kill_below(getpid());
-  for (int i = 0; i < 500; i++) {
-    pid_t p = waitpid(-1, nullptr, WNOHANG);
-    if (p < 0 && errno != EINTR) return;  // ECHILD: all reaped
-    if (p == 0) usleep(10000);
-  }
-}
-
 }  // namespace
 
 std::vector<pid_t> kill_tree(pid_t root) {
@@ -316,17 +314,38 @@ std::vector<pid_t> kill_tree(pid_t root) {
     if (r <= 0) signal_fd(root_fd, SIGKILL);  // not reaping: the host's init must (or this process, a subreaper)
     for (int i = 0; i < (r > 0 ? 50 : 500); i++) {
       left.clear();
+      bool waiting = false;  // for a reaper that is at work: this process, or the init
       for (auto& x : all) {
+        if (x.pid == root) continue;
         // Orphaned to this process (a subreaper: ferry restore) once the root was killed.
-        if (x.pid != root) waitpid(x.pid, nullptr, WNOHANG);
-        if (x.pid != root && !gone(x.pid)) left.push_back(x.pid);
+        waitpid(x.pid, nullptr, WNOHANG);
+        if (gone(x.pid)) continue;
+        left.push_back(x.pid);
+        // A zombie of another subreaper (the guard's caller, blocked until it ends) is
+        // not reaped while this waits.
+        pid_t parent = zombie_parent(x.pid);
+        waiting = waiting || parent == 0 || parent == root || parent == getpid() || parent == 1;
       }
-      if (left.empty()) break;
+      if (!waiting) break;
       usleep(10000);
     }
   }
   for (auto& x : all) close(x.fd);
   return left;
+}
+
+void end_orphans() {
+  kill_below(getpid());
+  for (int i = 0; i < 500; i++) {
+    pid_t p = waitpid(-1, nullptr, WNOHANG);
+    if (p < 0 && errno != EINTR) return;  // ECHILD: all reaped
+    if (p == 0) usleep(10000);
+  }
+  std::string which;
+  for (pid_t c : child_pids(getpid())) which += (which.empty() ? "" : ", ") + std::to_string(c);
+  if (!which.empty())
+    fprintf(stderr, "ferry: the job's processes %s were killed but have not ended in 5 s: their pids stay taken\n",
+            which.c_str());
 }
 
 bool told_to_end(pid_t init) {
@@ -386,7 +405,10 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
       sigprocmask(SIG_BLOCK, &acted, nullptr);
       if (r < 0 && g_pending) continue;
     }
-    if (r == init) break;
+    if (r == init) {
+      g_target = 0;  // reaped: its pid may be another process's from now on
+      break;
+    }
     if (errno != EINTR) {
       lost = true;
       break;
@@ -395,8 +417,10 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   if (fd >= 0) close(fd);
   sigprocmask(SIG_SETMASK, &found, nullptr);
   if (lost) return 70;
+  // Anything still below this process came from the job: an init killed outright left
+  // it, or CRIU restored it under a helper that has gone (a session's leader).
   int subreaper = 0;
-  if (!dumped && WIFSIGNALED(st) && prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper) end_orphans();
+  if (!dumped && prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper) end_orphans();
   if (killed) *killed = !dumped && WIFSIGNALED(st);
   return dumped ? 0 : status_code(st);
 }

@@ -57,9 +57,16 @@ std::vector<pid_t> child_pids(pid_t pid);
 // Kills the process tree under root (stopped first, so that nothing in it forks
 // meanwhile): a job without a PID namespace, where killing the init is not enough. The
 // root, a job's init, reaps the rest and ends (exit 128+SIGKILL) -- within 30 s, or it is
-// killed. Returns the processes below root not reaped by then (their pids still taken);
-// root itself is its parent's to reap.
+// killed, and then this process reaps those that come to it (a subreaper). Returns the
+// processes below root not reaped by then (their pids still taken); root itself is its
+// parent's to reap.
 std::vector<pid_t> kill_tree(pid_t root);
+
+// Kills and reaps every process below this one, for at most 5 s (then names those left):
+// what a job of the host's pids left to its `ferry run` or `ferry restore`, a subreaper
+// too, when its init was killed outright (SIGKILL by hand, or kill_tree's last resort)
+// or CRIU died restoring it.
+void end_orphans();
 
 // Whether the init of a job of the host's pids has been told to end and has not yet
 // acted on it (its `ferry run` died while CRIU held the job stopped): an image dumped
@@ -69,6 +76,8 @@ bool told_to_end(pid_t init);
 // Waits for the job whose init (a child of this process) is init, passing on the
 // signals this process gets, or acting on them; returns the status as run_job does.
 // *killed (where given): whether the init itself died of a signal nobody here acted on.
+// Where this process is a subreaper (`--host-pids`), it then kills and reaps whatever the
+// job left below it -- an init killed outright leaves its whole tree here.
 int wait_job(pid_t init, const SignalActions& actions = {}, bool* killed = nullptr);
 
 }  // namespace ferry::cli

@@ -1445,8 +1445,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     running ? guard.watch(p) : guard.unwatch(p);
   });
   init_lock.reset();
-  // CRIU killed by a signal did not kill what it had restored.
+  // CRIU killed by a signal did not kill what it had restored; without a namespace, what
+  // the guard killed comes here to be reaped.
   if (rc == -1) guard.clean_up();
+  if (rc == -1 && host_pids) end_orphans();
   if (rc != 0) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
