@@ -126,6 +126,16 @@ std::vector<pid_t> children_of(pid_t pid) {
 // ferry run -> ferry-init -> program
 pid_t program_of(pid_t ferry_run) { return children_of(children_of(ferry_run).at(0)).at(0); }
 
+// The jobs (`job` of `ferry ps --format json`) of the processes whose job's ferry run or
+// ferry restore is `ferry`.
+std::vector<nlohmann::json> jobs_listed_under(pid_t ferry) {
+  auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
+  std::vector<nlohmann::json> jobs;
+  for (auto& p : nlohmann::json::parse(ps.out))
+    if (p["job"].is_object() && p["job"]["ferry"] == ferry) jobs.push_back(p["job"]);
+  return jobs;
+}
+
 // The UUID of a process's GPU `physical` (its own numbering), from its status.
 std::string uuid_at(const nlohmann::json& st, int physical) {
   for (auto& g : st["gpus"])
@@ -931,16 +941,13 @@ TEST_CASE("jobs run with --host-pids: a launcher's tree is dumped and restored a
     ferry_test::Child c(job({kLauncher, "2", kMlp, "--steps", "100", "--step-delay-ms", "20"}, {}, "--host-pids"),
                         ferry_test::emu_env());
     REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
-    auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
-    int workers = 0;
-    for (auto& p : nlohmann::json::parse(ps.out))
-      if (p["job"].is_object() && p["job"]["ferry"] == c.pid()) {
-        INFO(p.dump());
-        CHECK(p["job"]["init"] == children_of(c.pid()).at(0));
-        CHECK(p["job"]["pids"] == "host");
-        workers++;
-      }
-    CHECK(workers == 2);  // the launcher uses no CUDA: it has no socket
+    auto workers = jobs_listed_under(c.pid());
+    CHECK(workers.size() == 2);  // the launcher uses no CUDA: it has no socket
+    for (auto& j : workers) {
+      INFO(j.dump());
+      CHECK(j["init"] == children_of(c.pid()).at(0));
+      CHECK(j["pids"] == "host");
+    }
     auto d = dump(c.pid(), t / "img");
     CHECK(d["processes"] == 4);
     CHECK(d["cuda_processes"] == 2);
@@ -1097,11 +1104,7 @@ TEST_CASE("a job run with --host-pids ends whole -- what its program forked too 
     for (int i = 0; i < 1000 && children_of(r.pid()).size() != 1; i++) usleep(10000);
     REQUIRE(children_of(r.pid()).size() == 1);
     // ferry ps names ferry restore as the restored job's: where the next signal goes.
-    auto ps = ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60);
-    int listed = 0;
-    for (auto& p : nlohmann::json::parse(ps.out))
-      if (p["job"].is_object() && p["job"]["ferry"] == r.pid()) listed++;
-    CHECK(listed == 1);
+    CHECK(jobs_listed_under(r.pid()).size() == 1);
     killed_outright(r, sleeper, GENERATE(false, true));
   }
 }

@@ -23,7 +23,6 @@
 #include "client.hpp"
 #include "output.hpp"
 #include "full_process.hpp"
-#include "process_image.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
 #include "sockets.hpp"

@@ -42,13 +42,13 @@ volatile sig_atomic_t g_target = 0;  // where forwarded signals go
 volatile sig_atomic_t g_ending = 0;  // kEndJob received
 volatile sig_atomic_t g_pending = 0;  // a signal with an action, not yet acted on
 volatile sig_atomic_t g_wake = -1;    // a --host-pids init's wake-up pipe (write end)
+sigset_t g_acted;                     // the signals that have an action
 
 void wake_up() {
   int e = errno;
   if (g_wake >= 0) (void)!write(g_wake, "", 1);
   errno = e;
 }
-sigset_t g_acted;                     // the signals that have an action
 
 void forward(int sig) {
   if (sigismember(&g_acted, sig)) {
@@ -204,16 +204,21 @@ std::vector<pid_t> child_pids(pid_t pid) {
 
 namespace {
 
+// A /proc stat file from its state on ("S 1 ..."; the name before it may hold anything);
+// "X" where it cannot be read (gone).
+std::string stat_from_state(const std::string& path) {
+  std::ifstream in(path);
+  std::string stat;
+  std::getline(in, stat);
+  auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2) : "X";
+}
+
 // Whether every thread of pid has stopped (or died, or is gone).
 bool all_stopped(pid_t pid) {
-  for (pid_t t : thread_ids(pid)) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(t) + "/stat");
-    std::string stat;
-    std::getline(in, stat);
-    auto paren = stat.rfind(')');
-    char st = paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : 'X';
-    if (!std::strchr("TtZX", st)) return false;
-  }
+  for (pid_t t : thread_ids(pid))
+    if (!std::strchr("TtZX", stat_from_state("/proc/" + std::to_string(pid) + "/task/" + std::to_string(t) + "/stat")[0]))
+      return false;
   return true;
 }
 
@@ -221,21 +226,21 @@ bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
 // The parent of zombie p; 0 when p is no zombie (or gone).
 pid_t zombie_parent(pid_t p) {
-  std::ifstream in("/proc/" + std::to_string(p) + "/stat");
-  std::string stat;
-  std::getline(in, stat);
-  auto paren = stat.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z') return 0;
-  return static_cast<pid_t>(atoi(stat.c_str() + paren + 4));
+  std::string s = stat_from_state("/proc/" + std::to_string(p) + "/stat");
+  return s[0] == 'Z' ? static_cast<pid_t>(atoi(s.c_str() + 1)) : 0;
+}
+
+// Whether sig is in the signal set a line of pid's /proc status names ("SigBlk", "ShdPnd").
+bool signal_in(pid_t pid, const char* set, int sig) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  const std::string key = std::string(set) + ":";
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) return (std::stoull(line.substr(key.size()), nullptr, 16) >> (sig - 1)) & 1;
+  return false;
 }
 
 // Whether pid blocks sig (a process CRIU is still restoring blocks them all).
-bool blocks(pid_t pid, int sig) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("SigBlk:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (sig - 1)) & 1;
-  return false;
-}
+bool blocks(pid_t pid, int sig) { return signal_in(pid, "SigBlk", sig); }
 
 // Signals go to processes by pidfd: a pid may be reused once its process is reaped,
 // which here happens while this runs.
@@ -341,19 +346,17 @@ void end_orphans() {
     if (p < 0 && errno != EINTR) return;  // ECHILD: all reaped
     if (p == 0) usleep(10000);
   }
-  std::string which;
-  for (pid_t c : child_pids(getpid())) which += (which.empty() ? "" : ", ") + std::to_string(c);
-  if (!which.empty())
+  if (auto left = child_pids(getpid()); !left.empty())
     fprintf(stderr, "ferry: the job's processes %s were killed but have not ended in 5 s: their pids stay taken\n",
-            which.c_str());
+            pid_list(left).c_str());
 }
 
-bool told_to_end(pid_t init) {
-  std::ifstream in("/proc/" + std::to_string(init) + "/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("ShdPnd:", 0) == 0 || line.rfind("SigPnd:", 0) == 0)
-      if ((std::stoull(line.substr(7), nullptr, 16) >> (kEndJob - 1)) & 1) return true;
-  return false;
+bool told_to_end(pid_t init) { return signal_in(init, "ShdPnd", kEndJob) || signal_in(init, "SigPnd", kEndJob); }
+
+std::string pid_list(const std::vector<pid_t>& pids) {
+  std::string s;
+  for (pid_t p : pids) s += (s.empty() ? "" : ", ") + std::to_string(p);
+  return s;
 }
 
 void exec_command(const std::vector<std::string>& argv) {

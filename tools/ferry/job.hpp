@@ -54,6 +54,9 @@ std::vector<pid_t> thread_ids(pid_t pid);
 // The children of every thread of pid.
 std::vector<pid_t> child_pids(pid_t pid);
 
+// "812, 813": pids, for a message.
+std::string pid_list(const std::vector<pid_t>& pids);
+
 // Kills the process tree under root (stopped first, so that nothing in it forks
 // meanwhile): a job without a PID namespace, where killing the init is not enough. The
 // root, a job's init, reaps the rest and ends (exit 128+SIGKILL) -- within 30 s, or it is

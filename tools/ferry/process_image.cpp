@@ -64,6 +64,8 @@ std::string status_field(pid_t pid, const std::string& key) {
   return "";
 }
 
+pid_t parent_of(pid_t pid) { return static_cast<pid_t>(atoi(status_field(pid, "PPid").c_str())); }
+
 // The pid as each PID namespace from the host's down sees it.
 std::vector<pid_t> ns_pids(pid_t pid) {
   std::istringstream in(status_field(pid, "NSpid"));
@@ -119,7 +121,7 @@ pid_t job_init_of(pid_t pid) {
   for (pid_t c : child_pids(pid))
     if (is_job_init(c)) return c;
   for (pid_t p = pid; p > 1;) {
-    p = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()));
+    p = parent_of(p);
     if (p > 1 && is_job_init(p)) return p;
   }
   throw ClientError(kFixFirst, "process " + std::to_string(pid) +
@@ -719,7 +721,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   try {
     d.init = job_init_of(pid);
     d.host_pids = host_pids_job(d.init);
-    d.init_parent = static_cast<pid_t>(atoi(status_field(d.init, "PPid").c_str()));
+    d.init_parent = parent_of(d.init);
     // Another dump of this job is refused at once; one of a copy (restored from the same
     // image) is waited for, before anything about the job is looked at.
     in_progress.path = mark_dumping(d.init);
@@ -891,21 +893,29 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   if (!socks.problems.empty())
     return abort(socks.in_flight == socks.problems.size() ? kRetryLater : kFixFirst,
                  "while it was being dumped, " + joined(socks.problems));
+  // Ends the dumped job; returns the processes killed but not reaped yet (their pids taken).
+  auto end_job = [&] {
+    std::vector<pid_t> left;
+    if (d.host_pids)
+      left = kill_tree(d.init);
+    else
+      kill(d.init, SIGKILL);
+    for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
+    // The init's directory goes with it (killed, it never runs there again): the image's
+    // restore makes it again.
+    remove_init_dir_if_unused(init_dir, d.init);
+    return left;
+  };
   // Its parent gone, the init has been told to end (or was, just before CRIU froze it,
   // and may have begun to): an image of it might end as soon as it was restored.
-  if (d.host_pids &&
-      (told_to_end(d.init) || atoi(status_field(d.init, "PPid").c_str()) != d.init_parent)) {
+  if (d.host_pids && (told_to_end(d.init) || parent_of(d.init) != d.init_parent)) {
     // As its ferry run's death asked: undone, the job would only end itself.
-    auto left = kill_tree(d.init);
-    for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
+    auto left = end_job();
     fs::remove_all(d.stage, ec);
-    remove_init_dir_if_unused(init_dir, d.init);
-    std::string which;
-    for (pid_t p : left) which += (which.empty() ? "" : ", ") + std::to_string(p);
     return fail(out, kNoProcess, class_of(kNoProcess),
                 "dump failed: the job's ferry run (or ferry restore) died while CRIU dumped it, which ends the job; its "
                 "image might end as soon as it was restored, so none was written; the job has ended" +
-                    (which.empty() ? std::string() : " (its processes " + which + " are not reaped yet)"));
+                    (left.empty() ? std::string() : " (its processes " + pid_list(left) + " are not reaped yet)"));
   }
   double stopped_cpu = since(t_stop);
   phase_end("criu_dump");
@@ -986,19 +996,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     d.stage.clear();
     left = d.undo(dir);
     phase_end("resume");
-  } else {
-    if (!d.host_pids) {
-      kill(d.init, SIGKILL);
-    } else if (auto left = kill_tree(d.init); !left.empty()) {
-      std::string which;
-      for (pid_t p : left) which += (which.empty() ? "" : ", ") + std::to_string(p);
-      fprintf(stderr, "ferry: the job's processes %s were killed but are not reaped yet: their pids stay taken, and "
-                      "a restore of the image here is refused (75) until they are free\n", which.c_str());
-    }
-    for (Task* t : d.cuda()) unlink(marker_of(t->host, ".detached").c_str());
-    // The init's directory goes with it (killed, it never runs there again): the image's
-    // restore makes it again.
-    remove_init_dir_if_unused(init_dir, d.init);
+  } else if (auto unreaped = end_job(); !unreaped.empty()) {
+    fprintf(stderr, "ferry: the job's processes %s were killed but are not reaped yet: their pids stay taken, and "
+                    "a restore of the image here is refused (75) until they are free\n", pid_list(unreaped).c_str());
   }
   double secs = since(t0), stopped = a.leave_running ? since(t_stop) : stopped_cpu;
   if (out.json) {
@@ -1125,10 +1125,6 @@ std::string restore_driver(const RestoreArgs& a, const nlohmann::json& m) {
 
 namespace {
 
-// For an image of a job without a PID namespace: its pids and thread ids that a process
-// or thread of this machine has ("pid 812 (process 812 of the job, mlp_trainer): taken
-// by mlp_trainer"), at most five and a count. *later: whether each holder looks like the
-// job itself (the same name, or dead and not yet reaped), which ends in time.
 // A process of a host-pids image: its pid, then its threads' ids.
 std::vector<int> ids_of(const nlohmann::json& p) {
   std::vector<int> ids = {p.at("nspid").get<int>()};
@@ -1136,6 +1132,10 @@ std::vector<int> ids_of(const nlohmann::json& p) {
   return ids;
 }
 
+// For an image of a job without a PID namespace: its pids and thread ids that a process
+// or thread of this machine has ("pid 812 (process 812 of the job, mlp_trainer): taken
+// by mlp_trainer"), at most five and a count. *later: whether each holder looks like the
+// job itself (the same name, or dead and not yet reaped), which ends in time.
 std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
   std::vector<std::string> taken;
   size_t more = 0;
@@ -1187,6 +1187,15 @@ void skip_pids_of(const nlohmann::json& m) {
     f.seekp(0);
     f << top << std::flush;
   }
+}
+
+// A signal with an action that has come and waits (blocked, deferred); 0 when none.
+int deferred_signal(const SignalActions& actions) {
+  sigset_t pending;
+  sigpending(&pending);
+  for (auto& [s, f] : actions)
+    if (sigismember(&pending, s)) return s;
+  return 0;
 }
 
 std::string pids_taken_message(const std::string& dir, const std::vector<std::string>& held, bool later) {
@@ -1412,13 +1421,10 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
           host_pids,
           [&] {
             // A preemption now finds nothing of the job started: no dump to make.
-            sigset_t pending;
-            sigpending(&pending);
-            for (auto& [s, f] : actions)
-              if (sigismember(&pending, s))
-                throw ClientError(kRetryLater, std::string(sigabbrev_np(s)) + " came while the restore waited for "
-                                               "the lock on " + init_dir + ": nothing was started; the image is "
-                                               "untouched");
+            if (int s = deferred_signal(actions))
+              throw ClientError(kRetryLater, std::string(sigabbrev_np(s)) + " came while the restore waited for "
+                                             "the lock on " + init_dir + ": nothing was started; the image is "
+                                             "untouched");
           }));
     if (host_pids) {
       // Again, now that no other restore of the image can be under way (it would hold
@@ -1519,11 +1525,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
   guard.done();  // the job is its program's again
-  sigset_t pending;
-  sigpending(&pending);
-  for (auto& [s, f] : actions)
-    if (sigismember(&pending, s) && !out.json && out.progress != "never")
-      fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
+  if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
+    fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;
   int code = wait_job(init, actions, &killed);
   if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
@@ -1533,12 +1536,12 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 // ---- inspect and verify ---------------------------------------------------------------------------
 
 std::optional<JobOf> job_of(pid_t pid) {
-  for (pid_t p = pid; p > 1; p = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()))) {
+  for (pid_t p = pid; p > 1; p = parent_of(p)) {
     if (!is_job_init(p)) continue;
     JobOf j;
     j.init = p;
     j.host_pids = host_pids_job(p);
-    pid_t parent = static_cast<pid_t>(atoi(status_field(p, "PPid").c_str()));
+    pid_t parent = parent_of(p);
     if (parent > 0 && status_field(parent, "Name") == "ferry") j.ferry = parent;
     return j;
   }

@@ -115,8 +115,8 @@ bool gone(pid_t p) {
   // A process CRIU forked may be forking itself when it is killed (the init forking the
   // program, in a job without a namespace, where nothing else kills a late child); that
   // child, which holds the log too, shows only once the fork completes. So look again
-  // until a few looks in a row find nobody.
-  // One killed that still holds the log (slow to let go of its files) is no news.
+  // until a few looks in a row find nobody new (one killed that still holds the log, slow
+  // to let go of its files, is no news).
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   for (int quiet = 0; !work.empty() && quiet < 3 && std::chrono::steady_clock::now() < until;) {
     quiet++;
