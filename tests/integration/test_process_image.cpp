@@ -1253,6 +1253,86 @@ TEST_CASE("a job whose output goes to Unix sockets (a service's journald stream)
   CHECK(gone.out + r.out == plain.out);
 }
 
+TEST_CASE("descriptors a job's launcher gave it (ferry run --preserve-fds): dumped with it, the restorer's take their "
+          "place; a restore not given them, or a ferry run told of one not open, is refused by name",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string kind = GENERATE("--pid-namespace", "--host-pids");
+  INFO(kind);
+  // A program that logs each step to fd 3 (a trainer's metrics stream) and to stdout.
+  const std::vector<std::string> prog = {
+      "/bin/sh", "-c", "i=0; while [ $i -lt 60 ]; do echo tick $i >&3; echo step $i; i=$((i+1)); sleep 0.03; done"};
+  // argv run by a shell that first makes the redirection (fd 3 opened, as a launcher would
+  // give it, or closed: a test runner may have left one open).
+  auto with_fd3 = [](const std::string& redirect, std::vector<std::string> argv) {
+    argv.insert(argv.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" " + redirect});
+    return argv;
+  };
+  std::string ticks, steps;
+  for (int i = 0; i < 60; i++) {
+    ticks += "tick " + std::to_string(i) + "\n";
+    steps += "step " + std::to_string(i) + "\n";
+  }
+
+  SECTION("fd 3 a log file of the launcher's; the restorer gives another") {
+    ferry_test::Child c(with_fd3("3>>" + t / "log1", job(prog, {"--preserve-fds", "1"}, kind)), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + "\n"));
+    dump(c.pid(), t / "img");
+    auto gone = c.finish();
+    CHECK(gone.exit_code == 128 + SIGKILL);
+    auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+    CHECK(m["version"] == 4);
+    REQUIRE(m["stdio"].size() == 4);
+    CHECK(m["stdio"][3]["fd"] == 3);
+    CHECK(m["stdio"][3]["kind"] == "file");
+    CHECK(m["stdio"][3]["was"] == t / "log1");
+    auto in = ferry_test::run({kFerry, "inspect", t / "img"});
+    CHECK(in.out.find("  fd 3 was " + t / "log1" + " (file, from the job's launcher): the restorer's own fd 3 takes "
+                      "its place\n") != std::string::npos);
+
+    // Not given fd 3: refused before anything starts, naming it.
+    auto r = ferry_test::run(with_fd3("3>&-", {kFerry, "restore", t / "img", "--emulator"}), ferry_test::emu_env(), 60);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: cannot restore the job of " + t / "img" + " here: the job had fd 3 (file, " + t / "log1" +
+                       " at the dump) from its launcher (ferry run --preserve-fds); start ferry restore with fd 3 "
+                       "open to take its place (e.g. 3>>LOG). Nothing was started; the image is untouched\n");
+    CHECK(r.out.empty());
+
+    r = ferry_test::run(with_fd3("3>>" + t / "log2", {kFerry, "restore", t / "img", "--emulator"}),
+                        ferry_test::emu_env(), 120);
+    INFO(r.err << criu_log_named_in(r.err));
+    REQUIRE(r.exit_code == 0);
+    // Each step once: those before the dump in the launcher's log, the rest in the
+    // restorer's; the job's stdout likewise.
+    CHECK(ferry_test::read_file(t / "log1") + ferry_test::read_file(t / "log2") == ticks);
+    CHECK(gone.out + r.out == steps);
+  }
+  SECTION("fd 3 the same pipe as stdout (3>&1): a restore needs nothing more than its stdout") {
+    ferry_test::Child c(with_fd3("3>&1", job(prog, {"--preserve-fds", "1"}, kind)), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + "\n"));
+    dump(c.pid(), t / "img");
+    auto gone = c.finish();
+    CHECK(gone.exit_code == 128 + SIGKILL);
+    auto r = restore(t / "img", {"--emulator"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    // Ticks and steps interleaved, each once, in order.
+    std::string both;
+    for (int i = 0; i < 60; i++) both += "tick " + std::to_string(i) + "\nstep " + std::to_string(i) + "\n";
+    CHECK(gone.out + r.out == both);
+  }
+  SECTION("ferry run told to keep a descriptor that is not open") {
+    auto r = ferry_test::run(with_fd3("3>>" + t / "log1 4>&-", job(prog, {"--preserve-fds", "2"}, kind)),
+                             ferry_test::emu_env(), 60);
+    CHECK(r.exit_code == 64);
+    CHECK(r.err == "ferry run: --preserve-fds 2: fd 4 is not open (the job gets fds 3 to 4 from whoever starts ferry "
+                   "run, e.g. 3>>LOG)\n");
+    CHECK(r.out.empty());
+    CHECK((!fs::exists(t / "log1") || fs::file_size(t / "log1") == 0));
+  }
+}
+
 TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on one GPU, the trainer on a third GPU",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
@@ -1946,7 +2026,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     auto r = restore_text(d);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
-                         "format 3: use that ferry or a newer one") != std::string::npos);
+                         "format 4: use that ferry or a newer one") != std::string::npos);
   }
   // Whatever was refused, the image itself still restores.
   auto v = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);

@@ -90,7 +90,7 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 
 // The job's init: pid 1 of its namespace, or (host_pids) a subreaper.
 [[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir,
-                       bool host_pids, pid_t parent) {
+                       bool host_pids, pid_t parent, int keep_fds) {
   // The job lives as long as its `ferry run`: killed with it (a namespace's init by the
   // kernel; a subreaper ends its tree itself). CRIU gives the signal back to a restored
   // init, whose parent is then its `ferry restore` (--restore-sibling).
@@ -100,11 +100,13 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   setsid();
   prctl(PR_SET_NAME, "ferry-init", 0, 0, 0);
-  // The job starts with stdin, stdout and stderr only: a descriptor inherited from
-  // whoever started ferry run (a scheduler's log, a test runner's file) would become
-  // part of the job's image, and CRIU refuses to restore a file that changed since.
-  if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
-    for (int fd = 3; fd < 1024; fd++) close(fd);
+  // The job starts with stdin, stdout and stderr only, and what --preserve-fds names: a
+  // descriptor inherited from whoever started ferry run (a scheduler's log, a test
+  // runner's file) would become part of the job's image, and CRIU refuses to restore a
+  // file that changed since. The kept ones are, like stdio, the restorer's at a restore.
+  const unsigned first = 3u + static_cast<unsigned>(keep_fds);
+  if (syscall(SYS_close_range, first, ~0u, 0u) != 0)
+    for (int fd = static_cast<int>(first); fd < 1024; fd++) close(fd);
   pid_t self = getpid();
   pid_t prog = fork();
   if (prog < 0) {
@@ -181,6 +183,26 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 }
 
 }  // namespace
+
+namespace {
+std::set<int> g_launcher_fds;
+}
+
+void note_launcher_fds() {
+  // Those above 2 only: a closed stdio descriptor is taken by the first open, as anywhere.
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long fd = strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end || fd < 3 || fd == dirfd(d)) continue;
+    int flags = fcntl(static_cast<int>(fd), F_GETFD);
+    if (flags >= 0 && !(flags & FD_CLOEXEC)) g_launcher_fds.insert(static_cast<int>(fd));
+  }
+  closedir(d);
+}
+
+bool from_launcher(int fd) { return fd <= 2 ? fcntl(fd, F_GETFD) >= 0 : g_launcher_fds.count(fd) > 0; }
 
 std::vector<pid_t> thread_ids(pid_t pid) {
   std::vector<pid_t> out;
@@ -428,7 +450,7 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   return dumped ? 0 : status_code(st);
 }
 
-int run_job(const std::vector<std::string>& argv, const SignalActions& actions, bool host_pids) {
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions, bool host_pids, int keep_fds) {
   // Signals that arrive before the handlers are in place wait instead of killing.
   sigset_t all, old;
   sigfillset(&all);
@@ -460,7 +482,10 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
               strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
     return 78;
   }
-  if (init_pid == 0) init(argv, old, dir, host_pids, parent);
+  if (init_pid == 0) init(argv, old, dir, host_pids, parent, keep_fds);
+  // The kept descriptors are the job's now: a reader waiting for their end sees it when
+  // the job's last holder ends, not when ferry run does.
+  for (int fd = 3; fd < 3 + keep_fds; fd++) close(fd);
   forward_signals_to(init_pid, actions);
   sigprocmask(SIG_SETMASK, &old, nullptr);
   bool killed = false;

@@ -2,7 +2,7 @@
 // (`ferry run --host-pids`).
 //
 // `ferry run` clones ferry's init into a new PID namespace (pid 1). The init closes
-// every descriptor but 0, 1 and 2, starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
+// every descriptor but 0, 1 and 2 (and those --preserve-fds keeps), starts a new session, forks the program (pid 2: it is not pid 1, so it keeps the
 // default signal behaviour a program expects), moves to a working directory of its own
 // (init_dir.hpp: CRIU's parasite needs one it can write), forwards every signal it is sent to the
 // program, reaps whatever is re-parented to it, and exits with the program's status
@@ -45,8 +45,17 @@ using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
 
 // Runs argv (its environment already set) as the program of a new job; returns the
 // exit status ferry run should end with (128+N when the program died of signal N; 0
-// when a signal action dumped it).
-int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false);
+// when a signal action dumped it). The job keeps descriptors 3 .. 2+keep_fds
+// (--preserve-fds), which must be open: they stay in the init too, where a dump finds
+// them as the job's stdio is found, outside the job (process_image.hpp).
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false,
+            int keep_fds = 0);
+
+// Notes the descriptors above 2 this process was started with (not close-on-exec), before
+// it opens any of its own in their place: called first thing in main.
+void note_launcher_fds();
+// Whether this process was started with fd open (0, 1, 2: whether they are open now).
+bool from_launcher(int fd);
 
 // The ids of pid's threads (its own among them), as /proc lists them; none when it is gone.
 std::vector<pid_t> thread_ids(pid_t pid);

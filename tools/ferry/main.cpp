@@ -3,6 +3,7 @@
 // resume, migrate, restore; inspects and verifies images; checks a machine or a
 // process before relying on it. Exit codes (client.hpp): 0 done, 64 usage, 69 no such
 // process under ferry, 75 retry later, 78 fix first, 74 image lost, 70 bug.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -36,6 +37,7 @@ void prepend_env(const char* var, const std::string& value, char sep) {
 struct RunArgs {
   std::vector<std::string> cmd;
   bool strict = false, emulator = false, no_arena = false, pid_namespace = false, host_pids = false;
+  int preserve_fds = 0;
   std::string device_map, log, real_driver;
   std::vector<std::string> on_signal;
 };
@@ -82,6 +84,14 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
 }
 
 int run(const RunArgs& a) {
+  // Checked here, or the job would find whatever ferry opens at that number instead.
+  for (int fd = 3; fd < 3 + a.preserve_fds; fd++)
+    if (!ferry::cli::from_launcher(fd)) {
+      fprintf(stderr, "ferry run: --preserve-fds %d: fd %d is not open%s (the job gets fds 3 to %d from whoever "
+                      "starts ferry run, e.g. 3>>LOG)\n", a.preserve_fds, fd,
+              fcntl(fd, F_GETFD) >= 0 ? " to be inherited (it is close-on-exec)" : "", 2 + a.preserve_fds);
+      return ferry::cli::kUsage;
+    }
   std::string shim = ferry::cli::shim_path();
   if (access(shim.c_str(), R_OK) != 0) {
     fprintf(stderr, "ferry run: cannot find the shim %s (set FERRY_SHIM)\n", shim.c_str());
@@ -111,7 +121,7 @@ int run(const RunArgs& a) {
   if (job) {
     // The shim knows a job in a PID namespace by its /proc; one with the host's pids by this.
     setenv("FERRY_JOB", a.host_pids ? "host-pids" : "pid-namespace", 1);
-    return ferry::cli::run_job(a.cmd, actions, a.host_pids);
+    return ferry::cli::run_job(a.cmd, actions, a.host_pids, a.preserve_fds);
   }
   ferry::cli::exec_command(a.cmd);
 }
@@ -128,6 +138,7 @@ void add_output(CLI::App* c, ferry::cli::Output& out, bool progress) {
 
 int main(int argc, char** argv) {
   using namespace ferry::cli;
+  note_launcher_fds();  // before anything here opens a descriptor of its own
   // Not a verb for people: what ferry check runs inside a job (full_process.hpp).
   if (argc == 2 && std::string(argv[1]) == "__driver-start") return driver_start();
   // CRIU runs ferry as its action script during a restore (restore_guard.hpp).
@@ -158,6 +169,10 @@ int main(int argc, char** argv) {
                 "SIGNAL=checkpoint:DIR: write the GPU state to DIR and exit (e.g. TERM=dump:/ckpt/job)")
       ->expected(1)
       ->take_all();
+  r->add_option("--preserve-fds", ra.preserve_fds,
+                "pass descriptors 3 to 2+N on to the job (a job starts with 0-2 only); a restore of its image takes "
+                "them from whoever runs ferry restore, as it does stdio")
+      ->check(CLI::Range(0, 1000));
   r->add_option("command", ra.cmd, "the program and its arguments (after --)")->expected(-1);
 
   auto* ps = app.add_subcommand("ps", "list this user's processes running under ferry");

@@ -293,19 +293,45 @@ std::vector<Task> tree_of(pid_t init) {
   return out;
 }
 
-// ---- the job's stdio ---------------------------------------------------------------------------
+// ---- the job's stdio, and descriptors from its launcher -------------------------------------------
 
 // How CRIU names what fd of pid is open on: `external` for --external at a dump (""
 // when CRIU takes it as it is), `key` for --inherit-fd at a restore.
 struct Stdio {
   int fd = 0;
+  dev_t dev = 0;
   uint64_t ino = 0;
   std::string kind, key, external, what;
 };
 
+// The descriptors the init holds from outside the job: 0, 1 and 2, and those ferry run
+// --preserve-fds kept for it. The init's own (its wake-up pipe) are close-on-exec and
+// the kept ones cannot be (they came through ferry run's exec), so the flag tells them
+// apart; an init that kept none closed everything above 2 (job.hpp).
+std::vector<int> outside_fds(pid_t init) {
+  std::vector<int> fds = {0, 1, 2};
+  std::string base = "/proc/" + std::to_string(init);
+  DIR* d = opendir((base + "/fd").c_str());
+  if (!d) return fds;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long fd = strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end || fd < 3) continue;
+    std::ifstream info(base + "/fdinfo/" + e->d_name);
+    std::string key;
+    unsigned long flags = 0;
+    while (info >> key)
+      if (key == "flags:" && info >> std::oct >> flags) break;
+    if (info && !(flags & O_CLOEXEC)) fds.push_back(static_cast<int>(fd));
+  }
+  closedir(d);
+  std::sort(fds.begin(), fds.end());
+  return fds;
+}
+
 std::vector<Stdio> stdio_of(pid_t pid) {
   std::vector<Stdio> v;
-  for (int fd = 0; fd <= 2; fd++) {
+  for (int fd : outside_fds(pid)) {
     std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
     char buf[4096];
     ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
@@ -314,6 +340,7 @@ std::vector<Stdio> stdio_of(pid_t pid) {
     buf[n] = 0;
     Stdio s;
     s.fd = fd;
+    s.dev = sb.st_dev;
     s.ino = sb.st_ino;
     s.what = buf;
     char k[96];
@@ -353,16 +380,12 @@ std::vector<Stdio> stdio_of(pid_t pid) {
 
 // What CRIU opens again by path at a restore and refuses when it changed (it compares
 // sizes): every regular file a process of the job maps (its programs, libraries, ferry's
-// own) or holds open, and each working directory. Left out: the job's stdio (the
-// restorer's replaces it), files open for appending only (CRIU does not check logs),
+// own) or holds open, and each working directory. Left out: the job's stdio and the
+// descriptors its launcher gave it (the restorer's replace them), files open for appending only (CRIU does not check logs),
 // files deleted since they were opened and memfds (their contents are in the image).
-nlohmann::json job_files(const std::vector<Task>& tasks, pid_t init) {
+nlohmann::json job_files(const std::vector<Task>& tasks, const std::vector<Stdio>& outside) {
   std::set<std::pair<dev_t, ino_t>> stdio;
-  for (int fd = 0; fd <= 2; fd++) {
-    struct stat sb;
-    if (stat(("/proc/" + std::to_string(init) + "/fd/" + std::to_string(fd)).c_str(), &sb) == 0)
-      stdio.insert({sb.st_dev, sb.st_ino});
-  }
+  for (auto& s : outside) stdio.insert({s.dev, s.ino});
   std::map<std::string, nlohmann::json> files;
   auto add = [&](const std::string& path, const std::string& through, const char* what) {
     if (path.empty() || path[0] != '/' || files.count(path) || !json_text(path)) return;
@@ -441,6 +464,27 @@ std::string joined(const std::vector<std::string>& v) {
   std::string s;
   for (auto& x : v) s += (s.empty() ? "" : "; ") + x;
   return s;
+}
+
+// What of the job's descriptors from its launcher (ferry run --preserve-fds) this ferry
+// restore was not given to stand in for them ("" when nothing). One the same as an
+// earlier descriptor of the job (3>&1) needs nothing: CRIU takes the first match.
+std::string launcher_fds_missing(const nlohmann::json& m) {
+  std::set<std::string> keys;
+  std::vector<std::string> missing, numbers;
+  for (auto& s : m.value("stdio", nlohmann::json::array())) {
+    int fd = s["fd"].get<int>();
+    if (!keys.insert(s.value("key", std::string())).second || fd <= 2 || from_launcher(fd)) continue;
+    missing.push_back("fd " + std::to_string(fd) + " (" + s.value("kind", std::string("?")) + ", " +
+                      s.value("was", std::string("?")) + " at the dump)");
+    numbers.push_back(std::to_string(fd));
+  }
+  if (missing.empty()) return "";
+  std::string fds = numbers.size() == 1 ? "fd " : "fds ";
+  for (auto& n : numbers) fds += (&n == &numbers[0] ? "" : ", ") + n;
+  return "the job had " + joined(missing) + " from its launcher (ferry run --preserve-fds); start ferry restore " +
+         "with " + fds + " open to take " + (numbers.size() == 1 ? "its" : "their") + " place (e.g. " + numbers[0] +
+         ">>LOG)";
 }
 
 // ---- running CRIU --------------------------------------------------------------------------------
@@ -926,7 +970,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // not ask CRIU to): they refuse it by its version instead of failing half-way.
   // Format 3 where it has the host's pids: an older ferry would restore it without
   // checking they are free, nor asking its processes to listen again.
-  m["version"] = d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
+  // Format 4 where the job holds descriptors from its launcher (--preserve-fds): an older
+  // ferry would hand CRIU whatever it has open at those numbers itself.
+  const bool kept_fds = std::any_of(stdio.begin(), stdio.end(), [](const Stdio& s) { return s.fd > 2; });
+  m["version"] = kept_fds ? 4 : d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
   m["ferry"] = FERRY_VERSION;
   m["created"] = now_iso();
   m["criu"] = {{"path", criu}, {"version", criu_ver}};
@@ -957,7 +1004,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   for (auto& s : stdio) sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
-  m["files"] = job_files(d.tasks, d.init);
+  m["files"] = job_files(d.tasks, stdio);
   if (is_init_dir(init_dir)) m["init_dir"] = init_dir;
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
@@ -1250,6 +1297,9 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   try {
     criu = usable_criu();
     verify_cpu(dir, m);
+    if (std::string fds = launcher_fds_missing(m); !fds.empty())
+      throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + fds +
+                                       ". Nothing was started; the image is untouched");
     bool missing = false;
     auto taken = sockets_taken_here(m.value("sockets", nlohmann::json::object()), &missing);
     if (!taken.empty())
@@ -1402,8 +1452,12 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   // since it started ("... (deleted)") would fail CRIU's every restore, and is left out.
   if (std::string self = self_exe(); access(self.c_str(), X_OK) == 0)
     argv.insert(argv.end(), {"--action-script", self});
+  // A file the job had at two numbers (2>&1) is the restorer's first one at both: CRIU
+  // takes the first match, and would refuse a second number not open here.
+  std::set<std::string> inherited;
   for (auto& s : m.value("stdio", nlohmann::json::array()))
-    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
+    if (inherited.insert(s["key"].get<std::string>()).second)
+      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
     argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
@@ -1616,9 +1670,13 @@ int inspect_process_image(const std::string& dir, const Output& out) {
     printf("  datagrams to %s (outside the job): connected there again at restore, which needs a datagram "
            "socket there\n",
            n.get<std::string>().c_str());
-  for (auto& s : m.value("stdio", nlohmann::json::array()))
-    printf("  fd %d was %s (%s): the restorer's own fd %d takes its place\n", s["fd"].get<int>(),
-           s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(), s["fd"].get<int>());
+  std::map<std::string, int> first_fd;  // by CRIU's key: the restorer's fd that takes the place
+  for (auto& s : m.value("stdio", nlohmann::json::array())) {
+    int fd = s["fd"].get<int>(), by = first_fd.emplace(s.value("key", std::string()), fd).first->second;
+    printf("  fd %d was %s (%s%s): the restorer's own fd %d takes its place\n", fd,
+           s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(),
+           fd > 2 ? ", from the job's launcher" : "", by);
+  }
   if (m.contains("files")) {
     auto changed = files_changed_here(m["files"]);
     printf("  files: %zu (programs, libraries, open files, working directories) that a restore needs unchanged at "

@@ -10,7 +10,8 @@
 //   DIR/process.json   the manifest: format version, versions of ferry and CRIU, the
 //                      process tree (namespace pids, names, command lines, which ones
 //                      use CUDA and on which GPUs), the GPUs (name, compute capability,
-//                      UUID, memory), the job's stdio, its TCP listeners and
+//                      UUID, memory), the job's stdio (and descriptors from its
+//                      launcher, --preserve-fds), its TCP listeners and
 //                      connections, the parent image, and the size and XXH3-128 hash
 //                      of every CRIU file
 //   DIR/gpu/<nspid>/   ferry's GPU image of each CUDA process (image/ format: chunks,
@@ -29,7 +30,7 @@
 //   2. NVIDIA's checkpoint API (lock, checkpoint) makes the driver let go of what is
 //      left; with nothing on the GPU this is quick;
 //   3. `criu dump` of the tree (with no CRIU plugins: NVIDIA's would redo step 2 its
-//      own way), leaving the tasks stopped; the job's stdio (pipes,
+//      own way), leaving the tasks stopped; the job's stdio and --preserve-fds (pipes,
 //      terminals, Unix sockets, files outside the job) is recorded as external, TCP
 //      connections inside the job are dumped with it (--tcp-established, in repair
 //      mode), and the job's sockets are looked at again now that nothing can change;
@@ -47,7 +48,8 @@
 // exist and have the memory the image needs (nothing starts otherwise), then runs
 // `criu restore` with the restorer as the new init's parent (--restore-sibling: the
 // job dies with `ferry restore` as it did with `ferry run`), the restorer's own
-// stdin/stdout/stderr in place of the job's (--inherit-fd), and the job's TCP
+// stdin/stdout/stderr in place of the job's (--inherit-fd), and the restorer's fds 3..
+// in place of those the job's launcher gave it (ferry run --preserve-fds), and the job's TCP
 // connections back in place (--tcp-established).
 // Each CUDA process gets the GPUs of this machine from the driver (gpuPairs), listens
 // again on a socket named by its new host pid, and resumes from DIR/gpu/<nspid> onto
@@ -71,8 +73,10 @@ namespace ferry::cli {
 
 // process.json's newest format: 1, or 2 when the job's TCP connections (inside the job)
 // must be brought back -- an older ferry would not ask CRIU to --, or 3 when the job has
-// the host's pids (--host-pids), which an older ferry would not check are free.
-constexpr int kProcessFormat = 3;
+// the host's pids (--host-pids), which an older ferry would not check are free, or 4 when
+// it holds descriptors from its launcher (ferry run --preserve-fds), which an older ferry
+// would fill with its own.
+constexpr int kProcessFormat = 4;
 
 struct DumpArgs {
   std::string dir, parent;
