@@ -164,12 +164,33 @@ void publish_dir(const std::string& tmp, const std::string& dir) {
   sync_path(tmp);
   if (rename(tmp.c_str(), dir.c_str()) != 0) {
     if (errno != ENOTEMPTY && errno != EEXIST) io_error("cannot publish", dir, errno);
-    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) != 0)
-      io_error("cannot replace", dir, errno);
     std::error_code ec;
-    fs::remove_all(tmp, ec);  // now the old one
+    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      fs::remove_all(tmp, ec);  // now the old one
+    } else {
+      // NFS and other network file systems have no exchange (EINVAL): the old image
+      // steps aside first, so for a moment no image is at dir -- never a half one.
+      if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) io_error("cannot replace", dir, errno);
+      const std::string aside = dir + ".old-" + std::to_string(getpid());
+      fs::remove_all(aside, ec);  // this pid's, from a publish that died after the first rename
+      if (rename(dir.c_str(), aside.c_str()) != 0) io_error("cannot replace", dir, errno);
+      if (rename(tmp.c_str(), dir.c_str()) != 0) {
+        int e = errno;
+        if (rename(aside.c_str(), dir.c_str()) != 0)
+          throw Error(ErrorClass::FixFirst, "cannot replace " + dir + ": " + strerror(e) +
+                                                "; the previous image is at " + aside + " now");
+        io_error("cannot replace", dir, e);
+      }
+      fs::remove_all(aside, ec);
+    }
   }
-  sync_path(fs::absolute(dir).lexically_normal().parent_path().string());
+  // The new image is in place now, whole (its files were synced): a parent directory
+  // that cannot be synced leaves only the rename's durability to the file system. Not
+  // a failed publish -- a caller would undo what is no longer undone by that.
+  try {
+    sync_path(fs::absolute(dir).lexically_normal().parent_path().string());
+  } catch (const Error&) {
+  }
 }
 
 nlohmann::json to_json(const Manifest& m) {

@@ -1656,6 +1656,72 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
   CHECK(checksums(done.out) == checksums(plain.out));
 }
 
+TEST_CASE("one image directory, two ferrys: a second dump to it waits for the first, a restore from it waits for a "
+          "dump to it -- each gets a whole image, and the lock file goes with the last",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  const std::vector<std::string> trainer = {kMlp, "--steps", "100", "--step-delay-ms", "20"};
+  // CRIU as ferry runs it, but a dump says it has begun and takes a second longer: long
+  // enough for the other ferry to come while it holds the directory.
+  const std::string wrapper = t / "criu", began = t / "dump-began";
+  std::ofstream(wrapper) << "#!/bin/sh\nreal=" << FERRY_TEST_SOURCE_DIR << "/.deps/criu/criu\n"
+                         << "[ \"$1\" = dump ] || exec \"$real\" \"$@\"\ntouch " << began << "\nsleep 1\n"
+                         << "exec \"$real\" \"$@\"\n";
+  chmod(wrapper.c_str(), 0755);
+  auto slow = ferry_test::emu_env({{"FERRY_CRIU", wrapper}});
+  auto wait_began = [&] {
+    for (int i = 0; i < 3000 && !fs::exists(began); i++) usleep(10000);
+    REQUIRE(fs::exists(began));
+  };
+  const std::string waiting = "ferry: waiting for another ferry's dump to";
+
+  SECTION("two jobs dumped to one directory at once (copies preempted into the image they came from)") {
+    ferry_test::Child one(job(trainer), ferry_test::emu_env()), two(job(trainer), ferry_test::emu_env());
+    REQUIRE(one.wait_for("step 3 loss"));
+    REQUIRE(two.wait_for("step 3 loss"));
+    ferry_test::Child first({kFerry, "dump", std::to_string(one.pid()), t / "img"}, slow);
+    wait_began();
+    auto second = ferry_test::run({kFerry, "dump", std::to_string(two.pid()), t / "img"}, ferry_test::emu_env(), 180);
+    auto f = first.finish();
+    INFO(f.err << second.err);
+    CHECK(f.exit_code == 0);
+    CHECK(second.exit_code == 0);
+    CHECK(second.err.find(waiting + " or restore from " + t / "img\n") != std::string::npos);
+    auto gone = two.finish();
+    CHECK(gone.exit_code == 128 + SIGKILL);
+    CHECK(one.finish().exit_code == 128 + SIGKILL);
+    // The image is the second dump's, whole: its job goes on from where it was dumped.
+    CHECK(ferry_test::run({kFerry, "verify", t / "img"}, {}, 60).exit_code == 0);
+    auto r = restore(t / "img");
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(gone.out + r.out == plain.out);
+  }
+  SECTION("a restore from a directory a dump is writing (a copy restored while another is preempted into it)") {
+    ferry_test::Child c(job(trainer), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 2 loss"));
+    dump(c.pid(), t / "img", {"--leave-running"});  // an older image there
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(4, 40)) + " loss"));
+    ferry_test::Child d({kFerry, "dump", std::to_string(c.pid()), t / "img"}, slow);
+    wait_began();
+    auto r = ferry_test::run({kFerry, "restore", t / "img"}, ferry_test::emu_env(), 240);
+    auto dd = d.finish();
+    INFO(dd.err << r.err << criu_log_named_in(r.err));
+    CHECK(dd.exit_code == 0);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.err.find(waiting + " " + t / "img\n") != std::string::npos);
+    // It restored the dump it waited for, not the older image it found: every step once.
+    auto gone = c.finish();
+    CHECK(gone.exit_code == 128 + SIGKILL);
+    CHECK(gone.out + r.out == plain.out);
+  }
+  CHECK(!fs::exists(t / "img.lock"));
+  CHECK(!fs::exists(t / "img.partial"));
+}
+
 TEST_CASE("ferry killed mid-dump: nothing half-published, and ferry resume brings the job back", "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -2027,6 +2093,31 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
                          "format 4: use that ferry or a newer one") != std::string::npos);
+  }
+  SECTION("a manifest that parses but is not shaped as one: named, for restore, inspect and verify alike") {
+    std::string d = copy("odd");
+    auto m = nlohmann::json::parse(ferry_test::read_file(d + "/process.json"));
+    auto [change, says] = GENERATE(table<int, std::string>({
+        {0, "an entry of \"processes\" has a \"nspid\" that is not a number"},
+        {1, "an entry of \"cpu_files\" has no \"xxh3\""},
+        {2, "\"stdio\" is not a list"},
+        {3, "an entry of \"gpus\" has a \"memory\" that is not a size"},
+    }));
+    if (change == 0) m["processes"][0]["nspid"] = "one";
+    if (change == 1) m["cpu_files"][0].erase("xxh3");
+    if (change == 2) m["stdio"] = "tty";
+    if (change == 3) m["gpus"][0]["memory"] = -1;
+    std::ofstream(d + "/process.json") << m.dump();
+    const std::string want = "ferry: " + d + "/process.json is damaged: " + says + "\n";
+    auto r = restore_text(d);
+    CHECK(r.exit_code == 74);
+    CHECK(r.err == want);
+    for (const char* verb : {"inspect", "verify"}) {
+      auto v = ferry_test::run({kFerry, verb, d}, {}, 60);
+      INFO(verb);
+      CHECK(v.exit_code == 74);
+      CHECK(v.err == want);
+    }
   }
   // Whatever was refused, the image itself still restores.
   auto v = ferry_test::run({kFerry, "verify", t / "img"}, {}, 60);

@@ -18,6 +18,7 @@
 #include <ferry_common/errors.hpp>
 
 #include "client.hpp"
+#include "locks.hpp"
 
 namespace ferry::cli {
 
@@ -29,10 +30,9 @@ constexpr char kParasiteDir[] = "proc.crtools";  // CRIU's name (criu/pie/parasi
 
 std::string error_text(int e) { return strerror(e); }
 
-// Whether fd and path are the same directory (path not removed or replaced meanwhile).
-bool same_dir(int fd, const std::string& path) {
-  struct stat a, b;
-  return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+std::string busy(const std::string& path, int timeout_s) {
+  return "a dump or restore of a copy of this job (its init works in " + path + " too) has held it for " +
+         std::to_string(timeout_s) + " s; try again once that is done. Nothing was done";
 }
 
 // Whether a process other than `except` works in directory fd (true when /proc cannot
@@ -58,31 +58,11 @@ bool in_use(int fd, pid_t except) {
   return used;
 }
 
-// Takes flock `op` on fd, waiting up to timeout_s (calling waiting once first). Where
-// the file system has no flock (NFS on a read-only descriptor, Lustre without -o flock)
-// it goes on without, as before init directories had locks.
-void acquire(int fd, int op, const std::string& path, int timeout_s, const std::function<void()>& waiting,
-             const std::function<void()>& meanwhile = {}) {
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  for (bool told = false; flock(fd, op | LOCK_NB) != 0;) {
-    if (errno == EINTR) continue;
-    if (errno == EBADF || errno == ENOLCK || errno == ENOSYS || errno == EOPNOTSUPP) return;
-    if (errno != EWOULDBLOCK) throw ClientError(kFixFirst, "cannot lock " + path + ": " + error_text(errno));
-    if (std::chrono::steady_clock::now() >= until)
-      throw ClientError(kRetryLater, "a dump or restore of a copy of this job (its init works in " + path +
-                                         " too) has held it for " + std::to_string(timeout_s) +
-                                         " s; try again once that is done. Nothing was done");
-    if (!told) waiting(), told = true;
-    if (meanwhile) meanwhile();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
 void remove_if_unused(const std::string& path, pid_t except) {
   int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return;
-  DirLock lock(fd);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !same_dir(fd, path) || in_use(fd, except)) return;
+  FileLock lock(fd);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !same_file(fd, path) || in_use(fd, except)) return;
   unlinkat(fd, kParasiteDir, AT_REMOVEDIR);
   rmdir(path.c_str());
 }
@@ -116,10 +96,6 @@ void make_parents(const std::string& path) {
 
 }  // namespace
 
-DirLock::~DirLock() {
-  if (fd_ >= 0) close(fd_);
-}
-
 std::string make_init_dir() {
   std::string base = own_socket_dir();
   sweep(base);
@@ -140,9 +116,9 @@ bool is_init_dir(const std::string& path) {
   return name.find_first_not_of("0123456789abcdef", sizeof kPrefix - 1) == std::string::npos;
 }
 
-DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting) {
+FileLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting) {
   std::string link = "/proc/" + std::to_string(init) + "/cwd";
-  DirLock lock(open(link.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  FileLock lock(open(link.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (lock.fd() < 0) {
     int e = errno;
     if (kill(init, 0) != 0 && errno == ESRCH) throw ClientError(kNoProcess, "job " + std::to_string(init) + " is gone");
@@ -153,7 +129,7 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
   if (n <= 0) throw ClientError(kFixFirst, "cannot read " + link + ": " + error_text(errno));
   *path = std::string(buf, static_cast<size_t>(n));
   bool ours = is_init_dir(*path);
-  if (ours) acquire(lock.fd(), LOCK_EX, *path, timeout_s, waiting);
+  if (ours) acquire(lock.fd(), *path, LOCK_EX, timeout_s, busy(*path, timeout_s), waiting);
   // Under the lock, a "proc.crtools" in an init directory is a dead dump's (CRIU's removes
   // its own before it lets go of the process).
   struct stat sb;
@@ -172,7 +148,7 @@ DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::f
   return lock;
 }
 
-DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
+FileLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
                          bool exclusive, const std::function<void()>& meanwhile) {
   std::string parent = path.substr(0, path.rfind('/'));
   for (int attempt = 0; attempt < 8; attempt++) {
@@ -184,11 +160,12 @@ DirLock lock_for_restore(const std::string& path, int timeout_s, const std::func
                                        std::to_string(getuid()) + " that only its owner may write; fix or remove it");
     if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
       throw ClientError(kFixFirst, "cannot create " + path + " (where the job's init works): " + error_text(errno));
-    DirLock lock(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    FileLock lock(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (lock.fd() < 0 && errno == ENOENT) continue;  // removed by another job's end since the mkdir
     if (lock.fd() < 0) throw ClientError(kFixFirst, "cannot open " + path + ": " + error_text(errno));
-    acquire(lock.fd(), exclusive ? LOCK_EX : LOCK_SH, path, timeout_s, waiting, meanwhile);
+    acquire(lock.fd(), path, exclusive ? LOCK_EX : LOCK_SH, timeout_s, busy(path, timeout_s), waiting, meanwhile);
     // Removed by the end of another job that used it while this waited: make it again.
-    if (same_dir(lock.fd(), path)) return lock;
+    if (same_file(lock.fd(), path)) return lock;
   }
   throw ClientError(kFixFirst, path + " keeps being removed while the restore makes it");
 }

@@ -30,6 +30,8 @@
 #include <functional>
 #include <string>
 
+#include "locks.hpp"
+
 namespace ferry::cli {
 
 // Makes a new init directory; throws ClientError (kFixFirst) naming what failed.
@@ -38,19 +40,6 @@ std::string make_init_dir();
 // Whether path is an init directory ferry made (by its name).
 bool is_init_dir(const std::string& path);
 
-// A flock(2) on a directory, held for as long as this lives.
-class DirLock {
- public:
-  explicit DirLock(int fd = -1) : fd_(fd) {}
-  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  DirLock& operator=(DirLock&&) = delete;
-  ~DirLock();
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // The dump's lock on the working directory of job init `init` (a host pid), whose path
 // it returns in *path. An init directory is locked, waiting up to timeout_s for dumps
 // and restores of copies to let go (calling waiting once first), and a "proc.crtools"
@@ -58,14 +47,14 @@ class DirLock {
 // init directories) is not locked, and a "proc.crtools" in it is refused. Throws
 // ClientError: kNoProcess when the init is gone, kRetryLater on the timeout, else
 // kFixFirst.
-DirLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting);
+FileLock lock_for_dump(pid_t init, std::string* path, int timeout_s, const std::function<void()>& waiting);
 
 // The restore's lock on init directory path, made first (with its parents) where
 // missing; waits as lock_for_dump does. Shared, so copies of one image restore at once;
 // exclusive for a job of the host's pids, whose copies cannot, and must find each other's
 // processes. Throws ClientError (kRetryLater on the timeout, else kFixFirst) naming what
 // failed. meanwhile, called every 50 ms of the wait, may throw to give up.
-DirLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
+FileLock lock_for_restore(const std::string& path, int timeout_s, const std::function<void()>& waiting,
                          bool exclusive = false, const std::function<void()>& meanwhile = {});
 
 // Removes init directory path unless a process works in it (other than `except`, a

@@ -291,55 +291,62 @@ int main(int argc, char** argv) {
     app.exit(e);
     return kUsage;
   }
-  if (r->parsed()) {
-    if (ra.cmd.empty()) {
-      fprintf(stderr, "ferry run: no command (ferry run [options] -- CMD [ARGS...])\n");
-      return kUsage;
-    }
-    return run(ra);
-  }
-  if (ps->parsed()) return cmd_ps(out);
-  if (st->parsed()) return cmd_status(pid, out);
-  if (ck->parsed()) return cmd_op("checkpoint", pid, op, out);
-  if (sp->parsed()) return cmd_op("suspend", pid, op, out);
-  if (rs->parsed()) return cmd_op("resume", pid, op, out);
-  if (mg->parsed()) {
-    if (op.device < 0 && op.device_map.empty()) {
-      fprintf(stderr, "ferry migrate: say where to: --device N or --device-map MAP\n");
-      return kUsage;
-    }
-    return cmd_op("migrate", pid, op, out);
-  }
-  if (dp->parsed()) return cmd_dump(pid, da, out);
-  if (rt->parsed()) {
-    if (rt_args.size() == 2) {
-      try {
-        size_t used = 0;
-        pid = std::stoi(rt_args[0], &used);
-        if (used != rt_args[0].size()) throw std::invalid_argument("pid");
-      } catch (const std::exception&) {
-        fprintf(stderr, "ferry restore: %s is not a process id (ferry restore DIR, or ferry restore PID DIR)\n",
-                rt_args[0].c_str());
+  // Past this point a failure has its own message and exit code; anything thrown that
+  // nobody caught is a bug of ferry's, said as one rather than an abort.
+  try {
+    if (r->parsed()) {
+      if (ra.cmd.empty()) {
+        fprintf(stderr, "ferry run: no command (ferry run [options] -- CMD [ARGS...])\n");
         return kUsage;
       }
-      op.dir = rt_args[1];
-      return cmd_op("restore", pid, op, out);
+      return run(ra);
     }
-    ra2.dir = rt_args[0];
-    ra2.device = op.device;
-    ra2.device_map = op.device_map;
-    SignalActions actions;
-    std::string shim_rules;
-    if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore")) return kUsage;
-    if (!shim_rules.empty()) {
-      fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
-                      "checkpoint rules it was started with)\n");
-      return kUsage;
+    if (ps->parsed()) return cmd_ps(out);
+    if (st->parsed()) return cmd_status(pid, out);
+    if (ck->parsed()) return cmd_op("checkpoint", pid, op, out);
+    if (sp->parsed()) return cmd_op("suspend", pid, op, out);
+    if (rs->parsed()) return cmd_op("resume", pid, op, out);
+    if (mg->parsed()) {
+      if (op.device < 0 && op.device_map.empty()) {
+        fprintf(stderr, "ferry migrate: say where to: --device N or --device-map MAP\n");
+        return kUsage;
+      }
+      return cmd_op("migrate", pid, op, out);
     }
-    return cmd_restore_process(ra2, out, actions);
+    if (dp->parsed()) return cmd_dump(pid, da, out);
+    if (rt->parsed()) {
+      if (rt_args.size() == 2) {
+        try {
+          size_t used = 0;
+          pid = std::stoi(rt_args[0], &used);
+          if (used != rt_args[0].size()) throw std::invalid_argument("pid");
+        } catch (const std::exception&) {
+          fprintf(stderr, "ferry restore: %s is not a process id (ferry restore DIR, or ferry restore PID DIR)\n",
+                  rt_args[0].c_str());
+          return kUsage;
+        }
+        op.dir = rt_args[1];
+        return cmd_op("restore", pid, op, out);
+      }
+      ra2.dir = rt_args[0];
+      ra2.device = op.device;
+      ra2.device_map = op.device_map;
+      SignalActions actions;
+      std::string shim_rules;
+      if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore")) return kUsage;
+      if (!shim_rules.empty()) {
+        fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
+                        "checkpoint rules it was started with)\n");
+        return kUsage;
+      }
+      return cmd_restore_process(ra2, out, actions);
+    }
+    if (in->parsed()) return is_process_image(dir) ? inspect_process_image(dir, out) : cmd_inspect(dir, out);
+    if (vf->parsed()) return is_process_image(dir) ? verify_process_image(dir, out) : cmd_verify(dir, out);
+    if (chk->parsed()) return cmd_check(pid, emulator, real_driver, out);
+    return kUsage;
+  } catch (const std::exception& e) {
+    fprintf(stderr, "ferry: internal error (a bug; please report it): %s\n", e.what());
+    return kBug;
   }
-  if (in->parsed()) return is_process_image(dir) ? inspect_process_image(dir, out) : cmd_inspect(dir, out);
-  if (vf->parsed()) return is_process_image(dir) ? verify_process_image(dir, out) : cmd_verify(dir, out);
-  if (chk->parsed()) return cmd_check(pid, emulator, real_driver, out);
-  return kUsage;
 }

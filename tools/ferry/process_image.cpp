@@ -247,20 +247,36 @@ std::string mark_dumping(pid_t init) {
       if (lstat(it->path().c_str(), &again) == 0 && again.st_ino == sb.st_ino && again.st_mtime == sb.st_mtime)
         unlink(it->path().c_str());
     }
+    // A marker being written by a ferry killed before it linked it into place.
+    if (size_t at = n.find(".dumping.tmp-"); at != std::string::npos && lstat(it->path().c_str(), &sb) == 0 &&
+                                             time(nullptr) - sb.st_mtime > 60) {
+      pid_t writer = static_cast<pid_t>(atoi(n.c_str() + at + 13));
+      if (writer > 0 && kill(writer, 0) != 0 && errno == ESRCH) unlink(it->path().c_str());
+    }
   }
   std::string path = marker_of(init, ".dumping");
-  for (int attempt = 0; attempt < 3; attempt++) {
-    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-      std::string me = identity_of(getpid()) + "\n";
-      bool ok = write(fd, me.data(), me.size()) == static_cast<ssize_t>(me.size());
-      close(fd);
-      if (!ok) {
-        unlink(path.c_str());
-        throw ClientError(kFixFirst, "cannot write " + path + ": " + strerror(errno));
-      }
-      return path;
+  // Written in full under a name of this process's, then linked into place: a marker is
+  // never seen empty (taken for a dead ferry's and removed while its dump goes on).
+  const std::string mine = path + ".tmp-" + std::to_string(getpid());
+  {
+    unlink(mine.c_str());
+    int fd = open(mine.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) throw ClientError(kFixFirst, "cannot create " + mine + ": " + strerror(errno));
+    std::string me = identity_of(getpid()) + "\n";
+    bool ok = write(fd, me.data(), me.size()) == static_cast<ssize_t>(me.size());
+    int e = errno;
+    close(fd);
+    if (!ok) {
+      unlink(mine.c_str());
+      throw ClientError(kFixFirst, "cannot write " + mine + ": " + strerror(e));
     }
+  }
+  struct Unlink {
+    const std::string& p;
+    ~Unlink() { unlink(p.c_str()); }
+  } drop_mine{mine};
+  for (int attempt = 0; attempt < 3; attempt++) {
+    if (link(mine.c_str(), path.c_str()) == 0) return path;
     if (errno != EEXIST) throw ClientError(kFixFirst, "cannot create " + path + ": " + strerror(errno));
     refuse_while_dumped(init, "try again when that has ended");
     unlink(path.c_str());  // stale: its ferry is gone
@@ -590,6 +606,60 @@ std::string now_iso() {
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// The fields a restore, inspect and verify read, by type: a manifest that parses but is
+// not so shaped (cut by hand, another tool's) is refused as damaged, naming the field,
+// rather than failing half-way through a restore.
+void check_shape(const nlohmann::json& m, const std::string& p) {
+  using J = nlohmann::json;
+  auto bad = [&](const std::string& what) { throw ClientError(kDataLost, p + " is damaged: " + what); };
+  auto is = [](const J& o, const char* key, bool (J::*test)() const, bool required) {
+    return o.contains(key) ? (o[key].*test)() : !required;
+  };
+  auto objects = [&](const char* key, bool required) {
+    if (!m.contains(key)) {
+      if (required) bad(std::string("it has no \"") + key + "\"");
+      return;
+    }
+    if (!m[key].is_array()) bad(std::string("\"") + key + "\" is not a list");
+    for (auto& o : m[key])
+      if (!o.is_object()) bad(std::string("an entry of \"") + key + "\" is not an object");
+  };
+  auto field = [&](const J& o, const char* list, const char* key, bool (J::*test)() const, const char* type,
+                   bool required = true) {
+    if (!is(o, key, test, required))
+      bad(std::string("an entry of \"") + list + "\" has " + (o.contains(key) ? "a \"" : "no \"") + key + "\"" +
+          (o.contains(key) ? std::string(" that is not ") + type : std::string()));
+  };
+  objects("processes", true);
+  for (auto& o : m["processes"]) {
+    field(o, "processes", "nspid", &J::is_number_integer, "a number");
+    field(o, "processes", "cuda", &J::is_boolean, "true or false", false);
+    if (o.value("cuda", false)) field(o, "processes", "gpu_image", &J::is_string, "a path");
+    for (const char* list : {"tids", "devices", "gpus"}) field(o, "processes", list, &J::is_array, "a list", false);
+  }
+  objects("cpu_files", true);
+  for (auto& o : m["cpu_files"]) {
+    field(o, "cpu_files", "name", &J::is_string, "a name");
+    field(o, "cpu_files", "size", &J::is_number_unsigned, "a size");
+    field(o, "cpu_files", "xxh3", &J::is_string, "a hash");
+  }
+  objects("stdio", false);
+  for (auto& o : m.value("stdio", J::array())) {
+    field(o, "stdio", "fd", &J::is_number_unsigned, "a descriptor number");
+    field(o, "stdio", "key", &J::is_string, "a name");
+  }
+  objects("gpus", false);
+  for (auto& o : m.value("gpus", J::array())) {
+    field(o, "gpus", "index", &J::is_number_integer, "a number");
+    for (const char* key : {"name", "cc", "uuid"}) field(o, "gpus", key, &J::is_string, "text");
+    field(o, "gpus", "memory", &J::is_number_unsigned, "a size");
+  }
+  objects("files", false);
+  if (!is(m, "pid_namespace", &J::is_boolean, false)) bad("\"pid_namespace\" is not true or false");
+  if (!is(m, "init_dir", &J::is_string, false)) bad("\"init_dir\" is not a path");
+  if (!is(m, "sockets", &J::is_object, false)) bad("\"sockets\" is not an object");
+}
+
 nlohmann::json read_process_manifest(const std::string& dir) {
   std::string p = dir + "/process.json";
   std::ifstream in(p);
@@ -612,6 +682,7 @@ nlohmann::json read_process_manifest(const std::string& dir) {
                                      ", whole-process image format " + std::to_string(v) +
                                      "); this ferry reads format " + std::to_string(kProcessFormat) +
                                      ": use that ferry or a newer one");
+  check_shape(m, p);
   return m;
 }
 
@@ -623,7 +694,12 @@ void verify_cpu(const std::string& dir, const nlohmann::json& m) {
     if (access(p.c_str(), R_OK) != 0)
       throw ClientError(kDataLost, p + " is missing: the CPU half of the image (CRIU's files) is incomplete");
     uint64_t size = 0;
-    image::Hash h = image::hash_file(p, &size);
+    image::Hash h;
+    try {
+      h = image::hash_file(p, &size);
+    } catch (const image::Error& e) {
+      throw ClientError(kDataLost, e.message + " (CPU half of the image)");
+    }
     if (size != f.at("size").get<uint64_t>())
       throw ClientError(kDataLost, p + " is damaged: " + std::to_string(size) + " bytes, the manifest says " +
                                        std::to_string(f.at("size").get<uint64_t>()) + " (CPU half of the image)");
@@ -755,7 +831,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   std::vector<Stdio> stdio;
   JobSockets socks;
   std::string init_dir;
-  std::optional<DirLock> init_lock;  // held until CRIU is done (init_dir.hpp)
+  std::optional<FileLock> image_lock;  // held until DIR is published (locks.hpp)
+  std::optional<FileLock> init_lock;   // held until CRIU is done (init_dir.hpp)
   struct InProgress {
     std::string path;  // set once this dump made the marker
     ~InProgress() {
@@ -769,6 +846,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     // Another dump of this job is refused at once; one of a copy (restored from the same
     // image) is waited for, before anything about the job is looked at.
     in_progress.path = mark_dumping(d.init);
+    image_lock.emplace(lock_image(dir, true, kInitDirWaitS, [&] {
+      if (!out.json && out.progress != "never")
+        fprintf(stderr, "ferry: waiting for another ferry's dump to or restore from %s\n", dir.c_str());
+    }));
     init_lock.emplace(lock_for_dump(d.init, &init_dir, kInitDirWaitS, [&] {
       if (!out.json && out.progress != "never")
         fprintf(stderr, "ferry: waiting for another dump or restore of a job whose init works in %s too (a copy of "
@@ -1037,6 +1118,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     return abort(kBug, std::string("writing the manifest: ") + e.what());
   }
   phase_end("publish");
+  image_lock.reset();
   // 5. The job ends, or goes on from the published image.
   std::string left;
   if (a.leave_running) {
@@ -1260,17 +1342,6 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   auto t0 = Clock::now();
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  nlohmann::json m;
-  try {
-    m = read_process_manifest(dir);
-  } catch (const ClientError& e) {
-    return fail(out, e);
-  }
-  const bool host_pids = !m.value("pid_namespace", true);
-  if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
-  // What the restored init had below it comes here should it be killed outright
-  // (wait_job); ferry run does the same.
-  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // A signal with an action (--on-signal TERM=dump:DIR) that comes while the job is being
   // restored waits for it to run again, and then dumps it (wait_job). Acted on at once,
   // or left to kill this process, it would end the restore with the signal's status,
@@ -1280,6 +1351,30 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   sigemptyset(&deferred);
   for (auto& [s, f] : actions) sigaddset(&deferred, s);
   pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
+  // Until the GPU state is read back, no dump publishes over the image (locks.hpp).
+  std::optional<FileLock> image_lock;
+  nlohmann::json m;
+  try {
+    image_lock.emplace(lock_image(
+        dir, false, kInitDirWaitS,
+        [&] {
+          if (!out.json && out.progress != "never")
+            fprintf(stderr, "ferry: waiting for another ferry's dump to %s\n", dir.c_str());
+        },
+        [&] {
+          if (int s = deferred_signal(actions))
+            throw ClientError(kRetryLater, std::string(sigabbrev_np(s)) + " came while the restore waited for a "
+                                           "dump to " + dir + ": nothing was started; the image is untouched");
+        }));
+    m = read_process_manifest(dir);
+  } catch (const ClientError& e) {
+    return fail(out, e);
+  }
+  const bool host_pids = !m.value("pid_namespace", true);
+  if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  // What the restored init had below it comes here should it be killed outright
+  // (wait_job); ferry run does the same.
+  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
   RestoreGuard guard;
   std::string criu;
@@ -1293,7 +1388,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   };
   std::map<int, Placement> placement;
   std::string init_dir;
-  std::optional<DirLock> init_lock;  // held while CRIU restores (init_dir.hpp)
+  std::optional<FileLock> init_lock;  // held while CRIU restores (init_dir.hpp)
   try {
     criu = usable_criu();
     verify_cpu(dir, m);
@@ -1519,7 +1614,14 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     std::ifstream in(pidfile);
     in >> init;
   }
-  if (init <= 0) return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile);
+  if (init <= 0) {
+    // Whatever CRIU restored is unknown by pid here; the guard knows it from CRIU's log.
+    guard.clean_up();
+    if (host_pids) end_orphans();
+    remove_init_dir_if_unused(init_dir);
+    return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile + " (whole log: " + log +
+                                      "); what it restored was killed");
+  }
   std::map<int, pid_t> host_of;
   for (auto& t : tree_of(init)) host_of[t.ns] = t.host;
   auto kill_job = [&](const ClientError& e) {
@@ -1534,6 +1636,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     int st;
     waitpid(init, &st, 0);
     remove_init_dir_if_unused(init_dir);
+    std::error_code gone;
+    fs::remove_all(work, gone);  // CRIU's log: CRIU did its part
     return fail(out, e.code, class_of(e),
                 "restore failed: " + e.message + "; the restored job was killed: nothing is left running, the image "
                                                  "is untouched");
@@ -1567,6 +1671,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   } catch (const ClientError& e) {
     return kill_job(e);
   }
+  image_lock.reset();
   std::error_code ec;
   fs::remove_all(work, ec);
   double secs = since(t0);
@@ -1604,7 +1709,22 @@ std::optional<JobOf> job_of(pid_t pid) {
 
 bool is_process_image(const std::string& dir) { return access((dir + "/process.json").c_str(), F_OK) == 0; }
 
+namespace {
+int inspect_shaped(const std::string& dir, const Output& out);
+}
+
+// What check_shape does not look at (the text inspect prints) may still be of another
+// type in a damaged manifest: named as damage, not a crash.
 int inspect_process_image(const std::string& dir, const Output& out) {
+  try {
+    return inspect_shaped(dir, out);
+  } catch (const nlohmann::json::exception& e) {
+    return fail(out, kDataLost, class_of(kDataLost), dir + "/process.json is damaged: " + e.what());
+  }
+}
+
+namespace {
+int inspect_shaped(const std::string& dir, const Output& out) {
   nlohmann::json m;
   try {
     m = read_process_manifest(dir);
@@ -1687,6 +1807,8 @@ int inspect_process_image(const std::string& dir, const Output& out) {
   }
   return kOk;
 }
+
+}  // namespace
 
 int verify_process_image(const std::string& dir, const Output& out) {
   ProgressView view(out);

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -152,7 +153,14 @@ RestoreGuard::RestoreGuard() {
   guard_ = g;
 }
 
-RestoreGuard::~RestoreGuard() { done(); }
+RestoreGuard::~RestoreGuard() {
+  // Left by an exception nobody in the restore caught (main reports it as a bug): what
+  // CRIU restored may be half set up, so it goes, as if this process had died.
+  if (std::uncaught_exceptions() > 0)
+    clean_up();
+  else
+    done();
+}
 
 void RestoreGuard::say(const std::string& line) {
   if (fd_ < 0) return;

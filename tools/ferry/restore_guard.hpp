@@ -33,7 +33,7 @@ namespace ferry::cli {
 class RestoreGuard {
  public:
   RestoreGuard();   // forks the guard (without one, a restore goes on as before)
-  ~RestoreGuard();  // done()
+  ~RestoreGuard();  // done(), or clean_up() when an exception is unwinding the restore
   RestoreGuard(const RestoreGuard&) = delete;
   RestoreGuard& operator=(const RestoreGuard&) = delete;
 

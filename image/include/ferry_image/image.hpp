@@ -53,7 +53,11 @@ Hash hash_of(const void* data, size_t n);
 Hash hash_file(const std::string& path, uint64_t* size = nullptr);
 
 // Makes the finished directory tmp appear as dir in one step: a rename, or, when dir
-// exists, an exchange followed by removing the old one; both directories are synced.
+// exists, an exchange followed by removing the old one (where the file system has no
+// exchange, NFS: the old one renamed aside, the new one renamed in, the old one
+// removed). tmp is synced first. Throws Error only when the new image is not in place
+// (dir then holds the old one, or the message says where it went); a parent directory
+// that cannot be synced afterwards is not reported.
 void publish_dir(const std::string& tmp, const std::string& dir);
 void fsync_path(const std::string& path);
 

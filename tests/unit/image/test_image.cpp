@@ -5,6 +5,8 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -18,6 +20,22 @@
 namespace fs = std::filesystem;
 using namespace ferry::image;
 using Catch::Matchers::ContainsSubstring;
+
+// The image library is linked into this program, so its renameat2 is this one: a test
+// can take the exchange away, as NFS does (EINVAL).
+namespace {
+bool g_no_exchange = false;
+int g_exchanges_refused = 0;
+}
+extern "C" int renameat2(int olddirfd, const char* oldpath, int newdirfd, const char* newpath,
+                         unsigned int flags) noexcept {
+  if (g_no_exchange && (flags & RENAME_EXCHANGE)) {
+    g_exchanges_refused++;
+    errno = EINVAL;
+    return -1;
+  }
+  return static_cast<int>(syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags));
+}
 
 namespace {
 
@@ -360,6 +378,15 @@ TEST_CASE("an interrupted write leaves the previous image as it was", "[image]")
     CHECK(read_back(t / "img", "mem") == new_bytes);
     CHECK(leftovers(t.path).empty());
     CHECK(fs::is_regular_file(t / "img/manifest.json"));
+  }
+  SECTION("a committed replacement on a file system without RENAME_EXCHANGE (NFS) replaces it too") {
+    g_no_exchange = true;
+    write_image(t / "img", {{"mem", new_bytes}});
+    g_no_exchange = false;
+    CHECK(g_exchanges_refused == 1);
+    CHECK(read_back(t / "img", "mem") == new_bytes);
+    CHECK(leftovers(t.path).empty());
+    CHECK(!fs::exists(t / ("img.old-" + std::to_string(getpid()))));
   }
   SECTION("the directory to write in does not exist") {
     Error e = error_of([&] { Writer w(t / "no/such/img", {}); });
