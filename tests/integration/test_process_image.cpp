@@ -1535,6 +1535,17 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
                        " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU "
                        "to a CRIU >= 4.2 (ferry check says more)\n");
   }
+  SECTION("CRIU killed while it dumps (the OOM killer, say): said so, not left to its log") {
+    const std::string wrapper = t / "criu";
+    std::ofstream(wrapper) << "#!/bin/sh\n[ \"$1\" = dump ] && kill -KILL $$\nexec " << FERRY_TEST_SOURCE_DIR
+                           << "/.deps/criu/criu \"$@\"\n";
+    chmod(wrapper.c_str(), 0755);
+    auto r = try_dump({{"FERRY_CRIU", wrapper}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: dump failed: criu dump failed (exit -1): CRIU was killed by SIGKILL; the job goes on running "
+                   "on its GPUs, nothing was written\n");
+    CHECK(!fs::exists(t / "img.dump.log"));
+  }
   // A disk (tmpfs) that holds less than the image: the GPU half (2 MiB) does not fit
   // in 1 MiB; in 3 MiB it does, and CRIU runs out of space after it.
   for (const char* size : {"size=1m", "size=3m"}) {

@@ -506,7 +506,8 @@ std::string launcher_fds_missing(const nlohmann::json& m) {
 // ---- running CRIU --------------------------------------------------------------------------------
 
 // Runs criu with argv (stdin/out/err this process's, or /dev/null when quiet); its
-// exit code, -1 if it could not run.
+// exit code, -1 if it could not run or was killed, and then *failed says which (CRIU's
+// log has nothing to say about either).
 //
 // CRIU loads every plugin in its plugin directory (/usr/lib/criu, or $CRIU_LIBS_DIR).
 // NVIDIA's cuda_plugin, where installed with cuda-checkpoint, would drive the driver
@@ -516,26 +517,27 @@ std::string launcher_fds_missing(const nlohmann::json& m) {
 // socket directory (this user's, 0700: nobody else can slip a library into it).
 // watch (where given) is told CRIU's pid once it runs (true) and once it has ended,
 // before it is reaped (false): until then its pid cannot be another process's.
-int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::string, std::string>& env = {},
-             const std::function<void(pid_t, bool)>& watch = {}) {
+int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
+             const std::map<std::string, std::string>& env = {}, const std::function<void(pid_t, bool)>& watch = {}) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
+  auto not_run = [&](const std::string& why) {
+    *failed = "CRIU was not started: " + why;
+    return -1;
+  };
   std::string no_plugins;
   try {
     no_plugins = own_socket_dir() + "/criu-no-plugins";
   } catch (const ClientError& e) {
-    fprintf(stderr, "ferry: %s\n", e.message.c_str());
-    return -1;
+    return not_run(e.message);
   }
-  if (mkdir(no_plugins.c_str(), 0700) != 0 && errno != EEXIST) return -1;
+  if (mkdir(no_plugins.c_str(), 0700) != 0 && errno != EEXIST)
+    return not_run("cannot create " + no_plugins + ": " + strerror(errno));
   std::error_code ec;
-  if (!fs::is_empty(no_plugins, ec) || ec) {
-    fprintf(stderr, "ferry: %s is meant to stay empty (CRIU would load what is in it); empty it\n",
-            no_plugins.c_str());
-    return -1;
-  }
+  if (!fs::is_empty(no_plugins, ec) || ec)
+    return not_run(no_plugins + " is meant to stay empty (CRIU would load what is in it); empty it");
   argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
   pid_t p = fork();
-  if (p < 0) return -1;
+  if (p < 0) return not_run(std::string("cannot fork: ") + strerror(errno));
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
     for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
@@ -564,8 +566,10 @@ int run_criu(std::vector<std::string> argv, bool quiet, const std::map<std::stri
   int r = 0;
   while ((r = static_cast<int>(waitpid(p, &st, 0))) < 0 && errno == EINTR) {
   }
-  if (r < 0) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  if (r < 0) return not_run(std::string("cannot wait for it: ") + strerror(errno));
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  *failed = std::string("CRIU was killed by SIG") + (sigabbrev_np(WTERMSIG(st)) ? sigabbrev_np(WTERMSIG(st)) : "?");
+  return -1;
 }
 
 // The lines of a CRIU log that say what went wrong (the last few).
@@ -994,19 +998,20 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // other Unix socket with its peer outside CRIU still refuses (it was refused above).
   argv.push_back("--ext-unix-sk");
   d.stopped_by_criu = true;  // from here on, whatever CRIU did, SIGCONT is safe
-  int rc = run_criu(argv, true);
+  std::string criu_failed;
+  int rc = run_criu(argv, true, &criu_failed);
   init_lock.reset();
   // What CRIU saw: a process forked since the tree was listed is stopped too.
   if (auto now = tree_of(d.init); !now.empty()) d.tasks = now;
   if (rc != 0) {
-    std::string why = criu_errors(d.cpu_dir + "/dump.log");
+    std::string why = criu_failed.empty() ? criu_errors(d.cpu_dir + "/dump.log") : criu_failed;
     std::string kept = dir + ".dump.log";
     fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
+    std::string whole = ec ? "" : " (whole log: " + kept + ")";  // none where CRIU wrote none
     std::string hint = why.find("Can't dump ghost file") == std::string::npos
                            ? ""
                            : " (a file the job holds open was deleted; --ghost-limit lets larger ones into the image)";
-    return abort(kFixFirst,
-                 "criu dump failed (exit " + std::to_string(rc) + "): " + why + " (whole log: " + kept + ")" + hint);
+    return abort(kFixFirst, "criu dump failed (exit " + std::to_string(rc) + "): " + why + whole + hint);
   }
   // The tree is stopped now: its sockets are exactly what CRIU saw (the names as seen
   // before, should the kernel not list Unix sockets this time).
@@ -1596,7 +1601,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
     remove_init_dir_if_unused(init_dir);  // made for this restore, or another's
     return fail(out, e);
   }
-  int rc = run_criu(argv, false, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
+  std::string criu_failed;
+  int rc = run_criu(argv, false, &criu_failed, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
     running ? guard.watch(p) : guard.unwatch(p);
   });
   init_lock.reset();
@@ -1607,8 +1613,9 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   if (rc != 0) remove_init_dir_if_unused(init_dir);
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
-                "criu restore failed (exit " + std::to_string(rc) + "): " + criu_errors(log) +
-                    " (whole log: " + log + "); nothing was started, the image is untouched");
+                "criu restore failed (exit " + std::to_string(rc) + "): " +
+                    (criu_failed.empty() ? criu_errors(log) : criu_failed) + " (whole log: " + log +
+                    "); nothing was started, the image is untouched");
   pid_t init = 0;
   {
     std::ifstream in(pidfile);
