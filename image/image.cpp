@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -160,7 +162,29 @@ Hash hash_file(const std::string& path, uint64_t* size) {
   return Hash{h.high64, h.low64};
 }
 
+void recover_dir(const std::string& dir) {
+  fs::path d = fs::absolute(dir).lexically_normal();
+  if (d.filename().empty()) d = d.parent_path();
+  const std::string prefix = d.filename().string() + ".old-";
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
+    if (n.size() <= prefix.size() || n.compare(0, prefix.size(), prefix) != 0) continue;
+    char* rest = nullptr;
+    long pid = strtol(n.c_str() + prefix.size(), &rest, 10);
+    if (*rest || pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still publishing
+    stale.push_back(it->path());
+  }
+  for (auto& old : stale) {
+    std::error_code gone;
+    if (!fs::exists(d, gone) && !gone && rename(old.c_str(), d.c_str()) == 0) continue;  // back in place
+    fs::remove_all(old, gone);
+  }
+}
+
 void publish_dir(const std::string& tmp, const std::string& dir) {
+  recover_dir(dir);
   sync_path(tmp);
   if (rename(tmp.c_str(), dir.c_str()) != 0) {
     if (errno != ENOTEMPTY && errno != EEXIST) io_error("cannot publish", dir, errno);

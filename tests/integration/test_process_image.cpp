@@ -1308,6 +1308,18 @@ TEST_CASE("descriptors a job's launcher gave it (ferry run --preserve-fds): dump
     CHECK(ferry_test::read_file(t / "log1") + ferry_test::read_file(t / "log2") == ticks);
     CHECK(gone.out + r.out == steps);
   }
+  SECTION("restored by a ferry whose stdout is closed: the job's goes to /dev/null, its fd 3 to the restorer's") {
+    ferry_test::Child c(with_fd3("3>>" + t / "log1", job(prog, {"--preserve-fds", "1"}, kind)), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + "\n"));
+    dump(c.pid(), t / "img");
+    CHECK(c.finish().exit_code == 128 + SIGKILL);
+    auto r = ferry_test::run(with_fd3("3>>" + t / "log2 1>&-", {kFerry, "restore", t / "img", "--emulator"}),
+                             ferry_test::emu_env(), 120);
+    INFO(r.err << criu_log_named_in(r.err));
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.out.empty());
+    CHECK(ferry_test::read_file(t / "log1") + ferry_test::read_file(t / "log2") == ticks);
+  }
   SECTION("fd 3 the same pipe as stdout (3>&1): a restore needs nothing more than its stdout") {
     ferry_test::Child c(with_fd3("3>&1", job(prog, {"--preserve-fds", "1"}, kind)), ferry_test::emu_env());
     REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + "\n"));
@@ -1688,25 +1700,27 @@ TEST_CASE("one image directory, two ferrys: a second dump to it waits for the fi
     REQUIRE(fs::exists(began));
   };
   const std::string waiting = "ferry: waiting for another ferry's dump to";
+  // In a directory not made yet, as a scheduler's per-job path is: the dump makes it.
+  const std::string img = t / "ckpt/job/img";
 
   SECTION("two jobs dumped to one directory at once (copies preempted into the image they came from)") {
     ferry_test::Child one(job(trainer), ferry_test::emu_env()), two(job(trainer), ferry_test::emu_env());
     REQUIRE(one.wait_for("step 3 loss"));
     REQUIRE(two.wait_for("step 3 loss"));
-    ferry_test::Child first({kFerry, "dump", std::to_string(one.pid()), t / "img"}, slow);
+    ferry_test::Child first({kFerry, "dump", std::to_string(one.pid()), img}, slow);
     wait_began();
-    auto second = ferry_test::run({kFerry, "dump", std::to_string(two.pid()), t / "img"}, ferry_test::emu_env(), 180);
+    auto second = ferry_test::run({kFerry, "dump", std::to_string(two.pid()), img}, ferry_test::emu_env(), 180);
     auto f = first.finish();
     INFO(f.err << second.err);
     CHECK(f.exit_code == 0);
     CHECK(second.exit_code == 0);
-    CHECK(second.err.find(waiting + " or restore from " + t / "img\n") != std::string::npos);
+    CHECK(second.err.find(waiting + " or restore from " + img + "\n") != std::string::npos);
     auto gone = two.finish();
     CHECK(gone.exit_code == 128 + SIGKILL);
     CHECK(one.finish().exit_code == 128 + SIGKILL);
     // The image is the second dump's, whole: its job goes on from where it was dumped.
-    CHECK(ferry_test::run({kFerry, "verify", t / "img"}, {}, 60).exit_code == 0);
-    auto r = restore(t / "img");
+    CHECK(ferry_test::run({kFerry, "verify", img}, {}, 60).exit_code == 0);
+    auto r = restore(img);
     INFO(r.err);
     REQUIRE(r.exit_code == 0);
     CHECK(gone.out + r.out == plain.out);
@@ -1714,23 +1728,23 @@ TEST_CASE("one image directory, two ferrys: a second dump to it waits for the fi
   SECTION("a restore from a directory a dump is writing (a copy restored while another is preempted into it)") {
     ferry_test::Child c(job(trainer), ferry_test::emu_env());
     REQUIRE(c.wait_for("step 2 loss"));
-    dump(c.pid(), t / "img", {"--leave-running"});  // an older image there
+    dump(c.pid(), img, {"--leave-running"});  // an older image there
     REQUIRE(c.wait_for("step " + std::to_string(random_step(4, 40)) + " loss"));
-    ferry_test::Child d({kFerry, "dump", std::to_string(c.pid()), t / "img"}, slow);
+    ferry_test::Child d({kFerry, "dump", std::to_string(c.pid()), img}, slow);
     wait_began();
-    auto r = ferry_test::run({kFerry, "restore", t / "img"}, ferry_test::emu_env(), 240);
+    auto r = ferry_test::run({kFerry, "restore", img}, ferry_test::emu_env(), 240);
     auto dd = d.finish();
     INFO(dd.err << r.err << criu_log_named_in(r.err));
     CHECK(dd.exit_code == 0);
     REQUIRE(r.exit_code == 0);
-    CHECK(r.err.find(waiting + " " + t / "img\n") != std::string::npos);
+    CHECK(r.err.find(waiting + " " + img + "\n") != std::string::npos);
     // It restored the dump it waited for, not the older image it found: every step once.
     auto gone = c.finish();
     CHECK(gone.exit_code == 128 + SIGKILL);
     CHECK(gone.out + r.out == plain.out);
   }
-  CHECK(!fs::exists(t / "img.lock"));
-  CHECK(!fs::exists(t / "img.partial"));
+  CHECK(!fs::exists(img + ".lock"));
+  CHECK(!fs::exists(img + ".partial"));
 }
 
 TEST_CASE("ferry killed mid-dump: nothing half-published, and ferry resume brings the job back", "[process-image][criu]") {
@@ -2113,11 +2127,15 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
         {1, "an entry of \"cpu_files\" has no \"xxh3\""},
         {2, "\"stdio\" is not a list"},
         {3, "an entry of \"gpus\" has a \"memory\" that is not a size"},
+        {4, "a process's GPU number 99999 is too large"},
     }));
     if (change == 0) m["processes"][0]["nspid"] = "one";
     if (change == 1) m["cpu_files"][0].erase("xxh3");
     if (change == 2) m["stdio"] = "tty";
     if (change == 3) m["gpus"][0]["memory"] = -1;
+    if (change == 4)
+      for (auto& p : m["processes"])
+        if (p.value("cuda", false)) p["gpus"] = nlohmann::json::array({{{"physical", 99999}, {"uuid", "GPU-x"}}});
     std::ofstream(d + "/process.json") << m.dump();
     const std::string want = "ferry: " + d + "/process.json is damaged: " + says + "\n";
     auto r = restore_text(d);

@@ -189,7 +189,13 @@ std::set<int> g_launcher_fds;
 }
 
 void note_launcher_fds() {
-  // Those above 2 only: a closed stdio descriptor is taken by the first open, as anywhere.
+  // A closed stdin, stdout or stderr would be taken by ferry's first open (a lock file),
+  // then handed to CRIU and the job as theirs: /dev/null stands in, as for a daemon.
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+      int null = open("/dev/null", O_RDWR);
+      if (null >= 0 && null != fd) close(null);  // a lower one closed too, and not made: leave it
+    }
   DIR* d = opendir("/proc/self/fd");
   if (!d) return;
   while (dirent* e = readdir(d)) {

@@ -52,7 +52,8 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions =
             int keep_fds = 0);
 
 // Notes the descriptors above 2 this process was started with (not close-on-exec), before
-// it opens any of its own in their place: called first thing in main.
+// it opens any of its own in their place, and puts /dev/null on a closed 0, 1 or 2:
+// called first thing in main.
 void note_launcher_fds();
 // Whether this process was started with fd open (0, 1, 2: whether they are open now).
 bool from_launcher(int fd);

@@ -8,11 +8,16 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <thread>
+
+#include <ferry_image/image.hpp>
 
 #include "client.hpp"
 
 namespace ferry::cli {
+
+namespace fs = std::filesystem;
 
 FileLock::~FileLock() {
   if (fd_ < 0) return;
@@ -44,7 +49,12 @@ void acquire(int fd, const std::string& path, int op, int timeout_s, const std::
 
 FileLock lock_image(const std::string& dir, bool exclusive, int timeout_s, const std::function<void()>& waiting,
                     const std::function<void()>& meanwhile) {
-  const std::string path = dir + ".lock";
+  // One file whatever the spelling of DIR's parent (a symlink to it, say); a bind mount
+  // of it shows the same file.
+  fs::path d(dir);
+  std::error_code ec;
+  fs::path parent = fs::weakly_canonical(d.parent_path(), ec);
+  const std::string path = (ec ? d.parent_path() : parent).string() + "/" + d.filename().string() + ".lock";
   const std::string busy = "another ferry has been " + std::string(exclusive ? "restoring from or dumping to " : "dumping to ") +
                            dir + " for " + std::to_string(timeout_s) + " s (it holds " + path +
                            "); try again once that is done. Nothing was done";
@@ -58,7 +68,9 @@ FileLock lock_image(const std::string& dir, bool exclusive, int timeout_s, const
     }
     FileLock lock(fd, path);
     acquire(fd, path, exclusive ? LOCK_EX : LOCK_SH, timeout_s, busy, waiting, meanwhile);
-    if (same_file(fd, path)) return lock;
+    if (!same_file(fd, path)) continue;
+    image::recover_dir(dir);  // an image a publish that died left aside (NFS) is put back
+    return lock;
   }
   throw ClientError(kFixFirst, path + " keeps being removed while this ferry waits for it");
 }

@@ -8,7 +8,9 @@
 // remove CRIU's files under it. So DIR has a lock file beside it, DIR.lock: a dump holds
 // it exclusively from before it looks at the job until DIR is published (or the dump is
 // undone), a restore holds it shared from before it reads the manifest until the GPU
-// state is read back. Both wait (saying so once) up to a timeout. The file is removed by
+// state is read back. Under it, an image that a publish on a file system without
+// RENAME_EXCHANGE (NFS) had moved aside when it died is put back (image::recover_dir).
+// Both wait (saying so once) up to a timeout. The file is removed by
 // whoever lets go last -- one who takes it after that finds it gone, and makes it again.
 // Where DIR's parent is read-only, a restore goes on without the lock: nobody can dump
 // there. Where the file system has no flock (NFS on a read-only descriptor, Lustre

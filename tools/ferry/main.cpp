@@ -3,7 +3,6 @@
 // resume, migrate, restore; inspects and verifies images; checks a machine or a
 // process before relying on it. Exit codes (client.hpp): 0 done, 64 usage, 69 no such
 // process under ferry, 75 retry later, 78 fix first, 74 image lost, 70 bug.
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -87,9 +86,8 @@ int run(const RunArgs& a) {
   // Checked here, or the job would find whatever ferry opens at that number instead.
   for (int fd = 3; fd < 3 + a.preserve_fds; fd++)
     if (!ferry::cli::from_launcher(fd)) {
-      fprintf(stderr, "ferry run: --preserve-fds %d: fd %d is not open%s (the job gets fds 3 to %d from whoever "
-                      "starts ferry run, e.g. 3>>LOG)\n", a.preserve_fds, fd,
-              fcntl(fd, F_GETFD) >= 0 ? " to be inherited (it is close-on-exec)" : "", 2 + a.preserve_fds);
+      fprintf(stderr, "ferry run: --preserve-fds %d: fd %d is not open (the job gets fds 3 to %d from whoever "
+                      "starts ferry run, e.g. 3>>LOG)\n", a.preserve_fds, fd, 2 + a.preserve_fds);
       return ferry::cli::kUsage;
     }
   std::string shim = ferry::cli::shim_path();

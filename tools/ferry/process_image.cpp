@@ -278,8 +278,11 @@ std::string mark_dumping(pid_t init) {
   for (int attempt = 0; attempt < 3; attempt++) {
     if (link(mine.c_str(), path.c_str()) == 0) return path;
     if (errno != EEXIST) throw ClientError(kFixFirst, "cannot create " + path + ": " + strerror(errno));
+    struct stat judged, now;
+    if (lstat(path.c_str(), &judged) != 0) continue;  // gone meanwhile
     refuse_while_dumped(init, "try again when that has ended");
-    unlink(path.c_str());  // stale: its ferry is gone
+    // Stale: its ferry is gone. Unless a third dump's replaced it since it was judged.
+    if (lstat(path.c_str(), &now) == 0 && now.st_ino == judged.st_ino) unlink(path.c_str());
   }
   throw ClientError(kRetryLater, "job " + std::to_string(init) + " is being dumped by another ferry; try again when "
                                                                   "that has ended");
@@ -615,6 +618,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // rather than failing half-way through a restore.
 void check_shape(const nlohmann::json& m, const std::string& p) {
   using J = nlohmann::json;
+  constexpr unsigned kMaxGpus = 4096;  // a GPU number beyond any machine's: damage
   auto bad = [&](const std::string& what) { throw ClientError(kDataLost, p + " is damaged: " + what); };
   auto is = [](const J& o, const char* key, bool (J::*test)() const, bool required) {
     return o.contains(key) ? (o[key].*test)() : !required;
@@ -640,6 +644,16 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
     field(o, "processes", "cuda", &J::is_boolean, "true or false", false);
     if (o.value("cuda", false)) field(o, "processes", "gpu_image", &J::is_string, "a path");
     for (const char* list : {"tids", "devices", "gpus"}) field(o, "processes", list, &J::is_array, "a list", false);
+    for (auto& dv : o.value("devices", J::array())) {
+      if (!dv.is_object()) bad("an entry of a process's \"devices\" is not an object");
+      for (const char* key : {"device", "physical"}) field(dv, "devices", key, &J::is_number_unsigned, "a number");
+    }
+    for (auto& g : o.value("gpus", J::array())) {
+      if (!g.is_object()) bad("an entry of a process's \"gpus\" is not an object");
+      field(g, "gpus", "uuid", &J::is_string, "text", false);
+      field(g, "gpus", "physical", &J::is_number_unsigned, "a number", false);
+      if (g.value("physical", uint64_t{0}) >= kMaxGpus) bad("a process's GPU number " + g["physical"].dump() + " is too large");
+    }
   }
   objects("cpu_files", true);
   for (auto& o : m["cpu_files"]) {
@@ -654,7 +668,8 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
   }
   objects("gpus", false);
   for (auto& o : m.value("gpus", J::array())) {
-    field(o, "gpus", "index", &J::is_number_integer, "a number");
+    field(o, "gpus", "index", &J::is_number_unsigned, "a number");
+    if (o["index"].get<uint64_t>() >= kMaxGpus) bad("GPU number " + o["index"].dump() + " is too large");
     for (const char* key : {"name", "cc", "uuid"}) field(o, "gpus", key, &J::is_string, "text");
     field(o, "gpus", "memory", &J::is_number_unsigned, "a size");
   }
@@ -850,6 +865,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     // Another dump of this job is refused at once; one of a copy (restored from the same
     // image) is waited for, before anything about the job is looked at.
     in_progress.path = mark_dumping(d.init);
+    // DIR's parents, made here as they were always made: the lock file lives among them.
+    if (std::error_code pe; fs::create_directories(fs::path(dir).parent_path(), pe), pe)
+      throw ClientError(kFixFirst, "cannot create " + fs::path(dir).parent_path().string() + ": " + pe.message());
     image_lock.emplace(lock_image(dir, true, kInitDirWaitS, [&] {
       if (!out.json && out.progress != "never")
         fprintf(stderr, "ferry: waiting for another ferry's dump to or restore from %s\n", dir.c_str());
@@ -1123,16 +1141,19 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     return abort(kBug, std::string("writing the manifest: ") + e.what());
   }
   phase_end("publish");
-  image_lock.reset();
-  // 5. The job ends, or goes on from the published image.
+  // 5. The job ends, or goes on from the published image -- read under the lock, which
+  // goes once nothing of this dump reads DIR any more.
   std::string left;
   if (a.leave_running) {
     d.stage.clear();
     left = d.undo(dir);
+    image_lock.reset();
     phase_end("resume");
-  } else if (auto unreaped = end_job(); !unreaped.empty()) {
-    fprintf(stderr, "ferry: the job's processes %s were killed but are not reaped yet: their pids stay taken, and "
-                    "a restore of the image here is refused (75) until they are free\n", pid_list(unreaped).c_str());
+  } else {
+    image_lock.reset();
+    if (auto unreaped = end_job(); !unreaped.empty())
+      fprintf(stderr, "ferry: the job's processes %s were killed but are not reaped yet: their pids stay taken, and "
+                      "a restore of the image here is refused (75) until they are free\n", pid_list(unreaped).c_str());
   }
   double secs = since(t0), stopped = a.leave_running ? since(t_stop) : stopped_cpu;
   if (out.json) {
@@ -1341,9 +1362,25 @@ std::string pids_taken_message(const std::string& dir, const std::vector<std::st
          "untouched";
 }
 
+int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions);
+
 }  // namespace
 
+// What check_shape does not look at (a GPU half's manifest) may be damaged too: named as
+// such. Whatever CRIU restored by then, the guard kills (RestoreGuard's destructor sees
+// the exception).
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
+  try {
+    return restore_job(a, out, actions);
+  } catch (const nlohmann::json::exception& e) {
+    return fail(out, kDataLost, class_of(kDataLost),
+                "the image " + a.dir + " is damaged: " + e.what() + "; nothing is left running of it");
+  }
+}
+
+namespace {
+
+int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
   auto t0 = Clock::now();
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
@@ -1698,6 +1735,8 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
   if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
   return code;
 }
+
+}  // namespace
 
 // ---- inspect and verify ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -387,6 +388,23 @@ TEST_CASE("an interrupted write leaves the previous image as it was", "[image]")
     CHECK(read_back(t / "img", "mem") == new_bytes);
     CHECK(leftovers(t.path).empty());
     CHECK(!fs::exists(t / ("img.old-" + std::to_string(getpid()))));
+  }
+  SECTION("a publisher without RENAME_EXCHANGE that died between its two renames: the old image comes back") {
+    // The moment it died: the old image aside under its (now dead) pid, none in place.
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    REQUIRE(dead > 0);
+    waitpid(dead, nullptr, 0);
+    const std::string aside = t / ("img.old-" + std::to_string(dead));
+    fs::rename(t / "img", aside);
+    recover_dir(t / "img");
+    CHECK(read_back(t / "img", "mem") == old_bytes);
+    CHECK(!fs::exists(aside));
+    // One of a live publisher is its own business.
+    const std::string live = t / ("img.old-" + std::to_string(getpid()));
+    fs::create_directory(live);
+    recover_dir(t / "img");
+    CHECK(fs::exists(live));
   }
   SECTION("the directory to write in does not exist") {
     Error e = error_of([&] { Writer w(t / "no/such/img", {}); });
