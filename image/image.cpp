@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -162,19 +163,44 @@ Hash hash_file(const std::string& path, uint64_t* size) {
   return Hash{h.high64, h.low64};
 }
 
+namespace {
+
+// What names the publishers of this machine and PID namespace: a pid alone means
+// nothing on another host sharing the file system (NFS), or in another namespace.
+std::string publisher_scope() {
+  std::string boot;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
+  boot.erase(std::remove(boot.begin(), boot.end(), '-'), boot.end());
+  struct stat ns {};
+  stat("/proc/self/ns/pid", &ns);
+  return boot.substr(0, 16) + "-" + std::to_string(ns.st_ino);
+}
+
+constexpr char kAside[] = ".ferry-aside-";  // DIR + kAside + scope + "-" + pid
+
+}  // namespace
+
 void recover_dir(const std::string& dir) {
   fs::path d = fs::absolute(dir).lexically_normal();
   if (d.filename().empty()) d = d.parent_path();
-  const std::string prefix = d.filename().string() + ".old-";
+  const std::string prefix = d.filename().string() + kAside, here = publisher_scope() + "-";
   std::error_code ec;
   std::vector<fs::path> stale;
   for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
     std::string n = it->path().filename().string();
     if (n.size() <= prefix.size() || n.compare(0, prefix.size(), prefix) != 0) continue;
-    char* rest = nullptr;
-    long pid = strtol(n.c_str() + prefix.size(), &rest, 10);
-    if (*rest || pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still publishing
-    stale.push_back(it->path());
+    std::string tag = n.substr(prefix.size());
+    // Its publisher is dead: one of this machine and namespace whose pid is gone, or any
+    // whose aside has stood for a minute (the two renames follow each other at once).
+    bool dead = false;
+    if (tag.compare(0, here.size(), here) == 0) {
+      char* rest = nullptr;
+      long pid = strtol(tag.c_str() + here.size(), &rest, 10);
+      dead = !*rest && pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    }
+    struct stat sb;
+    if (!dead && lstat(it->path().c_str(), &sb) == 0 && time(nullptr) - sb.st_ctime > 60) dead = true;
+    if (dead) stale.push_back(it->path());
   }
   for (auto& old : stale) {
     std::error_code gone;
@@ -195,7 +221,7 @@ void publish_dir(const std::string& tmp, const std::string& dir) {
       // NFS and other network file systems have no exchange (EINVAL): the old image
       // steps aside first, so for a moment no image is at dir -- never a half one.
       if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) io_error("cannot replace", dir, errno);
-      const std::string aside = dir + ".old-" + std::to_string(getpid());
+      const std::string aside = dir + kAside + publisher_scope() + "-" + std::to_string(getpid());
       fs::remove_all(aside, ec);  // this pid's, from a publish that died after the first rename
       if (rename(dir.c_str(), aside.c_str()) != 0) io_error("cannot replace", dir, errno);
       if (rename(tmp.c_str(), dir.c_str()) != 0) {

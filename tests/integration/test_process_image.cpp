@@ -1558,6 +1558,15 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
                    "on its GPUs, nothing was written\n");
     CHECK(!fs::exists(t / "img.dump.log"));
   }
+  SECTION("a CRIU the kernel cannot execute (its interpreter missing): said so") {
+    const std::string bad = t / "criu";
+    std::ofstream(bad) << "#!/nonexistent/sh\n";
+    chmod(bad.c_str(), 0755);
+    auto r = try_dump({{"FERRY_CRIU", bad}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: dump failed: criu dump failed (exit -1): CRIU was not started: cannot execute " + bad +
+                       ": No such file or directory; the job goes on running on its GPUs, nothing was written\n");
+  }
   // A disk (tmpfs) that holds less than the image: the GPU half (2 MiB) does not fit
   // in 1 MiB; in 3 MiB it does, and CRIU runs out of space after it.
   for (const char* size : {"size=1m", "size=3m"}) {

@@ -76,7 +76,14 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       ferry::cli::Output o;
       o.progress = "never";
       fprintf(stderr, "ferry: signal received: dumping the job to %s\n", dir.c_str());
-      return ferry::cli::cmd_dump(init, da, o) == 0;
+      // A failed dump passes the signal on, as without an action: the job ends as the
+      // scheduler asked, never left without its ferry by a bug of ferry's.
+      try {
+        return ferry::cli::cmd_dump(init, da, o) == 0;
+      } catch (const std::exception& e) {
+        fprintf(stderr, "ferry: internal error during the dump (a bug; please report it): %s\n", e.what());
+        return false;
+      }
     };
   }
   return true;

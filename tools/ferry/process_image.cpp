@@ -539,8 +539,16 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
   if (!fs::is_empty(no_plugins, ec) || ec)
     return not_run(no_plugins + " is meant to stay empty (CRIU would load what is in it); empty it");
   argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
+  // The child tells why its exec failed here (the pipe closes unwritten when it works).
+  int told[2];
+  if (pipe2(told, O_CLOEXEC) != 0) return not_run(std::string("cannot make a pipe: ") + strerror(errno));
   pid_t p = fork();
-  if (p < 0) return not_run(std::string("cannot fork: ") + strerror(errno));
+  if (p < 0) {
+    int e = errno;
+    close(told[0]);
+    close(told[1]);
+    return not_run(std::string("cannot fork: ") + strerror(e));
+  }
   if (p == 0) {
     unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
     for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
@@ -558,12 +566,24 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
     for (auto& s : argv) a.push_back(s.data());
     a.push_back(nullptr);
     execv(a[0], a.data());
+    int e = errno;
+    (void)!write(told[1], &e, sizeof e);
     _exit(127);
   }
+  close(told[1]);
+  if (watch) watch(p, true);
+  int exec_errno = 0;
+  ssize_t n;
+  while ((n = read(told[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+  }
+  close(told[0]);
   if (watch) {
-    watch(p, true);
     wait_unreaped(p);
     watch(p, false);
+  }
+  if (n == static_cast<ssize_t>(sizeof exec_errno)) {
+    waitpid(p, nullptr, 0);
+    return not_run("cannot execute " + argv[0] + ": " + strerror(exec_errno));
   }
   int st = 0;
   int r = 0;
@@ -646,7 +666,10 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
     for (const char* list : {"tids", "devices", "gpus"}) field(o, "processes", list, &J::is_array, "a list", false);
     for (auto& dv : o.value("devices", J::array())) {
       if (!dv.is_object()) bad("an entry of a process's \"devices\" is not an object");
-      for (const char* key : {"device", "physical"}) field(dv, "devices", key, &J::is_number_unsigned, "a number");
+      for (const char* key : {"device", "physical"}) {
+        field(dv, "devices", key, &J::is_number_unsigned, "a number");
+        if (dv[key].get<uint64_t>() >= kMaxGpus) bad("a process's device number " + dv[key].dump() + " is too large");
+      }
     }
     for (auto& g : o.value("gpus", J::array())) {
       if (!g.is_object()) bad("an entry of a process's \"gpus\" is not an object");
@@ -754,6 +777,16 @@ bool wait_socket(pid_t host, int seconds) {
     usleep(20000);
   }
   return false;
+}
+
+// A CUDA process's `status`, its "status" object; ClientError when it answers otherwise.
+nlohmann::json status_of_process(pid_t host) {
+  nlohmann::json st = request(host, "status", nlohmann::json::object(), nullptr, 10);
+  if (!st.value("ok", false) || !st.contains("status") || !st["status"].is_object())
+    throw ClientError(kBug, "process " + std::to_string(host) + " did not tell its state: " +
+                                (st.contains("error") && st["error"].is_string() ? st["error"].get<std::string>()
+                                                                                 : st.dump()));
+  return st["status"];
 }
 
 void ask_reattach(pid_t host) {
@@ -909,8 +942,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
         throw ClientError(kRetryLater, "process " + std::to_string(t->host) +
                                            " is in the middle of another dump (or one that was interrupted: `ferry "
                                            "resume " + std::to_string(t->host) + "` brings it back)");
-      nlohmann::json st = request(t->host, "status", nlohmann::json::object(), nullptr, 10);
-      std::string state = st["status"].value("state", "?");
+      std::string state = status_of_process(t->host).value("state", "?");
       if (state == "suspended")
         throw ClientError(kFixFirst, "process " + std::to_string(t->host) +
                                          " is suspended; resume it (ferry resume) before a whole-process dump");
@@ -959,7 +991,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (a.staging_mb) o.staging_bytes = static_cast<uint64_t>(a.staging_mb) << 20;
     o.fingerprints = !a.read_all;
     try {
-      nlohmann::json before = request(t->host, "status", nlohmann::json::object(), nullptr, 10)["status"];
+      nlohmann::json before = status_of_process(t->host);
       nlohmann::json r = op_request(t->host, "suspend", o, &view);
       d.suspended.insert(t->host);
       auto& s = r["stats"];
@@ -1195,7 +1227,7 @@ bool recover_detached(pid_t pid, std::string* dir) {
   if (!wait_socket(pid, 10))
     throw ClientError(kBug, "process " + std::to_string(pid) + " did not open its control socket again");
   // Its image may have been published under the dump's final name meanwhile.
-  nlohmann::json s = request(pid, "status", nlohmann::json::object(), nullptr, 10)["status"];
+  nlohmann::json s = status_of_process(pid);
   std::string to = s.value("suspended_to", "");
   if (to.rfind("image ", 0) == 0 && !fs::exists(to.substr(6))) {
     std::string p = to.substr(6);
@@ -1362,17 +1394,20 @@ std::string pids_taken_message(const std::string& dir, const std::vector<std::st
          "untouched";
 }
 
-int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions);
+int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions, bool* running);
 
 }  // namespace
 
 // What check_shape does not look at (a GPU half's manifest) may be damaged too: named as
-// such. Whatever CRIU restored by then, the guard kills (RestoreGuard's destructor sees
-// the exception).
+// such while the image is being read back. Whatever CRIU restored by then, the guard
+// kills (RestoreGuard's destructor sees the exception). Once the job runs, nothing reads
+// the image: anything thrown then is no damage of it.
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
+  bool running = false;
   try {
-    return restore_job(a, out, actions);
+    return restore_job(a, out, actions, &running);
   } catch (const nlohmann::json::exception& e) {
+    if (running) throw;
     return fail(out, kDataLost, class_of(kDataLost),
                 "the image " + a.dir + " is damaged: " + e.what() + "; nothing is left running of it");
   }
@@ -1380,7 +1415,7 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 
 namespace {
 
-int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions) {
+int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions, bool* running) {
   auto t0 = Clock::now();
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
@@ -1651,8 +1686,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
                 "criu restore failed (exit " + std::to_string(rc) + "): " +
-                    (criu_failed.empty() ? criu_errors(log) : criu_failed) + " (whole log: " + log +
-                    "); nothing was started, the image is untouched");
+                    (criu_failed.empty() ? criu_errors(log) : criu_failed) +
+                    (access(log.c_str(), F_OK) == 0 ? " (whole log: " + log + ")" : std::string()) +
+                    "; nothing was started, the image is untouched");
   pid_t init = 0;
   {
     std::ifstream in(pidfile);
@@ -1728,6 +1764,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
   guard.done();  // the job is its program's again
+  *running = true;
   if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
     fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;

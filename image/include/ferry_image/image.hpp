@@ -59,9 +59,11 @@ Hash hash_file(const std::string& path, uint64_t* size = nullptr);
 // (dir then holds the old one, or the message says where it went); a parent directory
 // that cannot be synced afterwards is not reported.
 void publish_dir(const std::string& tmp, const std::string& dir);
-// Puts back an image publish_dir had renamed aside (DIR.old-PID) when its publisher died
-// before the new one was in place (DIR missing), and removes those of dead publishers
-// otherwise. publish_dir calls it; so do readers that hold the directory's lock.
+// Puts back an image publish_dir had renamed aside (DIR.ferry-aside-<boot id>-<PID
+// namespace>-<pid>) when its publisher died before the new one was in place (DIR
+// missing), and removes those of dead publishers otherwise. Dead: of this machine and
+// namespace with its pid gone, or aside for over a minute. publish_dir calls it; so do
+// readers that hold the directory's lock.
 void recover_dir(const std::string& dir);
 void fsync_path(const std::string& path);
 
