@@ -190,17 +190,25 @@ void recover_dir(const std::string& dir) {
     std::string n = it->path().filename().string();
     if (n.size() <= prefix.size() || n.compare(0, prefix.size(), prefix) != 0) continue;
     std::string tag = n.substr(prefix.size());
-    // Its publisher is dead: one of this machine and namespace whose pid is gone, or any
-    // whose aside has stood for a minute (the two renames follow each other at once).
-    bool dead = false;
+    // Its publisher is dead: of this machine and namespace, when its pid is gone; of
+    // another (a host sharing the file system), when the aside has stood for a minute
+    // (the two renames follow each other at once) -- by the file system's clock, which
+    // is not this machine's on NFS.
     if (tag.compare(0, here.size(), here) == 0) {
       char* rest = nullptr;
       long pid = strtol(tag.c_str() + here.size(), &rest, 10);
-      dead = !*rest && pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+      if (!*rest && pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(it->path());
+      continue;
     }
-    struct stat sb;
-    if (!dead && lstat(it->path().c_str(), &sb) == 0 && time(nullptr) - sb.st_ctime > 60) dead = true;
-    if (dead) stale.push_back(it->path());
+    struct stat aside, now;
+    const std::string probe = (d.parent_path() / (d.filename().string() + ".ferry-now-" +
+                                                  std::to_string(getpid()))).string();
+    int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) continue;  // no clock to judge by: left alone
+    bool judged = fstat(fd, &now) == 0 && lstat(it->path().c_str(), &aside) == 0;
+    close(fd);
+    unlink(probe.c_str());
+    if (judged && now.st_ctime - aside.st_ctime > 60) stale.push_back(it->path());
   }
   for (auto& old : stale) {
     std::error_code gone;

@@ -782,10 +782,12 @@ bool wait_socket(pid_t host, int seconds) {
 // A CUDA process's `status`, its "status" object; ClientError when it answers otherwise.
 nlohmann::json status_of_process(pid_t host) {
   nlohmann::json st = request(host, "status", nlohmann::json::object(), nullptr, 10);
-  if (!st.value("ok", false) || !st.contains("status") || !st["status"].is_object())
+  if (!st.is_object() || st.value("ok", nlohmann::json()) != true || !st.contains("status") ||
+      !st["status"].is_object())
     throw ClientError(kBug, "process " + std::to_string(host) + " did not tell its state: " +
-                                (st.contains("error") && st["error"].is_string() ? st["error"].get<std::string>()
-                                                                                 : st.dump()));
+                                (st.is_object() && st.contains("error") && st["error"].is_string()
+                                     ? st["error"].get<std::string>()
+                                     : st.dump()));
   return st["status"];
 }
 
@@ -1001,6 +1003,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       status_of[t->host] = before;
     } catch (const ClientError& e) {
       return abort(e.code, e.message);
+    } catch (const std::exception& e) {  // an answer not shaped as one: the job is brought back
+      return abort(kBug, "process " + std::to_string(t->host) + " answered its suspend unexpectedly: " + e.what());
     }
   }
   for (Task* t : d.cuda()) {
@@ -1012,6 +1016,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       d.detached.insert(t->host);
     } catch (const ClientError& e) {
       return abort(e.code, e.message);
+    } catch (const std::exception& e) {
+      return abort(kBug, "process " + std::to_string(t->host) + " answered its detach unexpectedly: " + e.what());
     }
   }
   phase_end("gpu_state");
@@ -1683,6 +1689,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (rc == -1) guard.clean_up();
   if (rc == -1 && host_pids) end_orphans();
   if (rc != 0) remove_init_dir_if_unused(init_dir);
+  if (rc != 0 && access(log.c_str(), F_OK) != 0) {  // CRIU never ran: nothing in the work directory to keep
+    std::error_code gone;
+    fs::remove_all(work, gone);
+  }
   if (rc != 0)
     return fail(out, kFixFirst, "fix-first",
                 "criu restore failed (exit " + std::to_string(rc) + "): " +
@@ -1755,16 +1765,16 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   std::error_code ec;
   fs::remove_all(work, ec);
   double secs = since(t0);
+  guard.done();  // the job is its program's again
+  *running = true;
   if (out.json)
     fprintf(stderr, "%s\n",
             nlohmann::json({{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}})
-                .dump()
+                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                 .c_str());
   else if (out.progress != "never")
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
-  guard.done();  // the job is its program's again
-  *running = true;
   if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
     fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;

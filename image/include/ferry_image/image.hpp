@@ -62,8 +62,8 @@ void publish_dir(const std::string& tmp, const std::string& dir);
 // Puts back an image publish_dir had renamed aside (DIR.ferry-aside-<boot id>-<PID
 // namespace>-<pid>) when its publisher died before the new one was in place (DIR
 // missing), and removes those of dead publishers otherwise. Dead: of this machine and
-// namespace with its pid gone, or aside for over a minute. publish_dir calls it; so do
-// readers that hold the directory's lock.
+// namespace with its pid gone; of another, aside for over a minute by the file system's
+// clock. publish_dir calls it; so do readers that hold the directory's lock.
 void recover_dir(const std::string& dir);
 void fsync_path(const std::string& path);
 
