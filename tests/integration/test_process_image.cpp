@@ -58,6 +58,20 @@ std::vector<std::string> job(std::vector<std::string> prog, std::vector<std::str
   return v;
 }
 
+// An executable shell script at path.
+std::string script_at(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  chmod(path.c_str(), 0755);
+  return path;
+}
+
+// A CRIU for FERRY_CRIU at path: this build's CRIU ($real) for everything, but a dump
+// runs on_dump (shell, with "$@" CRIU's arguments) instead.
+std::string criu_wrapper(const std::string& path, const std::string& on_dump) {
+  return script_at(path, "#!/bin/sh\nreal=" + std::string(FERRY_TEST_SOURCE_DIR) +
+                             "/.deps/criu/criu\n[ \"$1\" = dump ] || exec \"$real\" \"$@\"\n" + on_dump);
+}
+
 int random_step(int lo, int hi) {
   static std::mt19937 g{std::random_device{}()};
   return std::uniform_int_distribution<int>(lo, hi)(g);
@@ -1063,12 +1077,10 @@ TEST_CASE("a job run with --host-pids ends whole -- what its program forked too 
     pid_t init = children_of(c.pid()).at(0), prog = program_of(c.pid()), sleeper = forked_of(c.out());
     // CRIU as ferry runs it, but ferry run is killed (and gone) before it returns: the
     // job, stopped by CRIU, is told to end only once ferry lets it go.
-    const std::string wrapper = t / "criu", run = std::to_string(c.pid());
-    std::ofstream(wrapper) << "#!/bin/sh\nreal=" << FERRY_TEST_SOURCE_DIR << "/.deps/criu/criu\n"
-                           << "[ \"$1\" = dump ] || exec \"$real\" \"$@\"\n\"$real\" \"$@\"; rc=$?\n"
-                           << "kill -KILL " << run << "\nuntil [ \"$(cut -d' ' -f3 /proc/" << run
-                           << "/stat)\" = Z ]; do sleep 0.01; done\nexit $rc\n";
-    chmod(wrapper.c_str(), 0755);
+    const std::string run = std::to_string(c.pid());
+    const std::string wrapper = criu_wrapper(t / "criu", "\"$real\" \"$@\"; rc=$?\nkill -KILL " + run +
+                                                             "\nuntil [ \"$(cut -d' ' -f3 /proc/" + run +
+                                                             "/stat)\" = Z ]; do sleep 0.01; done\nexit $rc\n");
     auto r = ferry_test::run({kFerry, "dump", std::to_string(init), t / "img"},
                              ferry_test::emu_env({{"FERRY_CRIU", wrapper}}), 180);
     CHECK(r.exit_code == 69);
@@ -1548,10 +1560,7 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
                        "to a CRIU >= 4.2 (ferry check says more)\n");
   }
   SECTION("CRIU killed while it dumps (the OOM killer, say): said so, not left to its log") {
-    const std::string wrapper = t / "criu";
-    std::ofstream(wrapper) << "#!/bin/sh\n[ \"$1\" = dump ] && kill -KILL $$\nexec " << FERRY_TEST_SOURCE_DIR
-                           << "/.deps/criu/criu \"$@\"\n";
-    chmod(wrapper.c_str(), 0755);
+    const std::string wrapper = criu_wrapper(t / "criu", "kill -KILL $$\n");
     auto r = try_dump({{"FERRY_CRIU", wrapper}});
     CHECK(r.exit_code == 78);
     CHECK(r.err == "ferry: dump failed: criu dump failed (exit -1): CRIU was killed by SIGKILL; the job goes on running "
@@ -1559,9 +1568,7 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
     CHECK(!fs::exists(t / "img.dump.log"));
   }
   SECTION("a CRIU the kernel cannot execute (its interpreter missing): said so") {
-    const std::string bad = t / "criu";
-    std::ofstream(bad) << "#!/nonexistent/sh\n";
-    chmod(bad.c_str(), 0755);
+    const std::string bad = script_at(t / "criu", "#!/nonexistent/sh\n");
     auto r = try_dump({{"FERRY_CRIU", bad}});
     CHECK(r.exit_code == 78);
     CHECK(r.err == "ferry: dump failed: criu dump failed (exit -1): CRIU was not started: cannot execute " + bad +
@@ -1698,11 +1705,8 @@ TEST_CASE("one image directory, two ferrys: a second dump to it waits for the fi
   const std::vector<std::string> trainer = {kMlp, "--steps", "100", "--step-delay-ms", "20"};
   // CRIU as ferry runs it, but a dump says it has begun and takes a second longer: long
   // enough for the other ferry to come while it holds the directory.
-  const std::string wrapper = t / "criu", began = t / "dump-began";
-  std::ofstream(wrapper) << "#!/bin/sh\nreal=" << FERRY_TEST_SOURCE_DIR << "/.deps/criu/criu\n"
-                         << "[ \"$1\" = dump ] || exec \"$real\" \"$@\"\ntouch " << began << "\nsleep 1\n"
-                         << "exec \"$real\" \"$@\"\n";
-  chmod(wrapper.c_str(), 0755);
+  const std::string began = t / "dump-began";
+  const std::string wrapper = criu_wrapper(t / "criu", "touch " + began + "\nsleep 1\nexec \"$real\" \"$@\"\n");
   auto slow = ferry_test::emu_env({{"FERRY_CRIU", wrapper}});
   auto wait_began = [&] {
     for (int i = 0; i < 3000 && !fs::exists(began); i++) usleep(10000);

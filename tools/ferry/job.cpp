@@ -182,11 +182,9 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   _exit(g_ending ? 128 + SIGKILL : code);
 }
 
-}  // namespace
+std::set<int> g_launcher_fds;  // note_launcher_fds
 
-namespace {
-std::set<int> g_launcher_fds;
-}
+}  // namespace
 
 void note_launcher_fds() {
   // A closed stdin, stdout or stderr would be taken by ferry's first open (a lock file),
@@ -208,7 +206,17 @@ void note_launcher_fds() {
   closedir(d);
 }
 
-bool from_launcher(int fd) { return fd <= 2 ? fcntl(fd, F_GETFD) >= 0 : g_launcher_fds.count(fd) > 0; }
+bool from_launcher(int fd) { return g_launcher_fds.count(fd) > 0; }
+
+bool no_process(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
+
+std::string stat_from_state(const std::string& path) {
+  std::ifstream in(path);
+  std::string stat;
+  std::getline(in, stat);
+  auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2) : "X";
+}
 
 std::vector<pid_t> thread_ids(pid_t pid) {
   std::vector<pid_t> out;
@@ -232,16 +240,6 @@ std::vector<pid_t> child_pids(pid_t pid) {
 
 namespace {
 
-// A /proc stat file from its state on ("S 1 ..."; the name before it may hold anything);
-// "X" where it cannot be read (gone).
-std::string stat_from_state(const std::string& path) {
-  std::ifstream in(path);
-  std::string stat;
-  std::getline(in, stat);
-  auto paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2) : "X";
-}
-
 // Whether every thread of pid has stopped (or died, or is gone).
 bool all_stopped(pid_t pid) {
   for (pid_t t : thread_ids(pid))
@@ -249,8 +247,6 @@ bool all_stopped(pid_t pid) {
       return false;
   return true;
 }
-
-bool gone(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
 // The parent of zombie p; 0 when p is no zombie (or gone).
 pid_t zombie_parent(pid_t p) {
@@ -352,7 +348,7 @@ std::vector<pid_t> kill_tree(pid_t root) {
         if (x.pid == root) continue;
         // Orphaned to this process (a subreaper: ferry restore) once the root was killed.
         waitpid(x.pid, nullptr, WNOHANG);
-        if (gone(x.pid)) continue;
+        if (no_process(x.pid)) continue;
         left.push_back(x.pid);
         // A zombie of another subreaper (the guard's caller, blocked until it ends) is
         // not reaped while this waits.

@@ -55,8 +55,15 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions =
 // it opens any of its own in their place, and puts /dev/null on a closed 0, 1 or 2:
 // called first thing in main.
 void note_launcher_fds();
-// Whether this process was started with fd open (0, 1, 2: whether they are open now).
+// Whether this process was started with fd (above 2) open.
 bool from_launcher(int fd);
+
+// Whether no process has pid p (a zombie still has it).
+bool no_process(pid_t p);
+
+// A /proc stat file from its state on ("S 1 ..."; the name before it may hold anything);
+// "X" where it cannot be read (gone).
+std::string stat_from_state(const std::string& path);
 
 // The ids of pid's threads (its own among them), as /proc lists them; none when it is gone.
 std::vector<pid_t> thread_ids(pid_t pid);

@@ -116,7 +116,7 @@ bool host_pids_job(pid_t init) {
 // The init of the job pid belongs to: pid itself, its child (pid is the job's `ferry run`
 // or `ferry restore`), or an ancestor.
 pid_t job_init_of(pid_t pid) {
-  if (kill(pid, 0) != 0 && errno == ESRCH) throw ClientError(kNoProcess, "no process " + std::to_string(pid));
+  if (no_process(pid)) throw ClientError(kNoProcess, "no process " + std::to_string(pid));
   if (is_job_init(pid)) return pid;
   for (pid_t c : child_pids(pid))
     if (is_job_init(c)) return c;
@@ -251,7 +251,7 @@ std::string mark_dumping(pid_t init) {
     if (size_t at = n.find(".dumping.tmp-"); at != std::string::npos && lstat(it->path().c_str(), &sb) == 0 &&
                                              time(nullptr) - sb.st_mtime > 60) {
       pid_t writer = static_cast<pid_t>(atoi(n.c_str() + at + 13));
-      if (writer > 0 && kill(writer, 0) != 0 && errno == ESRCH) unlink(it->path().c_str());
+      if (writer > 0 && no_process(writer)) unlink(it->path().c_str());
     }
   }
   std::string path = marker_of(init, ".dumping");
@@ -485,18 +485,36 @@ std::string joined(const std::vector<std::string>& v) {
   return s;
 }
 
+// An entry of an image's "stdio" (the job's stdio and --preserve-fds descriptors) and the
+// restorer's descriptor that takes its place: its own number, or, for a file the job had
+// at an earlier number too (2>&1, 3>&1), that earlier one -- CRIU takes the first
+// --inherit-fd that matches its key.
+struct StandIn {
+  const nlohmann::json* entry;
+  int fd, by;
+};
+
+std::vector<StandIn> stand_ins(const nlohmann::json& m) {
+  std::vector<StandIn> v;
+  if (!m.contains("stdio")) return v;
+  std::map<std::string, int> first;  // by CRIU's key
+  for (auto& s : m["stdio"]) {
+    int fd = s["fd"].get<int>();
+    v.push_back({&s, fd, first.emplace(s["key"].get<std::string>(), fd).first->second});
+  }
+  return v;
+}
+
 // What of the job's descriptors from its launcher (ferry run --preserve-fds) this ferry
 // restore was not given to stand in for them ("" when nothing). One the same as an
-// earlier descriptor of the job (3>&1) needs nothing: CRIU takes the first match.
+// earlier descriptor of the job (3>&1) needs nothing.
 std::string launcher_fds_missing(const nlohmann::json& m) {
-  std::set<std::string> keys;
   std::vector<std::string> missing, numbers;
-  for (auto& s : m.value("stdio", nlohmann::json::array())) {
-    int fd = s["fd"].get<int>();
-    if (!keys.insert(s.value("key", std::string())).second || fd <= 2 || from_launcher(fd)) continue;
-    missing.push_back("fd " + std::to_string(fd) + " (" + s.value("kind", std::string("?")) + ", " +
-                      s.value("was", std::string("?")) + " at the dump)");
-    numbers.push_back(std::to_string(fd));
+  for (auto& x : stand_ins(m)) {
+    if (x.by != x.fd || x.fd <= 2 || from_launcher(x.fd)) continue;
+    missing.push_back("fd " + std::to_string(x.fd) + " (" + x.entry->value("kind", std::string("?")) + ", " +
+                      x.entry->value("was", std::string("?")) + " at the dump)");
+    numbers.push_back(std::to_string(x.fd));
   }
   if (missing.empty()) return "";
   std::string fds = numbers.size() == 1 ? "fd " : "fds ";
@@ -658,6 +676,11 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
       bad(std::string("an entry of \"") + list + "\" has " + (o.contains(key) ? "a \"" : "no \"") + key + "\"" +
           (o.contains(key) ? std::string(" that is not ") + type : std::string()));
   };
+  // A device or GPU number: beyond any machine's, it is damage (and would size a vector).
+  auto number = [&](const J& o, const char* list, const char* key, bool required, const std::string& what) {
+    field(o, list, key, &J::is_number_unsigned, "a number", required);
+    if (o.contains(key) && o[key].get<uint64_t>() >= kMaxGpus) bad(what + o[key].dump() + " is too large");
+  };
   objects("processes", true);
   for (auto& o : m["processes"]) {
     field(o, "processes", "nspid", &J::is_number_integer, "a number");
@@ -666,16 +689,12 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
     for (const char* list : {"tids", "devices", "gpus"}) field(o, "processes", list, &J::is_array, "a list", false);
     for (auto& dv : o.value("devices", J::array())) {
       if (!dv.is_object()) bad("an entry of a process's \"devices\" is not an object");
-      for (const char* key : {"device", "physical"}) {
-        field(dv, "devices", key, &J::is_number_unsigned, "a number");
-        if (dv[key].get<uint64_t>() >= kMaxGpus) bad("a process's device number " + dv[key].dump() + " is too large");
-      }
+      for (const char* key : {"device", "physical"}) number(dv, "devices", key, true, "a process's device number ");
     }
     for (auto& g : o.value("gpus", J::array())) {
       if (!g.is_object()) bad("an entry of a process's \"gpus\" is not an object");
       field(g, "gpus", "uuid", &J::is_string, "text", false);
-      field(g, "gpus", "physical", &J::is_number_unsigned, "a number", false);
-      if (g.value("physical", uint64_t{0}) >= kMaxGpus) bad("a process's GPU number " + g["physical"].dump() + " is too large");
+      number(g, "gpus", "physical", false, "a process's GPU number ");
     }
   }
   objects("cpu_files", true);
@@ -691,8 +710,7 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
   }
   objects("gpus", false);
   for (auto& o : m.value("gpus", J::array())) {
-    field(o, "gpus", "index", &J::is_number_unsigned, "a number");
-    if (o["index"].get<uint64_t>() >= kMaxGpus) bad("GPU number " + o["index"].dump() + " is too large");
+    number(o, "gpus", "index", true, "GPU number ");
     for (const char* key : {"name", "cc", "uuid"}) field(o, "gpus", key, &J::is_string, "text");
     field(o, "gpus", "memory", &J::is_number_unsigned, "a size");
   }
@@ -1337,7 +1355,7 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
     int pid = p["nspid"].get<int>();
     std::string name = p.value("name", "?");
     for (int id : ids_of(p)) {
-      if (id <= 0 || (kill(id, 0) != 0 && errno == ESRCH)) continue;
+      if (id <= 0 || no_process(id)) continue;
       // A thread's own name is its thread's: the process it belongs to is what counts.
       pid_t tgid = static_cast<pid_t>(atoi(status_field(id, "Tgid").c_str()));
       std::string holder = tgid > 0 ? status_field(tgid, "Name") : "";
@@ -1631,11 +1649,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (std::string self = self_exe(); access(self.c_str(), X_OK) == 0)
     argv.insert(argv.end(), {"--action-script", self});
   // A file the job had at two numbers (2>&1) is the restorer's first one at both: CRIU
-  // takes the first match, and would refuse a second number not open here.
-  std::set<std::string> inherited;
-  for (auto& s : m.value("stdio", nlohmann::json::array()))
-    if (inherited.insert(s["key"].get<std::string>()).second)
-      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(s["fd"].get<int>()) + "]:" + s["key"].get<std::string>()});
+  // would refuse a second number not open here.
+  for (auto& x : stand_ins(m))
+    if (x.by == x.fd)
+      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(x.fd) + "]:" + (*x.entry)["key"].get<std::string>()});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
     argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
@@ -1689,16 +1706,16 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (rc == -1) guard.clean_up();
   if (rc == -1 && host_pids) end_orphans();
   if (rc != 0) remove_init_dir_if_unused(init_dir);
-  if (rc != 0 && access(log.c_str(), F_OK) != 0) {  // CRIU never ran: nothing in the work directory to keep
+  if (rc != 0) {
+    const bool logged = access(log.c_str(), F_OK) == 0;
     std::error_code gone;
-    fs::remove_all(work, gone);
-  }
-  if (rc != 0)
+    if (!logged) fs::remove_all(work, gone);  // CRIU never ran: nothing in the work directory to keep
     return fail(out, kFixFirst, "fix-first",
                 "criu restore failed (exit " + std::to_string(rc) + "): " +
                     (criu_failed.empty() ? criu_errors(log) : criu_failed) +
-                    (access(log.c_str(), F_OK) == 0 ? " (whole log: " + log + ")" : std::string()) +
+                    (logged ? " (whole log: " + log + ")" : std::string()) +
                     "; nothing was started, the image is untouched");
+  }
   pid_t init = 0;
   {
     std::ifstream in(pidfile);
@@ -1883,13 +1900,10 @@ int inspect_shaped(const std::string& dir, const Output& out) {
     printf("  datagrams to %s (outside the job): connected there again at restore, which needs a datagram "
            "socket there\n",
            n.get<std::string>().c_str());
-  std::map<std::string, int> first_fd;  // by CRIU's key: the restorer's fd that takes the place
-  for (auto& s : m.value("stdio", nlohmann::json::array())) {
-    int fd = s["fd"].get<int>(), by = first_fd.emplace(s.value("key", std::string()), fd).first->second;
-    printf("  fd %d was %s (%s%s): the restorer's own fd %d takes its place\n", fd,
-           s.value("was", std::string("?")).c_str(), s.value("kind", std::string("?")).c_str(),
-           fd > 2 ? ", from the job's launcher" : "", by);
-  }
+  for (auto& x : stand_ins(m))
+    printf("  fd %d was %s (%s%s): the restorer's own fd %d takes its place\n", x.fd,
+           x.entry->value("was", std::string("?")).c_str(), x.entry->value("kind", std::string("?")).c_str(),
+           x.fd > 2 ? ", from the job's launcher" : "", x.by);
   if (m.contains("files")) {
     auto changed = files_changed_here(m["files"]);
     printf("  files: %zu (programs, libraries, open files, working directories) that a restore needs unchanged at "

@@ -53,13 +53,8 @@ std::vector<pid_t> writing(const std::string& path) {
   return v;
 }
 
-bool gone(pid_t p) {
-  std::ifstream in("/proc/" + std::to_string(p) + "/stat");
-  std::string stat;
-  std::getline(in, stat);
-  auto paren = stat.rfind(')');
-  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X';
-}
+// Dead: a zombie, or no process at all.
+bool gone(pid_t p) { return std::strchr("ZX", stat_from_state("/proc/" + std::to_string(p) + "/stat")[0]); }
 
 [[noreturn]] void guard(int in) {
   setsid();
