@@ -254,6 +254,7 @@ Stats write_image(const Options& o, const nlohmann::json& state, const std::vect
   s.device_bytes = state["device_bytes"].get<uint64_t>();
   s.written = done.bytes_written;
   s.reused = done.bytes_reused;
+  s.carried = done.bytes_carried;
   s.copied = copied;
   return s;
 }

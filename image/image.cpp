@@ -260,6 +260,7 @@ nlohmann::json to_json(const Manifest& m) {
   j["chunk_size"] = m.chunk_size;
   j["bytes_written"] = m.bytes_written;
   j["bytes_reused"] = m.bytes_reused;
+  j["bytes_carried"] = m.bytes_carried;
   j["state"] = m.state;
   auto& blobs = j["blobs"] = nlohmann::json::array();
   for (auto& b : m.blobs) {
@@ -299,6 +300,7 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
     if (m.chunk_size == 0 || m.chunk_size > (1ull << 31)) throw bad("chunk size " + std::to_string(m.chunk_size));
     m.bytes_written = j.value("bytes_written", 0ull);
     m.bytes_reused = j.value("bytes_reused", 0ull);
+    m.bytes_carried = j.value("bytes_carried", 0ull);
     m.state = j.at("state");
     for (auto& b : j.at("blobs")) {
       Blob blob;
@@ -347,21 +349,40 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
   return m;
 }
 
-Manifest read_manifest(const std::string& dir) {
+namespace {
+// The manifest of image `dir`, read relative to dirfd when it is given (an open
+// descriptor of dir: the directory as it was when opened, whatever is published there
+// since), else by path.
+Manifest read_manifest_from(const std::string& dir, int dirfd) {
   std::string path = dir + "/manifest.json";
-  std::ifstream in(path);
-  if (!in) {
-    if (!fs::exists(dir)) throw Error(ErrorClass::FixFirst, dir + ": no such image directory");
+  int fd = dirfd >= 0 ? openat(dirfd, "manifest.json", O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  std::string text;
+  bool ok = fd >= 0;
+  for (char buf[65536]; ok;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ok = n == 0;
+      break;
+    }
+    text.append(buf, static_cast<size_t>(n));
+  }
+  if (fd >= 0) close(fd);
+  if (!ok) {
+    if (dirfd < 0 && !fs::exists(dir)) throw Error(ErrorClass::FixFirst, dir + ": no such image directory");
     throw Error(ErrorClass::DataLost, path + ": missing or unreadable; the image is incomplete");
   }
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorClass::DataLost, path + ": damaged (" + std::string(e.what()) + ")");
   }
   return from_json(j, path);
 }
+}  // namespace
+
+Manifest read_manifest(const std::string& dir) { return read_manifest_from(dir, -1); }
 
 // ---- writer --------------------------------------------------------------------------------
 
@@ -373,39 +394,64 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
   std::error_code ec;
   if (!fs::is_directory(parent_dir, ec))
     throw Error(ErrorClass::FixFirst, parent_dir.string() + ": no such directory to write the image in");
-  if (!opts_.parent.empty()) {
-    fs::path p = fs::absolute(opts_.parent).lexically_normal();
-    if (p.filename().empty()) p = p.parent_path();
-    Manifest pm = read_manifest(p.string());
-    opts_.parent = p.string();
-    for (auto& [h, loc] : pm.index) {
-      ChunkLoc l = loc;
-      fs::path holder = (p / loc.image).lexically_normal();
-      if (holder.filename().empty()) holder = holder.parent_path();  // "p/" for the parent's own chunks
-      // Replacing an image removes it: the new one must not depend on it.
-      if (holder == d)
-        throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent chain (" + p.string() +
-                                              ") includes it; write the new image to another directory");
-      l.image = holder.lexically_relative(d).string();
-      parent_index_[h] = l;
-    }
-    parent_chunk_size_ = pm.chunk_size;
-    for (auto& b : pm.blobs) parent_blobs_[b.id] = std::move(b);
-  }
-  // The temporary directory comes last: a constructor that throws runs no destructor.
-  static std::atomic<int> counter{0};
-  tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
-  fs::remove_all(tmp_, ec);
-  if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
-  if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) {
-    int e = errno;
+  // A constructor that throws runs no destructor: what it opened is closed here.
+  try {
+    if (!opts_.parent.empty()) open_parent(opts_.parent);
+    static std::atomic<int> counter{0};
+    tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
     fs::remove_all(tmp_, ec);
-    io_error("cannot create", tmp_ + "/packs", e);
+    if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
+    if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) {
+      int e = errno;
+      fs::remove_all(tmp_, ec);
+      io_error("cannot create", tmp_ + "/packs", e);
+    }
+  } catch (...) {
+    for (auto& pp : parent_packs_) close(pp.fd);
+    throw;
   }
+}
+
+void Writer::open_parent(const std::string& parent) {
+  fs::path p = fs::absolute(parent).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  opts_.parent = p.string();
+  // One descriptor of the parent's directory, and every pack opened through it now: a
+  // publish over the parent (even by this very writer, replacing its own parent) cannot
+  // give this image chunks of two images.
+  int dirfd = open(opts_.parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) {
+    read_manifest(opts_.parent);  // names a missing image as every reader does
+    io_error("cannot open", opts_.parent, errno);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{dirfd};
+  Manifest pm = read_manifest_from(opts_.parent, dirfd);
+  std::map<std::string, size_t> opened;
+  for (auto& [h, loc] : pm.index) {
+    // An older image's `image` is a path relative to its own directory, so relative to
+    // the descriptor too.
+    std::string rel = (fs::path(loc.image) / "packs" / loc.pack).string();
+    auto [it, fresh] = opened.try_emplace(rel, parent_packs_.size());
+    if (fresh) {
+      std::string path = (p / rel).lexically_normal().string();
+      int fd = openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0)
+        throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) + " (a pack of the parent image " + opts_.parent +
+                                              "; write a full image, without a parent)");
+      parent_packs_.push_back({fd, path});
+    }
+    parent_index_[h] = {loc, it->second};
+  }
+  parent_chunk_size_ = pm.chunk_size;
+  for (auto& b : pm.blobs) parent_blobs_[b.id] = std::move(b);
 }
 
 Writer::~Writer() {
   if (fd_ >= 0) close(fd_);
+  for (auto& pp : parent_packs_) close(pp.fd);
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(tmp_, ec);
@@ -421,7 +467,7 @@ void Writer::write_all(const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
   std::string path = tmp_ + "/packs/" + pack_name_;
   while (n > 0) {
-    if (opts_.fail_after && written_ + n > opts_.fail_after) io_error("cannot write", path, ENOSPC);
+    if (opts_.fail_after && written_ + carried_ + n > opts_.fail_after) io_error("cannot write", path, ENOSPC);
     ssize_t w = ::write(fd_, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
@@ -430,7 +476,7 @@ void Writer::write_all(const void* data, size_t n) {
     p += w;
     n -= static_cast<size_t>(w);
     pack_off_ += static_cast<uint64_t>(w);
-    written_ += static_cast<uint64_t>(w);
+    (carrying_ ? carried_ : written_) += static_cast<uint64_t>(w);
   }
   // The disk starts on what is written while more is copied, so the fsync at the end
   // waits for the last stretch only, not for the whole image (without this the kernel
@@ -482,6 +528,65 @@ void Writer::put(const Hash& h, const void* data, uint32_t stored, uint32_t raw,
   index_[h] = loc;
 }
 
+std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& used) {
+  std::map<size_t, std::vector<Hash>> by_pack;
+  for (const Hash& h : used) by_pack[parent_index_.at(h).pack].push_back(h);
+  std::map<Hash, ChunkLoc> at;
+  std::vector<char> buf;
+  for (auto& [i, hashes] : by_pack) {
+    const ParentPack& pp = parent_packs_[i];
+    uint64_t needed = 0;
+    for (const Hash& h : hashes) needed += sizeof(ChunkHeader) + parent_index_.at(h).loc.stored;
+    struct stat st{};
+    if (fstat(pp.fd, &st) != 0) io_error("cannot read", pp.path, errno);
+    // A link keeps the whole pack alive: worth it while at least half of it is used, so
+    // a chain of images never holds more unused bytes than used ones.
+    if (!opts_.no_links && needed * 2 >= static_cast<uint64_t>(st.st_size)) {
+      char name[32];
+      snprintf(name, sizeof name, "%04d.pack", pack_no_);
+      // Through /proc: linkat(fd, "", AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH.
+      std::string self = "/proc/self/fd/" + std::to_string(pp.fd);
+      if (linkat(AT_FDCWD, self.c_str(), AT_FDCWD, (tmp_ + "/packs/" + name).c_str(), AT_SYMLINK_FOLLOW) == 0) {
+        pack_no_++;
+        for (const Hash& h : hashes) {
+          ChunkLoc l = parent_index_.at(h).loc;
+          l.image.clear();
+          l.pack = name;
+          at[h] = l;
+        }
+        continue;
+      }
+      // Not linked (another file system, one without links, or the parent was replaced
+      // and removed meanwhile, which its open descriptor survives): copied instead.
+    }
+    carrying_ = true;
+    open_pack();
+    for (const Hash& h : hashes) {
+      const ChunkLoc& src = parent_index_.at(h).loc;
+      buf.resize(sizeof(ChunkHeader) + src.stored);
+      ssize_t n = pread(pp.fd, buf.data(), buf.size(), static_cast<off_t>(src.offset));
+      ChunkHeader ch{};
+      if (n >= static_cast<ssize_t>(sizeof ch)) memcpy(&ch, buf.data(), sizeof ch);
+      if (n != static_cast<ssize_t>(buf.size()) || ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi ||
+          ch.raw != src.raw || ch.stored != src.stored || ch.codec != static_cast<uint32_t>(src.codec))
+        throw Error(ErrorClass::DataLost, pp.path + ": chunk " + h.hex() + " at offset " + std::to_string(src.offset) +
+                                              ": damaged or truncated in the parent image " + opts_.parent +
+                                              "; write a full image, without a parent");
+      ChunkLoc l = src;
+      l.image.clear();
+      l.pack = pack_name_;
+      l.offset = pack_off_;
+      write_all(buf.data(), buf.size());
+      at[h] = l;
+    }
+    if (fsync(fd_) != 0) io_error("cannot sync", tmp_ + "/packs/" + pack_name_, errno);
+    close(fd_);
+    fd_ = -1;
+    carrying_ = false;
+  }
+  return at;
+}
+
 const Blob* Writer::parent_blob(const std::string& id, uint64_t size, uint64_t chunk_size) const {
   auto it = parent_blobs_.find(id);
   if (it == parent_blobs_.end() || it->second.size != size || parent_chunk_size_ != chunk_size) return nullptr;
@@ -498,20 +603,24 @@ Manifest Writer::commit(Manifest m) {
   m.version = kFormatVersion;
   m.created = now_iso();
   m.parent = opts_.parent;
+  std::vector<Hash> from_parent;
+  for (auto& b : m.blobs)
+    for (auto& h : b.chunks) {
+      if (index_.count(h)) continue;
+      if (!parent_index_.count(h)) throw Error(ErrorClass::Bug, "chunk " + h.hex() + " of blob " + b.id + " was never written");
+      from_parent.push_back(h);
+    }
+  std::sort(from_parent.begin(), from_parent.end());
+  from_parent.erase(std::unique(from_parent.begin(), from_parent.end()), from_parent.end());
+  std::map<Hash, ChunkLoc> taken = take_parent_chunks(from_parent);
   m.bytes_written = written_;
   m.bytes_reused = reused_;
+  m.bytes_carried = carried_;
   m.index.clear();
   for (auto& b : m.blobs)
     for (auto& h : b.chunks) {
       auto it = index_.find(h);
-      if (it != index_.end()) {
-        m.index[h] = it->second;
-        continue;
-      }
-      auto p = parent_index_.find(h);
-      if (p == parent_index_.end())
-        throw Error(ErrorClass::Bug, "chunk " + h.hex() + " of blob " + b.id + " was never written");
-      m.index[h] = p->second;
+      m.index[h] = it != index_.end() ? it->second : taken.at(h);
     }
   std::string text = to_json(m).dump(1);
   std::string mpath = tmp_ + "/manifest.json";

@@ -72,7 +72,7 @@ Options options_from_json(const nlohmann::json& j) {
 
 nlohmann::json to_json(const Stats& s) {
   return {{"device_bytes", s.device_bytes}, {"written", s.written}, {"reused", s.reused},
-          {"copied", s.copied},             {"seconds", s.seconds}, {"stopped_seconds", s.stopped_seconds}};
+          {"carried", s.carried},           {"copied", s.copied},             {"seconds", s.seconds}, {"stopped_seconds", s.stopped_seconds}};
 }
 
 Stats stats_from_json(const nlohmann::json& j) {
@@ -80,6 +80,7 @@ Stats stats_from_json(const nlohmann::json& j) {
   s.device_bytes = j.value("device_bytes", uint64_t{0});
   s.written = j.value("written", uint64_t{0});
   s.reused = j.value("reused", uint64_t{0});
+  s.carried = j.value("carried", uint64_t{0});
   s.copied = j.value("copied", uint64_t{0});
   s.seconds = j.value("seconds", 0.0);
   s.stopped_seconds = j.value("stopped_seconds", 0.0);

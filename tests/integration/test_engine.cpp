@@ -231,7 +231,7 @@ TEST_CASE("several checkpoints in a row are incremental and restorable", "[engin
     second = json_of(cli({"inspect", t / "c2", "--format", "json"}));
     unchanged = json_of(cli({"inspect", t / "c4", "--format", "json"}));
     ok(cli({"suspend", pid, "--discard"}));
-    // Chunks come from c1..c3 through the parent chain.
+    // c4 holds the chunks c1..c3 wrote (linked or copied from its parent, c3).
     ok(cli({"restore", pid, t / "c4", "--stay-stopped"}));
     // --leave-running goes through a snapshot in host memory: restoring its image must
     // give the same state again.
@@ -582,6 +582,14 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   CHECK(none.err.find("no process 999999999") != std::string::npos);
   auto usage = cli({"migrate", pid});
   CHECK(usage.exit_code == 64);
+  // Options of a whole-job restore, refused before anything is read.
+  auto lone = cli({"restore", "/nonexistent/img", "--incremental"});
+  CHECK(lone.exit_code == 64);
+  CHECK(lone.err == "ferry restore: --incremental is for the dump of --on-signal SIGNAL=dump:DIR, which is missing\n");
+  auto in_process = cli({"restore", pid, "/nonexistent/img", "--on-signal", "TERM=dump:/nonexistent/next"});
+  CHECK(in_process.exit_code == 64);
+  CHECK(in_process.err == "ferry restore: --on-signal and --incremental are for a whole job (ferry restore DIR); ferry "
+                          "restore PID DIR only replaces a running process's GPU state\n");
   c.finish();
 }
 

@@ -1413,7 +1413,7 @@ TEST_CASE("restored on machines with another number of GPUs: a two-GPU job on on
 }
 
 TEST_CASE("three dumps in a chain with --parent and --leave-running: unchanged GPU memory is referenced, not written; "
-          "the last image restores bit-identical",
+          "the last image stands alone, and restores bit-identical with the first two removed",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -1443,7 +1443,10 @@ TEST_CASE("three dumps in a chain with --parent and --leave-running: unchanged G
   auto done = c.finish();
   CHECK(done.exit_code == 0);
   CHECK(checksums(done.out) == checksums(plain.out));
-  // The third image, whose chunks live partly in the first two, restores the job at step 35.
+  // The third image, whose chunks were written partly by the first two, restores the job
+  // at step 35 on its own: it holds them (linked or copied).
+  fs::remove_all(t / "d1");
+  fs::remove_all(t / "d2");
   auto r = restore(t / "d3", {"--device", "1"});
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
@@ -1482,8 +1485,8 @@ TEST_CASE("a scheduler's TERM to ferry run --on-signal TERM=dump:DIR leaves a wh
 }
 
 TEST_CASE("preempted again and again: the restored job's TERM dumps it over the image it came from (ferry restore DIR "
-          "--on-signal TERM=dump:DIR, the Slurm recipe), four times (once while it is being restored), in and out of a "
-          "PID namespace; it ends bit-identical",
+          "--on-signal TERM=dump:DIR, the Slurm recipe), four times (once while it is being restored; twice with "
+          "--incremental, writing only what changed), in and out of a PID namespace; it ends bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   // With the host's pids too: each restore needs the pids the dump before it freed.
@@ -1491,13 +1494,14 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
   INFO("the job run with " << kind);
   ferry_test::TempDir t("ferry-pimg");
   const std::string img = t / "ckpt";
-  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
+  auto plain = ferry_test::run({kMlp, "--steps", "150", "--ballast-mb", "16"}, ferry_test::emu_env(), 120);
   REQUIRE(!checksums(plain.out).empty());
   auto last_step = [](const std::string& out) {
     auto lines = ferry_test::lines_with(out, " loss ");
     return lines.empty() ? 0 : std::stoi(lines.back().substr(5));
   };
-  ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}, {"--on-signal", "TERM=dump:" + img}, kind),
+  ferry_test::Child c(job({kMlp, "--steps", "150", "--ballast-mb", "16", "--step-delay-ms", "20"},
+                          {"--on-signal", "TERM=dump:" + img}, kind),
                       ferry_test::emu_env());
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
   kill(c.pid(), SIGTERM);
@@ -1510,8 +1514,14 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
   // dumped once it runs again, and ferry restore exits 0 as for any other preemption.
   for (int round = 1; round <= 3; round++) {
     const bool early = round == 3;
-    INFO("round " << round << ", the job dumped after step " << step << (early ? "; TERM during the restore" : ""));
-    ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + img}, ferry_test::emu_env());
+    // The second round's dump is a full one; the others take the image they replace as
+    // their parent, and the 16 MiB ballast, unchanged, is not written again.
+    const bool incremental = round != 2;
+    INFO("round " << round << ", the job dumped after step " << step << (early ? "; TERM during the restore" : "")
+                  << (incremental ? "; --incremental" : ""));
+    std::vector<std::string> cmd = {kFerry, "restore", img, "--on-signal", "TERM=dump:" + img};
+    if (incremental) cmd.push_back("--incremental");
+    ferry_test::Child r(cmd, ferry_test::emu_env());
     if (early) {
       bool criu = false;
       for (int i = 0; i < 5000 && !criu; i++)
@@ -1534,6 +1544,19 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
     if (!lines.empty()) step = last_step(r.out());
     seen += r.out();
     CHECK(!fs::exists(img + ".partial"));
+    auto m = nlohmann::json::parse(std::ifstream(img + "/process.json"));
+    auto& st = m["stats"];
+    INFO(m.dump());
+    uint64_t total = st["gpu_device_bytes"].get<uint64_t>();
+    CHECK(total >= 16ull << 20);
+    if (incremental) {
+      CHECK(m["parent"] == img);
+      CHECK(st["gpu_bytes_reused"].get<uint64_t>() >= 16ull << 20);
+      CHECK(st["gpu_bytes_written"].get<uint64_t>() < total / 2);
+    } else {
+      CHECK(m["parent"] == "");
+      CHECK(st["gpu_bytes_written"].get<uint64_t>() >= 16ull << 20);
+    }
   }
   auto r = restore(img);
   INFO(r.err);

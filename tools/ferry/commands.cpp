@@ -204,8 +204,8 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   double secs = s.value("seconds", 0.0), stopped = s.value("stopped_seconds", 0.0);
   std::string what = op + " of process " + std::to_string(pid) + ": " + human(dev) + " of device memory";
   if (op == "checkpoint" || (op == "suspend" && !a.dir.empty()))
-    what += " to " + a.dir + " (" + human(written) + " written, " + human(reused) + " from the parent, " +
-            human(s.value("copied", dev)) + " read from the GPU)";
+    what += " to " + a.dir + " (" + human(written) + " written, " + human(reused) + " from the parent" +
+            carried_text(s.value("carried", 0ull)) + ", " + human(s.value("copied", dev)) + " read from the GPU)";
   if (op == "restore") what += " from " + a.dir;
   if (op == "migrate" || op == "resume") what += ", devices now " + devices_text(reply["status"]);
   char t[96];
@@ -303,6 +303,7 @@ int cmd_inspect(const std::string& dir, const Output& out) {
                         {"unique_chunks", m.index.size()},
                         {"bytes_written", m.bytes_written},
                         {"bytes_reused", m.bytes_reused},
+                        {"bytes_carried", m.bytes_carried},
                         {"stored_by_image", per_image},
                         {"devices", m.state.value("devices", nlohmann::json::array())}};
     for (const char* k : {"contexts", "streams", "events", "libraries", "modules", "globals", "physical", "mappings",
@@ -312,11 +313,17 @@ int cmd_inspect(const std::string& dir, const Output& out) {
     return kOk;
   }
   printf("%s: ferry image version %d, created %s\n", dir.c_str(), m.version, m.created.c_str());
-  if (!m.parent.empty()) printf("  parent: %s\n", m.parent.c_str());
+  // An image of this ferry's holds every chunk itself; one of an older ferry may refer to
+  // its parent's packs.
+  if (!m.parent.empty())
+    printf("  parent: %s (%s)\n", m.parent.c_str(),
+           per_image.size() > per_image.count(".")
+               ? "some chunks are read from there"
+               : "only what changed since was written; what did not is linked or copied in: the image stands alone");
   printf("  device memory: %s in %zu blobs, %" PRIu64 " chunks of %s (%zu distinct)\n", human(total).c_str(),
          m.blobs.size(), chunks, human(m.chunk_size).c_str(), m.index.size());
-  printf("  written: %s; referenced from the parent or repeated: %s\n", human(m.bytes_written).c_str(),
-         human(m.bytes_reused).c_str());
+  printf("  written: %s; referenced from the parent or repeated: %s%s\n", human(m.bytes_written).c_str(),
+         human(m.bytes_reused).c_str(), carried_text(m.bytes_carried).c_str());
   for (auto& d : m.state.value("devices", nlohmann::json::array()))
     printf("  device %d: %s (compute capability %s, %s), was GPU %d\n", d["vdev"].get<int>(),
            d["name"].get<std::string>().c_str(), d["cc"].get<std::string>().c_str(),

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -44,8 +45,9 @@ struct RunArgs {
 // --on-signal SIG=dump:DIR (ferry run --pid-namespace or --host-pids, ferry restore): on that signal
 // ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
 // SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
+// A dump's parent, when given, is the image it writes only the changes since.
 bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
-                    std::string& shim, const char* who) {
+                    std::string& shim, const char* who, const std::string& parent = "") {
   for (auto& s : rules) {
     size_t eq = s.find('=');
     std::string action = eq == std::string::npos ? "" : s.substr(eq + 1);
@@ -70,9 +72,10 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       continue;
     }
     std::string dir = action.substr(5);
-    actions[sig] = [dir](pid_t init) {
+    actions[sig] = [dir, parent](pid_t init) {
       ferry::cli::DumpArgs da;
       da.dir = dir;
+      da.parent = parent;
       ferry::cli::Output o;
       o.progress = "never";
       fprintf(stderr, "ferry: signal received: dumping the job to %s\n", dir.c_str());
@@ -256,6 +259,10 @@ int main(int argc, char** argv) {
   rt->add_option("--on-signal", rt_on_signal, "SIGNAL=dump:DIR: dump the restored job again on that signal (DIR only)")
       ->expected(1)
       ->take_all();
+  bool rt_incremental = false;
+  rt->add_flag("--incremental", rt_incremental,
+               "that dump writes only the GPU memory changed since this image (its parent; it stands alone all the "
+               "same, and may replace this very image)");
   add_output(rt, out, true);
 
   std::string dir;
@@ -330,6 +337,11 @@ int main(int argc, char** argv) {
                   rt_args[0].c_str());
           return kUsage;
         }
+        if (!rt_on_signal.empty() || rt_incremental) {
+          fprintf(stderr, "ferry restore: --on-signal and --incremental are for a whole job (ferry restore DIR); "
+                          "ferry restore PID DIR only replaces a running process's GPU state\n");
+          return kUsage;
+        }
         op.dir = rt_args[1];
         return cmd_op("restore", pid, op, out);
       }
@@ -338,7 +350,14 @@ int main(int argc, char** argv) {
       ra2.device_map = op.device_map;
       SignalActions actions;
       std::string shim_rules;
-      if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore")) return kUsage;
+      if (rt_incremental && rt_on_signal.empty()) {
+        fprintf(stderr, "ferry restore: --incremental is for the dump of --on-signal SIGNAL=dump:DIR, which is "
+                        "missing\n");
+        return kUsage;
+      }
+      // Absolute: the dump runs later, and must find this image whatever the directory then.
+      std::string parent = rt_incremental ? std::filesystem::absolute(ra2.dir).lexically_normal().string() : "";
+      if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore", parent)) return kUsage;
       if (!shim_rules.empty()) {
         fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
                         "checkpoint rules it was started with)\n");

@@ -952,9 +952,6 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (!a.parent.empty()) {
       parent_dir = fs::absolute(a.parent).lexically_normal().string();
       while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
-      if (parent_dir == dir)
-        throw ClientError(kUsage, "--parent " + a.parent + " is the directory being written: the new image would "
-                                                           "replace the chunks it refers to; dump into another directory");
       parent = read_process_manifest(parent_dir);
     }
     for (Task* t : d.cuda()) {
@@ -999,7 +996,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     phases[name] = since(t);
     t = Clock::now();
   };
-  uint64_t gpu_written = 0, gpu_reused = 0, gpu_bytes = 0;
+  uint64_t gpu_written = 0, gpu_reused = 0, gpu_carried = 0, gpu_bytes = 0;
   nlohmann::json procs = nlohmann::json::array();
   std::map<pid_t, nlohmann::json> status_of;
   for (Task* t : d.cuda()) {
@@ -1017,6 +1014,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       auto& s = r["stats"];
       gpu_written += s.value("written", 0ull);
       gpu_reused += s.value("reused", 0ull);
+      gpu_carried += s.value("carried", 0ull);
       gpu_bytes += s.value("device_bytes", 0ull);
       status_of[t->host] = before;
     } catch (const ClientError& e) {
@@ -1180,7 +1178,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     std::sort(files.begin(), files.end(), [](auto& x, auto& y) { return x["name"] < y["name"]; });
     m["cpu_files"] = files;
     m["stats"] = {{"gpu_device_bytes", gpu_bytes}, {"gpu_bytes_written", gpu_written}, {"gpu_bytes_reused", gpu_reused},
-                  {"cpu_bytes", cpu_bytes}};
+                  {"gpu_bytes_carried", gpu_carried}, {"cpu_bytes", cpu_bytes}};
     std::string mp = d.stage + "/process.json";
     {
       std::ofstream f(mp);
@@ -1223,10 +1221,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (!left.empty()) j["error"] = "the image is complete, but the job could not go on" + left;
     printf("%s\n", j.dump(1).c_str());
   } else {
-    printf("dumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent), CPU %s, in "
-           "%.2f s; %s\n",
+    printf("dumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent%s), CPU %s, "
+           "in %.2f s; %s\n",
            d.init, d.tasks.size(), d.cuda().size(), dir.c_str(), human(gpu_bytes).c_str(), human(gpu_written).c_str(),
-           human(gpu_reused).c_str(), human(cpu_bytes).c_str(), secs,
+           human(gpu_reused).c_str(), carried_text(gpu_carried).c_str(), human(cpu_bytes).c_str(), secs,
            a.leave_running ? "the job goes on running" : "the job has ended (ferry restore brings it back)");
     if (!left.empty()) fprintf(stderr, "ferry: the image is complete, but the job could not go on%s\n", left.c_str());
   }
@@ -1851,8 +1849,10 @@ int inspect_shaped(const std::string& dir, const Output& out) {
       image::Manifest gm = image::read_manifest(dir + "/" + g);
       uint64_t total = 0;
       for (auto& b : gm.blobs) total += b.size;
+      // Images of older ferrys read some chunks from their parent's directory.
+      bool alone = std::all_of(gm.index.begin(), gm.index.end(), [](auto& c) { return c.second.image.empty(); });
       gpu_images[g] = {{"device_bytes", total}, {"bytes_written", gm.bytes_written}, {"bytes_reused", gm.bytes_reused},
-                       {"parent", gm.parent}, {"devices", gm.state.value("devices", nlohmann::json::array())}};
+                       {"bytes_carried", gm.bytes_carried}, {"stands_alone", alone}, {"parent", gm.parent}, {"devices", gm.state.value("devices", nlohmann::json::array())}};
     } catch (const image::Error& e) {
       gpu_images[g] = {{"error", e.message}};
     }
@@ -1869,7 +1869,12 @@ int inspect_shaped(const std::string& dir, const Output& out) {
   }
   printf("%s: whole-process image (format %d), ferry %s, created %s\n", dir.c_str(), m["version"].get<int>(),
          m.value("ferry", std::string("?")).c_str(), m.value("created", std::string("?")).c_str());
-  if (!m.value("parent", std::string()).empty()) printf("  parent: %s\n", m["parent"].get<std::string>().c_str());
+  if (!m.value("parent", std::string()).empty()) {
+    bool alone = std::all_of(gpu_images.begin(), gpu_images.end(), [](auto& g) { return g.value("stands_alone", true); });
+    printf("  parent: %s (%s)\n", m["parent"].get<std::string>().c_str(),
+           alone ? "only what changed since was written; what did not is linked or copied in: the image stands alone"
+                 : "some GPU chunks are read from there");
+  }
   printf("  CPU half: %zu CRIU files, %s\n", m["cpu_files"].size(), human(cpu).c_str());
   if (!m.value("pid_namespace", true))
     printf("  pids: the host's (run with --host-pids): restored only where they are free\n");
@@ -1883,9 +1888,10 @@ int inspect_shaped(const std::string& dir, const Output& out) {
       printf("    GPU half: DAMAGED: %s\n", g["error"].get<std::string>().c_str());
       continue;
     }
-    printf("    GPU half: %s of device memory in %s (%s written, %s from the parent)\n",
+    printf("    GPU half: %s of device memory in %s (%s written, %s from the parent%s)\n",
            human(g["device_bytes"].get<uint64_t>()).c_str(), p["gpu_image"].get<std::string>().c_str(),
-           human(g["bytes_written"].get<uint64_t>()).c_str(), human(g["bytes_reused"].get<uint64_t>()).c_str());
+           human(g["bytes_written"].get<uint64_t>()).c_str(), human(g["bytes_reused"].get<uint64_t>()).c_str(),
+           carried_text(g["bytes_carried"].get<uint64_t>()).c_str());
     for (auto& dv : g["devices"])
       printf("    device %d: %s (compute capability %s), was GPU %d\n", dv["vdev"].get<int>(),
              dv["name"].get<std::string>().c_str(), dv["cc"].get<std::string>().c_str(), dv["pdev"].get<int>());

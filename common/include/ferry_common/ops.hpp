@@ -52,6 +52,7 @@ struct Stats {
   uint64_t copied = 0;         // device bytes copied to the host
   double seconds = 0;          // the whole operation
   double stopped_seconds = 0;  // how long the program's CUDA calls were held
+  uint64_t carried = 0;        // the parent's bytes copied into the image so it stands alone (not in written)
 };
 
 // JSON keys: dir, parent, leave_running, stay_stopped, discard, zstd, fingerprints,

@@ -11,11 +11,22 @@
 //
 // Chunks are fixed-size pieces of a blob (4 MiB by default), addressed by their
 // XXH3-128 hash and optionally zstd-compressed (kept raw when that does not shrink
-// them). A chunk found in the parent image's index is referenced, not written again:
-// an image is incremental by construction. Writing goes to a temporary directory next
-// to the target; the files are fsynced and the directory renamed into place (swapped
-// with an existing image), so a crash or a full disk leaves any previous image intact.
-// Reading verifies the hash of every chunk it returns.
+// them). A chunk found in the parent image's index is not written again: an image is
+// incremental by construction. Yet every image stands alone. The parent's packs that
+// hold its chunks are hard-linked into the new image (no bytes are copied; the inode
+// stays alive however the parent is later replaced, moved or removed), and where a
+// link would keep more unreferenced bytes alive than referenced ones, or the file
+// system has no hard links, the chunks it needs are copied into a pack of its own.
+// The parent is read through descriptors opened once, on its directory as it was
+// then, so a publish over it meanwhile -- the new image may even replace its own
+// parent, the scheduler's one $CKPT -- cannot mix two images. (Images written before
+// this refer to their parent's packs by relative path, `image` in the index; they are
+// still read, and an image written with one of them as parent stands alone.)
+//
+// Writing goes to a temporary directory next to the target; the files are fsynced and
+// the directory renamed into place (swapped with an existing image), so a crash or a
+// full disk leaves any previous image intact. Reading verifies the hash of every chunk
+// it returns.
 #pragma once
 
 #include <cstdint>
@@ -106,6 +117,9 @@ struct Manifest {
   std::map<Hash, ChunkLoc> index;
   uint64_t bytes_written = 0;  // chunk bytes this image wrote itself (stored)
   uint64_t bytes_reused = 0;   // raw bytes referenced from the parent or deduplicated
+  // Stored bytes (with headers) of the parent's chunks copied into this image's own packs
+  // so it stands alone; not in bytes_written, which counts what was new.
+  uint64_t bytes_carried = 0;
 };
 
 nlohmann::json to_json(const Manifest& m);
@@ -121,6 +135,7 @@ struct WriterOptions {
   int zstd_level = 0;        // 0: no compression
   uint64_t pack_limit = 1ull << 30;
   uint64_t fail_after = 0;   // test hook (FERRY_TEST_ENOSPC_AFTER): ENOSPC after this many bytes
+  bool no_links = false;     // test hook: as on a file system without hard links
 };
 
 // Writes an image. put() may be called from several threads; chunks are appended to
@@ -146,6 +161,20 @@ class Writer {
   const std::string& final_dir() const { return dir_; }
 
  private:
+  // A pack of the parent's (or, for an older parent, of one it refers to), open since
+  // the writer was made.
+  struct ParentPack {
+    int fd = -1;
+    std::string path;  // for messages
+  };
+  struct ParentChunk {
+    ChunkLoc loc;     // as the parent's index has it
+    size_t pack = 0;  // in parent_packs_
+  };
+  void open_parent(const std::string& parent);
+  // Makes the parent's chunks this image uses its own (linked or copied packs); returns
+  // where each now is.
+  std::map<Hash, ChunkLoc> take_parent_chunks(const std::vector<Hash>& used);
   void open_pack();
   void write_all(const void* data, size_t n);
   std::string dir_, tmp_;
@@ -156,9 +185,11 @@ class Writer {
   uint64_t pack_off_ = 0;
   uint64_t flushed_off_ = 0;  // the pack's bytes before this offset are being written back
   int pack_no_ = 0;
-  uint64_t written_ = 0, reused_ = 0;
-  std::map<Hash, ChunkLoc> index_;         // chunks of this image
-  std::map<Hash, ChunkLoc> parent_index_;  // chunks of the parent, relative to the new image
+  uint64_t written_ = 0, reused_ = 0, carried_ = 0;
+  bool carrying_ = false;  // write_all counts into carried_, not written_
+  std::map<Hash, ChunkLoc> index_;  // chunks of this image
+  std::vector<ParentPack> parent_packs_;
+  std::map<Hash, ParentChunk> parent_index_;  // chunks of the parent
   std::map<std::string, Blob> parent_blobs_;
   uint64_t parent_chunk_size_ = 0;
   bool committed_ = false;

@@ -55,14 +55,15 @@ TEST_CASE("an option of the wrong type is refused by name", "[ops]") {
 }
 
 TEST_CASE("stats survive the JSON codec", "[ops]") {
-  ops::Stats s{1, 2, 3, 4, 5.5, 6.25};
+  ops::Stats s{1, 2, 3, 4, 5.5, 6.25, 7};
   nlohmann::json j = ops::to_json(s);
-  CHECK(j.size() == 6);
+  CHECK(j.size() == 7);
   ops::Stats b = ops::stats_from_json(j);
   CHECK(b.device_bytes == 1);
   CHECK(b.written == 2);
   CHECK(b.reused == 3);
   CHECK(b.copied == 4);
+  CHECK(b.carried == 7);
   CHECK(b.seconds == 5.5);
   CHECK(b.stopped_seconds == 6.25);
 }
