@@ -421,8 +421,9 @@ void Writer::open_parent(const std::string& parent) {
   // give this image chunks of two images.
   int dirfd = open(opts_.parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dirfd < 0) {
+    int e = errno;
     read_manifest(opts_.parent);  // names a missing image as every reader does
-    io_error("cannot open", opts_.parent, errno);
+    io_error("cannot open", opts_.parent, e);
   }
   struct Closer {
     int fd;
@@ -431,13 +432,22 @@ void Writer::open_parent(const std::string& parent) {
   Manifest pm = read_manifest_from(opts_.parent, dirfd);
   std::map<std::string, size_t> opened;
   for (auto& [h, loc] : pm.index) {
-    // An older image's `image` is a path relative to its own directory, so relative to
-    // the descriptor too.
     std::string rel = (fs::path(loc.image) / "packs" / loc.pack).string();
     auto [it, fresh] = opened.try_emplace(rel, parent_packs_.size());
     if (fresh) {
       std::string path = (p / rel).lexically_normal().string();
-      int fd = openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC);
+      if (!loc.image.empty()) {
+        // An older image's `image` is a path relative to its directory's name, resolved
+        // as its Reader does. It still depends on that image: replacing it would break
+        // the parent chosen here.
+        fs::path holder = (p / loc.image).lexically_normal();
+        if (holder.filename().empty()) holder = holder.parent_path();
+        if (holder.string() == dir_)
+          throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent (" + opts_.parent +
+                                                ", written by an older ferry) refers to it; write the new image to "
+                                                "another directory");
+      }
+      int fd = loc.image.empty() ? openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0)
         throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) + " (a pack of the parent image " + opts_.parent +
                                               "; write a full image, without a parent)");
@@ -539,6 +549,19 @@ std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& use
     for (const Hash& h : hashes) needed += sizeof(ChunkHeader) + parent_index_.at(h).loc.stored;
     struct stat st{};
     if (fstat(pp.fd, &st) != 0) io_error("cannot read", pp.path, errno);
+    // The headers, at least, before anything is linked or copied (32 bytes a chunk): a
+    // pack that does not hold what the parent's index says is named now, not at restore.
+    for (const Hash& h : hashes) {
+      const ChunkLoc& src = parent_index_.at(h).loc;
+      ChunkHeader ch{};
+      ssize_t n = pread(pp.fd, &ch, sizeof ch, static_cast<off_t>(src.offset));
+      if (n != static_cast<ssize_t>(sizeof ch) || ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi ||
+          ch.raw != src.raw || ch.stored != src.stored || ch.codec != static_cast<uint32_t>(src.codec) ||
+          src.offset + sizeof ch + src.stored > static_cast<uint64_t>(st.st_size))
+        throw Error(ErrorClass::DataLost, pp.path + ": chunk " + h.hex() + " at offset " + std::to_string(src.offset) +
+                                              ": damaged or truncated in the parent image " + opts_.parent +
+                                              "; write a full image, without a parent");
+    }
     // A link keeps the whole pack alive: worth it while at least half of it is used, so
     // a chain of images never holds more unused bytes than used ones.
     if (!opts_.no_links && needed * 2 >= static_cast<uint64_t>(st.st_size)) {
@@ -565,12 +588,9 @@ std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& use
       const ChunkLoc& src = parent_index_.at(h).loc;
       buf.resize(sizeof(ChunkHeader) + src.stored);
       ssize_t n = pread(pp.fd, buf.data(), buf.size(), static_cast<off_t>(src.offset));
-      ChunkHeader ch{};
-      if (n >= static_cast<ssize_t>(sizeof ch)) memcpy(&ch, buf.data(), sizeof ch);
-      if (n != static_cast<ssize_t>(buf.size()) || ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi ||
-          ch.raw != src.raw || ch.stored != src.stored || ch.codec != static_cast<uint32_t>(src.codec))
+      if (n != static_cast<ssize_t>(buf.size()))
         throw Error(ErrorClass::DataLost, pp.path + ": chunk " + h.hex() + " at offset " + std::to_string(src.offset) +
-                                              ": damaged or truncated in the parent image " + opts_.parent +
+                                              ": truncated in the parent image " + opts_.parent +
                                               "; write a full image, without a parent");
       ChunkLoc l = src;
       l.image.clear();
@@ -613,6 +633,10 @@ Manifest Writer::commit(Manifest m) {
   std::sort(from_parent.begin(), from_parent.end());
   from_parent.erase(std::unique(from_parent.begin(), from_parent.end()), from_parent.end());
   std::map<Hash, ChunkLoc> taken = take_parent_chunks(from_parent);
+  // Done with the parent. Open, its files would stay behind as .nfsXXXX on NFS when the
+  // image being replaced is the parent itself.
+  for (auto& pp : parent_packs_) close(pp.fd);
+  parent_packs_.clear();
   m.bytes_written = written_;
   m.bytes_reused = reused_;
   m.bytes_carried = carried_;
@@ -628,7 +652,7 @@ Manifest Writer::commit(Manifest m) {
   if (fd < 0) io_error("cannot create", mpath, errno);
   size_t off = 0;
   while (off < text.size()) {
-    if (opts_.fail_after && written_ + text.size() > opts_.fail_after) {
+    if (opts_.fail_after && written_ + carried_ + text.size() > opts_.fail_after) {
       close(fd);
       io_error("cannot write", mpath, ENOSPC);
     }

@@ -805,6 +805,72 @@ def process_host_pids():
                          tag="host_pids", kind="--host-pids")
 
 
+@check("process.preempted", 200)
+def process_preempted():
+    """The scheduler recipe (docs/control.md): `ferry run --on-signal TERM=dump:IMG` and a
+    TERM; `ferry restore IMG --on-signal TERM=dump:IMG --incremental` and a TERM again,
+    whose dump replaces IMG writing only what changed since the restore (the ballast, as
+    restored, is not written again: its GPU fingerprints match); `ferry restore IMG` to
+    the end, bit-identical."""
+    if os.geteuid() != 0:
+        raise Skipped("CRIU needs root")
+    base = [os.path.join(A.build, "examples/mlp_trainer"), "--steps", "60",
+            "--ballast-mb", "64" if A.emulator else "1024", "--hidden", "256"]
+    _, ref, _ = run(base, 240, direct=True)
+    want = lines_matching(ref.splitlines(), "weights checksum")
+    tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
+    img = os.path.join(tmp, "job")
+    on_term = ["--on-signal", f"TERM=dump:{img}"]
+    figures = {"job": f"ferry run {JOB_KIND}"}
+    jobs = []
+
+    def preempt(job, marker, what):
+        job.wait_for(marker, 180)
+        t0 = now()
+        job.p.send_signal(15)
+        rc, _, err = job.finish(240)
+        if rc != 0:
+            raise Failed(f"{what}: exit {rc} after the TERM, not 0 (dumped): {' '.join(err[-4:])}")
+        with open(os.path.join(img, "process.json")) as f:
+            st = json.load(f).get("stats", {})
+        figures[what] = (f"{now() - t0:.2f} s from the TERM; GPU {st.get('gpu_device_bytes', 0) / 2**20:.0f} MiB, "
+                         f"{st.get('gpu_bytes_written', 0) / 2**20:.1f} MiB written, "
+                         f"{st.get('gpu_bytes_reused', 0) / 2**20:.1f} MiB from the parent, "
+                         f"{st.get('gpu_bytes_carried', 0) / 2**20:.1f} MiB copied in")
+        return st
+
+    try:
+        emu = ["--emulator"] if A.emulator else []
+        jobs.append(Job([ferry_cmd(), "run", JOB_KIND] + emu + on_term + ["--"] + base + ["--step-delay-ms", "40"]))
+        preempt(jobs[-1], r"^step 15 loss", "first dump")
+        jobs.append(Job([ferry_cmd(), "restore", img] + on_term + ["--incremental"]))
+        st = preempt(jobs[-1], r"^step 30 loss", "incremental dump")
+        total, written = st.get("gpu_device_bytes", 0), st.get("gpu_bytes_written", 0)
+        if not total or written >= total / 2:
+            raise Failed(f"the incremental dump wrote {written} of {total} GPU bytes: the unchanged ballast was "
+                         "written again")
+        cli("verify", img)
+        rc, out, err = run([ferry_cmd(), "restore", img], 300, check=False)
+        if rc != 0:
+            raise Failed(f"the last ferry restore exited {rc}: {err.strip()[-600:]}")
+        got = lines_matching(out.splitlines(), "weights checksum")
+        if not got or got != want[len(want) - len(got):]:
+            raise Failed(f"the job's results differ from the uninterrupted run's: {got[-2:]} vs {want[-2:]}")
+        figures["result"] = f"bit-identical ({len(got)} lines after the last restore)"
+        return figures
+    except BaseException:
+        if jobs:
+            try:
+                keep_logs("preempted", tmp, jobs[-1])
+            except OSError as e:
+                print(f"gpu-check: could not keep the logs of preempted: {e}", flush=True)
+        raise
+    finally:
+        for j in jobs:
+            j.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @check("process.loader_workers", 180)
 def process_loader_workers():
     """A PyTorch DataLoader's shape: mlp_trainer's batches come from two workers forked
@@ -948,7 +1014,7 @@ def torch_graph():
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first. process.host_pids, which only
 # repeats a round trip the other way, after those the issue asks for.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_preempted, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

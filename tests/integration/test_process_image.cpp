@@ -1566,6 +1566,50 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
   CHECK(ferry_test::lines_with(seen, " loss ") == ferry_test::lines_with(plain.out, " loss "));  // each step once
 }
 
+TEST_CASE("an --incremental preemption whose image was damaged or removed since the restore dumps the whole job "
+          "instead, saying so; the job ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string img = t / "ckpt", next = t / "next";
+  std::vector<std::string> prog = {kMlp, "--steps", "120", "--ballast-mb", "8"};
+  auto plain = ferry_test::run(prog, ferry_test::emu_env(), 120);
+  REQUIRE(!checksums(plain.out).empty());
+  auto paced = prog;
+  paced.insert(paced.end(), {"--step-delay-ms", "20"});
+  ferry_test::Child c(job(paced), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 5 loss"));
+  dump(c.pid(), img);
+  c.finish();
+  const bool removed = GENERATE(false, true);
+  INFO((removed ? "the image removed" : "its packs truncated"));
+  ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + next, "--incremental"},
+                      ferry_test::emu_env());
+  REQUIRE(r.wait_for("step 20 loss"));
+  if (removed) {
+    fs::remove_all(img);
+  } else {
+    for (auto& e : fs::recursive_directory_iterator(img))
+      if (e.path().extension() == ".pack") fs::resize_file(e.path(), 16);  // the pack header alone
+  }
+  kill(r.pid(), SIGTERM);
+  auto done = r.finish();
+  INFO(done.err);
+  REQUIRE(done.exit_code == 0);
+  CHECK(done.err.find(removed ? "ferry: " + img + ", restored from, is gone: the whole job is dumped, not only what "
+                                                  "changed\n"
+                              : "ferry: " + img + ", restored from, is damaged: the whole job is dumped instead\n") !=
+        std::string::npos);
+  auto m = nlohmann::json::parse(std::ifstream(next + "/process.json"));
+  CHECK(m["parent"] == "");
+  CHECK(m["stats"]["gpu_bytes_written"].get<uint64_t>() >= 8ull << 20);
+  CHECK(!fs::exists(next + ".partial"));
+  auto back = restore(next);
+  INFO(back.err);
+  REQUIRE(back.exit_code == 0);
+  CHECK(checksums(back.out) == checksums(plain.out));
+}
+
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");

@@ -75,14 +75,29 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
     actions[sig] = [dir, parent](pid_t init) {
       ferry::cli::DumpArgs da;
       da.dir = dir;
-      da.parent = parent;
       ferry::cli::Output o;
       o.progress = "never";
+      // --incremental builds on the image restored from, if it is still there: a job is
+      // never lost for want of it.
+      if (!parent.empty() && access((parent + "/process.json").c_str(), F_OK) != 0)
+        fprintf(stderr, "ferry: %s, restored from, is gone: the whole job is dumped, not only what changed\n",
+                parent.c_str());
+      else
+        da.parent = parent;
       fprintf(stderr, "ferry: signal received: dumping the job to %s\n", dir.c_str());
       // A failed dump passes the signal on, as without an action: the job ends as the
       // scheduler asked, never left without its ferry by a bug of ferry's.
       try {
-        return ferry::cli::cmd_dump(init, da, o) == 0;
+        int rc = ferry::cli::cmd_dump(init, da, o);
+        // A dump reads nothing but its parent: an image lost (74) is that one, and the
+        // failed dump has brought the job back, so it is dumped whole instead.
+        if (rc == ferry::cli::kDataLost && !da.parent.empty()) {
+          fprintf(stderr, "ferry: %s, restored from, is damaged: the whole job is dumped instead\n",
+                  da.parent.c_str());
+          da.parent.clear();
+          rc = ferry::cli::cmd_dump(init, da, o);
+        }
+        return rc == 0;
       } catch (const std::exception& e) {
         fprintf(stderr, "ferry: internal error during the dump (a bug; please report it): %s\n", e.what());
         return false;
@@ -196,7 +211,7 @@ int main(int argc, char** argv) {
   ck->add_option("dir", op.dir, "image directory (replaced atomically if it exists)")->required();
   ck->add_flag("--leave-running", op.leave_running, "let the program go on as soon as its memory is in host RAM");
   ck->add_flag("--continue", op.cont, "let the program go on once the image is written");
-  ck->add_option("--parent", op.parent, "an earlier image: unchanged chunks are referenced, not written");
+  ck->add_option("--parent", op.parent, "an earlier image (or DIR itself): unchanged chunks are not written again; the new image still stands alone");
   ck->add_option("--zstd", op.zstd, "compress chunks with zstd at this level (1-19)")->check(CLI::Range(0, 19));
   ck->add_option("--staging-mb", op.staging_mb, "pinned host staging memory for the copies (default 256)");
   ck->add_flag("--read-all", op.read_all,
@@ -230,7 +245,7 @@ int main(int argc, char** argv) {
   dp->add_option("pid", pid, "the job's ferry run, its init, or any process in it")->required();
   dp->add_option("dir", da.dir, "image directory (replaced atomically if it exists)")->required();
   dp->add_flag("--leave-running", da.leave_running, "let the job go on once the image is written");
-  dp->add_option("--parent", da.parent, "an earlier whole-process image: unchanged GPU chunks are referenced, not written");
+  dp->add_option("--parent", da.parent, "an earlier whole-process image (or DIR itself): unchanged GPU chunks are not written again; the new image still stands alone");
   dp->add_option("--zstd", da.zstd, "compress GPU chunks with zstd at this level (1-19)")->check(CLI::Range(0, 19));
   dp->add_option("--staging-mb", da.staging_mb, "pinned host staging memory for the GPU copies (default 256)");
   dp->add_flag("--read-all", da.read_all, "read and hash every GPU chunk, even those the fingerprints show unchanged");

@@ -290,13 +290,24 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
   SECTION("a damaged parent chunk is named, nothing is published") {
     flip_byte(t / "p/packs/0000.pack", 16 + 5 * (65536 + 32) + 8);  // the sixth chunk's header
     WriterOptions nl = o;
-    nl.no_links = true;
+    nl.no_links = GENERATE(false, true);  // checked before a link as before a copy
     Error e = error_of([&] { write_image(t / "m", {{"mem", changed}}, nl); });
     CHECK(e.cls == ErrorClass::DataLost);
     CHECK_THAT(e.message, ContainsSubstring("p/packs/0000.pack: chunk "));
     CHECK_THAT(e.message, ContainsSubstring("damaged or truncated in the parent image"));
     CHECK(!fs::exists(t / "m"));
     CHECK(leftovers(t.path).empty());
+  }
+  SECTION("a full disk while the parent's chunks are copied in: nothing is published") {
+    WriterOptions nl = o;
+    nl.no_links = true;
+    nl.fail_after = 16 + 65536 + 32 + 16 + 3 * (65536 + 32);  // the new chunk, then three of the seven
+    Error e = error_of([&] { write_image(t / "m", {{"mem", changed}}, nl); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK_THAT(e.message, ContainsSubstring("no space left on the device"));
+    CHECK(!fs::exists(t / "m"));
+    CHECK(leftovers(t.path).empty());
+    CHECK(read_back(t / "p", "mem") == base);
   }
   SECTION("a parent without one of its packs is refused at the start") {
     fs::remove(t / "p/packs/0000.pack");
@@ -326,11 +337,20 @@ TEST_CASE("an image written by an older ferry, referring to its parent's packs b
   Manifest c = write_image(t / "c", {{"mem", base}}, o);
   CHECK(c.bytes_written == 0);
   CHECK(pack_links(t / "c") == std::vector<nlink_t>{2});
-  fs::remove_all(t / "p");
-  CHECK(read_back(t / "c", "mem") == base);
-  Error e = error_of([&] { read_back(t / "old", "mem"); });
-  CHECK(e.cls == ErrorClass::DataLost);
-  CHECK_THAT(e.message, ContainsSubstring("a chunk of the parent image ../p"));
+  SECTION("the image it refers to cannot be replaced by its child: that would break it") {
+    Error e = error_of([&] { write_image(t / "p", {{"mem", base}}, o); });
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK_THAT(e.message, ContainsSubstring("cannot be replaced by an image whose parent"));
+    CHECK(read_back(t / "old", "mem") == base);
+    CHECK(leftovers(t.path).empty());
+  }
+  SECTION("once its own parent is gone, it is named") {
+    fs::remove_all(t / "p");
+    CHECK(read_back(t / "c", "mem") == base);
+    Error e = error_of([&] { read_back(t / "old", "mem"); });
+    CHECK(e.cls == ErrorClass::DataLost);
+    CHECK_THAT(e.message, ContainsSubstring("a chunk of the parent image ../p"));
+  }
 }
 
 TEST_CASE("fingerprints travel with the blobs and are checked", "[image]") {
