@@ -355,6 +355,7 @@ Stats suspend(const Options& o) {
         Stats w = write_image(o, state, refs, nullptr);
         s.written = w.written;
         s.reused = w.reused;
+        s.carried = w.carried;
         s.copied = w.copied;
       } else {
         ram = std::make_unique<RamSnapshot>();

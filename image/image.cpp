@@ -455,6 +455,20 @@ void Writer::open_parent(const std::string& parent) {
     }
     parent_index_[h] = {loc, it->second};
   }
+  // A truncated pack is named now, before any GPU memory is copied (the header of each
+  // chunk used is read at commit).
+  std::vector<uint64_t> ends(parent_packs_.size(), 0);
+  for (auto& [h, pc] : parent_index_)
+    ends[pc.pack] = std::max<uint64_t>(ends[pc.pack], pc.loc.offset + sizeof(ChunkHeader) + pc.loc.stored);
+  for (size_t i = 0; i < parent_packs_.size(); i++) {
+    struct stat st{};
+    if (fstat(parent_packs_[i].fd, &st) != 0) io_error("cannot read", parent_packs_[i].path, errno);
+    if (static_cast<uint64_t>(st.st_size) < ends[i])
+      throw Error(ErrorClass::DataLost, parent_packs_[i].path + ": truncated (" + std::to_string(st.st_size) +
+                                            " bytes, its chunks reach " + std::to_string(ends[i]) +
+                                            "; a pack of the parent image " + opts_.parent +
+                                            "; write a full image, without a parent)");
+  }
   parent_chunk_size_ = pm.chunk_size;
   for (auto& b : pm.blobs) parent_blobs_[b.id] = std::move(b);
 }

@@ -824,15 +824,18 @@ def process_preempted():
     figures = {"job": f"ferry run {JOB_KIND}"}
     jobs = []
 
-    def preempt(job, marker, what):
-        job.wait_for(marker, 180)
+    def preempt(job, marker, what, parent):
+        job.wait_for(marker, 120)
         t0 = now()
         job.p.send_signal(15)
-        rc, _, err = job.finish(240)
-        if rc != 0:
+        rc, _, err = job.finish(60)
+        if rc != 0 or not any("dumping the job to" in x for x in err):
             raise Failed(f"{what}: exit {rc} after the TERM, not 0 (dumped): {' '.join(err[-4:])}")
         with open(os.path.join(img, "process.json")) as f:
-            st = json.load(f).get("stats", {})
+            m = json.load(f)
+        st = m.get("stats", {})
+        if m.get("parent") != parent:
+            raise Failed(f"{what}: the image's parent is {m.get('parent')!r}, not {parent!r}: {' '.join(err[-4:])}")
         figures[what] = (f"{now() - t0:.2f} s from the TERM; GPU {st.get('gpu_device_bytes', 0) / 2**20:.0f} MiB, "
                          f"{st.get('gpu_bytes_written', 0) / 2**20:.1f} MiB written, "
                          f"{st.get('gpu_bytes_reused', 0) / 2**20:.1f} MiB from the parent, "
@@ -842,15 +845,15 @@ def process_preempted():
     try:
         emu = ["--emulator"] if A.emulator else []
         jobs.append(Job([ferry_cmd(), "run", JOB_KIND] + emu + on_term + ["--"] + base + ["--step-delay-ms", "40"]))
-        preempt(jobs[-1], r"^step 15 loss", "first dump")
+        preempt(jobs[-1], r"^step 15 loss", "first dump", "")
         jobs.append(Job([ferry_cmd(), "restore", img] + on_term + ["--incremental"]))
-        st = preempt(jobs[-1], r"^step 30 loss", "incremental dump")
+        st = preempt(jobs[-1], r"^step 30 loss", "incremental dump", img)
         total, written = st.get("gpu_device_bytes", 0), st.get("gpu_bytes_written", 0)
         if not total or written >= total / 2:
             raise Failed(f"the incremental dump wrote {written} of {total} GPU bytes: the unchanged ballast was "
                          "written again")
         cli("verify", img)
-        rc, out, err = run([ferry_cmd(), "restore", img], 300, check=False)
+        rc, out, err = run([ferry_cmd(), "restore", img], 120, check=False)
         if rc != 0:
             raise Failed(f"the last ferry restore exited {rc}: {err.strip()[-600:]}")
         got = lines_matching(out.splitlines(), "weights checksum")

@@ -1552,6 +1552,7 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
     if (incremental) {
       CHECK(m["parent"] == img);
       CHECK(st["gpu_bytes_reused"].get<uint64_t>() >= 16ull << 20);
+      CHECK(st["gpu_bytes_carried"] == 0);  // the ballast is most of its pack: linked, not copied
       CHECK(st["gpu_bytes_written"].get<uint64_t>() < total / 2);
     } else {
       CHECK(m["parent"] == "");
@@ -1633,6 +1634,34 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
     CHECK(r.err == "ferry: dump failed: criu dump failed (exit -1): CRIU was killed by SIGKILL; the job goes on running "
                    "on its GPUs, nothing was written\n");
     CHECK(!fs::exists(t / "img.dump.log"));
+  }
+  SECTION("a parent written by an older ferry, reading chunks from the directory this dump would replace") {
+    dump(c.pid(), t / "old-base", {"--leave-running"});
+    // The older form of a child: the same image, its GPU chunks read by relative path
+    // from old-base's packs.
+    fs::copy(t / "old-base", t / "old-child", fs::copy_options::recursive);
+    std::string holder;
+    for (auto& e : fs::directory_iterator(t / "old-child/gpu")) {
+      fs::remove_all(e.path() / "packs");
+      fs::create_directory(e.path() / "packs");
+      auto j = nlohmann::json::parse(std::ifstream(e.path() / "manifest.json"));
+      for (auto& [k, loc] : j["chunks"].items()) loc["image"] = "../../../old-base/gpu/" + e.path().filename().string();
+      std::ofstream(e.path() / "manifest.json") << j.dump();
+      holder = t / ("old-base/gpu/" + e.path().filename().string());
+    }
+    REQUIRE(!holder.empty());
+    REQUIRE(ferry_test::run({kFerry, "verify", t / "old-child"}, ferry_test::emu_env(), 60).exit_code == 0);
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "old-base", "--parent", t / "old-child"},
+                             ferry_test::emu_env(), 180);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: --parent " + (t / "old-child") + " (written by an older ferry) reads chunks from " + holder +
+                       ", which this dump would replace; dump into another directory\n");
+    CHECK(ferry_test::run({kFerry, "verify", t / "old-child"}, ferry_test::emu_env(), 60).exit_code == 0);
+    // Into another directory it is a parent like any other; the new image stands alone.
+    dump(c.pid(), t / "new", {"--leave-running", "--parent", t / "old-child"});
+    fs::remove_all(t / "old-base");
+    fs::remove_all(t / "old-child");
+    CHECK(ferry_test::run({kFerry, "verify", t / "new"}, ferry_test::emu_env(), 60).exit_code == 0);
   }
   SECTION("a CRIU the kernel cannot execute (its interpreter missing): said so") {
     const std::string bad = script_at(t / "criu", "#!/nonexistent/sh\n");

@@ -90,7 +90,8 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       try {
         int rc = ferry::cli::cmd_dump(init, da, o);
         // A dump reads nothing but its parent: an image lost (74) is that one, and the
-        // failed dump has brought the job back, so it is dumped whole instead.
+        // failed dump has brought the job back (where it could not, this second dump is
+        // refused at once and the signal passed on), so it is dumped whole instead.
         if (rc == ferry::cli::kDataLost && !da.parent.empty()) {
           fprintf(stderr, "ferry: %s, restored from, is damaged: the whole job is dumped instead\n",
                   da.parent.c_str());

@@ -892,6 +892,31 @@ struct Dump {
 
 }  // namespace
 
+// A GPU half written by an older ferry reads chunks from its own parent by relative
+// path: publishing dir over one of those would break the parent chosen for this dump, so
+// that is refused before anything stops. (This ferry's images hold their chunks.)
+void refuse_breaking(const std::string& parent_dir, const nlohmann::json& parent, const std::string& dir) {
+  for (auto& p : parent["processes"]) {
+    if (!p.value("cuda", false)) continue;
+    std::string g = parent_dir + "/" + p["gpu_image"].get<std::string>();
+    if (!fs::exists(g + "/manifest.json")) continue;  // that process is dumped whole (cmd_dump)
+    image::Manifest gm;
+    try {
+      gm = image::read_manifest(g);
+    } catch (const image::Error& e) {
+      throw ClientError(info(e.cls).exit_code, "--parent " + parent_dir + ": " + e.message);
+    }
+    for (auto& [h, loc] : gm.index) {
+      if (loc.image.empty()) continue;
+      std::string holder = (fs::path(g) / loc.image).lexically_normal().string();
+      while (holder.size() > 1 && holder.back() == '/') holder.pop_back();
+      if (holder == dir || holder.rfind(dir + "/", 0) == 0)
+        throw ClientError(kFixFirst, "--parent " + parent_dir + " (written by an older ferry) reads chunks from " +
+                                         holder + ", which this dump would replace; dump into another directory");
+    }
+  }
+}
+
 int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   auto t0 = Clock::now();
   Dump d;
@@ -953,6 +978,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       parent_dir = fs::absolute(a.parent).lexically_normal().string();
       while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
       parent = read_process_manifest(parent_dir);
+      refuse_breaking(parent_dir, parent, dir);
     }
     for (Task* t : d.cuda()) {
       if (access(marker_of(t->host, ".detached").c_str(), F_OK) == 0)

@@ -309,6 +309,13 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
     CHECK(leftovers(t.path).empty());
     CHECK(read_back(t / "p", "mem") == base);
   }
+  SECTION("a parent with a truncated pack is refused at the start") {
+    fs::resize_file(t / "p/packs/0000.pack", 16 + 7 * (65536 + 32));  // the last chunk cut off
+    Error e = error_of([&] { Writer w(t / "m", o); });
+    CHECK(e.cls == ErrorClass::DataLost);
+    CHECK_THAT(e.message, ContainsSubstring("p/packs/0000.pack: truncated (458992 bytes, its chunks reach 524560"));
+    CHECK(leftovers(t.path).empty());
+  }
   SECTION("a parent without one of its packs is refused at the start") {
     fs::remove(t / "p/packs/0000.pack");
     Error e = error_of([&] { Writer w(t / "m", o); });
