@@ -15,7 +15,8 @@
 //                      connections, the parent image, and the size and XXH3-128 hash
 //                      of every CRIU file
 //   DIR/gpu/<nspid>/   ferry's GPU image of each CUDA process (image/ format: chunks,
-//                      fingerprints, zstd, references into the parent's GPU images)
+//                      fingerprints, zstd; with a parent, its packs linked or its
+//                      chunks copied in: the image stands alone)
 //   DIR/cpu/           CRIU's images of the whole tree, and CRIU's dump log
 //
 // Dump, in this order (each step undone if a later one fails: the job goes on running
