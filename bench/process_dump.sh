@@ -78,6 +78,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' /proc/"$1"/status; }
 du_bytes() { du -sb "$1" | cut -f1; }
+# What $2 adds on disk to $1: du counts a file linked into both once, under $1 (an image
+# holds its parent's packs as hard links).
+du_added() { du -sb "$1" "$2" | tail -1 | cut -f1; }
 start_job() {  # ferry run job; sets jobpid, init, prog
   "$ferry" run "${emu[@]}" --pid-namespace "${@}" -- "$build/examples/mlp_trainer" "${args[@]}" >"$work/job.log" 2>&1 &
   jobpid=$!
@@ -113,7 +116,7 @@ ferry_route() {
   F[disk]+="$(du_bytes "$work/f1") "
   "$ferry" dump "$jobpid" "$work/f2" --leave-running --parent "$work/f1" --format json >"$work/f2.json"
   f_second=$(json "$work/f2.json" "d['stats']['gpu_bytes_written']")
-  F[second]+="$(du_bytes "$work/f2") "
+  F[second]+="$(du_added "$work/f1" "$work/f2") "
   kill -9 "$jobpid"; wait "$jobpid" 2>/dev/null || true; jobpid=
   t0=$(now)
   "$ferry" restore "$work/f1" >"$work/f.restored.log" 2>"$work/f.restore.err" &
