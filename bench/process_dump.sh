@@ -78,9 +78,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' /proc/"$1"/status; }
 du_bytes() { du -sb "$1" | cut -f1; }
-# What $2 adds on disk to $1: du counts a file linked into both once, under $1 (an image
-# holds its parent's packs as hard links).
-du_added() { du -sb "$1" "$2" | tail -1 | cut -f1; }
+# What $2 adds on disk to $1: du counts a file linked into both once (an image holds its
+# parent's packs as hard links), so the total of both less $1 alone.
+du_added() { echo $(( $(du -sbc "$1" "$2" | tail -1 | cut -f1) - $(du_bytes "$1") )); }
 start_job() {  # ferry run job; sets jobpid, init, prog
   "$ferry" run "${emu[@]}" --pid-namespace "${@}" -- "$build/examples/mlp_trainer" "${args[@]}" >"$work/job.log" 2>&1 &
   jobpid=$!

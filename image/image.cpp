@@ -596,9 +596,11 @@ std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& use
       // Not linked (another file system, one without links, or the parent was replaced
       // and removed meanwhile, which its open descriptor survives): copied instead.
     }
+    // Copies from every parent pack go into one pack of this image's (a new one at the
+    // pack limit), not one each.
     carrying_ = true;
-    open_pack();
     for (const Hash& h : hashes) {
+      if (fd_ < 0 || pack_off_ >= opts_.pack_limit) open_pack();
       const ChunkLoc& src = parent_index_.at(h).loc;
       buf.resize(sizeof(ChunkHeader) + src.stored);
       ssize_t n = pread(pp.fd, buf.data(), buf.size(), static_cast<off_t>(src.offset));
@@ -613,11 +615,13 @@ std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& use
       write_all(buf.data(), buf.size());
       at[h] = l;
     }
+  }
+  if (fd_ >= 0) {
     if (fsync(fd_) != 0) io_error("cannot sync", tmp_ + "/packs/" + pack_name_, errno);
     close(fd_);
     fd_ = -1;
-    carrying_ = false;
   }
+  carrying_ = false;
   return at;
 }
 

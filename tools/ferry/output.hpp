@@ -34,10 +34,10 @@ inline std::string human(uint64_t b) {
   return s;
 }
 
-// ", N of it copied in" for an image that copied some of its parent's chunks to stand
-// alone (image.hpp), "" for one that linked them all.
+// ", N copied in" for an image that copied some of its parent's chunks to stand alone
+// (image.hpp; stored bytes with their headers), "" for one that linked them all.
 inline std::string carried_text(uint64_t carried) {
-  return carried ? ", " + human(carried) + " of it copied in" : "";
+  return carried ? ", " + human(carried) + " copied in" : "";
 }
 
 // Progress on stderr: one updating line on a terminal, else a line per phase (and at

@@ -256,6 +256,21 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
     fs::remove_all(t / "p");
     CHECK(read_back(t / "m", "mem") == most);
   }
+  SECTION("chunks copied from several parent packs go into one pack") {
+    WriterOptions small;
+    small.pack_limit = 3 * (65536 + 32);  // the parent's 8 chunks in packs of 3, 3 and 2
+    write_image(t / "p3", {{"mem", base}}, small);
+    REQUIRE(pack_links(t / "p3").size() == 3);
+    auto most = base;
+    for (int i : {1, 2, 4, 5, 7}) most[static_cast<size_t>(i) * 65536] ^= 1;  // 0, 3 and 6 stay: one of each pack
+    WriterOptions o3;
+    o3.parent = t / "p3";
+    Manifest m = write_image(t / "m", {{"mem", most}}, o3);
+    CHECK(m.bytes_carried == 16 + 3 * (65536 + 32));
+    CHECK(pack_links(t / "m") == std::vector<nlink_t>{1, 1});  // its own, and the one with the copies
+    fs::remove_all(t / "p3");
+    CHECK(read_back(t / "m", "mem") == most);
+  }
   SECTION("without hard links the chunks used are copied") {
     WriterOptions nl = o;
     nl.no_links = true;
