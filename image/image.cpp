@@ -107,6 +107,12 @@ static_assert(sizeof(ChunkHeader) == 32);
 
 const char* codec_name(Codec c) { return c == Codec::Zstd ? "zstd" : "none"; }
 
+// Whether a chunk's header in its pack says what the index says of it.
+bool header_matches(const ChunkHeader& ch, const Hash& h, const ChunkLoc& loc) {
+  return ch.magic == kChunkMagic && ch.hash_lo == h.lo && ch.hash_hi == h.hi && ch.raw == loc.raw &&
+         ch.stored == loc.stored && ch.codec == static_cast<uint32_t>(loc.codec);
+}
+
 std::string now_iso() {
   time_t t = time(nullptr);
   struct tm tm;
@@ -384,6 +390,18 @@ Manifest read_manifest_from(const std::string& dir, int dirfd) {
 
 Manifest read_manifest(const std::string& dir) { return read_manifest_from(dir, -1); }
 
+std::set<std::string> chunks_held_elsewhere(const std::string& dir, const Manifest& m) {
+  std::set<std::string> held;
+  for (auto& [h, loc] : m.index) {
+    if (loc.image.empty()) continue;
+    // Resolved by name, as the reader resolves it.
+    fs::path holder = (fs::path(dir) / loc.image).lexically_normal();
+    if (holder.filename().empty()) holder = holder.parent_path();
+    held.insert(holder.string());
+  }
+  return held;
+}
+
 // ---- writer --------------------------------------------------------------------------------
 
 Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) {
@@ -407,9 +425,14 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
       io_error("cannot create", tmp_ + "/packs", e);
     }
   } catch (...) {
-    for (auto& pp : parent_packs_) close(pp.fd);
+    close_parent();
     throw;
   }
+}
+
+void Writer::close_parent() {
+  for (auto& pp : parent_packs_) close(pp.fd);
+  parent_packs_.clear();
 }
 
 void Writer::open_parent(const std::string& parent) {
@@ -430,23 +453,20 @@ void Writer::open_parent(const std::string& parent) {
     ~Closer() { close(fd); }
   } closer{dirfd};
   Manifest pm = read_manifest_from(opts_.parent, dirfd);
+  // An older parent still depends on the images it reads from: replacing one would break
+  // the parent chosen here.
+  if (chunks_held_elsewhere(opts_.parent, pm).count(dir_))
+    throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent (" + opts_.parent +
+                                          ", written by an older ferry) refers to it; write the new image to "
+                                          "another directory");
   std::map<std::string, size_t> opened;
   for (auto& [h, loc] : pm.index) {
     std::string rel = (fs::path(loc.image) / "packs" / loc.pack).string();
     auto [it, fresh] = opened.try_emplace(rel, parent_packs_.size());
     if (fresh) {
+      // An older image's `image` is a path relative to its directory's name, opened by
+      // name as its Reader does.
       std::string path = (p / rel).lexically_normal().string();
-      if (!loc.image.empty()) {
-        // An older image's `image` is a path relative to its directory's name, resolved
-        // as its Reader does. It still depends on that image: replacing it would break
-        // the parent chosen here.
-        fs::path holder = (p / loc.image).lexically_normal();
-        if (holder.filename().empty()) holder = holder.parent_path();
-        if (holder.string() == dir_)
-          throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent (" + opts_.parent +
-                                                ", written by an older ferry) refers to it; write the new image to "
-                                                "another directory");
-      }
       int fd = loc.image.empty() ? openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0)
         throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) + " (a pack of the parent image " + opts_.parent +
@@ -475,7 +495,7 @@ void Writer::open_parent(const std::string& parent) {
 
 Writer::~Writer() {
   if (fd_ >= 0) close(fd_);
-  for (auto& pp : parent_packs_) close(pp.fd);
+  close_parent();
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(tmp_, ec);
@@ -569,8 +589,7 @@ std::map<Hash, ChunkLoc> Writer::take_parent_chunks(const std::vector<Hash>& use
       const ChunkLoc& src = parent_index_.at(h).loc;
       ChunkHeader ch{};
       ssize_t n = pread(pp.fd, &ch, sizeof ch, static_cast<off_t>(src.offset));
-      if (n != static_cast<ssize_t>(sizeof ch) || ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi ||
-          ch.raw != src.raw || ch.stored != src.stored || ch.codec != static_cast<uint32_t>(src.codec) ||
+      if (n != static_cast<ssize_t>(sizeof ch) || !header_matches(ch, h, src) ||
           src.offset + sizeof ch + src.stored > static_cast<uint64_t>(st.st_size))
         throw Error(ErrorClass::DataLost, pp.path + ": chunk " + h.hex() + " at offset " + std::to_string(src.offset) +
                                               ": damaged or truncated in the parent image " + opts_.parent +
@@ -653,8 +672,7 @@ Manifest Writer::commit(Manifest m) {
   std::map<Hash, ChunkLoc> taken = take_parent_chunks(from_parent);
   // Done with the parent. Open, its files would stay behind as .nfsXXXX on NFS when the
   // image being replaced is the parent itself.
-  for (auto& pp : parent_packs_) close(pp.fd);
-  parent_packs_.clear();
+  close_parent();
   m.bytes_written = written_;
   m.bytes_reused = reused_;
   m.bytes_carried = carried_;
@@ -732,9 +750,7 @@ void Reader::read_chunk(const Hash& h, void* dst) {
   ChunkHeader ch;
   ssize_t n = pread(fd, &ch, sizeof ch, static_cast<off_t>(loc.offset));
   if (n != static_cast<ssize_t>(sizeof ch)) throw lost("the pack is truncated");
-  if (ch.magic != kChunkMagic || ch.hash_lo != h.lo || ch.hash_hi != h.hi || ch.raw != loc.raw ||
-      ch.stored != loc.stored || ch.codec != static_cast<uint32_t>(loc.codec))
-    throw lost("the chunk header does not match the index (damaged pack)");
+  if (!header_matches(ch, h, loc)) throw lost("the chunk header does not match the index (damaged pack)");
   std::vector<char> stored;
   char* target = static_cast<char*>(dst);
   if (loc.codec != Codec::None) {

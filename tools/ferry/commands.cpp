@@ -313,13 +313,8 @@ int cmd_inspect(const std::string& dir, const Output& out) {
     return kOk;
   }
   printf("%s: ferry image version %d, created %s\n", dir.c_str(), m.version, m.created.c_str());
-  // An image of this ferry's holds every chunk itself; one of an older ferry may refer to
-  // its parent's packs.
   if (!m.parent.empty())
-    printf("  parent: %s (%s)\n", m.parent.c_str(),
-           per_image.size() > per_image.count(".")
-               ? "some chunks are read from there"
-               : "only what changed since was written; what did not is linked or copied in: the image stands alone");
+    printf("%s", parent_text(m.parent, image::chunks_held_elsewhere(dir, m).empty(), "some chunks").c_str());
   printf("  device memory: %s in %zu blobs, %" PRIu64 " chunks of %s (%zu distinct)\n", human(total).c_str(),
          m.blobs.size(), chunks, human(m.chunk_size).c_str(), m.index.size());
   printf("  written: %s; referenced from the parent or repeated: %s%s\n", human(m.bytes_written).c_str(),

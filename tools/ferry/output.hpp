@@ -40,6 +40,15 @@ inline std::string carried_text(uint64_t carried) {
   return carried ? ", " + human(carried) + " copied in" : "";
 }
 
+// inspect's line for an image's parent: whether it stands alone (image.hpp), or which of
+// its chunks (`some`) an older ferry left to be read from the parent chain.
+inline std::string parent_text(const std::string& parent, bool alone, const char* some) {
+  return "  parent: " + parent + " (" +
+         (alone ? "only what changed since was written; what did not is linked or copied in: the image stands alone"
+                : std::string(some) + " are read from there") +
+         ")\n";
+}
+
 // Progress on stderr: one updating line on a terminal, else a line per phase (and at
 // most one every two seconds within a phase).
 struct ProgressView {

@@ -906,10 +906,7 @@ void refuse_breaking(const std::string& parent_dir, const nlohmann::json& parent
     } catch (const image::Error& e) {
       throw ClientError(info(e.cls).exit_code, "--parent " + parent_dir + ": " + e.message);
     }
-    for (auto& [h, loc] : gm.index) {
-      if (loc.image.empty()) continue;
-      std::string holder = (fs::path(g) / loc.image).lexically_normal().string();
-      while (holder.size() > 1 && holder.back() == '/') holder.pop_back();
+    for (const std::string& holder : image::chunks_held_elsewhere(g, gm)) {
       if (holder == dir || holder.rfind(dir + "/", 0) == 0)
         throw ClientError(kFixFirst, "--parent " + parent_dir + " (written by an older ferry) reads chunks from " +
                                          holder + ", which this dump would replace; dump into another directory");
@@ -1875,8 +1872,7 @@ int inspect_shaped(const std::string& dir, const Output& out) {
       image::Manifest gm = image::read_manifest(dir + "/" + g);
       uint64_t total = 0;
       for (auto& b : gm.blobs) total += b.size;
-      // Images of older ferrys read some chunks from their parent's directory.
-      bool alone = std::all_of(gm.index.begin(), gm.index.end(), [](auto& c) { return c.second.image.empty(); });
+      bool alone = image::chunks_held_elsewhere(dir + "/" + g, gm).empty();
       gpu_images[g] = {{"device_bytes", total}, {"bytes_written", gm.bytes_written}, {"bytes_reused", gm.bytes_reused},
                        {"bytes_carried", gm.bytes_carried}, {"stands_alone", alone}, {"parent", gm.parent}, {"devices", gm.state.value("devices", nlohmann::json::array())}};
     } catch (const image::Error& e) {
@@ -1897,9 +1893,7 @@ int inspect_shaped(const std::string& dir, const Output& out) {
          m.value("ferry", std::string("?")).c_str(), m.value("created", std::string("?")).c_str());
   if (!m.value("parent", std::string()).empty()) {
     bool alone = std::all_of(gpu_images.begin(), gpu_images.end(), [](auto& g) { return g.value("stands_alone", true); });
-    printf("  parent: %s (%s)\n", m["parent"].get<std::string>().c_str(),
-           alone ? "only what changed since was written; what did not is linked or copied in: the image stands alone"
-                 : "some GPU chunks are read from there");
+    printf("%s", parent_text(m["parent"].get<std::string>(), alone, "some GPU chunks").c_str());
   }
   printf("  CPU half: %zu CRIU files, %s\n", m["cpu_files"].size(), human(cpu).c_str());
   if (!m.value("pid_namespace", true))

@@ -34,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,11 @@ Manifest from_json(const nlohmann::json& j, const std::string& where);
 // Reads an image's manifest; `dir` is the image directory.
 Manifest read_manifest(const std::string& dir);
 
+// The directories (absolute, normalized) outside image `dir` whose packs its index names:
+// an image of an older ferry reads chunks from its parent chain by relative path. Empty
+// for an image that stands alone.
+std::set<std::string> chunks_held_elsewhere(const std::string& dir, const Manifest& m);
+
 struct WriterOptions {
   std::string parent;        // an existing image to reference unchanged chunks from
   int zstd_level = 0;        // 0: no compression
@@ -172,6 +178,7 @@ class Writer {
     size_t pack = 0;  // in parent_packs_
   };
   void open_parent(const std::string& parent);
+  void close_parent();  // its descriptors
   // Makes the parent's chunks this image uses its own (linked or copied packs); returns
   // where each now is.
   std::map<Hash, ChunkLoc> take_parent_chunks(const std::vector<Hash>& used);
