@@ -78,7 +78,7 @@ FERRY_API int ferry_restore(const ferry_options* o, ferry_result* r) { return ru
 FERRY_API unsigned long ferry_status(char* buf, unsigned long len) {
   std::string s;
   try {
-    s = engine::status().dump();
+    s = engine::status().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } catch (const std::exception& e) {
     s = std::string("{\"error\":\"") + e.what() + "\"}";
   }

@@ -48,7 +48,9 @@ bool open_listener(pid_t pid);  // below
 std::string marker(pid_t pid, const char* ext) { return socket_dir() + "/" + std::to_string(pid) + ext; }
 
 void send_line(int fd, const nlohmann::json& j) {
-  std::string s = j.dump() + "\n";
+  // A reply may name a path that is not UTF-8 (from the C API): its bad bytes are replaced
+  // rather than the reply lost to an exception.
+  std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   size_t off = 0;
   while (off < s.size()) {
     ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);

@@ -682,7 +682,9 @@ Manifest Writer::commit(Manifest m) {
       auto it = index_.find(h);
       m.index[h] = it != index_.end() ? it->second : taken.at(h);
     }
-  std::string text = to_json(m).dump(1);
+  // The parent's path is only for reading (chunks are found by the index); one that is not
+  // UTF-8 has its bad bytes replaced rather than failing the commit.
+  std::string text = to_json(m).dump(1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string mpath = tmp_ + "/manifest.json";
   int fd = open(mpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) io_error("cannot create", mpath, errno);

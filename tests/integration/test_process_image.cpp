@@ -442,6 +442,79 @@ TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; 
   CHECK(report_of(r)["processes"][0]["status"]["memory_by_gpu"].contains("0"));
 }
 
+TEST_CASE("names that are not UTF-8 (a Latin-1 file system's): a job whose command line has one and whose output "
+          "goes to a file so named is dumped and restored, its output then the restorer's; such an image is "
+          "inspected and verified; an image directory so named is refused before the job is touched",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string log = t / "caf\xe9.log", latin = "caf\xe9", args = "--n 200000 --iters 60";
+  auto plain = ferry_test::run({kSaxpy, "--n", "200000", "--iters", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  // ferry run's own stdout is the file: the job holds it from outside, as a scheduler's log.
+  std::vector<std::string> argv = {"/bin/sh", "-c", "log=$1; shift; exec \"$@\" >\"$log\" 2>&1", "sh", log};
+  for (auto& a : job({"/bin/sh", "-c", "\"$0\" $1 --iter-delay-ms 15; echo ended", kSaxpy, args, latin}))
+    argv.push_back(a);
+  ferry_test::Child c(argv, ferry_test::emu_env());
+  const std::string step = "iteration " + std::to_string(random_step(2, 25)) + "\n";
+  for (int i = 0; i < 600 && ferry_test::read_file(log).find(step) == std::string::npos; i++) usleep(100000);
+  REQUIRE(ferry_test::read_file(log).find(step) != std::string::npos);
+
+  // Refused before anything stops, exactly; the job goes on.
+  for (auto [cmd, dir] : {std::pair<std::string, std::string>{"dump", t / "img\xff"}, {"checkpoint", t / "ck\xff"}}) {
+    auto r = ferry_test::run({kFerry, cmd, std::to_string(c.pid()), dir}, ferry_test::emu_env(), 60);
+    CHECK(r.exit_code == 64);
+    CHECK(r.err == "ferry " + cmd + ": image directory " + dir +
+                       " is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a UTF-8 path "
+                       "(a symbolic link to the directory will do)\n");
+    CHECK_FALSE(fs::exists(dir));
+  }
+  CHECK(kill(c.pid(), 0) == 0);
+
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const auto logged = ferry_test::read_file(log);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  // The key CRIU matches is exact (as hex); the readable one has U+FFFD for the byte.
+  std::string hex;
+  for (unsigned char ch : log.substr(1)) {
+    char b[3];
+    snprintf(b, sizeof b, "%02x", ch);
+    hex += b;
+  }
+  int kept = 0;
+  for (auto& s : m["stdio"])
+    if (s["fd"] == 1 || s["fd"] == 2) {
+      kept++;
+      CHECK(s["key_hex"] == hex);
+      CHECK(s["key"] == (t / "caf\xef\xbf\xbd.log").substr(1));
+    }
+  CHECK(kept == 2);
+  bool named = false;
+  for (auto& p : m["processes"])
+    for (auto& a : p["cmdline"]) named = named || a == "caf\xef\xbf\xbd";
+  CHECK(named);
+
+  // Moved under a name that is not UTF-8, it is still read: JSON reports replace the byte.
+  fs::rename(t / "img", t / "im\xffg");
+  auto v = ferry_test::run({kFerry, "verify", t / "im\xffg", "--format", "json"}, ferry_test::emu_env(), 60);
+  CHECK(v.exit_code == 0);
+  CHECK(nlohmann::json::parse(v.out)["dir"] == t / "im\xef\xbf\xbdg");
+  auto in = ferry_test::run({kFerry, "inspect", t / "im\xffg", "--format", "json"}, ferry_test::emu_env(), 60);
+  CHECK(in.exit_code == 0);
+  CHECK(nlohmann::json::parse(in.out)["processes"].size() == m["processes"].size());
+  fs::rename(t / "im\xffg", t / "img");
+
+  // The restorer's stdout takes the file's place: the rest of the run is there, not in the file.
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  CHECK(r.out.find("ended\n") != std::string::npos);
+  CHECK(ferry_test::read_file(log) == logged);
+}
+
 TEST_CASE("graph_loop restored on a different machine (other GPU UUIDs and memory) ends bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);

@@ -86,7 +86,15 @@ nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& o
     throw ClientError(kBug, "cannot connect to " + path + ": " + strerror(e));
   }
   nlohmann::json req = {{"v", control::kProtocolVersion}, {"op", op}, {"options", options}};
-  std::string line = req.dump() + "\n";
+  std::string line;
+  try {
+    line = req.dump() + "\n";
+  } catch (const nlohmann::json::type_error&) {
+    // main refuses such paths first; this is for any that gets past it, sent unaltered or not at all.
+    close(fd);
+    throw ClientError(kUsage, "a path for process " + std::to_string(pid) +
+                                  " is not valid UTF-8, which its control messages (JSON) cannot carry");
+  }
   // A process that refuses us (another user's) answers and closes without reading
   // the request, so the send may fail: its answer, if any, is still there to read.
   bool sent = send(fd, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size());

@@ -161,22 +161,18 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
             res.second["pid"] = c;
             procs.push_back(res.second);
           }
-          printf("%s\n", nlohmann::json({{"ok", worst == kOk},
+          print_json(nlohmann::json({{"ok", worst == kOk},
                                           {"job_init", job->init},
                                           {"continued", 0},
                                           {"recovered_from_dump", recovered},
-                                          {"processes", procs}})
-                              .dump(1)
-                              .c_str());
+                                          {"processes", procs}}));
           return worst;
         }
         if (out.json)
-          printf("%s\n", nlohmann::json({{"ok", job->problems.empty()},
+          print_json(nlohmann::json({{"ok", job->problems.empty()},
                                           {"job_init", job->init},
                                           {"continued", job->continued},
-                                          {"error", job->problems.empty() ? "" : job->problems.substr(2)}})
-                              .dump(1)
-                              .c_str());
+                                          {"error", job->problems.empty() ? "" : job->problems.substr(2)}}));
         else if (job->continued == 0)
           printf("job %d is running: nothing to resume\n", job->init);
         else
@@ -196,7 +192,7 @@ int cmd_op(const std::string& op, pid_t pid, const OpArgs& a, const Output& out)
   auto [code, reply] = op_reply(op, pid, ops::to_json(opts), a.timeout, view);
   if (code != kOk) return fail(out, code, reply["class"], reply["error"]);
   if (out.json) {
-    printf("%s\n", reply.dump(1).c_str());
+    print_json(reply);
     return kOk;
   }
   auto& s = reply["stats"];
@@ -225,7 +221,7 @@ int cmd_status(pid_t pid, const Output& out) {
                                              reply.value("error", "?"));
   auto& s = reply["status"];
   if (out.json) {
-    printf("%s\n", s.dump(1).c_str());
+    print_json(s);
     return kOk;
   }
   printf("process %d: %s%s\n", pid, s.value("state", "?").c_str(),
@@ -234,7 +230,7 @@ int cmd_status(pid_t pid, const Output& out) {
   if (s.contains("device_bytes")) printf("  device memory: %s\n", human(s["device_bytes"].get<uint64_t>()).c_str());
   if (s.contains("suspended_to")) printf("  suspended to: %s\n", s["suspended_to"].get<std::string>().c_str());
   if (s.contains("untracked") && !s["untracked"].empty())
-    printf("  not capturable: %s\n", s["untracked"].dump().c_str());
+    printf("  not capturable: %s\n", json_string(s["untracked"], -1).c_str());
   auto& last = s["last"];
   if (last.is_object() && last.contains("op"))
     printf("  last operation: %s, %s\n", last["op"].get<std::string>().c_str(),
@@ -262,7 +258,7 @@ int cmd_ps(const Output& out) {
     list.push_back(s);
   }
   if (out.json) {
-    printf("%s\n", list.dump(1).c_str());
+    print_json(list);
     return kOk;
   }
   // JOB: where a scheduler's signal goes (the job's ferry run or ferry restore), else its init.
@@ -309,7 +305,7 @@ int cmd_inspect(const std::string& dir, const Output& out) {
     for (const char* k : {"contexts", "streams", "events", "libraries", "modules", "globals", "physical", "mappings",
                           "allocs", "host"})
       j["objects"][k] = count(k);
-    printf("%s\n", j.dump(1).c_str());
+    print_json(j);
     return kOk;
   }
   printf("%s: ferry image version %d, created %s\n", dir.c_str(), m.version, m.created.c_str());
@@ -340,7 +336,7 @@ int cmd_verify(const std::string& dir, const Output& out) {
       view({{"phase", "verifying"}, {"done", d}, {"total", t}});
     });
     if (out.json)
-      printf("%s\n", nlohmann::json({{"ok", true}, {"dir", dir}, {"bytes", total}}).dump(1).c_str());
+      print_json(nlohmann::json({{"ok", true}, {"dir", dir}, {"bytes", total}}));
     else
       printf("%s: intact (%s of device memory, every chunk's hash verified)\n", dir.c_str(), human(total).c_str());
     return kOk;
@@ -478,7 +474,7 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
       if (!fp.contains("job_init")) return fail(out, e);
       bool ok = fp.value("dumpable", false);
       if (out.json) {
-        printf("%s\n", nlohmann::json({{"pid", pid}, {"cuda", false}, {"ok", ok}, {"full_process", fp}}).dump(1).c_str());
+        print_json(nlohmann::json({{"pid", pid}, {"cuda", false}, {"ok", ok}, {"full_process", fp}}));
       } else {
         printf("process %d: no CUDA under ferry; in job %d\n", pid, fp["job_init"].get<int>());
         print_dump_blockers(fp);
@@ -497,7 +493,7 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
   report["problems"] = problems;
   report["ok"] = problems.empty();
   if (out.json) {
-    printf("%s\n", report.dump(1).c_str());
+    print_json(report);
   } else {
     if (pid > 0) {
       printf("process %d: %s, devices %s\n", pid, report.value("state", "?").c_str(), devices_text(report).c_str());

@@ -19,6 +19,7 @@
 #include "full_process.hpp"
 #include "commands.hpp"
 #include "job.hpp"
+#include "output.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
 #include "restore_guard.hpp"
@@ -321,6 +322,28 @@ int main(int argc, char** argv) {
   }
   // Past this point a failure has its own message and exit code; anything thrown that
   // nobody caught is a bug of ferry's, said as one rather than an abort.
+  // Image paths a job is sent travel in control messages, which are JSON text: one that
+  // is not UTF-8 is refused here, before anything stops, rather than failing half-way
+  // (or being sent altered). inspect and verify read any path.
+  std::vector<std::pair<const char*, std::string>> sent;
+  for (auto* c : {ck, sp, rs, mg}) {
+    if (!c->parsed()) continue;
+    sent.push_back({"image directory", op.dir});
+    sent.push_back({"--parent", op.parent});
+  }
+  if (dp->parsed()) sent.insert(sent.end(), {{"image directory", da.dir}, {"--parent", da.parent}});
+  if (rt->parsed())
+    for (auto& s : rt_args) sent.push_back({"image directory", s});
+  for (auto& s : ra.on_signal) sent.push_back({"--on-signal", s});
+  for (auto& s : rt_on_signal) sent.push_back({"--on-signal", s});
+  for (auto& [what, path] : sent) {
+    if (json_text(path)) continue;
+    fprintf(stderr,
+            "ferry %s: %s %s is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a "
+            "UTF-8 path (a symbolic link to the directory will do)\n",
+            app.get_subcommands().front()->get_name().c_str(), what, path.c_str());
+    return kUsage;
+  }
   try {
     if (r->parsed()) {
       if (ra.cmd.empty()) {

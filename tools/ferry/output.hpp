@@ -102,6 +102,17 @@ inline bool json_text(const std::string& s) {
   }
 }
 
+// JSON as text for a reader. JSON text is UTF-8 and a path, a command line or a socket
+// name need not be: their other bytes become U+FFFD rather than an exception, which
+// would turn a report (or a dump's manifest) into an internal error. Only where a name
+// is read back by a program must it stay exact (a stdio file's CRIU key keeps a hex copy;
+// a path sent to a job is refused instead, see require_utf8).
+inline std::string json_string(const nlohmann::json& j, int indent = 1) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+inline void print_json(const nlohmann::json& j) { printf("%s\n", json_string(j).c_str()); }
+
 inline nlohmann::json failure_json(int code, const std::string& cls, const std::string& msg) {
   return {{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}};
 }
@@ -117,7 +128,7 @@ inline std::string class_of(const ClientError& e) { return class_of(e.code); }
 
 inline int fail(const Output& out, int code, const std::string& cls, const std::string& msg) {
   if (out.json)
-    printf("%s\n", failure_json(code, cls, msg).dump(1).c_str());
+    print_json(failure_json(code, cls, msg));
   else
     fprintf(stderr, "ferry: %s\n", msg.c_str());
   return code;

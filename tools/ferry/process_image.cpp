@@ -494,13 +494,31 @@ struct StandIn {
   int fd, by;
 };
 
+// CRIU's key of a stdio entry. A file's key is its path, which need not be UTF-8: JSON
+// cannot hold it, so such a key is also kept as hex ("key_hex"), exact, and "key" is only
+// for reading. (A ferry without key_hex makes CRIU refuse the restore: nothing half-runs.)
+std::string hex_of(const std::string& s) {
+  static const char digits[] = "0123456789abcdef";
+  std::string h;
+  for (unsigned char c : s) h += {digits[c >> 4], digits[c & 15]};
+  return h;
+}
+
+std::string stdio_key(const nlohmann::json& s) {
+  if (!s.contains("key_hex")) return s["key"].get<std::string>();
+  const std::string h = s["key_hex"].get<std::string>();  // its shape checked by check_shape
+  std::string key;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) key += static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16));
+  return key;
+}
+
 std::vector<StandIn> stand_ins(const nlohmann::json& m) {
   std::vector<StandIn> v;
   if (!m.contains("stdio")) return v;
   std::map<std::string, int> first;  // by CRIU's key
   for (auto& s : m["stdio"]) {
     int fd = s["fd"].get<int>();
-    v.push_back({&s, fd, first.emplace(s["key"].get<std::string>(), fd).first->second});
+    v.push_back({&s, fd, first.emplace(stdio_key(s), fd).first->second});
   }
   return v;
 }
@@ -707,6 +725,10 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
   for (auto& o : m.value("stdio", J::array())) {
     field(o, "stdio", "fd", &J::is_number_unsigned, "a descriptor number");
     field(o, "stdio", "key", &J::is_string, "a name");
+    field(o, "stdio", "key_hex", &J::is_string, "hex digits", false);
+    if (o.contains("key_hex") && (o["key_hex"].get<std::string>().size() % 2 ||
+                                  o["key_hex"].get<std::string>().find_first_not_of("0123456789abcdef") != std::string::npos))
+      bad("an entry of \"stdio\" has a \"key_hex\" that is not hex digits");
   }
   objects("gpus", false);
   for (auto& o : m.value("gpus", J::array())) {
@@ -805,7 +827,7 @@ nlohmann::json status_of_process(pid_t host) {
     throw ClientError(kBug, "process " + std::to_string(host) + " did not tell its state: " +
                                 (st.is_object() && st.contains("error") && st["error"].is_string()
                                      ? st["error"].get<std::string>()
-                                     : st.dump()));
+                                     : json_string(st, -1)));
   return st["status"];
 }
 
@@ -1182,11 +1204,14 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   }
   m["processes"] = procs;
   nlohmann::json sj = nlohmann::json::array();
-  for (auto& s : stdio) sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
+  for (auto& s : stdio) {
+    sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
+    if (!json_text(s.key)) sj.back()["key_hex"] = hex_of(s.key);
+  }
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
   m["files"] = job_files(d.tasks, stdio);
-  if (is_init_dir(init_dir)) m["init_dir"] = init_dir;
+  if (is_init_dir(init_dir) && json_text(init_dir)) m["init_dir"] = init_dir;
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
   try {
@@ -1205,7 +1230,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     std::string mp = d.stage + "/process.json";
     {
       std::ofstream f(mp);
-      f << m.dump(1) << "\n";
+      f << json_string(m) << "\n";
       if (!f.flush()) throw image::Error(ErrorClass::FixFirst, "cannot write " + mp + ": " + strerror(errno));
     }
     image::fsync_path(mp);
@@ -1242,7 +1267,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     j["stats"] = m["stats"];
     j["phase_seconds"] = phases;
     if (!left.empty()) j["error"] = "the image is complete, but the job could not go on" + left;
-    printf("%s\n", j.dump(1).c_str());
+    print_json(j);
   } else {
     printf("dumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent%s), CPU %s, "
            "in %.2f s; %s\n",
@@ -1673,7 +1698,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   // would refuse a second number not open here.
   for (auto& x : stand_ins(m))
     if (x.by == x.fd)
-      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(x.fd) + "]:" + (*x.entry)["key"].get<std::string>()});
+      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(x.fd) + "]:" + stdio_key(*x.entry)});
   if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
     argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
@@ -1807,9 +1832,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   *running = true;
   if (out.json)
     fprintf(stderr, "%s\n",
-            nlohmann::json({{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}})
-                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                .c_str());
+            json_string({{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}}, -1).c_str());
   else if (out.progress != "never")
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
@@ -1886,7 +1909,7 @@ int inspect_shaped(const std::string& dir, const Output& out) {
     j["cpu_bytes"] = cpu;
     j["gpu_images"] = gpu_images;
     if (m.contains("files")) j["files_changed_here"] = files_changed_here(m["files"]);
-    printf("%s\n", j.dump(1).c_str());
+    print_json(j);
     return kOk;
   }
   printf("%s: whole-process image (format %d), ferry %s, created %s\n", dir.c_str(), m["version"].get<int>(),
@@ -1960,9 +1983,7 @@ int verify_process_image(const std::string& dir, const Output& out) {
       }
     }
     if (out.json)
-      printf("%s\n", nlohmann::json({{"ok", true}, {"dir", dir}, {"cpu_files", m["cpu_files"].size()}, {"gpu_bytes", gpu}})
-                         .dump(1)
-                         .c_str());
+      print_json(nlohmann::json({{"ok", true}, {"dir", dir}, {"cpu_files", m["cpu_files"].size()}, {"gpu_bytes", gpu}}));
     else
       printf("%s: intact (CPU half: %zu CRIU files hashed; GPU half: %s of device memory, every chunk's hash "
              "verified)\n",

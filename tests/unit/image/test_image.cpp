@@ -228,6 +228,16 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
     CHECK(read_back(t / "g", "mem") == changed);
     Reader(t / "g").verify({});
   }
+  SECTION("a parent whose path is not UTF-8 (a Latin-1 name) is used; the manifest names it with U+FFFD") {
+    fs::rename(t / "p", t / "caf\xe9");
+    WriterOptions latin;
+    latin.parent = t / "caf\xe9";
+    Manifest l = write_image(t / "l", {{"mem", changed}}, latin);
+    CHECK(l.bytes_reused == 8 * 65536 - 65536);
+    CHECK(read_manifest(t / "l").parent == t / "caf\xef\xbf\xbd");
+    fs::remove_all(t / "caf\xe9");
+    CHECK(read_back(t / "l", "mem") == changed);
+  }
   SECTION("the child moved alone, or its parent removed, still reads") {
     fs::create_directory(t / "moved");
     fs::rename(t / "c", t / "moved/c");
