@@ -147,7 +147,7 @@ CUresult do_lock(unsigned timeout_ms) {
   while (!all_idle()) {
     if (timeout_ms && std::chrono::steady_clock::now() >= deadline) {
       set_state(CU_PROCESS_STATE_RUNNING);
-      return CUDA_ERROR_TIMEOUT;
+      return CUDA_ERROR_NOT_READY;  // cuda.h lists NOT_READY for Lock, not TIMEOUT
     }
     std::unique_lock lk(d.progress_mu);
     d.progress_cv.wait_for(lk, std::chrono::milliseconds(5));
@@ -620,6 +620,9 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
   {
     Driver& d = drv();
     std::lock_guard lk(d.mu);
+    // As reported of the real driver (cuda-python PR 1983): a caller CUDA_VISIBLE_DEVICES
+    // hides GPUs from gets INVALID_VALUE for any GPU pairs, even a GPU to itself.
+    if (args && args->gpuPairsCount && d.restricted) return CUDA_ERROR_INVALID_VALUE;
     for (auto& dev : d.devices) {
       if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;

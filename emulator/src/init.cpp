@@ -20,6 +20,7 @@
 #include "emu.hpp"
 
 #include <ferry_common/settings.hpp>
+#include <ferry_common/visible_devices.hpp>
 
 namespace ferry::emu {
 
@@ -168,44 +169,6 @@ Device* add_device(Driver& d, const DeviceConfig& cfg) {
 
 namespace {
 
-// CUDA_VISIBLE_DEVICES as the driver reads it at cuInit (NVIDIA documents indices, UUIDs
-// and that an invalid entry ends the list; the rest follows PyTorch's model of the
-// driver, torch.cuda._parse_visible_devices): the first entry decides the kind -- "GPU-"
-// and a UUID or a prefix naming one GPU, else indices, each read like strtoul after its
-// blanks ("1gpu" is 1). An entry of the other kind, or naming no GPU, ends the list; a
-// GPU named twice leaves none.
-std::vector<int> visible_devices(const std::string& spec, const std::vector<DeviceConfig>& machine) {
-  std::vector<int> v;
-  const bool uuids = spec.rfind("GPU-", 0) == 0;
-  size_t pos = 0;
-  while (pos <= spec.size()) {
-    size_t comma = spec.find(',', pos);
-    std::string e = spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    pos = comma == std::string::npos ? spec.size() + 1 : comma + 1;
-    int found = -1;
-    if (uuids) {
-      std::string want;
-      if (e.rfind("GPU-", 0) == 0)
-        for (char c : e.substr(4))
-          if (c != '-') want += static_cast<char>(tolower(static_cast<unsigned char>(c)));
-      int matches = 0;
-      for (size_t i = 0; i < machine.size() && !want.empty(); i++)
-        if (uuid_hex(machine[i].uuid).rfind(want, 0) == 0) found = static_cast<int>(i), matches++;
-      if (matches != 1) found = -1;  // none, or ambiguous
-    } else {
-      size_t b = e.find_first_not_of(" \t");
-      size_t d = b == std::string::npos ? std::string::npos : e.find_first_not_of("0123456789", b);
-      std::string digits = b == std::string::npos ? "" : e.substr(b, d == std::string::npos ? std::string::npos : d - b);
-      if (!digits.empty() && digits.size() < 6 && std::stoi(digits) < static_cast<int>(machine.size()))
-        found = std::stoi(digits);
-    }
-    if (found < 0) break;
-    if (std::find(v.begin(), v.end(), found) != v.end()) return {};
-    v.push_back(found);
-  }
-  return v;
-}
-
 // false: CUDA_VISIBLE_DEVICES leaves no device.
 bool setup_devices(Driver& d) {
   int count = static_cast<int>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
@@ -215,7 +178,9 @@ bool setup_devices(Driver& d) {
   for (int i = 0; i < count; i++) machine.push_back(machine_device(i));
   std::vector<int> chosen;
   if (const char* cvd = getenv("CUDA_VISIBLE_DEVICES")) {
-    chosen = visible_devices(cvd, machine);
+    std::vector<std::string> uuids;
+    for (auto& c : machine) uuids.push_back(uuid_hex(c.uuid));
+    chosen = ferry::visible_devices(cvd, uuids);
     d.restricted = true;
     if (chosen.empty()) return false;
   } else {

@@ -577,7 +577,7 @@ TEST_CASE("the checkpoint API's lock waits for queued work and gives up at its t
                         ferry_test::emu_env());
   REQUIRE(job.wait_for("busy"));
   usleep(100000);  // a 700 ms host function is running on its stream
-  CHECK(ctl(job.pid(), {"lock:150", "state"}) == std::vector<std::string>{"lock:150 909 0", "state 0 0"});  // TIMEOUT
+  CHECK(ctl(job.pid(), {"lock:150", "state"}) == std::vector<std::string>{"lock:150 600 0", "state 0 0"});  // NOT_READY
   // Without a timeout the lock waits for the work in flight, then holds the next call.
   CHECK(ctl(job.pid(), {"lock", "state", "unlock"}) ==
         std::vector<std::string>{"lock 0 0", "state 0 1", "unlock 0 0"});

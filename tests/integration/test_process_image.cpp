@@ -1700,6 +1700,21 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
                        " is not an executable; run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU "
                        "to a CRIU >= 4.2 (ferry check says more)\n");
   }
+  SECTION("its program stopped (SIGSTOP): refused at once, naming it, not after a wait for its answer") {
+    pid_t prog = program_of(c.pid());
+    REQUIRE(kill(prog, SIGSTOP) == 0);
+    for (int i = 0; i < 100 && ferry_test::read_file("/proc/" + std::to_string(prog) + "/stat").find(") T ") ==
+                                   std::string::npos;
+         i++)
+      usleep(10000);
+    auto r = try_dump({});
+    kill(prog, SIGCONT);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: process " + std::to_string(prog) +
+                       " is stopped (by a signal or a debugger): its GPU state cannot be taken while it is; continue "
+                       "it (kill -CONT " + std::to_string(prog) + ") and dump again. Nothing was done; the job is as "
+                       "it was\n");
+  }
   SECTION("CRIU killed while it dumps (the OOM killer, say): said so, not left to its log") {
     const std::string wrapper = criu_wrapper(t / "criu", "kill -KILL $$\n");
     auto r = try_dump({{"FERRY_CRIU", wrapper}});

@@ -3,7 +3,11 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+
+#include <ferry_common/visible_devices.hpp>
 
 #include "client.hpp"
 
@@ -45,7 +49,16 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   h_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!h_) throw ClientError(kFixFirst, "cannot load the CUDA driver " + path + ": " + dlerror());
   auto init = reinterpret_cast<CUresult (*)(unsigned)>(sym("cuInit"));
-  if (CUresult r = init(0)) throw ClientError(kFixFirst, path + ": cuInit failed with error " + std::to_string(r));
+  // The driver is initialized with every GPU visible: with some hidden from the caller,
+  // NVIDIA's GPU pairs fail even where each pair is a GPU to itself (cuda-python PR 1983;
+  // CRIU's CUDA plugin unsets it too). The caller's CUDA_VISIBLE_DEVICES (a Slurm
+  // allocation) is applied below instead, as the choice of GPUs ferry may use.
+  std::optional<std::string> visible;
+  if (const char* v = getenv("CUDA_VISIBLE_DEVICES")) visible = v;
+  unsetenv("CUDA_VISIBLE_DEVICES");
+  CUresult ir = init(0);
+  if (visible) setenv("CUDA_VISIBLE_DEVICES", visible->c_str(), 1);
+  if (ir) throw ClientError(kFixFirst, path + ": cuInit failed with error " + std::to_string(ir));
   auto count = reinterpret_cast<CUresult (*)(int*)>(sym("cuDeviceGetCount"));
   auto get = reinterpret_cast<CUresult (*)(CUdevice*, int)>(sym("cuDeviceGet"));
   auto name = reinterpret_cast<CUresult (*)(char*, int, CUdevice)>(sym("cuDeviceGetName"));
@@ -80,13 +93,22 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
     g.uuid = hex_uuid(u);
     gpus_.push_back(g);
   }
+  if (!visible) return;
+  std::vector<std::string> uuids;
+  for (auto& g : gpus_) uuids.push_back(g.uuid);
+  std::vector<Gpu> chosen;
+  for (int at : visible_devices(*visible, uuids)) {
+    chosen.push_back(gpus_[static_cast<size_t>(at)]);
+    chosen.back().index = static_cast<int>(chosen.size()) - 1;  // numbered as the caller's CUDA would
+  }
+  gpus_ = chosen;
 }
 
 int CudaDriver::state(pid_t pid, int* st) {
   auto f = reinterpret_cast<CUresult (*)(int, CUprocessState*)>(sym("cuCheckpointProcessGetState"));
   CUprocessState s = CU_PROCESS_STATE_FAILED;
   CUresult r = f(pid, &s);
-  *st = s;
+  *st = r == CUDA_SUCCESS ? static_cast<int>(s) : -1;  // not FAILED: nothing was learnt
   return r;
 }
 
@@ -122,10 +144,14 @@ int CudaDriver::unlock(pid_t pid) {
 std::string cuda_error_text(int code) {
   switch (code) {
     case CUDA_ERROR_TIMEOUT: return "CUDA_ERROR_TIMEOUT (909: work on the GPU did not finish in time)";
+    // What cuda.h lists for a lock's timeout.
+    case CUDA_ERROR_NOT_READY: return "CUDA_ERROR_NOT_READY (600: its work in flight did not finish within the lock's timeout)";
+    case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED (3: not a process the driver knows, or it has ended)";
     case CUDA_ERROR_ILLEGAL_STATE: return "CUDA_ERROR_ILLEGAL_STATE (401)";
-    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE (101: no such GPU, or another chip)";
+    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE (101: no such GPU)";
     case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY (2)";
-    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE (1)";
+    // The driver's answer to GPU pairs it cannot honour (another chip type, a GPU it does not see).
+    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE (1: an argument refused, e.g. a GPU pair)";
     case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED (801)";
     case CUDA_ERROR_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE (100)";
     case CUDA_ERROR_OPERATING_SYSTEM: return "CUDA_ERROR_OPERATING_SYSTEM (304: an OS call failed)";

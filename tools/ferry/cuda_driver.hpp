@@ -27,6 +27,8 @@ class CudaDriver {
   CudaDriver(const CudaDriver&) = delete;
   CudaDriver& operator=(const CudaDriver&) = delete;
   const std::string& path() const { return path_; }
+  // The GPUs the caller's CUDA_VISIBLE_DEVICES lets it use (all where unset), numbered as
+  // its CUDA would number them; the driver itself sees them all.
   const std::vector<Gpu>& gpus() const { return gpus_; }
 
   // The checkpoint API; each returns the CUresult. Throws ClientError(kFixFirst) when

@@ -884,9 +884,10 @@ struct Dump {
         int st = 0;
         driver->state(t->host, &st);
         if (st == CU_PROCESS_STATE_CHECKPOINTED) driver->restore(t->host, {});
-        // A lock that timed out left the process running: nothing to unlock.
+        // A lock that timed out left the process running: nothing to unlock (nor where
+        // the driver could not say).
         driver->state(t->host, &st);
-        if (st != CU_PROCESS_STATE_RUNNING)
+        if (st >= 0 && st != CU_PROCESS_STATE_RUNNING)
           if (int r = driver->unlock(t->host))
             problems += "; process " + std::to_string(t->host) + ": the driver did not unlock it (" +
                         cuda_error_text(r) + ")";
@@ -1000,6 +1001,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       refuse_breaking(parent_dir, parent, dir);
     }
     for (Task* t : d.cuda()) {
+      // Stopped, it answers neither ferry nor the driver (whose lock on a stopped process
+      // is reported to wait forever, its timeout not applying).
+      if (std::string st = status_field(t->host, "State"); !st.empty() && (st[0] == 'T' || st[0] == 't'))
+        throw ClientError(kFixFirst, "process " + std::to_string(t->host) +
+                                         " is stopped (by a signal or a debugger): its GPU state cannot be taken while "
+                                         "it is; continue it (kill -CONT " + std::to_string(t->host) +
+                                         ") and dump again. Nothing was done; the job is as it was");
       if (access(marker_of(t->host, ".detached").c_str(), F_OK) == 0)
         throw ClientError(kRetryLater, "process " + std::to_string(t->host) +
                                            " is in the middle of another dump (or one that was interrupted: `ferry "
@@ -1084,11 +1092,15 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   phase_end("gpu_state");
   // 2. The driver lets go of each CUDA process.
   if (view.enabled) fprintf(stderr, "  driver checkpoint\n");
+  // Every process locked before any is checkpointed, as CRIU's CUDA plugin does: a process
+  // still running could otherwise wait on one whose GPU state is already gone.
   for (Task* t : d.cuda()) {
     d.driver_held.insert(t->host);
     if (int r = d.driver->lock(t->host, static_cast<unsigned>(a.lock_timeout_s) * 1000u))
-      return abort(r == CUDA_ERROR_TIMEOUT ? kRetryLater : kFixFirst,
+      return abort(r == CUDA_ERROR_TIMEOUT || r == CUDA_ERROR_NOT_READY ? kRetryLater : kFixFirst,
                    "the CUDA driver could not lock process " + std::to_string(t->host) + ": " + cuda_error_text(r));
+  }
+  for (Task* t : d.cuda()) {
     if (int r = d.driver->checkpoint(t->host))
       return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
                                   cuda_error_text(r));
