@@ -15,6 +15,9 @@
 #   FERRY_GPU_CHECK_ONLY=a,b    only the checks whose names start with these
 #   FERRY_GPU_CHECK_BUDGET_S=N  start no check after N s of the suite (default: what
 #                               is left of 420 s after the build)
+#   FERRY_GPU_CHECK_TOTAL_S=N   everything, the build included, ends within N s of the
+#                               start (default 540: one device call of 600 s); a check
+#                               running then is stopped and reported, as are those after
 #   FERRY_GPU_CHECK_KIT_BUILD=1 in emulator mode, build as on a GPU machine (only what
 #                               the suite needs; CI does, so nothing it runs is missing)
 # On a machine without Debian's -dev packages, run scripts/gpu-kit-deps.sh beforehand
@@ -101,11 +104,15 @@ echo "gpu-check: built in ${build_s} s"
 # And its strace, for what the driver fails on in a PID namespace (probe.pid_namespace).
 [[ -z ${FERRY_STRACE:-} && -x $root/.gpu-kit/strace/strace ]] && export FERRY_STRACE=$root/.gpu-kit/strace/strace
 budget=${FERRY_GPU_CHECK_BUDGET_S:-$(( build_s > 300 ? 120 : 420 - build_s ))}
-args=(--build "$build" --out "$out" --budget-s "$budget")
+end_by=$(( started + ${FERRY_GPU_CHECK_TOTAL_S:-540} ))
+args=(--build "$build" --out "$out" --budget-s "$budget" --end-by "$end_by")
 [[ $emulator == 1 ]] && args+=(--emulator)
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
-# The suite stops a check still running at budget + 150 s itself; this is the backstop.
-timeout $(( ${budget%.*} + 200 )) python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
+# The suite stops a check still running at budget + 150 s, or 10 s before the end, itself;
+# this is the backstop.
+left=$(( end_by - $(date +%s) ))
+(( left < 30 )) && left=30
+timeout "$left" python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
 rc=$?
 [[ -f $out/build-failed-in-part.txt ]] &&
   printf '\nNOTE  the build failed in part (build.log); the checks above ran on what was built\n' >>"$out/summary.txt"

@@ -303,10 +303,31 @@ void write_byte(int fd) {
     write_byte(checkpointed);
     read_byte(looked);
     if (did_checkpoint) {
+      // With GPU pairs, each GPU to itself: the struct, the UUIDs' byte order and the
+      // pairs' path of the driver, which ferry's restore onto other GPUs takes (a pair
+      // for every GPU here, so every one the process had is named).
+      auto count = reinterpret_cast<CUresult (*)(int*)>(api("cuDeviceGetCount"));
+      auto get = reinterpret_cast<CUresult (*)(CUdevice*, int)>(api("cuDeviceGet"));
+      auto uuid = reinterpret_cast<CUresult (*)(CUuuid*, CUdevice)>(api("cuDeviceGetUuid_v2"));
+      std::vector<CUcheckpointGpuPair> pairs;
+      int n = 0;
+      if (count && get && uuid && count(&n) == CUDA_SUCCESS)
+        for (int i = 0; i < n; i++) {
+          CUdevice d = 0;
+          CUuuid u{};
+          if (get(&d, i) == CUDA_SUCCESS && uuid(&u, d) == CUDA_SUCCESS) pairs.push_back({u, u});
+        }
       CUcheckpointRestoreArgs ra{};
+      ra.gpuPairs = pairs.empty() ? nullptr : pairs.data();
+      ra.gpuPairsCount = static_cast<unsigned>(pairs.size());
       t0 = std::chrono::steady_clock::now();
       e = restore(target, &ra);
-      r += ", \"restore\": " + std::to_string(e) + ", \"restore_ms\": " + ms();
+      r += ", \"restore_pairs\": " + std::to_string(pairs.size()) + ", \"restore\": " + std::to_string(e) +
+           ", \"restore_ms\": " + ms();
+      if (e != CUDA_SUCCESS && !pairs.empty()) {  // still checkpointed: brought back without pairs
+        CUcheckpointRestoreArgs plain{};
+        r += ", \"restore_without_pairs\": " + std::to_string(restore(target, &plain));
+      }
     }
     CUcheckpointUnlockArgs ua{};
     e = unlock(target, &ua);  // before the state is asked (operands of + are unsequenced)

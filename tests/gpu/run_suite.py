@@ -401,6 +401,10 @@ def release_probe():
             for k in ("lock", "checkpoint", "restore", "unlock"))
         figures["states"] = " -> ".join(str(ctl.get(k, "-")) for k in
                                         ("state_before", "state_locked", "state_checkpointed", "state_after"))
+        if "restore_pairs" in ctl:
+            figures["restore's GPU pairs (each GPU to itself)"] = (
+                f"{ctl['restore_pairs']}: restore {ctl.get('restore')}" +
+                (f"; then without pairs {ctl['restore_without_pairs']}" if "restore_without_pairs" in ctl else ""))
     figures["context again"] = r["context_again"]
     figures["computes again"] = r["computes_again"]
     if not r["computes_again"]:
@@ -1022,14 +1026,14 @@ CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, pro
           shim_overhead, bandwidth]
 
 
-def machine_facts():
+def machine_facts(limit_s=180):
     """What a device session's note must record beside the checks: the kernel, whether
     the machine has CRIU plugins of its own, and what `ferry check` says of whole-process
     dumps here (the CRIU it found, and the driver in a job's PID namespace)."""
     facts = {"kernel": os.uname().release, "criu_plugin_dir": os.path.isdir("/usr/lib/criu")}
     try:
-        rc, out, err = run([ferry_cmd(), "check", "--format", "json"] + (["--emulator"] if A.emulator else []), 180,
-                           check=False)
+        rc, out, err = run([ferry_cmd(), "check", "--format", "json"] + (["--emulator"] if A.emulator else []),
+                           limit_s, check=False)
         try:
             full = json.loads(out).get("full_process", {})
             facts["ferry_check"] = {k: full.get(k) for k in ("ready", "problems", "warnings", "criu", "driver_in_job",
@@ -1052,6 +1056,8 @@ def main():
     p.add_argument("--budget-s", type=float, default=400, help="start no check after this many seconds")
     p.add_argument("--deadline-s", type=float, default=0,
                    help="stop a check still running after this many seconds (default: the budget + 150)")
+    p.add_argument("--end-by", type=float, default=0,
+                   help="the whole run ends by this time (seconds since the epoch; 0: no such bound)")
     A = p.parse_args()
     A.build = os.path.abspath(A.build)
     A.only = [x for x in A.only.split(",") if x]
@@ -1063,15 +1069,21 @@ def main():
         machine["gpu"] = out.strip() if rc == 0 else "unknown"
     else:
         machine["gpu"] = "simulated GPU"
-    machine.update(machine_facts())
+    # The clock's time left of the whole run (the device call's limit), as this process's own clock.
+    end = now() + (A.end_by - time.time() - 10 if A.end_by else 1e9)
+    machine.update(machine_facts(max(10, min(180, end - now() - 60))))
     REPORT["machine"] = machine
     write_report()
     start = now()
-    A.deadline = start + (A.deadline_s or A.budget_s + 150)
+    A.deadline = min(start + (A.deadline_s or A.budget_s + 150), end)
     for c in CHECKS:
-        if now() - start > A.budget_s:
+        if A.only and not any(c.check_name.startswith(o) for o in A.only):
+            continue
+        if now() - start > A.budget_s or now() > end - 20:
+            why = (f"the run's budget of {A.budget_s:.0f} s was spent" if now() - start > A.budget_s
+                   else "the whole run's time (--end-by) is nearly up")
             REPORT["checks"].append({"name": c.check_name, "status": "skip", "seconds": 0.0,
-                                     "detail": f"not started: the run's budget of {A.budget_s:.0f} s was spent"})
+                                     "detail": f"not started: {why}"})
             write_report()
             continue
         c()

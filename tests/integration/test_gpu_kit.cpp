@@ -98,6 +98,8 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(status["probe.pid_namespace"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"]) {
     if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
+    // The driver's restore given GPU pairs (each of the two GPUs to itself) brings it back.
+    if (c["name"] == "probe.release") CHECK(c["figures"]["restore's GPU pairs (each GPU to itself)"] == "2: restore 0");
     if (c["name"] == "process.mlp_trainer" && root) CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
     if (c["name"] == "process.host_pids" && root) CHECK(c["figures"]["job"] == "ferry run --host-pids");
     if (c["name"] == "process.preempted" && root) {
@@ -176,4 +178,24 @@ TEST_CASE("where the driver does not start in a job's PID namespace, the kit's w
   CHECK(by_name["process.mlp_trainer"]["figures"]["result"].get<std::string>().rfind("bit-identical", 0) == 0);
   CHECK(by_name["process.host_pids"]["status"] == "skip");
   CHECK(by_name["process.host_pids"]["detail"] == "process.mlp_trainer ran its job that way");
+}
+
+TEST_CASE("the kit ends within its whole-run time, the build and ferry check included: the checks it had no time "
+          "for are reported as such", "[gpu-kit]") {
+  TempDir t;
+  // One second in all: spent before the first check could start.
+  auto r = run({"bash", kScript, t.path + "/out"},
+               {{"FERRY_GPU_CHECK_EMULATOR", "1"}, {"FERRY_GPU_CHECK_NO_BUILD", "1"}, {"FERRY_BUILD_DIR", FERRY_TEST_BIN_DIR},
+                {"FERRY_GPU_CHECK_ONLY", "probe.release,engine.mlp_trainer"}, {"FERRY_GPU_CHECK_TOTAL_S", "1"}},
+               120);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  auto report = nlohmann::json::parse(read_file(t.path + "/out/report.json"));
+  REQUIRE(report["checks"].size() == 2);
+  for (auto& c : report["checks"]) {
+    INFO(c.dump());
+    CHECK(c["status"] == "skip");
+    CHECK(c["detail"] == "not started: the whole run's time (--end-by) is nearly up");
+  }
+  CHECK(report["machine"].contains("ferry_check"));  // the machine's facts, in the time it had
 }
