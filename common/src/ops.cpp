@@ -121,6 +121,7 @@ void to_c(const Stats& s, int code, const std::string& message, ferry_result* r)
   res.written = s.written;
   res.reused = s.reused;
   res.copied = s.copied;
+  res.carried = s.carried;
   res.seconds = s.seconds;
   res.stopped_seconds = s.stopped_seconds;
   memcpy(r, &res, std::min<size_t>(r->size ? r->size : sizeof res, sizeof res));

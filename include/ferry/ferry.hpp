@@ -48,6 +48,7 @@ struct Result {
   std::string message;
   uint64_t device_bytes = 0, written = 0, reused = 0;
   uint64_t copied = 0;  // device bytes copied to the host (chunks unchanged since the parent are not)
+  uint64_t carried = 0;  // the parent's bytes copied in so the image stands alone (not in written)
   double seconds = 0, stopped_seconds = 0;
   explicit operator bool() const { return error == ErrorClass::None; }
 };
@@ -69,7 +70,7 @@ inline Result call(const char* name, const Options& o) {
   Result r;
   auto abi = lookup<int (*)()>("ferry_shim_abi_version");
   auto fn = lookup<OpFn>(name);
-  if (!abi || !fn || abi() < FERRY_C_ABI_VERSION) {
+  if (!abi || !fn || abi() < FERRY_C_ABI_OLDEST) {
     r.error = ErrorClass::NotUnderFerry;
     r.message = abi ? std::string("the ferry shim in this process is too old for ") + name
                     : "this process is not running under ferry (start it with `ferry run -- ...`)";
@@ -100,6 +101,7 @@ inline Result call(const char* name, const Options& o) {
   r.written = res.written;
   r.reused = res.reused;
   r.copied = res.copied;
+  r.carried = res.carried;
   r.seconds = res.seconds;
   r.stopped_seconds = res.stopped_seconds;
   return r;
@@ -111,7 +113,7 @@ inline Result call(const char* name, const Options& o) {
 inline bool available() {
   auto abi = detail::lookup<int (*)()>("ferry_shim_abi_version");
   auto active = detail::lookup<int (*)()>("ferry_shim_active");
-  return abi && active && abi() >= FERRY_C_ABI_VERSION && active();
+  return abi && active && abi() >= FERRY_C_ABI_OLDEST && active();
 }
 
 inline Result checkpoint(const Options& o) { return detail::call("ferry_checkpoint", o); }

@@ -16,8 +16,11 @@
 extern "C" {
 #endif
 
-/* 3: ferry_options gained read_all. A struct of an older, smaller size is still accepted. */
-#define FERRY_C_ABI_VERSION 3
+/* 3: ferry_options gained read_all. 4: ferry_result gained carried. A struct of an older,
+ * smaller size is still accepted; a shim of ABI 3 leaves carried 0. */
+#define FERRY_C_ABI_VERSION 4
+/* The oldest shim this header's operations work with (what a 4 added is only reported). */
+#define FERRY_C_ABI_OLDEST 3
 
 enum ferry_error_class {
   FERRY_OK = 0,
@@ -60,6 +63,7 @@ struct ferry_result {
   double seconds;                  /* the whole operation */
   double stopped_seconds;          /* how long the program's CUDA calls were held */
   unsigned long long copied;       /* device bytes copied to the host (unchanged chunks are not) */
+  unsigned long long carried;      /* the parent's bytes copied in so the image stands alone (not in written) */
 };
 
 int ferry_shim_abi_version(void);

@@ -101,7 +101,7 @@ TEST_CASE("the C options struct: read_all, and an older, smaller struct", "[ops]
 }
 
 TEST_CASE("the C result struct: filled up to the caller's size", "[ops]") {
-  ops::Stats s{10, 20, 30, 40, 1.5, 0.5};
+  ops::Stats s{10, 20, 30, 40, 1.5, 0.5, 50};
   ferry_result r{};
   r.size = sizeof r;
   ops::to_c(s, FERRY_DATA_LOST, "damaged", &r);
@@ -110,6 +110,7 @@ TEST_CASE("the C result struct: filled up to the caller's size", "[ops]") {
   CHECK(r.device_bytes == 10);
   CHECK(r.copied == 40);
   CHECK(r.stopped_seconds == 0.5);
+  CHECK(r.carried == 50);
 
   struct {
     ferry_result res;
@@ -121,4 +122,10 @@ TEST_CASE("the C result struct: filled up to the caller's size", "[ops]") {
   CHECK(small.res.written == 20);
   const unsigned char* after = reinterpret_cast<const unsigned char*>(&small.res) + offsetof(ferry_result, copied);
   CHECK(after[0] == 0xab);
+  // ABI 3's struct, without carried: filled up to copied, nothing past it.
+  memset(&small, 0xab, sizeof small);
+  small.res.size = offsetof(ferry_result, carried);
+  ops::to_c(s, FERRY_OK, "", &small.res);
+  CHECK(small.res.copied == 40);
+  CHECK(reinterpret_cast<const unsigned char*>(&small.res)[offsetof(ferry_result, carried)] == 0xab);
 }
