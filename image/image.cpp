@@ -183,6 +183,34 @@ std::string publisher_scope() {
 }
 
 constexpr char kAside[] = ".ferry-aside-";  // DIR + kAside + scope + "-" + pid
+constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + scope + "-" + pid + "-" + n: a writer's work
+
+// True when `tag` ("SCOPE-PID" or "SCOPE-PID-N") names a pid of this machine and
+// namespace that is gone: what it left is nobody's. Anything else (another host's,
+// a live one's, an older ferry's without a scope) is not judged here.
+bool dead_here(const std::string& tag) {
+  const std::string here = publisher_scope() + "-";
+  if (tag.compare(0, here.size(), here) != 0) return false;
+  char* rest = nullptr;
+  long pid = strtol(tag.c_str() + here.size(), &rest, 10);
+  if (rest == tag.c_str() + here.size() || (*rest && *rest != '-') || pid <= 0) return false;
+  return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+// A writer killed before it published (the grace period of a preemption ran out) left
+// its work beside DIR: up to the whole image's new bytes, and links that keep its
+// parent's packs. Removed by the next writer of DIR on the same machine.
+void remove_dead_writers(const fs::path& d) {
+  const std::string prefix = d.filename().string() + kTmp;
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
+    if (n.size() > prefix.size() && n.compare(0, prefix.size(), prefix) == 0 && dead_here(n.substr(prefix.size())))
+      stale.push_back(it->path());
+  }
+  for (auto& p : stale) fs::remove_all(p, ec);
+}
 
 }  // namespace
 
@@ -201,9 +229,7 @@ void recover_dir(const std::string& dir) {
     // (the two renames follow each other at once) -- by the file system's clock, which
     // is not this machine's on NFS.
     if (tag.compare(0, here.size(), here) == 0) {
-      char* rest = nullptr;
-      long pid = strtol(tag.c_str() + here.size(), &rest, 10);
-      if (!*rest && pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(it->path());
+      if (tag.find('-', here.size()) == std::string::npos && dead_here(tag)) stale.push_back(it->path());
       continue;
     }
     struct stat aside, now;
@@ -416,7 +442,8 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
   try {
     if (!opts_.parent.empty()) open_parent(opts_.parent);
     static std::atomic<int> counter{0};
-    tmp_ = dir_ + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    remove_dead_writers(d);
+    tmp_ = dir_ + kTmp + publisher_scope() + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
     fs::remove_all(tmp_, ec);
     if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
     if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) {

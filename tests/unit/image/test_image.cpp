@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -525,6 +526,48 @@ TEST_CASE("an interrupted write leaves the previous image as it was", "[image]")
     }
     CHECK(leftovers(t.path).empty());
     CHECK(read_back(t / "img", "mem") == old_bytes);
+  }
+  SECTION("a writer killed before it published (a preemption's grace period ran out): the next writer of the "
+          "directory removes what it left, not a live writer's") {
+    // Each child writes a chunk and stops there, as if killed: its destructor never runs.
+    int sv[2] = {-1, -1};
+    auto writer_in_child = [&](int hold_fd) {
+      pid_t p = fork();
+      if (p == 0) {
+        if (hold_fd >= 0) close(sv[0]);  // the test's end: its close is this child's cue too
+        Writer* w = new Writer(t / "img", {});
+        std::vector<char> c(new_bytes.begin(), new_bytes.begin() + 65536);
+        w->put(hash_of(c.data(), c.size()), c.data(), 65536, 65536, Codec::None);
+        char b;
+        if (hold_fd >= 0) (void)!write(hold_fd, "w", 1), (void)!read(hold_fd, &b, 1);
+        _exit(0);
+      }
+      return p;
+    };
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    pid_t live = writer_in_child(sv[1]);
+    char b;
+    REQUIRE(read(sv[0], &b, 1) == 1);  // its work is there
+    pid_t killed = writer_in_child(-1);  // it leaves the live one's alone, too
+    REQUIRE(waitpid(killed, nullptr, 0) == killed);
+    auto left = leftovers(t.path);
+    REQUIRE(left.size() == 2);
+    // Another host's (NFS), and an older ferry's without the machine's scope: not judged.
+    for (std::string name : {std::string("img.tmp-0123456789abcdef-4026531836-1-0"), std::string("img.tmp-1-0")})
+      fs::create_directory(t / name);
+    write_image(t / "img", {{"mem", new_bytes}});
+    auto after = leftovers(t.path);
+    std::sort(after.begin(), after.end());
+    std::vector<std::string> want = {t / "img.tmp-0123456789abcdef-4026531836-1-0", t / "img.tmp-1-0"};
+    for (auto& l : left)
+      if (l.find("-" + std::to_string(live) + "-") != std::string::npos) want.push_back(l);
+    std::sort(want.begin(), want.end());
+    CHECK(after == want);
+    CHECK(read_back(t / "img", "mem") == new_bytes);
+    REQUIRE(write(sv[0], "x", 1) == 1);
+    waitpid(live, nullptr, 0);
+    close(sv[0]);
+    close(sv[1]);
   }
   SECTION("the disk fills up") {
     WriterOptions o;
