@@ -495,6 +495,11 @@ void Writer::open_parent(const std::string& parent) {
       // name as its Reader does.
       std::string path = (p / rel).lexically_normal().string();
       int fd = loc.image.empty() ? openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0 && (errno == EMFILE || errno == ENFILE))  // not the parent's fault: it is not lost
+        throw Error(ErrorClass::FixFirst, path + ": " + strerror(errno) + " (each pack of the parent image " +
+                                              opts_.parent + " is held open while the image is written, " +
+                                              std::to_string(parent_packs_.size()) + " so far; raise the "
+                                              "program's open-file limit, ulimit -n, or write a full image)");
       if (fd < 0)
         throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) + " (a pack of the parent image " + opts_.parent +
                                               "; write a full image, without a parent)");

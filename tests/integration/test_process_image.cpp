@@ -1640,8 +1640,8 @@ TEST_CASE("preempted again and again: the restored job's TERM dumps it over the 
   CHECK(ferry_test::lines_with(seen, " loss ") == ferry_test::lines_with(plain.out, " loss "));  // each step once
 }
 
-TEST_CASE("an --incremental preemption whose image was damaged or removed since the restore dumps the whole job "
-          "instead, saying so; the job ends bit-identical",
+TEST_CASE("an --incremental preemption whose image was damaged, removed or replaced by a newer ferry's since the "
+          "restore dumps the whole job instead, saying so; the job ends bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -1655,13 +1655,18 @@ TEST_CASE("an --incremental preemption whose image was damaged or removed since 
   REQUIRE(c.wait_for("step 5 loss"));
   dump(c.pid(), img);
   c.finish();
-  const bool removed = GENERATE(false, true);
-  INFO((removed ? "the image removed" : "its packs truncated"));
+  const int what = GENERATE(0, 1, 2);
+  const bool removed = what == 1, newer = what == 2;
+  INFO((removed ? "the image removed" : newer ? "a newer ferry's" : "its packs truncated"));
   ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + next, "--incremental"},
                       ferry_test::emu_env());
   REQUIRE(r.wait_for("step 20 loss"));
   if (removed) {
     fs::remove_all(img);
+  } else if (newer) {
+    auto m = nlohmann::json::parse(ferry_test::read_file(img + "/process.json"));
+    m["version"] = 99;
+    std::ofstream(img + "/process.json") << m.dump();
   } else {
     for (auto& e : fs::recursive_directory_iterator(img))
       if (e.path().extension() == ".pack") fs::resize_file(e.path(), 16);  // the pack header alone
@@ -1672,6 +1677,8 @@ TEST_CASE("an --incremental preemption whose image was damaged or removed since 
   REQUIRE(done.exit_code == 0);
   CHECK(done.err.find(removed ? "ferry: " + img + ", restored from, is gone: the whole job is dumped, not only what "
                                                   "changed\n"
+                      : newer ? "ferry: the dump building on " + img + " failed (above): the whole job is dumped "
+                                                                       "instead\n"
                               : "ferry: " + img + ", restored from, is damaged: the whole job is dumped instead\n") !=
         std::string::npos);
   auto m = nlohmann::json::parse(std::ifstream(next + "/process.json"));

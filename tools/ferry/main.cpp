@@ -90,12 +90,18 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       // scheduler asked, never left without its ferry by a bug of ferry's.
       try {
         int rc = ferry::cli::cmd_dump(init, da, o);
-        // A dump reads nothing but its parent: an image lost (74) is that one, and the
-        // failed dump has brought the job back (where it could not, this second dump is
-        // refused at once and the signal passed on), so it is dumped whole instead.
-        if (rc == ferry::cli::kDataLost && !da.parent.empty()) {
-          fprintf(stderr, "ferry: %s, restored from, is damaged: the whole job is dumped instead\n",
-                  da.parent.c_str());
+        // A dump reads nothing but its parent: an image lost (74) is that one. A refusal
+        // (78) may be the parent's too (one from a newer ferry, removed since the check
+        // above, or too many packs to hold open); where it is not, the second try fails
+        // as the first. The failed dump has brought the job back (where it could not, the
+        // second is refused at once and the signal passed on): it is dumped whole instead.
+        if ((rc == ferry::cli::kDataLost || rc == ferry::cli::kFixFirst) && !da.parent.empty()) {
+          if (rc == ferry::cli::kDataLost)
+            fprintf(stderr, "ferry: %s, restored from, is damaged: the whole job is dumped instead\n",
+                    da.parent.c_str());
+          else
+            fprintf(stderr, "ferry: the dump building on %s failed (above): the whole job is dumped instead\n",
+                    da.parent.c_str());
           da.parent.clear();
           rc = ferry::cli::cmd_dump(init, da, o);
         }

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "ferry_image/image.hpp"
@@ -25,6 +27,7 @@
 namespace fs = std::filesystem;
 using namespace ferry::image;
 using Catch::Matchers::ContainsSubstring;
+using Catch::Matchers::EndsWith;
 
 // The image library is linked into this program, so its renameat2 is this one: a test
 // can take the exchange away, as NFS does (EINVAL).
@@ -281,6 +284,31 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
     CHECK(pack_links(t / "m") == std::vector<nlink_t>{1, 1});  // its own, and the one with the copies
     fs::remove_all(t / "p3");
     CHECK(read_back(t / "m", "mem") == most);
+  }
+  SECTION("out of descriptors for the parent's packs: a limit to raise, not an image lost") {
+    WriterOptions small;
+    small.pack_limit = 3 * (65536 + 32);
+    write_image(t / "p3", {{"mem", base}}, small);
+    REQUIRE(pack_links(t / "p3").size() == 3);
+    // A limit that leaves two descriptors free: the parent's directory and its first pack.
+    std::set<int> open_fds;
+    for (auto& e : fs::directory_iterator("/proc/self/fd")) open_fds.insert(std::stoi(e.path().filename().string()));
+    rlim_t limit = 0;
+    for (int free = 0; free < 2; limit++) free += !open_fds.count(static_cast<int>(limit));
+    struct rlimit was {};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    struct rlimit low = was;
+    low.rlim_cur = limit;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    WriterOptions o3;
+    o3.parent = t / "p3";
+    Error e = error_of([&] { Writer w(t / "m", o3); });
+    setrlimit(RLIMIT_NOFILE, &was);
+    CHECK(e.cls == ErrorClass::FixFirst);
+    CHECK_THAT(e.message, ContainsSubstring(": Too many open files (each pack of the parent image " + (t / "p3") +
+                                            " is held open while the image is written, "));
+    CHECK_THAT(e.message, EndsWith(" so far; raise the program's open-file limit, ulimit -n, or write a full image)"));
+    CHECK(leftovers(t.path).empty());
   }
   SECTION("without hard links the chunks used are copied") {
     WriterOptions nl = o;
