@@ -428,6 +428,18 @@ std::set<std::string> chunks_held_elsewhere(const std::string& dir, const Manife
   return held;
 }
 
+bool path_within(const std::string& path, const std::string& dir) {
+  if (path == dir || path.rfind(dir + "/", 0) == 0) return true;
+  struct stat d {};
+  if (stat(dir.c_str(), &d) != 0) return false;  // nothing there to replace
+  for (fs::path p = path; !p.empty(); p = p.parent_path()) {
+    struct stat s {};
+    if (stat(p.c_str(), &s) == 0 && s.st_dev == d.st_dev && s.st_ino == d.st_ino) return true;
+    if (p == p.parent_path()) break;
+  }
+  return false;
+}
+
 // ---- writer --------------------------------------------------------------------------------
 
 Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) {
@@ -482,7 +494,8 @@ void Writer::open_parent(const std::string& parent) {
   Manifest pm = read_manifest_from(opts_.parent, dirfd);
   // An older parent still depends on the images it reads from: replacing one would break
   // the parent chosen here.
-  if (chunks_held_elsewhere(opts_.parent, pm).count(dir_))
+  const auto held = chunks_held_elsewhere(opts_.parent, pm);
+  if (std::any_of(held.begin(), held.end(), [&](const std::string& h) { return path_within(h, dir_); }))
     throw Error(ErrorClass::FixFirst, dir_ + ": cannot be replaced by an image whose parent (" + opts_.parent +
                                           ", written by an older ferry) refers to it; write the new image to "
                                           "another directory");

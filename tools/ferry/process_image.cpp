@@ -930,7 +930,7 @@ void refuse_breaking(const std::string& parent_dir, const nlohmann::json& parent
       throw ClientError(info(e.cls).exit_code, "--parent " + parent_dir + ": " + e.message);
     }
     for (const std::string& holder : image::chunks_held_elsewhere(g, gm)) {
-      if (holder == dir || holder.rfind(dir + "/", 0) == 0)
+      if (image::path_within(holder, dir))
         throw ClientError(kFixFirst, "--parent " + parent_dir + " (written by an older ferry) reads chunks from " +
                                          holder + ", which this dump would replace; dump into another directory");
     }

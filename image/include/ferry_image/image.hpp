@@ -136,6 +136,11 @@ Manifest read_manifest(const std::string& dir);
 // for an image that stands alone.
 std::set<std::string> chunks_held_elsewhere(const std::string& dir, const Manifest& m);
 
+// Whether `path` is the directory `dir` or lies under it: by name, or by identity (a
+// symbolic link or a bind mount naming the same directory), so that replacing `dir`
+// would take `path` with it.
+bool path_within(const std::string& path, const std::string& dir);
+
 struct WriterOptions {
   std::string parent;        // an existing image to reference unchanged chunks from
   int zstd_level = 0;        // 0: no compression

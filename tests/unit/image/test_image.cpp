@@ -404,6 +404,18 @@ TEST_CASE("an image written by an older ferry, referring to its parent's packs b
     CHECK_THAT(e.message, ContainsSubstring("cannot be replaced by an image whose parent"));
     CHECK(read_back(t / "old", "mem") == base);
     CHECK(leftovers(t.path).empty());
+    // Nor by another name for it (a symbolic link; a bind mount alike), nor by replacing
+    // the directory it lies in.
+    fs::create_directory_symlink(t / "p", t / "alias");
+    for (std::string other : {t / "alias", t.path}) {
+      INFO(other);
+      Error a = error_of([&] { Writer w(other, o); });
+      CHECK(a.cls == ErrorClass::FixFirst);
+      CHECK_THAT(a.message, ContainsSubstring("cannot be replaced by an image whose parent"));
+    }
+    CHECK(path_within(t / "p/packs", t / "alias"));
+    CHECK_FALSE(path_within(t / "p", t / "c"));
+    CHECK_FALSE(path_within(t / "p", t / "nothing"));
   }
   SECTION("once its own parent is gone, it is named") {
     fs::remove_all(t / "p");
