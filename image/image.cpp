@@ -727,9 +727,12 @@ Manifest Writer::commit(Manifest m) {
       auto it = index_.find(h);
       m.index[h] = it != index_.end() ? it->second : taken.at(h);
     }
-  // The parent's path is only for reading (chunks are found by the index); one that is not
-  // UTF-8 has its bad bytes replaced rather than failing the commit.
-  std::string text = to_json(m).dump(1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // The parent's path is only for reading (chunks are found by the index): one that is not
+  // UTF-8 has its bad bytes replaced rather than failing the commit. What a restore reads
+  // back (the state's names) must be exact, and fails the commit otherwise.
+  nlohmann::json mj = to_json(m);
+  mj["parent"] = nlohmann::json::parse(nlohmann::json(m.parent).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  std::string text = mj.dump(1);
   std::string mpath = tmp_ + "/manifest.json";
   int fd = open(mpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) io_error("cannot create", mpath, errno);

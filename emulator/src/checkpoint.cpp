@@ -622,7 +622,7 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
     std::lock_guard lk(d.mu);
     // As reported of the real driver (cuda-python PR 1983): a caller CUDA_VISIBLE_DEVICES
     // hides GPUs from gets INVALID_VALUE for any GPU pairs, even a GPU to itself.
-    if (args && args->gpuPairsCount && d.restricted) return CUDA_ERROR_INVALID_VALUE;
+    if (args && args->gpuPairsCount && d.hides) return CUDA_ERROR_INVALID_VALUE;
     for (auto& dev : d.devices) {
       if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;

@@ -291,6 +291,7 @@ struct Driver {
   // CUDA_VISIBLE_DEVICES chose the devices at cuInit. Such a process sees only its own
   // GPUs, on this machine or, after a restore, wherever the GPU pairs put them.
   bool restricted = false;
+  bool hides = false;  // CUDA_VISIBLE_DEVICES left out some of the machine's GPUs
   std::map<uintptr_t, Range> ranges;        // every registered address range, by base
   std::map<uintptr_t, Mapping> mappings;    // VMM mappings, by base
   std::set<PhysAlloc*> phys;

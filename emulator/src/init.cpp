@@ -182,6 +182,7 @@ bool setup_devices(Driver& d) {
     for (auto& c : machine) uuids.push_back(uuid_hex(c.uuid));
     chosen = ferry::visible_devices(cvd, uuids);
     d.restricted = true;
+    d.hides = chosen.size() < machine.size();
     if (chosen.empty()) return false;
   } else {
     for (int i = 0; i < count; i++) chosen.push_back(i);

@@ -469,6 +469,15 @@ TEST_CASE("names that are not UTF-8 (a Latin-1 file system's): a job whose comma
                        "(a symbolic link to the directory will do)\n");
     CHECK_FALSE(fs::exists(dir));
   }
+  // A relative path is sent as an absolute one: the working directory's name counts.
+  fs::create_directory(t / "w\xe9");
+  auto rel = ferry_test::run({"/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", t / "w\xe9", kFerry, "dump",
+                              std::to_string(c.pid()), "img"},
+                             ferry_test::emu_env(), 60);
+  CHECK(rel.exit_code == 64);
+  CHECK(rel.err == "ferry dump: image directory img (" + (t / "w\xe9/img") +
+                       ") is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a UTF-8 path "
+                       "(a symbolic link to the directory will do)\n");
   CHECK(kill(c.pid(), 0) == 0);
 
   dump(c.pid(), t / "img");
@@ -482,6 +491,7 @@ TEST_CASE("names that are not UTF-8 (a Latin-1 file system's): a job whose comma
     snprintf(b, sizeof b, "%02x", ch);
     hex += b;
   }
+  CHECK(m["version"] == 5);  // an older ferry would give the output to the old file
   int kept = 0;
   for (auto& s : m["stdio"])
     if (s["fd"] == 1 || s["fd"] == 2) {

@@ -97,6 +97,10 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   std::vector<std::string> uuids;
   for (auto& g : gpus_) uuids.push_back(g.uuid);
   std::vector<Gpu> chosen;
+  // MIG instances (MIG-...) are not GPUs to ferry: NVIDIA's checkpoint API does not support MIG.
+  if (visible->find("MIG-") != std::string::npos)
+    throw ClientError(kFixFirst, "CUDA_VISIBLE_DEVICES=" + *visible +
+                                     " names MIG instances, which NVIDIA's checkpoint API does not support");
   for (int at : visible_devices(*visible, uuids)) {
     chosen.push_back(gpus_[static_cast<size_t>(at)]);
     chosen.back().index = static_cast<int>(chosen.size()) - 1;  // numbered as the caller's CUDA would

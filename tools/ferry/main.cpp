@@ -338,16 +338,20 @@ int main(int argc, char** argv) {
     sent.push_back({"--parent", op.parent});
   }
   if (dp->parsed()) sent.insert(sent.end(), {{"image directory", da.dir}, {"--parent", da.parent}});
-  if (rt->parsed())
-    for (auto& s : rt_args) sent.push_back({"image directory", s});
+  if (rt->parsed()) sent.push_back({"image directory", rt_args.back()});  // not PID of PID DIR
   for (auto& s : ra.on_signal) sent.push_back({"--on-signal", s});
   for (auto& s : rt_on_signal) sent.push_back({"--on-signal", s});
   for (auto& [what, path] : sent) {
-    if (json_text(path)) continue;
+    // What is sent is the absolute path: a relative one takes the working directory's name.
+    std::string p = std::string(what) == "--on-signal" ? path.substr(path.find(':') + 1) : path;
+    const bool relative = !p.empty() && p[0] != '/';
+    const std::string whole = relative ? std::filesystem::absolute(p).string() : p;
+    if (json_text(path) && json_text(whole)) continue;
     fprintf(stderr,
-            "ferry %s: %s %s is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a "
+            "ferry %s: %s %s%s is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a "
             "UTF-8 path (a symbolic link to the directory will do)\n",
-            app.get_subcommands().front()->get_name().c_str(), what, path.c_str());
+            app.get_subcommands().front()->get_name().c_str(), what, path.c_str(),
+            relative && json_text(path) ? (" (" + whole + ")").c_str() : "");
     return kUsage;
   }
   try {

@@ -113,6 +113,9 @@ inline std::string json_string(const nlohmann::json& j, int indent = 1) {
 
 inline void print_json(const nlohmann::json& j) { printf("%s\n", json_string(j).c_str()); }
 
+// A string as JSON output gives it back: bytes that are not UTF-8 replaced by U+FFFD.
+inline std::string as_recorded(const std::string& s) { return nlohmann::json::parse(json_string(s, -1)).get<std::string>(); }
+
 inline nlohmann::json failure_json(int code, const std::string& cls, const std::string& msg) {
   return {{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}};
 }

@@ -496,7 +496,8 @@ struct StandIn {
 
 // CRIU's key of a stdio entry. A file's key is its path, which need not be UTF-8: JSON
 // cannot hold it, so such a key is also kept as hex ("key_hex"), exact, and "key" is only
-// for reading. (A ferry without key_hex makes CRIU refuse the restore: nothing half-runs.)
+// for reading (an image with one is format 5: an older ferry would match no descriptor
+// to it, and CRIU would open the old file again).
 std::string hex_of(const std::string& s) {
   static const char digits[] = "0123456789abcdef";
   std::string h;
@@ -975,6 +976,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
         fprintf(stderr, "ferry: waiting for another dump or restore of a job whose init works in %s too (a copy of "
                         "this one)\n", init_dir.c_str());
     }));
+    if (is_init_dir(init_dir) && !json_text(init_dir))
+      throw ClientError(kFixFirst, "the job's init works in " + init_dir + ", whose name is not UTF-8, which its "
+                                   "image could not record (set FERRY_SOCKET_DIR to a UTF-8 path for the jobs "
+                                   "ferry runs). Nothing was done; the job goes on running");
     criu = usable_criu();
     criu_ver = criu_version(criu);
     d.tasks = tree_of(d.init);
@@ -1001,6 +1006,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       refuse_breaking(parent_dir, parent, dir);
     }
     for (Task* t : d.cuda()) {
+      // First: a dump killed after CRIU left the job stopped, which ferry resume undoes.
+      if (access(marker_of(t->host, ".detached").c_str(), F_OK) == 0)
+        throw ClientError(kRetryLater, "process " + std::to_string(t->host) +
+                                           " is in the middle of another dump (or one that was interrupted: `ferry "
+                                           "resume " + std::to_string(t->host) + "` brings it back)");
       // Stopped, it answers neither ferry nor the driver (whose lock on a stopped process
       // is reported to wait forever, its timeout not applying).
       if (std::string st = status_field(t->host, "State"); !st.empty() && (st[0] == 'T' || st[0] == 't'))
@@ -1008,10 +1018,6 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                          " is stopped (by a signal or a debugger): its GPU state cannot be taken while "
                                          "it is; continue it (kill -CONT " + std::to_string(t->host) +
                                          ") and dump again. Nothing was done; the job is as it was");
-      if (access(marker_of(t->host, ".detached").c_str(), F_OK) == 0)
-        throw ClientError(kRetryLater, "process " + std::to_string(t->host) +
-                                           " is in the middle of another dump (or one that was interrupted: `ferry "
-                                           "resume " + std::to_string(t->host) + "` brings it back)");
       std::string state = status_of_process(t->host).value("state", "?");
       if (state == "suspended")
         throw ClientError(kFixFirst, "process " + std::to_string(t->host) +
@@ -1187,8 +1193,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // checking they are free, nor asking its processes to listen again.
   // Format 4 where the job holds descriptors from its launcher (--preserve-fds): an older
   // ferry would hand CRIU whatever it has open at those numbers itself.
+  // Format 5 where a stdio file's name is not UTF-8 (its key is exact only as key_hex): an
+  // older ferry would let CRIU open the old file again instead of the restorer's.
   const bool kept_fds = std::any_of(stdio.begin(), stdio.end(), [](const Stdio& s) { return s.fd > 2; });
-  m["version"] = kept_fds ? 4 : d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
+  const bool hex_keys = std::any_of(stdio.begin(), stdio.end(), [](const Stdio& s) { return !json_text(s.key); });
+  m["version"] = hex_keys ? 5 : kept_fds ? 4 : d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
   m["ferry"] = FERRY_VERSION;
   m["created"] = now_iso();
   m["criu"] = {{"path", criu}, {"version", criu_ver}};
@@ -1223,7 +1232,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
   m["files"] = job_files(d.tasks, stdio);
-  if (is_init_dir(init_dir) && json_text(init_dir)) m["init_dir"] = init_dir;
+  if (is_init_dir(init_dir)) m["init_dir"] = init_dir;
   nlohmann::json files = nlohmann::json::array();
   uint64_t cpu_bytes = 0;
   try {
@@ -1419,7 +1428,9 @@ std::vector<std::string> pids_taken_here(const nlohmann::json& m, bool* later) {
       std::string holder = tgid > 0 ? status_field(tgid, "Name") : "";
       bool dead = status_field(id, "State").rfind("Z", 0) == 0;
       // Gone meanwhile (no name), dead, the job itself, or a copy CRIU is restoring: all end.
-      *later = *later && (dead || holder.empty() || holder == name || holder == "criu");
+      // (The name as recorded: a byte that is not UTF-8, even half a character /proc cut
+      // at 15 bytes, reads as U+FFFD there.)
+      *later = *later && (dead || holder.empty() || as_recorded(holder) == name || holder == "criu");
       if (taken.size() == 5) {
         more++;
         continue;

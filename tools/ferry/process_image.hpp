@@ -77,7 +77,8 @@ namespace ferry::cli {
 // the host's pids (--host-pids), which an older ferry would not check are free, or 4 when
 // it holds descriptors from its launcher (ferry run --preserve-fds), which an older ferry
 // would fill with its own.
-constexpr int kProcessFormat = 4;
+// 5 when a stdio file's name is not UTF-8 (its CRIU key kept as key_hex).
+constexpr int kProcessFormat = 5;
 
 struct DumpArgs {
   std::string dir, parent;
