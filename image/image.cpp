@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -183,33 +184,40 @@ std::string publisher_scope() {
 }
 
 constexpr char kAside[] = ".ferry-aside-";  // DIR + kAside + scope + "-" + pid
-constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + scope + "-" + pid + "-" + n: a writer's work
+constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + pid + "-" + n: a writer's work
+constexpr char kAlive[] = "/.writer";        // in it, locked while its writer lives
 
-// True when `tag` ("SCOPE-PID" or "SCOPE-PID-N") names a pid of this machine and
-// namespace that is gone: what it left is nobody's. Anything else (another host's,
-// a live one's, an older ferry's without a scope) is not judged here.
+// True when `tag` ("SCOPE-PID") names a pid of this machine and namespace that is gone:
+// what it left is nobody's. Another host's, or a live one's, is not judged here.
 bool dead_here(const std::string& tag) {
   const std::string here = publisher_scope() + "-";
   if (tag.compare(0, here.size(), here) != 0) return false;
   char* rest = nullptr;
   long pid = strtol(tag.c_str() + here.size(), &rest, 10);
-  if (rest == tag.c_str() + here.size() || (*rest && *rest != '-') || pid <= 0) return false;
+  if (rest == tag.c_str() + here.size() || *rest || pid <= 0) return false;
   return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
 // A writer killed before it published (the grace period of a preemption ran out) left
 // its work beside DIR: up to the whole image's new bytes, and links that keep its
-// parent's packs. Removed by the next writer of DIR on the same machine.
+// parent's packs. Its lock file tells: locked while its writer (or a child it forked)
+// lives, in any namespace, and on NFS on any host, where the server keeps the locks. The
+// next writer of DIR removes the work of one that is gone. One without a lock file (an
+// older ferry's; or where locks are not supported) is not judged.
 void remove_dead_writers(const fs::path& d) {
   const std::string prefix = d.filename().string() + kTmp;
   std::error_code ec;
-  std::vector<fs::path> stale;
+  std::vector<fs::path> candidates;
   for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
     std::string n = it->path().filename().string();
-    if (n.size() > prefix.size() && n.compare(0, prefix.size(), prefix) == 0 && dead_here(n.substr(prefix.size())))
-      stale.push_back(it->path());
+    if (n.size() > prefix.size() && n.compare(0, prefix.size(), prefix) == 0) candidates.push_back(it->path());
   }
-  for (auto& p : stale) fs::remove_all(p, ec);
+  for (auto& p : candidates) {
+    int fd = open((p.string() + kAlive).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) fs::remove_all(p, ec);  // removed while held: no writer can revive it
+    close(fd);
+  }
 }
 
 }  // namespace
@@ -229,7 +237,7 @@ void recover_dir(const std::string& dir) {
     // (the two renames follow each other at once) -- by the file system's clock, which
     // is not this machine's on NFS.
     if (tag.compare(0, here.size(), here) == 0) {
-      if (tag.find('-', here.size()) == std::string::npos && dead_here(tag)) stale.push_back(it->path());
+      if (dead_here(tag)) stale.push_back(it->path());
       continue;
     }
     struct stat aside, now;
@@ -455,9 +463,15 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
     if (!opts_.parent.empty()) open_parent(opts_.parent);
     static std::atomic<int> counter{0};
     remove_dead_writers(d);
-    tmp_ = dir_ + kTmp + publisher_scope() + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    tmp_ = dir_ + kTmp + std::to_string(getpid()) + "-" + std::to_string(counter++);
     fs::remove_all(tmp_, ec);
     if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
+    // Locked before it has its name, so it is never seen unlocked while this writer lives.
+    // Where it cannot be (no locks on this file system) the work is simply not judged.
+    const std::string fresh = tmp_ + kAlive + ".new";
+    alive_fd_ = open(fresh.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (alive_fd_ >= 0 && (flock(alive_fd_, LOCK_EX | LOCK_NB) != 0 || rename(fresh.c_str(), (tmp_ + kAlive).c_str()) != 0))
+      unlink(fresh.c_str());
     if (mkdir((tmp_ + "/packs").c_str(), 0755) != 0) {
       int e = errno;
       fs::remove_all(tmp_, ec);
@@ -465,6 +479,7 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
     }
   } catch (...) {
     close_parent();
+    if (alive_fd_ >= 0) close(alive_fd_);
     throw;
   }
 }
@@ -545,6 +560,7 @@ Writer::~Writer() {
     std::error_code ec;
     fs::remove_all(tmp_, ec);
   }
+  if (alive_fd_ >= 0) close(alive_fd_);
 }
 
 bool Writer::known(const Hash& h) {
@@ -757,7 +773,9 @@ Manifest Writer::commit(Manifest m) {
   }
   close(fd);
   fsync_path(tmp_ + "/packs");
+  unlink((tmp_ + kAlive).c_str());  // not part of the image; still held until published
   publish_dir(tmp_, dir_);
+  if (alive_fd_ >= 0) close(alive_fd_), alive_fd_ = -1;
   committed_ = true;
   return m;
 }

@@ -205,6 +205,7 @@ class Writer {
   std::map<std::string, Blob> parent_blobs_;
   uint64_t parent_chunk_size_ = 0;
   bool committed_ = false;
+  int alive_fd_ = -1;  // tmp_/.writer, locked while this writer lives (remove_dead_writers)
 };
 
 // Reads chunks of an image (and of the images it references).

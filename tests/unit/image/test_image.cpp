@@ -592,13 +592,18 @@ TEST_CASE("an interrupted write leaves the previous image as it was", "[image]")
     REQUIRE(waitpid(killed, nullptr, 0) == killed);
     auto left = leftovers(t.path);
     REQUIRE(left.size() == 2);
-    // Another host's (NFS), and an older ferry's without the machine's scope: not judged.
-    for (std::string name : {std::string("img.tmp-0123456789abcdef-4026531836-1-0"), std::string("img.tmp-1-0")})
-      fs::create_directory(t / name);
+    // Each holds its lock file, locked while its writer lives (the killed one's is free).
+    for (auto& l : left) CHECK(fs::is_regular_file(l + "/.writer"));
+    // Another host's or namespace's, whose writer is gone: its lock free too. An older
+    // ferry's, without one: not judged.
+    fs::create_directory(t / "img.tmp-999999-0");
+    std::ofstream(t / "img.tmp-999999-0/.writer") << "";
+    fs::create_directory(t / "img.tmp-1-0");
     write_image(t / "img", {{"mem", new_bytes}});
+    CHECK(!fs::exists(t / "img/.writer"));  // not published with the image
     auto after = leftovers(t.path);
     std::sort(after.begin(), after.end());
-    std::vector<std::string> want = {t / "img.tmp-0123456789abcdef-4026531836-1-0", t / "img.tmp-1-0"};
+    std::vector<std::string> want = {t / "img.tmp-1-0"};
     for (auto& l : left)
       if (l.find("-" + std::to_string(live) + "-") != std::string::npos) want.push_back(l);
     std::sort(want.begin(), want.end());
