@@ -15,9 +15,10 @@
 #   FERRY_GPU_CHECK_ONLY=a,b    only the checks whose names start with these
 #   FERRY_GPU_CHECK_BUDGET_S=N  start no check after N s of the suite (default: what
 #                               is left of 420 s after the build)
-#   FERRY_GPU_CHECK_TOTAL_S=N   everything, the build included, ends within N s of the
+#   FERRY_GPU_CHECK_TOTAL_S=N   the build, ferry check and the checks share N s from the
 #                               start (default 540: one device call of 600 s); a check
-#                               running then is stopped and reported, as are those after
+#                               running at the end is stopped and reported, as are those
+#                               not started (each step keeps a few seconds at least)
 #   FERRY_GPU_CHECK_KIT_BUILD=1 in emulator mode, build as on a GPU machine (only what
 #                               the suite needs; CI does, so nothing it runs is missing)
 # On a machine without Debian's -dev packages, run scripts/gpu-kit-deps.sh beforehand
@@ -34,6 +35,17 @@ out=$(cd "$out" && pwd)
 emulator=${FERRY_GPU_CHECK_EMULATOR:-0}
 gpu_found=$([[ $emulator == 1 ]] && echo 0 || echo 1)  # for finish_without
 started=$(date +%s)
+total=${FERRY_GPU_CHECK_TOTAL_S:-540}
+if [[ ! $total =~ ^[0-9]+$ ]]; then
+  echo "gpu-check: FERRY_GPU_CHECK_TOTAL_S=$total is not a whole number of seconds" >&2
+  exit 64
+fi
+end_by=$(( started + total ))
+left_s() {  # seconds left of the whole run, at least $1
+  local l=$(( end_by - $(date +%s) ))
+  (( l < $1 )) && l=$1
+  echo "$l"
+}
 
 finish_without() {  # reason, exit code, whether a GPU was found (1/0)
   echo "gpu-check: $1"
@@ -69,12 +81,16 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
   # real-GPU checks do not need, and a device call is too rare to spend on one error.
   keep_going=(-k)
   [[ ${gen[*]} == *Ninja* ]] && keep_going=(-k 0)
-  if ! { [[ -f $build/CMakeCache.txt ]] || cmake -S "$root" -B "$build" "${gen[@]}" "${kit[@]}" "${extra[@]}"; } \
+  # The build may take what the whole run leaves but a minute for the checks.
+  if ! { [[ -f $build/CMakeCache.txt ]] ||
+         timeout "$(left_s 10)" cmake -S "$root" -B "$build" "${gen[@]}" "${kit[@]}" "${extra[@]}"; } \
       >"$out/build.log" 2>&1; then
     tail -30 "$out/build.log"
     finish_without "cmake failed (the end of $out/build.log is above)" 1 "$gpu_found"
   fi
-  if ! timeout 420 cmake --build "$build" -j "$(nproc)" -- "${keep_going[@]}" >>"$out/build.log" 2>&1; then
+  build_limit=$(( $(left_s 70) - 60 ))
+  (( build_limit > 420 )) && build_limit=420
+  if ! timeout "$build_limit" cmake --build "$build" -j "$(nproc)" -- "${keep_going[@]}" >>"$out/build.log" 2>&1; then
     grep -E "error|FAILED" "$out/build.log" | head -20
     missing=()
     for f in tools/ferry lib/libferry.so examples/mlp_trainer examples/driver_saxpy tests/gpu/gpu_probe; do
@@ -104,15 +120,12 @@ echo "gpu-check: built in ${build_s} s"
 # And its strace, for what the driver fails on in a PID namespace (probe.pid_namespace).
 [[ -z ${FERRY_STRACE:-} && -x $root/.gpu-kit/strace/strace ]] && export FERRY_STRACE=$root/.gpu-kit/strace/strace
 budget=${FERRY_GPU_CHECK_BUDGET_S:-$(( build_s > 300 ? 120 : 420 - build_s ))}
-end_by=$(( started + ${FERRY_GPU_CHECK_TOTAL_S:-540} ))
 args=(--build "$build" --out "$out" --budget-s "$budget" --end-by "$end_by")
 [[ $emulator == 1 ]] && args+=(--emulator)
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
 # The suite stops a check still running at budget + 150 s, or 10 s before the end, itself;
 # this is the backstop.
-left=$(( end_by - $(date +%s) ))
-(( left < 30 )) && left=30
-timeout "$left" python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
+timeout "$(left_s 10)" python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
 rc=$?
 [[ -f $out/build-failed-in-part.txt ]] &&
   printf '\nNOTE  the build failed in part (build.log); the checks above ran on what was built\n' >>"$out/summary.txt"
