@@ -184,7 +184,7 @@ std::string publisher_scope() {
 }
 
 constexpr char kAside[] = ".ferry-aside-";  // DIR + kAside + scope + "-" + pid
-constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + pid + "-" + n: a writer's work
+constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + scope + "-" + pid + "-" + n: a writer's work
 constexpr char kAlive[] = "/.writer";        // in it, locked while its writer lives
 
 // True when `tag` ("SCOPE-PID") names a pid of this machine and namespace that is gone:
@@ -201,11 +201,12 @@ bool dead_here(const std::string& tag) {
 // A writer killed before it published (the grace period of a preemption ran out) left
 // its work beside DIR: up to the whole image's new bytes, and links that keep its
 // parent's packs. Its lock file tells: locked while its writer (or a child it forked)
-// lives, in any namespace, and on NFS on any host, where the server keeps the locks. The
-// next writer of DIR removes the work of one that is gone. One without a lock file (an
-// older ferry's; or where locks are not supported) is not judged.
+// lives, in any PID namespace (a job's is gone with the job). The next writer of DIR on
+// this machine (by its boot id in the name) removes the work of one that is gone; another
+// host's is not judged (an NFS mount without server locks keeps each client's locks to
+// itself), nor one without a lock file (an older ferry's, or no locks on that file system).
 void remove_dead_writers(const fs::path& d) {
-  const std::string prefix = d.filename().string() + kTmp;
+  const std::string prefix = d.filename().string() + kTmp + publisher_scope().substr(0, 16);
   std::error_code ec;
   std::vector<fs::path> candidates;
   for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
@@ -215,8 +216,9 @@ void remove_dead_writers(const fs::path& d) {
   for (auto& p : candidates) {
     int fd = open((p.string() + kAlive).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) continue;
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) fs::remove_all(p, ec);  // removed while held: no writer can revive it
-    close(fd);
+    bool dead = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    close(fd);  // first: on NFS a file removed while open would stay behind as .nfsXXXX
+    if (dead) fs::remove_all(p, ec);
   }
 }
 
@@ -390,12 +392,18 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
 }
 
 namespace {
+// Not the image's fault: it is not lost (74), a limit is to be raised (78).
+[[noreturn]] void out_of_descriptors(const std::string& path, int e) {
+  throw Error(ErrorClass::FixFirst, path + ": " + strerror(e) + " (raise the program's open-file limit, ulimit -n)");
+}
+
 // The manifest of image `dir`, read relative to dirfd when it is given (an open
 // descriptor of dir: the directory as it was when opened, whatever is published there
 // since), else by path.
 Manifest read_manifest_from(const std::string& dir, int dirfd) {
   std::string path = dir + "/manifest.json";
   int fd = dirfd >= 0 ? openat(dirfd, "manifest.json", O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && (errno == EMFILE || errno == ENFILE)) out_of_descriptors(path, errno);
   std::string text;
   bool ok = fd >= 0;
   for (char buf[65536]; ok;) {
@@ -463,9 +471,14 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
     if (!opts_.parent.empty()) open_parent(opts_.parent);
     static std::atomic<int> counter{0};
     remove_dead_writers(d);
-    tmp_ = dir_ + kTmp + std::to_string(getpid()) + "-" + std::to_string(counter++);
-    fs::remove_all(tmp_, ec);
-    if (mkdir(tmp_.c_str(), 0755) != 0) io_error("cannot create", tmp_, errno);
+    // Named by machine, PID namespace and pid: two restored copies of one job share a pid
+    // (and this counter), each in its own namespace. A name taken (a writer of this pid
+    // before, its work left) is never reused.
+    for (;;) {
+      tmp_ = dir_ + kTmp + publisher_scope() + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+      if (mkdir(tmp_.c_str(), 0755) == 0) break;
+      if (errno != EEXIST) io_error("cannot create", tmp_, errno);
+    }
     // Locked before it has its name, so it is never seen unlocked while this writer lives.
     // Where it cannot be (no locks on this file system) the work is simply not judged.
     const std::string fresh = tmp_ + kAlive + ".new";
@@ -499,6 +512,7 @@ void Writer::open_parent(const std::string& parent) {
   int dirfd = open(opts_.parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dirfd < 0) {
     int e = errno;
+    if (e == EMFILE || e == ENFILE) out_of_descriptors(opts_.parent, e);
     read_manifest(opts_.parent);  // names a missing image as every reader does
     io_error("cannot open", opts_.parent, e);
   }
@@ -556,11 +570,11 @@ void Writer::open_parent(const std::string& parent) {
 Writer::~Writer() {
   if (fd_ >= 0) close(fd_);
   close_parent();
+  if (alive_fd_ >= 0) close(alive_fd_);  // before its file is removed (NFS: no .nfsXXXX left)
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(tmp_, ec);
   }
-  if (alive_fd_ >= 0) close(alive_fd_);
 }
 
 bool Writer::known(const Hash& h) {

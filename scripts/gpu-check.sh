@@ -36,7 +36,7 @@ emulator=${FERRY_GPU_CHECK_EMULATOR:-0}
 gpu_found=$([[ $emulator == 1 ]] && echo 0 || echo 1)  # for finish_without
 started=$(date +%s)
 total=${FERRY_GPU_CHECK_TOTAL_S:-540}
-if [[ ! $total =~ ^[0-9]+$ ]]; then
+if [[ ! $total =~ ^(0|[1-9][0-9]*)$ ]]; then
   echo "gpu-check: FERRY_GPU_CHECK_TOTAL_S=$total is not a whole number of seconds" >&2
   exit 64
 fi
@@ -82,7 +82,7 @@ if [[ ${FERRY_GPU_CHECK_NO_BUILD:-0} != 1 ]]; then
   keep_going=(-k)
   [[ ${gen[*]} == *Ninja* ]] && keep_going=(-k 0)
   # The build may take what the whole run leaves but a minute for the checks.
-  if ! { [[ -f $build/CMakeCache.txt ]] ||
+  if ! { [[ -f $build/CMakeCache.txt && ( -f $build/build.ninja || -f $build/Makefile ) ]] ||
          timeout "$(left_s 10)" cmake -S "$root" -B "$build" "${gen[@]}" "${kit[@]}" "${extra[@]}"; } \
       >"$out/build.log" 2>&1; then
     tail -30 "$out/build.log"
@@ -125,7 +125,7 @@ args=(--build "$build" --out "$out" --budget-s "$budget" --end-by "$end_by")
 [[ -n ${FERRY_GPU_CHECK_ONLY:-} ]] && args+=(--only "$FERRY_GPU_CHECK_ONLY")
 # The suite stops a check still running at budget + 150 s, or 10 s before the end, itself;
 # this is the backstop.
-timeout "$(left_s 10)" python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
+timeout "$(left_s 30)" python3 "$root/tests/gpu/run_suite.py" "${args[@]}"
 rc=$?
 [[ -f $out/build-failed-in-part.txt ]] &&
   printf '\nNOTE  the build failed in part (build.log); the checks above ran on what was built\n' >>"$out/summary.txt"

@@ -2331,7 +2331,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     auto r = restore_text(d);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
-                         "format 4: use that ferry or a newer one") != std::string::npos);
+                         "format 5: use that ferry or a newer one") != std::string::npos);
   }
   SECTION("a manifest that parses but is not shaped as one: named, for restore, inspect and verify alike") {
     std::string d = copy("odd");

@@ -345,7 +345,8 @@ int main(int argc, char** argv) {
     // What is sent is the absolute path: a relative one takes the working directory's name.
     std::string p = std::string(what) == "--on-signal" ? path.substr(path.find(':') + 1) : path;
     const bool relative = !p.empty() && p[0] != '/';
-    const std::string whole = relative ? std::filesystem::absolute(p).string() : p;
+    std::error_code cwd_gone;  // then what is sent fails later, with its own message
+    const std::string whole = relative ? std::filesystem::absolute(p, cwd_gone).string() : p;
     if (json_text(path) && json_text(whole)) continue;
     fprintf(stderr,
             "ferry %s: %s %s%s is not valid UTF-8, which ferry's messages to the job (JSON) cannot carry; use a "

@@ -594,16 +594,21 @@ TEST_CASE("an interrupted write leaves the previous image as it was", "[image]")
     REQUIRE(left.size() == 2);
     // Each holds its lock file, locked while its writer lives (the killed one's is free).
     for (auto& l : left) CHECK(fs::is_regular_file(l + "/.writer"));
-    // Another host's or namespace's, whose writer is gone: its lock free too. An older
-    // ferry's, without one: not judged.
-    fs::create_directory(t / "img.tmp-999999-0");
-    std::ofstream(t / "img.tmp-999999-0/.writer") << "";
-    fs::create_directory(t / "img.tmp-1-0");
+    // Another PID namespace's of this machine (a job's, gone with it), its lock free too:
+    // removed. Another host's (NFS) with its lock free, and an older ferry's without one:
+    // not judged.
+    std::string boot;
+    std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
+    boot.erase(std::remove(boot.begin(), boot.end(), '-'), boot.end());
+    const std::string other_ns = "img.tmp-" + boot.substr(0, 16) + "-1-999999-0",
+                      other_host = "img.tmp-0123456789abcdef-4026531836-999999-0", older = "img.tmp-999999-0";
+    for (auto& n : {other_ns, other_host, older}) fs::create_directory(t / n);
+    for (auto& n : {other_ns, other_host}) std::ofstream(t / (n + "/.writer")) << "";
     write_image(t / "img", {{"mem", new_bytes}});
     CHECK(!fs::exists(t / "img/.writer"));  // not published with the image
     auto after = leftovers(t.path);
     std::sort(after.begin(), after.end());
-    std::vector<std::string> want = {t / "img.tmp-1-0"};
+    std::vector<std::string> want = {t / other_host, t / older};
     for (auto& l : left)
       if (l.find("-" + std::to_string(live) + "-") != std::string::npos) want.push_back(l);
     std::sort(want.begin(), want.end());
