@@ -286,6 +286,13 @@ TEST_CASE("an image with a parent writes only what changed, and stands alone", "
     CHECK(read_back(t / "m", "mem") == most);
   }
   SECTION("out of descriptors for the parent's packs: a limit to raise, not an image lost") {
+#ifdef __SANITIZE_ADDRESS__
+    // The sanitizers' runtime needs descriptors of its own to check the exception thrown
+    // then (a pipe, to probe memory): with none left it reports the check itself. The
+    // plain build runs this section.
+    WARN("not under the sanitizers: they need free descriptors when none are left");
+    return;
+#endif
     WriterOptions small;
     small.pack_limit = 3 * (65536 + 32);
     write_image(t / "p3", {{"mem", base}}, small);
