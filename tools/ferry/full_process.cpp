@@ -167,10 +167,6 @@ bool hardware_breakpoints_work() {
   return works;
 }
 
-void prepare_criu_environment() {
-  // CRIU_FAULT is CRIU's own variable: a caller who sets it knows better.
-  if (!getenv("CRIU_FAULT") && !hardware_breakpoints_work()) setenv("CRIU_FAULT", "130", 1);
-}
 
 int driver_start() {
   // The shim, which `ferry run` preloads, answers to this name; it finds the real driver.

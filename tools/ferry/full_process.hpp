@@ -30,11 +30,8 @@ std::string criu_path();
 std::string criu_version(const std::string& criu);
 
 // Whether a hardware breakpoint set through ptrace fires on this machine (probed once).
+// Where they do not, CRIU runs with CRIU_FAULT=130 (unless the caller sets CRIU_FAULT).
 bool hardware_breakpoints_work();
-// The environment CRIU must run with here: CRIU_FAULT=130 where breakpoints do not
-// fire, unless the caller's environment already sets CRIU_FAULT. Call in the child
-// before exec.
-void prepare_criu_environment();
 
 // {"criu": {"path", "version", "check", "hardware_breakpoints"}, "driver_checkpoint_api": bool, "ready": bool,
 //  "problems": [...], "warnings": [...]}; driver: a dlopen handle of the CUDA driver, or nullptr. A warning

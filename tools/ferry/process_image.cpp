@@ -576,6 +576,26 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
   if (!fs::is_empty(no_plugins, ec) || ec)
     return not_run(no_plugins + " is meant to stay empty (CRIU would load what is in it); empty it");
   argv.insert(argv.begin() + 2, {"--libdir", no_plugins});
+  // All the child needs is made here. This process may have threads by now (the CUDA
+  // driver's, once loaded): after fork only async-signal-safe calls are safe, and a
+  // malloc or setenv in the child could wait forever on a lock another thread held at
+  // the fork -- holding the restore guard's socket open, so the guard waited too.
+  std::map<std::string, std::string> vars;
+  for (char** e = environ; e && *e; e++) {
+    std::string s = *e;
+    if (size_t eq = s.find('='); eq != std::string::npos) vars.emplace(s.substr(0, eq), s.substr(eq + 1));
+  }
+  vars.erase("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
+  for (auto& [k, v] : env) vars[k] = v;
+  // CRIU_FAULT is CRIU's own variable: a caller who sets it knows better.
+  if (!vars.count("CRIU_FAULT") && !hardware_breakpoints_work()) vars["CRIU_FAULT"] = "130";
+  std::vector<std::string> env_text;
+  for (auto& [k, v] : vars) env_text.push_back(k + "=" + v);
+  std::vector<char*> envp, a;
+  for (auto& s : env_text) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  for (auto& s : argv) a.push_back(s.data());
+  a.push_back(nullptr);
   // The child tells why its exec failed here (the pipe closes unwritten when it works).
   int told[2];
   if (pipe2(told, O_CLOEXEC) != 0) return not_run(std::string("cannot make a pipe: ") + strerror(errno));
@@ -587,9 +607,6 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
     return not_run(std::string("cannot fork: ") + strerror(e));
   }
   if (p == 0) {
-    unsetenv("LD_PRELOAD");  // ferry run's own environment preloads the shim for its program
-    for (auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    prepare_criu_environment();
     sigset_t none;  // not the signals a restore defers (CRIU sets the restored tasks' own)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -599,10 +616,7 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
       dup2(null, 1);
       dup2(null, 2);
     }
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(s.data());
-    a.push_back(nullptr);
-    execv(a[0], a.data());
+    execve(a[0], a.data(), envp.data());
     int e = errno;
     (void)!write(told[1], &e, sizeof e);
     _exit(127);
