@@ -52,13 +52,17 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   // The driver is initialized with every GPU visible: with some hidden from the caller,
   // NVIDIA's GPU pairs fail even where each pair is a GPU to itself (cuda-python PR 1983;
   // CRIU's CUDA plugin unsets it too). The caller's CUDA_VISIBLE_DEVICES (a Slurm
-  // allocation) is applied below instead, as the choice of GPUs ferry may use.
-  std::optional<std::string> visible;
-  if (const char* v = getenv("CUDA_VISIBLE_DEVICES")) visible = v;
-  unsetenv("CUDA_VISIBLE_DEVICES");
-  CUresult ir = init(0);
-  if (visible) setenv("CUDA_VISIBLE_DEVICES", visible->c_str(), 1);
-  if (ir) throw ClientError(kFixFirst, path + ": cuInit failed with error " + std::to_string(ir));
+  // allocation) is applied below instead, as the choice of GPUs ferry may use. It is
+  // taken out of the environment for good, once, before the driver's threads exist (a
+  // setenv beside threads that read the environment races with them); nothing this
+  // process starts needs it (CRIU does not, a restored job has its own environment).
+  static const std::optional<std::string> visible = [] {
+    const char* v = getenv("CUDA_VISIBLE_DEVICES");
+    std::optional<std::string> s = v ? std::optional<std::string>(v) : std::nullopt;
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    return s;
+  }();
+  if (CUresult ir = init(0)) throw ClientError(kFixFirst, path + ": cuInit failed with error " + std::to_string(ir));
   auto count = reinterpret_cast<CUresult (*)(int*)>(sym("cuDeviceGetCount"));
   auto get = reinterpret_cast<CUresult (*)(CUdevice*, int)>(sym("cuDeviceGet"));
   auto name = reinterpret_cast<CUresult (*)(char*, int, CUdevice)>(sym("cuDeviceGetName"));
