@@ -187,15 +187,17 @@ constexpr char kAside[] = ".ferry-aside-";  // DIR + kAside + scope + "-" + pid
 constexpr char kTmp[] = ".tmp-";             // DIR + kTmp + scope + "-" + pid + "-" + n: a writer's work
 constexpr char kAlive[] = "/.writer";        // in it, locked while its writer lives
 
-// True when `tag` ("SCOPE-PID") names a pid of this machine and namespace that is gone:
-// what it left is nobody's. Another host's, or a live one's, is not judged here.
-bool dead_here(const std::string& tag) {
-  const std::string here = publisher_scope() + "-";
-  if (tag.compare(0, here.size(), here) != 0) return false;
-  char* rest = nullptr;
-  long pid = strtol(tag.c_str() + here.size(), &rest, 10);
-  if (rest == tag.c_str() + here.size() || *rest || pid <= 0) return false;
-  return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+// The entries beside d whose names are d's followed by `tail` and more: what publishers
+// and writers of d leave there.
+std::vector<fs::path> beside(const fs::path& d, const std::string& tail) {
+  const std::string prefix = d.filename().string() + tail;
+  std::error_code ec;
+  std::vector<fs::path> v;
+  for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
+    if (n.size() > prefix.size() && n.compare(0, prefix.size(), prefix) == 0) v.push_back(it->path());
+  }
+  return v;
 }
 
 // A writer killed before it published (the grace period of a preemption ran out) left
@@ -206,14 +208,8 @@ bool dead_here(const std::string& tag) {
 // host's is not judged (an NFS mount without server locks keeps each client's locks to
 // itself), nor one without a lock file (an older ferry's, or no locks on that file system).
 void remove_dead_writers(const fs::path& d) {
-  const std::string prefix = d.filename().string() + kTmp + publisher_scope().substr(0, 16);
   std::error_code ec;
-  std::vector<fs::path> candidates;
-  for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
-    std::string n = it->path().filename().string();
-    if (n.size() > prefix.size() && n.compare(0, prefix.size(), prefix) == 0) candidates.push_back(it->path());
-  }
-  for (auto& p : candidates) {
+  for (auto& p : beside(d, kTmp + publisher_scope().substr(0, 16))) {
     int fd = open((p.string() + kAlive).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) continue;
     bool dead = flock(fd, LOCK_EX | LOCK_NB) == 0;
@@ -227,19 +223,18 @@ void remove_dead_writers(const fs::path& d) {
 void recover_dir(const std::string& dir) {
   fs::path d = fs::absolute(dir).lexically_normal();
   if (d.filename().empty()) d = d.parent_path();
-  const std::string prefix = d.filename().string() + kAside, here = publisher_scope() + "-";
-  std::error_code ec;
+  const std::string here = publisher_scope() + "-";
   std::vector<fs::path> stale;
-  for (fs::directory_iterator it(d.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
-    std::string n = it->path().filename().string();
-    if (n.size() <= prefix.size() || n.compare(0, prefix.size(), prefix) != 0) continue;
-    std::string tag = n.substr(prefix.size());
+  for (const fs::path& entry : beside(d, kAside)) {
+    std::string tag = entry.filename().string().substr(d.filename().string().size() + sizeof kAside - 1);
     // Its publisher is dead: of this machine and namespace, when its pid is gone; of
     // another (a host sharing the file system), when the aside has stood for a minute
     // (the two renames follow each other at once) -- by the file system's clock, which
     // is not this machine's on NFS.
     if (tag.compare(0, here.size(), here) == 0) {
-      if (dead_here(tag)) stale.push_back(it->path());
+      char* rest = nullptr;
+      long pid = strtol(tag.c_str() + here.size(), &rest, 10);
+      if (!*rest && pid > 0 && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(entry);
       continue;
     }
     struct stat aside, now;
@@ -247,10 +242,10 @@ void recover_dir(const std::string& dir) {
                                                   std::to_string(getpid()))).string();
     int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) continue;  // no clock to judge by: left alone
-    bool judged = fstat(fd, &now) == 0 && lstat(it->path().c_str(), &aside) == 0;
+    bool judged = fstat(fd, &now) == 0 && lstat(entry.c_str(), &aside) == 0;
     close(fd);
     unlink(probe.c_str());
-    if (judged && now.st_ctime - aside.st_ctime > 60) stale.push_back(it->path());
+    if (judged && now.st_ctime - aside.st_ctime > 60) stale.push_back(entry);
   }
   for (auto& old : stale) {
     std::error_code gone;
@@ -393,8 +388,9 @@ Manifest from_json(const nlohmann::json& j, const std::string& where) {
 
 namespace {
 // Not the image's fault: it is not lost (74), a limit is to be raised (78).
-[[noreturn]] void out_of_descriptors(const std::string& path, int e) {
-  throw Error(ErrorClass::FixFirst, path + ": " + strerror(e) + " (raise the program's open-file limit, ulimit -n)");
+[[noreturn]] void out_of_descriptors(const std::string& path, int e, const std::string& why = "") {
+  throw Error(ErrorClass::FixFirst, path + ": " + strerror(e) + " (" + why + "raise the program's open-file limit, " +
+                                        "ulimit -n" + (why.empty() ? ")" : ", or write a full image)"));
 }
 
 // The manifest of image `dir`, read relative to dirfd when it is given (an open
@@ -474,8 +470,9 @@ Writer::Writer(const std::string& dir, const WriterOptions& opts) : opts_(opts) 
     // Named by machine, PID namespace and pid: two restored copies of one job share a pid
     // (and this counter), each in its own namespace. A name taken (a writer of this pid
     // before, its work left) is never reused.
+    const std::string mine = dir_ + kTmp + publisher_scope() + "-" + std::to_string(getpid()) + "-";
     for (;;) {
-      tmp_ = dir_ + kTmp + publisher_scope() + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+      tmp_ = mine + std::to_string(counter++);
       if (mkdir(tmp_.c_str(), 0755) == 0) break;
       if (errno != EEXIST) io_error("cannot create", tmp_, errno);
     }
@@ -537,11 +534,10 @@ void Writer::open_parent(const std::string& parent) {
       // name as its Reader does.
       std::string path = (p / rel).lexically_normal().string();
       int fd = loc.image.empty() ? openat(dirfd, rel.c_str(), O_RDONLY | O_CLOEXEC) : open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0 && (errno == EMFILE || errno == ENFILE))  // not the parent's fault: it is not lost
-        throw Error(ErrorClass::FixFirst, path + ": " + strerror(errno) + " (each pack of the parent image " +
-                                              opts_.parent + " is held open while the image is written, " +
-                                              std::to_string(parent_packs_.size()) + " so far; raise the "
-                                              "program's open-file limit, ulimit -n, or write a full image)");
+      if (int e = errno; fd < 0 && (e == EMFILE || e == ENFILE))
+        out_of_descriptors(path, e, "each pack of the parent image " + opts_.parent +
+                                            " is held open while the image is written, " +
+                                            std::to_string(parent_packs_.size()) + " so far; ");
       if (fd < 0)
         throw Error(ErrorClass::DataLost, path + ": " + strerror(errno) + " (a pack of the parent image " + opts_.parent +
                                               "; write a full image, without a parent)");
