@@ -28,8 +28,16 @@
 // Between processes: each process that initialized the simulated GPU runs a service
 // thread named "ferry-emu-ckpt" (its thread id is the restore thread id). A caller
 // writes a request file into /tmp/ferry-emu-<uid>/ (mode 0700), named by the target's
-// host pid and its own, and sends the target kSignal; the signal handler wakes the
-// service through a pipe inside the process. The service answers in a response file.
+// host pid, its own pid and tid and a number of its own, and sends the target kSignal;
+// the signal handler wakes the service through a pipe inside the process. The service
+// answers in the same file (renamed "taken" while it works, "resp" when done). The caller
+// holds an flock(2) on that file from its creation until it has read the answer, so
+// whether anyone still waits is asked of the kernel: a caller killed between writing
+// and signalling leaves its request behind, and with the host's pids a restored process
+// takes the pid it was meant for; the service drops every exchange nobody holds (an old
+// "unlock" never lands in the middle of a new restore) and writes no answer nobody will
+// read. (Not the caller's pid and start time: a process CRIU restored lives in a time
+// namespace, and reads other processes' start times shifted.)
 // Nothing here holds a file CRIU cannot dump, and after a CRIU restore (new host pid)
 // the service finds requests by the pid it has then. The signal is only sent to a
 // process that has a thread of that name, so no other process is ever killed by it.
@@ -39,6 +47,7 @@
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -110,6 +119,28 @@ pid_t host_tid() {
 }
 
 std::string dir() { return "/tmp/ferry-emu-" + std::to_string(getuid()); }
+
+// An exchange's file: <target pid>.<caller pid>.<caller tid>.<call number>.<stage>,
+// stage "req.tmp" (being written), "req", "taken" or "resp".
+bool parse_exchange(const std::string& name, pid_t* target, std::string* stage) {
+  int caller = 0, tid = 0, end = 0;
+  unsigned long n = 0;
+  char st[16] = {};
+  if (sscanf(name.c_str(), "%d.%d.%d.%lu.%15s%n", target, &caller, &tid, &n, st, &end) != 5 ||
+      static_cast<size_t>(end) != name.size())
+    return false;
+  *stage = st;
+  return true;
+}
+
+// Whether nobody holds the lock on open file fd: its caller is gone.
+bool abandoned(int fd) {
+  if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+    flock(fd, LOCK_UN);
+    return true;
+  }
+  return false;
+}
 
 bool unhex(const std::string& s, CUuuid* u) {
   if (s.size() != 32) return false;
@@ -446,25 +477,41 @@ void serve() {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
     g_service_tid = host_tid();  // after a CRIU restore: the tid on the new host
-    std::string me = std::to_string(host_pid()) + ".";
+    const pid_t me = host_pid();
     std::vector<std::string> reqs;
     if (DIR* dp = opendir(dir().c_str())) {
       while (dirent* e = readdir(dp)) {
-        std::string f = e->d_name;
-        if (f.rfind(me, 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".req") reqs.push_back(f);
+        pid_t target = 0;
+        std::string stage;
+        if (!parse_exchange(e->d_name, &target, &stage)) continue;
+        std::string path = dir() + "/" + e->d_name;
+        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;  // finished meanwhile
+        if (abandoned(fd)) {
+          if (target == me && stage == "req") log("checkpoint API: dropped %s: its caller is gone", e->d_name);
+          unlink(path.c_str());
+        } else if (target == me && stage == "req") {
+          reqs.push_back(e->d_name);
+        }
+        close(fd);
       }
       closedir(dp);
     }
     for (auto& f : reqs) {
-      std::string path = dir() + "/" + f;
-      std::ifstream in(path);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      unlink(path.c_str());
-      std::string answer = handle(ss.str());
-      std::string base = path.substr(0, path.size() - 4);
-      std::ofstream(base + ".resp.tmp") << answer;
-      rename((base + ".resp.tmp").c_str(), (base + ".resp").c_str());
+      std::string path = dir() + "/" + f, base = path.substr(0, path.size() - 4);
+      if (rename(path.c_str(), (base + ".taken").c_str()) != 0) continue;
+      int fd = open((base + ".taken").c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) continue;
+      std::string req;
+      char buf[4096];
+      for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) req.append(buf, static_cast<size_t>(n));
+      std::string answer = handle(req);
+      // Written over the request in the file the caller holds, then named the answer.
+      if (abandoned(fd) || ftruncate(fd, 0) != 0 ||
+          pwrite(fd, answer.data(), answer.size(), 0) != static_cast<ssize_t>(answer.size()) ||
+          rename((base + ".taken").c_str(), (base + ".resp").c_str()) != 0)
+        unlink((base + ".taken").c_str());
+      close(fd);
     }
   }
 }
@@ -495,30 +542,44 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
   } else {
     if (pid <= 0 || !has_service(pid)) return CUDA_ERROR_INVALID_VALUE;  // not a process of this driver
     mkdir(dir().c_str(), 0700);
-    std::string base = dir() + "/" + std::to_string(pid) + "." + std::to_string(host_pid()) + "." +
-                       std::to_string(host_tid());
-    std::ofstream(base + ".req.tmp") << req;
-    if (rename((base + ".req.tmp").c_str(), (base + ".req").c_str()) != 0) return CUDA_ERROR_OPERATING_SYSTEM;
-    if (kill(pid, kSignal) != 0) {
-      unlink((base + ".req").c_str());
-      return CUDA_ERROR_INVALID_VALUE;
+    // Numbered from the clock, so that a later process of this pid and tid does not meet
+    // the names of one before it; never an existing name (O_EXCL): another's lock is not taken over.
+    static std::atomic<unsigned long> calls{static_cast<unsigned long>(
+        std::chrono::steady_clock::now().time_since_epoch().count())};
+    std::string base;
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < 100; tries++) {
+      base = dir() + "/" + std::to_string(pid) + "." + std::to_string(host_pid()) + "." + std::to_string(host_tid()) +
+             "." + std::to_string(calls++);
+      fd = open((base + ".req.tmp").c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0 && errno != EEXIST) break;
     }
+    if (fd < 0) return CUDA_ERROR_OPERATING_SYSTEM;
+    // Held until the answer is read: the service's sign that this call is still waited for.
+    auto give_up = [&](const char* stage, CUresult r) {
+      unlink((base + stage).c_str());
+      close(fd);
+      return r;
+    };
+    if (flock(fd, LOCK_EX) != 0 || write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()) ||
+        rename((base + ".req.tmp").c_str(), (base + ".req").c_str()) != 0)
+      return give_up(".req.tmp", CUDA_ERROR_OPERATING_SYSTEM);
+    if (kill(pid, kSignal) != 0) return give_up(".req", CUDA_ERROR_INVALID_VALUE);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-    for (;;) {
-      std::ifstream in(base + ".resp");
-      if (in) {
-        std::stringstream ss;
-        ss << in.rdbuf();
-        answer = ss.str();
-        unlink((base + ".resp").c_str());
-        break;
-      }
+    while (access((base + ".resp").c_str(), F_OK) != 0) {
       if (std::chrono::steady_clock::now() > deadline) {
         unlink((base + ".req").c_str());
+        unlink((base + ".taken").c_str());
+        close(fd);
         return CUDA_ERROR_TIMEOUT;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    // The same file: it was renamed, not replaced.
+    char buf[256];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    answer.assign(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    give_up(".resp", CUDA_SUCCESS);
   }
   int r = 0;
   long v = 0;

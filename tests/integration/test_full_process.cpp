@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -521,6 +522,38 @@ TEST_CASE("the simulated GPU's checkpoint API: states, a locked process waits, r
   auto done = job.finish();
   CHECK(done.exit_code == 0);
   CHECK(ferry_test::lines_with(done.out, "checksum") == ferry_test::lines_with(plain.out, "checksum"));
+}
+
+TEST_CASE("the simulated GPU's checkpoint API drops what a caller that is gone left behind: its request never acts on "
+          "the process that has the pid now (a restored copy with the host's pids), nor is its answer kept",
+          "[full-process][driver-checkpoint]") {
+  ferry_test::Child job({kSaxpy, "--n", "1000000", "--iters", "30", "--iter-delay-ms", "20"}, ferry_test::emu_env());
+  REQUIRE(job.wait_for("iteration 2"));
+  pid_t p = job.pid();
+  pid_t gone = fork();
+  if (gone == 0) _exit(0);
+  REQUIRE(gone > 0);
+  waitpid(gone, nullptr, 0);
+  const std::string dir = "/tmp/ferry-emu-" + std::to_string(getuid()) + "/";
+  std::filesystem::create_directories(dir);
+  auto name = [&](pid_t target, pid_t caller, const std::string& kind) {
+    // <target>.<caller pid>.<caller tid>.<call number>.<stage>, with nobody holding its
+    // lock; this test's own pid stands for a caller's pid another process has now.
+    return dir + std::to_string(target) + "." + std::to_string(caller) + "." + std::to_string(caller) + ".1." + kind;
+  };
+  const std::string killed = name(p, gone, "req"), reused = name(p, getpid(), "req"), answer = name(1, gone, "resp");
+  std::ofstream(killed) << "op lock\ntimeout 0\n";
+  std::ofstream(reused) << "op lock\ntimeout 0\n";
+  std::ofstream(answer) << "result 0\nvalue 0\n";
+  // Both asked after one wake-up: the first may be answered before the others are read.
+  CHECK(ctl(p, {"state", "state"}) == std::vector<std::string>{"state 0 0", "state 0 0"});  // running, not locked
+  CHECK(!std::filesystem::exists(killed));
+  CHECK(!std::filesystem::exists(reused));
+  CHECK(!std::filesystem::exists(answer));
+  size_t before = job.out().size();
+  REQUIRE(job.wait_for("iteration 4"));  // it goes on
+  CHECK(job.out().size() > before);
+  CHECK(job.finish().exit_code == 0);
 }
 
 TEST_CASE("NVIDIA's route on the simulated GPU: driver checkpoint, CRIU dump, the job dies, CRIU restore and driver "
