@@ -64,6 +64,18 @@ std::string socket_of(pid_t pid) {
                                 "CUDA yet (no control socket in " + dirs.front() + ")");
 }
 
+bool listens(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return false;
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return false;
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
+  close(fd);
+  return ok;
+}
+
 nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& options,
                        const std::function<void(const nlohmann::json&)>& progress, int timeout_s) {
   std::string path = socket_of(pid);
@@ -76,8 +88,15 @@ nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& o
     throw ClientError(kFixFirst, "socket path too long: " + path);
   }
   memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int e = errno;
+  // Refused by a process that lives: its socket may be bound but not listening yet (it
+  // is named from bind() on); asked again for up to 100 ms.
+  int e = 0;
+  for (int tries = 0;; tries++) {
+    e = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 ? 0 : errno;
+    if (e != ECONNREFUSED || tries == 10 || kill(pid, 0) != 0) break;
+    usleep(10000);
+  }
+  if (e != 0) {
     close(fd);
     if (e == ECONNREFUSED || e == ENOENT)
       throw ClientError(kNoProcess, "process " + std::to_string(pid) + " no longer listens on " + path);

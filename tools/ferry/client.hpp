@@ -41,6 +41,10 @@ std::string own_socket_dir();
 // The socket of process pid (throws ClientError(kNoProcess) with the reason).
 std::string socket_of(pid_t pid);
 
+// Whether a socket listens at path: a connection is accepted, or only waits its turn.
+// (The name exists from bind() on, before listen(), and a killed process's stays.)
+bool listens(const std::string& path);
+
 // Sends {"v":1,"op":op,"options":options}; calls progress for each progress line and
 // returns the reply. timeout_s 0: wait as long as the operation takes.
 nlohmann::json request(pid_t pid, const std::string& op, const nlohmann::json& options,

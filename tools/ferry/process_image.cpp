@@ -825,10 +825,12 @@ void cont_all(const std::vector<Task>& tasks) {
   for (auto& t : tasks) kill(t.host, SIGCONT);
 }
 
-// Waits for a process's control socket to answer (after a detach).
+// Waits for a process's control socket to answer (after a detach). Its name is not
+// enough: it exists from bind() on, a moment before listen(), when a connection is
+// refused (seen once in CI as a restore failing with "no longer listens").
 bool wait_socket(pid_t host, int seconds) {
   for (int i = 0; i < seconds * 50; i++) {
-    if (access(sock_of(host).c_str(), F_OK) == 0) return true;
+    if (listens(sock_of(host))) return true;
     usleep(20000);
   }
   return false;
