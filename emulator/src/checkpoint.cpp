@@ -59,6 +59,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -485,6 +486,10 @@ void serve() {
         std::string stage;
         if (!parse_exchange(e->d_name, &target, &stage)) continue;
         std::string path = dir() + "/" + e->d_name;
+        struct stat sb;
+        // A request being written is named before its caller can lock it: judged only
+        // once it is old (a caller killed then leaves it; it is never acted on).
+        if (stage == "req.tmp" && (stat(path.c_str(), &sb) != 0 || time(nullptr) - sb.st_mtime < 60)) continue;
         int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) continue;  // finished meanwhile
         if (abandoned(fd)) {
@@ -502,16 +507,23 @@ void serve() {
       if (rename(path.c_str(), (base + ".taken").c_str()) != 0) continue;
       int fd = open((base + ".taken").c_str(), O_RDWR | O_CLOEXEC);
       if (fd < 0) continue;
+      if (abandoned(fd)) {  // its caller died since the sweep (behind a slow request)
+        log("checkpoint API: dropped %s: its caller is gone", f.c_str());
+        unlink((base + ".taken").c_str());
+        close(fd);
+        continue;
+      }
       std::string req;
       char buf[4096];
       for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) req.append(buf, static_cast<size_t>(n));
       std::string answer = handle(req);
-      // Written over the request in the file the caller holds, then named the answer.
-      if (abandoned(fd) || ftruncate(fd, 0) != 0 ||
-          pwrite(fd, answer.data(), answer.size(), 0) != static_cast<ssize_t>(answer.size()) ||
-          rename((base + ".taken").c_str(), (base + ".resp").c_str()) != 0)
-        unlink((base + ".taken").c_str());
+      // Written over the request in the file the caller holds, closed (a CRIU dump may
+      // follow the answer at once: no file of ours open then), then named the answer.
+      bool written = !abandoned(fd) && ftruncate(fd, 0) == 0 &&
+                     pwrite(fd, answer.data(), answer.size(), 0) == static_cast<ssize_t>(answer.size());
       close(fd);
+      if (!written || rename((base + ".taken").c_str(), (base + ".resp").c_str()) != 0)
+        unlink((base + ".taken").c_str());
     }
   }
 }
@@ -567,7 +579,7 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
     if (kill(pid, kSignal) != 0) return give_up(".req", CUDA_ERROR_INVALID_VALUE);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
     while (access((base + ".resp").c_str(), F_OK) != 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
+      if (std::chrono::steady_clock::now() > deadline && access((base + ".resp").c_str(), F_OK) != 0) {
         unlink((base + ".req").c_str());
         unlink((base + ".taken").c_str());
         close(fd);
