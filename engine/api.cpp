@@ -9,6 +9,7 @@
 
 #include <ferry/ferry_c.h>
 #include <ferry_common/errors.hpp>
+#include <ferry_common/json_text.hpp>
 #include <ferry_common/ops.hpp>
 
 #include "config.hpp"
@@ -78,7 +79,7 @@ FERRY_API int ferry_restore(const ferry_options* o, ferry_result* r) { return ru
 FERRY_API unsigned long ferry_status(char* buf, unsigned long len) {
   std::string s;
   try {
-    s = engine::status().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    s = json_text::lossy(engine::status());
   } catch (const std::exception& e) {
     s = std::string("{\"error\":\"") + e.what() + "\"}";
   }

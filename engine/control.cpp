@@ -21,6 +21,7 @@
 
 #include <ferry_common/control.hpp>
 #include <ferry_common/errors.hpp>
+#include <ferry_common/json_text.hpp>
 #include <ferry_common/ops.hpp>
 #include <ferry_common/settings.hpp>
 
@@ -50,7 +51,7 @@ std::string marker(pid_t pid, const char* ext) { return socket_dir() + "/" + std
 void send_line(int fd, const nlohmann::json& j) {
   // A reply may name a path that is not UTF-8 (from the C API): its bad bytes are replaced
   // rather than the reply lost to an exception.
-  std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::string s = json_text::lossy(j) + "\n";
   size_t off = 0;
   while (off < s.size()) {
     ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);

@@ -21,6 +21,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <ferry_common/json_text.hpp>
+
 namespace fs = std::filesystem;
 
 namespace ferry::image {
@@ -757,7 +759,7 @@ Manifest Writer::commit(Manifest m) {
   // UTF-8 has its bad bytes replaced rather than failing the commit. What a restore reads
   // back (the state's names) must be exact, and fails the commit otherwise.
   nlohmann::json mj = to_json(m);
-  mj["parent"] = nlohmann::json::parse(nlohmann::json(m.parent).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  mj["parent"] = json_text::as_recorded(m.parent);
   std::string text = mj.dump(1);
   std::string mpath = tmp_ + "/manifest.json";
   int fd = open(mpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

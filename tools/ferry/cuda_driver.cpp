@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 
+#include <ferry_common/json_text.hpp>
 #include <ferry_common/visible_devices.hpp>
 
 #include "client.hpp"
@@ -15,16 +16,7 @@ namespace ferry::cli {
 
 namespace {
 
-std::string hex_uuid(const CUuuid& u) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (char c : u.bytes) {
-    auto b = static_cast<unsigned char>(c);
-    s += d[b >> 4];
-    s += d[b & 15];
-  }
-  return s;
-}
+std::string hex_uuid(const CUuuid& u) { return ::ferry::json_text::hex(std::string(u.bytes, sizeof u.bytes)); }
 
 CUuuid uuid_of(const std::string& hex) {
   CUuuid u{};

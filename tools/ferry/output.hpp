@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ferry_common/json_text.hpp>
+
 #include "client.hpp"
 #include "commands.hpp"
 
@@ -92,29 +94,17 @@ struct ProgressView {
   }
 };
 
-// Whether s can go into JSON as it is (JSON text is UTF-8; a path or a socket name need not be).
-inline bool json_text(const std::string& s) {
-  try {
-    (void)nlohmann::json(s).dump();
-    return true;
-  } catch (const nlohmann::json::exception&) {
-    return false;
-  }
-}
+// Whether s can go into JSON as it is (ferry_common/json_text.hpp).
+inline bool json_text(const std::string& s) { return ::ferry::json_text::exact(s); }
 
-// JSON as text for a reader. JSON text is UTF-8 and a path, a command line or a socket
-// name need not be: their other bytes become U+FFFD rather than an exception, which
-// would turn a report (or a dump's manifest) into an internal error. Only where a name
-// is read back by a program must it stay exact (a stdio file's CRIU key keeps a hex copy;
-// a path sent to a job is refused instead, see require_utf8).
-inline std::string json_string(const nlohmann::json& j, int indent = 1) {
-  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
-}
+// JSON as text for a reader, names that are not UTF-8 replaced (ferry_common/json_text.hpp).
+// Only where a name is read back by a program must it stay exact (a stdio file's CRIU key
+// keeps a hex copy; a path sent to a job is refused instead, see require_utf8).
+inline std::string json_string(const nlohmann::json& j, int indent = 1) { return ::ferry::json_text::lossy(j, indent); }
 
 inline void print_json(const nlohmann::json& j) { printf("%s\n", json_string(j).c_str()); }
 
-// A string as JSON output gives it back: bytes that are not UTF-8 replaced by U+FFFD.
-inline std::string as_recorded(const std::string& s) { return nlohmann::json::parse(json_string(s, -1)).get<std::string>(); }
+using ::ferry::json_text::as_recorded;
 
 inline nlohmann::json failure_json(int code, const std::string& cls, const std::string& msg) {
   return {{"ok", false}, {"class", cls}, {"error", msg}, {"exit", code}};

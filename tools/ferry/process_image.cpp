@@ -498,19 +498,9 @@ struct StandIn {
 // cannot hold it, so such a key is also kept as hex ("key_hex"), exact, and "key" is only
 // for reading (an image with one is format 5: an older ferry would match no descriptor
 // to it, and CRIU would open the old file again).
-std::string hex_of(const std::string& s) {
-  static const char digits[] = "0123456789abcdef";
-  std::string h;
-  for (unsigned char c : s) h += {digits[c >> 4], digits[c & 15]};
-  return h;
-}
-
 std::string stdio_key(const nlohmann::json& s) {
   if (!s.contains("key_hex")) return s["key"].get<std::string>();
-  const std::string h = s["key_hex"].get<std::string>();  // its shape checked by check_shape
-  std::string key;
-  for (size_t i = 0; i + 1 < h.size(); i += 2) key += static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16));
-  return key;
+  return ::ferry::json_text::unhex(s["key_hex"].get<std::string>());  // its shape checked by check_shape
 }
 
 std::vector<StandIn> stand_ins(const nlohmann::json& m) {
@@ -1243,7 +1233,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   nlohmann::json sj = nlohmann::json::array();
   for (auto& s : stdio) {
     sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
-    if (!json_text(s.key)) sj.back()["key_hex"] = hex_of(s.key);
+    if (!json_text(s.key)) sj.back()["key_hex"] = ::ferry::json_text::hex(s.key);
   }
   m["stdio"] = sj;
   m["sockets"] = socks.to_json();
