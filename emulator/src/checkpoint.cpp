@@ -69,6 +69,7 @@
 #include <vector>
 
 #include <ferry_common/control.hpp>
+#include <ferry_common/settings.hpp>
 
 #include "emu.hpp"
 
@@ -307,8 +308,10 @@ CUresult do_checkpoint() {
   return CUDA_SUCCESS;
 }
 
-// machine: the caller's devices; pairs: old UUID -> new UUID (may be empty).
-CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std::string, std::string>& pairs) {
+// machine: the caller's devices; pairs: old UUID -> new UUID (may be empty); same_chips:
+// every GPU the pairs name must be of the chip it replaces, opened or not.
+CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std::string, std::string>& pairs,
+                    bool same_chips) {
   if (g_state != CU_PROCESS_STATE_CHECKPOINTED) return CUDA_ERROR_ILLEGAL_STATE;
   Driver& d = drv();
   std::lock_guard lk(d.mu);
@@ -371,6 +374,12 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     if (planned(dev->ordinal) || it == pairs.end()) continue;
     int j = slot_of(it->second, dev->ordinal);
     if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
+    const DeviceConfig& m = machine[static_cast<size_t>(j)];
+    if (same_chips && (m.name != dev->cfg.name || m.cc_major != dev->cfg.cc_major || m.cc_minor != dev->cfg.cc_minor)) {
+      log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d) (same chips asked)", it->second.c_str(), m.name.c_str(),
+          m.cc_major, m.cc_minor, dev->cfg.name.c_str(), dev->cfg.cc_major, dev->cfg.cc_minor);
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
     taken[static_cast<size_t>(j)] = true;
     plan.emplace_back(dev->ordinal, &machine[static_cast<size_t>(j)]);
   }
@@ -422,11 +431,13 @@ CUresult do_unlock() {
   return CUDA_SUCCESS;
 }
 
-// A request: "op NAME", "timeout MS", "pair OLD NEW", "device UUID MAJOR MINOR MEM SMS BUS NAME...".
+// A request: "op NAME", "timeout MS", "pair OLD NEW", "device UUID MAJOR MINOR MEM SMS BUS NAME...",
+// "same_chips 1".
 std::string handle(const std::string& req) {
   std::istringstream in(req);
   std::string line, op;
   unsigned timeout = 0;
+  bool same_chips = false;
   std::map<std::string, std::string> pairs;
   std::vector<DeviceConfig> machine;
   while (std::getline(in, line)) {
@@ -435,6 +446,7 @@ std::string handle(const std::string& req) {
     w >> key;
     if (key == "op") w >> op;
     if (key == "timeout") w >> timeout;
+    if (key == "same_chips") w >> same_chips;
     if (key == "pair") {
       std::string a, b;
       w >> a >> b;
@@ -456,7 +468,7 @@ std::string handle(const std::string& req) {
   if (op == "tid") r = CUDA_SUCCESS, value = g_service_tid;
   if (op == "lock") r = do_lock(timeout);
   if (op == "checkpoint") r = do_checkpoint();
-  if (op == "restore") r = do_restore(machine, pairs);
+  if (op == "restore") r = do_restore(machine, pairs, same_chips);
   if (op == "unlock") r = do_unlock();
   log("checkpoint API: %s -> %d", op.c_str(), static_cast<int>(r));
   return "result " + std::to_string(static_cast<int>(r)) + "\nvalue " + std::to_string(value) + "\n";
@@ -690,6 +702,8 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
       req += "pair " + uuid_hex(args->gpuPairs[i].oldUuid) + " " + uuid_hex(args->gpuPairs[i].newUuid) + "\n";
   }
   if (CUresult e = ensure_init()) return e;
+  // The stricter reading of NVIDIA's "same chip type", a property of the restoring machine.
+  if (ferry::settings::flag("FERRY_EMU_PAIRS_SAME_CHIP", false)) req += "same_chips 1\n";
   {
     Driver& d = drv();
     std::lock_guard lk(d.mu);

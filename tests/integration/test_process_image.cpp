@@ -833,6 +833,50 @@ TEST_CASE("restored on a different machine with --device 1, the trainer's memory
   CHECK(st["devices"][1]["physical"] == 0);
 }
 
+TEST_CASE("restored on a machine of mixed GPUs: the driver is given a free GPU of the trainer's own chip for the one "
+          "it had, where there is one -- the trainer's memory goes there by default, and onto the other chip when told "
+          "(ferry moves it) -- and where there is none, its refusal says why",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  dump(c.pid(), t / "img");
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  // Neither of the GPUs it had; GPU 0 another chip (as an A100 beside an H100).
+  const std::string other = "aaaabbbbccccddddeeeeffff00001111", same = "aaaabbbbccccddddeeeeffff00002222";
+  const std::string other_chip = "uuid=" + other + ",name=another GPU,cc=8.0";
+  const std::map<std::string, std::string> machine = {{"FERRY_EMU_DEVICE0", other_chip},
+                                                      {"FERRY_EMU_DEVICE1", "uuid=" + same}};
+  auto restored = [&](const std::vector<std::string>& args) {
+    auto r = restore(t / "img", args, machine);
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(checksums(r.out) == checksums(plain.out));
+    return held_uuid(report_of(r)["processes"][0]["status"]);
+  };
+  SECTION("by default, on the GPU of its chip (not the first free one)") { CHECK(restored({}) == same); }
+  SECTION("told GPU 0, the other chip") { CHECK(restored({"--device", "0"}) == other); }
+  SECTION("no GPU of its chip here, and a driver that wants the same chip for every GPU it pairs") {
+    // (Whether NVIDIA's does for the GPUs of a process ferry suspended first, holding no
+    // GPU memory or context then, is not known: the simulated one does only when asked.)
+    auto r = restore_text(t / "img", {}, {{"FERRY_EMU_DEVICE0", other_chip},
+                                          {"FERRY_EMU_DEVICE1", "uuid=" + same + ",name=a third GPU"},
+                                          {"FERRY_EMU_PAIRS_SAME_CHIP", "1"}});
+    INFO(r.err);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find(": CUDA_ERROR_INVALID_DEVICE (101") != std::string::npos);
+    CHECK(r.err.ends_with(" (the driver was to swap in this machine's GPU 0 (another GPU, compute capability 8.0) for "
+                          "its GPU 0 (ferry emulated GPU, compute capability 9.0); this machine's GPU 1 (a third GPU, "
+                          "compute capability 9.0) for its GPU 1 (ferry emulated GPU, compute capability 9.0), and "
+                          "NVIDIA documents its restore onto the same chip only); the restored job was killed: nothing "
+                          "is left running, the image is untouched\n"));
+    CHECK(ferry_test::run({kFerry, "verify", t / "img"}, {}, 60).exit_code == 0);
+  }
+}
+
 TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto a GPU it did not see: the driver's "
           "GPU pairs swap that GPU in and the trainer ends bit-identical on it",
           "[process-image][criu]") {

@@ -795,6 +795,11 @@ void verify_cpu(const std::string& dir, const nlohmann::json& m) {
   }
 }
 
+// A GPU's chip as the driver's pairs compare them: its name and compute capability.
+std::string chip_name(const std::string& name, const std::string& cc) {
+  return name + ", compute capability " + cc;
+}
+
 // Bytes of device memory each program device of a GPU image needs.
 std::map<int, uint64_t> need_by_device(const nlohmann::json& state) {
   std::map<int, uint64_t> need;
@@ -1561,6 +1566,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   struct Placement {
     std::vector<std::pair<std::string, std::string>> pairs;
     std::map<int, std::string> uuid_of_device;
+    std::vector<std::string> other_chip;  // the pairs across chips, said as "this machine's GPU n (chip) for its GPU m (chip)"
   };
   std::map<int, Placement> placement;
   std::string init_dir;
@@ -1628,20 +1634,39 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         if (old_uuids.size() <= at) old_uuids.resize(at + 1);
         old_uuids[at] = g.value("uuid", "");
       }
-      // Where the driver is to put each of them: the same GPU where this machine has it,
-      // else one this machine has that nothing else takes.
-      std::map<std::string, std::string> new_of;
-      std::set<std::string> taken;
-      for (auto& u : old_uuids)
-        if (!u.empty() && index_here(u) >= 0) new_of[u] = u, taken.insert(u);
-      for (auto& u : old_uuids)
-        for (auto& g : here)
-          if (!u.empty() && !new_of.count(u) && !taken.count(g.uuid)) new_of[u] = g.uuid, taken.insert(g.uuid);
+      // Each GPU's chip, where the image says (the process's own record, else the dumping
+      // machine's list): NVIDIA's checkpoint API documents restores onto the same chip only.
+      std::map<std::string, std::string> chip_of;
+      for (auto& g : m.value("gpus", nlohmann::json::array()))
+        chip_of[g.value("uuid", "")] = chip_name(g.value("name", ""), g.value("cc", ""));
+      for (auto& dv : state.value("devices", nlohmann::json::array()))
+        if (int pd = dv.value("pdev", -1); pd >= 0 && static_cast<size_t>(pd) < old_uuids.size())
+          chip_of[old_uuids[static_cast<size_t>(pd)]] = chip_name(dv.value("name", ""), dv.value("cc", ""));
       Placement& pl = placement[ns];
       std::map<int, int> old_phys;
       for (auto& dv : p.value("devices", nlohmann::json::array()))
         old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
       auto used = need_by_device(state);
+      auto old_uuid_of = [&](int v) {  // the GPU under its device v, in its own numbering
+        int was = old_phys.count(v) ? old_phys[v] : v;
+        return was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : std::string();
+      };
+      // Where the driver is to put each of them: the same GPU where this machine has it,
+      // else one this machine has that nothing else takes -- of the same chip where one
+      // is free, the GPUs it held memory on choosing first.
+      std::vector<std::string> by_need;
+      for (auto& [v, bytes] : used) by_need.push_back(old_uuid_of(v));
+      by_need.insert(by_need.end(), old_uuids.begin(), old_uuids.end());
+      std::map<std::string, std::string> new_of;
+      std::set<std::string> taken;
+      for (auto& u : old_uuids)
+        if (!u.empty() && index_here(u) >= 0) new_of[u] = u, taken.insert(u);
+      for (bool same_chip : {true, false})
+        for (auto& u : by_need)
+          for (auto& g : here)
+            if (!u.empty() && !new_of.count(u) && !taken.count(g.uuid) &&
+                (!same_chip || (chip_of.count(u) && chip_of[u] == chip_name(g.name, g.cc))))
+              new_of[u] = g.uuid, taken.insert(g.uuid);
       if (a.device >= 0 && used.size() > 1)
         throw ClientError(kUsage, "process " + std::to_string(ns) + " uses " + std::to_string(used.size()) +
                                       " devices; say where each goes with --device-map");
@@ -1649,7 +1674,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       for (auto& [v, bytes] : used) {
         int to = -1;
         int was = old_phys.count(v) ? old_phys[v] : v;  // its GPU, in its own numbering
-        std::string u = was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : "";
+        std::string u = old_uuid_of(v);
         if (!dmap.empty()) {
           if (v >= static_cast<int>(dmap.size()))
             throw ClientError(kUsage, "--device-map " + a.device_map + " says nothing of device " + std::to_string(v) +
@@ -1693,8 +1718,15 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
           if (swap.empty() && free_to_swap(o)) swap = o;
         if (!swap.empty()) new_of[swap] = t;
       }
-      for (auto& u : old_uuids)
-        if (new_of.count(u)) pl.pairs.push_back({u, new_of[u]});
+      for (size_t i = 0; i < old_uuids.size(); i++) {
+        const std::string& u = old_uuids[i];
+        if (!new_of.count(u)) continue;
+        pl.pairs.push_back({u, new_of[u]});
+        const Gpu& g = here[static_cast<size_t>(index_here(new_of[u]))];
+        if (chip_of.count(u) && chip_of[u] != chip_name(g.name, g.cc))
+          pl.other_chip.push_back("this machine's GPU " + std::to_string(g.index) + " (" + chip_name(g.name, g.cc) +
+                                  ") for its GPU " + std::to_string(i) + " (" + chip_of[u] + ")");
+      }
       if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
     }
     if (any_cuda) {
@@ -1835,7 +1867,11 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       const Placement& pl = placement[ns];
       if (int r = driver->restore(host, pl.pairs))
         throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
-                                         cuda_error_text(r));
+                                         cuda_error_text(r) +
+                                         (pl.other_chip.empty() ? ""
+                                                                : " (the driver was to swap in " + joined(pl.other_chip) +
+                                                                      ", and NVIDIA documents its restore onto the "
+                                                                      "same chip only)"));
       if (int r = driver->unlock(host))
         throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
                                          cuda_error_text(r));

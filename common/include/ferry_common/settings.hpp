@@ -75,6 +75,9 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_EMU_BLOCK_THREADS", Type::Count, Emulator, "CPU count (max 16)", "OS threads running the blocks of one launch"},
     {"FERRY_EMU_FIBER_STACK", Type::Size, Emulator, "64K", "stack size of one CUDA thread"},
     {"FERRY_EMU_LOG", Type::Count, Emulator, "0", "1: log what the driver does to stderr"},
+    {"FERRY_EMU_PAIRS_SAME_CHIP", Type::Flag, Emulator, "off",
+     "on: a restore by this process refuses GPU pairs to another chip even for GPUs the process had not opened (the "
+     "stricter reading of NVIDIA's \"same chip type\")"},
     {"FERRY_EMU_TRACE_GPA", Type::Path, Emulator, "", "append every cuGetProcAddress request and its outcome to this file"},
     // ---- test hooks (never documented for users) ----
     {"FERRY_TEST_ENOSPC_AFTER", Type::Count, Test, "", "the image writer fails with ENOSPC after this many bytes"},
