@@ -810,17 +810,28 @@ TEST_CASE("restored on a different machine, the program asks after the GPU it ru
           "memory 17179869184");
 }
 
+namespace {
+
+// mlp_trainer for 60 steps as a job (env: the job's environment), dumped to img at a
+// random step and killed; the uninterrupted run, for comparison.
+ferry_test::Result trainer_dumped(const std::string& img, const std::map<std::string, std::string>& env = {}) {
+  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env(env));
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  dump(c.pid(), img);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  return plain;
+}
+
+}  // namespace
+
 TEST_CASE("restored on a different machine with --device 1, the trainer's memory is on that machine's GPU 1 "
           "(the driver's GPU pairs and ferry's placement agree)",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
-  REQUIRE(plain.exit_code == 0);
-  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env());
-  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
-  dump(c.pid(), t / "img");
-  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const auto plain = trainer_dumped(t / "img");
   const std::string x = "0123456789abcdef0123456789abcd00", y = "0123456789abcdef0123456789abcd11";
   auto r = restore(t / "img", {"--device", "1"}, {{"FERRY_EMU_DEVICE0", "uuid=" + x}, {"FERRY_EMU_DEVICE1", "uuid=" + y}});
   INFO(r.err);
@@ -839,12 +850,7 @@ TEST_CASE("restored on a machine of mixed GPUs: the driver is given a free GPU o
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
-  REQUIRE(plain.exit_code == 0);
-  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env());
-  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
-  dump(c.pid(), t / "img");
-  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const auto plain = trainer_dumped(t / "img");
   // Neither of the GPUs it had; GPU 0 another chip (as an A100 beside an H100).
   const std::string other = "aaaabbbbccccddddeeeeffff00001111", same = "aaaabbbbccccddddeeeeffff00002222";
   const std::string other_chip = "uuid=" + other + ",name=another GPU,cc=8.0";
@@ -867,11 +873,11 @@ TEST_CASE("restored on a machine of mixed GPUs: the driver is given a free GPU o
                                           {"FERRY_EMU_PAIRS_SAME_CHIP", "1"}});
     INFO(r.err);
     CHECK(r.exit_code == 78);
-    CHECK(r.err.find(": CUDA_ERROR_INVALID_DEVICE (101") != std::string::npos);
-    CHECK(r.err.ends_with(" (the driver was to swap in this machine's GPU 0 (another GPU, compute capability 8.0) for "
-                          "its GPU 0 (ferry emulated GPU, compute capability 9.0); this machine's GPU 1 (a third GPU, "
-                          "compute capability 9.0) for its GPU 1 (ferry emulated GPU, compute capability 9.0), and "
-                          "NVIDIA documents its restore onto the same chip only); the restored job was killed: nothing "
+    CHECK(r.err.ends_with(": CUDA_ERROR_INVALID_DEVICE (101: a GPU missing, or not one the driver takes in place of the "
+                          "old); the driver was to swap in this machine's GPU 0 (another GPU, compute capability 8.0) "
+                          "for its GPU 0 (ferry emulated GPU, compute capability 9.0); this machine's GPU 1 (a third "
+                          "GPU, compute capability 9.0) for its GPU 1 (ferry emulated GPU, compute capability 9.0), and "
+                          "NVIDIA documents its restore onto the same chip only; the restored job was killed: nothing "
                           "is left running, the image is untouched\n"));
     CHECK(ferry_test::run({kFerry, "verify", t / "img"}, {}, 60).exit_code == 0);
   }
@@ -885,14 +891,9 @@ TEST_CASE("a job CUDA_VISIBLE_DEVICES gave one GPU, restored with --device onto 
   const std::string x = "0123456789abcdef0123456789abcd00", y = "0123456789abcdef0123456789abcd11";
   const std::map<std::string, std::string> machine = {{"FERRY_EMU_DEVICE0", "uuid=" + x},
                                                       {"FERRY_EMU_DEVICE1", "uuid=" + y}};
-  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
-  REQUIRE(plain.exit_code == 0);
   auto job_env = machine;
   job_env["CUDA_VISIBLE_DEVICES"] = "1";
-  ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env(job_env));
-  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
-  dump(c.pid(), t / "img");
-  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  const auto plain = trainer_dumped(t / "img", job_env);
   // The image restored with these arguments, here or as `env` makes the machine: the run
   // ends as the uninterrupted one did, and still sees only one GPU. The GPU its memory is on.
   auto restored_on = [&](const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
