@@ -148,7 +148,7 @@ std::string cuda_error_text(int code) {
     case CUDA_ERROR_NOT_READY: return "CUDA_ERROR_NOT_READY (600: its work in flight did not finish within the lock's timeout)";
     case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED (3: not a process the driver knows, or it has ended)";
     case CUDA_ERROR_ILLEGAL_STATE: return "CUDA_ERROR_ILLEGAL_STATE (401)";
-    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE (101: no such GPU)";
+    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE (101: a GPU missing, or not one the driver takes in place of the old)";
     case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY (2)";
     // The driver's answer to GPU pairs it cannot honour (another chip type, a GPU it does not see).
     case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE (1: an argument refused, e.g. a GPU pair)";

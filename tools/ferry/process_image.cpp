@@ -1639,9 +1639,12 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       std::map<std::string, std::string> chip_of;
       for (auto& g : m.value("gpus", nlohmann::json::array()))
         chip_of[g.value("uuid", "")] = chip_name(g.value("name", ""), g.value("cc", ""));
-      for (auto& dv : state.value("devices", nlohmann::json::array()))
-        if (int pd = dv.value("pdev", -1); pd >= 0 && static_cast<size_t>(pd) < old_uuids.size())
-          chip_of[old_uuids[static_cast<size_t>(pd)]] = chip_name(dv.value("name", ""), dv.value("cc", ""));
+      for (auto& dv : state.value("devices", nlohmann::json::array())) {
+        std::string u = dv.value("uuid", "");
+        if (int pd = dv.value("pdev", -1); u.empty() && pd >= 0 && static_cast<size_t>(pd) < old_uuids.size())
+          u = old_uuids[static_cast<size_t>(pd)];  // its own numbering, as old_uuids where the image has its GPUs
+        if (!u.empty()) chip_of[u] = chip_name(dv.value("name", ""), dv.value("cc", ""));
+      }
       Placement& pl = placement[ns];
       std::map<int, int> old_phys;
       for (auto& dv : p.value("devices", nlohmann::json::array()))
@@ -1869,9 +1872,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
                                          cuda_error_text(r) +
                                          (pl.other_chip.empty() ? ""
-                                                                : " (the driver was to swap in " + joined(pl.other_chip) +
+                                                                : "; the driver was to swap in " + joined(pl.other_chip) +
                                                                       ", and NVIDIA documents its restore onto the "
-                                                                      "same chip only)"));
+                                                                      "same chip only"));
       if (int r = driver->unlock(host))
         throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
                                          cuda_error_text(r));
