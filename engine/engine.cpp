@@ -11,6 +11,7 @@
 
 #include <ferry_common/control.hpp>
 #include <ferry_common/ops.hpp>
+#include <ferry_common/settings.hpp>
 
 #include "arena.hpp"
 #include "checkpoint.hpp"
@@ -95,6 +96,9 @@ Stats run_op(const char* name, F&& body) {
   Stats s;
   nlohmann::json result;
   try {
+    // Test hook: an operation still in progress when the next request comes.
+    static const long delay_ms = settings::count("FERRY_TEST_OP_DELAY_MS", 0);
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     s = body();
     s.seconds = since(t0);
     result = ops::to_json(s);

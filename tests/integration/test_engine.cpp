@@ -263,6 +263,36 @@ TEST_CASE("several checkpoints in a row are incremental and restorable", "[engin
   CHECK(read6["written"].get<uint64_t>() == 0);
 }
 
+TEST_CASE("ferry resume while the process runs another operation (as a suspend a killed dump asked for) waits for "
+          "it to end, saying so, then resumes",
+          "[engine]") {
+  Program p = mlp();
+  const std::string want = reference(p);
+  // Every operation of the job's engine starts its work 1 s late, so the suspend is still
+  // under way when the resume comes; the trainer's steps are slow enough to outlast it.
+  p.argv = {kBin + "/examples/mlp_trainer", "--steps", "40", "--step-delay-ms", "200", "--ballast-mb", "16"};
+  auto got = drive_at_random_step(
+      p,
+      [&](const std::string& pid, int) {
+        Child suspend({kFerry, "suspend", pid}, emu_env());
+        bool busy = false;
+        for (int i = 0; i < 200 && !busy; i++) {
+          auto st = json_of(cli({"status", pid, "--format", "json"}));
+          busy = st["operation"] == "suspend";
+          if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        REQUIRE(busy);
+        auto r = cli({"resume", pid, "--progress", "always"});
+        ok(r);
+        CHECK(r.err.find("ferry: waiting for the suspend in progress in process " + pid + " to end\n") !=
+              std::string::npos);
+        CHECK(suspend.finish().exit_code == 0);
+        CHECK(json_of(cli({"status", pid, "--format", "json"}))["state"] == "running");
+      },
+      {{"FERRY_TEST_OP_DELAY_MS", "1000"}});
+  CHECK(got == want);
+}
+
 TEST_CASE("threads keep issuing CUDA calls while the engine works", "[engine]") {
   auto plain = run({kBin + "/tests/programs/shim_stress", "8", "60"}, emu_env());
   REQUIRE(plain.exit_code == 0);

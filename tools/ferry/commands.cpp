@@ -83,8 +83,33 @@ namespace {
 
 // One operation on one process: kOk and the engine's reply, or the exit code and the failure
 // as `fail` reports it in JSON.
+// Waits while process pid runs an operation other than a resume, up to timeout_s (0: no
+// limit). A resume comes after it: the engine runs one at a time, and a suspend that a
+// killed `ferry dump` asked for goes on without it. Errors are left to the request after.
+void wait_while_busy(pid_t pid, int timeout_s, const ProgressView& view) {
+  const auto t0 = std::chrono::steady_clock::now();
+  bool said = false;
+  for (;;) {
+    std::string busy;
+    try {
+      auto st = request(pid, "status", nlohmann::json::object(), nullptr, 10);
+      auto op = st.value("status", nlohmann::json::object()).value("operation", nlohmann::json());
+      if (op.is_string() && op != "resume") busy = op.get<std::string>();
+    } catch (const ClientError&) {
+      return;
+    }
+    if (busy.empty()) return;
+    if (timeout_s > 0 && std::chrono::steady_clock::now() - t0 > std::chrono::seconds(timeout_s)) return;
+    if (!said && view.enabled)
+      fprintf(stderr, "ferry: waiting for the %s in progress in process %d to end\n", busy.c_str(), pid);
+    said = true;
+    usleep(50000);
+  }
+}
+
 std::pair<int, nlohmann::json> op_reply(const std::string& op, pid_t pid, const nlohmann::json& opts, int timeout,
                                         ProgressView& view) {
+  if (op == "resume") wait_while_busy(pid, timeout, view);
   nlohmann::json reply;
   try {
     reply = request(pid, op, opts, [&](const nlohmann::json& p) { view(p); }, timeout);

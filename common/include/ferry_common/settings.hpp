@@ -81,6 +81,7 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_EMU_TRACE_GPA", Type::Path, Emulator, "", "append every cuGetProcAddress request and its outcome to this file"},
     // ---- test hooks (never documented for users) ----
     {"FERRY_TEST_ENOSPC_AFTER", Type::Count, Test, "", "the image writer fails with ENOSPC after this many bytes"},
+    {"FERRY_TEST_OP_DELAY_MS", Type::Count, Test, "", "each engine operation starts its work this many milliseconds late"},
     {"FERRY_EMU_TEST_BREAK_INTEGRITY", Type::Flag, Test, "", "the emulator answers the integrity check wrongly"},
     {"FERRY_TEST_NO_PROC_TRANSLATION", Type::Text, Test, "",
      "the shim leaves /proc paths and thread names in a PID namespace as they are (as before its fix): on for "
