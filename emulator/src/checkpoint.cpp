@@ -336,6 +336,13 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     while (j < machine.size() && uuid_hex(machine[j].uuid) != uuid) j++;
     return j < machine.size() && !taken[j] ? static_cast<int>(j) : -1;
   };
+  // Whether GPU `want` (the machine's m) is not of the chip (name, cc) it is to replace: said.
+  auto other_chip = [](const std::string& want, const DeviceConfig& m, const std::string& name, int major, int minor) {
+    if (m.name == name && m.cc_major == major && m.cc_minor == minor) return false;
+    log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d)", want.c_str(), m.name.c_str(), m.cc_major, m.cc_minor,
+        name.c_str(), major, minor);
+    return true;
+  };
   // The same for device `ordinal`, which must have it.
   auto slot_of = [&](const std::string& uuid, int ordinal) -> int {
     int j = free_slot(uuid);
@@ -355,11 +362,7 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     int j = slot_of(want, o.ordinal);
     if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
     const DeviceConfig& m = machine[static_cast<size_t>(j)];
-    if (m.name != o.name || m.cc_major != o.cc_major || m.cc_minor != o.cc_minor) {
-      log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d)", want.c_str(), m.name.c_str(), m.cc_major, m.cc_minor,
-          o.name.c_str(), o.cc_major, o.cc_minor);
-      return CUDA_ERROR_INVALID_DEVICE;
-    }
+    if (other_chip(want, m, o.name, o.cc_major, o.cc_minor)) return CUDA_ERROR_INVALID_DEVICE;
     if (m.total_mem < o.used) {
       log("restore: GPU %s has %zu bytes, the process needs %zu", want.c_str(), m.total_mem, o.used);
       return CUDA_ERROR_OUT_OF_MEMORY;
@@ -375,11 +378,8 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     int j = slot_of(it->second, dev->ordinal);
     if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
     const DeviceConfig& m = machine[static_cast<size_t>(j)];
-    if (same_chips && (m.name != dev->cfg.name || m.cc_major != dev->cfg.cc_major || m.cc_minor != dev->cfg.cc_minor)) {
-      log("restore: GPU %s is a %s (%d.%d), not a %s (%d.%d) (same chips asked)", it->second.c_str(), m.name.c_str(),
-          m.cc_major, m.cc_minor, dev->cfg.name.c_str(), dev->cfg.cc_major, dev->cfg.cc_minor);
+    if (same_chips && other_chip(it->second, m, dev->cfg.name, dev->cfg.cc_major, dev->cfg.cc_minor))
       return CUDA_ERROR_INVALID_DEVICE;
-    }
     taken[static_cast<size_t>(j)] = true;
     plan.emplace_back(dev->ordinal, &machine[static_cast<size_t>(j)]);
   }
@@ -580,22 +580,21 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
     }
     if (fd < 0) return CUDA_ERROR_OPERATING_SYSTEM;
     // Held until the answer is read: the service's sign that this call is still waited for.
-    auto give_up = [&](const char* stage, CUresult r) {
+    // The call ends with its file removed under the name of the stage it reached.
+    auto end_call = [&](const char* stage, CUresult r) {
       unlink((base + stage).c_str());
       close(fd);
       return r;
     };
     if (flock(fd, LOCK_EX) != 0 || write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()) ||
         rename((base + ".req.tmp").c_str(), (base + ".req").c_str()) != 0)
-      return give_up(".req.tmp", CUDA_ERROR_OPERATING_SYSTEM);
-    if (kill(pid, kSignal) != 0) return give_up(".req", CUDA_ERROR_INVALID_VALUE);
+      return end_call(".req.tmp", CUDA_ERROR_OPERATING_SYSTEM);
+    if (kill(pid, kSignal) != 0) return end_call(".req", CUDA_ERROR_INVALID_VALUE);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
     while (access((base + ".resp").c_str(), F_OK) != 0) {
       if (std::chrono::steady_clock::now() > deadline && access((base + ".resp").c_str(), F_OK) != 0) {
-        unlink((base + ".req").c_str());
-        unlink((base + ".taken").c_str());
-        close(fd);
-        return CUDA_ERROR_TIMEOUT;
+        unlink((base + ".taken").c_str());  // or still a request, never taken
+        return end_call(".req", CUDA_ERROR_TIMEOUT);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -603,7 +602,7 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
     char buf[256];
     ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
     answer.assign(buf, n > 0 ? static_cast<size_t>(n) : 0);
-    give_up(".resp", CUDA_SUCCESS);
+    end_call(".resp", CUDA_SUCCESS);
   }
   int r = 0;
   long v = 0;

@@ -81,8 +81,6 @@ std::vector<int> parse_device_map(const std::string& s) {
 
 namespace {
 
-// One operation on one process: kOk and the engine's reply, or the exit code and the failure
-// as `fail` reports it in JSON.
 // Waits while process pid runs an operation other than a resume, up to timeout_s (0: no
 // limit). A resume comes after it: the engine runs one at a time, and a suspend that a
 // killed `ferry dump` asked for goes on without it. Errors are left to the request after.
@@ -107,6 +105,8 @@ void wait_while_busy(pid_t pid, int timeout_s, const ProgressView& view) {
   }
 }
 
+// One operation on one process: kOk and the engine's reply, or the exit code and the failure
+// as `fail` reports it in JSON.
 std::pair<int, nlohmann::json> op_reply(const std::string& op, pid_t pid, const nlohmann::json& opts, int timeout,
                                         ProgressView& view) {
   if (op == "resume") wait_while_busy(pid, timeout, view);

@@ -1650,8 +1650,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       for (auto& dv : p.value("devices", nlohmann::json::array()))
         old_phys[dv["device"].get<int>()] = dv["physical"].get<int>();
       auto used = need_by_device(state);
-      auto old_uuid_of = [&](int v) {  // the GPU under its device v, in its own numbering
-        int was = old_phys.count(v) ? old_phys[v] : v;
+      auto was_of = [&](int v) { return old_phys.count(v) ? old_phys[v] : v; };  // its GPU, in its own numbering
+      auto old_uuid_of = [&](int v) {
+        int was = was_of(v);
         return was < static_cast<int>(old_uuids.size()) ? old_uuids[static_cast<size_t>(was)] : std::string();
       };
       // Where the driver is to put each of them: the same GPU where this machine has it,
@@ -1676,7 +1677,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       std::map<std::string, std::vector<std::string>> held_for;  // target -> the process's GPUs whose memory goes there
       for (auto& [v, bytes] : used) {
         int to = -1;
-        int was = old_phys.count(v) ? old_phys[v] : v;  // its GPU, in its own numbering
+        int was = was_of(v);
         std::string u = old_uuid_of(v);
         if (!dmap.empty()) {
           if (v >= static_cast<int>(dmap.size()))
