@@ -1390,6 +1390,179 @@ TEST_CASE("a TCP job dumped with --leave-running goes on; its image is refused h
   CHECK(later.err.find("closed moments ago on this machine and lingers (at most a minute)") != std::string::npos);
 }
 
+// Whether every line of part is a line of whole (as many times at most).
+bool lines_within(const std::string& part, const std::string& whole) {
+  auto p = sorted_lines(part), w = sorted_lines(whole);
+  return std::includes(w.begin(), w.end(), p.begin(), p.end());
+}
+
+TEST_CASE("a job with a network of its own (ferry run --net-namespace): torchrun's shape over TCP dumped with "
+          "--leave-running, its image restored twice at once beside the original -- three copies on one port, each "
+          "ending bit-identical",
+          "[process-image][criu][tcp]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kLauncher, "--tcp-store", "2", kMlp, "--steps", "250"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(
+      job({kLauncher, "--tcp-store", "2", kMlp, "--steps", "250", "--step-delay-ms", "20"}, {"--net-namespace"}),
+      ferry_test::emu_env());
+  REQUIRE(c.wait_for("[worker 0] step " + std::to_string(random_step(3, 20)) + " loss"));
+  auto ps = nlohmann::json::parse(ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60).out);
+  int workers = 0;
+  for (auto& p : ps)
+    if (!p["job"].is_null() && p["job"]["ferry"] == c.pid()) {
+      workers++;
+      CHECK(p["job"]["network"] == "own");
+    }
+  CHECK(workers == 2);
+  auto d = dump(c.pid(), t / "img", {"--leave-running"});
+  CHECK(d["left_running"] == true);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["version"] == 6);  // an older ferry would restore it in the machine's network
+  CHECK(m["net_namespace"] == true);
+  REQUIRE(m["sockets"]["listening"].size() == 1);
+  CHECK(m["sockets"]["connections"].size() == 2);
+  auto in = ferry_test::run({kFerry, "inspect", t / "img"}, {}, 60);
+  CHECK(in.out.find("\n  network: its own (run with --net-namespace): restored into a new one, loopback only\n") !=
+        std::string::npos);
+  // The original still runs and holds the store's port, which in the machine's network
+  // would refuse both restores (the test before this one).
+  REQUIRE(kill(c.pid(), 0) == 0);
+  ferry_test::Child a({kFerry, "restore", t / "img"}, ferry_test::emu_env());
+  ferry_test::Child b({kFerry, "restore", t / "img", "--device-map", "1,0"}, ferry_test::emu_env());
+  auto ra = a.finish(240), rb = b.finish(240);
+  auto done = c.finish();
+  INFO(ra.err << rb.err);
+  CHECK(ra.exit_code == 0);
+  CHECK(rb.exit_code == 0);
+  CHECK(done.exit_code == 0);
+  CHECK(sorted_lines(done.out) == sorted_lines(plain.out));
+  // Each copy prints what the original printed after the dump: the same lines, none that
+  // the uninterrupted run did not print (a line lost or doubled over TCP would show).
+  CHECK(sorted_lines(ra.out) == sorted_lines(rb.out));
+  CHECK(lines_within(ra.out, plain.out));
+  auto sums = [](const std::string& out) {
+    auto v = checksums(out, "weights checksum");
+    std::sort(v.begin(), v.end());  // the two workers end in either order
+    return v;
+  };
+  CHECK(sums(ra.out) == sums(plain.out));
+  CHECK(sums(rb.out) == sums(plain.out));
+  CHECK(sums(ra.out).size() == 2);
+}
+
+TEST_CASE("a job with the host's pids and a network of its own (--host-pids --net-namespace): torchrun's shape "
+          "dumped, killed and restored -- every line once, bit-identical",
+          "[process-image][criu][tcp]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kLauncher, "--tcp-store", "2", kMlp, "--steps", "100"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kLauncher, "--tcp-store", "2", kMlp, "--steps", "100", "--step-delay-ms", "20"},
+                          {"--net-namespace"}, "--host-pids"),
+                      ferry_test::emu_env());
+  REQUIRE(c.wait_for("[worker 1] step " + std::to_string(random_step(3, 30)) + " loss"));
+  dump(c.pid(), t / "img");
+  auto gone = c.finish();
+  CHECK(gone.exit_code == 128 + SIGKILL);
+  auto m = nlohmann::json::parse(ferry_test::read_file(t / "img/process.json"));
+  CHECK(m["net_namespace"] == true);
+  CHECK(m["pid_namespace"] == false);
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(sorted_lines(gone.out + r.out) == sorted_lines(plain.out));
+  CHECK(checksums(r.out, "weights checksum").size() == 2);
+}
+
+TEST_CASE("a job with a network of its own: a Unix socket from outside it -- stdio that is a journald stream, "
+          "datagrams to a daemon's socket -- is refused by name, the job running on; so are --net-namespace without "
+          "a job and a dump from another network namespace",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto usage = ferry_test::run({kFerry, "run", "--emulator", "--net-namespace", "--", "true"}, ferry_test::emu_env(), 60);
+  CHECK(usage.exit_code == 64);
+  CHECK(usage.err == "ferry run: --net-namespace is for a job: add --pid-namespace (or --host-pids where the CUDA "
+                     "driver cannot start in a PID namespace)\n");
+
+  auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  {
+    ferry_test::Child c({kBin + "/tests/programs/sock_stdio", kFerry, "run", "--emulator", "--pid-namespace",
+                         "--net-namespace", "--", kMlp, "--steps", "60", "--step-delay-ms", "20"},
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 5 loss"));
+    pid_t run = children_of(c.pid()).at(0), init = children_of(run).at(0);
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(run), t / "img"}, ferry_test::emu_env(), 120);
+    INFO(r.err);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find("ferry: cannot dump job " + std::to_string(init) + ": process " + std::to_string(init)) == 0);
+    // stdout and stderr, each its own socket (in no particular order)
+    for (const char* fd : {"1", "2"})
+      CHECK(r.err.find("process " + std::to_string(init) + " (ferry-init, fd " + fd + ") holds the job's stdio, a "
+                       "Unix socket from outside the job's own network namespace (ferry run --net-namespace; a "
+                       "journald stream?), where CRIU cannot find it; give the job a pipe, a terminal or a file, or "
+                       "run it without --net-namespace") != std::string::npos);
+    CHECK(r.err.find("Nothing was done; the job goes on running\n") != std::string::npos);
+    CHECK(!fs::exists(t / "img"));
+    CHECK(!fs::exists(t / "img.partial"));
+    auto done = c.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(done.out == plain.out);
+  }
+  {
+    const std::string log = t / "log";
+    ferry_test::Child syslogd({"python3", "-c",
+                               "import socket, sys\n"
+                               "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                               "s.bind(sys.argv[1])\n"
+                               "print('ready', flush=True)\n"
+                               "while True:\n"
+                               "    s.recv(100)\n",
+                               log});
+    REQUIRE(syslogd.wait_for("ready"));
+    ferry_test::Child c(job({"python3", "-c",
+                             "import socket, sys, time\n"
+                             "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                             "s.connect(sys.argv[1])\n"
+                             "for i in range(60):\n"
+                             "    s.send(b'msg %d' % i)\n"
+                             "    print('sent', i, flush=True)\n"
+                             "    time.sleep(0.02)\n",
+                             log},
+                            {"--net-namespace"}),
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("sent 5"));
+    auto r = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env(), 120);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find(" sends datagrams to " + log + ", outside the job's own network namespace (ferry run "
+                     "--net-namespace), where CRIU cannot find it; run such a job without --net-namespace. Nothing "
+                     "was done; the job goes on running\n") != std::string::npos);
+    CHECK(!fs::exists(t / "img"));
+    auto done = c.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(done.out.find("sent 59\n") != std::string::npos);
+  }
+  {
+    // A job in the machine's network, dumped by a ferry in another one: CRIU would dump
+    // that network whole, which a restore would not bring back.
+    ferry_test::Child c(job({kMlp, "--steps", "60", "--step-delay-ms", "20"}), ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 5 loss"));
+    auto r = ferry_test::run({"unshare", "--net", kFerry, "dump", std::to_string(c.pid()), t / "img"},
+                             ferry_test::emu_env(), 120);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: the job is in another network namespace than this ferry (that of its ferry run, " +
+                       std::to_string(c.pid()) + "): run ferry dump in that namespace. Nothing was done; the job "
+                       "goes on running\n");
+    CHECK(!fs::exists(t / "img"));
+    auto done = c.finish();
+    CHECK(done.exit_code == 0);
+    CHECK(done.out == plain.out);
+  }
+}
+
 TEST_CASE("a job whose output goes to Unix sockets (a service's journald stream) is dumped; restored, its output "
           "goes to the restorer",
           "[process-image][criu]") {
@@ -2397,7 +2570,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     auto r = restore_text(d);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find(d + " was written by a newer ferry (9.0.0, whole-process image format 99); this ferry reads "
-                         "format 5: use that ferry or a newer one") != std::string::npos);
+                         "format 6: use that ferry or a newer one") != std::string::npos);
   }
   SECTION("a manifest that parses but is not shaped as one: named, for restore, inspect and verify alike") {
     std::string d = copy("odd");
@@ -2408,6 +2581,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
         {2, "\"stdio\" is not a list"},
         {3, "an entry of \"gpus\" has a \"memory\" that is not a size"},
         {4, "a process's GPU number 99999 is too large"},
+        {5, "\"net_namespace\" is not true or false"},
     }));
     if (change == 0) m["processes"][0]["nspid"] = "one";
     if (change == 1) m["cpu_files"][0].erase("xxh3");
@@ -2416,6 +2590,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     if (change == 4)
       for (auto& p : m["processes"])
         if (p.value("cuda", false)) p["gpus"] = nlohmann::json::array({{{"physical", 99999}, {"uuid", "GPU-x"}}});
+    if (change == 5) m["net_namespace"] = "own";
     std::ofstream(d + "/process.json") << m.dump();
     const std::string want = "ferry: " + d + "/process.json is damaged: " + says + "\n";
     auto r = restore_text(d);

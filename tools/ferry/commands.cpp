@@ -279,7 +279,7 @@ int cmd_ps(const Output& out) {
     s["job"] = nullptr;
     if (auto j = job_of(pid))
       s["job"] = {{"init", j->init}, {"ferry", j->ferry ? nlohmann::json(j->ferry) : nlohmann::json()},
-                  {"pids", j->host_pids ? "host" : "namespace"}};
+                  {"pids", j->host_pids ? "host" : "namespace"}, {"network", j->own_net ? "own" : "shared"}};
     list.push_back(s);
   }
   if (out.json) {

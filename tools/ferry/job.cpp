@@ -20,6 +20,7 @@
 
 #include "client.hpp"
 #include "init_dir.hpp"
+#include "sockets.hpp"
 
 namespace ferry::cli {
 
@@ -90,7 +91,7 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
 
 // The job's init: pid 1 of its namespace, or (host_pids) a subreaper.
 [[noreturn]] void init(const std::vector<std::string>& argv, const sigset_t& old_mask, const std::string& dir,
-                       bool host_pids, pid_t parent, int keep_fds) {
+                       bool host_pids, bool own_net, pid_t parent, int keep_fds) {
   // The job lives as long as its `ferry run`: killed with it (a namespace's init by the
   // kernel; a subreaper ends its tree itself). CRIU gives the signal back to a restored
   // init, whose parent is then its `ferry restore` (--restore-sibling).
@@ -107,6 +108,11 @@ int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(s
   const unsigned first = 3u + static_cast<unsigned>(keep_fds);
   if (syscall(SYS_close_range, first, ~0u, 0u) != 0)
     for (int fd = static_cast<int>(first); fd < 1024; fd++) close(fd);
+  if (own_net)
+    if (std::string why = loopback_up(); !why.empty()) {
+      fprintf(stderr, "ferry run: --net-namespace: %s\n", why.c_str());
+      _exit(127);
+    }
   pid_t self = getpid();
   pid_t prog = fork();
   if (prog < 0) {
@@ -452,7 +458,8 @@ int wait_job(pid_t init, const SignalActions& actions, bool* killed) {
   return dumped ? 0 : status_code(st);
 }
 
-int run_job(const std::vector<std::string>& argv, const SignalActions& actions, bool host_pids, int keep_fds) {
+int run_job(const std::vector<std::string>& argv, const SignalActions& actions, bool host_pids, bool own_net,
+            int keep_fds) {
   // Signals that arrive before the handlers are in place wait instead of killing.
   sigset_t all, old;
   sigfillset(&all);
@@ -470,21 +477,25 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
   }
   // Should the init be killed outright, what it had below it comes here (wait_job).
   if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-  unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | SIGCHLD;
+  unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | (own_net ? CLONE_NEWNET : 0) | SIGCHLD;
   pid_t parent = getpid();
   pid_t init_pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
   if (init_pid < 0) {
     int e = errno;
     sigprocmask(SIG_SETMASK, &old, nullptr);
     if (!dir.empty()) rmdir(dir.c_str());
-    if (host_pids)
+    const char* root = e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "";
+    if (own_net)
+      fprintf(stderr, "ferry run: --net-namespace: cannot start the job in %s of its own (%s)%s\n",
+              host_pids ? "a network namespace" : "PID and network namespaces", strerror(e), root);
+    else if (host_pids)
       fprintf(stderr, "ferry run: --host-pids: cannot start the job's init (%s)\n", strerror(e));
     else
       fprintf(stderr, "ferry run: --pid-namespace: cannot start the job in a PID namespace of its own (%s)%s\n",
-              strerror(e), e == EPERM ? "; it needs root (CAP_SYS_ADMIN)" : "");
+              strerror(e), root);
     return 78;
   }
-  if (init_pid == 0) init(argv, old, dir, host_pids, parent, keep_fds);
+  if (init_pid == 0) init(argv, old, dir, host_pids, own_net, parent, keep_fds);
   // The kept descriptors are the job's now: a reader waiting for their end sees it when
   // the job's last holder ends, not when ferry run does.
   for (int fd = 3; fd < 3 + keep_fds; fd++) close(fd);

@@ -24,6 +24,9 @@
 // kill_tree (ferry's dump and restore) does from outside. An init killed outright itself
 // leaves its tree to `ferry run` (or `ferry restore`), a subreaper too, which ends it
 // likewise once it sees the init die (wait_job).
+//
+// --net-namespace adds a network namespace of the job's own to either: the init is cloned
+// into it and brings its loopback up before the program starts (sockets.hpp says why).
 #pragma once
 
 #include <sys/types.h>
@@ -49,7 +52,7 @@ using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
 // (--preserve-fds), which must be open: they stay in the init too, where a dump finds
 // them as the job's stdio is found, outside the job (process_image.hpp).
 int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false,
-            int keep_fds = 0);
+            bool own_net = false, int keep_fds = 0);
 
 // Notes the descriptors above 2 this process was started with (not close-on-exec), before
 // it opens any of its own in their place, and puts /dev/null on a closed 0, 1 or 2:

@@ -37,7 +37,8 @@ void prepend_env(const char* var, const std::string& value, char sep) {
 
 struct RunArgs {
   std::vector<std::string> cmd;
-  bool strict = false, emulator = false, no_arena = false, pid_namespace = false, host_pids = false;
+  bool strict = false, emulator = false, no_arena = false, pid_namespace = false, host_pids = false,
+       net_namespace = false;
   int preserve_fds = 0;
   std::string device_map, log, real_driver;
   std::vector<std::string> on_signal;
@@ -146,13 +147,18 @@ int run(const RunArgs& a) {
   ferry::cli::SignalActions actions;
   std::string spec;
   bool job = a.pid_namespace || a.host_pids;
+  if (a.net_namespace && !job) {
+    fprintf(stderr, "ferry run: --net-namespace is for a job: add --pid-namespace (or --host-pids where the CUDA "
+                    "driver cannot start in a PID namespace)\n");
+    return ferry::cli::kUsage;
+  }
   if (!signal_actions(a.on_signal, job, actions, spec, "ferry run")) return ferry::cli::kUsage;
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
   if (job) {
     // The shim knows a job in a PID namespace by its /proc; one with the host's pids by this.
     setenv("FERRY_JOB", a.host_pids ? "host-pids" : "pid-namespace", 1);
-    return ferry::cli::run_job(a.cmd, actions, a.host_pids, a.preserve_fds);
+    return ferry::cli::run_job(a.cmd, actions, a.host_pids, a.net_namespace, a.preserve_fds);
   }
   ferry::cli::exec_command(a.cmd);
 }
@@ -194,6 +200,10 @@ int main(int argc, char** argv) {
               "run the program as a job under ferry's init without a PID namespace, for a CUDA driver that cannot "
               "start in one: its processes keep their pids, so its image is restored only where they are free")
       ->excludes(pidns);
+  r->add_flag("--net-namespace", ra.net_namespace,
+              "give the job a network of its own (loopback only; with --pid-namespace or --host-pids): its ports "
+              "and abstract socket names are then its own, so its image is restored beside the original or twice "
+              "at once, but nothing outside can reach it");
   r->add_option("--on-signal", ra.on_signal,
                 "SIGNAL=dump:DIR: on that signal, dump the whole job to DIR and exit 0 (needs --pid-namespace or "
                 "--host-pids); "

@@ -743,6 +743,7 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
   }
   objects("files", false);
   if (!is(m, "pid_namespace", &J::is_boolean, false)) bad("\"pid_namespace\" is not true or false");
+  if (!is(m, "net_namespace", &J::is_boolean, false)) bad("\"net_namespace\" is not true or false");
   if (!is(m, "init_dir", &J::is_string, false)) bad("\"init_dir\" is not a path");
   if (!is(m, "sockets", &J::is_object, false)) bad("\"sockets\" is not an object");
 }
@@ -868,6 +869,7 @@ nlohmann::json op_request(pid_t host, const std::string& op, const ops::Options&
 struct Dump {
   pid_t init = 0;
   bool host_pids = false;  // a job without a PID namespace (job.hpp)
+  uint64_t own_net = 0;    // the job's own network namespace (--net-namespace), else 0
   pid_t init_parent = 0;   // its ferry run or ferry restore, as the dump began
   std::vector<Task> tasks;
   std::string stage, cpu_dir;
@@ -926,6 +928,25 @@ struct Dump {
 };
 
 }  // namespace
+
+// The network namespace ferry run --net-namespace made for the job (its init's, which its
+// ferry run is outside of), else 0. CRIU would dump any other namespace whole --
+// addresses, routes, firewall rules -- which ferry does not bring back: refused.
+uint64_t own_network(const std::vector<Task>& tasks, pid_t init_parent) {
+  if (tasks.empty()) return 0;
+  const uint64_t mine = net_namespace_of(getpid()), job = net_namespace_of(tasks.front().host);
+  for (auto& t : tasks)
+    if (uint64_t n = net_namespace_of(t.host); n && n != job)
+      throw ClientError(kFixFirst, "process " + std::to_string(t.host) + " (" + t.name + ") of the job is in a "
+                                   "network namespace other than its init's, which ferry does not dump. Nothing was "
+                                   "done; the job goes on running");
+  if (job == 0 || job == mine) return 0;
+  if (job == net_namespace_of(init_parent))
+    throw ClientError(kFixFirst, "the job is in another network namespace than this ferry (that of its ferry run, " +
+                                     std::to_string(init_parent) + "): run ferry dump in that namespace. Nothing was "
+                                     "done; the job goes on running");
+  return job;
+}
 
 // A GPU half written by an older ferry reads chunks from its own parent by relative
 // path: publishing dir over one of those would break the parent chosen for this dump, so
@@ -994,6 +1015,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     criu = usable_criu();
     criu_ver = criu_version(criu);
     d.tasks = tree_of(d.init);
+    d.own_net = own_network(d.tasks, d.init_parent);
     // What CRIU could not dump is refused here, before anything stops.
     stdio = stdio_of(d.init);
     socks = sockets_of(d.tasks, stdio);
@@ -1139,7 +1161,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (!s.external.empty()) argv.insert(argv.end(), {"--external", s.external});
   // Any TCP socket at all: a connection inside the job may form until CRIU freezes it
   // (one to outside is refused by the look after the dump).
-  if (socks.inet) argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
+  if (socks.inet) argv.insert(argv.end(), {"--tcp-established"});
+  // The job's own network is made new at a restore (sockets.hpp): CRIU keeps none of it.
+  if (d.own_net)
+    argv.insert(argv.end(), {"--external", "net[" + std::to_string(d.own_net) + "]:" + kJobNetKey});
+  // No network lock (CRIU's would be firewall rules in a namespace it dumps, the job's own
+  // one): connections inside the job stop with it, and nothing outside reaches it.
+  if (socks.inet || d.own_net) argv.insert(argv.end(), {"--network-lock", "skip"});
   // Datagram sockets sending to a named socket outside (/dev/log) are dumped alone; any
   // other Unix socket with its peer outside CRIU still refuses (it was refused above).
   argv.push_back("--ext-unix-sk");
@@ -1206,9 +1234,15 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // ferry would hand CRIU whatever it has open at those numbers itself.
   // Format 5 where a stdio file's name is not UTF-8 (its key is exact only as key_hex): an
   // older ferry would let CRIU open the old file again instead of the restorer's.
+  // Format 6 where the job has a network of its own: an older ferry would not make one.
   const bool kept_fds = std::any_of(stdio.begin(), stdio.end(), [](const Stdio& s) { return s.fd > 2; });
   const bool hex_keys = std::any_of(stdio.begin(), stdio.end(), [](const Stdio& s) { return !json_text(s.key); });
-  m["version"] = hex_keys ? 5 : kept_fds ? 4 : d.host_pids ? 3 : socks.connections.empty() ? 1 : 2;
+  m["version"] = d.own_net    ? 6
+                 : hex_keys   ? 5
+                 : kept_fds   ? 4
+                 : d.host_pids ? 3
+                 : socks.connections.empty() ? 1
+                                             : 2;
   m["ferry"] = FERRY_VERSION;
   m["created"] = now_iso();
   m["criu"] = {{"path", criu}, {"version", criu_ver}};
@@ -1223,6 +1257,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // Without a namespace CRIU gives every process and thread its number back: a restore
   // checks they are free (the threads' ids are the host's there).
   m["pid_namespace"] = !d.host_pids;
+  m["net_namespace"] = d.own_net != 0;
   for (auto& t : d.tasks) {
     nlohmann::json p = {{"nspid", t.ns}, {"parent", t.ns_parent}, {"name", t.name}, {"cmdline", t.cmd},
                         {"cuda", t.cuda}};
@@ -1552,6 +1587,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     return fail(out, e);
   }
   const bool host_pids = !m.value("pid_namespace", true);
+  const bool own_net = m.value("net_namespace", false);
   if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
   // What the restored init had below it comes here should it be killed outright
   // (wait_job); ferry run does the same.
@@ -1578,7 +1614,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + fds +
                                        ". Nothing was started; the image is untouched");
     bool missing = false;
-    auto taken = sockets_taken_here(m.value("sockets", nlohmann::json::object()), &missing);
+    nlohmann::json socks = m.value("sockets", nlohmann::json::object());
+    // In a network of its own, made new for it, nothing here holds its addresses or names.
+    if (own_net) socks = {{"external_dgram", socks.value("external_dgram", nlohmann::json::array())}};
+    auto taken = sockets_taken_here(socks, &missing);
     if (!taken.empty())
       throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
                                                                joined(taken) +
@@ -1764,9 +1803,31 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   for (auto& x : stand_ins(m))
     if (x.by == x.fd)
       argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(x.fd) + "]:" + stdio_key(*x.entry)});
-  if (!m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty())
-    argv.insert(argv.end(), {"--tcp-established", "--network-lock", "skip"});
+  const bool connections =
+      !m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty();
+  if (connections) argv.insert(argv.end(), {"--tcp-established"});
+  // No network lock to take at a restore either (the dump's reason).
+  if (connections || own_net) argv.insert(argv.end(), {"--network-lock", "skip"});
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
+  // A job with a network of its own comes back in a new one (sockets.hpp), which lives as
+  // long as something is in it.
+  struct NetFd {
+    int fd = -1;
+    ~NetFd() {
+      if (fd >= 0) close(fd);
+    }
+  } net;
+  if (own_net) {
+    std::string why;
+    net.fd = new_net_namespace(&why);
+    if (net.fd < 0) {
+      std::error_code gone;
+      fs::remove_all(work, gone);
+      return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ", which had a network of its own: " +
+                                                   why + ". Nothing was started; the image is untouched");
+    }
+    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(net.fd) + "]:" + kJobNetKey});
+  }
   if (!out.json && out.progress != "never")
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
   try {
@@ -1924,6 +1985,7 @@ std::optional<JobOf> job_of(pid_t pid) {
     j.init = p;
     j.host_pids = host_pids_job(p);
     pid_t parent = parent_of(p);
+    j.own_net = net_namespace_of(p) != net_namespace_of(parent);
     if (parent > 0 && status_field(parent, "Name") == "ferry") j.ferry = parent;
     return j;
   }
@@ -1990,6 +2052,8 @@ int inspect_shaped(const std::string& dir, const Output& out) {
   printf("  CPU half: %zu CRIU files, %s\n", m["cpu_files"].size(), human(cpu).c_str());
   if (!m.value("pid_namespace", true))
     printf("  pids: the host's (run with --host-pids): restored only where they are free\n");
+  if (m.value("net_namespace", false))
+    printf("  network: its own (run with --net-namespace): restored into a new one, loopback only\n");
   for (auto& p : m["processes"]) {
     std::string cmd;
     for (auto& c : p["cmdline"]) cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();

@@ -34,7 +34,8 @@
 //      own way), leaving the tasks stopped; the job's stdio and --preserve-fds (pipes,
 //      terminals, Unix sockets, files outside the job) is recorded as external, TCP
 //      connections inside the job are dumped with it (--tcp-established, in repair
-//      mode), and the job's sockets are looked at again now that nothing can change;
+//      mode), a network namespace of the job's own is external (sockets.hpp), and the
+//      job's sockets are looked at again now that nothing can change;
 //   4. process.json is written, every file synced, and the directory published
 //      atomically (written as DIR.partial, then renamed; an existing DIR is replaced);
 //   5. the job is killed (its TCP sockets, still in repair mode, close without a word
@@ -50,8 +51,9 @@
 // `criu restore` with the restorer as the new init's parent (--restore-sibling: the
 // job dies with `ferry restore` as it did with `ferry run`), the restorer's own
 // stdin/stdout/stderr in place of the job's (--inherit-fd), and the restorer's fds 3..
-// in place of those the job's launcher gave it (ferry run --preserve-fds), and the job's TCP
-// connections back in place (--tcp-established).
+// in place of those the job's launcher gave it (ferry run --preserve-fds), the job's TCP
+// connections back in place (--tcp-established), and a new network namespace, loopback
+// up, in place of its own (--inherit-fd of the key it was dumped with).
 // Each CUDA process gets the GPUs of this machine from the driver (gpuPairs), listens
 // again on a socket named by its new host pid, and resumes from DIR/gpu/<nspid> onto
 // the devices asked for (--device, --device-map). If any of that fails the restored
@@ -77,8 +79,9 @@ namespace ferry::cli {
 // the host's pids (--host-pids), which an older ferry would not check are free, or 4 when
 // it holds descriptors from its launcher (ferry run --preserve-fds), which an older ferry
 // would fill with its own.
-// 5 when a stdio file's name is not UTF-8 (its CRIU key kept as key_hex).
-constexpr int kProcessFormat = 5;
+// 5 when a stdio file's name is not UTF-8 (its CRIU key kept as key_hex), or 6 when the
+// job has a network namespace of its own (--net-namespace), which an older ferry would not make.
+constexpr int kProcessFormat = 6;
 
 struct DumpArgs {
   std::string dir, parent;
@@ -136,6 +139,7 @@ nlohmann::json dump_blockers(pid_t pid);
 struct JobOf {
   pid_t init = 0, ferry = 0;
   bool host_pids = false;
+  bool own_net = false;  // a network namespace of its own (ferry run --net-namespace)
 };
 std::optional<JobOf> job_of(pid_t pid);
 

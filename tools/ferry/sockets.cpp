@@ -2,12 +2,16 @@
 #include "sockets.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -22,8 +26,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include <ferry_common/control.hpp>
@@ -144,10 +150,36 @@ struct UnixInfo {
   int type = 0;      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 };
 
-// Every Unix socket of this network namespace with its peer and name; false when the
-// kernel would not say.
-bool unix_sockets(std::map<uint64_t, UnixInfo>& out) {
-  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+// Runs f on a thread of its own that first enters the network namespace nsfd names: a
+// thread's network namespace is its own, so this process's stays as it was, whatever
+// happens. False when the thread could not enter it (f not run).
+bool in_net_namespace(int nsfd, const std::function<void()>& f) {
+  bool entered = false;
+  std::thread([&] {
+    if (setns(nsfd, CLONE_NEWNET) != 0) return;
+    entered = true;
+    f();
+  }).join();
+  return entered;
+}
+
+// A NETLINK_SOCK_DIAG socket, which lists the sockets of the network namespace it was
+// made in: pid's (0: this process's); -1 when it cannot be made.
+int diag_socket(pid_t pid) {
+  auto make = [] { return socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG); };
+  if (pid == 0) return make();
+  int ns = open(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return -1;
+  int fd = -1;
+  in_net_namespace(ns, [&] { fd = make(); });
+  close(ns);
+  return fd;
+}
+
+// Every Unix socket of pid's network namespace (0: this process's) with its peer and
+// name, added to out; false when the kernel would not say.
+bool unix_sockets(std::map<uint64_t, UnixInfo>& out, pid_t pid = 0) {
+  int fd = diag_socket(pid);
   if (fd < 0) return false;
   struct {
     nlmsghdr h;
@@ -326,64 +358,82 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     js.in_flight += moment ? 1 : 0;
   };
 
-  std::string net = "/proc/" + std::to_string(tasks[0].pid) + "/net";
-  std::vector<TcpEntry> tcp = tcp_tables(net);
-  std::map<std::pair<std::string, std::string>, const TcpEntry*> by_ends;
-  for (auto& e : tcp)
-    if (e.state != kListen) by_ends[{e.local, e.remote}] = &e;
-  for (auto& e : tcp) {
-    if (!e.ino || !held.count(e.ino) || exempt.count(e.ino)) continue;
-    js.inet = true;
-    const Holder& h = first(e.ino);
-    switch (e.state) {
-      case kListen:
-        js.listening.push_back(e.local);
-        // Once CRIU has the job stopped (and has dumped this socket), a connection
-        // someone makes meanwhile is theirs to lose, not a flaw of the image.
-        if (e.rx_queue && !stopped)
-          add(who(h) + " listens on " + e.local + " with " + std::to_string(e.rx_queue) +
-                  " connection(s) not yet accepted, which CRIU cannot dump; try again in a moment",
-              true);
-        break;
-      case kSynSent:
-        add(who(h) + " is connecting to " + e.remote + "; try again in a moment", true);
-        break;
-      case kEstablished:
-      case kFinWait1:
-      case kFinWait2:
-      case kCloseWait:
-      case kLastAck:
-      case kClosing: {
-        auto it = by_ends.find({e.remote, e.local});
-        const TcpEntry* peer = it != by_ends.end() ? it->second : nullptr;
-        // The peer has closed its end and no process holds it any more: nothing will
-        // come from it but what our end has already received (CRIU dumps it as it is).
-        bool peer_closed = (!peer || peer->ino == 0) &&
-                           (e.state == kCloseWait || e.state == kLastAck || e.state == kClosing);
-        if (peer && peer->ino == 0 && peer->state == kEstablished) {
-          add(who(h) + " has a TCP connection " + e.local + " -> " + e.remote +
-                  " whose other end is not accepted yet; try again in a moment",
-              true);
-        } else if ((peer && held.count(peer->ino)) || peer_closed) {
-          js.connections.push_back({e.local, e.remote, h.pid, h.fd, -1, e.ino});
-        } else {
-          for (auto& each : held.at(e.ino))  // every process that has it open must close it
-            add(who(each) + " has a TCP connection " + e.local + " -> " + e.remote +
-                    " to outside the job: CRIU cannot dump it without its peer; close it before a dump",
-                false);
+  // Each network namespace of the job's processes -- ferry's, and the program's own where
+  // it has one (--net-namespace) --, read through a process in it: a connection's two
+  // ends are in one namespace.
+  std::map<uint64_t, pid_t> nets;
+  for (auto& t : tasks)
+    if (uint64_t n = net_namespace_of(t.pid)) nets.emplace(n, t.pid);
+  for (auto& [ns, in] : nets) {
+    std::string net = "/proc/" + std::to_string(in) + "/net";
+    std::vector<TcpEntry> tcp = tcp_tables(net);
+    std::map<std::pair<std::string, std::string>, const TcpEntry*> by_ends;
+    for (auto& e : tcp)
+      if (e.state != kListen) by_ends[{e.local, e.remote}] = &e;
+    for (auto& e : tcp) {
+      if (!e.ino || !held.count(e.ino) || exempt.count(e.ino)) continue;
+      js.inet = true;
+      const Holder& h = first(e.ino);
+      switch (e.state) {
+        case kListen:
+          js.listening.push_back(e.local);
+          // Once CRIU has the job stopped (and has dumped this socket), a connection
+          // someone makes meanwhile is theirs to lose, not a flaw of the image.
+          if (e.rx_queue && !stopped)
+            add(who(h) + " listens on " + e.local + " with " + std::to_string(e.rx_queue) +
+                    " connection(s) not yet accepted, which CRIU cannot dump; try again in a moment",
+                true);
+          break;
+        case kSynSent:
+          add(who(h) + " is connecting to " + e.remote + "; try again in a moment", true);
+          break;
+        case kEstablished:
+        case kFinWait1:
+        case kFinWait2:
+        case kCloseWait:
+        case kLastAck:
+        case kClosing: {
+          auto it = by_ends.find({e.remote, e.local});
+          const TcpEntry* peer = it != by_ends.end() ? it->second : nullptr;
+          // The peer has closed its end and no process holds it any more: nothing will
+          // come from it but what our end has already received (CRIU dumps it as it is).
+          bool peer_closed = (!peer || peer->ino == 0) &&
+                             (e.state == kCloseWait || e.state == kLastAck || e.state == kClosing);
+          if (peer && peer->ino == 0 && peer->state == kEstablished) {
+            add(who(h) + " has a TCP connection " + e.local + " -> " + e.remote +
+                    " whose other end is not accepted yet; try again in a moment",
+                true);
+          } else if ((peer && held.count(peer->ino)) || peer_closed) {
+            js.connections.push_back({e.local, e.remote, h.pid, h.fd, -1, e.ino});
+          } else {
+            for (auto& each : held.at(e.ino))  // every process that has it open must close it
+              add(who(each) + " has a TCP connection " + e.local + " -> " + e.remote +
+                      " to outside the job: CRIU cannot dump it without its peer; close it before a dump",
+                  false);
+          }
+          break;
         }
-        break;
+        default:
+          break;  // closed or bound only: CRIU makes it again
       }
-      default:
-        break;  // closed or bound only: CRIU makes it again
     }
+    for (const char* udp : {"/udp", "/udp6"})
+      for (uint64_t ino : inodes_of(net + udp, 10))
+        if (held.count(ino)) js.inet = true;
   }
-  for (const char* udp : {"/udp", "/udp6"})
-    for (uint64_t ino : inodes_of(net + udp, 10))
-      if (held.count(ino)) js.inet = true;
 
   std::map<uint64_t, UnixInfo> unix;
   if (!unix_sockets(unix)) return js;  // CRIU will say it, if it matters
+  // A job with a network of its own: its sockets are listed there (socket inodes are
+  // the machine's, so one map holds every namespace's).
+  std::map<uint64_t, UnixInfo> own;
+  for (auto& [ns, in] : nets)
+    if (ns != net_namespace_of(getpid()) && !unix_sockets(own, in)) return js;
+  const bool own_net = !own.empty();
+  // CRIU finds no socket outside the namespaces it dumps (sockets.hpp): with a network of
+  // the job's own, a Unix socket of ferry's namespace the job holds cannot be dumped.
+  auto outside_own = [&](uint64_t ino) { return own_net && !own.count(ino); };
+  for (auto& [ino, u] : own) unix[ino] = u;
   js.unix_known = true;
   // The shim's control socket, and connections it accepted: <dir>/<pid>.sock in its
   // user's socket directory (the default one, or this process's FERRY_SOCKET_DIR).
@@ -416,6 +466,14 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     // CRIU dumps it alone (--ext-unix-sk) and connects it to that name again at restore.
     if (u.type == SOCK_DGRAM && peer != unix.end() && peer->second.type == SOCK_DGRAM && pname.size() > 1 &&
         json_text(pname)) {
+      if (outside_own(u.peer)) {
+        if (!stopped)
+          for (auto& each : held.at(ino))
+            add(who(each) + " sends datagrams to " + pname + ", outside the job's own network namespace (ferry run "
+                "--net-namespace), where CRIU cannot find it; run such a job without --net-namespace",
+                false);
+        continue;
+      }
       dgram.insert(pname);
       continue;
     }
@@ -426,6 +484,13 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
           false);
   }
   js.external_dgram.assign(dgram.begin(), dgram.end());
+  if (!stopped)
+    for (uint64_t ino : exempt)
+      if (held.count(ino) && unix.count(ino) && outside_own(ino))
+        add(who(first(ino)) + " holds the job's stdio, a Unix socket from outside the job's own network namespace "
+            "(ferry run --net-namespace; a journald stream?), where CRIU cannot find it; give the job a pipe, a "
+            "terminal or a file, or run it without --net-namespace",
+            false);
   return js;
 }
 
@@ -513,8 +578,50 @@ std::vector<std::string> sockets_taken_here(const nlohmann::json& sockets, bool*
   return taken;
 }
 
+uint64_t net_namespace_of(pid_t pid) {
+  struct stat sb;
+  return stat(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), &sb) == 0 ? sb.st_ino : 0;
+}
+
+std::string loopback_up() {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return std::string("cannot make a socket: ") + strerror(errno);
+  ifreq r{};
+  memcpy(r.ifr_name, "lo", 3);
+  std::string why;
+  if (ioctl(s, SIOCGIFFLAGS, &r) != 0) {
+    why = std::string("cannot read the loopback's flags: ") + strerror(errno);
+  } else {
+    r.ifr_flags = static_cast<short>(r.ifr_flags | IFF_UP);
+    if (ioctl(s, SIOCSIFFLAGS, &r) != 0) why = std::string("cannot bring the loopback up: ") + strerror(errno);
+  }
+  close(s);
+  return why;
+}
+
+int new_net_namespace(std::string* why) {
+  int fd = -1;
+  // The thread's namespace is left with it; the descriptor keeps the new one alive.
+  std::thread([&] {
+    if (unshare(CLONE_NEWNET) != 0) {
+      *why = std::string("cannot make a network namespace: ") + strerror(errno) +
+             (errno == EPERM ? " (it needs root: CAP_SYS_ADMIN)" : "");
+      return;
+    }
+    if (std::string e = loopback_up(); !e.empty()) {
+      *why = "in a new network namespace, " + e;
+      return;
+    }
+    fd = open("/proc/thread-self/ns/net", O_RDONLY);
+    if (fd < 0) *why = std::string("cannot open the new network namespace: ") + strerror(errno);
+  }).join();
+  return fd;
+}
+
 bool is_unix_socket(pid_t pid, uint64_t ino) {
-  return inodes_of("/proc/" + std::to_string(pid) + "/net/unix", 7).count(ino) > 0;
+  // In ferry's namespace where the job has its own: what its launcher gave it was made outside.
+  return inodes_of("/proc/" + std::to_string(pid) + "/net/unix", 7).count(ino) > 0 ||
+         inodes_of("/proc/self/net/unix", 7).count(ino) > 0;
 }
 
 std::string describe_sockets(const nlohmann::json& sockets) {

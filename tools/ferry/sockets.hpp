@@ -31,8 +31,23 @@
 // the image, and a restore first checks that nothing on the machine holds them (the
 // original job still running, say): CRIU would otherwise fail half-way through.
 //
-// Jobs share ferry's network namespace (ferry run makes none), which the Unix query
-// relies on; the TCP tables are read through the job's own /proc/<pid>/net.
+// The TCP tables are read through /proc/<pid>/net of a job process in each network
+// namespace the job has. The Unix query lists the sockets of ferry's network namespace,
+// and of the job's own where it has one: a peer may be in either.
+//
+// A network of its own (ferry run --net-namespace): the job gets a network namespace with
+// only its loopback, made for it, so that its TCP ports and abstract Unix names are its
+// own -- a copy restored beside the original, or twice at once, binds them again without
+// colliding with anything on the machine (torchrun's store always takes port 29500) --
+// and nothing outside can connect to it. CRIU is told the namespace is external (a
+// dump's --external net[INODE]:KEY): it keeps no addresses, routes or firewall rules,
+// only the sockets in it; a restore makes a new one, its loopback up, and hands it to
+// CRIU (--inherit-fd fd[N]:KEY), so none of the checks for addresses taken here apply.
+// CRIU finds a Unix socket only in the network namespaces of the processes it dumps (and
+// restores a process in a namespace other than the init's only below one the init has of
+// its own, so the init must be in the job's): a Unix socket from outside -- stdio that is
+// a journald stream, the daemon a datagram socket sends to (/dev/log) -- is refused by
+// name for such a job before anything stops.
 #pragma once
 
 #include <sys/types.h>
@@ -98,7 +113,22 @@ std::vector<std::pair<int, std::string>> fd_links(pid_t pid);
 // The open flags of process pid's descriptor fd (/proc/PID/fdinfo; 0 once it is gone).
 unsigned long fd_flags(pid_t pid, int fd);
 
-// Whether socket inode ino is a Unix socket (in pid's network namespace).
+// CRIU's key for a job's own network namespace (--external at a dump, --inherit-fd at a restore).
+constexpr const char* kJobNetKey = "ferry-job-net";
+
+// The inode of pid's network namespace (0 where /proc does not say).
+uint64_t net_namespace_of(pid_t pid);
+
+// Brings up the loopback of the calling thread's network namespace (a new one starts with
+// it down, and a job's TCP store listens on 127.0.0.1); "" or why not.
+std::string loopback_up();
+
+// A new network namespace with its loopback up, as a descriptor that is not close-on-exec
+// (for CRIU's --inherit-fd); -1 with *why when it cannot be made. This process's own
+// namespace is left as it was.
+int new_net_namespace(std::string* why);
+
+// Whether socket inode ino is a Unix socket (in pid's network namespace or this process's).
 bool is_unix_socket(pid_t pid, uint64_t ino);
 
 // "listening on 127.0.0.1:29500; 2 connection end(s) inside the job" for an image's or
