@@ -737,20 +737,20 @@ def keep_logs(tag, tmp, job):
         shutil.copy(works[-1], os.path.join(d, f"{tag}.restore.log"))
 
 
-def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="process", kind=None):
+def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="process", kind=None, run_opts=()):
     """A whole-process round trip: cmd as a `ferry run --pid-namespace` job (kind, or
-    JOB_KIND: see above), `ferry dump` at the marker (the job ends), `ferry restore` onto
-    the last GPU; the lines starting with result_prefix must equal the reference run's.
-    Needs root and CRIU (the carried one: scripts/gpu-kit-deps.sh copies it into
-    .gpu-kit/criu)."""
+    JOB_KIND: see above; with run_opts), `ferry dump` at the marker (the job ends),
+    `ferry restore` onto the last GPU; the lines starting with result_prefix must equal
+    the reference run's. Needs root and CRIU (the carried one: scripts/gpu-kit-deps.sh
+    copies it into .gpu-kit/criu)."""
     if os.geteuid() != 0:
         raise Skipped("CRIU needs root")
     kind = kind or JOB_KIND
-    v = [ferry_cmd(), "run", kind] + (["--emulator"] if A.emulator else []) + ["--"] + cmd
+    v = [ferry_cmd(), "run", kind] + list(run_opts) + (["--emulator"] if A.emulator else []) + ["--"] + cmd
     job = Job(v, extra)
     tmp = tempfile.mkdtemp(prefix="ferry-gpu-check-")
     img = os.path.join(tmp, "job")
-    figures = {"job": f"ferry run {kind}"}
+    figures = {"job": " ".join(["ferry run", kind] + list(run_opts))}
     try:
         job.wait_for(marker, 180)
         t0 = now()
@@ -925,6 +925,18 @@ def process_tcp_store():
                          ref.splitlines(), tag="tcp_store")
 
 
+@check("process.net_namespace", 180)
+def process_net_namespace():
+    """process.tcp_store's job with a network of its own (`ferry run --net-namespace`):
+    the driver in a network namespace, the TCP store restored into a new one."""
+    mlp = os.path.join(A.build, "examples/mlp_trainer")
+    base = [os.path.join(A.build, "tests/programs/launcher"), "--tcp-store", "1", mlp, "--steps", "60",
+            "--hidden", "256"]
+    _, ref, _ = run(base, 240, direct=True)
+    return whole_process(base + ["--step-delay-ms", "40"], r"^\[worker 0\] step 20 loss", "[worker 0] weights checksum",
+                         ref.splitlines(), tag="net_namespace", run_opts=["--net-namespace"])
+
+
 @check("process.torch", 200, needs_torch=True)
 def process_torch():
     script = os.path.join(A.src, "tests/gpu/torch_train.py")
@@ -1021,7 +1033,7 @@ def torch_graph():
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first. process.host_pids, which only
 # repeats a round trip the other way, after those the issue asks for.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_preempted, process_vs_nvidia, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_preempted, process_vs_nvidia, process_net_namespace, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

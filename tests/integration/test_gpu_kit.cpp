@@ -90,6 +90,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(status["process.mlp_trainer"] == (root ? "pass" : "skip"));
   CHECK(status["process.host_pids"] == (root ? "pass" : "skip"));
   CHECK(status["process.tcp_store"] == (root ? "pass" : "skip"));
+  CHECK(status["process.net_namespace"] == (root ? "pass" : "skip"));
   CHECK(status["process.loader_workers"] == (root ? "pass" : "skip"));
   CHECK(status["process.python_loader"] == (root ? "pass" : "skip"));
   CHECK(status["process.python_nvml"] == (root ? "pass" : "skip"));
@@ -102,6 +103,8 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
     if (c["name"] == "probe.release") CHECK(c["figures"]["restore's GPU pairs (each GPU to itself)"] == "2: restore 0");
     if (c["name"] == "process.mlp_trainer" && root) CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
     if (c["name"] == "process.host_pids" && root) CHECK(c["figures"]["job"] == "ferry run --host-pids");
+    if (c["name"] == "process.net_namespace" && root)
+      CHECK(c["figures"]["job"] == "ferry run --pid-namespace --net-namespace");
     if (c["name"] == "process.preempted" && root) {
       CHECK(c["figures"]["result"].get<std::string>().rfind("bit-identical (", 0) == 0);
       // The 64 MiB ballast, at least, came from the parent (linked: nothing copied in).
@@ -149,7 +152,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   }
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "20 pass, 5 skip" : "11 pass, 14 skip") != std::string::npos);
+  CHECK(summary.find(root ? "21 pass, 5 skip" : "11 pass, 15 skip") != std::string::npos);
 }
 
 TEST_CASE("where the driver does not start in a job's PID namespace, the kit's whole-process checks run their jobs "
