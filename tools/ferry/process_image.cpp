@@ -929,22 +929,31 @@ struct Dump {
 
 }  // namespace
 
-// The network namespace ferry run --net-namespace made for the job (its init's, which its
-// ferry run is outside of), else 0. CRIU would dump any other namespace whole --
-// addresses, routes, firewall rules -- which ferry does not bring back: refused.
-uint64_t own_network(const std::vector<Task>& tasks, pid_t init_parent) {
-  if (tasks.empty()) return 0;
-  const uint64_t mine = net_namespace_of(getpid()), job = net_namespace_of(tasks.front().host);
+// The network namespace ferry run --net-namespace made for the job: its init's, which the
+// init's parent (its ferry run or ferry restore) is outside of; else 0. *problem says why
+// a dump cannot go on ("" when it can): CRIU would dump any other namespace whole, and a
+// restore would bring back its addresses and routes but not its links to the outside (a
+// container's veth) -- nor can CRIU restore a process in a namespace other than its
+// init's unless the init has one of its own (driver-facts.md).
+uint64_t own_network(const std::vector<Task>& tasks, pid_t parent, std::string* problem) {
+  problem->clear();
+  const uint64_t job = tasks.empty() ? 0 : net_namespace_of(tasks.front().host);
+  if (job == 0) return 0;  // the init gone meanwhile: the dump finds that itself
   for (auto& t : tasks)
-    if (uint64_t n = net_namespace_of(t.host); n && n != job)
-      throw ClientError(kFixFirst, "process " + std::to_string(t.host) + " (" + t.name + ") of the job is in a "
-                                   "network namespace other than its init's, which ferry does not dump. Nothing was "
-                                   "done; the job goes on running");
-  if (job == 0 || job == mine) return 0;
-  if (job == net_namespace_of(init_parent))
-    throw ClientError(kFixFirst, "the job is in another network namespace than this ferry (that of its ferry run, " +
-                                     std::to_string(init_parent) + "): run ferry dump in that namespace. Nothing was "
-                                     "done; the job goes on running");
+    if (uint64_t n = net_namespace_of(t.host); n && n != job) {
+      *problem = "process " + std::to_string(t.host) + " (" + t.name + ") of the job is in a network namespace other "
+                 "than its init's, which ferry does not dump";
+      return 0;
+    }
+  if (job == net_namespace_of(getpid())) return 0;
+  const uint64_t outside = net_namespace_of(parent);
+  if (outside == 0 || outside == job) {
+    *problem = "the job is in another network namespace than this ferry (" +
+               (outside ? "that of its parent, " + std::to_string(parent)
+                        : "and that of its parent, " + std::to_string(parent) + ", cannot be read") +
+               "): run ferry dump in the job's network namespace";
+    return 0;
+  }
   return job;
 }
 
@@ -1015,7 +1024,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     criu = usable_criu();
     criu_ver = criu_version(criu);
     d.tasks = tree_of(d.init);
-    d.own_net = own_network(d.tasks, d.init_parent);
+    std::string net_problem;
+    d.own_net = own_network(d.tasks, d.init_parent, &net_problem);
+    if (!net_problem.empty())
+      throw ClientError(kFixFirst, net_problem + ". Nothing was done; the job goes on running");
     // What CRIU could not dump is refused here, before anything stops.
     stdio = stdio_of(d.init);
     socks = sockets_of(d.tasks, stdio);
@@ -1418,6 +1430,9 @@ nlohmann::json dump_blockers(pid_t pid) {
     JobSockets socks = sockets_of(tasks, stdio_of(init));
     problems = socks.problems;
     if (std::string held = driver_files_outside_cuda(tasks); !held.empty()) problems.push_back(held);
+    std::string net_problem;
+    own_network(tasks, parent_of(init), &net_problem);
+    if (!net_problem.empty()) problems.push_back(net_problem);
     if (socks.inet) {
       std::string c = criu_path(), v = access(c.c_str(), X_OK) == 0 ? criu_version(c) : "";
       if (std::string why = v.empty() ? "" : inet_sockets_refusal(v); !why.empty())
@@ -1813,9 +1828,11 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   // long as something is in it.
   struct NetFd {
     int fd = -1;
-    ~NetFd() {
+    void reset() {
       if (fd >= 0) close(fd);
+      fd = -1;
     }
+    ~NetFd() { reset(); }
   } net;
   if (own_net) {
     std::string why;
@@ -1873,6 +1890,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     running ? guard.watch(p) : guard.unwatch(p);
   });
   init_lock.reset();
+  // The restored job is in its network now (or none was made): nothing this process runs
+  // from here on (a dump's CRIU, its action script) is to inherit it.
+  net.reset();
   // CRIU killed by a signal did not kill what it had restored; without a namespace, what
   // the guard killed comes here to be reaped.
   if (rc == -1) guard.clean_up();
@@ -1985,7 +2005,8 @@ std::optional<JobOf> job_of(pid_t pid) {
     j.init = p;
     j.host_pids = host_pids_job(p);
     pid_t parent = parent_of(p);
-    j.own_net = net_namespace_of(p) != net_namespace_of(parent);
+    const uint64_t in = net_namespace_of(p), out = net_namespace_of(parent);
+    j.own_net = in && out && in != out;  // 0: unreadable (a root-owned ferry restore seen by its user)
     if (parent > 0 && status_field(parent, "Name") == "ferry") j.ferry = parent;
     return j;
   }

@@ -364,6 +364,7 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
   std::map<uint64_t, pid_t> nets;
   for (auto& t : tasks)
     if (uint64_t n = net_namespace_of(t.pid)) nets.emplace(n, t.pid);
+  if (nets.empty()) nets.emplace(0, tasks[0].pid);  // none readable: the init's tables, as ever
   for (auto& [ns, in] : nets) {
     std::string net = "/proc/" + std::to_string(in) + "/net";
     std::vector<TcpEntry> tcp = tcp_tables(net);
@@ -427,9 +428,12 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
   // A job with a network of its own: its sockets are listed there (socket inodes are
   // the machine's, so one map holds every namespace's).
   std::map<uint64_t, UnixInfo> own;
+  bool own_net = false;
   for (auto& [ns, in] : nets)
-    if (ns != net_namespace_of(getpid()) && !unix_sockets(own, in)) return js;
-  const bool own_net = !own.empty();
+    if (ns && ns != net_namespace_of(getpid())) {
+      own_net = true;
+      if (!unix_sockets(own, in)) return js;
+    }
   // CRIU finds no socket outside the namespaces it dumps (sockets.hpp): with a network of
   // the job's own, a Unix socket of ferry's namespace the job holds cannot be dumped.
   auto outside_own = [&](uint64_t ino) { return own_net && !own.count(ino); };
