@@ -1845,8 +1845,15 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     }
     argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(net.fd) + "]:" + kJobNetKey});
   }
-  if (!out.json && out.progress != "never")
+  if (!out.json && out.progress != "never") {
+    // Said before anything starts: a refusal later says it again, a success would not.
+    for (auto& [ns, pl] : placement)
+      if (!pl.other_chip.empty())
+        fprintf(stderr, "ferry: the driver is to swap in %s for process %d; NVIDIA documents its restore onto the "
+                        "same chip only, and whether its driver takes another chip for a process ferry released is "
+                        "not known\n", joined(pl.other_chip).c_str(), ns);
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
+  }
   try {
     if (!init_dir.empty())
       init_lock.emplace(lock_for_restore(
