@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <regex>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -2665,4 +2666,72 @@ TEST_CASE("the same image restored twice at once: two jobs, each in its own name
   CHECK(rb.exit_code == 0);
   CHECK(checksums(ra.out) == checksums(plain.out));
   CHECK(checksums(rb.out) == checksums(plain.out));
+}
+
+TEST_CASE("ferry restore --detach returns once the job runs again, leaving it under a ferry of its own that ferry ps "
+          "names and a scheduler's TERM reaches (--on-signal: dumped again); the job ends bit-identical; a detached "
+          "restore that fails exits with its refusal",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "300"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  ferry_test::Child c(job({kMlp, "--steps", "300", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+  dump(c.pid(), t / "img");
+  auto gone = c.finish();
+  REQUIRE(gone.exit_code == 128 + SIGKILL);
+
+  // Damaged, it is refused as without --detach: by the child, whose status this one ends with.
+  fs::copy(t / "img", t / "bad", fs::copy_options::recursive);
+  std::string cpu_file;
+  for (auto& e : fs::directory_iterator(t / "bad/cpu"))
+    if (e.path().extension() == ".img" && fs::file_size(e.path()) > 0) cpu_file = e.path();
+  REQUIRE(!cpu_file.empty());
+  {
+    std::fstream f(cpu_file, std::ios::in | std::ios::out | std::ios::binary);
+    char b = 0;
+    f.read(&b, 1);
+    f.seekp(0);
+    b = static_cast<char>(b ^ 0x5a);
+    f.write(&b, 1);
+  }
+  auto bad = ferry_test::run({kFerry, "restore", t / "bad", "--detach"}, ferry_test::emu_env(), 120);
+  CHECK(bad.exit_code == 74);
+  CHECK(bad.err == "ferry: " + cpu_file + " is damaged: its hash does not match the manifest (CPU half of the image)\n");
+
+  ferry_test::Child d({kFerry, "restore", t / "img", "--detach", "--on-signal", "TERM=dump:" + (t / "again")},
+                      ferry_test::emu_env());
+  auto back = d.finish(120);
+  INFO(back.err);
+  REQUIRE(back.exit_code == 0);
+  std::smatch said;
+  REQUIRE(std::regex_search(back.err, said, std::regex("init is pid ([0-9]+); it runs on, detached, under ferry pid "
+                                                       "([0-9]+)\n$")));
+  const pid_t keeper = std::stoi(said[2]);
+  CHECK(keeper != d.pid());
+  // The job runs on (its output still coming to the restorer's files), under that ferry.
+  auto ps = nlohmann::json::parse(ferry_test::run({kFerry, "ps", "--format", "json"}, ferry_test::emu_env(), 60).out);
+  int under = 0;
+  for (auto& p : ps)
+    if (!p["job"].is_null() && p["job"]["ferry"] == keeper && p["job"]["init"] == std::stoi(said[1])) under++;
+  CHECK(under == 1);
+  CHECK(d.out().find("weights checksum") == std::string::npos);
+  REQUIRE(kill(keeper, SIGTERM) == 0);
+  // That ferry dumps the job and ends; it is nobody's child here, so it is gone once
+  // whoever adopted it has reaped it.
+  for (int i = 0; i < 600 && access(("/proc/" + std::to_string(keeper)).c_str(), F_OK) == 0; i++) usleep(50000);
+  CHECK(access(("/proc/" + std::to_string(keeper)).c_str(), F_OK) != 0);
+  REQUIRE(fs::exists(t / "again/process.json"));
+  auto r = restore(t / "again");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  // The restorer's stdout has the job's lines up to the TERM, and the dump's summary (as
+  // ferry run's --on-signal dump prints it).
+  std::string between = d.out();
+  auto summary = between.find("dumped job ");
+  REQUIRE(summary != std::string::npos);
+  CHECK(between.find(" to " + (t / "again") + ": ", summary) != std::string::npos);
+  between.erase(summary, between.find('\n', summary) + 1 - summary);
+  CHECK(gone.out + between + r.out == plain.out);
 }

@@ -289,6 +289,9 @@ int main(int argc, char** argv) {
   rt->add_flag("--stay-stopped", op.stay_stopped, "keep the program stopped until `ferry resume` (PID DIR only)");
   rt->add_flag("--emulator", ra2.emulator, "restore onto the simulated GPU of this build (DIR only)");
   rt->add_option("--real-driver", ra2.real_driver, "the CUDA driver of this machine (DIR only)");
+  rt->add_flag("-d,--detach", ra2.detach,
+               "return once the job runs again, leaving it under a ferry of its own in a new session (DIR only; the job "
+               "keeps this command's stdio: redirect it)");
   rt->add_option("--on-signal", rt_on_signal, "SIGNAL=dump:DIR: dump the restored job again on that signal (DIR only)")
       ->expected(1)
       ->take_all();
@@ -397,9 +400,9 @@ int main(int argc, char** argv) {
                   rt_args[0].c_str());
           return kUsage;
         }
-        if (!rt_on_signal.empty() || rt_incremental) {
-          fprintf(stderr, "ferry restore: --on-signal and --incremental are for a whole job (ferry restore DIR); "
-                          "ferry restore PID DIR only replaces a running process's GPU state\n");
+        if (!rt_on_signal.empty() || rt_incremental || ra2.detach) {
+          fprintf(stderr, "ferry restore: --on-signal, --incremental and --detach are for a whole job (ferry restore "
+                          "DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
           return kUsage;
         }
         op.dir = rt_args[1];

@@ -1604,6 +1604,34 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   const bool host_pids = !m.value("pid_namespace", true);
   const bool own_net = m.value("net_namespace", false);
   if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  // --detach: this process only waits to hear that the job runs (or for the child's exit
+  // status, which a failed restore ends with, having said why on the same stderr).
+  int running_told = -1;
+  if (a.detach) {
+    int told[2];
+    if (pipe2(told, O_CLOEXEC) != 0)
+      return fail(out, kFixFirst, "fix-first", std::string("--detach: cannot make a pipe: ") + strerror(errno));
+    fflush(nullptr);
+    pid_t keeper = fork();
+    if (keeper < 0)
+      return fail(out, kFixFirst, "fix-first", std::string("--detach: cannot fork: ") + strerror(errno));
+    if (keeper > 0) {
+      close(told[1]);
+      char c = 0;
+      ssize_t n;
+      while ((n = read(told[0], &c, 1)) < 0 && errno == EINTR) {
+      }
+      // The locks held here are the child's too (one open file each): ended without
+      // their destructors, which would let go of what the child still needs.
+      if (n == 1) _exit(kOk);
+      int st = 0;
+      while (waitpid(keeper, &st, 0) < 0 && errno == EINTR) {
+      }
+      _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    close(told[0]);
+    running_told = told[1];
+  }
   // What the restored init had below it comes here should it be killed outright
   // (wait_job); ferry run does the same.
   if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -1987,12 +2015,25 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   double secs = since(t0);
   guard.done();  // the job is its program's again
   *running = true;
-  if (out.json)
-    fprintf(stderr, "%s\n",
-            json_string({{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}}, -1).c_str());
-  else if (out.progress != "never")
+  if (out.json) {
+    nlohmann::json report = {{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}};
+    if (a.detach) report["ferry"] = getpid();
+    fprintf(stderr, "%s\n", json_string(report, -1).c_str());
+  } else if (a.detach) {
+    fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; it runs on, detached, under ferry pid "
+                    "%d\n", dir.c_str(), secs, init, getpid());
+  } else if (out.progress != "never") {
     fprintf(stderr, "ferry: restored the job of %s in %.2f s: init is pid %d; waiting for it to end\n", dir.c_str(), secs,
             init);
+  }
+  if (running_told >= 0) {
+    // Until here a ^C on the terminal interrupted the restore, as without --detach; from
+    // now on its hangup or ^C is not the job's end.
+    setsid();
+    fflush(stderr);
+    (void)!write(running_told, "1", 1);
+    close(running_told);
+  }
   if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
     fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;

@@ -101,6 +101,10 @@ struct RestoreArgs {
   std::string device_map;
   bool emulator = false;
   std::string real_driver;
+  // Return once the job runs again: the restore, and then the wait for the job, go on in
+  // a child of this process in a session of its own, which stays the job's parent (its
+  // ferry: a scheduler's signal goes there). The job keeps this command's stdio.
+  bool detach = false;
 };
 
 // `ferry dump PID DIR`: PID is the job's `ferry run`, its init, or any process in it.
