@@ -872,9 +872,9 @@ TEST_CASE("restored on a machine of mixed GPUs: the driver is given a free GPU o
     INFO(r.err);
     CHECK(r.exit_code == 0);
     CHECK(r.err.find("ferry: the driver is to swap in this machine's GPU 0 (another GPU, compute capability 8.0) for "
-                     "its GPU 1 (ferry emulated GPU, compute capability 9.0) for process 2; NVIDIA documents its "
-                     "restore onto the same chip only, and whether its driver takes another chip for a process ferry "
-                     "released is not known\nferry: restoring the job of ") == 0);
+                     "its GPU 1 (ferry emulated GPU, compute capability 9.0) for the job's process 2; NVIDIA documents "
+                     "its restore onto the same chip only, and whether its driver takes another chip for a process "
+                     "ferry released is not known\nferry: restoring the job of ") == 0);
   };
   SECTION("by default, on the GPU of its chip (not the first free one)") {
     CHECK(restored({}) == same);
@@ -2674,9 +2674,10 @@ TEST_CASE("ferry restore --detach returns once the job runs again, leaving it un
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  auto plain = ferry_test::run({kMlp, "--steps", "300"}, ferry_test::emu_env(), 120);
+  // 301 steps: a number no other test's trainer runs, for ferry ps below.
+  auto plain = ferry_test::run({kMlp, "--steps", "301"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
-  ferry_test::Child c(job({kMlp, "--steps", "300", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  ferry_test::Child c(job({kMlp, "--steps", "301", "--step-delay-ms", "20"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
   dump(c.pid(), t / "img");
   auto gone = c.finish();
@@ -2700,6 +2701,26 @@ TEST_CASE("ferry restore --detach returns once the job runs again, leaving it un
   CHECK(bad.exit_code == 74);
   CHECK(bad.err == "ferry: " + cpu_file + " is damaged: its hash does not match the manifest (CPU half of the image)\n");
 
+  // A TERM to the command while it restores (CRIU slowed down here) reaches the restore:
+  // without --on-signal it ends it, and nothing is left running.
+  const std::string slow = script_at(t / "slow-criu", "#!/bin/sh\n[ \"$1\" = restore ] && sleep 1\nexec " +
+                                                          std::string(FERRY_TEST_SOURCE_DIR) + "/.deps/criu/criu \"$@\"\n");
+  {
+    ferry_test::Child cut({kFerry, "restore", t / "img", "--detach"}, ferry_test::emu_env({{"FERRY_CRIU", slow}}));
+    usleep(400000);
+    REQUIRE(kill(cut.pid(), SIGTERM) == 0);
+    auto r = cut.finish(120);
+    INFO(r.err);
+    CHECK(r.exit_code == 128 + SIGTERM);
+    // No copy of the trainer runs (the restore's guard ends what CRIU had restored).
+    auto copy_runs = [] {
+      return ferry_test::run({kFerry, "ps"}, ferry_test::emu_env(), 60).out.find("mlp_trainer --steps 301 ") !=
+             std::string::npos;
+    };
+    for (int i = 0; i < 100 && copy_runs(); i++) usleep(50000);
+    CHECK(!copy_runs());
+  }
+
   ferry_test::Child d({kFerry, "restore", t / "img", "--detach", "--on-signal", "TERM=dump:" + (t / "again")},
                       ferry_test::emu_env());
   auto back = d.finish(120);
@@ -2718,10 +2739,13 @@ TEST_CASE("ferry restore --detach returns once the job runs again, leaving it un
   CHECK(under == 1);
   CHECK(d.out().find("weights checksum") == std::string::npos);
   REQUIRE(kill(keeper, SIGTERM) == 0);
-  // That ferry dumps the job and ends; it is nobody's child here, so it is gone once
-  // whoever adopted it has reaped it.
-  for (int i = 0; i < 600 && access(("/proc/" + std::to_string(keeper)).c_str(), F_OK) == 0; i++) usleep(50000);
-  CHECK(access(("/proc/" + std::to_string(keeper)).c_str(), F_OK) != 0);
+  // That ferry dumps the job and ends (a zombie until whoever adopted it reaps it).
+  auto ended = [&] {
+    std::string st = ferry_test::read_file("/proc/" + std::to_string(keeper) + "/stat");
+    return st.empty() || st.find(") Z ") != std::string::npos;
+  };
+  for (int i = 0; i < 600 && !ended(); i++) usleep(50000);
+  CHECK(ended());
   REQUIRE(fs::exists(t / "again/process.json"));
   auto r = restore(t / "again");
   INFO(r.err);

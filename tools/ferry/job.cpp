@@ -509,4 +509,6 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
   return code;
 }
 
+std::vector<int> forwarded_signals() { return {std::begin(kForwarded), std::end(kForwarded)}; }
+
 }  // namespace ferry::cli

@@ -54,6 +54,9 @@ using SignalActions = std::map<int, std::function<bool(pid_t init)>>;
 int run_job(const std::vector<std::string>& argv, const SignalActions& actions = {}, bool host_pids = false,
             bool own_net = false, int keep_fds = 0);
 
+// The signals ferry run passes on to its job (a scheduler's TERM, a terminal's ^C, ...).
+std::vector<int> forwarded_signals();
+
 // Notes the descriptors above 2 this process was started with (not close-on-exec), before
 // it opens any of its own in their place, and puts /dev/null on a closed 0, 1 or 2:
 // called first thing in main.

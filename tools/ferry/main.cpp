@@ -281,7 +281,8 @@ int main(int argc, char** argv) {
   ferry::cli::RestoreArgs ra2;
   std::vector<std::string> rt_on_signal;
   auto* rt = app.add_subcommand("restore", "ferry restore DIR: bring back a whole job from a `ferry dump` image (it runs "
-                                           "under this command until it ends); ferry restore PID DIR: replace a "
+                                           "under this command until it ends, or under a ferry of its own with "
+                                           "--detach); ferry restore PID DIR: replace a "
                                            "running process's GPU state with an image's");
   rt->add_option("args", rt_args, "DIR (a whole-process image), or PID DIR")->required()->expected(1, 2);
   rt->add_option("--device", op.device, "restore the program's device onto this GPU");

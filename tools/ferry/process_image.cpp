@@ -4,7 +4,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -1612,23 +1614,55 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     if (pipe2(told, O_CLOEXEC) != 0)
       return fail(out, kFixFirst, "fix-first", std::string("--detach: cannot make a pipe: ") + strerror(errno));
     fflush(nullptr);
+    const pid_t self = getpid();
+    // Until the job runs, this pid is the one a scheduler knows: what it is sent goes to
+    // the child, which does the restore and acts on it (or dies of it) as ferry restore
+    // does. Taken by a signalfd, blocked from here on.
+    sigset_t fwd;
+    sigemptyset(&fwd);
+    for (int s : forwarded_signals()) sigaddset(&fwd, s);
+    for (auto& [s, f] : actions) sigaddset(&fwd, s);
+    sigset_t before;
+    pthread_sigmask(SIG_BLOCK, &fwd, &before);
     pid_t keeper = fork();
     if (keeper < 0)
       return fail(out, kFixFirst, "fix-first", std::string("--detach: cannot fork: ") + strerror(errno));
     if (keeper > 0) {
       close(told[1]);
-      char c = 0;
-      ssize_t n;
-      while ((n = read(told[0], &c, 1)) < 0 && errno == EINTR) {
+      int sfd = signalfd(-1, &fwd, SFD_CLOEXEC | SFD_NONBLOCK);
+      bool runs = false;
+      for (;;) {
+        pollfd w[2] = {{told[0], POLLIN, 0}, {sfd, POLLIN, 0}};
+        if (poll(w, sfd >= 0 ? 2 : 1, -1) < 0) {
+          if (errno == EINTR) continue;
+          break;
+        }
+        signalfd_siginfo si;
+        if (sfd >= 0 && (w[1].revents & POLLIN))
+          while (read(sfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) kill(keeper, static_cast<int>(si.ssi_signo));
+        if (w[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+          char c = 0;
+          ssize_t n;
+          while ((n = read(told[0], &c, 1)) < 0 && errno == EINTR) {
+          }
+          runs = n == 1;
+          break;
+        }
       }
       // The locks held here are the child's too (one open file each): ended without
       // their destructors, which would let go of what the child still needs.
-      if (n == 1) _exit(kOk);
-      int st = 0;
-      while (waitpid(keeper, &st, 0) < 0 && errno == EINTR) {
+      if (runs) _exit(kOk);
+      int st = 0, r;
+      while ((r = static_cast<int>(waitpid(keeper, &st, 0))) < 0 && errno == EINTR) {
       }
+      if (r < 0) _exit(kBug);
       _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
     }
+    // Killed outright, the command takes the restore with it, as ferry restore's own death
+    // would (the guard then ends what CRIU had restored).
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != self) _exit(128 + SIGKILL);
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
     close(told[0]);
     running_told = told[1];
   }
@@ -1809,7 +1843,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         if (!new_of.count(u)) continue;
         pl.pairs.push_back({u, new_of[u]});
         const Gpu& g = here[static_cast<size_t>(index_here(new_of[u]))];
-        if (chip_of.count(u) && chip_of[u] != chip_name(g.name, g.cc))
+        if (new_of[u] != u && chip_of.count(u) && chip_of[u] != chip_name(g.name, g.cc))
           pl.other_chip.push_back("this machine's GPU " + std::to_string(g.index) + " (" + chip_name(g.name, g.cc) +
                                   ") for its GPU " + std::to_string(i) + " (" + chip_of[u] + ")");
       }
@@ -1877,9 +1911,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     // Said before anything starts: a refusal later says it again, a success would not.
     for (auto& [ns, pl] : placement)
       if (!pl.other_chip.empty())
-        fprintf(stderr, "ferry: the driver is to swap in %s for process %d; NVIDIA documents its restore onto the "
-                        "same chip only, and whether its driver takes another chip for a process ferry released is "
-                        "not known\n", joined(pl.other_chip).c_str(), ns);
+        fprintf(stderr, "ferry: the driver is to swap in %s for the job's process %d; NVIDIA documents its restore "
+                        "onto the same chip only, and whether its driver takes another chip for a process ferry "
+                        "released is not known\n", joined(pl.other_chip).c_str(), ns);
     fprintf(stderr, "ferry: restoring the job of %s\n", dir.c_str());
   }
   try {
@@ -2028,10 +2062,15 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   if (running_told >= 0) {
     // Until here a ^C on the terminal interrupted the restore, as without --detach; from
-    // now on its hangup or ^C is not the job's end.
+    // now on neither its hangup nor the command's end is the job's.
+    prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
     setsid();
     fflush(stderr);
+    struct sigaction ign {}, was {};
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ign, &was);  // the command killed meanwhile: nobody to tell
     (void)!write(running_told, "1", 1);
+    sigaction(SIGPIPE, &was, nullptr);
     close(running_told);
   }
   if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
