@@ -1395,7 +1395,8 @@ TEST_CASE("a TCP job dumped with --leave-running goes on; its image is refused h
   CHECK(refused.err.find("ferry: cannot restore the job of " + (t / "img") + " here: " + listen +
                          ", where the job listened: something on this machine holds it already") == 0);
   CHECK(refused.err.find("exists on this machine already (held by another copy of the job?)") != std::string::npos);
-  CHECK(refused.err.find("Nothing was started; the image is untouched") != std::string::npos);
+  CHECK(refused.err.find("; a job run with ferry run --net-namespace has ports and socket names of its own. Nothing "
+                         "was started; the image is untouched\n") != std::string::npos);
   // The original was stopped by CRIU with its sockets in repair mode, and got them back:
   // it ends as if nothing happened.
   auto done = c.finish();
@@ -2466,7 +2467,8 @@ TEST_CASE("a job's abstract Unix socket: its image is refused while the original
   CHECK(r.exit_code == 75);
   CHECK(r.err == "ferry: cannot restore the job of " + (t / "img") + " here: the Unix socket name @" + name +
                      ", which the job had bound, is bound on this machine already (by the original job, still "
-                     "running?). Nothing was started; the image is untouched\n");
+                     "running?); a job run with ferry run --net-namespace has ports and socket names of its own. "
+                     "Nothing was started; the image is untouched\n");
   auto done = c.finish();
   CHECK(done.exit_code == 0);
   r = restore(t / "img");

@@ -1695,9 +1695,12 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     // In a network of its own, made new for it, nothing here holds its addresses or names.
     if (own_net) socks = {{"external_dgram", socks.value("external_dgram", nlohmann::json::array())}};
     auto taken = sockets_taken_here(socks, &missing);
+    // Held by something here (not missing): in a network of its own, it would not be.
+    const std::string own_net_hint =
+        missing ? "" : "; a job run with ferry run --net-namespace has ports and socket names of its own";
     if (!taken.empty())
       throw ClientError(missing ? kFixFirst : kRetryLater, "cannot restore the job of " + dir + " here: " +
-                                                               joined(taken) +
+                                                               joined(taken) + own_net_hint +
                                                                ". Nothing was started; the image is untouched");
     bool later = false;
     if (host_pids)
