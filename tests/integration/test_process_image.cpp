@@ -1841,6 +1841,9 @@ TEST_CASE("a scheduler's TERM to ferry run --on-signal TERM=dump:DIR leaves a wh
   INFO(done.err);
   CHECK(done.exit_code == 0);
   CHECK(done.err.find("dumping the job to " + (t / "pre")) != std::string::npos);
+  // Its summary on ferry's stderr: the job's stdout holds the job's output only.
+  CHECK(done.err.find("\nferry: dumped job ") != std::string::npos);
+  CHECK(done.out.find("dumped job") == std::string::npos);
   REQUIRE(fs::exists(t / "pre/process.json"));
   auto r = restore(t / "pre");
   INFO(r.err);
@@ -1980,6 +1983,34 @@ TEST_CASE("an --incremental preemption whose image was damaged, removed or repla
   INFO(back.err);
   REQUIRE(back.exit_code == 0);
   CHECK(checksums(back.out) == checksums(plain.out));
+}
+
+TEST_CASE("an --incremental preemption refused for a reason not its parent's is not tried again as a whole dump: the "
+          "refusal is said once and the job gets the signal",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string img = t / "ckpt", blocker = t / "a-file";
+  ferry_test::Child c(job({kMlp, "--steps", "400", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 3 loss"));
+  dump(c.pid(), img);
+  c.finish();
+  std::ofstream(blocker) << "not a directory\n";
+  // The dump's directory cannot be made (its parent is a file): nothing about the image
+  // restored from.
+  ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + blocker + "/next", "--incremental"},
+                      ferry_test::emu_env());
+  REQUIRE(r.wait_for("step 10 loss"));
+  kill(r.pid(), SIGTERM);
+  auto done = r.finish();
+  INFO(done.err);
+  CHECK(done.exit_code == 128 + SIGTERM);  // the job got the TERM, as without an action
+  const std::string refusal = "ferry: cannot create " + blocker + ": Not a directory\n";
+  auto at = done.err.find(refusal);
+  REQUIRE(at != std::string::npos);
+  CHECK(done.err.find(refusal, at + 1) == std::string::npos);
+  CHECK(done.err.find("dumped instead") == std::string::npos);
+  CHECK(!fs::exists(blocker + "/next.partial"));
 }
 
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
@@ -2742,22 +2773,43 @@ TEST_CASE("ferry restore --detach returns once the job runs again, leaving it un
   CHECK(d.out().find("weights checksum") == std::string::npos);
   REQUIRE(kill(keeper, SIGTERM) == 0);
   // That ferry dumps the job and ends (a zombie until whoever adopted it reaps it).
-  auto ended = [&] {
-    std::string st = ferry_test::read_file("/proc/" + std::to_string(keeper) + "/stat");
+  auto ended = [](pid_t pid) {
+    std::string st = ferry_test::read_file("/proc/" + std::to_string(pid) + "/stat");
     return st.empty() || st.find(") Z ") != std::string::npos;
   };
-  for (int i = 0; i < 600 && !ended(); i++) usleep(50000);
-  CHECK(ended());
+  for (int i = 0; i < 600 && !ended(keeper); i++) usleep(50000);
+  CHECK(ended(keeper));
   REQUIRE(fs::exists(t / "again/process.json"));
-  auto r = restore(t / "again");
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  // The restorer's stdout has the job's lines up to the TERM, and the dump's summary (as
-  // ferry run's --on-signal dump prints it).
-  std::string between = d.out();
-  auto summary = between.find("dumped job ");
-  REQUIRE(summary != std::string::npos);
-  CHECK(between.find(" to " + (t / "again") + ": ", summary) != std::string::npos);
-  between.erase(summary, between.find('\n', summary) + 1 - summary);
-  CHECK(gone.out + between + r.out == plain.out);
+  // Detached again, in JSON: the report names the ferry the job runs under, which says
+  // in JSON too how the job ended once it runs to its end.
+  ferry_test::Child j({kFerry, "restore", t / "again", "--detach", "--format", "json"}, ferry_test::emu_env());
+  auto jr = j.finish(120);
+  INFO(jr.err);
+  REQUIRE(jr.exit_code == 0);
+  auto report = nlohmann::json::parse(jr.err);
+  CHECK(report["ok"] == true);
+  const pid_t second = report["ferry"].get<int>();
+  for (int i = 0; i < 1200 && !ended(second); i++) usleep(50000);
+  REQUIRE(ended(second));
+  // The last line (the trainer's own timing line on stderr comes before it).
+  std::string end_line = j.err().substr(jr.err.size());
+  INFO(end_line);
+  REQUIRE(end_line.ends_with("}\n"));
+  end_line.pop_back();
+  end_line = end_line.substr(end_line.rfind('\n') + 1);
+  CHECK(nlohmann::json::parse(end_line) == nlohmann::json({{"ended", true},
+                                                           {"dir", t / "again"},
+                                                           {"init", report["init"]},
+                                                           {"ferry", second},
+                                                           {"exit_code", 0}}));
+  // The restorers' stdout has the job's lines and nothing of ferry's; the first's stderr
+  // the dump's summary and, last, the job's end with the status nobody reaps.
+  CHECK(gone.out + d.out() + j.out() == plain.out);
+  std::string said_after = d.err().substr(back.err.size());
+  INFO(said_after);
+  CHECK(std::regex_search(said_after, std::regex("\nferry: dumped job [0-9]+ \\(2 processes, 1 using CUDA\\) to " +
+                                                 (t / "again") + ": GPU [^\n]*; the job has ended \\(ferry restore "
+                                                 "brings it back\\)\n")));
+  CHECK(said_after.ends_with("\nferry: the job restored from " + (t / "img") + " (init pid " + said[1].str() +
+                             ") has ended: exit status 0 (what ferry restore without --detach exits with)\n"));
 }

@@ -11,6 +11,9 @@ namespace ferry::cli {
 struct Output {
   bool json = false;             // --format json: one JSON document on stdout
   std::string progress = "auto";  // auto (on a terminal) | always | never
+  // A dump's one-line summary goes to stderr, "ferry: " before it: that of an --on-signal
+  // dump, whose stdout is the job's own output.
+  bool summary_on_stderr = false;
 };
 
 struct OpArgs {

@@ -79,6 +79,7 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       da.dir = dir;
       ferry::cli::Output o;
       o.progress = "never";
+      o.summary_on_stderr = true;
       // --incremental builds on the image restored from, if it is still there: a job is
       // never lost for want of it.
       if (!parent.empty() && access((parent + "/process.json").c_str(), F_OK) != 0)
@@ -90,13 +91,16 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       // A failed dump passes the signal on, as without an action: the job ends as the
       // scheduler asked, never left without its ferry by a bug of ferry's.
       try {
+        bool parent_failed = false;
+        da.parent_failed = &parent_failed;
         int rc = ferry::cli::cmd_dump(init, da, o);
-        // A dump reads nothing but its parent: an image lost (74) is that one. A refusal
-        // (78) may be the parent's too (one from a newer ferry, removed since the check
-        // above, or too many packs to hold open); where it is not, the second try fails
-        // as the first. The failed dump has brought the job back (where it could not, the
-        // second is refused at once and the signal passed on): it is dumped whole instead.
-        if ((rc == ferry::cli::kDataLost || rc == ferry::cli::kFixFirst) && !da.parent.empty()) {
+        // A dump reads nothing but its parent: an image lost (74) is that one. Other
+        // failures count where the dump says they came from the parent (one from a newer
+        // ferry, removed since the check above, too many packs to hold open); a refusal of
+        // the job itself would only fail again. The failed dump has brought the job back
+        // (where it could not, the second is refused at once and the signal passed on): it
+        // is dumped whole instead.
+        if (rc != 0 && (rc == ferry::cli::kDataLost || parent_failed) && !da.parent.empty()) {
           if (rc == ferry::cli::kDataLost)
             fprintf(stderr, "ferry: %s, restored from, is damaged: the whole job is dumped instead\n",
                     da.parent.c_str());

@@ -1049,8 +1049,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (!a.parent.empty()) {
       parent_dir = fs::absolute(a.parent).lexically_normal().string();
       while (parent_dir.size() > 1 && parent_dir.back() == '/') parent_dir.pop_back();
-      parent = read_process_manifest(parent_dir);
-      refuse_breaking(parent_dir, parent, dir);
+      try {
+        parent = read_process_manifest(parent_dir);
+        refuse_breaking(parent_dir, parent, dir);
+      } catch (const ClientError&) {
+        if (a.parent_failed) *a.parent_failed = true;
+        throw;
+      }
     }
     for (Task* t : d.cuda()) {
       // First: a dump killed after CRIU left the job stopped, which ferry resume undoes.
@@ -1124,6 +1129,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       gpu_bytes += s.value("device_bytes", 0ull);
       status_of[t->host] = before;
     } catch (const ClientError& e) {
+      if (a.parent_failed && !o.parent.empty()) *a.parent_failed = true;
       return abort(e.code, e.message);
     } catch (const std::exception& e) {  // an answer not shaped as one: the job is brought back
       return abort(kBug, "process " + std::to_string(t->host) + " answered its suspend unexpectedly: " + e.what());
@@ -1350,11 +1356,13 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
     if (!left.empty()) j["error"] = "the image is complete, but the job could not go on" + left;
     print_json(j);
   } else {
-    printf("dumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent%s), CPU %s, "
-           "in %.2f s; %s\n",
-           d.init, d.tasks.size(), d.cuda().size(), dir.c_str(), human(gpu_bytes).c_str(), human(gpu_written).c_str(),
-           human(gpu_reused).c_str(), carried_text(gpu_carried).c_str(), human(cpu_bytes).c_str(), secs,
-           a.leave_running ? "the job goes on running" : "the job has ended (ferry restore brings it back)");
+    fprintf(out.summary_on_stderr ? stderr : stdout,
+            "%sdumped job %d (%zu processes, %zu using CUDA) to %s: GPU %s (%s written, %s from the parent%s), CPU "
+            "%s, in %.2f s; %s\n",
+            out.summary_on_stderr ? "ferry: " : "", d.init, d.tasks.size(), d.cuda().size(), dir.c_str(),
+            human(gpu_bytes).c_str(), human(gpu_written).c_str(), human(gpu_reused).c_str(),
+            carried_text(gpu_carried).c_str(), human(cpu_bytes).c_str(), secs,
+            a.leave_running ? "the job goes on running" : "the job has ended (ferry restore brings it back)");
     if (!left.empty()) fprintf(stderr, "ferry: the image is complete, but the job could not go on%s\n", left.c_str());
   }
   return left.empty() ? kOk : kFailed;
@@ -2069,11 +2077,12 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
     setsid();
     fflush(stderr);
-    struct sigaction ign {}, was {};
+    // The command killed meanwhile, or later whatever read its stderr: nobody to tell, and
+    // no reason for this process -- and with it the job -- to die of it.
+    struct sigaction ign {};
     ign.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &ign, &was);  // the command killed meanwhile: nobody to tell
+    sigaction(SIGPIPE, &ign, nullptr);
     (void)!write(running_told, "1", 1);
-    sigaction(SIGPIPE, &was, nullptr);
     close(running_told);
   }
   if (int s = deferred_signal(actions); s && !out.json && out.progress != "never")
@@ -2081,6 +2090,14 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   bool killed = false;
   int code = wait_job(init, actions, &killed);
   if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
+  // Nobody waits for this process's status: it is said where its report went.
+  if (a.detach && out.json)
+    fprintf(stderr, "%s\n",
+            json_string({{"ended", true}, {"dir", dir}, {"init", init}, {"ferry", getpid()}, {"exit_code", code}}, -1)
+                .c_str());
+  else if (a.detach)
+    fprintf(stderr, "ferry: the job restored from %s (init pid %d) has ended: exit status %d (what ferry restore "
+                    "without --detach exits with)\n", dir.c_str(), init, code);
   return code;
 }
 

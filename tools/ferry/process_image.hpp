@@ -93,6 +93,9 @@ struct DumpArgs {
   // CRIU copies files that are open but deleted into the image only up to this size
   // (its own default, 1 MiB, refuses a PyTorch DataLoader's shared-memory batches).
   uint64_t ghost_limit = 1ull << 30;
+  // Set (where given) when the dump failed at its parent: reading it, or writing a GPU
+  // half that builds on it. --incremental's fallback to a whole dump retries only then.
+  bool* parent_failed = nullptr;
 };
 
 struct RestoreArgs {
