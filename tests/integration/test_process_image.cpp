@@ -1665,7 +1665,7 @@ TEST_CASE("descriptors a job's launcher gave it (ferry run --preserve-fds): dump
     CHECK(m["stdio"][3]["was"] == t / "log1");
     auto in = ferry_test::run({kFerry, "inspect", t / "img"});
     CHECK(in.out.find("  fd 3 was " + t / "log1" + " (file, from the job's launcher): the restorer's own fd 3 takes "
-                      "its place\n") != std::string::npos);
+                      "its place, open for writing\n") != std::string::npos);
 
     // Not given fd 3: refused before anything starts, naming it.
     auto r = ferry_test::run(with_fd3("3>&-", {kFerry, "restore", t / "img", "--emulator"}), ferry_test::emu_env(), 60);
@@ -1674,6 +1674,23 @@ TEST_CASE("descriptors a job's launcher gave it (ferry run --preserve-fds): dump
                        " at the dump) from its launcher (ferry run --preserve-fds); start ferry restore with fd 3 "
                        "open to take its place (e.g. 3>>LOG). Nothing was started; the image is untouched\n");
     CHECK(r.out.empty());
+    // Given for reading only: the job's writes there would fail, its log lost.
+    CHECK(m["stdio"][3]["mode"] == "w");
+    r = ferry_test::run(with_fd3("3<" + t / "log1", {kFerry, "restore", t / "img", "--emulator"}), ferry_test::emu_env(),
+                        60);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry: cannot restore the job of " + t / "img" + " here: this ferry restore's fd 3 is open for "
+                       "reading only, and the job writes to it (file, " + t / "log1" + " at the dump); start ferry "
+                       "restore with fd 3 open for writing (e.g. 3>>LOG). Nothing was started; the image is untouched\n");
+    // Its stdout too: both named.
+    r = ferry_test::run(with_fd3("3<" + t / "log1 1<" + t / "log1", {kFerry, "restore", t / "img", "--emulator"}),
+                        ferry_test::emu_env(), 60);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.starts_with("ferry: cannot restore the job of " + t / "img" + " here: this ferry restore's fd 1 is "
+                            "open for reading only, and the job writes to it ("));
+    CHECK(r.err.ends_with(" at the dump); this ferry restore's fd 3 is open for reading only, and the job writes to "
+                          "it (file, " + t / "log1" + " at the dump); start ferry restore with them open as the job "
+                          "had them. Nothing was started; the image is untouched\n"));
 
     r = ferry_test::run(with_fd3("3>>" + t / "log2", {kFerry, "restore", t / "img", "--emulator"}),
                         ferry_test::emu_env(), 120);
@@ -2656,6 +2673,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
         {3, "an entry of \"gpus\" has a \"memory\" that is not a size"},
         {4, "a process's GPU number 99999 is too large"},
         {5, "\"net_namespace\" is not true or false"},
+        {6, "an entry of \"stdio\" has a \"mode\" that is not r, w or rw"},
     }));
     if (change == 0) m["processes"][0]["nspid"] = "one";
     if (change == 1) m["cpu_files"][0].erase("xxh3");
@@ -2665,6 +2683,7 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
       for (auto& p : m["processes"])
         if (p.value("cuda", false)) p["gpus"] = nlohmann::json::array({{{"physical", 99999}, {"uuid", "GPU-x"}}});
     if (change == 5) m["net_namespace"] = "own";
+    if (change == 6) m["stdio"][1]["mode"] = "append";
     std::ofstream(d + "/process.json") << m.dump();
     const std::string want = "ferry: " + d + "/process.json is damaged: " + says + "\n";
     auto r = restore_text(d);

@@ -323,7 +323,28 @@ struct Stdio {
   dev_t dev = 0;
   uint64_t ino = 0;
   std::string kind, key, external, what;
+  std::string mode;  // "r", "w" or "rw": how the job had it open ("" unknown)
 };
+
+// A descriptor's open flags from /proc/PID/fdinfo (octal there); -1 when unreadable.
+long fd_flags(pid_t pid, int fd) {
+  std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd));
+  std::string key;
+  unsigned long flags = 0;
+  while (info >> key)
+    if (key == "flags:" && info >> std::oct >> flags) return static_cast<long>(flags);
+  return -1;
+}
+
+std::string access_mode(long flags) {
+  if (flags < 0) return "";
+  switch (flags & O_ACCMODE) {
+    case O_RDONLY: return "r";
+    case O_WRONLY: return "w";
+    case O_RDWR: return "rw";
+  }
+  return "";
+}
 
 // The descriptors the init holds from outside the job: 0, 1 and 2, and those ferry run
 // --preserve-fds kept for it. The init's own (its wake-up pipe) are close-on-exec and
@@ -338,12 +359,8 @@ std::vector<int> outside_fds(pid_t init) {
     char* end = nullptr;
     long fd = strtol(e->d_name, &end, 10);
     if (end == e->d_name || *end || fd < 3) continue;
-    std::ifstream info(base + "/fdinfo/" + e->d_name);
-    std::string key;
-    unsigned long flags = 0;
-    while (info >> key)
-      if (key == "flags:" && info >> std::oct >> flags) break;
-    if (info && !(flags & O_CLOEXEC)) fds.push_back(static_cast<int>(fd));
+    if (long flags = fd_flags(init, static_cast<int>(fd)); flags >= 0 && !(flags & O_CLOEXEC))
+      fds.push_back(static_cast<int>(fd));
   }
   closedir(d);
   std::sort(fds.begin(), fds.end());
@@ -364,6 +381,7 @@ std::vector<Stdio> stdio_of(pid_t pid) {
     s.dev = sb.st_dev;
     s.ino = sb.st_ino;
     s.what = buf;
+    s.mode = access_mode(fd_flags(pid, fd));
     char k[96];
     if (S_ISSOCK(sb.st_mode)) {
       // A Unix socket (a service's journald stream, a supervisor's socketpair): its peer
@@ -533,6 +551,55 @@ std::string launcher_fds_missing(const nlohmann::json& m) {
   return "the job had " + joined(missing) + " from its launcher (ferry run --preserve-fds); start ferry restore " +
          "with " + fds + " open to take " + (numbers.size() == 1 ? "its" : "their") + " place (e.g. " + numbers[0] +
          ">>LOG)";
+}
+
+// Access to a descriptor as bits: reading, writing.
+constexpr int kRead = 1, kWrite = 2;
+
+int access_bits(int accmode) {
+  return (accmode == O_RDONLY || accmode == O_RDWR ? kRead : 0) | (accmode == O_WRONLY || accmode == O_RDWR ? kWrite : 0);
+}
+
+const char* access_text(int bits) {
+  return bits == (kRead | kWrite) ? "reading and writing" : bits == kRead ? "reading" : "writing";
+}
+
+// What of the job's access to a descriptor its restorer's must give (bits): stdin is
+// read and stdout and stderr written, whatever else they allowed (a terminal is open
+// both ways); one from the launcher as the job had it. 0 for an image that does not say
+// (an older ferry's); nullopt for a mode not understood.
+std::optional<int> access_needed(const nlohmann::json& s) {
+  if (!s.contains("mode")) return 0;
+  const std::string mode = s["mode"].is_string() ? s["mode"].get<std::string>() : "";
+  if (mode != "r" && mode != "w" && mode != "rw") return std::nullopt;
+  const int fd = s["fd"].get<int>();
+  return (mode != "w" && fd != 1 && fd != 2 ? kRead : 0) | (mode != "r" && fd != 0 ? kWrite : 0);
+}
+
+// The descriptors this ferry restore gives the job that lack an access the job had
+// ("" when none): the job's reads or writes there would fail (EBADF), its output lost.
+std::string stand_ins_lacking_access(const nlohmann::json& m) {
+  std::vector<std::string> lacking;
+  std::string first_fix;
+  for (auto& x : stand_ins(m)) {
+    if (x.by != x.fd) continue;  // the restorer's first one stands in for it, checked there
+    const int need = access_needed(*x.entry).value_or(0);
+    const int flags = fcntl(x.fd, F_GETFL);
+    if (flags < 0) continue;  // not open: launcher_fds_missing says so
+    const int have = access_bits(flags & O_ACCMODE);
+    if ((have & need) == need) continue;
+    const std::string n = std::to_string(x.fd);
+    lacking.push_back("this ferry restore's fd " + n + " is open for " + access_text(have) + " only, and the job " +
+                      (need == (kRead | kWrite) ? "reads and writes it" : need == kRead ? "reads it" : "writes to it") +
+                      " (" + x.entry->value("kind", std::string("?")) + ", " +
+                      x.entry->value("was", std::string("?")) + " at the dump)");
+    if (first_fix.empty())
+      first_fix = "fd " + n + " open for " + access_text(need) + " (e.g. " + n +
+                  (need == (kRead | kWrite) ? "<>FILE" : need == kRead ? "<FILE" : ">>LOG") + ")";
+  }
+  if (lacking.empty()) return "";
+  return joined(lacking) + "; start ferry restore with " +
+         (lacking.size() == 1 ? first_fix : std::string("them open as the job had them"));
 }
 
 // ---- running CRIU --------------------------------------------------------------------------------
@@ -736,6 +803,8 @@ void check_shape(const nlohmann::json& m, const std::string& p) {
     if (o.contains("key_hex") && (o["key_hex"].get<std::string>().size() % 2 ||
                                   o["key_hex"].get<std::string>().find_first_not_of("0123456789abcdef") != std::string::npos))
       bad("an entry of \"stdio\" has a \"key_hex\" that is not hex digits");
+    field(o, "stdio", "mode", &J::is_string, "r, w or rw", false);
+    if (o.contains("mode") && !access_needed(o).has_value()) bad("an entry of \"stdio\" has a \"mode\" that is not r, w or rw");
   }
   objects("gpus", false);
   for (auto& o : m.value("gpus", J::array())) {
@@ -1293,6 +1362,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   nlohmann::json sj = nlohmann::json::array();
   for (auto& s : stdio) {
     sj.push_back({{"fd", s.fd}, {"kind", s.kind}, {"key", s.key}, {"was", s.what}});
+    if (!s.mode.empty()) sj.back()["mode"] = s.mode;
     if (!json_text(s.key)) sj.back()["key_hex"] = ::ferry::json_text::hex(s.key);
   }
   m["stdio"] = sj;
@@ -1695,9 +1765,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   try {
     criu = usable_criu();
     verify_cpu(dir, m);
-    if (std::string fds = launcher_fds_missing(m); !fds.empty())
-      throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + fds +
-                                       ". Nothing was started; the image is untouched");
+    for (const std::string& fds : {launcher_fds_missing(m), stand_ins_lacking_access(m)})
+      if (!fds.empty())
+        throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + fds +
+                                         ". Nothing was started; the image is untouched");
     bool missing = false;
     nlohmann::json socks = m.value("sockets", nlohmann::json::object());
     // In a network of its own, made new for it, nothing here holds its addresses or names.
@@ -2210,10 +2281,12 @@ int inspect_shaped(const std::string& dir, const Output& out) {
     printf("  datagrams to %s (outside the job): connected there again at restore, which needs a datagram "
            "socket there\n",
            n.get<std::string>().c_str());
-  for (auto& x : stand_ins(m))
-    printf("  fd %d was %s (%s%s): the restorer's own fd %d takes its place\n", x.fd,
+  for (auto& x : stand_ins(m)) {
+    const int need = access_needed(*x.entry).value_or(0);
+    printf("  fd %d was %s (%s%s): the restorer's own fd %d takes its place%s%s\n", x.fd,
            x.entry->value("was", std::string("?")).c_str(), x.entry->value("kind", std::string("?")).c_str(),
-           x.fd > 2 ? ", from the job's launcher" : "", x.by);
+           x.fd > 2 ? ", from the job's launcher" : "", x.by, need ? ", open for " : "", need ? access_text(need) : "");
+  }
   if (m.contains("files")) {
     auto changed = files_changed_here(m["files"]);
     printf("  files: %zu (programs, libraries, open files, working directories) that a restore needs unchanged at "
