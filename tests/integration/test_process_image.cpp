@@ -1505,8 +1505,9 @@ TEST_CASE("a job with the host's pids and a network of its own (--host-pids --ne
 }
 
 TEST_CASE("a job with a network of its own: a Unix socket from outside it -- stdio that is a journald stream, "
-          "datagrams to a daemon's socket -- is refused by name, the job running on; so are --net-namespace without "
-          "a job and a dump from another network namespace",
+          "datagrams to a daemon's socket -- is refused by name, the job running on (stdio said as ferry run or "
+          "ferry restore starts it, refused there with --on-signal); so are --net-namespace without a job and a dump "
+          "from another network namespace",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -1517,6 +1518,9 @@ TEST_CASE("a job with a network of its own: a Unix socket from outside it -- std
 
   auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
+  const std::string kSocketsWarning = "ferry run: warning: --net-namespace: fds 1 and 2 are Unix sockets from outside "
+                                      "the job's network namespace (a journald stream?), where CRIU cannot find such "
+                                      "a socket: ";
   // The trainer, and a program without CUDA, which has no Unix socket of its own in the
   // job's namespace (the shim's control socket is one).
   for (bool cuda : {true, false}) {
@@ -1546,6 +1550,48 @@ TEST_CASE("a job with a network of its own: a Unix socket from outside it -- std
     CHECK(done.exit_code == 0);
     if (cuda) CHECK(done.out == plain.out);
     if (!cuda) CHECK(done.out.find("step 60 loss\n") != std::string::npos);
+    // ferry run had said so as the job started.
+    CHECK(done.err.find(kSocketsWarning + "ferry dump will refuse the job; give the job a pipe, a terminal or a file "
+                        "there (e.g. 2>&1 | systemd-cat), or run it without --net-namespace\n") != std::string::npos);
+  }
+  {
+    // With a dump planned (--on-signal), refused at once: nothing starts.
+    auto r = ferry_test::run({kBin + "/tests/programs/sock_stdio", kFerry, "run", "--emulator", "--pid-namespace",
+                              "--net-namespace", "--on-signal", "TERM=dump:" + (t / "img"), "--", "touch", t / "ran"},
+                             ferry_test::emu_env(), 60);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry run: --net-namespace: fds 1 and 2 are Unix sockets from outside the job's network namespace "
+                   "(a journald stream?), where CRIU cannot find such a socket: --on-signal's dump would fail; give "
+                   "the job a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat), or run it without "
+                   "--net-namespace\n");
+    CHECK(!fs::exists(t / "ran"));
+  }
+  {
+    // A job dumped with pipes, restored by a ferry whose stdout and stderr are Unix
+    // sockets: warned (it could not be dumped again), refused with --on-signal.
+    ferry_test::Child c(job({"sh", "-c", "for i in $(seq 60); do echo step $i loss; sleep 0.02; done"},
+                            {"--net-namespace"}),
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("step 5 loss"));
+    dump(c.pid(), t / "loop");
+    c.finish();
+    const std::string sock_stdio = kBin + "/tests/programs/sock_stdio";
+    auto refused = ferry_test::run({sock_stdio, kFerry, "restore", t / "loop", "--on-signal", "TERM=dump:" + (t / "img")},
+                                   ferry_test::emu_env(), 60);
+    CHECK(refused.exit_code == 78);
+    CHECK(refused.err == "ferry: cannot restore the job of " + (t / "loop") + " here: this ferry restore's fds 1 and 2 "
+                         "are Unix sockets (a journald stream?), which the job, in a network namespace of its own, "
+                         "would hold from outside it, where CRIU cannot find such a socket: --on-signal's dump would "
+                         "fail; give ferry restore a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat). "
+                         "Nothing was started; the image is untouched\n");
+    auto warned = ferry_test::run({sock_stdio, kFerry, "restore", t / "loop"}, ferry_test::emu_env(), 120);
+    INFO(warned.err);
+    CHECK(warned.exit_code == 0);
+    CHECK(warned.err.find("ferry: warning: this ferry restore's fds 1 and 2 are Unix sockets (a journald stream?), "
+                          "which the job, in a network namespace of its own, would hold from outside it, where CRIU "
+                          "cannot find such a socket: ferry dump will refuse the job; give ferry restore a pipe, a "
+                          "terminal or a file there (e.g. 2>&1 | systemd-cat)\n") != std::string::npos);
+    CHECK(warned.out.find("step 60 loss\n") != std::string::npos);
   }
   {
     const std::string log = t / "log";

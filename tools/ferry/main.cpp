@@ -23,6 +23,7 @@
 #include "paths.hpp"
 #include "process_image.hpp"
 #include "restore_guard.hpp"
+#include "sockets.hpp"
 
 #include <ferry_common/settings.hpp>
 
@@ -157,6 +158,24 @@ int run(const RunArgs& a) {
     return ferry::cli::kUsage;
   }
   if (!signal_actions(a.on_signal, job, actions, spec, "ferry run")) return ferry::cli::kUsage;
+  if (a.net_namespace) {
+    // Said now, not when the scheduler's signal comes and the dump is refused.
+    std::vector<int> fds = {0, 1, 2};
+    for (int fd = 3; fd < 3 + a.preserve_fds; fd++) fds.push_back(fd);
+    if (std::string u = ferry::cli::unix_sockets_among(fds); !u.empty()) {
+      const char* fix = "; give the job a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat), or run it "
+                        "without --net-namespace";
+      if (!actions.empty()) {
+        fprintf(stderr, "ferry run: --net-namespace: %s from outside the job's network namespace (a journald "
+                        "stream?), where CRIU cannot find such a socket: --on-signal's dump would fail%s\n",
+                u.c_str(), fix);
+        return ferry::cli::kFixFirst;
+      }
+      fprintf(stderr, "ferry run: warning: --net-namespace: %s from outside the job's network namespace (a journald "
+                      "stream?), where CRIU cannot find such a socket: ferry dump will refuse the job%s\n",
+              u.c_str(), fix);
+    }
+  }
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
   if (job) {

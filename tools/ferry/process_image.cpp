@@ -326,18 +326,7 @@ struct Stdio {
   std::string mode;  // "r", "w" or "rw": how the job had it open ("" unknown)
 };
 
-// A descriptor's open flags from /proc/PID/fdinfo (octal there); -1 when unreadable.
-long fd_flags(pid_t pid, int fd) {
-  std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd));
-  std::string key;
-  unsigned long flags = 0;
-  while (info >> key)
-    if (key == "flags:" && info >> std::oct >> flags) return static_cast<long>(flags);
-  return -1;
-}
-
-std::string access_mode(long flags) {
-  if (flags < 0) return "";
+std::string access_mode(unsigned long flags) {
   switch (flags & O_ACCMODE) {
     case O_RDONLY: return "r";
     case O_WRONLY: return "w";
@@ -359,8 +348,7 @@ std::vector<int> outside_fds(pid_t init) {
     char* end = nullptr;
     long fd = strtol(e->d_name, &end, 10);
     if (end == e->d_name || *end || fd < 3) continue;
-    if (long flags = fd_flags(init, static_cast<int>(fd)); flags >= 0 && !(flags & O_CLOEXEC))
-      fds.push_back(static_cast<int>(fd));
+    if (!(fd_flags(init, static_cast<int>(fd)) & O_CLOEXEC)) fds.push_back(static_cast<int>(fd));
   }
   closedir(d);
   std::sort(fds.begin(), fds.end());
@@ -1769,6 +1757,23 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       if (!fds.empty())
         throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + fds +
                                          ". Nothing was started; the image is untouched");
+    if (own_net) {
+      // Said now, as ferry run --net-namespace does, not when the next dump is refused.
+      std::vector<int> given;
+      for (auto& x : stand_ins(m))
+        if (x.by == x.fd) given.push_back(x.fd);
+      if (std::string u = unix_sockets_among(given); !u.empty()) {
+        const std::string why = "this ferry restore's " + u + " (a journald stream?), which the job, in a network "
+                                "namespace of its own, would hold from outside it, where CRIU cannot find such a socket";
+        const char* fix = "; give ferry restore a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat)";
+        if (!actions.empty())
+          throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + why +
+                                           ": --on-signal's dump would fail" + fix +
+                                           ". Nothing was started; the image is untouched");
+        if (!out.json && out.progress != "never")
+          fprintf(stderr, "ferry: warning: %s: ferry dump will refuse the job%s\n", why.c_str(), fix);
+      }
+    }
     bool missing = false;
     nlohmann::json socks = m.value("sockets", nlohmann::json::object());
     // In a network of its own, made new for it, nothing here holds its addresses or names.

@@ -131,6 +131,12 @@ int new_net_namespace(std::string* why);
 // Whether socket inode ino is a Unix socket (in pid's network namespace or this process's).
 bool is_unix_socket(pid_t pid, uint64_t ino);
 
+// Of this process's descriptors fds, those that are Unix sockets, said as "fd 1 is a Unix
+// socket" or "fds 1 and 2 are Unix sockets"; "" when none is. What a job with a network
+// of its own cannot be dumped with as its stdio (CRIU cannot find a socket from outside
+// the namespace): ferry run and ferry restore say so before it starts.
+std::string unix_sockets_among(const std::vector<int>& fds);
+
 // "listening on 127.0.0.1:29500; 2 connection end(s) inside the job" for an image's or
 // a job's sockets (JobSockets::to_json); "" when it has no TCP socket.
 std::string describe_sockets(const nlohmann::json& sockets);
