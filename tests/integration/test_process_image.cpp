@@ -2053,27 +2053,72 @@ TEST_CASE("an --incremental preemption refused for a reason not its parent's is 
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  const std::string img = t / "ckpt", blocker = t / "a-file";
+  const std::string img = t / "ckpt";
   ferry_test::Child c(job({kMlp, "--steps", "400", "--step-delay-ms", "20"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("step 3 loss"));
   dump(c.pid(), img);
   c.finish();
-  std::ofstream(blocker) << "not a directory\n";
-  // The dump's directory cannot be made (its parent is a file): nothing about the image
-  // restored from.
-  ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + blocker + "/next", "--incremental"},
+  ferry_test::Child r({kFerry, "restore", img, "--on-signal", "TERM=dump:" + (t / "next"), "--incremental"},
                       ferry_test::emu_env());
   REQUIRE(r.wait_for("step 10 loss"));
+  // The trainer stopped (a debugger, a stray SIGSTOP): nothing about the image restored from.
+  const pid_t prog = program_of(r.pid());
+  REQUIRE(kill(prog, SIGSTOP) == 0);
+  for (int i = 0; i < 100 && ferry_test::read_file("/proc/" + std::to_string(prog) + "/stat").find(") T ") ==
+                                 std::string::npos;
+       i++)
+    usleep(10000);
   kill(r.pid(), SIGTERM);
+  const std::string refusal = "ferry: process " + std::to_string(prog) + " is stopped (by a signal or a debugger)";
+  for (int i = 0; i < 600 && r.err().find(refusal) == std::string::npos; i++) usleep(50000);
+  kill(prog, SIGCONT);  // the TERM passed on can end it now
   auto done = r.finish();
   INFO(done.err);
   CHECK(done.exit_code == 128 + SIGTERM);  // the job got the TERM, as without an action
-  const std::string refusal = "ferry: cannot create " + blocker + ": Not a directory\n";
   auto at = done.err.find(refusal);
   REQUIRE(at != std::string::npos);
   CHECK(done.err.find(refusal, at + 1) == std::string::npos);
   CHECK(done.err.find("dumped instead") == std::string::npos);
-  CHECK(!fs::exists(blocker + "/next.partial"));
+  CHECK(!fs::exists(t / "next"));
+  CHECK(!fs::exists(t / "next.partial"));
+}
+
+TEST_CASE("an --on-signal dump that could not work here -- no directory to write it in, no CRIU -- is refused as "
+          "ferry run or ferry restore starts, not when the signal comes",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  const std::string blocker = t / "a-file";
+  std::ofstream(blocker) << "not a directory\n";
+  const std::string fix = "run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2 "
+                          "(ferry check says more)";
+  for (const char* verb : {"run", "restore"}) {
+    INFO("ferry " << verb);
+    auto start = [&](const std::string& rule, std::map<std::string, std::string> env = {}) {
+      std::vector<std::string> argv = {kFerry, verb};
+      if (std::string(verb) == "run")
+        argv.insert(argv.end(), {"--emulator", "--pid-namespace", "--on-signal", rule, "--", "touch", t / "ran"});
+      else
+        argv.insert(argv.end(), {t / "no-image", "--on-signal", rule});
+      return ferry_test::run(argv, ferry_test::emu_env(env), 60);
+    };
+    auto r = start("TERM=dump:" + blocker + "/next");
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry " + std::string(verb) + ": --on-signal TERM=dump:" + blocker + "/next: the dump could not "
+                   "work: " + blocker + " is not a directory\n");
+    r = start("TERM=dump:" + (t / "deep/er/img"), {{"FERRY_CRIU", t / "nowhere/criu"}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry " + std::string(verb) + ": --on-signal TERM=dump:" + (t / "deep/er/img") + ": the dump "
+                   "could not work: CRIU not found: " + (t / "nowhere/criu") + " is not an executable; " + fix + "\n");
+    CHECK(!fs::exists(t / "ran"));
+    CHECK(!fs::exists(t / "deep"));
+  }
+  // A directory to be made below one that can be written in is fine (the dump makes it).
+  auto ok = ferry_test::run({kFerry, "run", "--emulator", "--pid-namespace", "--on-signal",
+                             "TERM=dump:" + (t / "deep/er/img"), "--", "touch", t / "ran"},
+                            ferry_test::emu_env(), 60);
+  CHECK(ok.exit_code == 0);
+  CHECK(fs::exists(t / "ran"));
 }
 
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {

@@ -48,8 +48,10 @@ struct RunArgs {
 // --on-signal SIG=dump:DIR (ferry run --pid-namespace or --host-pids, ferry restore): on that signal
 // ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
 // SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
-// A dump's parent, when given, is the image it writes only the changes since.
-bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
+// A dump's parent, when given, is the image it writes only the changes since. Returns 0,
+// or the exit code after saying why not: 64 for a rule not understood, 78 for a dump that
+// could not work here.
+int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
                     std::string& shim, const char* who, const std::string& parent = "") {
   for (auto& s : rules) {
     size_t eq = s.find('=');
@@ -57,24 +59,28 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
     bool dump = action.rfind("dump:", 0) == 0 && action.size() > 5;
     bool ckpt = action.rfind("checkpoint:", 0) == 0 && action.size() > 11;
     int sig = eq == std::string::npos ? 0 : ferry::settings::parse_signal(s.substr(0, eq));
-    if (!sig || (!dump && !ckpt) || false) {
+    if (!sig || (!dump && !ckpt)) {
       fprintf(stderr,
               "%s: --on-signal %s: expected SIGNAL=dump:DIR (the whole job, with --pid-namespace or --host-pids) or "
               "SIGNAL=checkpoint:DIR (GPU state only), e.g. TERM=dump:/ckpt/job\n",
               who, s.c_str());
-      return false;
+      return ferry::cli::kUsage;
     }
     if (dump && !job) {
       fprintf(stderr, "%s: --on-signal %s: a whole-process dump needs the program run as a job, under ferry's init "
                       "(add --pid-namespace, or --host-pids where the CUDA driver cannot start in a PID namespace)\n",
               who, s.c_str());
-      return false;
+      return ferry::cli::kUsage;
     }
     if (ckpt) {
       shim += (shim.empty() ? "" : ";") + s;
       continue;
     }
     std::string dir = action.substr(5);
+    if (std::string why = ferry::cli::dump_preflight(dir); !why.empty()) {
+      fprintf(stderr, "%s: --on-signal %s: the dump could not work: %s\n", who, s.c_str(), why.c_str());
+      return ferry::cli::kFixFirst;
+    }
     actions[sig] = [dir, parent](pid_t init) {
       ferry::cli::DumpArgs da;
       da.dir = dir;
@@ -118,7 +124,7 @@ bool signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli:
       }
     };
   }
-  return true;
+  return 0;
 }
 
 int run(const RunArgs& a) {
@@ -157,7 +163,7 @@ int run(const RunArgs& a) {
                     "driver cannot start in a PID namespace)\n");
     return ferry::cli::kUsage;
   }
-  if (!signal_actions(a.on_signal, job, actions, spec, "ferry run")) return ferry::cli::kUsage;
+  if (int rc = signal_actions(a.on_signal, job, actions, spec, "ferry run")) return rc;
   if (a.net_namespace) {
     // Said now, not when the scheduler's signal comes and the dump is refused.
     std::vector<int> fds = {0, 1, 2};
@@ -444,7 +450,7 @@ int main(int argc, char** argv) {
       }
       // Absolute: the dump runs later, and must find this image whatever the directory then.
       std::string parent = rt_incremental ? std::filesystem::absolute(ra2.dir).lexically_normal().string() : "";
-      if (!signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore", parent)) return kUsage;
+      if (int rc = signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore", parent)) return rc;
       if (!shim_rules.empty()) {
         fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
                         "checkpoint rules it was started with)\n");

@@ -2196,6 +2196,26 @@ std::optional<JobOf> job_of(pid_t pid) {
   return std::nullopt;
 }
 
+std::string dump_preflight(const std::string& dir) {
+  try {
+    usable_criu();
+  } catch (const ClientError& e) {
+    return e.message;
+  }
+  // The dump writes DIR.partial beside DIR and renames it; it makes missing parents.
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  fs::path up = p.parent_path();
+  std::error_code ec;
+  while (up != up.root_path() && !fs::exists(up, ec)) up = up.parent_path();
+  struct stat st;
+  if (stat(up.c_str(), &st) != 0) return "cannot look at " + up.string() + ": " + strerror(errno);
+  if (!S_ISDIR(st.st_mode)) return up.string() + " is not a directory";
+  if (access(up.c_str(), W_OK | X_OK) != 0)
+    return "nothing can be written in " + up.string() + " (" + strerror(errno) + ")";
+  return "";
+}
+
 bool is_process_image(const std::string& dir) { return access((dir + "/process.json").c_str(), F_OK) == 0; }
 
 namespace {

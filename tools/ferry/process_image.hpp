@@ -112,6 +112,12 @@ struct RestoreArgs {
 
 // `ferry dump PID DIR`: PID is the job's `ferry run`, its init, or any process in it.
 int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out);
+
+// Why a whole-process dump to dir could not work here, as far as is known before the job
+// runs ("" when it could): CRIU missing or not run as root, or no directory to write dir
+// in. ferry run and ferry restore check their --on-signal dumps with it at the start,
+// not when the scheduler's signal comes and a failed dump costs the job.
+std::string dump_preflight(const std::string& dir);
 // `ferry restore DIR`: runs the restored job until it ends; returns its exit status.
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions = {});
 
