@@ -2083,15 +2083,16 @@ TEST_CASE("an --incremental preemption refused for a reason not its parent's is 
   CHECK(!fs::exists(t / "next.partial"));
 }
 
-TEST_CASE("an --on-signal dump that could not work here -- no directory to write it in, no CRIU -- is refused as "
+TEST_CASE("an --on-signal dump that could not work here -- no directory to write it in, no CRIU, a failing criu "
+          "check -- is refused as "
           "ferry run or ferry restore starts, not when the signal comes",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
   const std::string blocker = t / "a-file";
   std::ofstream(blocker) << "not a directory\n";
-  const std::string fix = "run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2 "
-                          "(ferry check says more)";
+  const std::string fix = "run scripts/setup.sh as root (it builds CRIU 4.2.1) or set FERRY_CRIU to a CRIU >= 4.2";
+  const std::string failing = ferry_test::fake_criu(t.path, "4.2.1", "Error (criu/cr-check.c:1): no ptrace here", 1);
   for (const char* verb : {"run", "restore"}) {
     INFO("ferry " << verb);
     auto start = [&](const std::string& rule, std::map<std::string, std::string> env = {}) {
@@ -2110,6 +2111,11 @@ TEST_CASE("an --on-signal dump that could not work here -- no directory to write
     CHECK(r.exit_code == 78);
     CHECK(r.err == "ferry " + std::string(verb) + ": --on-signal TERM=dump:" + (t / "deep/er/img") + ": the dump "
                    "could not work: CRIU not found: " + (t / "nowhere/criu") + " is not an executable; " + fix + "\n");
+    r = start("TERM=dump:" + (t / "img"), {{"FERRY_CRIU", failing}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "ferry " + std::string(verb) + ": --on-signal TERM=dump:" + (t / "img") + ": the dump could not "
+                   "work: '" + failing + " check' failed on this kernel: Error (criu/cr-check.c:1): no ptrace here; " +
+                   fix + "\n");
     CHECK(!fs::exists(t / "ran"));
     CHECK(!fs::exists(t / "deep"));
   }

@@ -271,9 +271,7 @@ nlohmann::json driver_in_job(const std::vector<std::string>& driver_args, const 
   return j;
 }
 
-nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args) {
-  nlohmann::json j;
-  std::vector<std::string> problems, warnings;
+nlohmann::json criu_report(std::vector<std::string>& problems, std::vector<std::string>& warnings) {
   std::string criu = criu_path();
   nlohmann::json c = {{"path", criu}};
   if (access(criu.c_str(), X_OK) != 0) {
@@ -301,8 +299,14 @@ nlohmann::json full_process_report(void* driver, const std::vector<std::string>&
       warnings.push_back("CRIU " + version + " cannot dump TCP or UDP sockets on Linux " + kernel_release() +
                          " (4.2 or newer can): jobs that hold any are refused; " + kFix);
   }
-  c["hardware_breakpoints"] = hardware_breakpoints_work();
-  j["criu"] = c;
+  return c;
+}
+
+nlohmann::json full_process_report(void* driver, const std::vector<std::string>& driver_args) {
+  nlohmann::json j;
+  std::vector<std::string> problems, warnings;
+  j["criu"] = criu_report(problems, warnings);
+  j["criu"]["hardware_breakpoints"] = hardware_breakpoints_work();
   bool api = driver != nullptr;
   for (const char* f : {"cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint", "cuCheckpointProcessRestore",
                         "cuCheckpointProcessUnlock", "cuCheckpointProcessGetState"})

@@ -2197,11 +2197,9 @@ std::optional<JobOf> job_of(pid_t pid) {
 }
 
 std::string dump_preflight(const std::string& dir) {
-  try {
-    usable_criu();
-  } catch (const ClientError& e) {
-    return e.message;
-  }
+  std::vector<std::string> problems, warnings;
+  criu_report(problems, warnings);
+  if (!problems.empty()) return problems[0];
   // The dump writes DIR.partial beside DIR and renames it; it makes missing parents.
   fs::path p = fs::absolute(dir).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
