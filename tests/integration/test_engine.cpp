@@ -618,13 +618,20 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   auto lone = cli({"restore", "/nonexistent/img", "--incremental"});
   CHECK(lone.exit_code == 64);
   CHECK(lone.err == "ferry restore: --incremental is for the dump of --on-signal SIGNAL=dump:DIR, which is missing\n");
-  for (const char* whole_job : {"--on-signal", "--detach"}) {
+  for (const char* whole_job : {"--on-signal", "--detach", "--dry-run"}) {
     std::vector<std::string> args = {"restore", pid, "/nonexistent/img", whole_job};
     if (std::string(whole_job) == "--on-signal") args.push_back("TERM=dump:/nonexistent/next");
     auto in_process = cli(args);
     CHECK(in_process.exit_code == 64);
-    CHECK(in_process.err == "ferry restore: --on-signal, --incremental and --detach are for a whole job (ferry "
-                            "restore DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
+    CHECK(in_process.err == "ferry restore: --on-signal, --incremental, --detach and --dry-run are for a whole job "
+                            "(ferry restore DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
+  }
+  for (const char* acting : {"--detach", "--on-signal"}) {
+    std::vector<std::string> args = {"restore", "/nonexistent/img", "--dry-run", acting};
+    if (std::string(acting) == "--on-signal") args.push_back("TERM=dump:/nonexistent/next");
+    auto dry = cli(args);
+    CHECK(dry.exit_code == 64);
+    CHECK(dry.err == "ferry restore: --dry-run starts nothing: --detach and --on-signal have nothing to act on\n");
   }
   c.finish();
 }

@@ -2798,6 +2798,65 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
   CHECK(v.exit_code == 0);
 }
 
+TEST_CASE("ferry restore --dry-run makes a restore's checks and says where the job's GPU memory would go, starting "
+          "nothing; a refusal is the restore's own",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  // 337 steps: a number no other test's trainer runs, to see that no copy starts.
+  auto plain = ferry_test::run({kMlp, "--steps", "337"}, ferry_test::emu_env(), 120);
+  ferry_test::Child c(job({kMlp, "--steps", "337", "--step-delay-ms", "20"}), ferry_test::emu_env());
+  REQUIRE(c.wait_for("step 5 loss"));
+  dump(c.pid(), t / "img");
+  auto gone = c.finish();
+  auto copy_runs = [] {
+    return ferry_test::run({kFerry, "ps"}, ferry_test::emu_env(), 60).out.find("mlp_trainer --steps 337 ") !=
+           std::string::npos;
+  };
+
+  auto dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--format", "json"}, ferry_test::emu_env(), 60);
+  INFO(dry.err);
+  REQUIRE(dry.exit_code == 0);
+  auto j = nlohmann::json::parse(dry.out);
+  CHECK(j["ok"] == true);
+  CHECK(j["dry_run"] == true);
+  CHECK(j["pids"] == "own");
+  CHECK(j["network"] == "shared");
+  REQUIRE(j["processes"].size() == 2);  // ferry's init and the trainer
+  auto& trainer = j["processes"][1];
+  CHECK(trainer["name"] == "mlp_trainer");
+  CHECK(trainer["cuda"] == true);
+  REQUIRE(trainer["devices"].size() == 1);
+  CHECK(trainer["devices"][0]["device"] == 0);
+  CHECK(trainer["devices"][0]["gpu"] == 0);  // the GPU it was on
+  CHECK(trainer["devices"][0]["bytes"].get<uint64_t>() > 0);
+  REQUIRE(j["gpus"].size() == 1);
+  CHECK(j["gpus"][0]["gpu"] == 0);
+  CHECK(j["gpus"][0]["needed"] == trainer["devices"][0]["bytes"]);
+  CHECK(!copy_runs());
+
+  // Onto the other GPU, in words.
+  dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "1"}, ferry_test::emu_env(), 60);
+  CHECK(dry.exit_code == 0);
+  CHECK(std::regex_match(dry.out, std::regex(std::regex_replace(t / "img", std::regex("[.]"), "\\.") +
+                                             ": the job can be restored here \\(a dry run: nothing was started\\)\n"
+                                             "  process 2 \\(mlp_trainer\\): its device 0 \\([0-9.]+ [KMG]?i?B\\) "
+                                             "onto GPU 1 \\(ferry emulated GPU\\)\n"
+                                             "  GPU 1 \\(ferry emulated GPU\\): [0-9.]+ [KMG]?i?B of its [0-9.]+ "
+                                             "[KMG]?i?B\n")));
+  // A GPU this machine lacks: the restore's refusal, its exit code.
+  dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "7"}, ferry_test::emu_env(), 60);
+  CHECK(dry.exit_code == 78);
+  CHECK(dry.err == "ferry: this machine has 2 GPU(s); the image needs GPU 7 (choose others with --device or "
+                   "--device-map). Nothing was started; the image is untouched\n");
+  CHECK(!copy_runs());
+  // The image restores as ever.
+  auto r = restore(t / "img");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(gone.out + r.out == plain.out);
+}
+
 TEST_CASE("the same image restored twice at once: two jobs, each in its own namespace, both end bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);

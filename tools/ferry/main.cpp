@@ -322,6 +322,9 @@ int main(int argc, char** argv) {
   rt->add_flag("-d,--detach", ra2.detach,
                "return once the job runs again, leaving it under a ferry of its own in a new session (DIR only; the job "
                "keeps this command's stdio: redirect it)");
+  rt->add_flag("--dry-run", ra2.dry_run,
+               "check that the job could be restored here and say where its GPU memory would go; start nothing (DIR "
+               "only)");
   rt->add_option("--on-signal", rt_on_signal, "SIGNAL=dump:DIR: dump the restored job again on that signal (DIR only)")
       ->expected(1)
       ->take_all();
@@ -430,13 +433,17 @@ int main(int argc, char** argv) {
                   rt_args[0].c_str());
           return kUsage;
         }
-        if (!rt_on_signal.empty() || rt_incremental || ra2.detach) {
-          fprintf(stderr, "ferry restore: --on-signal, --incremental and --detach are for a whole job (ferry restore "
-                          "DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
+        if (!rt_on_signal.empty() || rt_incremental || ra2.detach || ra2.dry_run) {
+          fprintf(stderr, "ferry restore: --on-signal, --incremental, --detach and --dry-run are for a whole job (ferry "
+                          "restore DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
           return kUsage;
         }
         op.dir = rt_args[1];
         return cmd_op("restore", pid, op, out);
+      }
+      if (ra2.dry_run && (ra2.detach || !rt_on_signal.empty())) {
+        fprintf(stderr, "ferry restore: --dry-run starts nothing: --detach and --on-signal have nothing to act on\n");
+        return kUsage;
       }
       ra2.dir = rt_args[0];
       ra2.device = op.device;

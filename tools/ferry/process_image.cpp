@@ -1637,6 +1637,69 @@ int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalAct
 
 namespace {
 
+// Where a restore puts a CUDA process: the driver's GPU pairs (old UUID -> new), and
+// where each program device holding state goes, by UUID (the process numbers GPUs its
+// own way).
+struct Placement {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  std::map<int, std::string> uuid_of_device;
+  std::vector<std::string> other_chip;  // the pairs across chips, said as "this machine's GPU n (chip) for its GPU m (chip)"
+  std::map<int, uint64_t> bytes_of_device;  // device memory by program device, for --dry-run's report
+};
+
+// ferry restore --dry-run's report, once every check has passed: where each process's
+// GPU memory would go (by ns pid), and what each GPU here would hold of the job's.
+int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::map<int, Placement>& placement,
+                   const std::vector<Gpu>& gpus, const std::map<int, uint64_t>& need, const Output& out) {
+  auto gpu_at = [&](const std::string& uuid) -> const Gpu* {
+    for (auto& g : gpus)
+      if (g.uuid == uuid) return &g;
+    return nullptr;
+  };
+  std::string text;
+  nlohmann::json procs = nlohmann::json::array();
+  for (auto& p : m["processes"]) {
+    const int ns = p["nspid"].get<int>();
+    const std::string name = p.value("name", std::string("?"));
+    nlohmann::json pj = {{"nspid", ns}, {"name", name}, {"cuda", p.value("cuda", false)}};
+    if (auto it = placement.find(ns); it != placement.end()) {
+      nlohmann::json devs = nlohmann::json::array();
+      for (auto& [v, uuid] : it->second.uuid_of_device) {
+        const Gpu* g = gpu_at(uuid);
+        const uint64_t bytes = it->second.bytes_of_device.count(v) ? it->second.bytes_of_device.at(v) : 0;
+        devs.push_back({{"device", v}, {"gpu", g ? g->index : -1}, {"uuid", uuid}, {"bytes", bytes}});
+        text += "  process " + std::to_string(ns) + " (" + name + "): its device " + std::to_string(v) + " (" +
+                human(bytes) + ") onto GPU " + (g ? std::to_string(g->index) + " (" + g->name + ")" : uuid) + "\n";
+      }
+      for (auto& across : it->second.other_chip)
+        text += "  process " + std::to_string(ns) + ": the driver is to swap in " + across +
+                "; NVIDIA documents its restore onto the same chip only\n";
+      pj["devices"] = devs;
+      pj["other_chip"] = it->second.other_chip;
+    }
+    procs.push_back(pj);
+  }
+  nlohmann::json gj = nlohmann::json::array();
+  for (auto& [i, bytes] : need) {
+    const Gpu& g = gpus.at(static_cast<size_t>(i));
+    gj.push_back({{"gpu", i}, {"name", g.name}, {"uuid", g.uuid}, {"memory", g.memory}, {"needed", bytes}});
+    text += "  GPU " + std::to_string(i) + " (" + g.name + "): " + human(bytes) + " of its " + human(g.memory) + "\n";
+  }
+  const bool host_pids = !m.value("pid_namespace", true), own_net = m.value("net_namespace", false);
+  if (out.json) {
+    print_json({{"ok", true},
+                {"dry_run", true},
+                {"dir", dir},
+                {"processes", procs},
+                {"gpus", gj},
+                {"pids", host_pids ? "host" : "own"},
+                {"network", own_net ? "own" : "shared"}});
+  } else {
+    printf("%s: the job can be restored here (a dry run: nothing was started)\n%s", dir.c_str(), text.c_str());
+  }
+  return kOk;
+}
+
 int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& actions, bool* running) {
   auto t0 = Clock::now();
   std::string dir = fs::absolute(a.dir).lexically_normal().string();
@@ -1671,7 +1734,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   const bool host_pids = !m.value("pid_namespace", true);
   const bool own_net = m.value("net_namespace", false);
-  if (host_pids) skip_pids_of(m);  // before this process forks or starts a thread
+  if (host_pids && !a.dry_run) skip_pids_of(m);  // before this process forks or starts a thread
   // --detach: this process only waits to hear that the job runs (or for the child's exit
   // status, which a failed restore ends with, having said why on the same stderr).
   int running_told = -1;
@@ -1734,20 +1797,15 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   // What the restored init had below it comes here should it be killed outright
   // (wait_job); ferry run does the same.
-  if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  if (host_pids && !a.dry_run) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
-  RestoreGuard guard;
+  std::optional<RestoreGuard> guard;
+  if (!a.dry_run) guard.emplace();
   std::string criu;
   std::unique_ptr<CudaDriver> driver;
   std::vector<int> dmap;
-  // Per CUDA process (by ns pid): the driver's GPU pairs (old UUID -> new), and where
-  // each program device holding state goes, by UUID (the process numbers GPUs its own way).
-  struct Placement {
-    std::vector<std::pair<std::string, std::string>> pairs;
-    std::map<int, std::string> uuid_of_device;
-    std::vector<std::string> other_chip;  // the pairs across chips, said as "this machine's GPU n (chip) for its GPU m (chip)"
-  };
-  std::map<int, Placement> placement;
+  std::map<int, Placement> placement;  // by ns pid
+  std::map<int, uint64_t> need;         // target GPU -> bytes
   std::string init_dir;
   std::optional<FileLock> init_lock;  // held while CRIU restores (init_dir.hpp)
   try {
@@ -1811,7 +1869,6 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     bool any_cuda = false;
     for (auto& p : m["processes"]) any_cuda = any_cuda || p.value("cuda", false);
     if (any_cuda) driver = std::make_unique<CudaDriver>(restore_driver(a, m));
-    std::map<int, uint64_t> need;  // target GPU -> bytes
     for (auto& p : m["processes"]) {
       if (!p.value("cuda", false)) continue;
       int ns = p["nspid"].get<int>();
@@ -1905,6 +1962,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
                                            "Nothing was started; the image is untouched");
         const std::string& target = here[static_cast<size_t>(to)].uuid;
         pl.uuid_of_device[v] = target;
+        pl.bytes_of_device[v] = bytes;
         held_for[target].push_back(u);
         need[to] += bytes;
       }
@@ -1947,14 +2005,18 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   } catch (const ClientError& e) {
     return fail(out, e);
   }
+  if (a.dry_run) {
+    image_lock.reset();
+    return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, out);
+  }
 
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
   if (!mkdtemp(tmpl)) return fail(out, kFixFirst, "fix-first", std::string("cannot create a work directory: ") + strerror(errno));
   std::string work = tmpl;
-  guard.work_dir(work);
-  if (!init_dir.empty()) guard.init_dir(init_dir);
-  if (host_pids) guard.whole_tree();
+  guard->work_dir(work);
+  if (!init_dir.empty()) guard->init_dir(init_dir);
+  if (host_pids) guard->whole_tree();
   const std::string log = work + "/" + kCriuLog, pidfile = work + "/" + kCriuPidFile;
   std::vector<std::string> argv = {criu, "restore", "-D", dir + "/cpu", "-W", work, "-o", kCriuLog, "--pidfile",
                                    pidfile, "-d", "--restore-sibling"};
@@ -2043,7 +2105,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   std::string criu_failed;
   int rc = run_criu(argv, false, &criu_failed, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
-    running ? guard.watch(p) : guard.unwatch(p);
+    running ? guard->watch(p) : guard->unwatch(p);
   });
   init_lock.reset();
   // The restored job is in its network now (or none was made): nothing this process runs
@@ -2051,7 +2113,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   net.reset();
   // CRIU killed by a signal did not kill what it had restored; without a namespace, what
   // the guard killed comes here to be reaped.
-  if (rc == -1) guard.clean_up();
+  if (rc == -1) guard->clean_up();
   if (rc == -1 && host_pids) end_orphans();
   if (rc != 0) remove_init_dir_if_unused(init_dir);
   if (rc != 0) {
@@ -2071,7 +2133,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   if (init <= 0) {
     // Whatever CRIU restored is unknown by pid here; the guard knows it from CRIU's log.
-    guard.clean_up();
+    guard->clean_up();
     if (host_pids) end_orphans();
     remove_init_dir_if_unused(init_dir);
     return fail(out, kBug, "bug", "criu restore wrote no pid to " + pidfile + " (whole log: " + log +
@@ -2087,7 +2149,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       kill(init, SIGKILL);
     }
     wait_unreaped(init);  // the guard is let go before the init's pid can be reused
-    guard.done();
+    guard->done();
     int st;
     waitpid(init, &st, 0);
     remove_init_dir_if_unused(init_dir);
@@ -2134,7 +2196,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   std::error_code ec;
   fs::remove_all(work, ec);
   double secs = since(t0);
-  guard.done();  // the job is its program's again
+  guard->done();  // the job is its program's again
   *running = true;
   if (out.json) {
     nlohmann::json report = {{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}};

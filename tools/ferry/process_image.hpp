@@ -108,6 +108,11 @@ struct RestoreArgs {
   // a child of this process in a session of its own, which stays the job's parent (its
   // ferry: a scheduler's signal goes there). The job keeps this command's stdio.
   bool detach = false;
+  // Every check a restore makes before it starts anything (the image's CPU half hashed,
+  // its stdio, TCP addresses, pids and files here, the GPUs and their memory), and where
+  // each process's GPU memory would go; nothing is started. For a scheduler choosing a
+  // machine: exit 0, or the restore's refusal and exit code.
+  bool dry_run = false;
 };
 
 // `ferry dump PID DIR`: PID is the job's `ferry run`, its init, or any process in it.
