@@ -766,6 +766,15 @@ def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="proces
                       check=False)[1]
         n = len(json.loads(machine).get("devices", []))
         target = str(max(n - 1, 0))
+        # The same checks and placement first, starting nothing (ferry restore --dry-run).
+        rc, out, err = run([ferry_cmd(), "restore", img, "--device", target, "--dry-run", "--format", "json"], 120,
+                           extra_env=extra, check=False)
+        if rc != 0:
+            raise Failed(f"ferry restore --dry-run exited {rc}: {err.strip()[-600:]}")
+        plan = json.loads(out)
+        figures["dry run"] = "; ".join(
+            f"process {p['nspid']} device {d['device']} -> GPU {d['gpu']} ({d['bytes'] / 2**20:.0f} MiB)"
+            for p in plan.get("processes", []) for d in p.get("devices", [])) or "no GPU memory"
         t0 = now()
         rc, out, err = run([ferry_cmd(), "restore", img, "--device", target], 300, extra_env=extra, check=False)
         figures["restore and run to the end"] = f"{now() - t0:.2f} s onto GPU {target}"
