@@ -49,10 +49,9 @@ struct RunArgs {
 // ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
 // SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
 // A dump's parent, when given, is the image it writes only the changes since. Returns 0,
-// or the exit code after saying why not: 64 for a rule not understood, 78 for a dump that
-// could not work here.
+// or 64 after saying which rule is not understood.
 int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
-                    std::string& shim, const char* who, const std::string& parent = "") {
+                   std::string& shim, const char* who, const std::string& parent = "") {
   for (auto& s : rules) {
     size_t eq = s.find('=');
     std::string action = eq == std::string::npos ? "" : s.substr(eq + 1);
@@ -77,10 +76,6 @@ int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::
       continue;
     }
     std::string dir = action.substr(5);
-    if (std::string why = ferry::cli::dump_preflight(dir); !why.empty()) {
-      fprintf(stderr, "%s: --on-signal %s: the dump could not work: %s\n", who, s.c_str(), why.c_str());
-      return ferry::cli::kFixFirst;
-    }
     actions[sig] = [dir, parent](pid_t init) {
       ferry::cli::DumpArgs da;
       da.dir = dir;
@@ -123,6 +118,24 @@ int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::
         return false;
       }
     };
+  }
+  return 0;
+}
+
+// Whether the dumps that rules ask for (SIGNAL=dump:DIR) could work here, checked once
+// everything else about the command is: 0, or 78 having said why not -- as the job
+// starts, not when the scheduler's signal comes and a failed dump costs the job.
+int check_dumps(const std::vector<std::string>& rules, const char* who) {
+  bool criu_checked = false;
+  for (auto& s : rules) {
+    size_t eq = s.find('=');  // as signal_actions reads the rule
+    if (eq == std::string::npos || s.compare(eq + 1, 5, "dump:") != 0) continue;
+    std::string why = ferry::cli::dump_preflight(s.substr(eq + 6), !criu_checked);
+    criu_checked = true;
+    if (!why.empty()) {
+      fprintf(stderr, "%s: --on-signal %s: the dump could not work: %s\n", who, s.c_str(), why.c_str());
+      return ferry::cli::kFixFirst;
+    }
   }
   return 0;
 }
@@ -182,6 +195,7 @@ int run(const RunArgs& a) {
               u.c_str(), fix);
     }
   }
+  if (int rc = check_dumps(a.on_signal, "ferry run")) return rc;
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
   if (job) {
@@ -463,6 +477,7 @@ int main(int argc, char** argv) {
                         "checkpoint rules it was started with)\n");
         return kUsage;
       }
+      if (int rc = check_dumps(rt_on_signal, "ferry restore")) return rc;
       return cmd_restore_process(ra2, out, actions);
     }
     if (in->parsed()) return is_process_image(dir) ? inspect_process_image(dir, out) : cmd_inspect(dir, out);

@@ -348,7 +348,9 @@ std::vector<int> outside_fds(pid_t init) {
     char* end = nullptr;
     long fd = strtol(e->d_name, &end, 10);
     if (end == e->d_name || *end || fd < 3) continue;
-    if (!(fd_flags(init, static_cast<int>(fd)) & O_CLOEXEC)) fds.push_back(static_cast<int>(fd));
+    bool read = false;
+    if (unsigned long flags = fd_flags(init, static_cast<int>(fd), &read); read && !(flags & O_CLOEXEC))
+      fds.push_back(static_cast<int>(fd));
   }
   closedir(d);
   std::sort(fds.begin(), fds.end());
@@ -369,7 +371,8 @@ std::vector<Stdio> stdio_of(pid_t pid) {
     s.dev = sb.st_dev;
     s.ino = sb.st_ino;
     s.what = buf;
-    s.mode = access_mode(fd_flags(pid, fd));
+    bool read = false;
+    if (unsigned long flags = fd_flags(pid, fd, &read); read) s.mode = access_mode(flags);
     char k[96];
     if (S_ISSOCK(sb.st_mode)) {
       // A Unix socket (a service's journald stream, a supervisor's socketpair): its peer
@@ -567,23 +570,40 @@ std::optional<int> access_needed(const nlohmann::json& s) {
 // The descriptors this ferry restore gives the job that lack an access the job had
 // ("" when none): the job's reads or writes there would fail (EBADF), its output lost.
 std::string stand_ins_lacking_access(const nlohmann::json& m) {
+  // The restorer's descriptor that stands in for several of the job's (one file at the
+  // dump: a terminal at 0, 1 and 2; 2>&1) must allow what the job does with each.
+  struct Need {
+    int bits = 0;
+    std::vector<int> fds;
+    const nlohmann::json* entry = nullptr;
+  };
+  std::map<int, Need> by_restorer_fd;
+  for (auto& x : stand_ins(m)) {
+    Need& n = by_restorer_fd[x.by];
+    n.bits |= access_needed(*x.entry).value_or(0);
+    n.fds.push_back(x.fd);
+    if (x.by == x.fd) n.entry = x.entry;
+  }
   std::vector<std::string> lacking;
   std::string first_fix;
-  for (auto& x : stand_ins(m)) {
-    if (x.by != x.fd) continue;  // the restorer's first one stands in for it, checked there
-    const int need = access_needed(*x.entry).value_or(0);
-    const int flags = fcntl(x.fd, F_GETFL);
-    if (flags < 0) continue;  // not open: launcher_fds_missing says so
+  for (auto& [fd, n] : by_restorer_fd) {
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || !n.entry) continue;  // not open: launcher_fds_missing says so
     const int have = access_bits(flags & O_ACCMODE);
-    if ((have & need) == need) continue;
-    const std::string n = std::to_string(x.fd);
-    lacking.push_back("this ferry restore's fd " + n + " is open for " + access_text(have) + " only, and the job " +
-                      (need == (kRead | kWrite) ? "reads and writes it" : need == kRead ? "reads it" : "writes to it") +
-                      " (" + x.entry->value("kind", std::string("?")) + ", " +
-                      x.entry->value("was", std::string("?")) + " at the dump)");
+    if ((have & n.bits) == n.bits) continue;
+    const std::string num = std::to_string(fd);
+    std::string as;  // ", as its fds 0, 1 and 2"
+    for (size_t i = 0; n.fds.size() > 1 && i < n.fds.size(); i++)
+      as += (i == 0 ? ", as its fds " : i + 1 == n.fds.size() ? " and " : ", ") + std::to_string(n.fds[i]);
+    lacking.push_back("this ferry restore's fd " + num + " is open for " + access_text(have) + " only, and the job " +
+                      (n.bits == (kRead | kWrite) ? "reads and writes it"
+                       : n.bits == kRead          ? "reads it"
+                                                  : "writes to it") +
+                      " (" + n.entry->value("kind", std::string("?")) + ", " +
+                      n.entry->value("was", std::string("?")) + " at the dump" + as + ")");
     if (first_fix.empty())
-      first_fix = "fd " + n + " open for " + access_text(need) + " (e.g. " + n +
-                  (need == (kRead | kWrite) ? "<>FILE" : need == kRead ? "<FILE" : ">>LOG") + ")";
+      first_fix = "fd " + num + " open for " + access_text(n.bits) + " (e.g. " + num +
+                  (n.bits == (kRead | kWrite) ? "<>FILE" : n.bits == kRead ? "<FILE" : ">>LOG") + ")";
   }
   if (lacking.empty()) return "";
   return joined(lacking) + "; start ferry restore with " +
@@ -657,6 +677,7 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
     sigset_t none;  // not the signals a restore defers (CRIU sets the restored tasks' own)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGPIPE, SIG_DFL);  // a detached ferry ignores it; CRIU expects the default
     if (quiet) {
       int null = open("/dev/null", O_RDWR);
       dup2(null, 0);
@@ -1186,7 +1207,11 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       gpu_bytes += s.value("device_bytes", 0ull);
       status_of[t->host] = before;
     } catch (const ClientError& e) {
-      if (a.parent_failed && !o.parent.empty()) *a.parent_failed = true;
+      // Of the classes a parent can cause -- a refusal (too many packs to hold open; a full
+      // disk looks the same, and the whole dump meets it again) or damage (a pack gone) --
+      // not a driver lock that timed out (75) or a bug (70).
+      if (a.parent_failed && !o.parent.empty() && (e.code == kFixFirst || e.code == kDataLost))
+        *a.parent_failed = true;
       return abort(e.code, e.message);
     } catch (const std::exception& e) {  // an answer not shaped as one: the job is brought back
       return abort(kBug, "process " + std::to_string(t->host) + " answered its suspend unexpectedly: " + e.what());
@@ -1650,7 +1675,8 @@ struct Placement {
 // ferry restore --dry-run's report, once every check has passed: where each process's
 // GPU memory would go (by ns pid), and what each GPU here would hold of the job's.
 int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::map<int, Placement>& placement,
-                   const std::vector<Gpu>& gpus, const std::map<int, uint64_t>& need, const Output& out) {
+                   const std::vector<Gpu>& gpus, const std::map<int, uint64_t>& need,
+                   const std::vector<std::string>& warnings, const Output& out) {
   auto gpu_at = [&](const std::string& uuid) -> const Gpu* {
     for (auto& g : gpus)
       if (g.uuid == uuid) return &g;
@@ -1693,7 +1719,8 @@ int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::m
                 {"processes", procs},
                 {"gpus", gj},
                 {"pids", host_pids ? "host" : "own"},
-                {"network", own_net ? "own" : "shared"}});
+                {"network", own_net ? "own" : "shared"},
+                {"warnings", warnings}});
   } else {
     printf("%s: the job can be restored here (a dry run: nothing was started)\n%s", dir.c_str(), text.c_str());
   }
@@ -1804,6 +1831,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   std::string criu;
   std::unique_ptr<CudaDriver> driver;
   std::vector<int> dmap;
+  std::vector<std::string> warnings;    // said on stderr, or in the JSON report
   std::map<int, Placement> placement;  // by ns pid
   std::map<int, uint64_t> need;         // target GPU -> bytes
   std::string init_dir;
@@ -1828,8 +1856,8 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
           throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + why +
                                            ": --on-signal's dump would fail" + fix +
                                            ". Nothing was started; the image is untouched");
-        if (!out.json && out.progress != "never")
-          fprintf(stderr, "ferry: warning: %s: ferry dump will refuse the job%s\n", why.c_str(), fix);
+        warnings.push_back(why + ": ferry dump will refuse the job" + fix);
+        if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
       }
     }
     bool missing = false;
@@ -2005,9 +2033,27 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   } catch (const ClientError& e) {
     return fail(out, e);
   }
+  // A job with a network of its own comes back in a new one (sockets.hpp), which lives as
+  // long as something is in it. Made before a dry run ends too: a restore that could not
+  // make one could not be done.
+  struct NetFd {
+    int fd = -1;
+    void reset() {
+      if (fd >= 0) close(fd);
+      fd = -1;
+    }
+    ~NetFd() { reset(); }
+  } net;
+  if (own_net) {
+    std::string why;
+    net.fd = new_net_namespace(&why);
+    if (net.fd < 0)
+      return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ", which had a network of its own: " +
+                                                   why + ". Nothing was started; the image is untouched");
+  }
   if (a.dry_run) {
     image_lock.reset();
-    return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, out);
+    return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, warnings, out);
   }
 
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
@@ -2035,27 +2081,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   // No network lock to take at a restore either (the dump's reason).
   if (connections || own_net) argv.insert(argv.end(), {"--network-lock", "skip"});
   argv.push_back("--ext-unix-sk");  // datagram sockets connect to their names outside again
-  // A job with a network of its own comes back in a new one (sockets.hpp), which lives as
-  // long as something is in it.
-  struct NetFd {
-    int fd = -1;
-    void reset() {
-      if (fd >= 0) close(fd);
-      fd = -1;
-    }
-    ~NetFd() { reset(); }
-  } net;
-  if (own_net) {
-    std::string why;
-    net.fd = new_net_namespace(&why);
-    if (net.fd < 0) {
-      std::error_code gone;
-      fs::remove_all(work, gone);
-      return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ", which had a network of its own: " +
-                                                   why + ". Nothing was started; the image is untouched");
-    }
-    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(net.fd) + "]:" + kJobNetKey});
-  }
+  if (own_net) argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(net.fd) + "]:" + kJobNetKey});
   if (!out.json && out.progress != "never") {
     // Said before anything starts: a refusal later says it again, a success would not.
     for (auto& [ns, pl] : placement)
@@ -2200,6 +2226,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   *running = true;
   if (out.json) {
     nlohmann::json report = {{"ok", true}, {"dir", dir}, {"init", init}, {"seconds", secs}, {"processes", placed}};
+    if (!warnings.empty()) report["warnings"] = warnings;
     if (a.detach) report["ferry"] = getpid();
     fprintf(stderr, "%s\n", json_string(report, -1).c_str());
   } else if (a.detach) {
@@ -2258,9 +2285,9 @@ std::optional<JobOf> job_of(pid_t pid) {
   return std::nullopt;
 }
 
-std::string dump_preflight(const std::string& dir) {
+std::string dump_preflight(const std::string& dir, bool check_criu) {
   std::vector<std::string> problems, warnings;
-  criu_report(problems, warnings);
+  if (check_criu) criu_report(problems, warnings);
   if (!problems.empty()) return problems[0];
   // The dump writes DIR.partial beside DIR and renames it; it makes missing parents.
   fs::path p = fs::absolute(dir).lexically_normal();

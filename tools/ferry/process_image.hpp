@@ -120,9 +120,10 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out);
 
 // Why a whole-process dump to dir could not work here, as far as is known before the job
 // runs ("" when it could): CRIU missing or not run as root, or no directory to write dir
-// in. ferry run and ferry restore check their --on-signal dumps with it at the start,
-// not when the scheduler's signal comes and a failed dump costs the job.
-std::string dump_preflight(const std::string& dir);
+// in (check_criu false: the directory only). ferry run and ferry restore check their
+// --on-signal dumps with it at the start, not when the scheduler's signal comes and a
+// failed dump costs the job.
+std::string dump_preflight(const std::string& dir, bool check_criu = true);
 // `ferry restore DIR`: runs the restored job until it ends; returns its exit status.
 int cmd_restore_process(const RestoreArgs& a, const Output& out, const SignalActions& actions = {});
 

@@ -683,16 +683,15 @@ std::vector<std::pair<int, std::string>> fd_links(pid_t pid) {
   return v;
 }
 
-unsigned long fd_flags(pid_t pid, int fd) {
+unsigned long fd_flags(pid_t pid, int fd, bool* read) {
   std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd));
   std::string key;
   unsigned long flags = 0;
-  while (info >> key)
-    if (key == "flags:") {
-      info >> std::oct >> flags;
-      break;
-    }
-  return flags;
+  bool found = false;
+  while (!found && info >> key)
+    if (key == "flags:") found = static_cast<bool>(info >> std::oct >> flags);
+  if (read) *read = found;
+  return found ? flags : 0;
 }
 
 }  // namespace ferry::cli

@@ -110,8 +110,9 @@ std::string leave_repair(const std::vector<JobTask>& tasks, const JobSockets& sa
 // a path, "socket:[ino]", "anon_inode:[...]"). Empty once it is gone.
 std::vector<std::pair<int, std::string>> fd_links(pid_t pid);
 
-// The open flags of process pid's descriptor fd (/proc/PID/fdinfo; 0 once it is gone).
-unsigned long fd_flags(pid_t pid, int fd);
+// The open flags of process pid's descriptor fd (/proc/PID/fdinfo; 0 once it is gone, and
+// *read false: 0 is also O_RDONLY's).
+unsigned long fd_flags(pid_t pid, int fd, bool* read = nullptr);
 
 // CRIU's key for a job's own network namespace (--external at a dump, --inherit-fd at a restore).
 constexpr const char* kJobNetKey = "ferry-job-net";
