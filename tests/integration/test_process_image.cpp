@@ -150,6 +150,15 @@ std::vector<pid_t> children_of(pid_t pid) {
 // ferry run -> ferry-init -> program
 pid_t program_of(pid_t ferry_run) { return children_of(children_of(ferry_run).at(0)).at(0); }
 
+// Stops pid with SIGSTOP and waits (a second at most) until /proc shows it stopped.
+void stop_and_wait(pid_t pid) {
+  REQUIRE(kill(pid, SIGSTOP) == 0);
+  for (int i = 0; i < 100 && ferry_test::read_file("/proc/" + std::to_string(pid) + "/stat").find(") T ") ==
+                                 std::string::npos;
+       i++)
+    usleep(10000);
+}
+
 // The jobs (`job` of `ferry ps --format json`) of the processes whose job's ferry run or
 // ferry restore is `ferry`.
 std::vector<nlohmann::json> jobs_listed_under(pid_t ferry) {
@@ -2075,11 +2084,7 @@ TEST_CASE("an --incremental preemption refused for a reason not its parent's is 
   REQUIRE(r.wait_for("step 10 loss"));
   // The trainer stopped (a debugger, a stray SIGSTOP): nothing about the image restored from.
   const pid_t prog = program_of(r.pid());
-  REQUIRE(kill(prog, SIGSTOP) == 0);
-  for (int i = 0; i < 100 && ferry_test::read_file("/proc/" + std::to_string(prog) + "/stat").find(") T ") ==
-                                 std::string::npos;
-       i++)
-    usleep(10000);
+  stop_and_wait(prog);
   kill(r.pid(), SIGTERM);
   const std::string refusal = "ferry: process " + std::to_string(prog) + " is stopped (by a signal or a debugger)";
   for (int i = 0; i < 600 && r.err().find(refusal) == std::string::npos; i++) usleep(50000);
@@ -2157,11 +2162,7 @@ TEST_CASE("dump refusals leave the job running on its GPUs and nothing written",
   }
   SECTION("its program stopped (SIGSTOP): refused at once, naming it, not after a wait for its answer") {
     pid_t prog = program_of(c.pid());
-    REQUIRE(kill(prog, SIGSTOP) == 0);
-    for (int i = 0; i < 100 && ferry_test::read_file("/proc/" + std::to_string(prog) + "/stat").find(") T ") ==
-                                   std::string::npos;
-         i++)
-      usleep(10000);
+    stop_and_wait(prog);
     auto r = try_dump({});
     kill(prog, SIGCONT);
     CHECK(r.exit_code == 78);

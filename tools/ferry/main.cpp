@@ -48,10 +48,12 @@ struct RunArgs {
 // --on-signal SIG=dump:DIR (ferry run --pid-namespace or --host-pids, ferry restore): on that signal
 // ferry dumps the whole job to DIR; the job has then ended and ferry exits 0.
 // SIG=checkpoint:DIR rules are the shim's (GPU state only); they are returned in shim.
-// A dump's parent, when given, is the image it writes only the changes since. Returns 0,
-// or 64 after saying which rule is not understood.
+// A dump's parent, when given, is the image it writes only the changes since. Each dump
+// rule and its DIR go to dumps, for check_dumps. Returns 0, or 64 after saying which
+// rule is not understood.
+using DumpRules = std::vector<std::pair<std::string, std::string>>;
 int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::SignalActions& actions,
-                   std::string& shim, const char* who, const std::string& parent = "") {
+                   std::string& shim, DumpRules& dumps, const char* who, const std::string& parent = "") {
   for (auto& s : rules) {
     size_t eq = s.find('=');
     std::string action = eq == std::string::npos ? "" : s.substr(eq + 1);
@@ -76,6 +78,7 @@ int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::
       continue;
     }
     std::string dir = action.substr(5);
+    dumps.push_back({s, dir});
     actions[sig] = [dir, parent](pid_t init) {
       ferry::cli::DumpArgs da;
       da.dir = dir;
@@ -122,18 +125,14 @@ int signal_actions(const std::vector<std::string>& rules, bool job, ferry::cli::
   return 0;
 }
 
-// Whether the dumps that rules ask for (SIGNAL=dump:DIR) could work here, checked once
+// Whether the dumps signal_actions found (rule, DIR) could work here, checked once
 // everything else about the command is: 0, or 78 having said why not -- as the job
 // starts, not when the scheduler's signal comes and a failed dump costs the job.
-int check_dumps(const std::vector<std::string>& rules, const char* who) {
-  bool criu_checked = false;
-  for (auto& s : rules) {
-    size_t eq = s.find('=');  // as signal_actions reads the rule
-    if (eq == std::string::npos || s.compare(eq + 1, 5, "dump:") != 0) continue;
-    std::string why = ferry::cli::dump_preflight(s.substr(eq + 6), !criu_checked);
-    criu_checked = true;
-    if (!why.empty()) {
-      fprintf(stderr, "%s: --on-signal %s: the dump could not work: %s\n", who, s.c_str(), why.c_str());
+int check_dumps(const DumpRules& dumps, const char* who) {
+  for (size_t i = 0; i < dumps.size(); i++) {
+    auto& [rule, dir] = dumps[i];
+    if (std::string why = ferry::cli::dump_preflight(dir, i == 0); !why.empty()) {  // CRIU judged once
+      fprintf(stderr, "%s: --on-signal %s: the dump could not work: %s\n", who, rule.c_str(), why.c_str());
       return ferry::cli::kFixFirst;
     }
   }
@@ -176,7 +175,8 @@ int run(const RunArgs& a) {
                     "driver cannot start in a PID namespace)\n");
     return ferry::cli::kUsage;
   }
-  if (int rc = signal_actions(a.on_signal, job, actions, spec, "ferry run")) return rc;
+  DumpRules dumps;
+  if (int rc = signal_actions(a.on_signal, job, actions, spec, dumps, "ferry run")) return rc;
   if (a.net_namespace) {
     // Said now, not when the scheduler's signal comes and the dump is refused.
     std::vector<int> fds = {0, 1, 2};
@@ -195,7 +195,7 @@ int run(const RunArgs& a) {
               u.c_str(), fix);
     }
   }
-  if (int rc = check_dumps(a.on_signal, "ferry run")) return rc;
+  if (int rc = check_dumps(dumps, "ferry run")) return rc;
   if (!spec.empty()) setenv("FERRY_ON_SIGNAL", spec.c_str(), 1);
   prepend_env("LD_PRELOAD", shim, ' ');
   if (job) {
@@ -471,13 +471,14 @@ int main(int argc, char** argv) {
       }
       // Absolute: the dump runs later, and must find this image whatever the directory then.
       std::string parent = rt_incremental ? std::filesystem::absolute(ra2.dir).lexically_normal().string() : "";
-      if (int rc = signal_actions(rt_on_signal, true, actions, shim_rules, "ferry restore", parent)) return rc;
+      DumpRules dumps;
+      if (int rc = signal_actions(rt_on_signal, true, actions, shim_rules, dumps, "ferry restore", parent)) return rc;
       if (!shim_rules.empty()) {
         fprintf(stderr, "ferry restore: --on-signal takes SIGNAL=dump:DIR here (the restored program keeps the "
                         "checkpoint rules it was started with)\n");
         return kUsage;
       }
-      if (int rc = check_dumps(rt_on_signal, "ferry restore")) return rc;
+      if (int rc = check_dumps(dumps, "ferry restore")) return rc;
       return cmd_restore_process(ra2, out, actions);
     }
     if (in->parsed()) return is_process_image(dir) ? inspect_process_image(dir, out) : cmd_inspect(dir, out);

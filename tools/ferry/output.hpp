@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -33,6 +34,13 @@ inline std::string human(uint64_t b) {
   while (v >= 1024 && u < 4) v /= 1024, u++;
   char s[32];
   snprintf(s, sizeof s, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
+  return s;
+}
+
+// "1", "1 and 2", "0, 1 and 2": descriptor numbers in a sentence.
+inline std::string numbers_text(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); i++) s += (i == 0 ? "" : i + 1 == v.size() ? " and " : ", ") + std::to_string(v[i]);
   return s;
 }
 

@@ -592,9 +592,7 @@ std::string stand_ins_lacking_access(const nlohmann::json& m) {
     const int have = access_bits(flags & O_ACCMODE);
     if ((have & n.bits) == n.bits) continue;
     const std::string num = std::to_string(fd);
-    std::string as;  // ", as its fds 0, 1 and 2"
-    for (size_t i = 0; n.fds.size() > 1 && i < n.fds.size(); i++)
-      as += (i == 0 ? ", as its fds " : i + 1 == n.fds.size() ? " and " : ", ") + std::to_string(n.fds[i]);
+    const std::string as = n.fds.size() > 1 ? ", as its fds " + numbers_text(n.fds) : "";
     lacking.push_back("this ferry restore's fd " + num + " is open for " + access_text(have) + " only, and the job " +
                       (n.bits == (kRead | kWrite) ? "reads and writes it"
                        : n.bits == kRead          ? "reads it"
@@ -1672,16 +1670,18 @@ struct Placement {
   std::map<int, uint64_t> bytes_of_device;  // device memory by program device, for --dry-run's report
 };
 
+// This machine's GPU of that UUID, nullptr where it has none.
+const Gpu* gpu_with_uuid(const std::vector<Gpu>& gpus, const std::string& uuid) {
+  for (auto& g : gpus)
+    if (g.uuid == uuid) return &g;
+  return nullptr;
+}
+
 // ferry restore --dry-run's report, once every check has passed: where each process's
 // GPU memory would go (by ns pid), and what each GPU here would hold of the job's.
 int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::map<int, Placement>& placement,
                    const std::vector<Gpu>& gpus, const std::map<int, uint64_t>& need,
                    const std::vector<std::string>& warnings, const Output& out) {
-  auto gpu_at = [&](const std::string& uuid) -> const Gpu* {
-    for (auto& g : gpus)
-      if (g.uuid == uuid) return &g;
-    return nullptr;
-  };
   std::string text;
   nlohmann::json procs = nlohmann::json::array();
   for (auto& p : m["processes"]) {
@@ -1691,7 +1691,7 @@ int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::m
     if (auto it = placement.find(ns); it != placement.end()) {
       nlohmann::json devs = nlohmann::json::array();
       for (auto& [v, uuid] : it->second.uuid_of_device) {
-        const Gpu* g = gpu_at(uuid);
+        const Gpu* g = gpu_with_uuid(gpus, uuid);
         const uint64_t bytes = it->second.bytes_of_device.count(v) ? it->second.bytes_of_device.at(v) : 0;
         devs.push_back({{"device", v}, {"gpu", g ? g->index : -1}, {"uuid", uuid}, {"bytes", bytes}});
         text += "  process " + std::to_string(ns) + " (" + name + "): its device " + std::to_string(v) + " (" +
@@ -1909,9 +1909,8 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       }
       const auto& here = driver->gpus();
       auto index_here = [&](const std::string& uuid) {
-        for (auto& g : here)
-          if (g.uuid == uuid) return g.index;
-        return -1;
+        const Gpu* g = gpu_with_uuid(here, uuid);
+        return g ? g->index : -1;
       };
       // The process's GPUs, in its own numbering (an image that does not record them:
       // the dumping ferry's numbering, taken to be the same).

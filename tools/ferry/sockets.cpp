@@ -629,15 +629,13 @@ bool is_unix_socket(pid_t pid, uint64_t ino) {
 }
 
 std::string unix_sockets_among(const std::vector<int>& fds) {
-  std::vector<std::string> found;
+  std::vector<int> found;
   for (int fd : fds)
     if (struct stat st; fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && is_unix_socket(getpid(), st.st_ino))
-      found.push_back(std::to_string(fd));
+      found.push_back(fd);
   if (found.empty()) return "";
-  if (found.size() == 1) return "fd " + found[0] + " is a Unix socket";
-  std::string list;
-  for (size_t i = 0; i < found.size(); i++) list += (i == 0 ? "" : i + 1 == found.size() ? " and " : ", ") + found[i];
-  return "fds " + list + " are Unix sockets";
+  return found.size() == 1 ? "fd " + numbers_text(found) + " is a Unix socket"
+                           : "fds " + numbers_text(found) + " are Unix sockets";
 }
 
 std::string describe_sockets(const nlohmann::json& sockets) {
