@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/user.h>
 #include <sys/wait.h>
@@ -117,9 +118,14 @@ __attribute__((noinline)) void breakpoint_target() { g_probe_hits = g_probe_hits
 // DR7, as CRIU sets it), then calls it: it traps if breakpoints fire, else it exits.
 bool probe_breakpoints() {
 #if defined(__x86_64__)
+  const pid_t parent = getpid();
   pid_t c = fork();
   if (c < 0) return true;  // cannot tell: leave CRIU as it is
   if (c == 0) {
+    // ferry killed meanwhile would leave this child stopped for good -- holding what ferry
+    // held (a restore guard's socket: the guard would wait on it forever).
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != parent) _exit(0);
     ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
     raise(SIGSTOP);
     breakpoint_target();

@@ -1827,6 +1827,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (host_pids && !a.dry_run) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // Forked before the CUDA driver is loaded here; told what to kill as it comes to be.
   std::optional<RestoreGuard> guard;
+  // CRIU's probe forks a child that stops under ptrace: done before the guard, whose
+  // socket it would otherwise hold too (full_process.cpp).
+  if (!a.dry_run) hardware_breakpoints_work();
   if (!a.dry_run) guard.emplace();
   std::string criu;
   std::unique_ptr<CudaDriver> driver;
