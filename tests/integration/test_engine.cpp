@@ -618,14 +618,24 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   auto lone = cli({"restore", "/nonexistent/img", "--incremental"});
   CHECK(lone.exit_code == 64);
   CHECK(lone.err == "ferry restore: --incremental is for the dump of --on-signal SIGNAL=dump:DIR, which is missing\n");
-  for (const char* whole_job : {"--on-signal", "--detach", "--dry-run"}) {
+  for (const char* whole_job : {"--on-signal", "--detach", "--dry-run", "--emulator", "--real-driver"}) {
     std::vector<std::string> args = {"restore", pid, "/nonexistent/img", whole_job};
     if (std::string(whole_job) == "--on-signal") args.push_back("TERM=dump:/nonexistent/next");
+    if (std::string(whole_job) == "--real-driver") args.push_back("/nonexistent/libcuda.so.1");
     auto in_process = cli(args);
     CHECK(in_process.exit_code == 64);
-    CHECK(in_process.err == "ferry restore: --on-signal, --incremental, --detach and --dry-run are for a whole job "
-                            "(ferry restore DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
+    CHECK(in_process.err == "ferry restore: " + std::string(whole_job) + " is for a whole job (ferry restore DIR); "
+                            "ferry restore PID DIR only replaces a running process's GPU state, through the driver it "
+                            "has\n");
   }
+  auto several = cli({"restore", pid, "/nonexistent/img", "--detach", "--emulator", "--dry-run"});
+  CHECK(several.exit_code == 64);
+  CHECK(several.err == "ferry restore: --detach, --dry-run and --emulator are for a whole job (ferry restore DIR); "
+                       "ferry restore PID DIR only replaces a running process's GPU state, through the driver it has\n");
+  auto stay = cli({"restore", "/nonexistent/img", "--stay-stopped"});
+  CHECK(stay.exit_code == 64);
+  CHECK(stay.err == "ferry restore: --stay-stopped is for ferry restore PID DIR (a running process's GPU state); a "
+                    "whole job restored from DIR runs on at once\n");
   for (const char* acting : {"--detach", "--on-signal"}) {
     std::vector<std::string> args = {"restore", "/nonexistent/img", "--dry-run", acting};
     if (std::string(acting) == "--on-signal") args.push_back("TERM=dump:/nonexistent/next");

@@ -447,13 +447,24 @@ int main(int argc, char** argv) {
                   rt_args[0].c_str());
           return kUsage;
         }
-        if (!rt_on_signal.empty() || rt_incremental || ra2.detach || ra2.dry_run) {
-          fprintf(stderr, "ferry restore: --on-signal, --incremental, --detach and --dry-run are for a whole job (ferry "
-                          "restore DIR); ferry restore PID DIR only replaces a running process's GPU state\n");
+        std::vector<std::string> whole_job;  // given, and not for this restore
+        for (auto [given, name] : {std::pair{!rt_on_signal.empty(), "--on-signal"}, {rt_incremental, "--incremental"},
+                                   {ra2.detach, "--detach"}, {ra2.dry_run, "--dry-run"}, {ra2.emulator, "--emulator"},
+                                   {!ra2.real_driver.empty(), "--real-driver"}})
+          if (given) whole_job.push_back(name);
+        if (!whole_job.empty()) {
+          fprintf(stderr, "ferry restore: %s %s for a whole job (ferry restore DIR); ferry restore PID DIR only "
+                          "replaces a running process's GPU state, through the driver it has\n",
+                  ferry::cli::list_text(whole_job).c_str(), whole_job.size() == 1 ? "is" : "are");
           return kUsage;
         }
         op.dir = rt_args[1];
         return cmd_op("restore", pid, op, out);
+      }
+      if (op.stay_stopped) {
+        fprintf(stderr, "ferry restore: --stay-stopped is for ferry restore PID DIR (a running process's GPU state); "
+                        "a whole job restored from DIR runs on at once\n");
+        return kUsage;
       }
       if (ra2.dry_run && (ra2.detach || !rt_on_signal.empty())) {
         fprintf(stderr, "ferry restore: --dry-run starts nothing: --detach and --on-signal have nothing to act on\n");

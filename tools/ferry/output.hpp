@@ -37,11 +37,18 @@ inline std::string human(uint64_t b) {
   return s;
 }
 
+// "a", "a and b", "a, b and c": a list in a sentence.
+inline std::string list_text(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); i++) s += (i == 0 ? "" : i + 1 == v.size() ? " and " : ", ") + v[i];
+  return s;
+}
+
 // "1", "1 and 2", "0, 1 and 2": descriptor numbers in a sentence.
 inline std::string numbers_text(const std::vector<int>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); i++) s += (i == 0 ? "" : i + 1 == v.size() ? " and " : ", ") + std::to_string(v[i]);
-  return s;
+  std::vector<std::string> words;
+  for (int n : v) words.push_back(std::to_string(n));
+  return list_text(words);
 }
 
 // ", N copied in" for an image that copied some of its parent's chunks to stand alone
