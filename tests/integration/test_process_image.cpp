@@ -1519,10 +1519,12 @@ TEST_CASE("a job with the host's pids and a network of its own (--host-pids --ne
   CHECK(checksums(r.out, "weights checksum").size() == 2);
 }
 
-TEST_CASE("a job with a network of its own: a Unix socket from outside it -- stdio that is a journald stream, "
-          "datagrams to a daemon's socket -- is refused by name, the job running on (stdio said as ferry run or "
-          "ferry restore starts it, refused there with --on-signal); so are --net-namespace without a job and a dump "
-          "from another network namespace",
+TEST_CASE("a job with a network of its own: its output to Unix stream sockets (a service's journald stream) is "
+          "relayed by ferry through a pipe, so it is dumped and restored -- by a ferry whose output is such sockets "
+          "too, relayed again -- and ends bit-identical; a Unix socket from outside as its stdin, datagrams to a "
+          "daemon's socket, are refused by name, the job running on (stdin said as ferry run or ferry restore starts "
+          "it, refused there with --on-signal); so are --net-namespace without a job and a dump from another network "
+          "namespace",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
@@ -1533,79 +1535,157 @@ TEST_CASE("a job with a network of its own: a Unix socket from outside it -- std
 
   auto plain = ferry_test::run({kMlp, "--steps", "60"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
-  const std::string kSocketsWarning = "ferry run: warning: --net-namespace: fds 1 and 2 are Unix sockets from outside "
-                                      "the job's network namespace (a journald stream?), where CRIU cannot find such "
-                                      "a socket: ";
+  const std::string sock_stdio = kBin + "/tests/programs/sock_stdio";
+  auto fd_of = [](pid_t pid, int fd) {
+    std::error_code ec;
+    return fs::read_symlink("/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd), ec).string();
+  };
+  const std::vector<std::string> plain_loss = ferry_test::lines_with(plain.out, " loss ");
+  // sock_stdio gives its command a socket at fd 1 and another at fd 2; through `2>&1`,
+  // one socket at both.
+  for (bool one : {false, true}) {
+    INFO((one ? "one socket at fds 1 and 2 (2>&1)" : "a socket at fd 1, another at fd 2"));
+    const std::string img = t / (one ? "one" : "two");
+    auto wrapped = [&](std::vector<std::string> cmd) {
+      std::vector<std::string> v = {sock_stdio};
+      if (one) v.insert(v.end(), {"sh", "-c", "exec \"$@\" 2>&1", "sh"});
+      v.insert(v.end(), cmd.begin(), cmd.end());
+      return v;
+    };
+    ferry_test::Child c(wrapped({kFerry, "run", "--emulator", "--pid-namespace", "--net-namespace", "--on-signal",
+                                 "TERM=dump:" + img, "--", kMlp, "--steps", "60", "--step-delay-ms", "20"}),
+                        ferry_test::emu_env());
+    REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 20)) + " loss"));
+    pid_t run = children_of(c.pid()).at(0), init = children_of(run).at(0);
+    // ferry run holds the sockets; the job, a pipe in their place.
+    CHECK(fd_of(run, 1).rfind("socket:", 0) == 0);
+    CHECK(fd_of(run, 2).rfind("socket:", 0) == 0);
+    CHECK(fd_of(init, 1).rfind("pipe:", 0) == 0);
+    CHECK(fd_of(init, 2).rfind("pipe:", 0) == 0);
+    CHECK((fd_of(init, 1) == fd_of(init, 2)) == one);
+    kill(run, SIGTERM);
+    auto first = c.finish();
+    INFO(first.out << first.err);
+    REQUIRE(first.exit_code == 0);
+    CHECK((first.out + first.err).find("ferry: dumped job ") != std::string::npos);
+    CHECK((first.out + first.err).find("warning") == std::string::npos);
+    auto m = nlohmann::json::parse(ferry_test::read_file(img + "/process.json"));
+    CHECK(m["net_namespace"] == true);
+    CHECK(m["stdio"][1]["kind"] == "pipe");
+    CHECK(m["stdio"][2]["kind"] == "pipe");
+    std::string seen = first.out;
+    // Restored by a ferry whose output is sockets too (a service's restart), preempted
+    // again over its own image (the Slurm recipe), then restored to the end.
+    ferry_test::Child r(wrapped({kFerry, "restore", img, "--on-signal", "TERM=dump:" + img}), ferry_test::emu_env());
+    const size_t before = ferry_test::lines_with(seen, " loss ").size();
+    REQUIRE(r.wait_for("step " + std::to_string(before + static_cast<size_t>(random_step(3, 10))) + " loss"));
+    pid_t restorer = children_of(r.pid()).at(0);
+    std::vector<pid_t> below = children_of(restorer);
+    REQUIRE(below.size() == 1);  // the restored init (ferry's guard has gone)
+    CHECK(fd_of(restorer, 1).rfind("socket:", 0) == 0);
+    CHECK(fd_of(below[0], 1).rfind("pipe:", 0) == 0);
+    CHECK((fd_of(below[0], 1) == fd_of(below[0], 2)) == one);
+    kill(restorer, SIGTERM);
+    auto again = r.finish();
+    INFO(again.out << again.err);
+    REQUIRE(again.exit_code == 0);
+    CHECK((again.out + again.err).find("dumping the job to " + img) != std::string::npos);
+    CHECK((again.out + again.err).find("warning") == std::string::npos);
+    seen += again.out;
+    // With 2>&1, by a detached ferry (the relay is the detached one's): sock_stdio ends
+    // once that ferry, holding the sockets, has.
+    std::vector<std::string> cmd = {kFerry, "restore", img};
+    if (one) cmd.push_back("--detach");
+    auto last = ferry_test::run(wrapped(cmd), ferry_test::emu_env(), 120);
+    INFO(last.out << last.err);
+    REQUIRE(last.exit_code == 0);
+    if (one) CHECK(last.out.find("ferry: the job restored from " + img + " (init pid ") != std::string::npos);
+    if (one) CHECK(last.out.find(") has ended: exit status 0 (what ferry restore without --detach exits with)\n") !=
+                   std::string::npos);
+    seen += last.out;
+    // Every step once, in order, as the uninterrupted run; the job's stderr (its timing
+    // line at the end) relayed to the restorer's fd 2.
+    CHECK(ferry_test::lines_with(seen, " loss ") == plain_loss);
+    CHECK(checksums(seen) == checksums(plain.out));
+    CHECK((one ? last.out : last.err).find("mlp_trainer: ") != std::string::npos);
+    CHECK((one ? last.out : last.err).find(" ms on the device clock") != std::string::npos);
+  }
+  // What is not relayed: a Unix socket at the job's stdin (read too).
+  const std::string kStdinWhy = "fd 0 is a Unix socket from outside the job's network namespace, where CRIU cannot "
+                                "find such a socket (ferry relays the job's output to a stream socket at fds 1 and 2, "
+                                "nothing else): ";
+  auto stdin_socket = [&](std::vector<std::string> cmd) {  // sock_stdio's fd 1 at fd 0 too
+    std::vector<std::string> v = {sock_stdio, "sh", "-c", "exec \"$@\" <&1", "sh"};
+    v.insert(v.end(), cmd.begin(), cmd.end());
+    return v;
+  };
   // The trainer, and a program without CUDA, which has no Unix socket of its own in the
   // job's namespace (the shim's control socket is one).
   for (bool cuda : {true, false}) {
     INFO((cuda ? "mlp_trainer" : "a shell loop"));
     std::vector<std::string> prog = {kMlp, "--steps", "60", "--step-delay-ms", "20"};
     if (!cuda) prog = {"sh", "-c", "for i in $(seq 60); do echo step $i loss; sleep 0.02; done"};
-    std::vector<std::string> argv = {kBin + "/tests/programs/sock_stdio", kFerry, "run", "--emulator",
-                                     "--pid-namespace", "--net-namespace", "--"};
+    std::vector<std::string> argv = {kFerry, "run", "--emulator", "--pid-namespace", "--net-namespace", "--"};
     argv.insert(argv.end(), prog.begin(), prog.end());
-    ferry_test::Child c(argv, ferry_test::emu_env());
+    ferry_test::Child c(stdin_socket(argv), ferry_test::emu_env());
     REQUIRE(c.wait_for("step 5 loss"));
     pid_t run = children_of(c.pid()).at(0), init = children_of(run).at(0);
     auto r = ferry_test::run({kFerry, "dump", std::to_string(run), t / "img"}, ferry_test::emu_env(), 120);
     INFO(r.err);
     CHECK(r.exit_code == 78);
     CHECK(r.err.find("ferry: cannot dump job " + std::to_string(init) + ": process " + std::to_string(init)) == 0);
-    // stdout and stderr, each its own socket (in no particular order)
-    for (const char* fd : {"1", "2"})
-      CHECK(r.err.find("process " + std::to_string(init) + " (ferry-init, fd " + fd + ") holds the job's stdio, a "
-                       "Unix socket from outside the job's own network namespace (ferry run --net-namespace; a "
-                       "journald stream?), where CRIU cannot find it; give the job a pipe, a terminal or a file, or "
-                       "run it without --net-namespace") != std::string::npos);
+    CHECK(r.err.find("process " + std::to_string(init) + " (ferry-init, fd 0) holds the job's stdio, a Unix socket "
+                     "from outside the job's own network namespace (ferry run --net-namespace), where CRIU cannot "
+                     "find it (ferry run relays only the job's output to a stream socket); give the job a pipe, a "
+                     "terminal or a file, or run it without --net-namespace") != std::string::npos);
+    // Its output, relayed, is not what is refused.
+    CHECK(r.err.find("fd 1)") == std::string::npos);
     CHECK(r.err.find("Nothing was done; the job goes on running\n") != std::string::npos);
     CHECK(!fs::exists(t / "img"));
     CHECK(!fs::exists(t / "img.partial"));
     auto done = c.finish();
     CHECK(done.exit_code == 0);
-    if (cuda) CHECK(done.out == plain.out);
-    if (!cuda) CHECK(done.out.find("step 60 loss\n") != std::string::npos);
-    // ferry run had said so as the job started.
-    CHECK(done.err.find(kSocketsWarning + "ferry dump will refuse the job; give the job a pipe, a terminal or a file "
-                        "there (e.g. 2>&1 | systemd-cat), or run it without --net-namespace\n") != std::string::npos);
+    // ferry run's warning came through the same socket as the job's output.
+    const std::string warning = "ferry run: warning: --net-namespace: " + kStdinWhy + "ferry dump will refuse the job; "
+                                "give the job a pipe, a terminal or a file there, or run it without --net-namespace\n";
+    CHECK(done.err.find(warning) != std::string::npos);
+    std::string out = done.out;
+    if (cuda) CHECK(out == plain.out);
+    if (!cuda) CHECK(out.find("step 60 loss\n") != std::string::npos);
   }
   {
     // With a dump planned (--on-signal), refused at once: nothing starts.
-    auto r = ferry_test::run({kBin + "/tests/programs/sock_stdio", kFerry, "run", "--emulator", "--pid-namespace",
-                              "--net-namespace", "--on-signal", "TERM=dump:" + (t / "img"), "--", "touch", t / "ran"},
+    auto r = ferry_test::run(stdin_socket({kFerry, "run", "--emulator", "--pid-namespace", "--net-namespace",
+                                           "--on-signal", "TERM=dump:" + (t / "img"), "--", "touch", t / "ran"}),
                              ferry_test::emu_env(), 60);
     CHECK(r.exit_code == 78);
-    CHECK(r.err == "ferry run: --net-namespace: fds 1 and 2 are Unix sockets from outside the job's network namespace "
-                   "(a journald stream?), where CRIU cannot find such a socket: --on-signal's dump would fail; give "
-                   "the job a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat), or run it without "
-                   "--net-namespace\n");
+    CHECK(r.err == "ferry run: --net-namespace: " + kStdinWhy + "--on-signal's dump would fail; give the job a pipe, "
+                   "a terminal or a file there, or run it without --net-namespace\n");
     CHECK(!fs::exists(t / "ran"));
   }
   {
-    // A job dumped with pipes, restored by a ferry whose stdout and stderr are Unix
-    // sockets: warned (it could not be dumped again), refused with --on-signal.
+    // A job dumped with pipes, restored by a ferry whose stdin is a Unix socket: warned
+    // (it could not be dumped again), refused with --on-signal.
     ferry_test::Child c(job({"sh", "-c", "for i in $(seq 60); do echo step $i loss; sleep 0.02; done"},
                             {"--net-namespace"}),
                         ferry_test::emu_env());
     REQUIRE(c.wait_for("step 5 loss"));
     dump(c.pid(), t / "loop");
     c.finish();
-    const std::string sock_stdio = kBin + "/tests/programs/sock_stdio";
-    auto refused = ferry_test::run({sock_stdio, kFerry, "restore", t / "loop", "--on-signal", "TERM=dump:" + (t / "img")},
+    const std::string why = "this ferry restore's fd 0 is a Unix socket, which the job, in a network namespace of "
+                            "its own, would hold from outside it, where CRIU cannot find such a socket (ferry relays "
+                            "the job's output to a stream socket at fds 1 and 2, nothing else): ";
+    auto refused = ferry_test::run(stdin_socket({kFerry, "restore", t / "loop", "--on-signal", "TERM=dump:" + (t / "img")}),
                                    ferry_test::emu_env(), 60);
     CHECK(refused.exit_code == 78);
-    CHECK(refused.err == "ferry: cannot restore the job of " + (t / "loop") + " here: this ferry restore's fds 1 and 2 "
-                         "are Unix sockets (a journald stream?), which the job, in a network namespace of its own, "
-                         "would hold from outside it, where CRIU cannot find such a socket: --on-signal's dump would "
-                         "fail; give ferry restore a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat). "
-                         "Nothing was started; the image is untouched\n");
-    auto warned = ferry_test::run({sock_stdio, kFerry, "restore", t / "loop"}, ferry_test::emu_env(), 120);
-    INFO(warned.err);
+    CHECK(refused.err == "ferry: cannot restore the job of " + (t / "loop") + " here: " + why + "--on-signal's dump "
+                         "would fail; give ferry restore a pipe, a terminal or a file there. Nothing was started; the "
+                         "image is untouched\n");
+    auto warned = ferry_test::run(stdin_socket({kFerry, "restore", t / "loop"}), ferry_test::emu_env(), 120);
+    INFO(warned.out << warned.err);
     CHECK(warned.exit_code == 0);
-    CHECK(warned.err.find("ferry: warning: this ferry restore's fds 1 and 2 are Unix sockets (a journald stream?), "
-                          "which the job, in a network namespace of its own, would hold from outside it, where CRIU "
-                          "cannot find such a socket: ferry dump will refuse the job; give ferry restore a pipe, a "
-                          "terminal or a file there (e.g. 2>&1 | systemd-cat)\n") != std::string::npos);
+    CHECK(warned.err.find("ferry: warning: " + why + "ferry dump will refuse the job; give ferry restore a pipe, a "
+                          "terminal or a file there\n") != std::string::npos);
     CHECK(warned.out.find("step 60 loss\n") != std::string::npos);
   }
   {

@@ -20,6 +20,7 @@
 
 #include "client.hpp"
 #include "init_dir.hpp"
+#include "relay.hpp"
 #include "sockets.hpp"
 
 namespace ferry::cli {
@@ -475,6 +476,14 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
     fprintf(stderr, "ferry run: the job's init stays in the program's working directory (%s); a dump needs CRIU "
                     "able to create a directory there\n", e.message.c_str());
   }
+  // A service's stdout and stderr (journald's stream) in a network of its own (relay.hpp).
+  OutputRelay relay;
+  if (std::string why; own_net && !relay.wrap({1, 2}, &why)) {
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    if (!dir.empty()) rmdir(dir.c_str());
+    fprintf(stderr, "ferry run: --net-namespace: %s\n", why.c_str());
+    return 78;
+  }
   // Should the init be killed outright, what it had below it comes here (wait_job).
   if (host_pids) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   unsigned long flags = (host_pids ? 0 : CLONE_NEWPID) | (own_net ? CLONE_NEWNET : 0) | SIGCHLD;
@@ -495,7 +504,12 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
               strerror(e), root);
     return 78;
   }
-  if (init_pid == 0) init(argv, old, dir, host_pids, own_net, parent, keep_fds);
+  if (init_pid == 0) {
+    relay.adopt_in_job();
+    init(argv, old, dir, host_pids, own_net, parent, keep_fds);
+  }
+  relay.close_write_ends();
+  relay.start();
   // The kept descriptors are the job's now: a reader waiting for their end sees it when
   // the job's last holder ends, not when ferry run does.
   for (int fd = 3; fd < 3 + keep_fds; fd++) close(fd);
@@ -503,6 +517,7 @@ int run_job(const std::vector<std::string>& argv, const SignalActions& actions, 
   sigprocmask(SIG_SETMASK, &old, nullptr);
   bool killed = false;
   int code = wait_job(init_pid, actions, &killed);
+  relay.finish("ferry run");
   // A job killed from outside may have been dumped by CRIU itself, whose restore needs
   // the directory as it was; ferry's own images make it again.
   if (!killed) remove_init_dir_if_unused(dir);

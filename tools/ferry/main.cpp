@@ -22,6 +22,7 @@
 #include "output.hpp"
 #include "paths.hpp"
 #include "process_image.hpp"
+#include "relay.hpp"
 #include "restore_guard.hpp"
 #include "sockets.hpp"
 
@@ -178,21 +179,21 @@ int run(const RunArgs& a) {
   DumpRules dumps;
   if (int rc = signal_actions(a.on_signal, job, actions, spec, dumps, "ferry run")) return rc;
   if (a.net_namespace) {
-    // Said now, not when the scheduler's signal comes and the dump is refused.
-    std::vector<int> fds = {0, 1, 2};
-    for (int fd = 3; fd < 3 + a.preserve_fds; fd++) fds.push_back(fd);
+    // Said now, not when the scheduler's signal comes and the dump is refused. A stream
+    // socket at 1 or 2 (journald's) is relayed (relay.hpp).
+    std::vector<int> fds;
+    for (int fd = 0; fd < 3 + a.preserve_fds; fd++)
+      if (!ferry::cli::OutputRelay::takes(fd)) fds.push_back(fd);
     if (std::string u = ferry::cli::unix_sockets_among(fds); !u.empty()) {
-      const char* fix = "; give the job a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat), or run it "
-                        "without --net-namespace";
+      const char* fix = "; give the job a pipe, a terminal or a file there, or run it without --net-namespace";
+      const char* why = "from outside the job's network namespace, where CRIU cannot find such a socket (ferry relays "
+                        "the job's output to a stream socket at fds 1 and 2, nothing else)";
       if (!actions.empty()) {
-        fprintf(stderr, "ferry run: --net-namespace: %s from outside the job's network namespace (a journald "
-                        "stream?), where CRIU cannot find such a socket: --on-signal's dump would fail%s\n",
-                u.c_str(), fix);
+        fprintf(stderr, "ferry run: --net-namespace: %s %s: --on-signal's dump would fail%s\n", u.c_str(), why, fix);
         return ferry::cli::kFixFirst;
       }
-      fprintf(stderr, "ferry run: warning: --net-namespace: %s from outside the job's network namespace (a journald "
-                      "stream?), where CRIU cannot find such a socket: ferry dump will refuse the job%s\n",
-              u.c_str(), fix);
+      fprintf(stderr, "ferry run: warning: --net-namespace: %s %s: ferry dump will refuse the job%s\n", u.c_str(), why,
+              fix);
     }
   }
   if (int rc = check_dumps(dumps, "ferry run")) return rc;

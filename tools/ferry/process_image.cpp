@@ -41,6 +41,7 @@
 #include "job.hpp"
 #include "output.hpp"
 #include "paths.hpp"
+#include "relay.hpp"
 #include "restore_guard.hpp"
 #include "sockets.hpp"
 
@@ -525,6 +526,22 @@ std::vector<StandIn> stand_ins(const nlohmann::json& m) {
   return v;
 }
 
+// Of this ferry restore's descriptors standing in for the job's, those its output relay
+// takes (relay.hpp) for a job with a network of its own: fd 1 or 2, a Unix stream socket,
+// standing in for the job's fds 1 and 2 only (one that is also its stdin, a terminal at
+// 0-2 say, may be read).
+std::vector<int> relayed_stand_ins(const nlohmann::json& m) {
+  std::map<int, bool> output_only;  // by the restorer's fd
+  for (auto& x : stand_ins(m)) {
+    auto it = output_only.emplace(x.by, true).first;
+    it->second = it->second && (x.fd == 1 || x.fd == 2);
+  }
+  std::vector<int> v;
+  for (auto& [fd, only] : output_only)
+    if (only && OutputRelay::takes(fd)) v.push_back(fd);
+  return v;
+}
+
 // What of the job's descriptors from its launcher (ferry run --preserve-fds) this ferry
 // restore was not given to stand in for them ("" when nothing). One the same as an
 // earlier descriptor of the job (3>&1) needs nothing.
@@ -622,8 +639,10 @@ std::string stand_ins_lacking_access(const nlohmann::json& m) {
 // socket directory (this user's, 0700: nobody else can slip a library into it).
 // watch (where given) is told CRIU's pid once it runs (true) and once it has ended,
 // before it is reaped (false): until then its pid cannot be another process's.
+// CRIU gets this process's descriptors but those that are close-on-exec, and keep_open.
 int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
-             const std::map<std::string, std::string>& env = {}, const std::function<void(pid_t, bool)>& watch = {}) {
+             const std::map<std::string, std::string>& env = {}, const std::function<void(pid_t, bool)>& watch = {},
+             const std::vector<int>& keep_open = {}) {
   hardware_breakpoints_work();  // probed (once) here, not in the child
   auto not_run = [&](const std::string& why) {
     *failed = "CRIU was not started: " + why;
@@ -676,6 +695,7 @@ int run_criu(std::vector<std::string> argv, bool quiet, std::string* failed,
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     signal(SIGPIPE, SIG_DFL);  // a detached ferry ignores it; CRIU expects the default
+    for (int fd : keep_open) fcntl(fd, F_SETFD, 0);
     if (quiet) {
       int null = open("/dev/null", O_RDWR);
       dup2(null, 0);
@@ -1849,12 +1869,14 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     if (own_net) {
       // Said now, as ferry run --net-namespace does, not when the next dump is refused.
       std::vector<int> given;
+      const std::vector<int> relayed = relayed_stand_ins(m);
       for (auto& x : stand_ins(m))
-        if (x.by == x.fd) given.push_back(x.fd);
+        if (x.by == x.fd && std::find(relayed.begin(), relayed.end(), x.fd) == relayed.end()) given.push_back(x.fd);
       if (std::string u = unix_sockets_among(given); !u.empty()) {
-        const std::string why = "this ferry restore's " + u + " (a journald stream?), which the job, in a network "
-                                "namespace of its own, would hold from outside it, where CRIU cannot find such a socket";
-        const char* fix = "; give ferry restore a pipe, a terminal or a file there (e.g. 2>&1 | systemd-cat)";
+        const std::string why = "this ferry restore's " + u + ", which the job, in a network namespace of its own, "
+                                "would hold from outside it, where CRIU cannot find such a socket (ferry relays the "
+                                "job's output to a stream socket at fds 1 and 2, nothing else)";
+        const char* fix = "; give ferry restore a pipe, a terminal or a file there";
         if (!actions.empty())
           throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + why +
                                            ": --on-signal's dump would fail" + fix +
@@ -2057,6 +2079,11 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     image_lock.reset();
     return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, warnings, out);
   }
+  // Relayed from now until the job ends (a detached ferry's, this process, relays).
+  OutputRelay relay;
+  if (std::string why; own_net && !relay.wrap(relayed_stand_ins(m), &why))
+    return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ": " + why +
+                                                 ". Nothing was started; the image is untouched");
 
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
@@ -2075,8 +2102,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   // A file the job had at two numbers (2>&1) is the restorer's first one at both: CRIU
   // would refuse a second number not open here.
   for (auto& x : stand_ins(m))
-    if (x.by == x.fd)
-      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(x.fd) + "]:" + stdio_key(*x.entry)});
+    if (x.by == x.fd) {
+      const int w = relay.write_end(x.fd);
+      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(w >= 0 ? w : x.fd) + "]:" + stdio_key(*x.entry)});
+    }
   const bool connections =
       !m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty();
   if (connections) argv.insert(argv.end(), {"--tcp-established"});
@@ -2132,9 +2161,13 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     return fail(out, e);
   }
   std::string criu_failed;
-  int rc = run_criu(argv, false, &criu_failed, {{kRestoreWorkEnv, work}}, [&](pid_t p, bool running) {
-    running ? guard->watch(p) : guard->unwatch(p);
-  });
+  std::vector<int> relay_ends;
+  for (int fd : relay.wrapped()) relay_ends.push_back(relay.write_end(fd));
+  relay.start();
+  int rc = run_criu(
+      argv, false, &criu_failed, {{kRestoreWorkEnv, work}},
+      [&](pid_t p, bool running) { running ? guard->watch(p) : guard->unwatch(p); }, relay_ends);
+  relay.close_write_ends();  // the job's now
   init_lock.reset();
   // The restored job is in its network now (or none was made): nothing this process runs
   // from here on (a dump's CRIU, its action script) is to inherit it.
@@ -2256,6 +2289,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     fprintf(stderr, "ferry: %s came during the restore; the job is dumped now that it runs\n", sigabbrev_np(s));
   bool killed = false;
   int code = wait_job(init, actions, &killed);
+  relay.finish("ferry");
   if (!killed) remove_init_dir_if_unused(init_dir);  // as ferry run does (job.cpp)
   // Nobody waits for this process's status: it is said where its report went.
   if (a.detach && out.json)

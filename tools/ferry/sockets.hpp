@@ -45,9 +45,10 @@
 // CRIU (--inherit-fd fd[N]:KEY), so none of the checks for addresses taken here apply.
 // CRIU finds a Unix socket only in the network namespaces of the processes it dumps (and
 // restores a process in a namespace other than the init's only below one the init has of
-// its own, so the init must be in the job's): a Unix socket from outside -- stdio that is
-// a journald stream, the daemon a datagram socket sends to (/dev/log) -- is refused by
-// name for such a job before anything stops.
+// its own, so the init must be in the job's): a Unix socket from outside -- stdin that is
+// one, the daemon a datagram socket sends to (/dev/log) -- is refused by name for such a
+// job before anything stops. Its output to a stream socket (a journald stream) does not
+// reach CRIU: ferry run and ferry restore relay it through a pipe (relay.hpp).
 #pragma once
 
 #include <sys/types.h>
