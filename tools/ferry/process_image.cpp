@@ -2084,6 +2084,25 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   if (std::string why; own_net && !relay.wrap(relayed_stand_ins(m), &why))
     return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ": " + why +
                                                  ". Nothing was started; the image is untouched");
+  // CRIU's descriptor for each key relayed: a copy of the pipe's write end each, as each
+  // key has its own without a relay (CRIU moves a number its restore needs for itself
+  // out of the way once, for the first key given it).
+  struct Closing {
+    std::map<int, int> fd_for;  // the job's fd -> CRIU's
+    void reset() {
+      for (auto& [job_fd, fd] : fd_for) close(fd);
+      fd_for.clear();
+    }
+    ~Closing() { reset(); }
+  } relay_fds;
+  for (auto& x : stand_ins(m))
+    if (const int w = relay.write_end(x.fd); x.by == x.fd && w >= 0) {
+      const int copy = fcntl(w, F_DUPFD_CLOEXEC, 3);
+      if (copy < 0)
+        return fail(out, kFixFirst, "fix-first", "cannot restore the job of " + dir + ": cannot copy a descriptor (" +
+                                                     strerror(errno) + "). Nothing was started; the image is untouched");
+      relay_fds.fd_for[x.fd] = copy;
+    }
 
   // criu restore: the restorer becomes the new init's parent; its stdio, the job's.
   char tmpl[] = "/tmp/ferry-restore-XXXXXX";
@@ -2103,8 +2122,8 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   // would refuse a second number not open here.
   for (auto& x : stand_ins(m))
     if (x.by == x.fd) {
-      const int w = relay.write_end(x.fd);
-      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(w >= 0 ? w : x.fd) + "]:" + stdio_key(*x.entry)});
+      const int fd = relay_fds.fd_for.count(x.fd) ? relay_fds.fd_for[x.fd] : x.fd;
+      argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(fd) + "]:" + stdio_key(*x.entry)});
     }
   const bool connections =
       !m.value("sockets", nlohmann::json::object()).value("connections", nlohmann::json::array()).empty();
@@ -2162,12 +2181,13 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   std::string criu_failed;
   std::vector<int> relay_ends;
-  for (int fd : relay.wrapped()) relay_ends.push_back(relay.write_end(fd));
+  for (auto& [job_fd, fd] : relay_fds.fd_for) relay_ends.push_back(fd);
   relay.start();
   int rc = run_criu(
       argv, false, &criu_failed, {{kRestoreWorkEnv, work}},
       [&](pid_t p, bool running) { running ? guard->watch(p) : guard->unwatch(p); }, relay_ends);
-  relay.close_write_ends();  // the job's now
+  relay_fds.reset();  // the job's now
+  relay.close_write_ends();
   init_lock.reset();
   // The restored job is in its network now (or none was made): nothing this process runs
   // from here on (a dump's CRIU, its action script) is to inherit it.
@@ -2213,6 +2233,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
     guard->done();
     int st;
     waitpid(init, &st, 0);
+    relay.finish("ferry");  // what the job said before it was killed (a CUDA error, say)
     remove_init_dir_if_unused(init_dir);
     std::error_code gone;
     fs::remove_all(work, gone);  // CRIU's log: CRIU did its part

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -33,7 +34,9 @@ bool unix_stream_socket(int fd) {
 int above_stdio(int fd) {
   if (fd > 2) return fd;
   int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  int e = errno;
   close(fd);
+  errno = e;
   return moved;
 }
 
@@ -56,6 +59,16 @@ OutputRelay::~OutputRelay() {
 bool OutputRelay::takes(int fd) { return (fd == 1 || fd == 2) && unix_stream_socket(fd); }
 
 bool OutputRelay::wrap(const std::vector<int>& fds, std::string* why) {
+  auto fail = [&](const std::string& what) {
+    *why = what + ": " + strerror(errno);
+    for (auto& p : pipes_) {
+      close_fd(p.read);
+      close_fd(p.write);
+    }
+    pipes_.clear();
+    close_fd(stop_fd_);
+    return false;
+  };
   for (int fd : fds) {
     if (!takes(fd)) continue;
     struct stat st;
@@ -67,17 +80,16 @@ bool OutputRelay::wrap(const std::vector<int>& fds, std::string* why) {
       same->fds.push_back(fd);
       continue;
     }
+    // The thread is stopped through it: made now, or a relay that could not be stopped
+    // would wait at ferry's end for a reader that never reads.
+    if (stop_fd_ < 0 && (stop_fd_ = eventfd(0, EFD_CLOEXEC)) < 0)
+      return fail("cannot make an eventfd to relay fd " + std::to_string(fd) + ", a Unix socket");
     int ends[2];
-    if (pipe2(ends, O_CLOEXEC) != 0 || (ends[0] = above_stdio(ends[0])) < 0 || (ends[1] = above_stdio(ends[1])) < 0) {
-      *why = std::string("cannot make a pipe to relay fd ") + std::to_string(fd) + ", a Unix socket: " + strerror(errno);
-      for (auto& p : pipes_) {
-        close_fd(p.read);
-        close_fd(p.write);
-      }
-      pipes_.clear();
-      return false;
-    }
+    if (pipe2(ends, O_CLOEXEC) != 0)
+      return fail("cannot make a pipe to relay fd " + std::to_string(fd) + ", a Unix socket");
     pipes_.push_back({fd, ends[0], ends[1], {fd}});
+    if ((pipes_.back().read = above_stdio(ends[0])) < 0 || (pipes_.back().write = above_stdio(ends[1])) < 0)
+      return fail("cannot move the pipe relaying fd " + std::to_string(fd) + " above fd 2");
   }
   return true;
 }
@@ -92,7 +104,8 @@ int OutputRelay::write_end(int fd) const {
 std::vector<int> OutputRelay::wrapped() const {
   std::vector<int> v;
   for (int fd : {1, 2})
-    if (write_end(fd) >= 0) v.push_back(fd);
+    for (auto& p : pipes_)
+      if (std::find(p.fds.begin(), p.fds.end(), fd) != p.fds.end()) v.push_back(fd);
   return v;
 }
 
@@ -111,8 +124,6 @@ void OutputRelay::close_write_ends() {
 
 void OutputRelay::start() {
   if (pipes_.empty() || thread_.joinable()) return;
-  stop_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (stop_fd_ < 0) stop_fd_ = -1;  // stops only when the pipes end, then
   thread_ = std::thread([this] {
     pump();
     std::lock_guard<std::mutex> l(m_);
@@ -129,19 +140,22 @@ void OutputRelay::finish(const char* who) {
     std::unique_lock<std::mutex> l(m_);
     ended = cv_.wait_for(l, std::chrono::seconds(kSeconds), [this] { return done_; });
   }
+  const bool sending = sending_;
   stop();
-  if (!ended)
+  if (ended) return;
+  const std::string fds = (wrapped().size() == 1 ? "fd " : "fds ") + numbers_text(wrapped());
+  if (sending)
+    fprintf(stderr, "%s: the job has ended, but the reader of %s (a Unix socket) had not taken all of its output %d s "
+                    "later; the rest is dropped\n", who, fds.c_str(), kSeconds);
+  else
     fprintf(stderr, "%s: the job has ended, but something still held its end of the pipe relaying its output to %s "
-                    "%s (a Unix socket) %d s later; what comes there now is not passed on\n",
-            who, wrapped().size() == 1 ? "fd" : "fds", numbers_text(wrapped()).c_str(), kSeconds);
+                    "(a Unix socket) %d s later; what comes there now is not passed on\n", who, fds.c_str(), kSeconds);
 }
 
 void OutputRelay::stop() {
   if (!thread_.joinable()) return;
-  if (stop_fd_ >= 0) {
-    uint64_t one = 1;
-    (void)!write(stop_fd_, &one, sizeof one);
-  }
+  uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof one);
   thread_.join();
 }
 
@@ -157,9 +171,11 @@ bool OutputRelay::send_all(int sock, const char* p, size_t n) {
     }
     if (k < 0 && errno == EINTR) continue;
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      sending_ = true;
       pollfd w[2] = {{sock, POLLOUT, 0}, {stop_fd_, POLLIN, 0}};
-      if (poll(w, stop_fd_ >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) return false;
-      if (w[1].revents) return false;
+      int r = poll(w, 2, -1);
+      sending_ = false;
+      if ((r < 0 && errno != EINTR) || w[1].revents) return false;
       continue;
     }
     return false;  // the reader has gone
@@ -178,12 +194,12 @@ void OutputRelay::pump() {
         of.push_back(&p);
       }
     if (fds.empty()) return;
-    if (stop_fd_ >= 0) fds.push_back({stop_fd_, POLLIN, 0});
+    fds.push_back({stop_fd_, POLLIN, 0});
     if (poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
       return;
     }
-    if (stop_fd_ >= 0 && fds.back().revents) return;
+    if (fds.back().revents) return;
     for (size_t i = 0; i < of.size(); i++) {
       if (!fds[i].revents) continue;
       Pipe& p = *of[i];

@@ -19,6 +19,7 @@
 // the last of its processes too) or when it is stopped.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <condition_variable>
@@ -53,7 +54,7 @@ class OutputRelay {
   void start();
   // After the job has ended: waits up to 5 s for what it wrote to reach the sockets,
   // then stops; says so (as `who`) where a pipe had not ended by then (something still
-  // held the job's end of it).
+  // held the job's end of it, or the socket's reader was not reading).
   void finish(const char* who);
 
  private:
@@ -67,6 +68,7 @@ class OutputRelay {
 
   std::vector<Pipe> pipes_;
   int stop_fd_ = -1;  // an eventfd: readable once the relay is to stop
+  std::atomic<bool> sending_{false};  // waiting for the socket's reader
   std::thread thread_;
   std::mutex m_;
   std::condition_variable cv_;
