@@ -9,8 +9,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=${FERRY_JOBS:-$(nproc)}
-targets=(--target emu_unit_tests image_unit_tests common_unit_tests shim_unit_tests ferry_shim shim_stress
-         test_kernels_emu_kernels)
+targets=(--target emu_unit_tests image_unit_tests common_unit_tests shim_unit_tests tools_unit_tests ferry_shim
+         shim_stress test_kernels_emu_kernels)
 
 stress() {  # build dir, runtime to preload first (or ""), extra environment...
   local b=$1 first=$2 images
@@ -36,6 +36,6 @@ unset ASAN_OPTIONS UBSAN_OPTIONS
 
 FERRY_BUILD_DIR="$root/build-tsan" FERRY_SANITIZE=thread "$root/scripts/build.sh" "${targets[@]}" >/dev/null
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp"
-(cd "$root/build-tsan" && ctest --output-on-failure -j "$jobs" -L unit -R "stream|concurren|atomic|thread|gate:")
+(cd "$root/build-tsan" && ctest --output-on-failure -j "$jobs" -L unit -R "stream|concurren|atomic|thread|gate:|tools\.")
 # TSan allows application memory only in some ranges: put the arena in one of them.
 stress "$root/build-tsan" "" FERRY_ARENA_BASE=0x7e9000000000 FERRY_ARENA_SIZE=64G

@@ -144,12 +144,17 @@ void OutputRelay::finish(const char* who) {
   stop();
   if (ended) return;
   const std::string fds = (wrapped().size() == 1 ? "fd " : "fds ") + numbers_text(wrapped());
-  if (sending)
-    fprintf(stderr, "%s: the job has ended, but the reader of %s (a Unix socket) had not taken all of its output %d s "
-                    "later; the rest is dropped\n", who, fds.c_str(), kSeconds);
-  else
-    fprintf(stderr, "%s: the job has ended, but something still held its end of the pipe relaying its output to %s "
-                    "(a Unix socket) %d s later; what comes there now is not passed on\n", who, fds.c_str(), kSeconds);
+  const std::string n = std::to_string(kSeconds);
+  const std::string said =
+      sending ? std::string(who) + ": the job has ended, but the reader of " + fds +
+                    " (a Unix socket) had not taken all of its output " + n + " s later; the rest is dropped\n"
+              : std::string(who) + ": the job has ended, but something still held its end of the pipe relaying its "
+                                   "output to " + fds + " (a Unix socket) " + n +
+                    " s later; what comes there now is not passed on\n";
+  // Not waited for either, where fd 2 is such a socket: its reader may be the one that
+  // stopped reading.
+  if (send(2, said.data(), said.size(), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno == ENOTSOCK)
+    fputs(said.c_str(), stderr);
 }
 
 void OutputRelay::stop() {
