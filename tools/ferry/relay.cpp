@@ -148,9 +148,10 @@ void OutputRelay::finish(const char* who) {
   const std::string said =
       sending ? std::string(who) + ": the job has ended, but the reader of " + fds +
                     " (a Unix socket) had not taken all of its output " + n + " s later; the rest is dropped\n"
-              : std::string(who) + ": the job has ended, but something still held its end of the pipe relaying its "
-                                   "output to " + fds + " (a Unix socket) " + n +
-                    " s later; what comes there now is not passed on\n";
+              : std::string(who) +
+                    ": the job has ended, but something still held its end of the pipe relaying its "
+                    "output to " +
+                    fds + " (a Unix socket) " + n + " s later; what comes there now is not passed on\n";
   // Not waited for either, where fd 2 is such a socket: its reader may be the one that
   // stopped reading.
   if (send(2, said.data(), said.size(), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno == ENOTSOCK)

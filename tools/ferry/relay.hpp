@@ -20,9 +20,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <mutex>
-#include <condition_variable>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,7 +67,7 @@ class OutputRelay {
   void stop();
 
   std::vector<Pipe> pipes_;
-  int stop_fd_ = -1;  // an eventfd: readable once the relay is to stop
+  int stop_fd_ = -1;                  // an eventfd: readable once the relay is to stop
   std::atomic<bool> sending_{false};  // waiting for the socket's reader
   std::thread thread_;
   std::mutex m_;

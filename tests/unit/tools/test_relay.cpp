@@ -6,11 +6,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <catch2/catch_test_macros.hpp>
 #include <cerrno>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <catch2/catch_test_macros.hpp>
 
 #include "relay.hpp"
 
@@ -71,6 +72,16 @@ std::string read_n(int fd, size_t n) {
   }
   s.resize(done);
   return s;
+}
+
+// The relay of fd 1 started, as ferry starts it once the job holds its end; the job's end.
+int started_on_fd1(OutputRelay& relay) {
+  std::string why;
+  REQUIRE(relay.wrap({1}, &why));
+  int job = dup(relay.write_end(1));
+  relay.close_write_ends();
+  relay.start();
+  return job;
 }
 
 }  // namespace
@@ -160,11 +171,8 @@ TEST_CASE("a reader that has gone fails the job's next write (EPIPE), not ferry"
   {
     StdioOn on(out.writer, err.writer);
     OutputRelay relay;
-    std::string why;
-    REQUIRE(relay.wrap({1}, &why));
-    int job = dup(relay.write_end(1));
-    relay.close_write_ends();
-    relay.start();  // its thread with SIGPIPE as ferry has it: a send without MSG_NOSIGNAL would end this test
+    // Its thread with SIGPIPE as ferry has it: a send without MSG_NOSIGNAL would end this test.
+    int job = started_on_fd1(relay);
     close(out.reader);
     out.reader = -1;
     sigset_t pipe_sig, old;
@@ -176,8 +184,7 @@ TEST_CASE("a reader that has gone fails the job's next write (EPIPE), not ferry"
       usleep(10000);
     }
     timespec now{};
-    while (sigtimedwait(&pipe_sig, nullptr, &now) == SIGPIPE) {
-    }
+    while (sigtimedwait(&pipe_sig, nullptr, &now) == SIGPIPE) {}
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     close(job);
     relay.finish("test");
@@ -192,11 +199,7 @@ TEST_CASE("a reader that stops reading does not hold ferry at its end: given up 
   {
     StdioOn on(out.writer, err.writer);
     OutputRelay relay;
-    std::string why;
-    REQUIRE(relay.wrap({1}, &why));
-    int job = dup(relay.write_end(1));
-    relay.close_write_ends();
-    relay.start();
+    int job = started_on_fd1(relay);
     // fd 1's reader reads nothing: the job's output fills the socket, then the pipe.
     fcntl(job, F_SETFL, O_NONBLOCK);
     const std::string chunk(65536, 'x');
@@ -214,6 +217,7 @@ TEST_CASE("a reader that stops reading does not hold ferry at its end: given up 
   fcntl(err.reader, F_SETFL, O_NONBLOCK);
   char buf[4096];
   for (ssize_t n; (n = read(err.reader, buf, sizeof buf)) > 0;) said.append(buf, static_cast<size_t>(n));
-  CHECK(said == "test: the job has ended, but the reader of fd 1 (a Unix socket) had not taken all of its output 5 s "
-                "later; the rest is dropped\n");
+  CHECK(said ==
+        "test: the job has ended, but the reader of fd 1 (a Unix socket) had not taken all of its output 5 s "
+        "later; the rest is dropped\n");
 }
