@@ -115,7 +115,9 @@ ferry_test::Result restore(const std::string& dir, std::vector<std::string> extr
   // A --host-pids image needs its pids free. Where pid_max is small (32768 on the CI
   // machines), pid numbers wrap during the suite and another test's process may hold one
   // of them for a while: waited for (the refusal itself is tested with restore_text).
-  for (int i = 0; i < 30 && r.exit_code == 78 && r.out.find("so it comes back with the pids it had") != std::string::npos;
+  // Or a dead one not yet reaped (75): a test that killed a restore of its own.
+  for (int i = 0; i < 30 && (r.exit_code == 78 || r.exit_code == 75) &&
+                  r.out.find("so it comes back with the pids it had") != std::string::npos;
        i++) {
     sleep(1);
     r = ferry_test::run(argv, ferry_test::emu_env(env), 240);
@@ -741,14 +743,18 @@ TEST_CASE("ferry restore killed outright at any moment leaves nothing running --
   REQUIRE(!init_dir.empty());
   CHECK(m["pid_namespace"] == (kind == "--pid-namespace"));
   // With the host's pids, the next restore needs the killed ones reaped (by the host's
-  // init, at its pace). Only the job's own count: pid numbers wrap during the suite, and
-  // another test's process may hold one by now (that restore is then refused, 78, and
-  // leaves nothing either).
+  // init, at its pace): the job's own, and the tasks CRIU had forked with those pids
+  // (named criu until they become the job's), and any that are dead. A live process of
+  // another test's is not waited for: pid numbers wrap during the suite (that restore
+  // is then refused, 78, leaving nothing either).
   auto pids_free = [&] {
     if (m["pid_namespace"] == true) return true;
     for (auto& p : m["processes"]) {
-      const std::string comm = ferry_test::read_file("/proc/" + std::to_string(p["nspid"].get<pid_t>()) + "/comm");
-      if (comm == "ferry-init\n" || comm == "graph_loop\n") return false;
+      const std::string proc = "/proc/" + std::to_string(p["nspid"].get<pid_t>());
+      const std::string stat = ferry_test::read_file(proc + "/stat"), comm = ferry_test::read_file(proc + "/comm");
+      if (stat.empty()) continue;  // free
+      const bool dead = stat.rfind(')') != std::string::npos && stat.substr(stat.rfind(')') + 2, 1) == "Z";
+      if (dead || comm == "ferry-init\n" || comm == "graph_loop\n" || comm == "criu\n") return false;
     }
     return true;
   };
