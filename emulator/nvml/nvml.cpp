@@ -7,22 +7,51 @@
 // counted, as NVML's are), the library holds a userfaultfd -- the simulated GPU's stand-in
 // for a device file, which CRIU refuses -- and the simulated driver's checkpoint does not
 // touch it. Return codes are NVML's.
+//
+// It also answers what ferry restore asks before it starts anything: how much memory each
+// of the machine's GPUs (machine.hpp, found by UUID) has free. "Used" is what the
+// machine's other tenants hold ("held=" in FERRY_EMU_DEVICE<n>), not what simulated
+// processes allocate: each of those has its GPUs to itself.
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <mutex>
+#include <string>
 
-#include <ferry_common/settings.hpp>
+#include "machine.hpp"
 
 namespace {
 
-constexpr int kSuccess = 0, kUninitialized = 1, kInvalidArgument = 2;
+constexpr int kSuccess = 0, kUninitialized = 1, kInvalidArgument = 2, kNotFound = 6;
 
 std::mutex g_mu;
 int g_refs = 0;
 int g_file = -1;
+
+// NVML's nvmlMemory_t.
+struct Memory {
+  unsigned long long total, free, used;
+};
+
+// A device handle is the GPU's index + 1 (NVML's handles are opaque pointers).
+using Handle = void*;
+Handle handle_of(int index) { return reinterpret_cast<Handle>(static_cast<uintptr_t>(index) + 1); }
+int index_of(Handle h) { return static_cast<int>(reinterpret_cast<uintptr_t>(h)) - 1; }
+
+// NVML's form of a UUID: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (the bytes CUDA reports).
+std::string nvml_uuid(const CUuuid& u) {
+  std::string hex = ferry::emu::uuid_hex(u);
+  return "GPU-" + hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
+         hex.substr(20);
+}
+
+bool initialized() {
+  std::lock_guard lk(g_mu);
+  return g_refs > 0;
+}
 
 int init() {
   std::lock_guard lk(g_mu);
@@ -52,7 +81,27 @@ __attribute__((visibility("default"))) int nvmlDeviceGetCount_v2(unsigned* count
   std::lock_guard lk(g_mu);
   if (g_refs == 0) return kUninitialized;
   if (!count) return kInvalidArgument;
-  *count = static_cast<unsigned>(ferry::settings::count("FERRY_EMU_DEVICES", 2));
+  *count = static_cast<unsigned>(ferry::emu::machine_device_count());
+  return kSuccess;
+}
+
+__attribute__((visibility("default"))) int nvmlDeviceGetHandleByUUID(const char* uuid, Handle* device) {
+  if (!initialized()) return kUninitialized;
+  if (!uuid || !device) return kInvalidArgument;
+  for (int i = 0; i < ferry::emu::machine_device_count(); i++)
+    if (nvml_uuid(ferry::emu::machine_device(i).uuid) == uuid) {
+      *device = handle_of(i);
+      return kSuccess;
+    }
+  return kNotFound;
+}
+
+__attribute__((visibility("default"))) int nvmlDeviceGetMemoryInfo(Handle device, Memory* memory) {
+  if (!initialized()) return kUninitialized;
+  const int i = index_of(device);
+  if (!memory || i < 0 || i >= ferry::emu::machine_device_count()) return kInvalidArgument;
+  const ferry::emu::DeviceConfig c = ferry::emu::machine_device(i);
+  *memory = {c.total_mem, c.total_mem - c.held, c.held};
   return kSuccess;
 }
 

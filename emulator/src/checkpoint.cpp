@@ -363,8 +363,9 @@ CUresult do_restore(const std::vector<DeviceConfig>& machine, const std::map<std
     if (j < 0) return CUDA_ERROR_INVALID_DEVICE;
     const DeviceConfig& m = machine[static_cast<size_t>(j)];
     if (other_chip(want, m, o.name, o.cc_major, o.cc_minor)) return CUDA_ERROR_INVALID_DEVICE;
-    if (m.total_mem < o.used) {
-      log("restore: GPU %s has %zu bytes, the process needs %zu", want.c_str(), m.total_mem, o.used);
+    if (m.total_mem - m.held < o.used) {
+      log("restore: GPU %s has %zu bytes free (of %zu), the process needs %zu", want.c_str(), m.total_mem - m.held,
+          m.total_mem, o.used);
       return CUDA_ERROR_OUT_OF_MEMORY;
     }
     taken[static_cast<size_t>(j)] = true;
@@ -455,7 +456,7 @@ std::string handle(const std::string& req) {
     if (key == "device") {
       DeviceConfig c;
       std::string u;
-      w >> u >> c.cc_major >> c.cc_minor >> c.total_mem >> c.sm_count >> c.pci_bus;
+      w >> u >> c.cc_major >> c.cc_minor >> c.total_mem >> c.held >> c.sm_count >> c.pci_bus;
       std::getline(w, c.name);
       if (!c.name.empty() && c.name[0] == ' ') c.name.erase(0, 1);
       unhex(u, &c.uuid);
@@ -713,7 +714,7 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
       if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;
       req += "device " + uuid_hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
-             std::to_string(c.total_mem) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
+             std::to_string(c.total_mem) + " " + std::to_string(c.held) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
              c.name + "\n";
     }
   }

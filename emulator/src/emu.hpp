@@ -49,18 +49,18 @@
 
 #include <ferry_emu/kernel_abi.h>
 
+#include "machine.hpp"
+
 #define FERRY_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace ferry::emu {
 
 constexpr int kDriverVersion = 13000;
-constexpr size_t kGranularity = 2u << 20;  // VMM granularity, as on current GPUs
 // The smallest reservation whose address hint is honoured: an H200 with driver 580
 // placed 2 MiB asked for at a free address elsewhere and honoured 1 GiB there.
 constexpr size_t kHintedReserveMinimum = 1ull << 30;
 constexpr size_t kPage = 4096;
 constexpr uintptr_t kDeviceHeapSpan = 0x10000000000ull;  // at most 1 TiB of address space per device
-constexpr int kMaxDevices = 16;
 
 struct Context;
 struct Stream;
@@ -71,15 +71,6 @@ struct Module;
 struct KernelLibInstance;
 
 // ---- configuration and devices --------------------------------------------------------
-struct DeviceConfig {
-  std::string name;
-  size_t total_mem = 0;
-  int cc_major = 9, cc_minor = 0;
-  int sm_count = 132;
-  CUuuid uuid{};
-  int pci_domain = 0, pci_bus = 0, pci_device = 0;
-};
-
 struct Device {
   int ordinal = 0;
   DeviceConfig cfg;
@@ -91,6 +82,13 @@ struct Device {
   MemPool* current_pool = nullptr;
   unsigned primary_flags = 0;
 };
+
+// What this process may still allocate on dev: the GPU less what the machine's other
+// tenants hold (machine.hpp) and what the process holds itself.
+inline size_t room_on(const Device* dev) {
+  const size_t cap = dev->cfg.total_mem - dev->cfg.held;
+  return dev->used < cap ? cap - dev->used : 0;
+}
 
 // ---- memory map -------------------------------------------------------------------------
 enum class RangeKind { DeviceAlloc, PoolAlloc, Managed, HostPinned, HostRegistered, VmmReserve, ModuleGlobal };
@@ -321,11 +319,7 @@ CUresult ensure_init();  // waits while NVIDIA's checkpoint API holds the proces
 void checkpoint_service_start();
 void checkpoint_gate();
 Device* device(CUdevice d);  // nullptr when out of range (not present on this machine)
-std::string uuid_hex(const CUuuid& u);  // 32 lower-case hex digits
-// The configuration of the machine's GPU `index` (FERRY_EMU_* settings).
-DeviceConfig machine_device(int index);
 Device* add_device(Driver& d, const DeviceConfig& c);  // mu held: a new device at the next ordinal
-size_t parse_size(const char* s, size_t dflt);
 
 // context.cpp
 Context* current_ctx();

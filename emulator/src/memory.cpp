@@ -89,7 +89,7 @@ CUresult heap_alloc(Device* dev, size_t size, RangeKind kind, Context* ctx, MemP
   std::lock_guard lk(d.mu);
   size_t align = size >= kGranularity ? kGranularity : kPage;
   size_t span = round_up(size, align);
-  if (span < size || dev->used + span > dev->cfg.total_mem) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (span < size || span > room_on(dev)) return CUDA_ERROR_OUT_OF_MEMORY;
   for (auto it = dev->heap_free.begin(); it != dev->heap_free.end(); ++it) {
     uintptr_t start = round_up(it->first, align);
     if (start + span > it->first + it->second) continue;
@@ -225,7 +225,7 @@ FERRY_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
   if (!free_bytes || !total) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard lk(drv().mu);
   *total = c->dev->cfg.total_mem;
-  *free_bytes = c->dev->cfg.total_mem - c->dev->used;
+  *free_bytes = room_on(c->dev);
   return CUDA_SUCCESS;
 }
 

@@ -118,7 +118,7 @@ FERRY_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t s
   if (!dev) return CUDA_ERROR_INVALID_DEVICE;
   Driver& d = drv();
   std::lock_guard lk(d.mu);
-  if (dev->used + size > dev->cfg.total_mem) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (size > room_on(dev)) return CUDA_ERROR_OUT_OF_MEMORY;
   int fd = memfd_create("ferry-emu-vram", MFD_CLOEXEC);
   if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
   if (ftruncate(fd, static_cast<off_t>(size)) != 0) {

@@ -512,6 +512,9 @@ TEST_CASE("the simulated GPU's checkpoint API: states, a locked process waits, r
         std::vector<std::string>{"restore 101 0", "state 0 2"});  // CUDA_ERROR_INVALID_DEVICE
   CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_MEMORY", "4M"}}) ==
         std::vector<std::string>{"restore 2 0", "state 0 2"});  // CUDA_ERROR_OUT_OF_MEMORY
+  // Room enough, but other processes hold all of it but 4 MiB.
+  CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_DEVICE0", "held=16380M"}}) ==
+        std::vector<std::string>{"restore 2 0", "state 0 2"});
   // A process that still holds GPU memory needs as many GPUs as it had.
   CHECK(ctl(p, {"restore", "state"}, {{"FERRY_EMU_DEVICES", "3"}}) ==
         std::vector<std::string>{"restore 101 0", "state 0 2"});

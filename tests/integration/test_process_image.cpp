@@ -2827,6 +2827,17 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     CHECK(r.exit_code == 78);
     CHECK(r.err.find("GPU 0 (ferry emulated GPU) has 4.0 MiB; the job needs ") != std::string::npos);
   }
+  SECTION("memory other processes hold") {
+    // Room enough in all, but other tenants hold all of the 16 GiB but 4 MiB (NVML says).
+    auto r = restore_text(t / "img", {}, {{"FERRY_EMU_DEVICE0", "held=16380m"}});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find("GPU 0 (ferry emulated GPU) has 4.0 MiB free of its 16.0 GiB (other processes hold the rest); "
+                     "the job needs ") != std::string::npos);
+    // With room beside them, the job comes back there.
+    auto ok = restore(t / "img", {}, {{"FERRY_EMU_DEVICE0", "held=8g"}});
+    INFO(ok.err);
+    CHECK(ok.exit_code == 0);
+  }
   SECTION("a damaged CPU half") {
     std::string d = copy("bad");
     std::string pages;
@@ -2940,19 +2951,22 @@ TEST_CASE("ferry restore --dry-run makes a restore's checks and says where the j
   REQUIRE(j["gpus"].size() == 1);
   CHECK(j["gpus"][0]["gpu"] == 0);
   CHECK(j["gpus"][0]["needed"] == trainer["devices"][0]["bytes"]);
+  CHECK(j["gpus"][0]["memory"] == 16ull << 30);
+  CHECK(j["gpus"][0]["free"] == 16ull << 30);  // NVML's figure: nothing else on it
   // Nothing ran: a restore without --detach waits for the job, whose output is its own.
   CHECK(ferry_test::lines_with(dry.out, " loss ").empty());
   CHECK(dry.err.find("restor") == std::string::npos);
 
   // Onto the other GPU, in words.
-  dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "1"}, ferry_test::emu_env(), 60);
+  dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "1"},
+                        ferry_test::emu_env({{"FERRY_EMU_DEVICE1", "held=3g"}}), 60);
   CHECK(dry.exit_code == 0);
   CHECK(std::regex_match(dry.out, std::regex(std::regex_replace(t / "img", std::regex("[.]"), "\\.") +
                                              ": the job can be restored here \\(a dry run: nothing was started\\)\n"
                                              "  process 2 \\(mlp_trainer\\): its device 0 \\([0-9.]+ [KMG]?i?B\\) "
                                              "onto GPU 1 \\(ferry emulated GPU\\)\n"
                                              "  GPU 1 \\(ferry emulated GPU\\): [0-9.]+ [KMG]?i?B of its [0-9.]+ "
-                                             "[KMG]?i?B\n")));
+                                             "[KMG]?i?B, 13\\.0 GiB free\n")));
   // A GPU this machine lacks: the restore's refusal, its exit code.
   dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "7"}, ferry_test::emu_env(), 60);
   CHECK(dry.exit_code == 78);

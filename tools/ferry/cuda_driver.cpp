@@ -104,6 +104,38 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   gpus_ = chosen;
 }
 
+std::map<std::string, uint64_t> CudaDriver::free_memory() const {
+  // NVML's own types and codes (nvml.h is not in the CUDA toolkit's include directory).
+  struct NvmlMemory {
+    unsigned long long total, free, used;
+  };
+  using Handle = void*;
+  const size_t slash = path_.rfind('/');
+  const std::string nvml =
+      (slash == std::string::npos ? std::string() : path_.substr(0, slash + 1)) + "libnvidia-ml.so.1";
+  std::map<std::string, uint64_t> free;
+  // Never closed: NVML is not documented to survive being unloaded and loaded again.
+  void* h = dlopen(nvml.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) return free;
+  auto init = reinterpret_cast<int (*)()>(dlsym(h, "nvmlInit_v2"));
+  auto shutdown = reinterpret_cast<int (*)()>(dlsym(h, "nvmlShutdown"));
+  auto by_uuid = reinterpret_cast<int (*)(const char*, Handle*)>(dlsym(h, "nvmlDeviceGetHandleByUUID"));
+  auto memory = reinterpret_cast<int (*)(Handle, NvmlMemory*)>(dlsym(h, "nvmlDeviceGetMemoryInfo"));
+  if (!init || !shutdown || !by_uuid || !memory || init() != 0) return free;
+  for (const Gpu& g : gpus_) {
+    // NVML names a GPU by the bytes CUDA reports, as GPU-8-4-4-4-12 hex digits.
+    const std::string& x = g.uuid;
+    if (x.size() != 32) continue;
+    const std::string name = "GPU-" + x.substr(0, 8) + "-" + x.substr(8, 4) + "-" + x.substr(12, 4) + "-" +
+                             x.substr(16, 4) + "-" + x.substr(20);
+    Handle dev = nullptr;
+    NvmlMemory mem{};
+    if (by_uuid(name.c_str(), &dev) == 0 && memory(dev, &mem) == 0) free[g.uuid] = mem.free;
+  }
+  shutdown();
+  return free;
+}
+
 int CudaDriver::state(pid_t pid, int* st) {
   auto f = reinterpret_cast<CUresult (*)(int, CUprocessState*)>(sym("cuCheckpointProcessGetState"));
   CUprocessState s = CU_PROCESS_STATE_FAILED;

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +31,12 @@ class CudaDriver {
   // The GPUs the caller's CUDA_VISIBLE_DEVICES lets it use (all where unset), numbered as
   // its CUDA would number them; the driver itself sees them all.
   const std::vector<Gpu>& gpus() const { return gpus_; }
+  // Each GPU's free memory by UUID, as NVML reports it: what other processes (and the
+  // driver itself) hold is taken off, which the CUDA driver cannot say without a context
+  // on every GPU (hundreds of MiB each on a real one). NVML is the one beside the driver
+  // (the simulated GPU has its own), loaded, asked and shut down here. Empty where it
+  // cannot be loaded or answers nothing: then only each GPU's total is known.
+  std::map<std::string, uint64_t> free_memory() const;
 
   // The checkpoint API; each returns the CUresult. Throws ClientError(kFixFirst) when
   // the driver has no such API.

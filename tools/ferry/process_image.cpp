@@ -1701,7 +1701,8 @@ const Gpu* gpu_with_uuid(const std::vector<Gpu>& gpus, const std::string& uuid) 
 // GPU memory would go (by ns pid), and what each GPU here would hold of the job's.
 int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::map<int, Placement>& placement,
                    const std::vector<Gpu>& gpus, const std::map<int, uint64_t>& need,
-                   const std::vector<std::string>& warnings, const Output& out) {
+                   const std::map<std::string, uint64_t>& free_memory, const std::vector<std::string>& warnings,
+                   const Output& out) {
   std::string text;
   nlohmann::json procs = nlohmann::json::array();
   for (auto& p : m["processes"]) {
@@ -1728,8 +1729,16 @@ int report_dry_run(const std::string& dir, const nlohmann::json& m, const std::m
   nlohmann::json gj = nlohmann::json::array();
   for (auto& [i, bytes] : need) {
     const Gpu& g = gpus.at(static_cast<size_t>(i));
-    gj.push_back({{"gpu", i}, {"name", g.name}, {"uuid", g.uuid}, {"memory", g.memory}, {"needed", bytes}});
-    text += "  GPU " + std::to_string(i) + " (" + g.name + "): " + human(bytes) + " of its " + human(g.memory) + "\n";
+    const auto f = free_memory.find(g.uuid);
+    const bool known = f != free_memory.end();
+    gj.push_back({{"gpu", i},
+                  {"name", g.name},
+                  {"uuid", g.uuid},
+                  {"memory", g.memory},
+                  {"free", known ? nlohmann::json(f->second) : nlohmann::json()},
+                  {"needed", bytes}});
+    text += "  GPU " + std::to_string(i) + " (" + g.name + "): " + human(bytes) + " of its " + human(g.memory) +
+            (known ? ", " + human(f->second) + " free" : "") + "\n";
   }
   const bool host_pids = !m.value("pid_namespace", true), own_net = m.value("net_namespace", false);
   if (out.json) {
@@ -1857,6 +1866,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   std::vector<std::string> warnings;    // said on stderr, or in the JSON report
   std::map<int, Placement> placement;  // by ns pid
   std::map<int, uint64_t> need;         // target GPU -> bytes
+  std::map<std::string, uint64_t> free_memory;  // GPU uuid -> bytes free now, where NVML says
   std::string init_dir;
   std::optional<FileLock> init_lock;  // held while CRIU restores (init_dir.hpp)
   try {
@@ -2047,12 +2057,22 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
     }
     if (any_cuda) {
+      // By total memory, then by what is free now (NVML, where it answers). Memory taken
+      // after this check is met at the resume, once CRIU has run: the job is then killed.
       const auto& gpus = driver->gpus();
-      for (auto& [to, bytes] : need)
-        if (gpus[static_cast<size_t>(to)].memory < bytes)
-          throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + gpus[static_cast<size_t>(to)].name + ") has " +
-                                           human(gpus[static_cast<size_t>(to)].memory) + "; the job needs " +
-                                           human(bytes) + " on it. Nothing was started; the image is untouched");
+      if (!need.empty()) free_memory = driver->free_memory();
+      for (auto& [to, bytes] : need) {
+        const Gpu& g = gpus[static_cast<size_t>(to)];
+        if (g.memory < bytes)
+          throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + g.name + ") has " + human(g.memory) +
+                                           "; the job needs " + human(bytes) +
+                                           " on it. Nothing was started; the image is untouched");
+        if (auto f = free_memory.find(g.uuid); f != free_memory.end() && f->second < bytes)
+          throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + g.name + ") has " + human(f->second) +
+                                           " free of its " + human(g.memory) +
+                                           " (other processes hold the rest); the job needs " + human(bytes) +
+                                           " on it. Nothing was started; the image is untouched");
+      }
     }
   } catch (const ClientError& e) {
     return fail(out, e);
@@ -2077,7 +2097,8 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   }
   if (a.dry_run) {
     image_lock.reset();
-    return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, warnings, out);
+    return report_dry_run(dir, m, placement, driver ? driver->gpus() : std::vector<Gpu>{}, need, free_memory, warnings,
+                          out);
   }
   // Relayed from now until the job ends (a detached ferry's, this process, relays).
   OutputRelay relay;

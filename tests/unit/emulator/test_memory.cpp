@@ -1,5 +1,6 @@
 // Device memory: allocation, per-device address ranges, out-of-memory, poisoning of
 // freed memory, pinned and registered host memory, copies and memsets, attributes.
+#include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,6 +63,60 @@ TEST_CASE("out of memory is reported and nothing leaks", "[memory]") {
   CU_OK(cuMemGetInfo(&free1, &total));
   REQUIRE(free1 == free0);
   REQUIRE(cuMemAlloc(&b, 0) == CUDA_ERROR_INVALID_VALUE);
+}
+
+TEST_CASE("memory the machine's other tenants hold (held=) is not this process's: allocations, cuMemGetInfo, "
+          "NVML's memory info and a driver restore leave it out",
+          "[memory]") {
+  setenv("FERRY_EMU_DEVICE2", "held=768M", 1);  // of 1 GiB: 256 MiB left
+  primary(2);
+  size_t free0 = 0, total = 0;
+  CU_OK(cuMemGetInfo(&free0, &total));
+  REQUIRE(total == (1ull << 30));
+  REQUIRE(free0 == (256ull << 20));
+  CUdeviceptr a, b;
+  CU_OK(cuMemAlloc(&a, 200ull << 20));
+  REQUIRE(cuMemAlloc(&b, 100ull << 20) == CUDA_ERROR_OUT_OF_MEMORY);
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 2;
+  CUmemGenericAllocationHandle h;
+  REQUIRE(cuMemCreate(&h, 64ull << 20, &prop, 0) == CUDA_ERROR_OUT_OF_MEMORY);
+  CU_OK(cuMemFree(a));
+  CU_OK(cuMemCreate(&h, 64ull << 20, &prop, 0));
+  CU_OK(cuMemRelease(h));
+
+  // NVML, asked by UUID as ferry restore asks it: the same GPU, the same memory.
+  CUuuid u;
+  CUdevice dev;
+  CU_OK(cuDeviceGet(&dev, 2));
+  CU_OK(cuDeviceGetUuid(&u, dev));
+  char hex[33];
+  for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
+  const std::string x = hex;
+  const std::string name =
+      "GPU-" + x.substr(0, 8) + "-" + x.substr(8, 4) + "-" + x.substr(12, 4) + "-" + x.substr(16, 4) + "-" + x.substr(20);
+  void* lib = dlopen(FERRY_TEST_EMU_LIB_DIR "/libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  REQUIRE(lib);
+  struct Memory {
+    unsigned long long total, free, used;
+  } mem{};
+  auto init = reinterpret_cast<int (*)()>(dlsym(lib, "nvmlInit_v2"));
+  auto shutdown = reinterpret_cast<int (*)()>(dlsym(lib, "nvmlShutdown"));
+  auto by_uuid = reinterpret_cast<int (*)(const char*, void**)>(dlsym(lib, "nvmlDeviceGetHandleByUUID"));
+  auto info = reinterpret_cast<int (*)(void*, Memory*)>(dlsym(lib, "nvmlDeviceGetMemoryInfo"));
+  REQUIRE((init && shutdown && by_uuid && info));
+  void* handle = nullptr;
+  REQUIRE(by_uuid(name.c_str(), &handle) == 1);  // NVML_ERROR_UNINITIALIZED
+  REQUIRE(init() == 0);
+  REQUIRE(by_uuid("GPU-00000000-0000-0000-0000-000000000000", &handle) == 6);  // NVML_ERROR_NOT_FOUND
+  REQUIRE(by_uuid(name.c_str(), &handle) == 0);
+  REQUIRE(info(handle, &mem) == 0);
+  CHECK(mem.total == (1ull << 30));
+  CHECK(mem.used == (768ull << 20));
+  CHECK(mem.free == (256ull << 20));
+  REQUIRE(shutdown() == 0);
 }
 
 TEST_CASE("freed device memory is poisoned: copies refuse it, accesses fault", "[memory]") {
