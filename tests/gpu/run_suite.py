@@ -775,6 +775,10 @@ def whole_process(cmd, marker, result_prefix, reference, extra=None, tag="proces
         figures["dry run"] = "; ".join(
             f"process {p['nspid']} device {d['device']} -> GPU {d['gpu']} ({d['bytes'] / 2**20:.0f} MiB)"
             for p in plan.get("processes", []) for d in p.get("devices", [])) or "no GPU memory"
+        # NVML's free memory, which the restore checks beside the total (null: NVML did not answer).
+        figures["target free memory"] = "; ".join(
+            f"GPU {g['gpu']}: " + (f"{g['free'] / 2**30:.2f} GiB free" if g.get("free") is not None else "NVML silent")
+            + f" of {g['memory'] / 2**30:.2f} GiB" for g in plan.get("gpus", [])) or "no GPU"
         t0 = now()
         rc, out, err = run([ferry_cmd(), "restore", img, "--device", target], 300, extra_env=extra, check=False)
         figures["restore and run to the end"] = f"{now() - t0:.2f} s onto GPU {target}"
