@@ -433,7 +433,8 @@ CUresult do_unlock() {
 }
 
 // A request: "op NAME", "timeout MS", "pair OLD NEW", "device UUID MAJOR MINOR MEM SMS BUS NAME...",
-// "same_chips 1".
+// "held BYTES" (of the device line before it; a line of its own, so a peer that does not
+// know it skips it), "same_chips 1".
 std::string handle(const std::string& req) {
   std::istringstream in(req);
   std::string line, op;
@@ -456,11 +457,15 @@ std::string handle(const std::string& req) {
     if (key == "device") {
       DeviceConfig c;
       std::string u;
-      w >> u >> c.cc_major >> c.cc_minor >> c.total_mem >> c.held >> c.sm_count >> c.pci_bus;
+      w >> u >> c.cc_major >> c.cc_minor >> c.total_mem >> c.sm_count >> c.pci_bus;
       std::getline(w, c.name);
       if (!c.name.empty() && c.name[0] == ' ') c.name.erase(0, 1);
       unhex(u, &c.uuid);
       machine.push_back(c);
+    }
+    if (key == "held" && !machine.empty()) {
+      w >> machine.back().held;
+      machine.back().held = std::min(machine.back().held, machine.back().total_mem);
     }
   }
   CUresult r = CUDA_ERROR_INVALID_VALUE;
@@ -714,8 +719,9 @@ FERRY_EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArg
       if (static_cast<size_t>(dev->ordinal) >= d.present) break;
       const DeviceConfig& c = dev->cfg;
       req += "device " + uuid_hex(c.uuid) + " " + std::to_string(c.cc_major) + " " + std::to_string(c.cc_minor) + " " +
-             std::to_string(c.total_mem) + " " + std::to_string(c.held) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
+             std::to_string(c.total_mem) + " " + std::to_string(c.sm_count) + " " + std::to_string(c.pci_bus) + " " +
              c.name + "\n";
+      if (c.held) req += "held " + std::to_string(c.held) + "\n";
     }
   }
   return call(pid, req, kWaitMs, nullptr);

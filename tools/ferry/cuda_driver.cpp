@@ -104,8 +104,8 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
   gpus_ = chosen;
 }
 
-std::map<std::string, uint64_t> CudaDriver::free_memory() const {
-  // NVML's own types and codes (nvml.h is not in the CUDA toolkit's include directory).
+std::map<std::string, uint64_t> CudaDriver::free_memory(std::string* why) const {
+  // NVML's own types and codes (nvml.h is not among the headers this build uses).
   struct NvmlMemory {
     unsigned long long total, free, used;
   };
@@ -116,12 +116,22 @@ std::map<std::string, uint64_t> CudaDriver::free_memory() const {
   std::map<std::string, uint64_t> free;
   // Never closed: NVML is not documented to survive being unloaded and loaded again.
   void* h = dlopen(nvml.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) return free;
+  if (!h) {
+    *why = std::string("cannot load NVML: ") + dlerror();
+    return free;
+  }
   auto init = reinterpret_cast<int (*)()>(dlsym(h, "nvmlInit_v2"));
   auto shutdown = reinterpret_cast<int (*)()>(dlsym(h, "nvmlShutdown"));
   auto by_uuid = reinterpret_cast<int (*)(const char*, Handle*)>(dlsym(h, "nvmlDeviceGetHandleByUUID"));
   auto memory = reinterpret_cast<int (*)(Handle, NvmlMemory*)>(dlsym(h, "nvmlDeviceGetMemoryInfo"));
-  if (!init || !shutdown || !by_uuid || !memory || init() != 0) return free;
+  if (!init || !shutdown || !by_uuid || !memory) {
+    *why = nvml + " lacks nvmlInit_v2, nvmlShutdown, nvmlDeviceGetHandleByUUID or nvmlDeviceGetMemoryInfo";
+    return free;
+  }
+  if (int r = init()) {
+    *why = nvml + ": nvmlInit_v2 failed with error " + std::to_string(r);
+    return free;
+  }
   for (const Gpu& g : gpus_) {
     // NVML names a GPU by the bytes CUDA reports, as GPU-8-4-4-4-12 hex digits.
     const std::string& x = g.uuid;

@@ -186,14 +186,16 @@ int run(const RunArgs& a) {
       if (!ferry::cli::OutputRelay::takes(fd)) fds.push_back(fd);
     if (std::string u = ferry::cli::unix_sockets_among(fds); !u.empty()) {
       const char* fix = "; give the job a pipe, a terminal or a file there, or run it without --net-namespace";
-      const char* why = "from outside the job's network namespace, where CRIU cannot find such a socket (ferry relays "
-                        "the job's output to a stream socket at fds 1 and 2, nothing else)";
+      const std::string why = std::string("from outside the job's network namespace, where CRIU cannot find such a "
+                                          "socket (") +
+                              ferry::cli::kRelayScope + ")";
       if (!actions.empty()) {
-        fprintf(stderr, "ferry run: --net-namespace: %s %s: --on-signal's dump would fail%s\n", u.c_str(), why, fix);
+        fprintf(stderr, "ferry run: --net-namespace: %s %s: --on-signal's dump would fail%s\n", u.c_str(),
+                why.c_str(), fix);
         return ferry::cli::kFixFirst;
       }
-      fprintf(stderr, "ferry run: warning: --net-namespace: %s %s: ferry dump will refuse the job%s\n", u.c_str(), why,
-              fix);
+      fprintf(stderr, "ferry run: warning: --net-namespace: %s %s: ferry dump will refuse the job%s\n", u.c_str(),
+              why.c_str(), fix);
     }
   }
   if (int rc = check_dumps(dumps, "ferry run")) return rc;

@@ -1884,8 +1884,8 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         if (x.by == x.fd && std::find(relayed.begin(), relayed.end(), x.fd) == relayed.end()) given.push_back(x.fd);
       if (std::string u = unix_sockets_among(given); !u.empty()) {
         const std::string why = "this ferry restore's " + u + ", which the job, in a network namespace of its own, "
-                                "would hold from outside it, where CRIU cannot find such a socket (ferry relays the "
-                                "job's output to a stream socket at fds 1 and 2, nothing else)";
+                                "would hold from outside it, where CRIU cannot find such a socket (" +
+                                kRelayScope + ")";
         const char* fix = "; give ferry restore a pipe, a terminal or a file there";
         if (!actions.empty())
           throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + why +
@@ -2057,10 +2057,14 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       if (std::all_of(pl.pairs.begin(), pl.pairs.end(), [](auto& x) { return x.first == x.second; })) pl.pairs.clear();
     }
     if (any_cuda) {
-      // By total memory, then by what is free now (NVML, where it answers). Memory taken
-      // after this check is met at the resume, once CRIU has run: the job is then killed.
+      // By total memory (78: not here), then by what is free now (NVML, where it answers;
+      // 75: other processes may let go of it). Memory taken after this check is met at
+      // the resume, once CRIU has run: the job is then killed.
       const auto& gpus = driver->gpus();
-      if (!need.empty()) free_memory = driver->free_memory();
+      if (std::string why; !need.empty() && (free_memory = driver->free_memory(&why)).empty() && !why.empty()) {
+        warnings.push_back("the GPUs' free memory is not known (" + why + "): only their total memory was checked");
+        if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
+      }
       for (auto& [to, bytes] : need) {
         const Gpu& g = gpus[static_cast<size_t>(to)];
         if (g.memory < bytes)
@@ -2068,10 +2072,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
                                            "; the job needs " + human(bytes) +
                                            " on it. Nothing was started; the image is untouched");
         if (auto f = free_memory.find(g.uuid); f != free_memory.end() && f->second < bytes)
-          throw ClientError(kFixFirst, "GPU " + std::to_string(to) + " (" + g.name + ") has " + human(f->second) +
-                                           " free of its " + human(g.memory) +
-                                           " (other processes hold the rest); the job needs " + human(bytes) +
-                                           " on it. Nothing was started; the image is untouched");
+          throw ClientError(kRetryLater, "GPU " + std::to_string(to) + " (" + g.name + ") has " + human(f->second) +
+                                             " free of its " + human(g.memory) +
+                                             " (other processes hold the rest); the job needs " + human(bytes) +
+                                             " on it. Nothing was started; the image is untouched");
       }
     }
   } catch (const ClientError& e) {

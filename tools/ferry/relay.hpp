@@ -29,6 +29,9 @@
 
 namespace ferry::cli {
 
+// What is relayed, in the words of every refusal of a Unix socket a relay does not take.
+inline constexpr char kRelayScope[] = "ferry relays the job's output to a stream socket at fds 1 and 2, nothing else";
+
 class OutputRelay {
  public:
   OutputRelay() = default;

@@ -35,6 +35,7 @@
 #include <ferry_common/control.hpp>
 
 #include "output.hpp"
+#include "relay.hpp"
 
 namespace ferry::cli {
 
@@ -492,8 +493,8 @@ JobSockets job_sockets(const std::vector<JobTask>& tasks, const std::set<uint64_
     for (uint64_t ino : exempt)
       if (held.count(ino) && unix.count(ino) && outside_own(ino))
         add(who(first(ino)) + " holds the job's stdio, a Unix socket from outside the job's own network namespace "
-            "(ferry run --net-namespace), where CRIU cannot find it (ferry run relays only the job's output to a "
-            "stream socket); give the job a pipe, a terminal or a file, or run it without --net-namespace",
+            "(ferry run --net-namespace), where CRIU cannot find it (" +
+            kRelayScope + "); give the job a pipe, a terminal or a file, or run it without --net-namespace",
             false);
   return js;
 }

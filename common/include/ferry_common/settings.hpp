@@ -70,7 +70,8 @@ inline constexpr Setting kSettings[] = {
     {"FERRY_EMU_MEMORY", Type::Size, Emulator, "16G", "memory per device (512M, 16G, ...)"},
     {"FERRY_EMU_CC", Type::Text, Emulator, "9.0", "compute capability of every device (8.0)"},
     {"FERRY_EMU_DEVICE<n>", Type::Text, Emulator, "",
-     "per device: name=...,memory=...,cc=8.0,sms=108,uuid=<32 hex>,pci=0000:3b:00.0"},
+     "per device: name=...,memory=...,held=...,cc=8.0,sms=108,uuid=<32 hex>,pci=0000:3b:00.0 (held: memory the "
+     "machine's other tenants hold there)"},
     {"FERRY_EMU_KERNELS", Type::Path, Emulator | Cli, "", "kernel libraries to search (files or directories, ':'-separated)"},
     {"FERRY_EMU_BLOCK_THREADS", Type::Count, Emulator, "CPU count (max 16)", "OS threads running the blocks of one launch"},
     {"FERRY_EMU_FIBER_STACK", Type::Size, Emulator, "64K", "stack size of one CUDA thread"},

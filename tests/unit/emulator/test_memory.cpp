@@ -66,7 +66,7 @@ TEST_CASE("out of memory is reported and nothing leaks", "[memory]") {
 }
 
 TEST_CASE("memory the machine's other tenants hold (held=) is not this process's: allocations, cuMemGetInfo, "
-          "NVML's memory info and a driver restore leave it out",
+          "NVML's memory info leave it out (a driver restore: test_full_process.cpp)",
           "[memory]") {
   setenv("FERRY_EMU_DEVICE2", "held=768M", 1);  // of 1 GiB: 256 MiB left
   primary(2);
