@@ -14,6 +14,11 @@
 //                     from a second process by pid, as CRIU's tooling does); whether it can
 //                     then be restored, unlocked and create a context and compute again
 //                     -- the facts the whole-process path (CRIU + ferry) stands on
+//   context-memory    NVML's free memory on GPU 0 after cuInit, with the primary context
+//                     current, after a module load, after a 1 MiB allocation, and once
+//                     the context is released; cuMemGetInfo's free beside it: what a
+//                     restored process needs on a GPU beyond its device memory, which is
+//                     all ferry restore's free-memory check counts
 //
 // The driver is opened with dlopen("libcuda.so.1"): whatever the loader finds (the
 // shim when it is preloaded, the simulated GPU on LD_LIBRARY_PATH, else the real one).
@@ -367,6 +372,67 @@ std::string init_nvml() {
   return r == 0 ? "" : "nvmlInit_v2 failed: " + std::to_string(r);
 }
 
+int context_memory() {
+  void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!nvml) {
+    printf("{\"nvml\": \"no libnvidia-ml.so.1 here\"}\n");
+    return 0;
+  }
+  struct Memory {
+    unsigned long long total, free, used;
+  };
+  auto nvml_init = reinterpret_cast<int (*)()>(dlsym(nvml, "nvmlInit_v2"));
+  auto by_uuid = reinterpret_cast<int (*)(const char*, void**)>(dlsym(nvml, "nvmlDeviceGetHandleByUUID"));
+  auto info = reinterpret_cast<int (*)(void*, Memory*)>(dlsym(nvml, "nvmlDeviceGetMemoryInfo"));
+  if (!nvml_init || !by_uuid || !info || nvml_init() != 0) {
+    printf("{\"nvml\": \"cannot be started\"}\n");
+    return 0;
+  }
+  ck(sym<CUresult (*)(unsigned)>("cuInit")(0), "cuInit");
+  CUdevice dev = 0;
+  ck(sym<CUresult (*)(CUdevice*, int)>("cuDeviceGet")(&dev, 0), "cuDeviceGet");
+  CUuuid u{};
+  ck(sym<CUresult (*)(CUuuid*, CUdevice)>("cuDeviceGetUuid_v2")(&u, dev), "cuDeviceGetUuid_v2");
+  char x[33];
+  for (int i = 0; i < 16; i++) snprintf(x + 2 * i, 3, "%02x", static_cast<unsigned char>(u.bytes[i]));
+  const std::string h = x;
+  const std::string name =
+      "GPU-" + h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) + "-" + h.substr(20);
+  void* handle = nullptr;
+  if (by_uuid(name.c_str(), &handle) != 0) {
+    printf("{\"nvml\": \"does not know %s\"}\n", name.c_str());
+    return 0;
+  }
+  auto free_now = [&] {
+    Memory m{};
+    return info(handle, &m) == 0 ? static_cast<long long>(m.free) : -1;
+  };
+  std::string out = "{\"nvml\": \"answers\", \"free\": {";
+  auto note = [&](const char* when) { out += std::string(out.back() == '{' ? "" : ", ") + "\"" + when + "\": " +
+                                             std::to_string(free_now()); };
+  note("after_cuinit");
+  CUcontext ctx = nullptr;
+  ck(sym<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain")(&ctx, dev), "cuDevicePrimaryCtxRetain");
+  ck(sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent")(ctx), "cuCtxSetCurrent");
+  note("with_context");
+  CUmodule m = nullptr;
+  ck(sym<CUresult (*)(CUmodule*, const void*)>("cuModuleLoadData")(&m, gpu_kernels_fatbin), "cuModuleLoadData");
+  note("after_module");
+  CUdeviceptr p = 0;
+  ck(sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2")(&p, 1 << 20), "cuMemAlloc");
+  note("after_1mib");
+  size_t cfree = 0, ctotal = 0;
+  ck(sym<CUresult (*)(size_t*, size_t*)>("cuMemGetInfo_v2")(&cfree, &ctotal), "cuMemGetInfo");
+  ck(sym<CUresult (*)(CUdeviceptr)>("cuMemFree_v2")(p), "cuMemFree");
+  ck(sym<CUresult (*)(CUmodule)>("cuModuleUnload")(m), "cuModuleUnload");
+  ck(sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent")(nullptr), "cuCtxSetCurrent");
+  ck(sym<CUresult (*)(CUdevice)>("cuDevicePrimaryCtxRelease_v2")(dev), "cuDevicePrimaryCtxRelease");
+  note("released");
+  out += "}, \"cumemgetinfo_free\": " + std::to_string(cfree) + ", \"total\": " + std::to_string(ctotal) + "}";
+  printf("%s\n", out.c_str());
+  return 0;
+}
+
 int release(bool nvml) {
   std::string nvml_state = nvml ? init_nvml() : "not asked for";
   // The controller is forked before this process touches CUDA (a CUDA process must not
@@ -466,7 +532,7 @@ int fork_child(bool use_exit) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release [nvml] | fork [exit]\n");
+    fprintf(stderr, "usage: gpu_probe gpa | reserve-hint | overhead N | release [nvml] | fork [exit] | context-memory\n");
     return 64;
   }
   g_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -480,6 +546,7 @@ int main(int argc, char** argv) {
   if (mode == "overhead") return overhead(argc > 2 ? atol(argv[2]) : 20000);
   if (mode == "release") return release(argc > 2 && std::string(argv[2]) == "nvml");
   if (mode == "fork") return fork_child(argc > 2 && std::string(argv[2]) == "exit");
+  if (mode == "context-memory") return context_memory();
   fprintf(stderr, "gpu_probe: unknown mode %s\n", mode.c_str());
   return 64;
 }

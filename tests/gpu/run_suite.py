@@ -425,6 +425,30 @@ def release_probe():
     return figures
 
 
+@check("probe.context_memory", 60)
+def context_memory():
+    """NVML's free memory on GPU 0 as a process gets a context, loads a module and
+    allocates 1 MiB, and once it lets go: what a restored process needs on a GPU beyond
+    its device memory, which is all ferry restore's free-memory check counts."""
+    _, out, _ = run(probe("context-memory"), 50, direct=True)
+    r = json.loads(out)
+    with open(os.path.join(A.out, "context_memory.json"), "w") as f:
+        f.write(out)
+    if r["nvml"] != "answers":
+        raise Failed(f"NVML: {r['nvml']} (ferry restore then checks GPUs by total memory only)")
+    f = r["free"]
+    if any(v < 0 for v in f.values()):
+        raise Failed("NVML gave no memory figure at some step: " + out.strip())
+
+    def mib(b):
+        return f"{b / 2**20:.1f} MiB"
+    return {"primary context": mib(f["after_cuinit"] - f["with_context"]),
+            "module load": mib(f["with_context"] - f["after_module"]),
+            "1 MiB allocation": mib(f["after_module"] - f["after_1mib"]),
+            "not back after the release": mib(f["after_cuinit"] - f["released"]),
+            "free with 1 MiB held, NVML vs cuMemGetInfo": f"{mib(f['after_1mib'])} vs {mib(r['cumemgetinfo_free'])}"}
+
+
 @check("probe.fork_child", 90)
 def fork_child_probe():
     """What a child forked without exec once CUDA is initialized (a DataLoader's worker)
@@ -1046,7 +1070,7 @@ def torch_graph():
 # The whole-process facts and round trips first: where the run's budget runs out, the
 # checks that were never run on a GPU before go first. process.host_pids, which only
 # repeats a round trip the other way, after those the issue asks for.
-CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_preempted, process_vs_nvidia, process_net_namespace, gpa_table, reserve_hint, export_tables,
+CHECKS = [pid_namespace_probe, release_probe, fork_child_probe, context_memory, process_mlp, process_loader_workers, process_python_loader, process_python_nvml, process_tcp_store, process_torch, process_torch_loader, process_host_pids, process_preempted, process_vs_nvidia, process_net_namespace, gpa_table, reserve_hint, export_tables,
           engine_mlp, engine_saxpy, engine_graph, examples_under_shim, torch_default, torch_expandable, torch_graph,
           shim_overhead, bandwidth]
 

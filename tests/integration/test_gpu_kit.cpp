@@ -75,7 +75,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   std::map<std::string, std::string> status;
   for (auto& c : report["checks"]) status[c["name"]] = c["status"];
   for (const char* name : {"probe.gpa_table", "probe.reserve_hint", "probe.export_tables", "probe.release",
-                           "probe.fork_child", "probe.shim_overhead", "examples.under_shim", "engine.mlp_trainer", "engine.driver_saxpy",
+                           "probe.fork_child", "probe.context_memory", "probe.shim_overhead", "examples.under_shim", "engine.mlp_trainer", "engine.driver_saxpy",
                            "engine.cuda_graph", "engine.bandwidth"}) {
     INFO(name);
     CHECK(status[name] == "pass");
@@ -99,6 +99,16 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(status["probe.pid_namespace"] == (root ? "pass" : "skip"));
   for (auto& c : report["checks"]) {
     if (c["name"] == "engine.mlp_trainer") CHECK(c["figures"]["result"] == "bit-identical (1 lines)");
+    // The simulated NVML counts only other tenants' memory: a context costs nothing there,
+    // and cuMemGetInfo sees the process's own 1 MiB where NVML does not.
+    if (c["name"] == "probe.context_memory") {
+      CHECK(c["figures"]["primary context"] == "0.0 MiB");
+      const std::string both = c["figures"]["free with 1 MiB held, NVML vs cuMemGetInfo"];
+      INFO(both);
+      const auto vs = both.find(" MiB vs ");
+      REQUIRE(vs != std::string::npos);
+      CHECK(std::stod(both.substr(0, vs)) - std::stod(both.substr(vs + 8)) == 1.0);
+    }
     // The driver's restore given GPU pairs (each of the two GPUs to itself) brings it back.
     if (c["name"] == "probe.release") CHECK(c["figures"]["restore's GPU pairs (each GPU to itself)"] == "2: restore 0");
     if (c["name"] == "process.mlp_trainer" && root) CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
@@ -152,7 +162,7 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   }
   std::string summary = read_file(t.path + "/out/summary.txt");
   CHECK(summary.find("(SIMULATED GPU)") != std::string::npos);
-  CHECK(summary.find(root ? "21 pass, 5 skip" : "11 pass, 15 skip") != std::string::npos);
+  CHECK(summary.find(root ? "22 pass, 5 skip" : "12 pass, 15 skip") != std::string::npos);
 }
 
 TEST_CASE("where the driver does not start in a job's PID namespace, the kit's whole-process checks run their jobs "
