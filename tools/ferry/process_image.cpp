@@ -2275,13 +2275,15 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       if (!host_of.count(ns)) throw ClientError(kBug, "process " + std::to_string(ns) + " of the image was not restored");
       pid_t host = host_of[ns];
       const Placement& pl = placement[ns];
-      if (int r = driver->restore(host, pl.pairs))
+      if (int r = driver->restore(host, pl.pairs)) {
+        // Out of memory is not a chip's doing.
+        const std::string across = pl.other_chip.empty() || r == CUDA_ERROR_OUT_OF_MEMORY
+                                       ? ""
+                                       : "; the driver was to swap in " + joined(pl.other_chip) +
+                                             ", and NVIDIA documents its restore onto the same chip only";
         throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
-                                         cuda_error_text(r) +
-                                         (pl.other_chip.empty() ? ""
-                                                                : "; the driver was to swap in " + joined(pl.other_chip) +
-                                                                      ", and NVIDIA documents its restore onto the "
-                                                                      "same chip only"));
+                                         cuda_error_text(r) + across);
+      }
       if (int r = driver->unlock(host))
         throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
                                          cuda_error_text(r));
