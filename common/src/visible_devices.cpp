@@ -37,4 +37,10 @@ std::vector<int> visible_devices(const std::string& spec, const std::vector<std:
   return v;
 }
 
+std::string gpu_uuid_text(const std::string& hex) {
+  if (hex.size() != 32) return "GPU-" + hex;
+  return "GPU-" + hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
+         hex.substr(20);
+}
+
 }  // namespace ferry

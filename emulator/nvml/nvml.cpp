@@ -21,6 +21,8 @@
 #include <mutex>
 #include <string>
 
+#include <ferry_common/visible_devices.hpp>
+
 #include "machine.hpp"
 
 namespace {
@@ -40,13 +42,6 @@ struct Memory {
 using Handle = void*;
 Handle handle_of(int index) { return reinterpret_cast<Handle>(static_cast<uintptr_t>(index) + 1); }
 int index_of(Handle h) { return static_cast<int>(reinterpret_cast<uintptr_t>(h)) - 1; }
-
-// NVML's form of a UUID: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (the bytes CUDA reports).
-std::string nvml_uuid(const CUuuid& u) {
-  std::string hex = ferry::emu::uuid_hex(u);
-  return "GPU-" + hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
-         hex.substr(20);
-}
 
 bool initialized() {
   std::lock_guard lk(g_mu);
@@ -89,7 +84,7 @@ __attribute__((visibility("default"))) int nvmlDeviceGetHandleByUUID(const char*
   if (!initialized()) return kUninitialized;
   if (!uuid || !device) return kInvalidArgument;
   for (int i = 0; i < ferry::emu::machine_device_count(); i++)
-    if (nvml_uuid(ferry::emu::machine_device(i).uuid) == uuid) {
+    if (ferry::gpu_uuid_text(ferry::emu::uuid_hex(ferry::emu::machine_device(i).uuid)) == uuid) {
       *device = handle_of(i);
       return kSuccess;
     }

@@ -133,14 +133,10 @@ std::map<std::string, uint64_t> CudaDriver::free_memory(std::string* why) const 
     return free;
   }
   for (const Gpu& g : gpus_) {
-    // NVML names a GPU by the bytes CUDA reports, as GPU-8-4-4-4-12 hex digits.
-    const std::string& x = g.uuid;
-    if (x.size() != 32) continue;
-    const std::string name = "GPU-" + x.substr(0, 8) + "-" + x.substr(8, 4) + "-" + x.substr(12, 4) + "-" +
-                             x.substr(16, 4) + "-" + x.substr(20);
+    // NVML names a GPU by the bytes CUDA reports.
     Handle dev = nullptr;
     NvmlMemory mem{};
-    if (by_uuid(name.c_str(), &dev) == 0 && memory(dev, &mem) == 0) free[g.uuid] = mem.free;
+    if (by_uuid(gpu_uuid_text(g.uuid).c_str(), &dev) == 0 && memory(dev, &mem) == 0) free[g.uuid] = mem.free;
   }
   shutdown();
   return free;

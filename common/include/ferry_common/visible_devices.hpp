@@ -19,4 +19,8 @@ namespace ferry {
 // order) that `spec` makes visible, in its order; empty when it leaves none.
 std::vector<int> visible_devices(const std::string& spec, const std::vector<std::string>& machine);
 
+// A GPU's UUID (32 hex digits) as NVML and nvidia-smi write it -- and as a UUID in
+// CUDA_VISIBLE_DEVICES is written: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.
+std::string gpu_uuid_text(const std::string& hex);
+
 }  // namespace ferry
