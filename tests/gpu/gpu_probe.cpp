@@ -15,7 +15,7 @@
 //                     then be restored, unlocked and create a context and compute again
 //                     -- the facts the whole-process path (CRIU + ferry) stands on
 //   context-memory    NVML's free memory on GPU 0 after cuInit, with the primary context
-//                     current, after a module load, after a 1 MiB allocation, and once
+//                     current, after a module load and one launch, after a 1 MiB allocation, and once
 //                     the context is released; cuMemGetInfo's free beside it: what a
 //                     restored process needs on a GPU beyond its device memory, which is
 //                     all ferry restore's free-memory check counts
@@ -417,6 +417,14 @@ int context_memory() {
   note("with_context");
   CUmodule m = nullptr;
   ck(sym<CUresult (*)(CUmodule*, const void*)>("cuModuleLoadData")(&m, gpu_kernels_fatbin), "cuModuleLoadData");
+  // One launch: with lazy loading (the default) the module's code reaches the GPU only then.
+  CUfunction f = nullptr;
+  ck(sym<CUresult (*)(CUfunction*, CUmodule, const char*)>("cuModuleGetFunction")(&f, m, "probe_empty"),
+     "cuModuleGetFunction");
+  ck(sym<CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                      void**, void**)>("cuLaunchKernel")(f, 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, nullptr),
+     "cuLaunchKernel");
+  ck(sym<CUresult (*)()>("cuCtxSynchronize")(), "cuCtxSynchronize");
   note("after_module");
   CUdeviceptr p = 0;
   ck(sym<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2")(&p, 1 << 20), "cuMemAlloc");

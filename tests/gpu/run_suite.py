@@ -428,7 +428,7 @@ def release_probe():
 @check("probe.context_memory", 60)
 def context_memory():
     """NVML's free memory on GPU 0 as a process gets a context, loads a module and
-    allocates 1 MiB, and once it lets go: what a restored process needs on a GPU beyond
+    launches one kernel, allocates 1 MiB, and once it lets go: what a restored process needs on a GPU beyond
     its device memory, which is all ferry restore's free-memory check counts."""
     _, out, _ = run(probe("context-memory"), 50, direct=True)
     r = json.loads(out)
@@ -443,7 +443,7 @@ def context_memory():
     def mib(b):
         return f"{b / 2**20:.1f} MiB"
     return {"primary context": mib(f["after_cuinit"] - f["with_context"]),
-            "module load": mib(f["with_context"] - f["after_module"]),
+            "module load and one launch": mib(f["with_context"] - f["after_module"]),
             "1 MiB allocation": mib(f["after_module"] - f["after_1mib"]),
             "not back after the release": mib(f["after_cuinit"] - f["released"]),
             "free with 1 MiB held, NVML vs cuMemGetInfo": f"{mib(f['after_1mib'])} vs {mib(r['cumemgetinfo_free'])}"}

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -111,7 +112,13 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
     }
     // The driver's restore given GPU pairs (each of the two GPUs to itself) brings it back.
     if (c["name"] == "probe.release") CHECK(c["figures"]["restore's GPU pairs (each GPU to itself)"] == "2: restore 0");
-    if (c["name"] == "process.mlp_trainer" && root) CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
+    if (c["name"] == "process.mlp_trainer" && root) {
+      CHECK(c["figures"]["job"] == "ferry run --pid-namespace");
+      // The dry run's NVML figure for the target: the whole GPU free (no other tenants).
+      const std::string f = c["figures"]["target free memory"];
+      INFO(f);
+      CHECK(std::regex_match(f, std::regex("GPU 1: ([0-9.]+) GiB free of \\1 GiB")));
+    }
     if (c["name"] == "process.host_pids" && root) CHECK(c["figures"]["job"] == "ferry run --host-pids");
     if (c["name"] == "process.net_namespace" && root)
       CHECK(c["figures"]["job"] == "ferry run --pid-namespace --net-namespace");

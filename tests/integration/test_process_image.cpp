@@ -2833,6 +2833,16 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     CHECK(r.exit_code == 75);  // try later: they may let go of it
     CHECK(r.err.find("GPU 0 (ferry emulated GPU) has 4.0 MiB free of its 16.0 GiB (other processes hold the rest); "
                      "the job needs ") != std::string::npos);
+    // With no NVML to tell it, found only at the resume, after CRIU: the job killed.
+    fs::create_directories(t / "lone");
+    fs::copy_file(std::string(FERRY_TEST_EMU_LIB_DIR) + "/libcuda.so.1", t / "lone/libcuda.so.1");
+    r = restore_text(t / "img", {"--real-driver", t / "lone/libcuda.so.1"}, {{"FERRY_EMU_DEVICE0", "held=16380m"}});
+    INFO(r.err);
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.rfind("ferry: warning: free GPU memory not known (cannot load NVML: ", 0) == 0);
+    CHECK(r.err.find(": device 0 (ferry emulated GPU) has 4 MiB available; the program's GPU state needs ") !=
+          std::string::npos);
+    CHECK(r.err.ends_with("; the restored job was killed: nothing is left running, the image is untouched\n"));
     // With room beside them, the job comes back there.
     auto ok = restore(t / "img", {}, {{"FERRY_EMU_DEVICE0", "held=8g"}});
     INFO(ok.err);
@@ -2979,10 +2989,10 @@ TEST_CASE("ferry restore --dry-run makes a restore's checks and says where the j
   REQUIRE(j["gpus"].size() == 1);
   CHECK(j["gpus"][0]["free"].is_null());
   REQUIRE(j["warnings"].size() == 1);
-  CHECK(j["warnings"][0].get<std::string>().rfind("the GPUs' free memory is not known (cannot load NVML: " +
+  CHECK(j["warnings"][0].get<std::string>().rfind("free GPU memory not known (cannot load NVML: " +
                                                       t / "lone/libnvidia-ml.so.1" + ": ",
                                                   0) == 0);
-  CHECK(j["warnings"][0].get<std::string>().ends_with("): only their total memory was checked"));
+  CHECK(j["warnings"][0].get<std::string>().ends_with("): only the total memory was checked there"));
   // A GPU this machine lacks: the restore's refusal, its exit code.
   dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--device", "7"}, ferry_test::emu_env(), 60);
   CHECK(dry.exit_code == 78);

@@ -11,6 +11,7 @@
 #include <ferry_common/visible_devices.hpp>
 
 #include "client.hpp"
+#include "output.hpp"
 
 namespace ferry::cli {
 
@@ -132,12 +133,22 @@ std::map<std::string, uint64_t> CudaDriver::free_memory(std::string* why) const 
     *why = nvml + ": nvmlInit_v2 failed with error " + std::to_string(r);
     return free;
   }
+  std::vector<std::string> silent;
   for (const Gpu& g : gpus_) {
     // NVML names a GPU by the bytes CUDA reports.
     Handle dev = nullptr;
     NvmlMemory mem{};
-    if (by_uuid(gpu_uuid_text(g.uuid).c_str(), &dev) == 0 && memory(dev, &mem) == 0) free[g.uuid] = mem.free;
+    const std::string name = gpu_uuid_text(g.uuid);
+    if (int r = by_uuid(name.c_str(), &dev))
+      silent.push_back("GPU " + std::to_string(g.index) + " (" + name + "): nvmlDeviceGetHandleByUUID error " +
+                       std::to_string(r));
+    else if (int r2 = memory(dev, &mem))
+      silent.push_back("GPU " + std::to_string(g.index) + " (" + name + "): nvmlDeviceGetMemoryInfo error " +
+                       std::to_string(r2));
+    else
+      free[g.uuid] = mem.free;
   }
+  if (!silent.empty()) *why = "NVML did not answer for " + list_text(silent);
   shutdown();
   return free;
 }

@@ -35,8 +35,8 @@ class CudaDriver {
   // driver itself) hold is taken off, which the CUDA driver cannot say without a context
   // on every GPU (hundreds of MiB each on a real one). NVML is the one beside the driver
   // (the simulated GPU has its own), loaded, asked and shut down here. Empty where it
-  // cannot be loaded or started (*why says so) or knows none of the GPUs (a MIG slice):
-  // then only each GPU's total is known.
+  // cannot be loaded or started, without the GPUs it did not answer for; *why says why
+  // (empty where every GPU has its figure). Where one is missing, only its total is known.
   std::map<std::string, uint64_t> free_memory(std::string* why) const;
 
   // The checkpoint API; each returns the CUresult. Throws ClientError(kFixFirst) when

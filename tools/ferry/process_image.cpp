@@ -2061,8 +2061,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       // 75: other processes may let go of it). Memory taken after this check is met at
       // the resume, once CRIU has run: the job is then killed.
       const auto& gpus = driver->gpus();
-      if (std::string why; !need.empty() && (free_memory = driver->free_memory(&why)).empty() && !why.empty()) {
-        warnings.push_back("the GPUs' free memory is not known (" + why + "): only their total memory was checked");
+      std::string why;
+      if (!need.empty()) free_memory = driver->free_memory(&why);
+      if (!why.empty()) {
+        warnings.push_back("free GPU memory not known (" + why + "): only the total memory was checked there");
         if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
       }
       for (auto& [to, bytes] : need) {
