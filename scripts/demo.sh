@@ -41,10 +41,14 @@ same_as_ref() {  # the final checksum in log $1 against the uninterrupted run's;
     exit 1
   fi
 }
+# The trainer's log: each run has its own file, made before the run starts -- a
+# background command's redirection happens some time after `&` returns, so a file an
+# earlier run wrote could still be read here as this run's.
+log=$work/train.log
 wait_step() {  # wait until the trainer printed step $1
   for _ in $(seq 1 3000); do
-    grep -q "^step $1 loss" "$work/train.log" && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "demo: the trainer ended early:"; cat "$work/train.log"; exit 1; }
+    grep -q "^step $1 loss" "$log" && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "demo: the trainer ended early:"; cat "$log"; exit 1; }
     sleep 0.01
   done
   echo "demo: the trainer did not reach step $1"; exit 1
@@ -61,6 +65,7 @@ else "$trainer" "${args[@]}" --quiet >"$work/ref.log" 2>&1; fi
 grep "weights checksum" "$work/ref.log"
 
 step "ferry run: the trainer starts on GPU 0"
+: >"$log"
 "$ferry" run "${run_opts[@]}" -- "$trainer" "${args[@]}" --step-delay-ms 25 >"$work/train.log" 2>&1 &
 pid=$!
 wait_step 10
@@ -97,14 +102,16 @@ if [[ $check == *"(but does in a --host-pids job)"* ]]; then
   echo; echo "demo: the CUDA driver does not start in a job's PID namespace here (ferry check); the job keeps the host's pids"
 fi
 step "ferry run $kind: the trainer starts again, as a job of its own, on GPU 0, its batches made by two forked workers (a DataLoader's shape)"
-"$ferry" run "${run_opts[@]}" "$kind" -- "$trainer" "${args[@]}" --loader-workers 2 --step-delay-ms 25 >"$work/train.log" 2>&1 &
+log=$work/job.log
+: >"$log"
+"$ferry" run "${run_opts[@]}" "$kind" -- "$trainer" "${args[@]}" --loader-workers 2 --step-delay-ms 25 >"$log" 2>&1 &
 pid=$!
 wait_step 20
 step "ferry dump: the whole job (CPU state by CRIU, GPU state by ferry) to an image; the job ends"
 "$ferry" dump "$pid" "$work/job" --progress always
 wait "$pid" || true
 pid=
-echo "   the job's processes are gone: $(grep -c ' loss ' "$work/train.log") steps were printed"
+echo "   the job's processes are gone: $(grep -c ' loss ' "$log") steps were printed"
 "$ferry" inspect "$work/job"
 step "ferry restore: new processes from the image, the GPU state on GPU 1; it trains to the end"
 "$ferry" restore "$work/job" --device 1 >"$work/restored.log"
