@@ -277,7 +277,7 @@ TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inh
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
   const std::string uffd = "anon_inode:[userfaultfd]";  // the simulated driver's device file
-  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
   REQUIRE(!checksums(plain.out).empty());
   std::vector<std::string> prog = {kMlp, "--steps", "150", "--step-delay-ms", "20", "--loader-workers", "2"};
 
@@ -428,6 +428,131 @@ TEST_CASE("a driver file NVIDIA's checkpoint does not release (NVML's, on a real
   auto done = c.finish();
   CHECK(done.exit_code == 0);
   CHECK(checksums(c.out(), "state checksum") == checksums(plain.out, "state checksum"));
+}
+
+namespace {
+
+// A job of two CUDA processes in t: mlp_trainer (400 steps) and a latecomer, a Python
+// program that has libcuda loaded but calls cuInit only once the file `go` exists (its
+// userfaultfd, the simulated driver's file, comes with it; "late ready" said before,
+// "late cuInit 0" after), then
+// waits for `done`, which the job's shell makes once the trainer has ended. Its script.
+std::string latecomer_job(const std::string& t, const std::string& go, const std::string& done) {
+  std::ofstream(t + "/late.py") << "import ctypes, os, sys, time\n"
+                                   "cu = ctypes.CDLL('libcuda.so.1')\n"
+                                   "print('late ready', flush=True)\n"
+                                   "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+                                   "print(f'late cuInit {cu.cuInit(0)}', flush=True)\n"
+                                   "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n";
+  return script_at(t + "/job.sh", "#!/bin/sh\npython3 " + t + "/late.py " + go + " " + done + " &\n" + kMlp +
+                                      " --steps 400 --step-delay-ms 20\ntouch " + done + "\nwait\n");
+}
+
+// The latecomer of latecomer_job, once the trainer is on its way.
+pid_t latecomer_of(pid_t ferry_run) {
+  for (pid_t p : children_of(program_of(ferry_run)))
+    if (ferry_test::read_file("/proc/" + std::to_string(p) + "/comm") == "python3\n") return p;
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("a process that begins to use CUDA while its job is being dumped (cuInit after ferry looked at the job) makes "
+          "the dump 'try again' (75), naming it; the job goes on; a second dump takes it along and the job, "
+          "restored, ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  const std::string go = t / "go";
+  // Each engine operation of the job starts 1.5 s late: the dump's window between its
+  // look at the job and the driver's checkpoint, made wide enough to start CUDA in.
+  ferry_test::Child c(job({latecomer_job(t.path, go, t / "done")}),
+                      ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", "1500"}}));
+  REQUIRE(c.wait_for("late ready"));
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+  pid_t late = latecomer_of(c.pid());
+  REQUIRE(late > 0);
+  CHECK(fds_naming(late, "anon_inode:[userfaultfd]").empty());
+
+  ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
+                           ferry_test::emu_env());
+  bool looked = false;  // the progress line comes once ferry has looked at the job
+  for (int i = 0; i < 6000 && !looked; i++) {
+    looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
+    if (!looked) usleep(10000);
+  }
+  REQUIRE(looked);
+  std::ofstream(go).flush();
+  REQUIRE(c.wait_for("late cuInit 0", 30));
+  auto fds = fds_naming(late, "anon_inode:[userfaultfd]");
+  REQUIRE(fds.size() == 1);
+  auto d1 = dumper.finish();
+  CHECK(d1.exit_code == 75);
+  auto said = ferry_test::lines_with(d1.err, "ferry: dump failed");
+  REQUIRE(said.size() == 1);
+  CHECK(said[0] == "ferry: dump failed: the CUDA driver's files were opened while the job was being dumped, after "
+                   "ferry had looked at its processes -- process " + std::to_string(ns_pid(late)) + " (python3, pid " +
+                       std::to_string(late) + "): anon_inode:[userfaultfd] as fd " + fds[0] +
+                       "; dump it again (a process that began to use CUDA is then dumped with the rest); the job "
+                       "goes on running on its GPUs, nothing was written");
+  CHECK(!fs::exists(t / "img"));
+  CHECK(!fs::exists(t / "img.partial"));
+
+  // Again: both CUDA processes are dumped; the restored job ends as an uninterrupted run.
+  auto d2 = dump(c.pid(), t / "img");
+  CHECK(d2["cuda_processes"] == 2);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  CHECK(report_of(r)["processes"].size() == 2);
+  CHECK(!report_of(r).contains("warnings"));
+}
+
+TEST_CASE("a CUDA process that ends once restored, before its GPU state is back, is reported and left to its job: the "
+          "restore goes on and the job ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  const std::string go = t / "go", done = t / "done";
+  std::ofstream(go).flush();
+  // Each engine operation starts 1.5 s late: the latecomer, told to end before the
+  // restore, ends while ferry waits for its resume (or before the driver's restore).
+  ferry_test::Child c(job({latecomer_job(t.path, go, done)}),
+                      ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", "1500"}}));
+  REQUIRE(c.wait_for("late cuInit 0"));
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+  pid_t late = latecomer_of(c.pid());
+  REQUIRE(late > 0);
+  const int late_ns = ns_pid(late);
+  auto d = dump(c.pid(), t / "img");
+  CHECK(d["cuda_processes"] == 2);
+  CHECK(c.finish().exit_code == 128 + SIGKILL);
+  std::ofstream(done).flush();
+  auto r = restore(t / "img", {"--device", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(checksums(r.out) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+  auto rep = report_of(r);
+  REQUIRE(rep["processes"].size() == 2);
+  nlohmann::json ended;
+  for (auto& p : rep["processes"])
+    if (p["nspid"] == late_ns) ended = p;
+  REQUIRE(ended.is_object());
+  CHECK(!ended.contains("status"));
+  // Seen as a zombie, how it ended; reaped by its shell already, only that it did.
+  CHECK((ended["ended"] == "exit status 0" || ended["ended"] == "ended"));
+  const std::string how = ended["ended"] == "ended" ? "" : " (exit status 0)";
+  CHECK(rep["warnings"] == nlohmann::json::array({"process " + std::to_string(late_ns) + " of the job (pid " +
+                                                  std::to_string(ended["pid"].get<int>()) + ") ended" + how +
+                                                  " before its GPU state was restored; the rest of the job runs on"}));
 }
 
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
@@ -2246,7 +2371,7 @@ TEST_CASE("an --on-signal dump that could not work here -- no directory to write
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
   ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("step 3 loss"));
   auto try_dump = [&](std::map<std::string, std::string> env) {

@@ -217,6 +217,8 @@ bool from_launcher(int fd) { return g_launcher_fds.count(fd) > 0; }
 
 bool no_process(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
+bool dead(pid_t p) { return std::strchr("ZX", stat_from_state("/proc/" + std::to_string(p) + "/stat")[0]); }
+
 std::string stat_from_state(const std::string& path) {
   std::ifstream in(path);
   std::string stat;

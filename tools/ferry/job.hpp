@@ -66,6 +66,8 @@ bool from_launcher(int fd);
 
 // Whether no process has pid p (a zombie still has it).
 bool no_process(pid_t p);
+// Dead: a zombie, or no process at all.
+bool dead(pid_t p);
 
 // A /proc stat file from its state on ("S 1 ..."; the name before it may hold anything);
 // "X" where it cannot be read (gone).

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -923,11 +924,27 @@ void cont_all(const std::vector<Task>& tasks) {
 // enough: it exists from bind() on, a moment before listen(), when a connection is
 // refused (seen once in CI as a restore failing with "no longer listens").
 bool wait_socket(pid_t host, int seconds) {
-  for (int i = 0; i < seconds * 50; i++) {
+  for (int i = 0; i < seconds * 50 && !dead(host); i++) {
     if (listens(sock_of(host))) return true;
     usleep(20000);
   }
   return false;
+}
+
+// How a zombie ended, as its parent will learn ("exit status 0", "killed by SIGSEGV");
+// "" once it is reaped.
+std::string how_it_ended(pid_t p) {
+  std::istringstream in(stat_from_state("/proc/" + std::to_string(p) + "/stat"));
+  std::vector<std::string> f{std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+  // From the state on, exit_code (stat's field 52, Linux >= 3.5) is the 50th.
+  if (f.size() < 50 || f[0] != "Z") return "";
+  int st = std::atoi(f[49].c_str());
+  if (WIFEXITED(st)) return "exit status " + std::to_string(WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) {
+    const char* name = sigabbrev_np(WTERMSIG(st));
+    return "killed by " + (name ? "SIG" + std::string(name) : "signal " + std::to_string(WTERMSIG(st)));
+  }
+  return "";
 }
 
 // A CUDA process's `status`, its "status" object; ClientError when it answers otherwise.
@@ -1264,9 +1281,17 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
                                   cuda_error_text(r));
   }
+  // A process that opened the driver's files after ferry looked at the job (cuInit then)
+  // was neither suspended nor checkpointed: a race a second dump does not meet, not a leak.
+  std::vector<Task> seen, late;
+  for (auto& t : tree_of(d.init)) (d.driver_held.count(t.host) ? seen : late).push_back(t);
+  if (std::string began = driver_files_held(late, true); !began.empty())
+    return abort(kRetryLater, "the CUDA driver's files were opened while the job was being dumped, after ferry had "
+                              "looked at its processes -- " + began +
+                                  "; dump it again (a process that began to use CUDA is then dumped with the rest)");
   // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
   // device number: named here instead (NVML's own, where the shim could not shut it down).
-  if (std::string left = driver_files_held(tree_of(d.init), true); !left.empty())
+  if (std::string left = driver_files_held(seen, true); !left.empty())
     return abort(kFixFirst, "the CUDA driver's files are still held once NVIDIA's checkpoint released the GPUs -- " +
                                 left +
                                 "; CRIU cannot dump them. NVML (libnvidia-ml) keeps its own open where the program "
@@ -1864,6 +1889,10 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
   std::unique_ptr<CudaDriver> driver;
   std::vector<int> dmap;
   std::vector<std::string> warnings;    // said on stderr, or in the JSON report
+  auto warn = [&](std::string text) {
+    warnings.push_back(std::move(text));
+    if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
+  };
   std::map<int, Placement> placement;  // by ns pid
   std::map<int, uint64_t> need;         // target GPU -> bytes
   std::map<std::string, uint64_t> free_memory;  // GPU uuid -> bytes free now, where NVML says
@@ -1891,8 +1920,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
           throw ClientError(kFixFirst, "cannot restore the job of " + dir + " here: " + why +
                                            ": --on-signal's dump would fail" + fix +
                                            ". Nothing was started; the image is untouched");
-        warnings.push_back(why + ": ferry dump will refuse the job" + fix);
-        if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
+        warn(why + ": ferry dump will refuse the job" + fix);
       }
     }
     bool missing = false;
@@ -2063,10 +2091,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       const auto& gpus = driver->gpus();
       std::string why;
       if (!need.empty()) free_memory = driver->free_memory(&why);
-      if (!why.empty()) {
-        warnings.push_back("free GPU memory not known (" + why + "): only the total memory was checked there");
-        if (!out.json && out.progress != "never") fprintf(stderr, "ferry: warning: %s\n", warnings.back().c_str());
-      }
+      if (!why.empty()) warn("free GPU memory not known (" + why + "): only the total memory was checked there");
       for (auto& [to, bytes] : need) {
         const Gpu& g = gpus[static_cast<size_t>(to)];
         if (g.memory < bytes)
@@ -2269,36 +2294,60 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
                                                  "is untouched");
   };
   ProgressView view(out);
+  // The driver's part, then ferry's, for one restored CUDA process: its entry in the report.
+  auto resume_restored = [&](pid_t host, int ns, const Placement& pl, const std::string& gpu_dir) {
+    if (int r = driver->restore(host, pl.pairs)) {
+      // Out of memory is not a chip's doing.
+      const std::string across = pl.other_chip.empty() || r == CUDA_ERROR_OUT_OF_MEMORY
+                                     ? ""
+                                     : "; the driver was to swap in " + joined(pl.other_chip) +
+                                           ", and NVIDIA documents its restore onto the same chip only";
+      throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
+                                       cuda_error_text(r) + across);
+    }
+    if (int r = driver->unlock(host))
+      throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
+                                       cuda_error_text(r));
+    // A restored copy listens again when it finds its pid changed; with the host's pids
+    // it has not, so it is asked to, as after an undone dump.
+    if (host_pids) ask_reattach(host);
+    if (!wait_socket(host, 10))
+      throw ClientError(kBug, "restored process " + std::to_string(host) + " does not listen on " + sock_of(host));
+    ops::Options o;
+    o.dir = gpu_dir;
+    o.device_uuids = pl.uuid_of_device;
+    nlohmann::json r = op_request(host, "resume", o, &view);
+    return nlohmann::json{{"nspid", ns}, {"pid", host}, {"status", r["status"]}};
+  };
   nlohmann::json placed = nlohmann::json::array();
   try {
     for (auto& p : m["processes"]) {
       if (!p.value("cuda", false)) continue;
       int ns = p["nspid"].get<int>();
-      if (!host_of.count(ns)) throw ClientError(kBug, "process " + std::to_string(ns) + " of the image was not restored");
-      pid_t host = host_of[ns];
-      const Placement& pl = placement[ns];
-      if (int r = driver->restore(host, pl.pairs)) {
-        // Out of memory is not a chip's doing.
-        const std::string across = pl.other_chip.empty() || r == CUDA_ERROR_OUT_OF_MEMORY
-                                       ? ""
-                                       : "; the driver was to swap in " + joined(pl.other_chip) +
-                                             ", and NVIDIA documents its restore onto the same chip only";
-        throw ClientError(kFixFirst, "the CUDA driver could not restore process " + std::to_string(host) + ": " +
-                                         cuda_error_text(r) + across);
+      // Restored, a process runs on until a CUDA call waits for its GPU state; one that
+      // ended before (a worker at its end when dumped) needs none, and the job goes on as
+      // its program decides, as it would have without the dump. Gone from the tree
+      // already, it was reaped (CRIU restores all of a tree or none of it).
+      auto ended = [&](pid_t host) {
+        std::string how = host ? how_it_ended(host) : "";
+        warn("process " + std::to_string(ns) + " of the job" + (host ? " (pid " + std::to_string(host) + ")" : "") +
+             " ended" + (how.empty() ? "" : " (" + how + ")") +
+             " before its GPU state was restored; the rest of the job runs on");
+        nlohmann::json e = {{"nspid", ns}, {"ended", how.empty() ? "ended" : how}};
+        if (host) e["pid"] = host;
+        placed.push_back(e);
+      };
+      if (!host_of.count(ns)) {
+        ended(0);
+        continue;
       }
-      if (int r = driver->unlock(host))
-        throw ClientError(kFixFirst, "the CUDA driver could not unlock process " + std::to_string(host) + ": " +
-                                         cuda_error_text(r));
-      // A restored copy listens again when it finds its pid changed; with the host's pids
-      // it has not, so it is asked to, as after an undone dump.
-      if (host_pids) ask_reattach(host);
-      if (!wait_socket(host, 10))
-        throw ClientError(kBug, "restored process " + std::to_string(host) + " does not listen on " + sock_of(host));
-      ops::Options o;
-      o.dir = dir + "/" + p["gpu_image"].get<std::string>();
-      o.device_uuids = pl.uuid_of_device;
-      nlohmann::json r = op_request(host, "resume", o, &view);
-      placed.push_back({{"nspid", ns}, {"pid", host}, {"status", r["status"]}});
+      pid_t host = host_of[ns];
+      try {
+        placed.push_back(resume_restored(host, ns, placement[ns], dir + "/" + p["gpu_image"].get<std::string>()));
+      } catch (const ClientError&) {
+        if (!dead(host)) throw;
+        ended(host);
+      }
     }
   } catch (const ClientError& e) {
     return kill_job(e);

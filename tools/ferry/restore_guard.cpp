@@ -53,9 +53,6 @@ std::vector<pid_t> writing(const std::string& path) {
   return v;
 }
 
-// Dead: a zombie, or no process at all.
-bool gone(pid_t p) { return std::strchr("ZX", stat_from_state("/proc/" + std::to_string(p) + "/stat")[0]); }
-
 [[noreturn]] void guard(int in) {
   setsid();
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2}) signal(s, SIG_IGN);
@@ -122,7 +119,7 @@ bool gone(pid_t p) { return std::strchr("ZX", stat_from_state("/proc/" + std::to
     }
     usleep(10000);
   }
-  for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), gone); i++) usleep(10000);
+  for (int i = 0; i < 200 && !std::all_of(killed.begin(), killed.end(), dead); i++) usleep(10000);
   std::error_code ec;
   if (!work.empty() && !keep_work) std::filesystem::remove_all(work, ec);
   remove_init_dir_if_unused(init_dir);
