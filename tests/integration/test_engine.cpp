@@ -609,6 +609,23 @@ TEST_CASE("the CLI lists, describes and pre-flights", "[engine][cli]") {
   CHECK(m["ok"] == true);
   CHECK(m["devices"].size() == 2);
   CHECK(m["devices"][0]["arena_address_free"] == true);
+  // Free memory as a restore checks it (the simulated NVML): all of it, then less what
+  // the machine's other tenants hold.
+  CHECK(m["devices"][0]["free"] == m["devices"][0]["memory"]);
+  CHECK(!m.contains("free_memory_unknown"));
+  auto shared = json_of(cli({"check", "--emulator", "--format", "json"}, {{"FERRY_EMU_DEVICE1", "held=3g"}}));
+  CHECK(shared["devices"][1]["free"].get<uint64_t>() == shared["devices"][1]["memory"].get<uint64_t>() - (3ull << 30));
+  CHECK(shared["devices"][0]["free"] == shared["devices"][0]["memory"]);
+  auto words = cli({"check", "--emulator"}, {{"FERRY_EMU_DEVICE1", "held=3g"}});
+  CHECK(words.out.find("device 1: ferry emulated GPU, compute capability 9.0, 16.0 GiB (13.0 GiB free), VMM yes, "
+                       "arena address free\n") != std::string::npos);
+  // A driver with no NVML beside it: the free memory not known, and why.
+  TempDir bare;
+  fs::copy_file(std::string(FERRY_TEST_EMU_LIB_DIR) + "/libcuda.so.1", bare / "libcuda.so.1");
+  auto unknown = json_of(cli({"check", "--real-driver", bare / "libcuda.so.1", "--format", "json"}));
+  CHECK(unknown["devices"][1]["free"].is_null());
+  CHECK(unknown["free_memory_unknown"].get<std::string>().starts_with("cannot load NVML: " +
+                                                                      (bare / "libnvidia-ml.so.1")));
   auto none = cli({"status", "999999999"});
   CHECK(none.exit_code == 69);
   CHECK(none.err.find("no process 999999999") != std::string::npos);

@@ -277,7 +277,7 @@ TEST_CASE("a DataLoader's shape: workers forked without exec once CUDA is up inh
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
   const std::string uffd = "anon_inode:[userfaultfd]";  // the simulated driver's device file
-  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
   REQUIRE(!checksums(plain.out).empty());
   std::vector<std::string> prog = {kMlp, "--steps", "150", "--step-delay-ms", "20", "--loader-workers", "2"};
 
@@ -433,25 +433,41 @@ TEST_CASE("a driver file NVIDIA's checkpoint does not release (NVML's, on a real
 namespace {
 
 // A job of two CUDA processes in t: mlp_trainer (400 steps) and a latecomer, a Python
-// program that has libcuda loaded but calls cuInit only once the file `go` exists (its
-// userfaultfd, the simulated driver's file, comes with it; "late ready" said before,
-// "late cuInit 0" after), then
-// waits for `done`, which the job's shell makes once the trainer has ended. Its script.
-std::string latecomer_job(const std::string& t, const std::string& go, const std::string& done) {
-  std::ofstream(t + "/late.py") << "import ctypes, os, sys, time\n"
+// program (its parent, also Python, never uses CUDA and reaps it only once the trainer
+// has ended, so that how it ended stays in /proc until then). The latecomer has libcuda
+// loaded but calls cuInit only once the file `go` exists (its userfaultfd, the
+// simulated driver's file, comes with it; "late ready" said before, "late cuInit 0"
+// after), then waits for `done` (which the job's shell makes once the trainer has
+// ended) and exits 0 -- or, with `crash`, is killed by SIGSEGV. Its script.
+std::string latecomer_job(const std::string& t, const std::string& go, const std::string& done, bool crash = false) {
+  std::ofstream(t + "/late.py") << "import ctypes, os, resource, signal, sys, time\n"
+                                   "go, done, end, crash = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == '1'\n"
+                                   "def wait(path):\n"
+                                   "    while not os.path.exists(path): time.sleep(0.01)\n"
+                                   "child = os.fork()\n"
+                                   "if child:\n"
+                                   "    wait(end)\n"
+                                   "    os.waitpid(child, 0)\n"
+                                   "    sys.exit(0)\n"
                                    "cu = ctypes.CDLL('libcuda.so.1')\n"
                                    "print('late ready', flush=True)\n"
-                                   "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+                                   "wait(go)\n"
                                    "print(f'late cuInit {cu.cuInit(0)}', flush=True)\n"
-                                   "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n";
-  return script_at(t + "/job.sh", "#!/bin/sh\npython3 " + t + "/late.py " + go + " " + done + " &\n" + kMlp +
-                                      " --steps 400 --step-delay-ms 20\ntouch " + done + "\nwait\n");
+                                   "wait(done)\n"
+                                   "if crash:\n"
+                                   "    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+                                   "    os.kill(os.getpid(), signal.SIGSEGV)\n"
+                                   "os._exit(0)\n";
+  return script_at(t + "/job.sh", "#!/bin/sh\npython3 " + t + "/late.py " + go + " " + done + " " + t + "/end " +
+                                      (crash ? "1" : "0") + " &\n" + kMlp +
+                                      " --steps 400 --step-delay-ms 20\ntouch " + done + " " + t + "/end\nwait\n");
 }
 
-// The latecomer of latecomer_job, once the trainer is on its way.
+// The latecomer of latecomer_job, once it said "late ready".
 pid_t latecomer_of(pid_t ferry_run) {
   for (pid_t p : children_of(program_of(ferry_run)))
-    if (ferry_test::read_file("/proc/" + std::to_string(p) + "/comm") == "python3\n") return p;
+    if (ferry_test::read_file("/proc/" + std::to_string(p) + "/comm") == "python3\n" && children_of(p).size() == 1)
+      return children_of(p)[0];
   return 0;
 }
 
@@ -514,17 +530,18 @@ TEST_CASE("a process that begins to use CUDA while its job is being dumped (cuIn
 }
 
 TEST_CASE("a CUDA process that ends once restored, before its GPU state is back, is reported and left to its job: the "
-          "restore goes on and the job ends bit-identical",
+          "restore goes on and the job ends bit-identical; one killed by SIGSEGV then fails the restore",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
+  const bool crash = GENERATE(false, true);
   auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
   const std::string go = t / "go", done = t / "done";
   std::ofstream(go).flush();
   // Each engine operation starts 1.5 s late: the latecomer, told to end before the
   // restore, ends while ferry waits for its resume (or before the driver's restore).
-  ferry_test::Child c(job({latecomer_job(t.path, go, done)}),
+  ferry_test::Child c(job({latecomer_job(t.path, go, done, crash)}),
                       ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", "1500"}}));
   REQUIRE(c.wait_for("late cuInit 0"));
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
@@ -535,6 +552,21 @@ TEST_CASE("a CUDA process that ends once restored, before its GPU state is back,
   CHECK(d["cuda_processes"] == 2);
   CHECK(c.finish().exit_code == 128 + SIGKILL);
   std::ofstream(done).flush();
+  if (crash) {
+    auto r = restore_text(t / "img", {"--device", "1"});
+    INFO(r.err);
+    // Its parent reaps it only once the trainer has ended: ferry sees how it ended.
+    CHECK(r.exit_code == 70);
+    auto said = ferry_test::lines_with(r.err, "ferry: restore failed");
+    REQUIRE(said.size() == 1);
+    CHECK(std::regex_match(said[0],
+                           std::regex("ferry: restore failed: process " + std::to_string(late_ns) +
+                                      " of the job \\(pid [0-9]+\\) was killed by SIGSEGV before its GPU state was "
+                                      "restored; the restored job was killed: nothing is left running, the image is "
+                                      "untouched")));
+    CHECK(checksums(r.out).empty());
+    return;
+  }
   auto r = restore(t / "img", {"--device", "1"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
@@ -547,12 +579,10 @@ TEST_CASE("a CUDA process that ends once restored, before its GPU state is back,
     if (p["nspid"] == late_ns) ended = p;
   REQUIRE(ended.is_object());
   CHECK(!ended.contains("status"));
-  // Seen as a zombie, how it ended; reaped by its shell already, only that it did.
-  CHECK((ended["ended"] == "exit status 0" || ended["ended"] == "ended"));
-  const std::string how = ended["ended"] == "ended" ? "" : " (exit status 0)";
+  CHECK(ended["ended"] == "exit status 0");
   CHECK(rep["warnings"] == nlohmann::json::array({"process " + std::to_string(late_ns) + " of the job (pid " +
-                                                  std::to_string(ended["pid"].get<int>()) + ") ended" + how +
-                                                  " before its GPU state was restored; the rest of the job runs on"}));
+                                                  std::to_string(ended["pid"].get<int>()) + ") ended (exit status 0) "
+                                                  "before its GPU state was restored; the rest of the job runs on"}));
 }
 
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
@@ -2371,7 +2401,7 @@ TEST_CASE("an --on-signal dump that could not work here -- no directory to write
 TEST_CASE("dump refusals leave the job running on its GPUs and nothing written", "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
-  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  auto plain = ferry_test::run({kMlp, "--steps", "150"}, ferry_test::emu_env(), 120);
   ferry_test::Child c(job({kMlp, "--steps", "150", "--step-delay-ms", "20"}), ferry_test::emu_env());
   REQUIRE(c.wait_for("step 3 loss"));
   auto try_dump = [&](std::map<std::string, std::string> env) {

@@ -16,11 +16,13 @@
 
 #include <ferry_common/control.hpp>
 #include <ferry_common/errors.hpp>
+#include <ferry_common/json_text.hpp>
 #include <ferry_common/ops.hpp>
 #include <ferry_common/settings.hpp>
 #include <ferry_image/image.hpp>
 
 #include "client.hpp"
+#include "cuda_driver.hpp"
 #include "output.hpp"
 #include "full_process.hpp"
 #include "paths.hpp"
@@ -414,6 +416,7 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   auto set = d.sym<CUresult (*)(CUcontext)>("cuCtxSetCurrent");
   auto reserve = d.sym<CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long)>("cuMemAddressReserve");
   auto vfree = d.sym<CUresult (*)(CUdeviceptr, size_t)>("cuMemAddressFree");
+  auto uuid = d.sym<CUresult (*)(CUuuid*, CUdevice)>("cuDeviceGetUuid_v2");
   if (!init || !count || !get || !name || !attr || !mem || !retain || !release || !set || !reserve || !vfree) {
     problems.push_back(path + " lacks entry points ferry needs");
     return j;
@@ -429,6 +432,7 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   int n = 0;
   count(&n);
   nlohmann::json devs = nlohmann::json::array();
+  std::vector<Gpu> gpus;  // those whose UUID the driver told, for NVML
   // The shim's own defaults and parser (common's settings table): the same addresses.
   uintptr_t base = settings::size("FERRY_ARENA_BASE", 0x500000000000ull);
   uintptr_t size = settings::size("FERRY_ARENA_SIZE", 2ull << 40);
@@ -443,6 +447,9 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
     attr(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
     size_t total = 0;
     mem(&total, dev);
+    CUuuid u{};
+    if (uuid && uuid(&u, dev) == CUDA_SUCCESS)
+      gpus.push_back({i, nm, "", json_text::hex(std::string(u.bytes, sizeof u.bytes)), total});
     // Can this device's arena range be had at its fixed address in a fresh process? The
     // whole range, as the shim reserves it: the driver ignores the hint of a small one.
     const uintptr_t at = base + static_cast<uintptr_t>(i) * size;
@@ -470,6 +477,14 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
                     {"arena_address", hex(at)},
                     {"arena_address_free", arena}});
   }
+  // Free memory as a restore checks it (NVML beside the driver): what other processes
+  // hold is taken off. Not a problem where unknown: a restore then checks the total.
+  std::string why;
+  auto free = nvml_free_memory(path, gpus, &why);
+  for (auto& d : devs) d["free"] = nullptr;
+  for (const Gpu& g : gpus)
+    if (auto f = free.find(g.uuid); f != free.end()) devs[static_cast<size_t>(g.index)]["free"] = f->second;
+  if (!why.empty()) j["free_memory_unknown"] = why;
   j["devices"] = devs;
   if (n == 0) problems.push_back("no CUDA devices");
   return j;
@@ -526,11 +541,18 @@ int cmd_check(pid_t pid, bool emulator, const std::string& real_driver, const Ou
     } else {
       printf("driver: %s (CUDA %d)\n", report.value("driver", "?").c_str(), report.value("driver_version", 0));
       printf("shim: %s\n", report.value("shim", "?").c_str());
-      for (auto& d : report.value("devices", nlohmann::json::array()))
-        printf("device %d: %s, compute capability %s, %s, VMM %s, arena address %s\n", d["device"].get<int>(),
+      for (auto& d : report.value("devices", nlohmann::json::array())) {
+        std::string free = d.value("free", nlohmann::json()).is_number_unsigned()
+                               ? " (" + human(d["free"].get<uint64_t>()) + " free)"
+                               : "";
+        printf("device %d: %s, compute capability %s, %s%s, VMM %s, arena address %s\n", d["device"].get<int>(),
                d["name"].get<std::string>().c_str(), d["cc"].get<std::string>().c_str(),
-               human(d["memory"].get<uint64_t>()).c_str(), d["vmm"].get<bool>() ? "yes" : "no",
+               human(d["memory"].get<uint64_t>()).c_str(), free.c_str(), d["vmm"].get<bool>() ? "yes" : "no",
                d["arena_address_free"].get<bool>() ? "free" : "TAKEN");
+      }
+      if (report.contains("free_memory_unknown"))
+        printf("free GPU memory not known (%s): a restore checks only the total memory there\n",
+               report["free_memory_unknown"].get<std::string>().c_str());
     }
     for (auto& p : problems) printf("problem: %s\n", p.c_str());
     printf("%s\n", problems.empty() ? "ready: ferry can checkpoint, restore and migrate here"

@@ -106,14 +106,19 @@ CudaDriver::CudaDriver(const std::string& path) : path_(path) {
 }
 
 std::map<std::string, uint64_t> CudaDriver::free_memory(std::string* why) const {
+  return nvml_free_memory(path_, gpus_, why);
+}
+
+std::map<std::string, uint64_t> nvml_free_memory(const std::string& driver_path, const std::vector<Gpu>& gpus,
+                                                 std::string* why) {
   // NVML's own types and codes (nvml.h is not among the headers this build uses).
   struct NvmlMemory {
     unsigned long long total, free, used;
   };
   using Handle = void*;
-  const size_t slash = path_.rfind('/');
+  const size_t slash = driver_path.rfind('/');
   const std::string nvml =
-      (slash == std::string::npos ? std::string() : path_.substr(0, slash + 1)) + "libnvidia-ml.so.1";
+      (slash == std::string::npos ? std::string() : driver_path.substr(0, slash + 1)) + "libnvidia-ml.so.1";
   std::map<std::string, uint64_t> free;
   // Never closed: NVML is not documented to survive being unloaded and loaded again.
   void* h = dlopen(nvml.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -134,7 +139,7 @@ std::map<std::string, uint64_t> CudaDriver::free_memory(std::string* why) const 
     return free;
   }
   std::vector<std::string> silent;
-  for (const Gpu& g : gpus_) {
+  for (const Gpu& g : gpus) {
     // NVML names a GPU by the bytes CUDA reports.
     Handle dev = nullptr;
     NvmlMemory mem{};

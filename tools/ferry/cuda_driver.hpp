@@ -54,6 +54,11 @@ class CudaDriver {
   std::vector<Gpu> gpus_;
 };
 
+// CudaDriver::free_memory for gpus (their index and uuid) of a driver loaded otherwise:
+// NVML beside driver_path.
+std::map<std::string, uint64_t> nvml_free_memory(const std::string& driver_path, const std::vector<Gpu>& gpus,
+                                                 std::string* why);
+
 // "CUDA_ERROR_TIMEOUT (909)", or the number alone when the driver cannot name it.
 std::string cuda_error_text(int code);
 

@@ -217,7 +217,14 @@ bool from_launcher(int fd) { return g_launcher_fds.count(fd) > 0; }
 
 bool no_process(pid_t p) { return kill(p, 0) != 0 && errno == ESRCH; }
 
-bool dead(pid_t p) { return std::strchr("ZX", stat_from_state("/proc/" + std::to_string(p) + "/stat")[0]); }
+bool dead(pid_t p) {
+  const std::string proc = "/proc/" + std::to_string(p);
+  if (!std::strchr("ZX", stat_from_state(proc + "/stat")[0])) return false;
+  // A first thread that ended before the others shows Z while the process lives on.
+  for (pid_t t : thread_ids(p))
+    if (!std::strchr("ZX", stat_from_state(proc + "/task/" + std::to_string(t) + "/stat")[0])) return false;
+  return true;
+}
 
 std::string stat_from_state(const std::string& path) {
   std::ifstream in(path);

@@ -2327,17 +2327,26 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       // Restored, a process runs on until a CUDA call waits for its GPU state; one that
       // ended before (a worker at its end when dumped) needs none, and the job goes on as
       // its program decides, as it would have without the dump. Gone from the tree
-      // already, it was reaped (CRIU restores all of a tree or none of it).
+      // already, it was reaped (CRIU restores all of a tree or none of it). One that
+      // crashed may have done so in the driver's restore or ferry's resume: a failure.
       auto ended = [&](pid_t host) {
         std::string how = host ? how_it_ended(host) : "";
+        for (const char* crash : {"SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGFPE", "SIGTRAP", "SIGSYS"})
+          if (how == std::string("killed by ") + crash)
+            throw ClientError(kBug, "process " + std::to_string(ns) + " of the job (pid " + std::to_string(host) +
+                                        ") was " + how + " before its GPU state was restored");
         warn("process " + std::to_string(ns) + " of the job" + (host ? " (pid " + std::to_string(host) + ")" : "") +
              " ended" + (how.empty() ? "" : " (" + how + ")") +
              " before its GPU state was restored; the rest of the job runs on");
         nlohmann::json e = {{"nspid", ns}, {"ended", how.empty() ? "ended" : how}};
         if (host) e["pid"] = host;
         placed.push_back(e);
+        if (host_pids && host) unlink(marker_of(host, ".reattach").c_str());  // asked for, never taken
       };
       if (!host_of.count(ns)) {
+        // With the host's pids, one still there is not among the job's processes.
+        if (host_pids && !no_process(ns))
+          throw ClientError(kBug, "process " + std::to_string(ns) + " of the image is not in the restored job's tree");
         ended(0);
         continue;
       }
