@@ -73,8 +73,7 @@ __attribute__((visibility("default"))) int nvmlShutdown() {
 }
 
 __attribute__((visibility("default"))) int nvmlDeviceGetCount_v2(unsigned* count) {
-  std::lock_guard lk(g_mu);
-  if (g_refs == 0) return kUninitialized;
+  if (!initialized()) return kUninitialized;
   if (!count) return kInvalidArgument;
   *count = static_cast<unsigned>(ferry::emu::machine_device_count());
   return kSuccess;

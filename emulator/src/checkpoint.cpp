@@ -597,14 +597,17 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
       return end_call(".req.tmp", CUDA_ERROR_OPERATING_SYSTEM);
     if (kill(pid, kSignal) != 0) return end_call(".req", CUDA_ERROR_INVALID_VALUE);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    int misses = 0;  // looks in a row that found no service thread
     for (unsigned spins = 1; access((base + ".resp").c_str(), F_OK) != 0; spins++) {
       if (std::chrono::steady_clock::now() > deadline && access((base + ".resp").c_str(), F_OK) != 0) {
         unlink((base + ".taken").c_str());  // or still a request, never taken
         return end_call(".req", CUDA_ERROR_TIMEOUT);
       }
       // A target that ended (or exec'd) meanwhile never answers: as if it had been gone
-      // before the call, not a wait until the deadline.
-      if (spins % 20 == 0 && !has_service(pid) && access((base + ".resp").c_str(), F_OK) != 0) {
+      // before the call, not a wait until the deadline. Twice in a row: a listing of
+      // /proc/PID/task may skip an entry while another thread exits.
+      if (spins % 20 == 0) misses = has_service(pid) ? 0 : misses + 1;
+      if (misses >= 2 && access((base + ".resp").c_str(), F_OK) != 0) {
         unlink((base + ".taken").c_str());
         return end_call(".req", CUDA_ERROR_INVALID_VALUE);
       }

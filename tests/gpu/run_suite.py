@@ -1084,9 +1084,15 @@ def machine_facts(limit_s=180):
         rc, out, err = run([ferry_cmd(), "check", "--format", "json"] + (["--emulator"] if A.emulator else []),
                            limit_s, check=False)
         try:
-            full = json.loads(out).get("full_process", {})
+            report = json.loads(out)
+            full = report.get("full_process", {})
             facts["ferry_check"] = {k: full.get(k) for k in ("ready", "problems", "warnings", "criu", "driver_in_job",
                                                              "driver_in_host_pids_job") if k in full}
+            # Each GPU's total and free memory (NVML's, as a restore checks it; null where silent).
+            facts["ferry_check"]["gpus"] = [{k: d.get(k) for k in ("device", "name", "memory", "free")}
+                                            for d in report.get("devices", [])]
+            if "free_memory_unknown" in report:
+                facts["ferry_check"]["free_memory_unknown"] = report["free_memory_unknown"]
         except (ValueError, AttributeError):
             facts["ferry_check"] = f"exit {rc}: {(err or out).strip()[-300:]}"
     except Failed as e:  # a hang here must not cost the checks

@@ -73,6 +73,13 @@ TEST_CASE("the GPU suite passes on the simulated GPU", "[gpu-kit]") {
   CHECK(report["machine"]["ferry_check"]["ready"] == (geteuid() == 0));
   CHECK(report["machine"]["ferry_check"]["criu"]["version"].get<std::string>().rfind("4.", 0) == 0);
   if (geteuid() == 0) CHECK(report["machine"]["ferry_check"]["driver_in_job"]["ok"] == true);
+  // Each GPU's memory as ferry check tells it: on the simulated GPU, all of it free.
+  auto gpus = report["machine"]["ferry_check"]["gpus"];
+  REQUIRE(gpus.size() == 2);
+  for (auto& g : gpus) {
+    CHECK(g["memory"].get<uint64_t>() > 0);
+    CHECK(g["free"] == g["memory"]);
+  }
   std::map<std::string, std::string> status;
   for (auto& c : report["checks"]) status[c["name"]] = c["status"];
   for (const char* name : {"probe.gpa_table", "probe.reserve_hint", "probe.export_tables", "probe.release",

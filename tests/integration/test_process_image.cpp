@@ -535,8 +535,6 @@ TEST_CASE("a CUDA process that ends once restored, before its GPU state is back,
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
   const bool crash = GENERATE(false, true);
-  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
-  REQUIRE(plain.exit_code == 0);
   const std::string go = t / "go", done = t / "done";
   std::ofstream(go).flush();
   // Each engine operation starts 1.5 s late: the latecomer, told to end before the
@@ -567,6 +565,8 @@ TEST_CASE("a CUDA process that ends once restored, before its GPU state is back,
     CHECK(checksums(r.out).empty());
     return;
   }
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
   auto r = restore(t / "img", {"--device", "1"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
@@ -2989,9 +2989,8 @@ TEST_CASE("restore refusals: a target without the GPU or the memory, damaged hal
     CHECK(r.err.find("GPU 0 (ferry emulated GPU) has 4.0 MiB free of its 16.0 GiB (other processes hold the rest); "
                      "the job needs ") != std::string::npos);
     // With no NVML to tell it, found only at the resume, after CRIU: the job killed.
-    fs::create_directories(t / "lone");
-    fs::copy_file(std::string(FERRY_TEST_EMU_LIB_DIR) + "/libcuda.so.1", t / "lone/libcuda.so.1");
-    r = restore_text(t / "img", {"--real-driver", t / "lone/libcuda.so.1"}, {{"FERRY_EMU_DEVICE0", "held=16380m"}});
+    r = restore_text(t / "img", {"--real-driver", ferry_test::lone_simulated_driver(t / "lone")},
+                     {{"FERRY_EMU_DEVICE0", "held=16380m"}});
     INFO(r.err);
     CHECK(r.exit_code == 78);
     CHECK(r.err.rfind("ferry: warning: free GPU memory not known (cannot load NVML: ", 0) == 0);
@@ -3133,10 +3132,8 @@ TEST_CASE("ferry restore --dry-run makes a restore's checks and says where the j
                                              "  GPU 1 \\(ferry emulated GPU\\): [0-9.]+ [KMG]?i?B of its [0-9.]+ "
                                              "[KMG]?i?B, 13\\.0 GiB free\n")));
   // A driver with no NVML beside it: the free memory not known, said, the total checked.
-  fs::create_directories(t / "lone");
-  fs::copy_file(std::string(FERRY_TEST_EMU_LIB_DIR) + "/libcuda.so.1", t / "lone/libcuda.so.1");
   dry = ferry_test::run({kFerry, "restore", t / "img", "--dry-run", "--format", "json", "--real-driver",
-                         t / "lone/libcuda.so.1"},
+                         ferry_test::lone_simulated_driver(t / "lone")},
                         ferry_test::emu_env(), 60);
   INFO(dry.err);
   REQUIRE(dry.exit_code == 0);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -75,6 +76,14 @@ std::map<std::string, std::string> emu_env(std::map<std::string, std::string> ex
                                             {"LD_LIBRARY_PATH", FERRY_TEST_EMU_LIB_DIR}};
   for (auto& [k, v] : extra) env[k] = v;
   return env;
+}
+
+std::string lone_simulated_driver(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/libcuda.so.1";
+  std::filesystem::copy_file(std::string(FERRY_TEST_EMU_LIB_DIR) + "/libcuda.so.1", path,
+                             std::filesystem::copy_options::overwrite_existing);
+  return path;
 }
 
 std::vector<std::string> lines_with(const std::string& text, const std::string& needle) {

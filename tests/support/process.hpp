@@ -21,6 +21,10 @@ Result run(const std::vector<std::string>& argv, const std::map<std::string, std
 // Environment that points a process at the simulated GPU of this build.
 std::map<std::string, std::string> emu_env(std::map<std::string, std::string> extra = {});
 
+// The simulated driver copied alone into dir (made where missing): a --real-driver with no
+// NVML beside it. Its path.
+std::string lone_simulated_driver(const std::string& dir);
+
 std::vector<std::string> lines_with(const std::string& text, const std::string& needle);
 
 // A program running in the background while a test drives it from outside; its

@@ -481,6 +481,9 @@ nlohmann::json machine_check(bool emulator, const std::string& real_driver, std:
   // hold is taken off. Not a problem where unknown: a restore then checks the total.
   std::string why;
   auto free = nvml_free_memory(path, gpus, &why);
+  if (gpus.size() < devs.size())
+    why += (why.empty() ? "" : "; ") + std::string("the driver did not tell the UUID of ") +
+           std::to_string(devs.size() - gpus.size()) + " GPU(s), by which NVML is asked";
   for (auto& d : devs) d["free"] = nullptr;
   for (const Gpu& g : gpus)
     if (auto f = free.find(g.uuid); f != free.end()) devs[static_cast<size_t>(g.index)]["free"] = f->second;

@@ -1270,16 +1270,23 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   if (view.enabled) fprintf(stderr, "  driver checkpoint\n");
   // Every process locked before any is checkpointed, as CRIU's CUDA plugin does: a process
   // still running could otherwise wait on one whose GPU state is already gone.
+  // A process that ended meanwhile is the job's doing, not the driver's: the job, changed,
+  // may be dumped again.
+  auto refused = [&](Task* t, const char* verb, int r, int code) {
+    const std::string what = "the CUDA driver could not " + std::string(verb) + " process " +
+                             std::to_string(t->host) + ": " + cuda_error_text(r);
+    if (dead(t->host))
+      return abort(kRetryLater, "process " + std::to_string(t->host) + " ended while the job was being dumped (" +
+                                    what + "); dump it again");
+    return abort(code, what);
+  };
   for (Task* t : d.cuda()) {
     d.driver_held.insert(t->host);
     if (int r = d.driver->lock(t->host, static_cast<unsigned>(a.lock_timeout_s) * 1000u))
-      return abort(r == CUDA_ERROR_TIMEOUT || r == CUDA_ERROR_NOT_READY ? kRetryLater : kFixFirst,
-                   "the CUDA driver could not lock process " + std::to_string(t->host) + ": " + cuda_error_text(r));
+      return refused(t, "lock", r, r == CUDA_ERROR_TIMEOUT || r == CUDA_ERROR_NOT_READY ? kRetryLater : kFixFirst);
   }
   for (Task* t : d.cuda()) {
-    if (int r = d.driver->checkpoint(t->host))
-      return abort(kFixFirst, "the CUDA driver could not checkpoint process " + std::to_string(t->host) + ": " +
-                                  cuda_error_text(r));
+    if (int r = d.driver->checkpoint(t->host)) return refused(t, "checkpoint", r, kFixFirst);
   }
   // A process that opened the driver's files after ferry looked at the job (cuInit then)
   // was neither suspended nor checkpointed: a race a second dump does not meet, not a leak.
@@ -2344,9 +2351,6 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         if (host_pids && host) unlink(marker_of(host, ".reattach").c_str());  // asked for, never taken
       };
       if (!host_of.count(ns)) {
-        // With the host's pids, one still there is not among the job's processes.
-        if (host_pids && !no_process(ns))
-          throw ClientError(kBug, "process " + std::to_string(ns) + " of the image is not in the restored job's tree");
         ended(0);
         continue;
       }
@@ -2354,6 +2358,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       try {
         placed.push_back(resume_restored(host, ns, placement[ns], dir + "/" + p["gpu_image"].get<std::string>()));
       } catch (const ClientError&) {
+        // One still exiting (its threads gone, the first one freeing its memory) is not
+        // yet a zombie: given half a second.
+        for (int i = 0; i < 50 && !dead(host); i++) usleep(10000);
         if (!dead(host)) throw;
         ended(host);
       }
