@@ -437,7 +437,7 @@ namespace {
 // has ended, so that how it ended stays in /proc until then). The latecomer has libcuda
 // loaded but calls cuInit only once the file `go` exists (its userfaultfd, the
 // simulated driver's file, comes with it; "late ready" said before, "late cuInit 0"
-// after), then waits for `done` (which the job's shell makes once the trainer has
+// and the file `go`.inited after), then waits for `done` (which the job's shell makes once the trainer has
 // ended) and exits 0 -- or, with `crash`, is killed by SIGSEGV. Its script.
 std::string latecomer_job(const std::string& t, const std::string& go, const std::string& done, bool crash = false) {
   std::ofstream(t + "/late.py") << "import ctypes, os, resource, signal, sys, time\n"
@@ -453,6 +453,7 @@ std::string latecomer_job(const std::string& t, const std::string& go, const std
                                    "print('late ready', flush=True)\n"
                                    "wait(go)\n"
                                    "print(f'late cuInit {cu.cuInit(0)}', flush=True)\n"
+                                   "open(go + '.inited', 'w').close()\n"
                                    "wait(done)\n"
                                    "if crash:\n"
                                    "    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
@@ -473,38 +474,52 @@ pid_t latecomer_of(pid_t ferry_run) {
 
 }  // namespace
 
-TEST_CASE("a process that begins to use CUDA while its job is being dumped (cuInit after ferry looked at the job) makes "
-          "the dump 'try again' (75), naming it; the job goes on; a second dump takes it along and the job, "
-          "restored, ends bit-identical",
+TEST_CASE("a process that begins to use CUDA while its job is being dumped (cuInit after ferry looked at the job, "
+          "before the driver's checkpoint or before CRIU froze the job) makes the dump 'try again' (75), naming it; the "
+          "job goes on; a second dump takes it along and the job, restored, ends bit-identical",
           "[process-image][criu]") {
   REQUIRE(geteuid() == 0);
   ferry_test::TempDir t("ferry-pimg");
+  // The window: widened either by each engine operation of the job starting 1.5 s late
+  // (between ferry's look at the job and the driver's checkpoint), or by a CRIU that
+  // lets the latecomer start CUDA before it dumps (after ferry's last look, which CRIU
+  // then refuses).
+  const bool at_criu = GENERATE(false, true);
+  INFO((at_criu ? "before CRIU" : "before the driver's checkpoint"));
   auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
   REQUIRE(plain.exit_code == 0);
   const std::string go = t / "go";
-  // Each engine operation of the job starts 1.5 s late: the dump's window between its
-  // look at the job and the driver's checkpoint, made wide enough to start CUDA in.
   ferry_test::Child c(job({latecomer_job(t.path, go, t / "done")}),
-                      ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", "1500"}}));
+                      ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", at_criu ? "0" : "1500"}}));
   REQUIRE(c.wait_for("late ready"));
   REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
   pid_t late = latecomer_of(c.pid());
   REQUIRE(late > 0);
   CHECK(fds_naming(late, "anon_inode:[userfaultfd]").empty());
 
-  ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
-                           ferry_test::emu_env());
-  bool looked = false;  // the progress line comes once ferry has looked at the job
-  for (int i = 0; i < 6000 && !looked; i++) {
-    looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
-    if (!looked) usleep(10000);
+  ferry_test::Result d1;
+  if (at_criu) {
+    std::string criu = criu_wrapper(t / "criu", "touch " + go + "\nwhile [ ! -e " + go +
+                                                    ".inited ]; do sleep 0.01; done\nexec \"$real\" \"$@\"\n");
+    d1 = ferry_test::run({kFerry, "dump", std::to_string(c.pid()), t / "img"}, ferry_test::emu_env({{"FERRY_CRIU", criu}}),
+                         180);
+    REQUIRE(c.wait_for("late cuInit 0", 30));
+  } else {
+    ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
+                             ferry_test::emu_env());
+    bool looked = false;  // the progress line comes once ferry has looked at the job
+    for (int i = 0; i < 6000 && !looked; i++) {
+      looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
+      if (!looked) usleep(10000);
+    }
+    REQUIRE(looked);
+    std::ofstream(go).flush();
+    REQUIRE(c.wait_for("late cuInit 0", 30));
+    d1 = dumper.finish();
   }
-  REQUIRE(looked);
-  std::ofstream(go).flush();
-  REQUIRE(c.wait_for("late cuInit 0", 30));
   auto fds = fds_naming(late, "anon_inode:[userfaultfd]");
   REQUIRE(fds.size() == 1);
-  auto d1 = dumper.finish();
+  INFO(d1.err);
   CHECK(d1.exit_code == 75);
   auto said = ferry_test::lines_with(d1.err, "ferry: dump failed");
   REQUIRE(said.size() == 1);

@@ -1290,12 +1290,21 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   }
   // A process that opened the driver's files after ferry looked at the job (cuInit then)
   // was neither suspended nor checkpointed: a race a second dump does not meet, not a leak.
-  std::vector<Task> seen, late;
-  for (auto& t : tree_of(d.init)) (d.driver_held.count(t.host) ? seen : late).push_back(t);
-  if (std::string began = driver_files_held(late, true); !began.empty())
-    return abort(kRetryLater, "the CUDA driver's files were opened while the job was being dumped, after ferry had "
-                              "looked at its processes -- " + began +
-                                  "; dump it again (a process that began to use CUDA is then dumped with the rest)");
+  // Looked for again should CRIU fail: the window lasts until CRIU has frozen the tree.
+  auto opened_late = [&] {
+    std::vector<Task> late;
+    for (auto& t : tree_of(d.init))
+      if (!d.driver_held.count(t.host)) late.push_back(t);
+    std::string began = driver_files_held(late, true);
+    return began.empty() ? began
+                         : "the CUDA driver's files were opened while the job was being dumped, after ferry had "
+                           "looked at its processes -- " + began +
+                               "; dump it again (a process that began to use CUDA is then dumped with the rest)";
+  };
+  if (std::string late = opened_late(); !late.empty()) return abort(kRetryLater, late);
+  std::vector<Task> seen;
+  for (auto& t : tree_of(d.init))
+    if (d.driver_held.count(t.host)) seen.push_back(t);
   // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
   // device number: named here instead (NVML's own, where the shim could not shut it down).
   if (std::string left = driver_files_held(seen, true); !left.empty())
@@ -1330,6 +1339,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // What CRIU saw: a process forked since the tree was listed is stopped too.
   if (auto now = tree_of(d.init); !now.empty()) d.tasks = now;
   if (rc != 0) {
+    if (std::string late = opened_late(); !late.empty()) return abort(kRetryLater, late);
     std::string why = criu_failed.empty() ? criu_errors(d.cpu_dir + "/dump.log") : criu_failed;
     std::string kept = dir + ".dump.log";
     fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
