@@ -600,6 +600,48 @@ TEST_CASE("a CUDA process that ends once restored, before its GPU state is back,
                                                   "before its GPU state was restored; the rest of the job runs on"}));
 }
 
+TEST_CASE("a CUDA process of the job that ends while the job is being dumped makes the dump 'try again' (75), naming "
+          "it; the rest of the job goes on and ends bit-identical",
+          "[process-image][criu]") {
+  REQUIRE(geteuid() == 0);
+  ferry_test::TempDir t("ferry-pimg");
+  auto plain = ferry_test::run({kMlp, "--steps", "400"}, ferry_test::emu_env(), 120);
+  REQUIRE(plain.exit_code == 0);
+  const std::string go = t / "go", done = t / "done";
+  std::ofstream(go).flush();
+  // Each engine operation starts 1.5 s late: the latecomer, told to end once ferry has
+  // looked at the job, ends while the trainer's suspend is under way, before its own.
+  ferry_test::Child c(job({latecomer_job(t.path, go, done)}),
+                      ferry_test::emu_env({{"FERRY_TEST_OP_DELAY_MS", "1500"}}));
+  REQUIRE(c.wait_for("late cuInit 0"));
+  REQUIRE(c.wait_for("step " + std::to_string(random_step(2, 30)) + " loss"));
+  pid_t late = latecomer_of(c.pid());
+  REQUIRE(late > 0);
+  ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
+                           ferry_test::emu_env());
+  bool looked = false;  // the progress line comes once ferry has looked at the job
+  for (int i = 0; i < 6000 && !looked; i++) {
+    looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
+    if (!looked) usleep(10000);
+  }
+  REQUIRE(looked);
+  std::ofstream(done).flush();
+  auto d = dumper.finish();
+  INFO(d.err);
+  CHECK(d.exit_code == 75);
+  auto said = ferry_test::lines_with(d.err, "ferry: dump failed");
+  REQUIRE(said.size() == 1);
+  CHECK(std::regex_match(said[0], std::regex("ferry: dump failed: process " + std::to_string(late) +
+                                             " ended while the job was being dumped \\(.+\\); dump it again; the job "
+                                             "goes on running on its GPUs, nothing was written")));
+  CHECK(!fs::exists(t / "img"));
+  CHECK(!fs::exists(t / "img.partial"));
+  auto r = c.finish();
+  CHECK(r.exit_code == 0);
+  CHECK(checksums(c.out()) == checksums(plain.out));
+  CHECK(!checksums(plain.out).empty());
+}
+
 TEST_CASE("driver_saxpy dumped and restored on the same GPU ends bit-identical; the job's output goes to the restorer; "
           "CRIU loads no plugin (NVIDIA's cuda_plugin would do the driver's part itself)",
           "[process-image][criu]") {

@@ -947,6 +947,18 @@ std::string how_it_ended(pid_t p) {
   return "";
 }
 
+// Whether p has ended, or does within half a second: a process whose threads are gone
+// may still be freeing its memory before it shows as a zombie. For failures only.
+bool ended_soon(pid_t p) {
+  for (int i = 0; i < 50 && !dead(p); i++) usleep(10000);
+  return dead(p);
+}
+
+// Why a dump failed that a CUDA process's end caused: the job's doing, so "try again" (75).
+std::string ended_during_dump(pid_t p, const std::string& what) {
+  return "process " + std::to_string(p) + " ended while the job was being dumped (" + what + "); dump it again";
+}
+
 // A CUDA process's `status`, its "status" object; ClientError when it answers otherwise.
 nlohmann::json status_of_process(pid_t host) {
   nlohmann::json st = request(host, "status", nlohmann::json::object(), nullptr, 10);
@@ -1009,6 +1021,7 @@ struct Dump {
       cont_all(tasks);
     }
     for (Task* t : cuda()) {
+      if (dead(t->host)) continue;  // ended during the dump: nothing of it to bring back
       if (driver_held.count(t->host)) {
         int st = 0;
         driver->state(t->host, &st);
@@ -1245,6 +1258,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       // Of the classes a parent can cause -- a refusal (too many packs to hold open; a full
       // disk looks the same, and the whole dump meets it again) or damage (a pack gone) --
       // not a driver lock that timed out (75) or a bug (70).
+      if (e.code == kNoProcess ? ended_soon(t->host) : dead(t->host))
+        return abort(kRetryLater, ended_during_dump(t->host, e.message));
       if (a.parent_failed && !o.parent.empty() && (e.code == kFixFirst || e.code == kDataLost))
         *a.parent_failed = true;
       return abort(e.code, e.message);
@@ -1260,6 +1275,8 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                                                              r.value("error", "?"));
       d.detached.insert(t->host);
     } catch (const ClientError& e) {
+      if (e.code == kNoProcess ? ended_soon(t->host) : dead(t->host))
+        return abort(kRetryLater, ended_during_dump(t->host, e.message));
       return abort(e.code, e.message);
     } catch (const std::exception& e) {
       return abort(kBug, "process " + std::to_string(t->host) + " answered its detach unexpectedly: " + e.what());
@@ -1275,9 +1292,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   auto refused = [&](Task* t, const char* verb, int r, int code) {
     const std::string what = "the CUDA driver could not " + std::string(verb) + " process " +
                              std::to_string(t->host) + ": " + cuda_error_text(r);
-    if (dead(t->host))
-      return abort(kRetryLater, "process " + std::to_string(t->host) + " ended while the job was being dumped (" +
-                                    what + "); dump it again");
+    if (ended_soon(t->host)) return abort(kRetryLater, ended_during_dump(t->host, what));
     return abort(code, what);
   };
   for (Task* t : d.cuda()) {
@@ -2368,10 +2383,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       try {
         placed.push_back(resume_restored(host, ns, placement[ns], dir + "/" + p["gpu_image"].get<std::string>()));
       } catch (const ClientError&) {
-        // One still exiting (its threads gone, the first one freeing its memory) is not
-        // yet a zombie: given half a second.
-        for (int i = 0; i < 50 && !dead(host); i++) usleep(10000);
-        if (!dead(host)) throw;
+        if (!ended_soon(host)) throw;
         ended(host);
       }
     }
