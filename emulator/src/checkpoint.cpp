@@ -570,7 +570,13 @@ CUresult call(int pid, const std::string& req, unsigned wait_ms, long* value) {
   if (pid == host_pid()) {
     answer = handle(req);
   } else {
-    if (pid <= 0 || !has_service(pid)) return CUDA_ERROR_INVALID_VALUE;  // not a process of this driver
+    // Not a process of this driver -- looked at twice: a listing of /proc/PID/task may
+    // skip an entry while another thread exits.
+    if (pid <= 0) return CUDA_ERROR_INVALID_VALUE;
+    if (!has_service(pid)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (!has_service(pid)) return CUDA_ERROR_INVALID_VALUE;
+    }
     mkdir(dir().c_str(), 0700);
     // Numbered from the clock, so that a later process of this pid and tid does not meet
     // the names of one before it; never an existing name (O_EXCL): another's lock is not taken over.

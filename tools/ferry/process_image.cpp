@@ -306,7 +306,13 @@ std::vector<Task> tree_of(pid_t init) {
     t.ns_parent = parent_ns;
     t.name = status_field(host, "Name");
     t.cmd = cmdline_of(host);
-    t.cuda = uses_cuda(host);
+    // A zombie (a CUDA process that ended, not reaped yet) has no GPU state; its socket
+    // and markers, left where it died without its atexit, are stale (it keeps its pid).
+    if (dead(host)) {
+      for (const char* ext : {".sock", ".detached", ".reattach"}) unlink(marker_of(host, ext).c_str());
+    } else {
+      t.cuda = uses_cuda(host);
+    }
     for (pid_t tid : thread_ids(host))
       if (tid != host) t.tids.push_back(tid);
     std::sort(t.tids.begin(), t.tids.end());
@@ -954,9 +960,22 @@ bool ended_soon(pid_t p) {
   return dead(p);
 }
 
-// Why a dump failed that a CUDA process's end caused: the job's doing, so "try again" (75).
-std::string ended_during_dump(pid_t p, const std::string& what) {
-  return "process " + std::to_string(p) + " ended while the job was being dumped (" + what + "); dump it again";
+// Whether how_it_ended's words are a crash's, which ferry's own work in the process (or
+// the driver's) may have caused: not to be taken for the program's own end.
+bool crashed(const std::string& how) {
+  for (const char* sig : {"SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGFPE", "SIGTRAP", "SIGSYS"})
+    if (how == std::string("killed by ") + sig) return true;
+  return false;
+}
+
+// A dump's failure that a CUDA process's end caused: the job's doing, so "try again"
+// (75) -- unless it crashed, which a retry could meet again (70).
+ClientError ended_during_dump(pid_t p, const std::string& what) {
+  if (std::string how = how_it_ended(p); crashed(how))
+    return ClientError(kBug, "process " + std::to_string(p) + " was " + how + " while the job was being dumped (" +
+                                 what + ")");
+  return ClientError(kRetryLater,
+                     "process " + std::to_string(p) + " ended while the job was being dumped (" + what + "); dump it again");
 }
 
 // A CUDA process's `status`, its "status" object; ClientError when it answers otherwise.
@@ -1021,7 +1040,10 @@ struct Dump {
       cont_all(tasks);
     }
     for (Task* t : cuda()) {
-      if (dead(t->host)) continue;  // ended during the dump: nothing of it to bring back
+      if (dead(t->host)) {  // ended during the dump: nothing of it to bring back
+        for (const char* ext : {".detached", ".reattach"}) unlink(marker_of(t->host, ext).c_str());
+        continue;
+      }
       if (driver_held.count(t->host)) {
         int st = 0;
         driver->state(t->host, &st);
@@ -1221,6 +1243,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                     (left.empty() ? "; the job goes on running on its GPUs, nothing was written"
                                   : "; the job could not be brought back fully" + left));
   };
+  auto abort_with = [&](const ClientError& e) { return abort(e.code, e.message); };
 
   ProgressView view(out);
   if (view.enabled) fprintf(stderr, "ferry: dump of job %d (%zu processes, %zu using CUDA) to %s\n", d.init,
@@ -1259,7 +1282,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       // disk looks the same, and the whole dump meets it again) or damage (a pack gone) --
       // not a driver lock that timed out (75) or a bug (70).
       if (e.code == kNoProcess ? ended_soon(t->host) : dead(t->host))
-        return abort(kRetryLater, ended_during_dump(t->host, e.message));
+        return abort_with(ended_during_dump(t->host, e.message));
       if (a.parent_failed && !o.parent.empty() && (e.code == kFixFirst || e.code == kDataLost))
         *a.parent_failed = true;
       return abort(e.code, e.message);
@@ -1276,7 +1299,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
       d.detached.insert(t->host);
     } catch (const ClientError& e) {
       if (e.code == kNoProcess ? ended_soon(t->host) : dead(t->host))
-        return abort(kRetryLater, ended_during_dump(t->host, e.message));
+        return abort_with(ended_during_dump(t->host, e.message));
       return abort(e.code, e.message);
     } catch (const std::exception& e) {
       return abort(kBug, "process " + std::to_string(t->host) + " answered its detach unexpectedly: " + e.what());
@@ -1292,7 +1315,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   auto refused = [&](Task* t, const char* verb, int r, int code) {
     const std::string what = "the CUDA driver could not " + std::string(verb) + " process " +
                              std::to_string(t->host) + ": " + cuda_error_text(r);
-    if (ended_soon(t->host)) return abort(kRetryLater, ended_during_dump(t->host, what));
+    if (ended_soon(t->host)) return abort_with(ended_during_dump(t->host, what));
     return abort(code, what);
   };
   for (Task* t : d.cuda()) {
@@ -2363,10 +2386,9 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       // crashed may have done so in the driver's restore or ferry's resume: a failure.
       auto ended = [&](pid_t host) {
         std::string how = host ? how_it_ended(host) : "";
-        for (const char* crash : {"SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGFPE", "SIGTRAP", "SIGSYS"})
-          if (how == std::string("killed by ") + crash)
-            throw ClientError(kBug, "process " + std::to_string(ns) + " of the job (pid " + std::to_string(host) +
-                                        ") was " + how + " before its GPU state was restored");
+        if (crashed(how))
+          throw ClientError(kBug, "process " + std::to_string(ns) + " of the job (pid " + std::to_string(host) +
+                                      ") was " + how + " before its GPU state was restored");
         warn("process " + std::to_string(ns) + " of the job" + (host ? " (pid " + std::to_string(host) + ")" : "") +
              " ended" + (how.empty() ? "" : " (" + how + ")") +
              " before its GPU state was restored; the rest of the job runs on");
