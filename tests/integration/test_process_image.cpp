@@ -437,8 +437,11 @@ namespace {
 // has ended, so that how it ended stays in /proc until then). The latecomer has libcuda
 // loaded but calls cuInit only once the file `go` exists (its userfaultfd, the
 // simulated driver's file, comes with it; "late ready" said before, "late cuInit 0"
-// and the file `go`.inited after), then waits for `done` (which the job's shell makes once the trainer has
-// ended) and exits 0 -- or, with `crash`, is killed by SIGSEGV. Its script.
+// and the file `go`.inited after), then waits for `done` (which the job's shell makes
+// once the trainer has ended) and, 0.3 s later, exits 0 -- or, with `crash`, is killed
+// by SIGSEGV. (At once, it could end while CRIU's restore is still detaching from the
+// restored tasks, which fails the restore: "Unable to detach N: No such process".)
+// Its script.
 std::string latecomer_job(const std::string& t, const std::string& go, const std::string& done, bool crash = false) {
   std::ofstream(t + "/late.py") << "import ctypes, os, resource, signal, sys, time\n"
                                    "go, done, end, crash = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == '1'\n"
@@ -455,6 +458,7 @@ std::string latecomer_job(const std::string& t, const std::string& go, const std
                                    "print(f'late cuInit {cu.cuInit(0)}', flush=True)\n"
                                    "open(go + '.inited', 'w').close()\n"
                                    "wait(done)\n"
+                                   "time.sleep(0.3)\n"
                                    "if crash:\n"
                                    "    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
                                    "    os.kill(os.getpid(), signal.SIGSEGV)\n"
@@ -462,6 +466,16 @@ std::string latecomer_job(const std::string& t, const std::string& go, const std
   return script_at(t + "/job.sh", "#!/bin/sh\npython3 " + t + "/late.py " + go + " " + done + " " + t + "/end " +
                                       (crash ? "1" : "0") + " &\n" + kMlp +
                                       " --steps 400 --step-delay-ms 20\ntouch " + done + " " + t + "/end\nwait\n");
+}
+
+// Whether `ferry dump --progress always`, running as dumper, has looked at the job (its
+// first progress line), within a minute.
+bool looked_at_job(const ferry_test::Child& dumper) {
+  for (int i = 0; i < 6000; i++) {
+    if (dumper.err().find("ferry: dump of job ") != std::string::npos) return true;
+    usleep(10000);
+  }
+  return false;
 }
 
 // The latecomer of latecomer_job, once it said "late ready".
@@ -511,12 +525,7 @@ TEST_CASE("a process that begins to use CUDA while its job is being dumped (cuIn
   } else {
     ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
                              ferry_test::emu_env());
-    bool looked = false;  // the progress line comes once ferry has looked at the job
-    for (int i = 0; i < 6000 && !looked; i++) {
-      looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
-      if (!looked) usleep(10000);
-    }
-    REQUIRE(looked);
+    REQUIRE(looked_at_job(dumper));
     std::ofstream(go).flush();
     REQUIRE(c.wait_for("late cuInit 0", 30));
     d1 = dumper.finish();
@@ -624,12 +633,7 @@ TEST_CASE("a CUDA process of the job that ends while the job is being dumped mak
   REQUIRE(late > 0);
   ferry_test::Child dumper({kFerry, "dump", std::to_string(c.pid()), t / "img", "--progress", "always"},
                            ferry_test::emu_env());
-  bool looked = false;  // the progress line comes once ferry has looked at the job
-  for (int i = 0; i < 6000 && !looked; i++) {
-    looked = dumper.err().find("ferry: dump of job ") != std::string::npos;
-    if (!looked) usleep(10000);
-  }
-  REQUIRE(looked);
+  REQUIRE(looked_at_job(dumper));
   std::ofstream(done).flush();
   auto d = dumper.finish();
   INFO(d.err);

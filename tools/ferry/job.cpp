@@ -221,8 +221,10 @@ bool dead(pid_t p) {
   const std::string proc = "/proc/" + std::to_string(p);
   if (!std::strchr("ZX", stat_from_state(proc + "/stat")[0])) return false;
   // A first thread that ended before the others shows Z while the process lives on.
-  for (pid_t t : thread_ids(p))
-    if (!std::strchr("ZX", stat_from_state(proc + "/task/" + std::to_string(t) + "/stat")[0])) return false;
+  // Listed twice: a listing of /proc/PID/task may skip an entry while a thread exits.
+  for (int look = 0; look < 2; look++)
+    for (pid_t t : thread_ids(p))
+      if (!std::strchr("ZX", stat_from_state(proc + "/task/" + std::to_string(t) + "/stat")[0])) return false;
   return true;
 }
 

@@ -293,7 +293,7 @@ std::string mark_dumping(pid_t init) {
 }
 
 // The job's processes, parents before children.
-std::vector<Task> tree_of(pid_t init) {
+std::vector<Task> tree_of(pid_t init, bool dead_are_done = true) {
   std::vector<Task> out;
   std::vector<std::pair<pid_t, pid_t>> todo = {{init, 0}};
   for (size_t i = 0; i < todo.size(); i++) {
@@ -308,8 +308,11 @@ std::vector<Task> tree_of(pid_t init) {
     t.cmd = cmdline_of(host);
     // A zombie (a CUDA process that ended, not reaped yet) has no GPU state; its socket
     // and markers, left where it died without its atexit, are stale (it keeps its pid).
-    if (dead(host)) {
-      for (const char* ext : {".sock", ".detached", ".reattach"}) unlink(marker_of(host, ext).c_str());
+    // Not once CRIU has dumped the job: one killed since is alive in the image.
+    if (dead_are_done && dead(host)) {
+      // Only while it holds its pid (a zombie): once gone, a new process may have it.
+      if (!no_process(host))
+        for (const char* ext : {".sock", ".detached", ".reattach"}) unlink(marker_of(host, ext).c_str());
     } else {
       t.cuda = uses_cuda(host);
     }
@@ -1375,7 +1378,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   int rc = run_criu(argv, true, &criu_failed);
   init_lock.reset();
   // What CRIU saw: a process forked since the tree was listed is stopped too.
-  if (auto now = tree_of(d.init); !now.empty()) d.tasks = now;
+  if (auto now = tree_of(d.init, false); !now.empty()) d.tasks = now;
   if (rc != 0) {
     if (std::string late = opened_late(); !late.empty()) return abort(kRetryLater, late);
     std::string why = criu_failed.empty() ? criu_errors(d.cpu_dir + "/dump.log") : criu_failed;
