@@ -148,6 +148,12 @@ std::string marker_of(pid_t host, const char* ext) { return control::socket_dir(
 bool uses_cuda(pid_t host) {
   return access(sock_of(host).c_str(), F_OK) == 0 || access(marker_of(host, ".detached").c_str(), F_OK) == 0;
 }
+// Removes the socket and markers named by host, whose process has ended (or never ran
+// under that pid here): left where it died without its atexit, they would be taken for a
+// live process's.
+void forget_files_of(pid_t host) {
+  for (const char* ext : {".sock", ".detached", ".reattach"}) unlink(marker_of(host, ext).c_str());
+}
 // A CUDA process a dump detached that has not listened again (the dump goes on, or died).
 bool left_detached(pid_t host) {
   return access(marker_of(host, ".detached").c_str(), F_OK) == 0 && access(sock_of(host).c_str(), F_OK) != 0;
@@ -311,8 +317,7 @@ std::vector<Task> tree_of(pid_t init, bool dead_are_done = true) {
     // Not once CRIU has dumped the job: one killed since is alive in the image.
     if (dead_are_done && dead(host)) {
       // Only while it holds its pid (a zombie): once gone, a new process may have it.
-      if (!no_process(host))
-        for (const char* ext : {".sock", ".detached", ".reattach"}) unlink(marker_of(host, ext).c_str());
+      if (!no_process(host)) forget_files_of(host);
     } else {
       t.cuda = uses_cuda(host);
     }
@@ -1044,7 +1049,7 @@ struct Dump {
     }
     for (Task* t : cuda()) {
       if (dead(t->host)) {  // ended during the dump: nothing of it to bring back
-        for (const char* ext : {".detached", ".reattach"}) unlink(marker_of(t->host, ext).c_str());
+        forget_files_of(t->host);
         continue;
       }
       if (driver_held.count(t->host)) {
@@ -1332,9 +1337,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // A process that opened the driver's files after ferry looked at the job (cuInit then)
   // was neither suspended nor checkpointed: a race a second dump does not meet, not a leak.
   // Looked for again should CRIU fail: the window lasts until CRIU has frozen the tree.
-  auto opened_late = [&] {
+  auto opened_late = [&](const std::vector<Task>& tree) {
     std::vector<Task> late;
-    for (auto& t : tree_of(d.init))
+    for (auto& t : tree)
       if (!d.driver_held.count(t.host)) late.push_back(t);
     std::string began = driver_files_held(late, true);
     return began.empty() ? began
@@ -1342,9 +1347,9 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
                            "looked at its processes -- " + began +
                                "; dump it again (a process that began to use CUDA is then dumped with the rest)";
   };
-  if (std::string late = opened_late(); !late.empty()) return abort(kRetryLater, late);
-  std::vector<Task> seen;
-  for (auto& t : tree_of(d.init))
+  std::vector<Task> seen, tree = tree_of(d.init);
+  if (std::string late = opened_late(tree); !late.empty()) return abort(kRetryLater, late);
+  for (auto& t : tree)
     if (d.driver_held.count(t.host)) seen.push_back(t);
   // What NVIDIA's checkpoint left of the driver's files, CRIU would refuse naming only a
   // device number: named here instead (NVML's own, where the shim could not shut it down).
@@ -1380,7 +1385,7 @@ int cmd_dump(pid_t pid, const DumpArgs& a, const Output& out) {
   // What CRIU saw: a process forked since the tree was listed is stopped too.
   if (auto now = tree_of(d.init, false); !now.empty()) d.tasks = now;
   if (rc != 0) {
-    if (std::string late = opened_late(); !late.empty()) return abort(kRetryLater, late);
+    if (std::string late = opened_late(d.tasks); !late.empty()) return abort(kRetryLater, late);
     std::string why = criu_failed.empty() ? criu_errors(d.cpu_dir + "/dump.log") : criu_failed;
     std::string kept = dir + ".dump.log";
     fs::copy_file(d.cpu_dir + "/dump.log", kept, fs::copy_options::overwrite_existing, ec);
@@ -2278,9 +2283,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
       // that had their pids before: all gone, so what is left under those names (a restore
       // killed half-way, a process killed from outside) is stale, and would be taken for
       // the restored process's own.
-      for (auto& p : m["processes"])
-        for (const char* ext : {".sock", ".reattach", ".detached"})
-          unlink(marker_of(p["nspid"].get<pid_t>(), ext).c_str());
+      for (auto& p : m["processes"]) forget_files_of(p["nspid"].get<pid_t>());
     }
   } catch (const ClientError& e) {
     std::error_code gone;
@@ -2398,7 +2401,7 @@ int restore_job(const RestoreArgs& a, const Output& out, const SignalActions& ac
         nlohmann::json e = {{"nspid", ns}, {"ended", how.empty() ? "ended" : how}};
         if (host) e["pid"] = host;
         placed.push_back(e);
-        if (host_pids && host) unlink(marker_of(host, ".reattach").c_str());  // asked for, never taken
+        if (host_pids && host) forget_files_of(host);  // its .reattach asked for, never taken
       };
       if (!host_of.count(ns)) {
         ended(0);
